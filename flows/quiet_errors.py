@@ -1,0 +1,29 @@
+"""Keep tracebacks of user mistakes out of Prefect's log output.
+
+Prefect logs every failed task and flow run with its traceback. For a
+DreamBoothError the message already says what is wrong and how to fix it, so
+the traceback is dropped; bugs keep theirs.
+"""
+
+import logging
+
+from tasks.errors import DreamBoothError
+
+
+class HideUserErrorTracebacks(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], DreamBoothError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_QUIET = HideUserErrorTracebacks()
+
+
+def hide_user_error_tracebacks() -> None:
+    """Call after prefect is imported (its import sets up its log handlers)."""
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for handler in logging.getLogger(name).handlers:
+            if _QUIET not in handler.filters:
+                handler.addFilter(_QUIET)

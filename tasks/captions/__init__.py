@@ -1,0 +1,1 @@
+"""Identifier tokens and captions for the prepared photos. Plain Python: no prefect."""

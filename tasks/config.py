@@ -1,0 +1,113 @@
+"""The one configuration object, and the values derived from it.
+
+Derived values (resolution, total steps, chunk plan, training fingerprint) are
+computed by functions here and never written back into the config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SESSION_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+STEPS_PER_PHOTO = 100
+
+# Fields whose change would change the trained weights. `steps` is absent on
+# purpose: with a constant learning rate, randomness drawn per step and data
+# order per epoch, training to 2000 steps passes through the exact state a
+# 500-step run ends in, so a finished session can be trained further.
+TRAINING_FIELDS = (
+    "model", "revision", "single_file_config", "token", "instance_prompt",
+    "resolution", "seed", "learning_rate", "max_grad_norm",
+)
+
+
+class DreamBoothConfig(BaseModel):
+    """Everything a training run needs. CLI flags, YAML and deployment
+    parameters all become this object."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    session: str = Field(description="Session name: letters, digits, '.', '_' or '-' (at most 64). "
+                         "The session holds photos, progress and outputs; rerun it to resume.")
+    storage: str = Field("sessions", description="Where sessions live: a folder, memory://, "
+                         "or gs://bucket/prefix (any fsspec URL).")
+    photos: str | None = Field(None, description="Folder of photos for a new session; later runs "
+                               "use the session's own copy.")
+    model: str = Field("stable-diffusion-v1-5/stable-diffusion-v1-5", description="Base model: "
+                       "a Hugging Face repo id, a local diffusers folder, a .ckpt/.safetensors file "
+                       "or URL, or 'tiny' (a small random model for offline demos and tests).")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of --model.")
+    single_file_config: str | None = Field(None, description="For a single-file --model: a diffusers "
+                                           "folder or repo id describing its architecture.")
+    token: str | None = Field(None, description="Identifier word for the subject "
+                              "(default: taken from the photo file names, 'shrk (1).jpg' -> shrk).")
+    instance_prompt: str = Field("photo of {token}", description="Caption of every photo; "
+                                 "{token} is replaced by the identifier.")
+    resolution: int | None = Field(None, ge=64, description="Training size in pixels, a multiple "
+                                   "of 8 (default: the base model's own, 512 for SD 1.x).")
+    steps: int | None = Field(None, ge=1, description=f"Total UNet training steps (default: "
+                              f"{STEPS_PER_PHOTO} x number of photos).")
+    chunk_steps: int = Field(500, ge=1, description="Steps between committed checkpoints; "
+                             "a killed run loses at most this many.")
+    seed: int = Field(0, ge=0, description="Seed of all training randomness.")
+    learning_rate: float = Field(2e-6, gt=0, description="UNet learning rate (constant).")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clipping threshold.")
+    keep_checkpoints: int = Field(2, ge=2, description="Committed checkpoints to keep (at least 2).")
+    export_precision: Literal["fp16", "fp32"] = Field("fp16", description="Precision of the "
+                                                      "exported .ckpt/.safetensors files.")
+    device: str = Field("auto", description="Training device: auto (CUDA when available), cpu, cuda.")
+
+    @field_validator("session")
+    @classmethod
+    def _session_name(cls, name: str) -> str:
+        if not SESSION_NAME.match(name) or name in {".", ".."}:
+            raise ValueError(f"session name {name!r} is not allowed: use at most 64 letters, "
+                             "digits, '.', '_' or '-' (no slashes, no '..')")
+        return name
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_8(cls, value: int | None) -> int | None:
+        if value is not None and value % 8:
+            raise ValueError(f"resolution {value} is not a multiple of 8; try {value - value % 8}")
+        return value
+
+    def training_values(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in TRAINING_FIELDS}
+
+
+class Chunk(BaseModel):
+    """Steps [start, end) of training, committed as one checkpoint at `end`."""
+
+    model_config = ConfigDict(frozen=True)
+    index: int
+    count: int
+    start: int
+    end: int
+
+
+def total_steps(config: DreamBoothConfig, photo_count: int) -> int:
+    return config.steps if config.steps is not None else STEPS_PER_PHOTO * photo_count
+
+
+def plan_chunks(total: int, chunk_steps: int) -> list[Chunk]:
+    """Chunks end on multiples of chunk_steps, so extending a run keeps earlier ones."""
+    ends = list(range(chunk_steps, total, chunk_steps)) + [total]
+    starts = [0] + ends[:-1]
+    return [Chunk(index=i + 1, count=len(ends), start=s, end=e)
+            for i, (s, e) in enumerate(zip(starts, ends))]
+
+
+def digest(value: Any) -> str:
+    """A short stable hash of JSON-able data."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def differing_fields(stored: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    return sorted(k for k in stored.keys() | given.keys() if stored.get(k) != given.get(k))

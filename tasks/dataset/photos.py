@@ -1,0 +1,68 @@
+"""The user's original photos: finding them and copying them, untouched, into the session."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from tasks.config import digest
+from tasks.errors import DatasetError
+from tasks.session import Session
+from tasks.session_state import read_state, update_state
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+PHOTOS = "photos"
+
+
+def find_photos(folder: Path) -> list[Path]:
+    """Image files directly inside `folder`, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"photos folder {str(folder)!r} does not exist or is not a folder. "
+                           "Pass --photos with the folder that holds your subject's photos.")
+    photos = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not photos:
+        raise DatasetError(f"no photos in {str(folder)!r}: expected image files "
+                           f"({', '.join(sorted(IMAGE_EXTENSIONS))}). Add photos of your subject "
+                           "named after its identifier, e.g. 'shrk (1).jpg'.")
+    return photos
+
+
+def hash_files(files: list[Path]) -> dict[str, str]:
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+def recorded_photos(session: Session) -> dict[str, str]:
+    """{name: sha256} of a completed import; empty before one."""
+    return (read_state(session) or {}).get("photos", {})
+
+
+def check_same_photos(session: Session, folder: Path) -> None:
+    """Refuse to mix a session's photos with a different set."""
+    stored = recorded_photos(session)
+    if stored and stored != hash_files(find_photos(folder)):
+        raise DatasetError(
+            f"the photos in {str(folder)!r} differ from those session {session.name!r} was "
+            "started with. Run without --photos to continue the session, or choose a new "
+            "--session name for the new photos.")
+
+
+def import_photos(session: Session, folder: Path | None) -> dict[str, str]:
+    """Copy originals into the session, recording them only once all are copied."""
+    stored = recorded_photos(session)
+    if stored:
+        return stored
+    if folder is None:
+        raise DatasetError(f"session {session.name!r} has no photos yet. Pass --photos with the "
+                           "folder that holds your subject's photos.")
+    photos = find_photos(folder)
+    session.remove_temporary(PHOTOS)
+    for photo in photos:
+        session.put_file(photo, f"{PHOTOS}/{photo.name}")
+    hashes = hash_files(photos)
+    update_state(session, photos=hashes)
+    return hashes
+
+
+def photos_digest(hashes: dict[str, str]) -> str:
+    return digest(sorted(hashes.items()))

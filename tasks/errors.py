@@ -1,0 +1,30 @@
+"""Errors a user can fix. `str()` of each is the whole message shown to them:
+what is wrong, where (file or field), and what to do about it."""
+
+
+class DreamBoothError(ValueError):
+    """A problem with the user's input or environment, not a bug."""
+
+
+class ConfigError(DreamBoothError):
+    """A flag, parameter or setting is invalid or conflicts with the session."""
+
+
+class SessionError(DreamBoothError):
+    """The session name or the session's stored state is unusable."""
+
+
+class StorageError(DreamBoothError):
+    """The session storage cannot be reached or written."""
+
+
+class DatasetError(DreamBoothError):
+    """The photos cannot be used for training."""
+
+
+class ModelError(DreamBoothError):
+    """The base model cannot be found, fetched or converted."""
+
+
+class NetworkError(ConnectionError):
+    """A transient network failure: worth retrying, unlike a DreamBoothError."""

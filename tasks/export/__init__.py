@@ -1,0 +1,1 @@
+"""Turning the final checkpoint into files other tools load. Plain Python: no prefect."""

@@ -1,0 +1,79 @@
+"""Folders in the model cache that are built once, and file hashes worth remembering.
+
+A cache folder is built in a hidden temp folder beside its final place and then
+renamed, so a killed build never leaves a half-written model where a later run
+would trust it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+_HASH_BLOCK = 1 << 20
+
+
+def build_once(target: Path, build: Callable[[Path], None]) -> tuple[Path, bool]:
+    """Return `target`, calling `build(temp_folder)` to create it if it is missing.
+
+    The second value says whether this call built it.
+    """
+    target = Path(target)
+    if target.is_dir():
+        return target, False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    temp.mkdir()  # unlike mkdtemp, keeps the umask's permissions: the cache may be shared
+    try:
+        build(temp)
+        temp.rename(target)
+    except OSError:
+        if not target.is_dir():  # another process may have published it first
+            raise
+    finally:
+        if temp.exists():
+            shutil.rmtree(temp, ignore_errors=True)
+    return target, True
+
+
+def file_sha256(path: Path, cache_dir: Path) -> str:
+    """The sha256 of a file, remembered while its size and mtime stay the same.
+
+    Hashing a multi-gigabyte checkpoint takes seconds; the record under
+    cache_dir/"hashes" spares that on every later run.
+    """
+    path = Path(path).resolve()
+    stat = path.stat()
+    stamp = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    record = Path(cache_dir) / "hashes" / f"{_text_sha256(str(path))[:16]}.json"
+    if record.is_file():
+        saved = json.loads(record.read_text())
+        if {k: saved.get(k) for k in stamp} == stamp:
+            return saved["sha256"]
+    digest = _hash_file(path)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    _write_text_atomic(record, json.dumps({**stamp, "sha256": digest}))
+    return digest
+
+
+def _hash_file(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(_HASH_BLOCK):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def _text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp.write_text(text)
+    temp.replace(path)

@@ -1,0 +1,83 @@
+"""A small random Stable Diffusion, built locally, for demos and tests.
+
+It has the SD 1.x shape (UNet with cross-attention, KL VAE, CLIP text encoder,
+CLIP-style BPE tokenizer, DDPM noise schedule) at a size that trains on a CPU
+in milliseconds per step. Its weights come from a fixed seed, so every machine
+with the same torch builds the same model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+TINY_RESOLUTION = 64
+TINY_VERSION = "tiny-sd1-v1"
+_SEED = 0
+_WIDTH = 32  # text-encoder width = UNet cross-attention width
+
+
+def byte_alphabet() -> list[str]:
+    """The 256 printable stand-ins CLIP's BPE uses for raw bytes, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[byte] = chr(byte)
+        else:
+            chars[byte] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
+def write_tiny_tokenizer(folder: Path, merges: list[tuple[str, str]] = ()) -> None:
+    """A CLIP tokenizer whose vocabulary is the byte alphabet plus the given merges."""
+    alphabet = byte_alphabet()
+    tokens = alphabet + [c + "</w>" for c in alphabet] + ["".join(pair) for pair in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False))
+    lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
+    (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (folder / "special_tokens_map.json").write_text(json.dumps({
+        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": 77,
+        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "do_lower_case": True}))
+
+
+def build_tiny_model(folder: Path) -> Path:
+    """Write a tiny Stable Diffusion in diffusers layout into `folder` and return it."""
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    write_tiny_tokenizer(folder / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED)
+        unet = UNet2DConditionModel(
+            sample_size=TINY_RESOLUTION // 4, layers_per_block=1, block_out_channels=(32, 64),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=_WIDTH, attention_head_dim=8, norm_num_groups=8)
+        vae = AutoencoderKL(
+            block_out_channels=(16, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8,
+            down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+            sample_size=TINY_RESOLUTION)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=_WIDTH, intermediate_size=64, num_attention_heads=4,
+            num_hidden_layers=2, max_position_embeddings=77, projection_dim=_WIDTH,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id))
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        prediction_type="epsilon", clip_sample=False, steps_offset=1)
+    pipeline = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -1,0 +1,20 @@
+"""@task: open or create the session and check the configuration against it."""
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from tasks.config import DreamBoothConfig
+from tasks.dataset.photos import check_same_photos
+from tasks.session import Session
+from tasks.session_state import SessionRef, open_or_create
+
+
+@task(name="open-session", task_run_name="open session {config.session}")
+def open_session(config: DreamBoothConfig) -> SessionRef:
+    session = Session(config.storage, config.session)
+    if config.photos:
+        check_same_photos(session, Path(config.photos))
+    ref = open_or_create(session, config)
+    get_run_logger().info("Session %s (storage %s)", session.url, config.storage)
+    return ref

@@ -1,0 +1,70 @@
+"""session.json: the session's configuration, training fingerprint and status."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from tasks.config import DreamBoothConfig, differing_fields
+from tasks.errors import ConfigError, SessionError
+from tasks.session import SESSION_FILE, Session
+
+
+class SessionRef(BaseModel):
+    """How tasks find a session. `uid` changes if a session is deleted and recreated,
+    so cached results of the old one never stand in for the new one."""
+
+    model_config = ConfigDict(frozen=True)
+    storage: str
+    name: str
+    uid: str
+
+    def open(self) -> Session:
+        return Session(self.storage, self.name)
+
+
+def read_state(session: Session) -> dict[str, Any] | None:
+    if not session.exists(SESSION_FILE):
+        return None
+    try:
+        return session.read_json(SESSION_FILE)
+    except ValueError as exc:
+        raise SessionError(f"{session.url}/{SESSION_FILE} is not valid JSON ({exc}). Restore it "
+                           "from a backup or start a new --session.") from exc
+
+
+def stored_config(session: Session) -> dict[str, Any] | None:
+    state = read_state(session)
+    return state["config"] if state else None
+
+
+def update_state(session: Session, **changes: Any) -> dict[str, Any]:
+    state = read_state(session) or {}
+    state.update(changes, updated_at=time.time())
+    session.write_json(SESSION_FILE, state)
+    return state
+
+
+def open_or_create(session: Session, config: DreamBoothConfig) -> SessionRef:
+    """Check `config` against the session's record, then record it."""
+    state = read_state(session)
+    if state is None:
+        state = {"format": 1, "uid": uuid.uuid4().hex, "created_at": time.time(), "status": "new"}
+    else:
+        refuse_changed_training(session, DreamBoothConfig(**state["config"]), config)
+    update_state(session, **{**state, "config": config.model_dump()})
+    return SessionRef(storage=config.storage, name=config.session, uid=state["uid"])
+
+
+def refuse_changed_training(session: Session, stored: DreamBoothConfig, given: DreamBoothConfig) -> None:
+    before, after = stored.training_values(), given.training_values()
+    changed = differing_fields(before, after)
+    if changed:
+        details = ", ".join(f"{k} (session: {before[k]!r}, now: {after[k]!r})" for k in changed)
+        raise ConfigError(
+            f"session {session.name!r} was trained with different settings: {details}. "
+            "Rerun without these flags to continue it, or pass a new --session name to "
+            "train with the new settings.")

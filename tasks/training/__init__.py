@@ -1,0 +1,1 @@
+"""UNet fine-tuning in resumable chunks. Plain torch/diffusers: no prefect."""
