@@ -7,12 +7,13 @@ would trust it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 _HASH_BLOCK = 1 << 20
@@ -21,24 +22,43 @@ _HASH_BLOCK = 1 << 20
 def build_once(target: Path, build: Callable[[Path], None]) -> tuple[Path, bool]:
     """Return `target`, calling `build(temp_folder)` to create it if it is missing.
 
-    The second value says whether this call built it.
+    The second value says whether this call built it. Processes sharing the cache
+    wait for each other instead of building the same folder twice.
     """
     target = Path(target)
     if target.is_dir():
         return target, False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    temp.mkdir()  # unlike mkdtemp, keeps the umask's permissions: the cache may be shared
-    try:
-        build(temp)
-        temp.rename(target)
-    except OSError:
-        if not target.is_dir():  # another process may have published it first
-            raise
-    finally:
-        if temp.exists():
+    with file_lock(target.with_name(f".{target.name}.lock")):
+        if target.is_dir():
+            return target, False
+        temp = target.with_name(f".{target.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        temp.mkdir()  # unlike mkdtemp, keeps the umask's permissions: the cache may be shared
+        try:
+            build(temp)
+            temp.rename(target)
+        finally:
             shutil.rmtree(temp, ignore_errors=True)
     return target, True
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing) so one process at a time does the work.
+
+    Without fcntl (Windows) this does nothing; the cache then relies on its atomic renames alone.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # waits while another process holds it
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def file_sha256(path: Path, cache_dir: Path) -> str:

@@ -17,8 +17,8 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from tasks.errors import ModelError, NetworkError
+from tasks.model.cache import file_lock
 
-_CHUNK = 1 << 20
 _TIMEOUT = httpx.Timeout(60.0, connect=15.0)
 _PROGRESS_EVERY_S = 30.0
 _HUB_HOSTS = ("huggingface.co", "hf.co")
@@ -39,11 +39,16 @@ def download_file(url: str, target: Path, token: str | None = None,
                   log: logging.Logger = logging.getLogger("dreambooth")) -> Path:
     """Download `url` to `target` unless it is already there; return `target`."""
     target = Path(target)
-    if target.is_file():
-        log.info("Using %s, downloaded before from %s", target, url)
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + ".part")
+    with file_lock(target.with_name(target.name + ".lock")):  # two runs must not append to one .part
+        if target.is_file():
+            log.info("Using %s, downloaded before from %s", target, url)
+            return target
+        _download_to_part(url, target.with_name(target.name + ".part"), token, log).replace(target)
+    log.info("Downloaded %s (%.1f MB)", target, target.stat().st_size / 1e6)
+    return target
+
+
+def _download_to_part(url: str, part: Path, token: str | None, log: logging.Logger) -> Path:
     headers = {"Accept-Encoding": "identity", **_auth_header(url, token)}
     try:
         with httpx.Client(timeout=_TIMEOUT, follow_redirects=True, headers=headers) as client:
@@ -51,13 +56,11 @@ def download_file(url: str, target: Path, token: str | None = None,
     except httpx.HTTPStatusError as exc:
         raise http_status_error(url, exc.response.status_code, exc.response.reason_phrase) from exc
     except httpx.TransportError as exc:
+        kept = f" The part downloaded so far is kept in {part}; the next run resumes it." if part.is_file() else ""
         raise NetworkError(
-            f"Downloading {url} failed: {type(exc).__name__}: {exc or 'no details'}. "
-            f"Check the network and run again; the part already downloaded is kept in {part} "
-            "and the download resumes from there.") from exc
-    part.replace(target)
-    log.info("Downloaded %s (%.1f MB)", target, target.stat().st_size / 1e6)
-    return target
+            f"Downloading {url} failed ({type(exc).__name__}: {exc or 'no details'}). "
+            f"Check the network and run again.{kept}") from exc
+    return part
 
 
 def http_status_error(url: str, status: int, reason: str = "") -> Exception:
@@ -110,6 +113,7 @@ def _fetch_into(client: httpx.Client, url: str, part: Path, offset: int, log: lo
         if response.status_code == 416 and offset:
             return False
         response.raise_for_status()
+        _refuse_web_page(response, url)
         resumed = offset > 0 and response.status_code == 206 and _range_start(response) == offset
         if offset and not resumed:
             log.info("%s does not support resuming; downloading it again from the start", url)
@@ -130,13 +134,22 @@ def _fetch_into(client: httpx.Client, url: str, part: Path, offset: int, log: lo
 def _copy_body(response: httpx.Response, stream, done: int, total: int | None, url: str,
                log: logging.Logger) -> None:
     last_report = time.monotonic()
-    for chunk in response.iter_bytes(_CHUNK):
+    for chunk in response.iter_bytes():  # no chunk size: keep every byte that arrived if cut off
         stream.write(chunk)
         done += len(chunk)
         if time.monotonic() - last_report > _PROGRESS_EVERY_S:
             last_report = time.monotonic()
             of_total = f" of {total / 1e6:.0f}" if total else ""
             log.info("Downloading %s: %.0f%s MB", url, done / 1e6, of_total)
+
+
+def _refuse_web_page(response: httpx.Response, url: str) -> None:
+    """Sites answer a download link with a login or error page as HTML; that is never a checkpoint."""
+    if response.headers.get("Content-Type", "").lower().startswith("text/html"):
+        raise ModelError(
+            f"{url} answered with a web page, not a model file: the site may need you to log in, or the "
+            "link points to the model's page rather than to the file. Use the file's direct download "
+            "link, or download it in a browser and pass its local path.")
 
 
 def _range_start(response: httpx.Response) -> int | None:

@@ -52,6 +52,8 @@ def fetch_model(spec: str, cache_dir: Path, revision: str | None = None, model_c
     `revision` applies to hub repos; `model_config` (a local diffusers folder or a
     hub repo id of the same architecture) to single-file checkpoints.
     """
+    if not spec.strip():
+        raise ModelError(f"No model given (the model spec {spec!r} is empty). Pass one of: {ACCEPTED_SPECS}.")
     cache_dir = Path(cache_dir).expanduser()
     _warn_unused_options(spec, revision, model_config, log)
     if spec == "tiny":

@@ -65,8 +65,8 @@ def _cached_snapshot(repo_id: str, options: dict) -> Path | None:
 def hub_error(exc: BaseException, repo_id: str, revision: str | None, hub_cache: Path) -> Exception | None:
     """A ModelError or NetworkError telling the user what went wrong, or None if `exc` is unexpected."""
     from huggingface_hub.errors import (
-        DisabledRepoError, GatedRepoError, HFValidationError, HfHubHTTPError, LocalEntryNotFoundError,
-        OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
+        DisabledRepoError, GatedRepoError, HFValidationError, LocalEntryNotFoundError, OfflineModeIsEnabled,
+        RepositoryNotFoundError, RevisionNotFoundError)
 
     page = f"https://huggingface.co/{repo_id}"
     if isinstance(exc, GatedRepoError):
@@ -97,7 +97,8 @@ def hub_error(exc: BaseException, repo_id: str, revision: str | None, hub_cache:
             f"The Hugging Face hub refused access to {repo_id} (HTTP {status}). "
             f"Pass a token that can read {page} (hf_token or HF_TOKEN).")
     if status is not None and status < 500 and status not in (408, 429):
-        return ModelError(f"The Hugging Face hub answered HTTP {status} for {repo_id}: {exc}")
+        return ModelError(f"The Hugging Face hub answered HTTP {status} for {repo_id} ({root_cause(exc)}). "
+                          "Check the repo id and revision.")
     if status is not None or isinstance(exc, LocalEntryNotFoundError) or is_connection_failure(exc):
         return NetworkError(
             f"Could not download {repo_id} from the Hugging Face hub ({root_cause(exc)}). "

@@ -68,10 +68,9 @@ def save_single_file(state: Mapping[str, torch.Tensor], path: Path,
     if fmt == "safetensors":
         from safetensors.torch import save_file
 
-        metadata = {"format": "pt"}
-        if global_step is not None:
-            metadata["global_step"] = str(global_step)
-        save_file(tensors, str(path), metadata=metadata)
+        # One metadata entry only: safetensors writes several in a random order,
+        # and identical models must give identical files.
+        save_file(tensors, str(path), metadata={"format": "pt"})
     elif fmt == "ckpt":
         checkpoint = {"state_dict": tensors}
         if global_step is not None:
