@@ -1,0 +1,50 @@
+"""Test-session set-up: one Prefect server, one model cache, no network."""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+_HOME = Path(tempfile.mkdtemp(prefix="dreambooth-tests-"))
+# Before prefect is imported anywhere: its settings are read from the environment.
+os.environ.update({
+    "PREFECT_HOME": str(_HOME / "prefect"),
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "60",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DREAMBOOTH_CACHE": str(_HOME / "cache"),
+    "HF_HUB_OFFLINE": "1",
+})
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE_PHOTOS = REPO / "examples" / "photos"
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url():
+    """Prefect's own temporary server, started once for the whole test run."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> str:
+    from tasks.model.fetch import fetch_model
+
+    return fetch_model("tiny", Path(os.environ["DREAMBOOTH_CACHE"])).path
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """A copy of the example photos the README's demo uses."""
+    folder = tmp_path / "photos"
+    shutil.copytree(EXAMPLE_PHOTOS, folder)
+    return folder
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_HOME, ignore_errors=True)

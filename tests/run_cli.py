@@ -1,0 +1,82 @@
+"""Run the `dreambooth` CLI in a subprocess that SIGKILLs itself at a chosen instant.
+
+    python run_cli.py [--kill-at POINT:N] -- train --session ...
+
+POINTs (N counts calls in this process, from 1):
+  step      before the Nth training step runs
+  write     halfway through the Nth write into a checkpoint file
+  manifest  just before the Nth checkpoint manifest is written
+  export    halfway through copying the output file named N into the session
+"""
+
+import os
+import signal
+import sys
+
+
+def _die() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _counting(original, n, partial=None):
+    calls = {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] != n:
+            return original(*args, **kwargs)
+        if partial:
+            partial(*args)
+        _die()
+
+    return wrapper
+
+
+def arm(point: str, n: str) -> None:
+    import tasks.session as session
+    from tasks.training import checkpoint, trainer
+
+    if point == "step":
+        trainer.UNetTrainer.step = _counting(trainer.UNetTrainer.step, int(n))
+    elif point == "write":
+        def half(self, data):
+            self.target.write(bytes(memoryview(data).cast("B")[: len(data) // 2]))
+            self.target.flush()
+        checkpoint._HashingFile.write = _counting(checkpoint._HashingFile.write, int(n), partial=half)
+    elif point == "manifest":
+        store = checkpoint.CheckpointStore
+        original = store._write
+        calls = {"n": 0}
+
+        def write(self, relative, writer):
+            if relative.endswith(checkpoint.MANIFEST):
+                calls["n"] += 1
+                if calls["n"] == int(n):
+                    _die()
+            return original(self, relative, writer)
+        store._write = write
+    elif point == "export":
+        original = session.Session.put_file
+
+        def put_file(self, local, relative):
+            if relative != n:
+                return original(self, local, relative)
+            data = open(local, "rb").read()
+            self.write_with(relative, lambda f: (f.write(data[: len(data) // 2]), f.flush(), _die()))
+        session.Session.put_file = put_file
+    else:
+        raise SystemExit(f"unknown kill point {point!r}")
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if args[0] == "--kill-at":
+        point, count = args[1].split(":")
+        arm(point, count)
+        args = args[2:]
+    assert args[0] == "--"
+    from flows.cli import main
+
+    sys.exit(main(args[1:]))

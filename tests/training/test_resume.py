@@ -1,0 +1,105 @@
+"""Nothing is lost: a run killed at any instant, rerun, ends with the same model."""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+RUN_CLI = REPO / "tests" / "run_cli.py"
+STEPS, CHUNK = 12, 4
+
+
+def run_cli(api_url, cwd, *args, kill_at=None) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(RUN_CLI)] + (["--kill-at", kill_at] if kill_at else []) + ["--", *args]
+    env = {**os.environ, "PREFECT_API_URL": api_url, "PYTHONPATH": str(REPO)}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def train_args(storage, session, photos, steps=STEPS):
+    return ["train", "--session", session, "--storage", str(storage), "--photos", str(photos),
+            "--model", "tiny", "--steps", str(steps), "--chunk-steps", str(CHUNK),
+            "--learning-rate", "1e-4", "--seed", "7"]
+
+
+def final_unet(session_dir: Path, step: int = STEPS) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load_file(session_dir / "checkpoints" / f"step-{step:06d}" / "unet.safetensors")
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def reference(prefect_api_url, tmp_path_factory):
+    """An uninterrupted run, in a subprocess like the killed ones."""
+    root = tmp_path_factory.mktemp("reference")
+    photos = REPO / "examples" / "photos"
+    result = run_cli(prefect_api_url, root, *train_args(root / "sessions", "ref", photos))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "sessions" / "ref"
+
+
+def test_killed_runs_resume_to_the_uninterrupted_model(prefect_api_url, reference, tmp_path, photos):
+    storage = tmp_path / "sessions"
+    args = train_args(storage, "ref", photos)
+    # (where this run is killed, the checkpoint it must resume from)
+    runs = [
+        ("step:6", None),                 # mid-training, in chunk 2 (chunk 1 committed at step 4)
+        ("write:1", 4),                   # halfway through writing step 8's first checkpoint file
+        ("manifest:2", 4),                # step 8 commits; step 12's files written, manifest not
+        ("export:ref.safetensors", 8),    # halfway through placing the exported single file
+        (None, None),                     # runs to the end
+    ]
+    for kill_at, resumes_from in runs:
+        result = run_cli(prefect_api_url, tmp_path, *args, kill_at=kill_at)
+        assert result.returncode == (-9 if kill_at else 0), f"{kill_at}:\n{result.stderr[-3000:]}"
+        if resumes_from:
+            assert f"Resuming from committed checkpoint at step {resumes_from}" in result.stderr
+        assert not (storage / "ref" / "ref.safetensors").exists() or kill_at is None
+
+    session = storage / "ref"
+    assert_same_weights(final_unet(session), final_unet(reference))
+    for output in ("ref.safetensors", "ref.ckpt"):
+        assert sha256(session / output) == sha256(reference / output)
+    assert not [p for p in session.rglob("*") if ".tmp-" in p.name], "temporary files left behind"
+
+
+def corrupt_then_train_further(api_url, tmp_path, photos, damage) -> str:
+    """Train 8 steps, damage step 8's weights, then train to 12; return the second run's log."""
+    storage = tmp_path / "sessions"
+    first = run_cli(api_url, tmp_path, *train_args(storage, "ref", photos, steps=8))
+    assert first.returncode == 0, first.stderr[-3000:]
+    weights = storage / "ref" / "checkpoints" / "step-000008" / "unet.safetensors"
+    weights.write_bytes(damage(weights.read_bytes()))
+    second = run_cli(api_url, tmp_path, *train_args(storage, "ref", photos))
+    assert second.returncode == 0, second.stderr[-3000:]
+    return second.stderr
+
+
+def test_truncated_latest_checkpoint_falls_back_to_previous(prefect_api_url, reference, tmp_path, photos):
+    log = corrupt_then_train_further(prefect_api_url, tmp_path, photos, lambda data: data[:1000])
+    assert "Checkpoint at step 8 is unusable" in log
+    assert "Resuming from committed checkpoint at step 4" in log
+    assert_same_weights(final_unet(tmp_path / "sessions" / "ref"), final_unet(reference))
+
+
+def test_bit_flipped_checkpoint_is_detected_by_its_hash(prefect_api_url, reference, tmp_path, photos):
+    def flip(data: bytes) -> bytes:
+        return data[:-5] + bytes([data[-5] ^ 0xFF]) + data[-4:]  # same size, other content
+
+    log = corrupt_then_train_further(prefect_api_url, tmp_path, photos, flip)
+    assert "Checkpoint at step 8 is corrupt" in log
+    assert "Resuming from committed checkpoint at step 4" in log
+    assert_same_weights(final_unet(tmp_path / "sessions" / "ref"), final_unet(reference))
