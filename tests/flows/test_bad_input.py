@@ -1,0 +1,79 @@
+"""A user's mistake gets one clear paragraph and exit code 2: no traceback, nothing lost."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.cli import EXIT_USER_ERROR, main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def dreambooth(api_url: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PREFECT_API_URL": api_url, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *phrases: str) -> None:
+    assert result.returncode == EXIT_USER_ERROR, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    error = result.stderr[result.stderr.index("error: "):]
+    for phrase in phrases:
+        assert phrase in error, error
+
+
+def tiny_args(tmp_path: Path, photos: Path, session: str = "s") -> list[str]:
+    return ["train", "--session", session, "--storage", str(tmp_path / "sessions"), "--model", "tiny",
+            "--photos", str(photos), "--steps", "2"]
+
+
+def test_missing_photos_folder(prefect_api_url, tmp_path):
+    result = dreambooth(prefect_api_url, tmp_path, *tiny_args(tmp_path, tmp_path / "nope"))
+    assert_user_error(result, "nope", "does not exist", "--photos")
+
+
+def test_folder_without_usable_images(prefect_api_url, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not a photo")
+    result = dreambooth(prefect_api_url, tmp_path, *tiny_args(tmp_path, folder))
+    assert_user_error(result, "no photos in", "shrk (1).jpg")
+
+
+def test_undecodable_photo_is_named_and_the_originals_stay(prefect_api_url, tmp_path, photos):
+    (photos / "shrk (9).jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    result = dreambooth(prefect_api_url, tmp_path, *tiny_args(tmp_path, photos))
+    assert_user_error(result, "shrk (9).jpg", "cannot be read as an image")
+    copied = tmp_path / "sessions" / "s" / "photos"
+    assert sorted(p.name for p in copied.iterdir()) == sorted(p.name for p in photos.iterdir())
+
+
+def test_unknown_model(prefect_api_url, tmp_path, photos):
+    result = dreambooth(prefect_api_url, tmp_path, *tiny_args(tmp_path, photos)[:-4], "--model", "./no-such-model")
+    assert_user_error(result, "no-such-model", "no such file or folder")
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc", "a/b", "x" * 65])
+def test_session_names_that_leave_the_storage_root(tmp_path, photos, name, capsys):
+    assert main(["train", "--session", name, "--storage", str(tmp_path), "--photos", str(photos)]) == 2
+    assert "session" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [photos.parent / "photos"]
+
+
+@pytest.mark.parametrize("storage", ["{file}/sessions", "nosuchprotocol://bucket"])
+def test_unreachable_storage(tmp_path, photos, storage, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    url = storage.format(file=blocker)
+    assert main(["train", "--session", "s", "--storage", url, "--photos", str(photos)]) == 2
+    error = capsys.readouterr().err
+    assert "cannot use session storage" in error and url in error
+
+
+def test_invalid_flag_value_names_the_flag(tmp_path, capsys):
+    assert main(["train", "--session", "s", "--storage", str(tmp_path), "--chunk-steps", "0"]) == 2
+    assert "--chunk-steps" in capsys.readouterr().err
