@@ -12,7 +12,7 @@ def _cache_key(context, p) -> str:
     return digest(["captions", p["ref"].uid, p["dataset"].digest, p["token"], p["template"]])
 
 
-@task(name="caption-photos", cache_key_fn=_cache_key, persist_result=True)
+@task(name="caption-photos", task_run_name="caption photos", cache_key_fn=_cache_key, persist_result=True)
 def caption_photos(ref: SessionRef, dataset: PreparedDataset, token: str | None,
                    template: str) -> Captions:
     return caption_dataset(ref.open(), token, template, get_run_logger())

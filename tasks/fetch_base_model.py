@@ -24,8 +24,6 @@ def retry_on_network_error(task, task_run, state) -> bool:
 @task(name="fetch-base-model", task_run_name="fetch model {config.model}", retries=RETRIES,
       retry_delay_seconds=exponential_backoff(backoff_factor=5), retry_condition_fn=retry_on_network_error)
 def fetch_base_model(config: DreamBoothConfig) -> LocalModel:
-    model = fetch_model(config.model, model_cache_dir(), revision=config.revision,
-                        model_config=config.single_file_config,
-                        hf_token=os.environ.get("HF_TOKEN"), log=get_run_logger())
-    get_run_logger().info("Base model %s ready at %s", config.model, model.path)
-    return model
+    return fetch_model(config.model, model_cache_dir(), revision=config.revision,
+                       model_config=config.single_file_config,
+                       hf_token=os.environ.get("HF_TOKEN"), log=get_run_logger())

@@ -10,7 +10,7 @@ from tasks.session_state import SessionRef
 from tasks.training.plan import TrainingPlan, make_plan
 
 
-@task(name="plan-training")
+@task(name="plan-training", task_run_name="plan training")
 def plan_training(ref: SessionRef, config: DreamBoothConfig, model: LocalModel,
                   dataset: PreparedDataset, captions: Captions) -> TrainingPlan:
     plan = make_plan(ref.open(), ref, config, model.path, model.digest, captions.digest, dataset.count)

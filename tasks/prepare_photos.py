@@ -16,7 +16,7 @@ def _cache_key(context, p) -> str:
     return digest(["prepare", p["ref"].uid, p["resolution"], p["model"].digest])
 
 
-@task(name="prepare-photos", cache_key_fn=_cache_key, persist_result=True)
+@task(name="prepare-photos", task_run_name="prepare photos", cache_key_fn=_cache_key, persist_result=True)
 def prepare_photos(ref: SessionRef, photos: str | None, resolution: int | None,
                    model: LocalModel) -> PreparedDataset:
     size = resolution or native_resolution(model.path)
