@@ -8,14 +8,12 @@ from pathlib import PurePosixPath
 from tasks.errors import DatasetError
 
 # "shrk (1)", "shrk(2)", "shrk_3", "shrk-4", "shrk 5" -> "shrk"; "r2d2" stays whole.
-_NUMBERED = re.compile(r"^(?P<token>.+?)(?:\s*\(\d+\)|[\s_-]+\d+)?$")
+_NUMBER_SUFFIX = re.compile(r"(?:\s*\(\d+\)|[\s_-]+\d+)$")
 
 
 def token_from_filename(name: str) -> str:
-    stem = PurePosixPath(name).stem.strip()
-    match = _NUMBERED.match(stem)
-    token = match.group("token").strip() if match else ""
-    if not token:
+    token = _NUMBER_SUFFIX.sub("", PurePosixPath(name).stem).strip()
+    if not any(c.isalnum() for c in token):
         raise DatasetError(f"{name}: no identifier in the file name. Name photos after the "
                            "subject's identifier, e.g. 'shrk (1).jpg', or pass --token.")
     return token
