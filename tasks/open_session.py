@@ -5,7 +5,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from tasks.config import DreamBoothConfig
-from tasks.dataset.photos import check_same_photos
+from tasks.dataset.photos import check_photos
 from tasks.session import Session
 from tasks.session_state import SessionRef, open_or_create
 
@@ -13,8 +13,7 @@ from tasks.session_state import SessionRef, open_or_create
 @task(name="open-session", task_run_name="open session {config.session}")
 def open_session(config: DreamBoothConfig) -> SessionRef:
     session = Session(config.storage, config.session)
-    if config.photos:
-        check_same_photos(session, Path(config.photos))
+    check_photos(session, Path(config.photos) if config.photos else None)
     ref = open_or_create(session, config)
     get_run_logger().info("Session %s (storage %s)", session.url, config.storage)
     return ref

@@ -49,11 +49,13 @@ def update_state(session: Session, **changes: Any) -> dict[str, Any]:
 
 
 def open_or_create(session: Session, config: DreamBoothConfig) -> SessionRef:
-    """Check `config` against the session's record, then record it."""
+    """Check `config` against the session's record, then record it.
+
+    Settings are free to change until training has started (a fingerprint is recorded)."""
     state = read_state(session)
     if state is None:
         state = {"format": 1, "uid": uuid.uuid4().hex, "created_at": time.time(), "status": "new"}
-    else:
+    elif "fingerprint" in state:
         refuse_changed_training(session, DreamBoothConfig(**state["config"]), config)
     update_state(session, **{**state, "config": config.model_dump()})
     return SessionRef(storage=config.storage, name=config.session, uid=state["uid"])

@@ -37,10 +37,16 @@ def recorded_photos(session: Session) -> dict[str, str]:
     return (read_state(session) or {}).get("photos", {})
 
 
-def check_same_photos(session: Session, folder: Path) -> None:
-    """Refuse to mix a session's photos with a different set."""
+def check_photos(session: Session, folder: Path | None) -> None:
+    """Before anything slow: a new session needs readable photos; an old one keeps its own."""
     stored = recorded_photos(session)
-    if stored and stored != hash_files(find_photos(folder)):
+    if not stored and folder is None:
+        raise DatasetError(f"session {session.name!r} has no photos yet. Pass --photos with the "
+                           "folder that holds your subject's photos.")
+    if folder is None:
+        return
+    given = hash_files(find_photos(folder))
+    if stored and stored != given:
         raise DatasetError(
             f"the photos in {str(folder)!r} differ from those session {session.name!r} was "
             "started with. Run without --photos to continue the session, or choose a new "
@@ -52,9 +58,7 @@ def import_photos(session: Session, folder: Path | None) -> dict[str, str]:
     stored = recorded_photos(session)
     if stored:
         return stored
-    if folder is None:
-        raise DatasetError(f"session {session.name!r} has no photos yet. Pass --photos with the "
-                           "folder that holds your subject's photos.")
+    check_photos(session, folder)
     photos = find_photos(folder)
     session.remove_temporary(PHOTOS)
     for photo in photos:

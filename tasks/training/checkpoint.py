@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import re
@@ -19,6 +20,8 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable
+
+import torch
 
 from tasks.session import Session
 
@@ -153,7 +156,6 @@ class CheckpointStore:
 
 
 def _json(value: Any) -> bytes:
-    import json
     return json.dumps(value, indent=2, sort_keys=True).encode()
 
 
@@ -171,5 +173,4 @@ def _fsync_dir(path: str) -> None:
 
 def read_tensor_file(data: bytes):
     """Deserialize a tensor-only torch file without allowing arbitrary pickles."""
-    import torch
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

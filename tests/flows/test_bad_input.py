@@ -53,8 +53,14 @@ def test_undecodable_photo_is_named_and_the_originals_stay(prefect_api_url, tmp_
 
 
 def test_unknown_model(prefect_api_url, tmp_path, photos):
-    result = dreambooth(prefect_api_url, tmp_path, *tiny_args(tmp_path, photos)[:-4], "--model", "./no-such-model")
+    result = dreambooth(prefect_api_url, tmp_path, *tiny_args(tmp_path, photos), "--model", "./no-such-model")
     assert_user_error(result, "no-such-model", "no such file or folder")
+
+
+def test_new_session_without_photos_stops_before_fetching_the_model(prefect_api_url, tmp_path):
+    # The default model is a hub download; it must not be attempted.
+    assert main(["train", "--session", "s", "--storage", str(tmp_path)]) == EXIT_USER_ERROR
+    assert not (tmp_path / "s" / "photos").exists()
 
 
 @pytest.mark.parametrize("name", ["../x", "/etc", "a/b", "x" * 65])
