@@ -59,6 +59,7 @@ def config_from_flags(flags: dict[str, Any]) -> DreamBoothConfig:
     """The session's stored configuration updated with the flags given now."""
     storage = flags.get("storage", DreamBoothConfig.model_fields["storage"].default)
     stored = stored_config(Session(storage, flags["session"])) or {}
+    stored.pop("photos", None)  # where photos came from, not a setting: the session has copies
     try:
         return DreamBoothConfig(**{**stored, **flags})
     except ValidationError as exc:

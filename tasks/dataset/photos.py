@@ -43,8 +43,8 @@ def check_photos(session: Session, folder: Path | None) -> None:
     if not stored and folder is None:
         raise DatasetError(f"session {session.name!r} has no photos yet. Pass --photos with the "
                            "folder that holds your subject's photos.")
-    if folder is None:
-        return
+    if folder is None or (stored and not Path(folder).exists()):
+        return  # resuming, perhaps on another machine: the session has its own copies
     given = hash_files(find_photos(folder))
     if stored and stored != given:
         raise DatasetError(

@@ -126,3 +126,13 @@ def test_memory_storage(prefect_api_url, photos):
     fs = fsspec.filesystem("memory")
     assert fs.exists("/sessions/mem/mem.safetensors")
     assert json.loads(fs.cat_file("/sessions/mem/session.json"))["status"] == "complete"
+
+
+def test_resume_works_after_the_original_photos_are_gone(prefect_api_url, tmp_path, photos):
+    storage = tmp_path / "sessions"
+    assert train(storage, photos, "--steps", "4") == 0
+    for photo in photos.iterdir():
+        photo.unlink()
+    photos.rmdir()
+    assert train(storage, None, "--steps", "8") == 0
+    assert json.loads((storage / "shrk" / "session.json").read_text())["export"]["step"] == 8
