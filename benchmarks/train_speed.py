@@ -1,0 +1,130 @@
+"""Training speed, memory and checkpoint cost of our training code.
+
+    python benchmarks/train_speed.py --model tiny --device cpu --steps 50
+    python benchmarks/train_speed.py --model sd15 --device cuda --steps 100
+
+`sd15` is the full-size Stable Diffusion 1.5 architecture built from its
+published configuration with random weights (nothing is downloaded); `tiny`
+is the built-in tiny model. Needs torch, diffusers and transformers only
+(no prefect), so it runs on a bare GPU box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tasks.model.tiny import build_tiny_model, write_tiny_tokenizer  # noqa: E402
+from tasks.session import Session  # noqa: E402
+from tasks.training.checkpoint import CheckpointStore  # noqa: E402
+from tasks.training.model_parts import ModelParts, load_model_parts  # noqa: E402
+from tasks.training.trainer import Example, Hyperparameters, UNetTrainer  # noqa: E402
+
+# Published SD 1.5 component configurations (unet/vae/text_encoder config.json).
+SD15_UNET = dict(sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+                 cross_attention_dim=768, attention_head_dim=8)
+SD15_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                sample_size=512, scaling_factor=0.18215)
+SD15_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                 num_hidden_layers=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
+SD15_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                      beta_schedule="scaled_linear", prediction_type="epsilon")
+
+
+def sd15_parts(device: torch.device, folder: Path) -> tuple[ModelParts, int]:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    write_tiny_tokenizer(folder)  # token ids only index the embedding; speed is the same
+    parts = ModelParts(
+        unet=UNet2DConditionModel(**SD15_UNET), vae=AutoencoderKL(**SD15_VAE),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**SD15_TEXT)),
+        tokenizer=CLIPTokenizer.from_pretrained(folder), noise_scheduler=DDPMScheduler(**SD15_SCHEDULER))
+    for module in (parts.unet, parts.vae, parts.text_encoder):
+        module.to(device)
+    parts.vae.requires_grad_(False).eval()
+    parts.text_encoder.requires_grad_(False).eval()
+    return parts, 512
+
+
+def tiny_parts(device: torch.device, folder: Path) -> tuple[ModelParts, int]:
+    from tasks.model.tiny import TINY_RESOLUTION
+
+    return load_model_parts(str(build_tiny_model(folder)), device), TINY_RESOLUTION
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
+
+
+def run(args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory(prefix="dreambooth-bench-") as work:
+        return measure(args, Path(work))
+
+
+def measure(args: argparse.Namespace, work: Path) -> dict:
+    device = torch.device(args.device)
+    parts, resolution = (sd15_parts if args.model == "sd15" else tiny_parts)(device, work / "model")
+    resolution = args.resolution or resolution
+    pixels = torch.rand(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    examples = [Example(pixels=pixels, caption="photo of shrk person")]
+    trainer = UNetTrainer(parts, examples, Hyperparameters(seed=0, learning_rate=2e-6, max_grad_norm=1.0))
+    for step in range(args.warmup):
+        trainer.step(step)
+    synchronize(device)
+    began = time.perf_counter()
+    for step in range(args.warmup, args.warmup + args.steps):
+        loss = trainer.step(step)
+    synchronize(device)
+    seconds_per_step = (time.perf_counter() - began) / args.steps
+    store = CheckpointStore(Session(str(work / "sessions"), "bench"))
+    began = time.perf_counter()
+    store.save(args.warmup + args.steps, trainer.state_writers(), meta={})
+    save_seconds = time.perf_counter() - began
+    chunk_seconds = args.chunk_steps * seconds_per_step
+    return {
+        "model": args.model, "device": str(device), "machine": platform.node(),
+        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "resolution": resolution, "steps": args.steps,
+        "it_per_s": round(1 / seconds_per_step, 2), "ms_per_step": round(seconds_per_step * 1e3, 1),
+        "peak_memory_gb": round(peak_memory_gb(device), 2), "final_loss": round(loss.item(), 4),
+        "checkpoint_gb": round(sum(f.stat().st_size for f in (work / "sessions").rglob("*") if f.is_file()) / 1e9, 3),
+        "checkpoint_save_s": round(save_seconds, 2), "chunk_steps": args.chunk_steps,
+        "checkpoint_share": round(save_seconds / (chunk_seconds + save_seconds), 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["tiny", "sd15"], default="tiny")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=50, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--resolution", type=int, help="image size (default: the model's own)")
+    parser.add_argument("--chunk-steps", type=int, default=500,
+                        help="chunk size for the checkpoint share (the default --chunk-steps)")
+    print(json.dumps(run(parser.parse_args(argv)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
