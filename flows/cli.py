@@ -52,6 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="Train a session (new or resumed) and export it.",
                                 description="Train a session; rerun the same command to resume.")
     _add_config_flags(train)
+    tokens = commands.add_parser(
+        "tokens", help="Check an identifier with the base model's tokenizer; suggest rare ones.",
+        description="How the base model's tokenizer splits WORD, whether a piece is a word the "
+                    "model already knows, and a verdict (good / risky / bad) with the reason.")
+    tokens.add_argument("word", nargs="?", help="The identifier to check, e.g. shrk.")
+    tokens.add_argument("--model", default=DreamBoothConfig.model_fields["model"].default,
+                        help="Base model whose tokenizer judges the word (as for train; 'tiny' "
+                             "works offline).")
+    tokens.add_argument("--revision", default=None, help="Hub revision of --model.")
+    tokens.add_argument("--suggest", action="store_true",
+                        help="Also propose rare identifiers: 1-2 tokens, pronounceable, no common word.")
     return parser
 
 
@@ -91,11 +102,35 @@ def train(flags: dict[str, Any]) -> int:
     return 0
 
 
+def tokens(args: dict[str, Any]) -> int:
+    from tasks.captions.analysis import analyse_token
+    from tasks.captions.suggest import suggest_tokens
+    from tasks.captions.token_report import analysis_lines
+    from tasks.captions.tokenizer import load_tokenizer
+    from tasks.fetch_base_model import model_cache_dir
+    from tasks.model.fetch import fetch_model
+
+    word = (args["word"] or "").strip()
+    if not word and not args["suggest"]:
+        raise ConfigError("no word to check. Pass one (dreambooth tokens shrk) or --suggest.")
+    _quiet_libraries()
+    model = fetch_model(args["model"], model_cache_dir(), revision=args["revision"],
+                        hf_token=os.environ.get("HF_TOKEN"))
+    tokenizer = load_tokenizer(model.path)
+    if word:
+        analysis = analyse_token(word, tokenizer)
+        print(f"{word} ({args['model']} tokenizer)")
+        print("\n".join(analysis_lines(analysis, markdown=False)))
+    if args["suggest"] or (word and analysis.verdict != "good"):
+        print("Rare identifiers for this model: " + ", ".join(suggest_tokens(tokenizer, 5, word, {word})))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
     try:
-        return {"train": train}[command](args)
+        return {"train": train, "tokens": tokens}[command](args)
     except DreamBoothError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -3,6 +3,8 @@
 from prefect import flow, get_run_logger
 
 from tasks.caption_photos import caption_photos
+from tasks.captions.manifest import CaptionSettings
+from tasks.check_tokens import check_tokens
 from tasks.config import DreamBoothConfig
 from tasks.export.outputs import ExportResult
 from tasks.export_model import export_model
@@ -19,7 +21,9 @@ def dreambooth_train(config: DreamBoothConfig) -> ExportResult:
     ref = open_session(config)
     model = fetch_base_model(config)
     dataset = prepare_photos(ref, config.photos, config.resolution, model)
-    captions = caption_photos(ref, dataset, config.token, config.instance_prompt)
+    captions = caption_photos(ref, dataset, model, CaptionSettings(
+        token=config.token, template=config.instance_prompt, class_word=config.class_word))
+    check_tokens(ref, model, captions, config.bad_token)
     plan = plan_training(ref, config, model, dataset, captions)
     # A chunk past the last committed checkpoint cannot have a valid cached result.
     chunks = [train_chunk.with_options(refresh_cache=chunk.end > plan.resume_step)(

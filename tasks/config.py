@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tasks.captions.classes import parse_class_words
+
 SESSION_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 STEPS_PER_PHOTO = 100
 
@@ -21,7 +23,7 @@ STEPS_PER_PHOTO = 100
 # order per epoch, training to 2000 steps passes through the exact state a
 # 500-step run ends in, so a finished session can be trained further.
 TRAINING_FIELDS = (
-    "model", "revision", "single_file_config", "token", "instance_prompt",
+    "model", "revision", "single_file_config", "token", "instance_prompt", "class_word",
     "resolution", "seed", "learning_rate", "max_grad_norm",
 )
 
@@ -44,10 +46,18 @@ class DreamBoothConfig(BaseModel):
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of --model.")
     single_file_config: str | None = Field(None, description="For a single-file --model: a diffusers "
                                            "folder or repo id describing its architecture.")
-    token: str | None = Field(None, description="Identifier word for the subject "
-                              "(default: taken from the photo file names, 'shrk (1).jpg' -> shrk).")
-    instance_prompt: str = Field("photo of {token}", description="Caption of every photo; "
-                                 "{token} is replaced by the identifier.")
+    token: str | None = Field(None, description="Identifier word for the subject (default: "
+                              "taken from the photo file names, 'shrk (1).jpg' -> shrk, or from "
+                              "sub-folders of the photos named after each subject's token).")
+    instance_prompt: str = Field("photo of {token} {class}", description="Caption of every photo "
+                                 "without a caption file; {token} and {class} are replaced by the "
+                                 "subject's identifier and class word.")
+    class_word: str | None = Field(None, description="What the subjects are: one word for all "
+                                   "('man', 'woman', 'person', 'dog', 'style') or one per subject "
+                                   "('shrk=man,ohwx=dog'). Captions become 'photo of shrk man'.")
+    bad_token: Literal["stop", "warn"] = Field("stop", description="When the token analysis calls "
+                                               "a subject's token bad: stop before training, or "
+                                               "warn and train anyway.")
     resolution: int | None = Field(None, ge=64, description="Training size in pixels, a multiple "
                                    "of 8 (default: the base model's own, 512 for SD 1.x).")
     steps: int | None = Field(None, ge=1, description=f"Total UNet training steps (default: "
@@ -75,6 +85,12 @@ class DreamBoothConfig(BaseModel):
     def _multiple_of_8(cls, value: int | None) -> int | None:
         if value is not None and value % 8:
             raise ValueError(f"resolution {value} is not a multiple of 8; try {value - value % 8}")
+        return value
+
+    @field_validator("class_word")
+    @classmethod
+    def _class_words(cls, value: str | None) -> str | None:
+        parse_class_words(value)
         return value
 
     def training_values(self) -> dict[str, Any]:

@@ -9,7 +9,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 PLAIN_PACKAGES = ["tasks.config", "tasks.session", "tasks.training.run", "tasks.export.outputs",
-                  "tasks.model.fetch", "tasks.dataset.prepare", "tasks.captions.manifest"]
+                  "tasks.model.fetch", "tasks.dataset.prepare", "tasks.captions.manifest",
+                  "tasks.captions.token_report"]
 
 
 def imports_of(path: Path) -> set[str]:

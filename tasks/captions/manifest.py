@@ -1,15 +1,21 @@
-"""Writing each prepared photo's token and caption into the dataset manifest."""
+"""Each prepared photo's subject token and caption, and each subject's prompts, in the
+dataset manifest. Every problem in the photos is collected and reported at once."""
 
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from pathlib import PurePosixPath
 
 from pydantic import BaseModel, ConfigDict
 
-from tasks.captions.tokens import caption, token_from_filename
+from tasks.captions.classes import class_prompt, class_word_for, parse_class_words
+from tasks.captions.tokenizer import TextTokenizer
+from tasks.captions.tokens import caption, caption_from_text, token_of_photo
 from tasks.config import digest
+from tasks.dataset.photos import PHOTOS
 from tasks.dataset.prepare import MANIFEST
+from tasks.errors import DatasetError
 from tasks.session import Session
 
 
@@ -19,15 +25,116 @@ class Captions(BaseModel):
     digest: str
 
 
-def caption_dataset(session: Session, token: str | None, template: str,
+class CaptionSettings(BaseModel):
+    """The parts of the config that make captions."""
+
+    model_config = ConfigDict(frozen=True)
+    token: str | None = None
+    template: str = "photo of {token} {class}"
+    class_word: str | None = None
+
+
+def caption_file_of(source: str) -> str:
+    return str(PurePosixPath(source).with_suffix(".txt"))
+
+
+def caption_dataset(session: Session, tokenizer: TextTokenizer, settings: CaptionSettings,
                     log: logging.Logger | None = None) -> Captions:
     log = log or logging.getLogger("dreambooth")
     manifest = session.read_json(MANIFEST)
-    for item in manifest["items"]:
-        item["token"] = token or token_from_filename(PurePosixPath(item["source"]).name)
-        item["caption"] = caption(template, item["token"])
+    items, problems = manifest["items"], []
+    origins = assign_tokens(items, settings.token, problems)
+    classes = assign_classes(origins, settings.class_word, problems)
+    for item in items:
+        if "token" in item:
+            write_caption(session, item, classes[item["token"]], settings.template, tokenizer, problems)
+    if problems:
+        raise DatasetError("some photos cannot be used:\n  " + "\n  ".join(problems))
+    manifest["subjects"] = subject_records(items, origins, classes, settings.template)
     session.write_json(MANIFEST, manifest)
-    tokens = sorted({item["token"] for item in manifest["items"]})
-    log.info("Tokens: %s; e.g. caption %r", ", ".join(tokens), manifest["items"][0]["caption"])
-    captions = [(item["source"], item["caption"]) for item in manifest["items"]]
-    return Captions(tokens=tokens, digest=digest([manifest["digest"], captions]))
+    tokens = sorted(manifest["subjects"])
+    log.info("Subjects: %s; e.g. caption %r", ", ".join(tokens), items[0]["caption"])
+    return Captions(tokens=tokens, digest=captions_digest(manifest))
+
+
+def captions_digest(manifest: dict) -> str:
+    """What training sees of the captions. Which photo belongs to which subject matters only
+    with several subjects (balanced sampling); leaving it out for one keeps the digest that
+    sessions captioned before subjects existed recorded, so they still resume."""
+    inputs = [manifest["digest"], [(item["source"], item["caption"]) for item in manifest["items"]]]
+    if len(manifest["subjects"]) > 1:
+        inputs.append([(item["source"], item["token"]) for item in manifest["items"]])
+    return digest(inputs)
+
+
+def assign_tokens(items: list[dict], override: str | None, problems: list[str]) -> dict[str, set[str]]:
+    """Set item['token']; return {token: the file and folder names it came from}."""
+    origins: dict[str, set[str]] = defaultdict(set)
+    for item in items:
+        try:
+            token, where = token_of_photo(item["source"])
+        except DatasetError as exc:
+            problems.append(str(exc))
+            continue
+        item["token"] = override or token
+        origins[token].add(where)
+    if override and len(origins) > 1:
+        problems.append(f"--token {override!r} names one subject, but the photos hold {len(origins)} "
+                        f"({', '.join(sorted(origins))}). Drop --token to train each under its own.")
+    if override:
+        return {override: set().union(*origins.values())}
+    problems.extend(same_token_problems(origins))
+    return dict(origins)
+
+
+def same_token_problems(origins: dict[str, set[str]]) -> list[str]:
+    """The text encoder lowercases: 'Shrk' and 'shrk' would be one token for two subjects."""
+    spellings: dict[str, list[str]] = defaultdict(list)
+    for token in origins:
+        spellings[token.lower()].append(token)
+    return [f"{' and '.join(sorted(w for t in same for w in origins[t]))}: two subjects with the "
+            f"same token {same[0].lower()!r} (the tokenizer ignores case). Rename one of them, or "
+            "put both in one folder if they are the same subject."
+            for same in spellings.values() if len(same) > 1]
+
+
+def assign_classes(origins: dict[str, set[str]], spec: str | None,
+                   problems: list[str]) -> dict[str, str | None]:
+    words = parse_class_words(spec)
+    unknown = sorted(set(words) - {None} - {t.lower() for t in origins})
+    if unknown:
+        problems.append(f"--class-word names {', '.join(unknown)}, but the subjects are "
+                        f"{', '.join(sorted(origins))}. Use the subjects' tokens.")
+    classes = {token: class_word_for(token, words) for token in origins}
+    for token, word in classes.items():
+        if word and word.lower() == token.lower():
+            problems.append(f"{', '.join(sorted(origins[token]))}: the token {token!r} equals its class "
+                            "word. The token must be a new word; rename the photos or change --class-word.")
+    return classes
+
+
+def write_caption(session: Session, item: dict, class_word: str | None, template: str,
+                  tokenizer: TextTokenizer, problems: list[str]) -> None:
+    text_file = caption_file_of(item["source"])
+    if session.exists(text_file):
+        text = session.read_bytes(text_file).decode("utf-8", errors="replace")
+        item["caption"] = caption_from_text(text, item["token"], class_word, template)
+        item["caption_file"] = text_file
+    else:
+        item["caption"] = caption(template, item["token"], class_word)
+        item.pop("caption_file", None)
+    length = tokenizer.length(item["caption"])
+    if length > tokenizer.context_length:
+        where = PurePosixPath(item.get("caption_file", item["source"])).relative_to(PHOTOS)
+        problems.append(f"{where}: the caption takes {length} tokens, more than the text encoder's "
+                        f"{tokenizer.context_length}; the rest would be cut off. Shorten it.")
+
+
+def subject_records(items: list[dict], origins: dict[str, set[str]], classes: dict[str, str | None],
+                    template: str) -> dict[str, dict]:
+    return {token: {"class_word": classes[token],
+                    "instance_prompt": caption(template, token, classes[token]),
+                    "class_prompt": class_prompt(classes[token]),
+                    "photos": sum(item["token"] == token for item in items),
+                    "from": sorted(origins[token])}
+            for token in sorted(origins)}

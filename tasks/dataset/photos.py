@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from tasks.config import digest
 from tasks.errors import DatasetError
@@ -14,13 +14,18 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 PHOTOS = "photos"
 
 
+def is_image(name: str) -> bool:
+    return PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
 def find_photos(folder: Path) -> list[Path]:
-    """Image files directly inside `folder`, sorted by name."""
+    """Image files directly inside `folder` or in its sub-folders (one per subject), sorted."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"photos folder {str(folder)!r} does not exist or is not a folder. "
                            "Pass --photos with the folder that holds your subject's photos.")
-    photos = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    places = [folder] + sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    photos = sorted(p for place in places for p in place.iterdir() if p.is_file() and is_image(p.name))
     if not photos:
         raise DatasetError(f"no photos in {str(folder)!r}: expected image files "
                            f"({', '.join(sorted(IMAGE_EXTENSIONS))}). Add photos of your subject "
@@ -28,8 +33,16 @@ def find_photos(folder: Path) -> list[Path]:
     return photos
 
 
-def hash_files(files: list[Path]) -> dict[str, str]:
-    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+def find_inputs(folder: Path) -> list[Path]:
+    """The photos and, for those that have one, their caption file ('shrk (1).txt')."""
+    photos = find_photos(folder)
+    captions = [p.with_suffix(".txt") for p in photos if p.with_suffix(".txt").is_file()]
+    return sorted(photos + captions)
+
+
+def hash_files(files: list[Path], folder: Path) -> dict[str, str]:
+    """{path relative to folder: sha256}."""
+    return {f.relative_to(folder).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
 
 
 def recorded_photos(session: Session) -> dict[str, str]:
@@ -45,7 +58,7 @@ def check_photos(session: Session, folder: Path | None) -> None:
                            "folder that holds your subject's photos.")
     if folder is None or (stored and not Path(folder).exists()):
         return  # resuming, perhaps on another machine: the session has its own copies
-    given = hash_files(find_photos(folder))
+    given = hash_files(find_inputs(folder), Path(folder))
     if stored and stored != given:
         raise DatasetError(
             f"the photos in {str(folder)!r} differ from those session {session.name!r} was "
@@ -54,16 +67,17 @@ def check_photos(session: Session, folder: Path | None) -> None:
 
 
 def import_photos(session: Session, folder: Path | None) -> dict[str, str]:
-    """Copy originals into the session, recording them only once all are copied."""
+    """Copy originals (and caption files) into the session, recording them only once all are copied."""
     stored = recorded_photos(session)
     if stored:
         return stored
     check_photos(session, folder)
-    photos = find_photos(folder)
-    session.remove_temporary(PHOTOS)
-    for photo in photos:
-        session.put_file(photo, f"{PHOTOS}/{photo.name}")
-    hashes = hash_files(photos)
+    files = find_inputs(folder)
+    hashes = hash_files(files, Path(folder))
+    for place in sorted({PurePosixPath(PHOTOS, name).parent for name in hashes}):
+        session.remove_temporary(str(place))
+    for file, name in zip(files, hashes):
+        session.put_file(file, f"{PHOTOS}/{name}")
     update_state(session, photos=hashes)
     return hashes
 

@@ -10,7 +10,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict
 
 from tasks.config import digest
-from tasks.dataset.photos import PHOTOS, import_photos, photos_digest
+from tasks.dataset.photos import PHOTOS, import_photos, is_image, photos_digest
 from tasks.errors import DatasetError
 from tasks.session import Session
 
@@ -89,7 +89,7 @@ def build_dataset(session: Session, photos_folder, resolution: int,
         if manifest["photos_digest"] == source and manifest["resolution"] == resolution:
             log.info("Dataset already prepared (%d photos)", len(manifest["items"]))
             return _summary(manifest)
-    items = prepare_dataset(session, list(photos), resolution, log)
+    items = prepare_dataset(session, [n for n in photos if is_image(n)], resolution, log)
     manifest = {"resolution": resolution, "photos_digest": source, "items": items}
     manifest["digest"] = digest(manifest)
     session.write_json(MANIFEST, manifest)

@@ -12,7 +12,13 @@ import json
 from pathlib import Path
 
 TINY_RESOLUTION = 64
-TINY_VERSION = "tiny-sd1-v1"
+TINY_VERSION = "tiny-sd1-v2"
+# Words the tiny text encoder "knows" (each is one whole-word token), so that
+# token verdicts on the tiny model mean what they mean on a real one; and the
+# pieces of the demo identifier, which splits into 'shr' + 'k', and a few more
+# word-start pieces so that --suggest finds rare 2-token words ("zor" + "x").
+TINY_WORDS = ("photo", "of", "a", "the", "man", "woman", "person", "dog", "cat", "style", "do")
+TINY_PIECES = (("s", "h"), ("sh", "r"), ("z", "o"), ("zo", "r"), ("k", "a"), ("ka", "r"))
 _SEED = 0
 _WIDTH = 32  # text-encoder width = UNet cross-attention width
 
@@ -28,6 +34,23 @@ def byte_alphabet() -> list[str]:
             chars[byte] = chr(256 + extra)
             extra += 1
     return [chars[b] for b in range(256)]
+
+
+def word_merges(words) -> list[tuple[str, str]]:
+    """BPE merges that make each word one whole-word token, joining letters left to right."""
+    merges: list[tuple[str, str]] = []
+    for word in words:
+        head = word[0]
+        for index, letter in enumerate(word[1:], start=1):
+            pair = (head, letter + ("</w>" if index == len(word) - 1 else ""))
+            if pair not in merges:
+                merges.append(pair)
+            head += letter
+    return merges
+
+
+def tiny_merges() -> list[tuple[str, str]]:
+    return word_merges(TINY_WORDS) + [p for p in TINY_PIECES if p not in word_merges(TINY_WORDS)]
 
 
 def write_tiny_tokenizer(folder: Path, merges: list[tuple[str, str]] = ()) -> None:
@@ -55,7 +78,7 @@ def build_tiny_model(folder: Path) -> Path:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     folder = Path(folder)
-    write_tiny_tokenizer(folder / "tokenizer")
+    write_tiny_tokenizer(folder / "tokenizer", tiny_merges())
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SEED)

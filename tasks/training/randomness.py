@@ -17,8 +17,23 @@ def generator_for(seed: int, step: int, stream: str) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(int.from_bytes(key, "little") >> 1)
 
 
-def example_index(seed: int, step: int, count: int) -> int:
+def example_index(seed: int, step: int, count: int, stream: str = "order") -> int:
     """Each epoch visits every example once, in an order drawn from (seed, epoch)."""
     epoch, position = divmod(step, count)
-    order = torch.randperm(count, generator=generator_for(seed, epoch, "order"))
+    order = torch.randperm(count, generator=generator_for(seed, epoch, stream))
     return int(order[position])
+
+
+def balanced_example_index(seed: int, step: int, groups: list[list[int]]) -> int:
+    """The example for `step` when examples are grouped by subject.
+
+    Every round of len(groups) steps visits each subject once, in an order drawn
+    from (seed, round), so a subject with 5 photos trains as often as one with
+    20; round r is that subject's r-th visit, which picks a photo the way
+    example_index does. With one subject this is example_index exactly."""
+    if len(groups) == 1:
+        return groups[0][example_index(seed, step, len(groups[0]))]
+    visit = step // len(groups)
+    subject = example_index(seed, step, len(groups), "subjects")
+    photos = groups[subject]
+    return photos[example_index(seed, visit, len(photos), f"order-{subject}")]

@@ -30,8 +30,8 @@ class ChunkOutcome(BaseModel):
 
 def load_examples(session: Session) -> list[Example]:
     items = session.read_json(MANIFEST)["items"]
-    return [Example(pixels=pixels_from_png(session.read_bytes(i["file"])), caption=i["caption"])
-            for i in items]
+    return [Example(pixels=pixels_from_png(session.read_bytes(i["file"])), caption=i["caption"],
+                    subject=i.get("token", "")) for i in items]
 
 
 def resume_point(store: CheckpointStore, plan: TrainingPlan, end: int) -> Checkpoint | None:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from tasks.training.checkpoint import Checkpoint, Writer, read_tensor_file
 from tasks.training.model_parts import ModelParts
-from tasks.training.randomness import example_index, generator_for
+from tasks.training.randomness import balanced_example_index, generator_for
 
 UNET_FILE = "unet.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -21,6 +21,7 @@ OPTIMIZER_FILE = "optimizer.pt"
 class Example:
     pixels: torch.Tensor  # [1, 3, H, W] in [-1, 1]
     caption: str
+    subject: str = ""
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class UNetTrainer:
         parts.unet.train().requires_grad_(True)
         self.optimizer = torch.optim.AdamW(parts.unet.parameters(), lr=hp.learning_rate, weight_decay=1e-2)
         self.embeddings = {e.caption: self._encode(e.caption) for e in examples}
+        self.groups = subject_groups(examples)
 
     @torch.no_grad()
     def _encode(self, caption: str) -> torch.Tensor:
@@ -48,7 +50,7 @@ class UNetTrainer:
         return self.parts.text_encoder(ids.to(self.device))[0]
 
     def loss(self, step: int) -> torch.Tensor:
-        example = self.examples[example_index(self.hp.seed, step, len(self.examples))]
+        example = self.examples[balanced_example_index(self.hp.seed, step, self.groups)]
         draw = generator_for(self.hp.seed, step, "noise")
         latents = self._sample_latents(example.pixels, draw)
         noise = torch.randn(latents.shape, generator=draw).to(self.device)
@@ -90,6 +92,12 @@ class UNetTrainer:
         unet = safetensors.torch.load(checkpoint.files[UNET_FILE])
         self.parts.unet.load_state_dict(unet, strict=True)
         self.optimizer.load_state_dict(read_tensor_file(checkpoint.files[OPTIMIZER_FILE]))
+
+
+def subject_groups(examples: list[Example]) -> list[list[int]]:
+    """Example indices per subject, subjects in sorted order."""
+    subjects = sorted({e.subject for e in examples})
+    return [[i for i, e in enumerate(examples) if e.subject == s] for s in subjects]
 
 
 def load_unet_weights(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tasks.captions.tokens import caption, token_from_filename
+from tasks.captions.tokens import caption, caption_from_text, token_from_filename, token_of_photo
 from tasks.errors import DatasetError
 
 
@@ -23,3 +23,34 @@ def test_a_name_without_identifier_is_refused():
 def test_caption_template():
     assert caption("photo of {token}", "shrk") == "photo of shrk"
     assert caption("{token} on the moon", "ohwx") == "ohwx on the moon"
+
+
+@pytest.mark.parametrize("source, token, where", [
+    ("photos/shrk (1).jpg", "shrk", "shrk (1).jpg"),
+    ("photos/r2d2 (3).jpg", "r2d2", "r2d2 (3).jpg"),
+    ("photos/ohwx/IMG_0001.jpg", "ohwx", "ohwx/"),
+])
+def test_token_of_a_photo_comes_from_its_folder_or_its_name(source, token, where):
+    assert token_of_photo(source) == (token, where)
+
+
+def test_a_folder_without_identifier_is_refused():
+    with pytest.raises(DatasetError, match=r"'__/'|__/"):
+        token_of_photo("photos/__/a.jpg")
+
+
+def test_class_word_completes_the_instance_prompt():
+    assert caption("photo of {token} {class}", "shrk", "man") == "photo of shrk man"
+    assert caption("photo of {token} {class}", "shrk", None) == "photo of shrk"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("shrk smiling at the beach", "shrk smiling at the beach"),
+    ("a SHRK at night", "a SHRK at night"),
+    ("a man smiling  at the beach\n", "a shrk man smiling at the beach"),
+    ("smiling at the beach", "photo of shrk man, smiling at the beach"),
+    ("shrkman in a hat", "photo of shrk man, shrkman in a hat"),
+    ("", "photo of shrk man"),
+])
+def test_caption_files_get_the_token_when_they_lack_it(text, expected):
+    assert caption_from_text(text, "shrk", "man", "photo of {token} {class}") == expected

@@ -14,7 +14,10 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from tasks.errors import ConfigError, ModelError
 from tasks.model.single_file import (TEXT_ENCODER_PREFIX, UNET_PREFIX, VAE_PREFIX, save_single_file,
                                      to_single_file_state)
-from tasks.model.tiny import build_tiny_model
+from tasks.model.tiny import build_tiny_model, tiny_merges
+
+# 256 byte characters, the same 256 ending a word, the merged pieces, 2 special tokens.
+TINY_VOCABULARY = 2 * 256 + len(tiny_merges()) + 2
 
 
 def _load_tiny(folder, dtype=torch.float32):
@@ -95,7 +98,7 @@ def test_original_key_names_and_shapes(state):
         "first_stage_model.encoder.norm_out.weight": (32,),
         "first_stage_model.quant_conv.weight": (8, 8, 1, 1),
         "first_stage_model.post_quant_conv.weight": (4, 4, 1, 1),
-        "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": (514, 32),
+        "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": (TINY_VOCABULARY, 32),
         "cond_stage_model.transformer.text_model.encoder.layers.1.self_attn.q_proj.weight": (32, 32),
         "cond_stage_model.transformer.text_model.final_layer_norm.weight": (32,),
     }

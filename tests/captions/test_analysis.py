@@ -1,0 +1,76 @@
+"""Token verdicts with a tokenizer whose vocabulary we know, and with CLIP's real one."""
+
+import pytest
+
+from tasks.captions.analysis import COMMON_MERGES, KNOWN_BAD, analyse_token, is_common_word
+from tasks.captions.suggest import suggest_tokens
+
+
+@pytest.mark.parametrize("word, pieces, common, verdict", [
+    ("shrk", ["shr", "k</w>"], [], "good"),
+    ("ohwx", ["ohwx</w>"], [], "good"),
+    ("budidoremi", ["b", "u", "d", "i", "do", "r", "e", "mi</w>"], ["do", "mi"], "bad"),
+    ("dog", ["dog</w>"], ["dog"], "bad"),
+    ("Photo", ["photo</w>"], ["photo"], "bad"),
+    ("sks", ["sks</w>"], [], "bad"),
+    ("zwq", ["z", "w", "q</w>"], [], "risky"),
+    ("shr2", ["sh", "r</w>", "2</w>"], [], "risky"),  # digits are split off the letters
+    ("r2d2", ["r</w>", "2</w>", "d</w>", "2</w>"], [], "risky"),
+])
+def test_splits_and_verdicts(small_tokenizer, word, pieces, common, verdict):
+    analysis = analyse_token(word, small_tokenizer)
+    assert (analysis.pieces, analysis.common_words, analysis.verdict) == (pieces, common, verdict)
+    assert analysis.token_count == len(pieces)
+    assert analysis.has_digits == any(c.isdigit() for c in word)
+
+
+def test_reasons_say_why(small_tokenizer):
+    assert analyse_token("budidoremi", small_tokenizer).reason == (
+        "the model already knows 'do', 'mi': it would mix that meaning into the subject.")
+    assert "rifle" in analyse_token("sks", small_tokenizer).reason
+    assert analyse_token("zwq", small_tokenizer).reason == (
+        "it takes 3 tokens (1 or 2 are learnt faster and stay distinct).")
+    assert "digits" in analyse_token("shr2", small_tokenizer).reason
+    assert analyse_token("shrk", small_tokenizer).reason == "2 tokens, none of them a word the model knows."
+
+
+def test_only_early_whole_word_merges_are_common(small_tokenizer):
+    assert is_common_word("dog", small_tokenizer)
+    assert not is_common_word("ohwx", small_tokenizer)  # a whole-word token, but a late merge
+    assert not is_common_word("shr", small_tokenizer)  # a merge, but never a whole word
+    assert small_tokenizer.ranks["ohwx</w>"] >= COMMON_MERGES
+
+
+def test_suggestions_are_good_and_avoid_what_they_are_told(small_tokenizer):
+    suggestions = suggest_tokens(small_tokenizer, 5, seed="budidoremi", avoid={"shrk"})
+    assert len(suggestions) == 5 and len(set(suggestions)) == 5
+    for word in suggestions:
+        assert analyse_token(word, small_tokenizer).verdict == "good"
+        assert word not in KNOWN_BAD and word != "shrk"
+    assert suggestions[:3] == suggest_tokens(small_tokenizer, 3, seed="budidoremi", avoid={"shrk"})
+
+
+# CLIP's own BPE (SD 1.x's tokenizer; SD 2.x's OpenCLIP uses the same merges).
+
+def test_clip_sees_common_words_in_budidoremi(clip_tokenizer):
+    analysis = analyse_token("budidoremi", clip_tokenizer)
+    assert analysis.pieces == ["bu", "di", "do", "remi</w>"]
+    assert "do" in analysis.common_words and analysis.verdict == "bad"
+
+
+def test_clip_flags_sks_and_passes_the_rare_identifiers_people_use(clip_tokenizer):
+    assert analyse_token("sks", clip_tokenizer).verdict == "bad"
+    for word in ("ohwx", "shrk"):
+        assert analyse_token(word, clip_tokenizer).verdict == "good", word
+    assert analyse_token("woman", clip_tokenizer).common_words == ["woman"]
+
+
+def test_clip_suggestions_are_rare(clip_tokenizer):
+    suggestions = suggest_tokens(clip_tokenizer, 5, seed="sks")
+    assert len(suggestions) == 5
+    for word in suggestions:
+        analysis = analyse_token(word, clip_tokenizer)
+        assert analysis.token_count <= 2 and not analysis.common_words and not analysis.has_digits
+        assert word not in KNOWN_BAD
+        whole = clip_tokenizer.ranks.get(word + "</w>")
+        assert whole is None or whole >= COMMON_MERGES  # not a word CLIP learnt early

@@ -1,0 +1,44 @@
+"""The token report in the session, and the error a bad token stops training with."""
+
+from tasks.captions.manifest import CaptionSettings, caption_dataset
+from tasks.captions.token_report import (REPORT_JSON, REPORT_MARKDOWN, bad_token_error,
+                                         build_token_report, write_token_report)
+
+
+def reported(prepared, tokenizer, files, **settings):
+    session = prepared(files)
+    caption_dataset(session, tokenizer, CaptionSettings(**settings))
+    report = build_token_report(session, tokenizer)
+    write_token_report(session, report)
+    return report, session
+
+
+def test_report_has_a_section_per_subject_with_its_captions(prepared, small_tokenizer):
+    report, session = reported(prepared, small_tokenizer, {"shrk (1).jpg": None, "budidoremi/a.jpg": None},
+                              class_word="man")
+    data = session.read_json(REPORT_JSON)
+    subjects = {s["token"]: s for s in data["subjects"]}
+    assert subjects["shrk"]["analysis"]["verdict"] == "good" and subjects["shrk"]["suggestions"] == []
+    assert subjects["budidoremi"]["analysis"]["common_words"] == ["do", "mi"]
+    assert len(subjects["budidoremi"]["suggestions"]) == 5
+    assert subjects["shrk"]["captions"] == {"photos/shrk (1).jpg": "photo of shrk man"}
+    markdown = session.read_bytes(REPORT_MARKDOWN).decode()
+    assert "## shrk" in markdown and "## budidoremi" in markdown
+    assert "| photos/budidoremi/a.jpg | photo of budidoremi man |" in markdown
+    assert "- class prompt: `photo of man`" in markdown
+
+
+def test_bad_tokens_stop_with_their_files_and_suggestions(prepared, small_tokenizer):
+    report, _ = reported(prepared, small_tokenizer, {"sks (1).jpg": None, "sks (2).jpg": None,
+                                                    "shrk (1).jpg": None})
+    message = str(bad_token_error(report))
+    sks = next(s for s in report.subjects if s.token == "sks")
+    assert "sks (1).jpg, sks (2).jpg: the token 'sks' is bad: SKS is a rifle brand" in message
+    assert ", ".join(sks.suggestions) in message
+    assert "--bad-token warn" in message and "shrk" not in message
+
+
+def test_good_and_risky_tokens_do_not_stop(prepared, small_tokenizer):
+    report, _ = reported(prepared, small_tokenizer, {"shrk (1).jpg": None, "r2d2 (1).jpg": None})
+    assert {s.token: s.analysis.verdict for s in report.subjects} == {"shrk": "good", "r2d2": "risky"}
+    assert bad_token_error(report) is None
