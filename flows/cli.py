@@ -18,6 +18,7 @@ from tasks.session_state import stored_config
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+DEFAULT_VALIDATION_RESOLUTION = 512
 
 
 def _flag(name: str) -> str:
@@ -33,6 +34,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             options["choices"] = typing.get_args(kind)
         elif kind in (int, float):
             options["type"] = kind
+        elif kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
         default = "" if field.is_required() else f" (default: {field.default})"
         parser.add_argument(_flag(name), help=field.description + default,
                             required=field.is_required(), **options)
@@ -63,6 +66,28 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.add_argument("--revision", default=None, help="Hub revision of --model.")
     tokens.add_argument("--suggest", action="store_true",
                         help="Also propose rare identifiers: 1-2 tokens, pronounceable, no common word.")
+    validate = commands.add_parser(
+        "validate", help="Check a folder of photos before training: every photo's verdict, "
+                         "every problem and its fix.",
+        description="Check photos as training would: format, decoding, size, sharpness, light, "
+                    "duplicates, faces, photo count and framing. Exit 0 when the set is usable, "
+                    "2 when it is not.")
+    validate.add_argument("--photos", required=True, help="Folder of photos (as for train).")
+    validate.add_argument("--json", action="store_true", help="Print the report as JSON.")
+    for name in ("resolution", "token", "class_word", "subject_type", "allow_several_faces"):
+        field = DreamBoothConfig.model_fields[name]
+        kind = _base_type(field.annotation)
+        options: dict[str, Any] = {"dest": name, "default": field.default}
+        if name == "resolution":
+            options.update(type=int, default=DEFAULT_VALIDATION_RESOLUTION)
+        elif kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is Literal:
+            options["choices"] = typing.get_args(kind)
+        help_text = ("Training resolution the sizes are judged against" if name == "resolution"
+                     else field.description)
+        validate.add_argument(_flag(name), help=f"{help_text} (default: {options['default']})",
+                              **options)
     return parser
 
 
@@ -126,11 +151,35 @@ def tokens(args: dict[str, Any]) -> int:
     return 0
 
 
+def validate(args: dict[str, Any]) -> int:
+    from tasks.captions.classes import parse_class_words
+    from tasks.dataset.validate import ValidationSettings, report_text, summary_line, validate_folder
+
+    resolution = args.pop("resolution")
+    if resolution < 64 or resolution % 8:
+        raise ConfigError(f"--resolution {resolution} is not valid: use a multiple of 8, at least 64.")
+    try:
+        parse_class_words(args["class_word"])
+    except ValueError as exc:
+        raise ConfigError(f"--class-word: {exc}.") from None
+    settings = ValidationSettings(
+        resolution=resolution, resolution_from="--resolution" if resolution !=
+        DEFAULT_VALIDATION_RESOLUTION else "default; pass --resolution for another model",
+        token=args["token"], class_word=args["class_word"],
+        subject_type=args["subject_type"], allow_several_faces=args["allow_several_faces"])
+    report = validate_folder(args["photos"], settings)
+    print(report.model_dump_json(indent=2) if args["json"] else report_text(report), end="\n")
+    if not report.usable:
+        print(f"error: {summary_line(report)}; each error above says what to do.", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
     try:
-        return {"train": train, "tokens": tokens}[command](args)
+        return {"train": train, "tokens": tokens, "validate": validate}[command](args)
     except DreamBoothError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -13,12 +13,14 @@ from tasks.open_session import open_session
 from tasks.plan_training import plan_training
 from tasks.prepare_photos import prepare_photos
 from tasks.train_chunk import train_chunk
+from tasks.validate_photos import validate_photos
 
 
 @flow(name="dreambooth-train", flow_run_name="{config.session}")
 def dreambooth_train(config: DreamBoothConfig) -> ExportResult:
     """Fine-tune a Stable Diffusion model on a session's photos, resumably."""
     ref = open_session(config)
+    validate_photos(ref, config)  # before the model download: bad photos stop the run here
     model = fetch_base_model(config)
     dataset = prepare_photos(ref, config.photos, config.resolution, model)
     captions = caption_photos(ref, dataset, model, CaptionSettings(

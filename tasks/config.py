@@ -58,6 +58,14 @@ class DreamBoothConfig(BaseModel):
     bad_token: Literal["stop", "warn"] = Field("stop", description="When the token analysis calls "
                                                "a subject's token bad: stop before training, or "
                                                "warn and train anyway.")
+    subject_type: Literal["auto", "person", "other"] = Field("auto", description="Whether the "
+                                                         "subjects are people, which turns on the "
+                                                         "face checks (one face per photo, framing "
+                                                         "mix): auto decides from the class word "
+                                                         "(person, man, woman, girl... or none: "
+                                                         "person; dog, style...: other).")
+    allow_several_faces: bool = Field(False, description="Accept photos of a person subject that "
+                                      "show several faces (otherwise an error).")
     resolution: int | None = Field(None, ge=64, description="Training size in pixels, a multiple "
                                    "of 8 (default: the base model's own, 512 for SD 1.x).")
     steps: int | None = Field(None, ge=1, description=f"Total UNet training steps (default: "

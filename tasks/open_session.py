@@ -1,6 +1,5 @@
 """@task: open or create the session and check the configuration against it."""
 
-from pathlib import Path
 
 from prefect import get_run_logger, task
 
@@ -13,7 +12,7 @@ from tasks.session_state import SessionRef, open_or_create
 @task(name="open-session", task_run_name="open session {config.session}")
 def open_session(config: DreamBoothConfig) -> SessionRef:
     session = Session(config.storage, config.session)
-    check_photos(session, Path(config.photos) if config.photos else None)
+    check_photos(session, config.photos)
     ref = open_or_create(session, config)
     get_run_logger().info("Session %s (storage %s)", session.url, config.storage)
     return ref

@@ -1,9 +1,16 @@
-"""The user's original photos: finding them and copying them, untouched, into the session."""
+"""The user's original photos: finding them and copying them, untouched, into the session.
+
+The photos folder may be local or any fsspec URL (gs://bucket/folder, memory://...)."""
 
 from __future__ import annotations
 
 import hashlib
+import posixpath
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from tasks.config import digest
 from tasks.errors import DatasetError
@@ -18,26 +25,85 @@ def is_image(name: str) -> bool:
     return PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def find_photos(folder: Path) -> list[Path]:
-    """Image files directly inside `folder` or in its sub-folders (one per subject), sorted."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DatasetError(f"photos folder {str(folder)!r} does not exist or is not a folder. "
+def photo_source(location: str | Path) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and root of a photos folder: a local path or any fsspec URL
+    (gs://bucket/folder, memory://folder, https://... with aiohttp installed)."""
+    fs, root = fsspec.core.url_to_fs(str(location))
+    return fs, root.rstrip("/") or root
+
+
+def is_local(location: str | Path) -> bool:
+    return isinstance(photo_source(location)[0], LocalFileSystem)
+
+
+def _listing(location: str | Path) -> tuple[fsspec.AbstractFileSystem, str, dict[str, str]]:
+    """{name relative to the folder: path in fs} for every file directly inside the folder or
+    in one of its sub-folders (one per subject); hidden entries are skipped."""
+    fs, root = photo_source(location)
+    try:
+        found = fs.isdir(root)
+    except Exception as exc:  # fsspec raises many types for one meaning
+        raise DatasetError(f"cannot read photos folder {str(location)!r}: {exc.__class__.__name__}: "
+                           f"{exc}. Check the address and credentials, or pass a local --photos "
+                           "folder.") from exc
+    if not found:
+        raise DatasetError(f"photos folder {str(location)!r} does not exist or is not a folder. "
                            "Pass --photos with the folder that holds your subject's photos.")
-    places = [folder] + sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    photos = sorted(p for place in places for p in place.iterdir() if p.is_file() and is_image(p.name))
+
+    def entries(folder: str) -> list[dict]:
+        fs.invalidate_cache(folder)
+        return [e for e in fs.ls(folder, detail=True)
+                if not posixpath.basename(e["name"].rstrip("/")).startswith(".")]
+
+    files = {}
+    for entry in entries(root):
+        name = posixpath.basename(entry["name"].rstrip("/"))
+        if entry["type"] == "directory":
+            files.update({f"{name}/{posixpath.basename(e['name'])}": e["name"]
+                          for e in entries(entry["name"]) if e["type"] == "file"})
+        elif entry["type"] == "file":
+            files[name] = entry["name"]
+    return fs, root, files
+
+
+def _inputs(location: str | Path) -> tuple[fsspec.AbstractFileSystem, dict[str, str]]:
+    """The photos and, for those that have one, their caption file ('shrk (1).txt'), sorted."""
+    fs, _, files = _listing(location)
+    photos = sorted(name for name in files if is_image(name))
     if not photos:
-        raise DatasetError(f"no photos in {str(folder)!r}: expected image files "
+        raise DatasetError(f"no photos in {str(location)!r}: expected image files "
                            f"({', '.join(sorted(IMAGE_EXTENSIONS))}). Add photos of your subject "
                            "named after its identifier, e.g. 'shrk (1).jpg'.")
-    return photos
+    captions = [c for c in (str(PurePosixPath(p).with_suffix(".txt")) for p in photos) if c in files]
+    return fs, {name: files[name] for name in sorted(photos + captions)}
 
 
-def find_inputs(folder: Path) -> list[Path]:
+def find_photos(folder: str | Path) -> list[Path] | list[str]:
+    """Image files directly inside `folder` or in its sub-folders (one per subject), sorted.
+
+    Local folders give Paths; fsspec URLs give the files' URLs."""
+    fs, files = _inputs(folder)
+    found = [path for name, path in files.items() if is_image(name)]
+    return [Path(p) for p in found] if isinstance(fs, LocalFileSystem) else [fs.unstrip_protocol(p) for p in found]
+
+
+def find_inputs(folder: str | Path) -> list[Path] | list[str]:
     """The photos and, for those that have one, their caption file ('shrk (1).txt')."""
-    photos = find_photos(folder)
-    captions = [p.with_suffix(".txt") for p in photos if p.with_suffix(".txt").is_file()]
-    return sorted(photos + captions)
+    fs, files = _inputs(folder)
+    found = list(files.values())
+    return [Path(p) for p in found] if isinstance(fs, LocalFileSystem) else [fs.unstrip_protocol(p) for p in found]
+
+
+def read_inputs(folder: str | Path) -> Iterator[tuple[str, bytes]]:
+    """(name relative to the folder, content) of every photo and caption file, sorted by name."""
+    fs, files = _inputs(folder)
+    for name, path in files.items():
+        yield name, fs.cat_file(path)
+
+
+def hash_inputs(folder: str | Path) -> dict[str, str]:
+    """{name relative to the folder: sha256} of the photos and caption files."""
+    return {name: hashlib.sha256(data).hexdigest() for name, data in read_inputs(folder)}
 
 
 def hash_files(files: list[Path], folder: Path) -> dict[str, str]:
@@ -50,34 +116,56 @@ def recorded_photos(session: Session) -> dict[str, str]:
     return (read_state(session) or {}).get("photos", {})
 
 
-def check_photos(session: Session, folder: Path | None) -> None:
-    """Before anything slow: a new session needs readable photos; an old one keeps its own."""
+def training_started(session: Session) -> bool:
+    """Training fixes the photo set: the fingerprint it records covers the dataset."""
+    return "fingerprint" in (read_state(session) or {})
+
+
+def reachable(folder: str | Path) -> bool:
+    try:
+        fs, root = photo_source(folder)
+        return fs.isdir(root)
+    except Exception:  # offline, no credentials: the session has its own copies
+        return False
+
+
+def check_photos(session: Session, folder: str | Path | None) -> None:
+    """Before anything slow: a new session needs readable photos; a session that has started
+    training keeps its own. Before training starts the photo set may still change."""
     stored = recorded_photos(session)
     if not stored and folder is None:
         raise DatasetError(f"session {session.name!r} has no photos yet. Pass --photos with the "
                            "folder that holds your subject's photos.")
-    if folder is None or (stored and not Path(folder).exists()):
+    if folder is None or (stored and not reachable(folder)):
         return  # resuming, perhaps on another machine: the session has its own copies
-    given = hash_files(find_inputs(folder), Path(folder))
-    if stored and stored != given:
+    given = hash_inputs(folder)
+    if stored and stored != given and training_started(session):
         raise DatasetError(
             f"the photos in {str(folder)!r} differ from those session {session.name!r} was "
             "started with. Run without --photos to continue the session, or choose a new "
             "--session name for the new photos.")
 
 
-def import_photos(session: Session, folder: Path | None) -> dict[str, str]:
-    """Copy originals (and caption files) into the session, recording them only once all are copied."""
+def import_photos(session: Session, folder: str | Path | None) -> dict[str, str]:
+    """Copy originals (and caption files) into the session, recording them only once all are copied.
+
+    Until training starts, a changed photo set replaces the session's copies (only new or
+    changed files are copied; the dataset step then prepares only those)."""
     stored = recorded_photos(session)
-    if stored:
+    if stored and (folder is None or training_started(session) or not reachable(folder)):
         return stored
     check_photos(session, folder)
-    files = find_inputs(folder)
-    hashes = hash_files(files, Path(folder))
+    hashes = {}
+    for name, data in read_inputs(folder):
+        hashes[name] = hashlib.sha256(data).hexdigest()
+        if stored.get(name) != hashes[name]:
+            session.write_bytes(f"{PHOTOS}/{name}", data)
+    if hashes == stored:
+        return stored
+    for name in sorted(set(stored) - set(hashes)):
+        session.remove(f"{PHOTOS}/{name}")
     for place in sorted({PurePosixPath(PHOTOS, name).parent for name in hashes}):
         session.remove_temporary(str(place))
-    for file, name in zip(files, hashes):
-        session.put_file(file, f"{PHOTOS}/{name}")
     update_state(session, photos=hashes)
     return hashes
 

@@ -1,21 +1,34 @@
-"""Square, resized training images made from the session's photos."""
+"""Square, resized training images made from the session's photos.
+
+Preparation is cached per photo: a prepared image is named after the key of what
+made it (source sha256, resolution, PREPARE_VERSION, face detector), so a rerun,
+or a photo set that gained one photo, prepares only the photos whose key has no
+image yet. Photos are prepared in a process pool (one worker per core).
+"""
 
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 
-from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict
 
 from tasks.config import digest
-from tasks.dataset.photos import PHOTOS, import_photos, is_image, photos_digest
+from tasks.dataset import faces
+from tasks.dataset.contact_sheet import CONTACT_SHEET, contact_sheet
+from tasks.dataset.crop import PREPARE_VERSION, PreparedPhoto, prepare_or_error
+from tasks.dataset.photos import PHOTOS, import_photos, is_image, photos_digest, training_started
 from tasks.errors import DatasetError
 from tasks.session import Session
 
 DATASET = "dataset"
 MANIFEST = f"{DATASET}/manifest.json"
+PARALLEL_BYTES = 4 << 20  # below this much photo data a process pool costs more than it saves
 
 
 class PreparedDataset(BaseModel):
@@ -25,77 +38,122 @@ class PreparedDataset(BaseModel):
     count: int
     resolution: int
     digest: str
+    prepared: int = 0  # images made by this call (the others were reused)
 
 
-def load_photo(name: str, data: bytes) -> Image.Image:
-    """Decode, apply EXIF orientation, convert to RGB."""
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise DatasetError(f"{name}: cannot be read as an image ({exc}). Remove it from the "
-                           "photos folder or replace it with a valid JPEG or PNG.") from exc
-    return ImageOps.exif_transpose(image).convert("RGB")
+def method() -> str:
+    """Everything besides the photo and the resolution that decides a prepared image."""
+    detector = faces.current_detector()
+    return f"v{PREPARE_VERSION}/{getattr(detector, '__module__', '?')}.{getattr(detector, '__qualname__', '?')}"
 
 
-def centre_square(image: Image.Image) -> tuple[int, int, int, int]:
-    width, height = image.size
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    return left, top, left + side, top + side
+def prepared_file(source_sha256: str, resolution: int) -> str:
+    """Where the prepared image of a photo goes: named after everything that made it."""
+    return f"{DATASET}/{digest([source_sha256, resolution, method()])[:20]}.png"
 
 
-def prepare_image(image: Image.Image, resolution: int) -> tuple[bytes, tuple[int, int, int, int]]:
-    box = centre_square(image)
-    square = image.crop(box).resize((resolution, resolution), Image.Resampling.LANCZOS)
-    out = io.BytesIO()
-    square.save(out, format="PNG")
-    return out.getvalue(), box
+def prepare_many(photos: list[tuple[str, bytes]], resolution: int,
+                 workers: int | None = None) -> Iterator[PreparedPhoto | DatasetError]:
+    """prepare_photo over (name, bytes) pairs, in order; an unreadable photo yields its error.
+
+    workers=None: one process per core when there is enough data to be worth it. The
+    output does not depend on the number of workers."""
+    if workers is None:
+        heavy = len(photos) > 1 and sum(len(data) for _, data in photos) >= PARALLEL_BYTES
+        workers = min(os.cpu_count() or 1, len(photos)) if heavy else 1
+    if workers <= 1 or sys.platform != "linux":  # macOS: fork is unsafe with system frameworks
+        yield from (prepare_or_error(name, data, resolution) for name, data in photos)
+        return
+    # fork: workers start at once with everything imported, a plugged-in face detector
+    # included (forkserver and spawn would re-import the caller's __main__: the CLI,
+    # prefect, ~2 s a worker). A worker runs only prepare_or_error: Pillow and OpenCV,
+    # none of the locks the parent's threads hold. (Calling cv2.setNumThreads in a forked
+    # worker hangs: leave OpenCV's pool alone.)
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        pending: list[Future] = []
+        for name, data in photos:  # a sliding window keeps only a few photos in memory
+            pending.append(pool.submit(prepare_or_error, name, data, resolution))
+            if len(pending) >= 2 * workers:
+                yield pending.pop(0).result()
+        yield from (future.result() for future in pending)
 
 
 def prepare_dataset(session: Session, names: list[str], resolution: int,
-                    log: logging.Logger | None = None) -> list[dict]:
-    """Write dataset/NNNN.png for every session photo; return manifest items.
+                    log: logging.Logger | None = None, reuse: Iterable[dict] = (),
+                    workers: int | None = None) -> list[dict]:
+    """Manifest items for every session photo, preparing only those `reuse` has no image for.
 
     Every unreadable photo is collected and reported at once."""
     log = log or logging.getLogger("dreambooth")
-    items, problems = [], []
-    for index, name in enumerate(sorted(names), start=1):
-        data = session.read_bytes(f"{PHOTOS}/{name}")
-        try:
-            image = load_photo(name, data)
-        except DatasetError as exc:
-            problems.append(str(exc))
+    names = sorted(names)
+    sources = {name: session.read_bytes(f"{PHOTOS}/{name}") for name in names}
+    hashes = {name: hashlib.sha256(data).hexdigest() for name, data in sources.items()}
+    known = {item["file"]: item for item in reuse if session.exists(item["file"])}
+    items: dict[str, dict] = {}
+    for name in names:
+        file = prepared_file(hashes[name], resolution)
+        if file in known:
+            old = known[file]
+            items[name] = {"file": file, "source": f"{PHOTOS}/{name}", "source_sha256": hashes[name],
+                           "crop_box": old["crop_box"], "face_box": old.get("face_box")}
+    todo = [name for name in names if name not in items]
+    problems = []
+    results = prepare_many([(name, sources[name]) for name in todo], resolution, workers)
+    for name, result in zip(todo, results):
+        if isinstance(result, DatasetError):
+            problems.append(str(result))
             continue
-        png, box = prepare_image(image, resolution)
-        file = f"{DATASET}/{index:04d}.png"
-        session.write_bytes(file, png)
-        items.append({"file": file, "source": f"{PHOTOS}/{name}", "crop_box": list(box),
-                      "source_sha256": hashlib.sha256(data).hexdigest()})
+        file = prepared_file(hashes[name], resolution)
+        session.write_bytes(file, result.png)
+        items[name] = {"file": file, "source": f"{PHOTOS}/{name}", "source_sha256": hashes[name],
+                       "crop_box": list(result.crop_box),
+                       "face_box": list(result.face_box) if result.face_box else None}
     if problems:
         raise DatasetError("some photos cannot be used:\n  " + "\n  ".join(problems))
-    log.info("Prepared %d photos at %dx%d", len(items), resolution, resolution)
-    return items
+    log.info("Prepared %d photos at %dx%d (%d reused)", len(todo), resolution, resolution,
+             len(names) - len(todo))
+    return [items[name] for name in names]
 
 
 def build_dataset(session: Session, photos_folder, resolution: int,
-                  log: logging.Logger | None = None) -> PreparedDataset:
-    """Import the photos (first run only) and prepare them, unless already prepared."""
+                  log: logging.Logger | None = None, workers: int | None = None) -> PreparedDataset:
+    """Import the photos and prepare them, reusing every image already prepared for them.
+
+    Writes dataset/manifest.json (source hash, crop box, face box per photo) and
+    reports/contact_sheet.png."""
     log = log or logging.getLogger("dreambooth")
     photos = import_photos(session, photos_folder)
     source = photos_digest(photos)
-    if session.exists(MANIFEST):
-        manifest = session.read_json(MANIFEST)
-        if manifest["photos_digest"] == source and manifest["resolution"] == resolution:
-            log.info("Dataset already prepared (%d photos)", len(manifest["items"]))
-            return _summary(manifest)
-    items = prepare_dataset(session, [n for n in photos if is_image(n)], resolution, log)
-    manifest = {"resolution": resolution, "photos_digest": source, "items": items}
+    old = session.read_json(MANIFEST) if session.exists(MANIFEST) else None
+    # Once training has started the prepared images are part of its fingerprint: a new
+    # PREPARE_VERSION or detector applies to new sessions only.
+    if (old and old["photos_digest"] == source and old["resolution"] == resolution
+            and (old.get("method") == method() or training_started(session))):
+        if not session.exists(CONTACT_SHEET):
+            session.write_bytes(CONTACT_SHEET, contact_sheet([session.read_bytes(i["file"])
+                                                              for i in old["items"]]))
+        log.info("Dataset already prepared (%d photos)", len(old["items"]))
+        return _summary(old, 0)
+    names = [n for n in photos if is_image(n)]
+    items = prepare_dataset(session, names, resolution, log, (old or {}).get("items", ()), workers)
+    manifest = {"resolution": resolution, "photos_digest": source, "method": method(), "items": items}
     manifest["digest"] = digest(manifest)
+    session.write_bytes(CONTACT_SHEET, contact_sheet([session.read_bytes(i["file"]) for i in items]))
     session.write_json(MANIFEST, manifest)
-    return _summary(manifest)
+    _remove_unlisted(session, {i["file"] for i in items})
+    return _summary(manifest, sum(1 for i in items if i["file"] not in
+                                  {o["file"] for o in (old or {}).get("items", ())}))
 
 
-def _summary(manifest: dict) -> PreparedDataset:
+def _remove_unlisted(session: Session, files: set[str]) -> None:
+    """Prepared images no photo of the current manifest uses (a replaced photo, an old setting)."""
+    for name in session.list(DATASET):
+        path = f"{DATASET}/{name}"
+        if path != MANIFEST and path not in files:
+            session.remove(path)
+
+
+def _summary(manifest: dict, prepared: int) -> PreparedDataset:
     return PreparedDataset(count=len(manifest["items"]), resolution=manifest["resolution"],
-                           digest=manifest["digest"])
+                           digest=manifest["digest"], prepared=prepared)

@@ -6,7 +6,8 @@ import json
 import pytest
 from PIL import Image
 
-from tasks.dataset.prepare import MANIFEST, build_dataset, load_photo, prepare_image
+from tasks.dataset.crop import load_photo, prepare_image
+from tasks.dataset.prepare import MANIFEST, build_dataset
 from tasks.errors import DatasetError
 from tasks.session import Session
 

@@ -48,12 +48,16 @@ def test_undecodable_photo_is_named_and_the_originals_stay(prefect_api_url, tmp_
     (photos / "shrk (9).jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
     result = dreambooth(prefect_api_url, tmp_path, *tiny_args(tmp_path, photos))
     assert_user_error(result, "shrk (9).jpg", "cannot be read as an image")
-    copied = tmp_path / "sessions" / "s" / "photos"
-    assert sorted(p.name for p in copied.iterdir()) == sorted(p.name for p in photos.iterdir())
+    # The photo check runs before the import: the originals stay as they were and nothing
+    # is recorded, so the same command works once the folder is fixed.
+    assert (photos / "shrk (9).jpg").read_bytes() == b"\xff\xd8\xff\xe0 truncated jpeg"
+    assert not (tmp_path / "sessions" / "s" / "photos").exists()
 
 
 def test_unknown_model(prefect_api_url, tmp_path, photos):
-    result = dreambooth(prefect_api_url, tmp_path, *tiny_args(tmp_path, photos), "--model", "./no-such-model")
+    # --resolution: the example photos are too small for the 512 px an unknown model is checked at.
+    result = dreambooth(prefect_api_url, tmp_path, *tiny_args(tmp_path, photos), "--model", "./no-such-model",
+                        "--resolution", "64")
     assert_user_error(result, "no-such-model", "no such file or folder")
 
 

@@ -4,18 +4,23 @@ import json
 import shutil
 from pathlib import Path
 
+from PIL import Image
+
 from flows.cli import EXIT_USER_ERROR, main
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "photos"
 
 
 def two_subjects(folder: Path) -> Path:
-    """shrk: the example photos by file name; ohwx/: two of them in a folder named after the token."""
+    """shrk: the example photos by file name; ohwx/: two of them in a folder named after the token.
+    Each subject gets a mirrored third photo: the photo check refuses fewer than 3 per subject."""
     shutil.copytree(EXAMPLES, folder)
     (folder / "ohwx").mkdir()
     for n in (1, 2):
         shutil.move(folder / f"shrk ({n}).jpg", folder / "ohwx" / f"IMG_{n}.jpg")
     (folder / "ohwx" / "IMG_1.txt").write_text("a dog lying in the sun")
+    for source, mirror in (("ohwx/IMG_1.jpg", "ohwx/IMG_3.jpg"), ("shrk (3).jpg", "shrk (5).jpg")):
+        Image.open(folder / source).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / mirror)
     return folder
 
 
@@ -36,8 +41,8 @@ def test_a_session_with_two_subjects_trains_and_reports_both(prefect_api_url, tm
     session = tmp_path / "sessions" / "duo"
     manifest = json.loads((session / "dataset" / "manifest.json").read_text())
     assert sorted((i["token"], i["caption"]) for i in manifest["items"]) == [
-        ("ohwx", "a ohwx dog lying in the sun"), ("ohwx", "photo of ohwx dog"),
-        ("shrk", "photo of shrk man"), ("shrk", "photo of shrk man")]
+        ("ohwx", "a ohwx dog lying in the sun"), ("ohwx", "photo of ohwx dog"), ("ohwx", "photo of ohwx dog"),
+        ("shrk", "photo of shrk man"), ("shrk", "photo of shrk man"), ("shrk", "photo of shrk man")]
     assert {t: s["class_prompt"] for t, s in manifest["subjects"].items()} == {
         "ohwx": "photo of dog", "shrk": "photo of man"}
     report = json.loads((session / "reports" / "tokens.json").read_text())
