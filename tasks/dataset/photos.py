@@ -8,6 +8,7 @@ import hashlib
 import posixpath
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from urllib.parse import unquote
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -36,6 +37,11 @@ def is_local(location: str | Path) -> bool:
     return isinstance(photo_source(location)[0], LocalFileSystem)
 
 
+def entry_name(path: str) -> str:
+    """A listed file's own name; HTTP listings give it URL-quoted ('shrk%20%281%29.jpg')."""
+    return unquote(posixpath.basename(path.rstrip("/")))
+
+
 def _listing(location: str | Path) -> tuple[fsspec.AbstractFileSystem, str, dict[str, str]]:
     """{name relative to the folder: path in fs} for every file directly inside the folder or
     in one of its sub-folders (one per subject); hidden entries are skipped."""
@@ -57,9 +63,9 @@ def _listing(location: str | Path) -> tuple[fsspec.AbstractFileSystem, str, dict
 
     files = {}
     for entry in entries(root):
-        name = posixpath.basename(entry["name"].rstrip("/"))
+        name = entry_name(entry["name"])
         if entry["type"] == "directory":
-            files.update({f"{name}/{posixpath.basename(e['name'])}": e["name"]
+            files.update({f"{name}/{entry_name(e['name'])}": e["name"]
                           for e in entries(entry["name"]) if e["type"] == "file"})
         elif entry["type"] == "file":
             files[name] = entry["name"]

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Literal
+from urllib.parse import unquote
 
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict, Field
@@ -197,7 +198,7 @@ def _remote_files(fs, root: str, location: str) -> dict[str, Reader]:
     for entry in visible(root):
         inside = visible(entry["name"]) if entry["type"] == "directory" else [entry]
         for item in inside:
-            name = posixpath.relpath(item["name"].rstrip("/"), root)
+            name = unquote(posixpath.relpath(item["name"].rstrip("/"), root))
             if item["type"] == "directory":
                 files[name + "/"] = lambda: b""
             else:
