@@ -36,7 +36,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             options["type"] = kind
         elif kind is bool:
             options["action"] = argparse.BooleanOptionalAction
-        default = "" if field.is_required() else f" (default: {field.default})"
+        default = "" if field.is_required() or field.default is None else f" (default: {field.default})"
         parser.add_argument(_flag(name), help=field.description + default,
                             required=field.is_required(), **options)
 
