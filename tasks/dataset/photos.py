@@ -42,9 +42,8 @@ def entry_name(path: str) -> str:
     return unquote(posixpath.basename(path.rstrip("/")))
 
 
-def _listing(location: str | Path) -> tuple[fsspec.AbstractFileSystem, str, dict[str, str]]:
-    """{name relative to the folder: path in fs} for every file directly inside the folder or
-    in one of its sub-folders (one per subject); hidden entries are skipped."""
+def open_folder(location: str | Path) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and root of a photos folder that exists, or a DatasetError saying why not."""
     fs, root = photo_source(location)
     try:
         found = fs.isdir(root)
@@ -55,6 +54,13 @@ def _listing(location: str | Path) -> tuple[fsspec.AbstractFileSystem, str, dict
     if not found:
         raise DatasetError(f"photos folder {str(location)!r} does not exist or is not a folder. "
                            "Pass --photos with the folder that holds your subject's photos.")
+    return fs, root
+
+
+def _listing(location: str | Path) -> tuple[fsspec.AbstractFileSystem, str, dict[str, str]]:
+    """{name relative to the folder: path in fs} for every file directly inside the folder or
+    in one of its sub-folders (one per subject); hidden entries are skipped."""
+    fs, root = open_folder(location)
 
     def entries(folder: str) -> list[dict]:
         fs.invalidate_cache(folder)

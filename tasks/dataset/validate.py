@@ -28,7 +28,7 @@ from tasks.captions.tokens import token_from_filename, token_from_folder
 from tasks.dataset.checks import PhotoFacts, Problem, check_photo
 from tasks.dataset.crop import open_image
 from tasks.dataset.duplicates import find_near_duplicates
-from tasks.dataset.photos import IMAGE_EXTENSIONS, photo_source
+from tasks.dataset.photos import IMAGE_EXTENSIONS, open_folder
 from tasks.errors import DatasetError
 from tasks.session import Session
 
@@ -152,13 +152,10 @@ def folder_files(location: str | Path) -> dict[str, Reader]:
     """{name relative to the folder: reader} for files at the top and one sub-folder level
     down (one per subject), hidden names skipped. Deeper folders are listed as ignored.
     `location` is a local folder or any fsspec URL (gs://bucket/folder, memory://...)."""
-    fs, root = photo_source(location)
+    fs, root = open_folder(location)
     if not isinstance(fs, LocalFileSystem):
-        return _remote_files(fs, root, str(location))
+        return _remote_files(fs, root)
     folder = Path(root)
-    if not folder.is_dir():
-        raise DatasetError(f"photos folder {str(folder)!r} does not exist or is not a folder. "
-                           "Pass --photos with the folder that holds your subject's photos.")
     files: dict[str, Reader] = {}
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
@@ -178,16 +175,7 @@ def _printable(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _remote_files(fs, root: str, location: str) -> dict[str, Reader]:
-    try:
-        found = fs.isdir(root)
-    except Exception as exc:  # fsspec raises many types for one meaning
-        raise DatasetError(f"cannot read photos folder {location!r}: {exc.__class__.__name__}: "
-                           f"{exc}. Check the address and credentials, or pass a local --photos "
-                           "folder.") from exc
-    if not found:
-        raise DatasetError(f"photos folder {location!r} does not exist or is not a folder. "
-                           "Pass --photos with the folder that holds your subject's photos.")
+def _remote_files(fs, root: str) -> dict[str, Reader]:
     files: dict[str, Reader] = {}
 
     def visible(folder: str) -> list[dict]:
