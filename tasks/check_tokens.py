@@ -1,7 +1,5 @@
 """@task: judge each subject's token with the model's tokenizer; report it; stop on a bad one."""
 
-import re
-
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
@@ -10,12 +8,7 @@ from tasks.captions.token_report import (bad_token_error, build_token_report, re
                                          write_token_report)
 from tasks.captions.tokenizer import load_tokenizer
 from tasks.model.fetch import LocalModel
-from tasks.session_state import SessionRef, update_state
-
-
-def artifact_key(session: str) -> str:
-    """Artifact keys allow lowercase letters, digits and dashes."""
-    return "tokens-" + re.sub(r"[^a-z0-9-]+", "-", session.lower())
+from tasks.session_state import SessionRef, artifact_key, update_state
 
 
 @task(name="check-tokens", task_run_name="check tokens")
@@ -24,7 +17,7 @@ def check_tokens(ref: SessionRef, model: LocalModel, captions: Captions, bad_tok
     session = ref.open()
     report = build_token_report(session, load_tokenizer(model.path))
     write_token_report(session, report)
-    create_markdown_artifact(report_markdown(report), key=artifact_key(session.name),
+    create_markdown_artifact(report_markdown(report), key=artifact_key("tokens", session.name),
                              description=f"Subject tokens of session {session.name}")
     log = get_run_logger()
     for subject in report.subjects:

@@ -1,30 +1,23 @@
 """@task: copy the originals into the session and prepare square training images."""
 
-import re
-
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from tasks.config import digest
 from tasks.dataset.contact_sheet import CONTACT_SHEET, contact_sheet_markdown
-from tasks.dataset.photos import reachable, hash_inputs, photos_digest, recorded_photos
+from tasks.dataset.photos import hash_inputs, photos_digest, recorded_photos, uses_given_photos
 from tasks.dataset.prepare import PreparedDataset, build_dataset, method
 from tasks.model.fetch import LocalModel
-from tasks.session_state import SessionRef
+from tasks.session_state import SessionRef, artifact_key
 from tasks.training.model_parts import native_resolution
-
-
-def artifact_key(session: str) -> str:
-    """Artifact keys allow lowercase letters, digits and dashes."""
-    return "contact-sheet-" + re.sub(r"[^a-z0-9-]+", "-", session.lower())
 
 
 def _cache_key(context, p) -> str:
     # The photos' content (those given, else the session's own) and every setting that
     # changes a prepared image. Correctness does not depend on it: build_dataset reuses
     # what the session already holds.
-    photos = p["photos"]
-    hashes = hash_inputs(photos) if photos and reachable(photos) else recorded_photos(p["ref"].open())
+    photos, session = p["photos"], p["ref"].open()
+    hashes = hash_inputs(photos) if uses_given_photos(session, photos) else recorded_photos(session)
     return digest(["prepare", p["ref"].uid, photos_digest(hashes), p["resolution"],
                    p["model"].digest, method()])
 
@@ -38,5 +31,5 @@ def prepare_photos(ref: SessionRef, photos: str | None, resolution: int | None,
     create_markdown_artifact(
         contact_sheet_markdown(session.read_bytes(CONTACT_SHEET), dataset.count, size,
                                f"{session.url}/{CONTACT_SHEET}"),
-        key=artifact_key(session.name), description=f"Prepared photos of session {session.name}")
+        key=artifact_key("contact-sheet", session.name), description=f"Prepared photos of session {session.name}")
     return dataset

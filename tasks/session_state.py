@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Any
@@ -24,6 +25,11 @@ class SessionRef(BaseModel):
 
     def open(self) -> Session:
         return Session(self.storage, self.name)
+
+
+def artifact_key(kind: str, session: str) -> str:
+    """The Prefect artifact key of a session's report; keys allow lowercase letters, digits, dashes."""
+    return f"{kind}-" + re.sub(r"[^a-z0-9-]+", "-", session.lower())
 
 
 def read_state(session: Session) -> dict[str, Any] | None:

@@ -141,6 +141,13 @@ def reachable(folder: str | Path) -> bool:
         return False
 
 
+def uses_given_photos(session: Session, folder: str | Path | None) -> bool:
+    """Whether `folder` is the run's photo set: always for a new session; until training
+    starts when it can be read (it then replaces the session's copies); never after."""
+    stored = recorded_photos(session)
+    return bool(folder) and (not stored or (not training_started(session) and reachable(folder)))
+
+
 def check_photos(session: Session, folder: str | Path | None) -> None:
     """Before anything slow: a new session needs readable photos; a session that has started
     training keeps its own. Before training starts the photo set may still change."""
@@ -164,7 +171,7 @@ def import_photos(session: Session, folder: str | Path | None) -> dict[str, str]
     Until training starts, a changed photo set replaces the session's copies (only new or
     changed files are copied; the dataset step then prepares only those)."""
     stored = recorded_photos(session)
-    if stored and (folder is None or training_started(session) or not reachable(folder)):
+    if stored and not uses_given_photos(session, folder):
         return stored
     check_photos(session, folder)
     hashes = {}

@@ -28,7 +28,8 @@ from tasks.captions.tokens import token_from_filename, token_from_folder
 from tasks.dataset.checks import PhotoFacts, Problem, check_photo
 from tasks.dataset.crop import open_image
 from tasks.dataset.duplicates import find_near_duplicates
-from tasks.dataset.photos import IMAGE_EXTENSIONS, open_folder
+from tasks.dataset.photos import (IMAGE_EXTENSIONS, PHOTOS, open_folder, recorded_photos,
+                                   uses_given_photos)
 from tasks.errors import DatasetError
 from tasks.session import Session
 
@@ -196,6 +197,22 @@ def _remote_files(fs, root: str) -> dict[str, Reader]:
 
 def session_files(session: Session, names: list[str], place: str = "photos") -> dict[str, Reader]:
     return {name: (lambda n=name: session.read_bytes(f"{place}/{n}")) for name in names}
+
+
+def validate_for_session(session: Session, folder: str | None, settings: ValidationSettings) -> DatasetReport:
+    """Check the photos this run will use: the given folder before it is imported (so a fixed
+    folder can simply be passed again), else the session's own copies."""
+    if uses_given_photos(session, folder):
+        return validate_folder(folder, settings)
+    return validate_files(session_files(session, sorted(recorded_photos(session)), PHOTOS), settings,
+                          f"session {session.name!r}")
+
+
+def warning_lines(report: DatasetReport) -> list[str]:
+    lines = [f"{photo.name}: {p.message}. Fix: {p.fix}." for photo in report.photos
+             for p in photo.problems if p.severity == "warning"]
+    return lines + [f"subject {subject.token!r}: {p.message}. Fix: {p.fix}." for subject in report.subjects
+                    for p in subject.problems if p.severity == "warning"]
 
 
 def validate_folder(folder: str | Path, settings: ValidationSettings) -> DatasetReport:

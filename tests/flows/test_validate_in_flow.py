@@ -9,7 +9,7 @@ from PIL import Image
 from skimage import data
 
 from flows.cli import EXIT_USER_ERROR, main
-from tasks.validate_photos import artifact_key
+from tasks.session_state import artifact_key
 
 
 def train(storage: Path, session: str, photos: Path | None = None, *extra: str) -> int:
@@ -35,7 +35,7 @@ def test_report_in_the_session_and_in_prefect(prefect_api_url, tmp_path, photos)
     assert [p["verdict"] for p in report["photos"]] == ["ok"] * 4
     assert [x["code"] for x in report["subjects"][0]["problems"]] == ["few-photos"]
     assert "| shrk (1).jpg | **ok** |" in (tmp_path / "good" / "reports" / "dataset.md").read_text()
-    shown = artifact(artifact_key("good"))
+    shown = artifact(artifact_key("dataset", "good"))
     assert shown is not None and "shrk (4).jpg" in shown.data
     # A rerun checks the session's own copies: the original folder is no longer needed.
     assert train(tmp_path, "good") == 0
@@ -60,7 +60,7 @@ def test_an_error_stops_before_any_checkpoint(prefect_api_url, tmp_path, photos,
     report = json.loads((session / "reports" / "dataset.json").read_text())
     verdicts = {p["name"]: p["verdict"] for p in report["photos"]}
     assert verdicts["shrk (5).png"] == "error" and verdicts["shrk (6).png"] == "error"
-    assert artifact(artifact_key("bad")) is not None
+    assert artifact(artifact_key("dataset", "bad")) is not None
     # Allowing several faces and removing the tiny photo makes the same session usable.
     (photos / "shrk (6).png").unlink()
     assert train(tmp_path, "bad", photos, "--allow-several-faces") == 0
