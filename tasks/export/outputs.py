@@ -13,13 +13,15 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from tasks.dataset.prepare import MANIFEST
 from tasks.errors import SessionError
 from tasks.model.single_file import save_single_file, to_single_file_state
 from tasks.session import Session, temporary_name
 from tasks.session_state import update_state
 from tasks.training.checkpoint import CheckpointStore
 from tasks.training.plan import TrainingPlan, export_record
-from tasks.training.trainer import load_unet_weights
+from tasks.training.model_parts import ModelParts
+from tasks.training.restore import restored_parts
 
 DIFFUSERS = "diffusers"
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
@@ -32,19 +34,29 @@ class ExportResult(BaseModel):
     files: dict[str, int]  # session-relative path -> bytes
 
 
-def final_pipeline(plan: TrainingPlan, session: Session, dtype: torch.dtype):
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-
+def final_parts(plan: TrainingPlan, session: Session) -> ModelParts:
     checkpoint = CheckpointStore(session, plan.keep_checkpoints).load_latest()
     if checkpoint is None or checkpoint.step != plan.total_steps:
         found = checkpoint.step if checkpoint else 0
         raise SessionError(f"session {session.name!r} has no usable checkpoint at step "
                            f"{plan.total_steps} (latest: {found}). Rerun the same command to "
                            "train the missing steps.")
-    unet = UNet2DConditionModel.from_pretrained(plan.model_path, subfolder="unet")
-    unet.load_state_dict(load_unet_weights(checkpoint), strict=True)
+    parts, _ = restored_parts(plan.model_path, plan.options, subjects_of(session), checkpoint,
+                              torch.device("cpu"))
+    return parts
+
+
+def subjects_of(session: Session) -> list[str]:
+    return sorted({item.get("token", "") for item in session.read_json(MANIFEST)["items"]})
+
+
+def final_pipeline(plan: TrainingPlan, session: Session, dtype: torch.dtype):
+    from diffusers import StableDiffusionPipeline
+
+    parts = final_parts(plan, session)
     pipeline = StableDiffusionPipeline.from_pretrained(
-        plan.model_path, unet=unet, safety_checker=None, requires_safety_checker=False)
+        plan.model_path, unet=parts.unet, text_encoder=parts.text_encoder,
+        safety_checker=None, requires_safety_checker=False)
     return pipeline.to(dtype=dtype)
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
+import fsspec
 import torch
 from pydantic import BaseModel, ConfigDict
 
@@ -14,10 +16,12 @@ from tasks.errors import SessionError
 from tasks.session import Session
 from tasks.training.checkpoint import Checkpoint, CheckpointStore
 from tasks.training.model_parts import load_model_parts, resolve_device
-from tasks.training.plan import TrainingPlan
-from tasks.training.trainer import Example, Hyperparameters, UNetTrainer, pixels_from_png
+from tasks.training.plan import ClassImage, TrainingPlan
+from tasks.training.trainer import Example, Trainer, pixels_from_png
 
 LOG_EVERY = 50
+
+AfterStep = Callable[[Trainer, int], None]
 
 
 class ChunkOutcome(BaseModel):
@@ -34,6 +38,14 @@ def load_examples(session: Session) -> list[Example]:
                     subject=i.get("token", "")) for i in items]
 
 
+def load_class_examples(images: list[ClassImage]) -> list[Example]:
+    examples = []
+    for image in images:
+        with fsspec.open(image.url, "rb") as f:
+            examples.append(Example(pixels_from_png(f.read()), image.caption, image.subject))
+    return examples
+
+
 def resume_point(store: CheckpointStore, plan: TrainingPlan, end: int) -> Checkpoint | None:
     checkpoint = store.load_latest(max_step=end)
     if checkpoint is not None and checkpoint.meta.get("fingerprint") != plan.fingerprint:
@@ -44,7 +56,13 @@ def resume_point(store: CheckpointStore, plan: TrainingPlan, end: int) -> Checkp
     return checkpoint
 
 
-def train_chunk_steps(plan: TrainingPlan, chunk: Chunk, log: logging.Logger | None = None) -> ChunkOutcome:
+def build_trainer(plan: TrainingPlan, session: Session) -> Trainer:
+    parts = load_model_parts(plan.model_path, resolve_device(plan.device))
+    return Trainer(parts, load_examples(session), plan.options, load_class_examples(plan.class_images))
+
+
+def train_chunk_steps(plan: TrainingPlan, chunk: Chunk, log: logging.Logger | None = None,
+                      after_step: AfterStep | None = None) -> ChunkOutcome:
     """Make sure a committed checkpoint at `chunk.end` (or later) exists."""
     log = log or logging.getLogger("dreambooth")
     session = plan.session.open()
@@ -54,25 +72,27 @@ def train_chunk_steps(plan: TrainingPlan, chunk: Chunk, log: logging.Logger | No
         return ChunkOutcome(end=chunk.end, started_at=chunk.end, trained_steps=0, mean_loss=None)
     checkpoint = resume_point(store, plan, chunk.end)
     start = checkpoint.step if checkpoint else 0
-    trainer = UNetTrainer(load_model_parts(plan.model_path, resolve_device(plan.device)),
-                          load_examples(session),
-                          Hyperparameters(plan.seed, plan.learning_rate, plan.max_grad_norm))
+    trainer = build_trainer(plan, session)
     if checkpoint:
         trainer.load_state(checkpoint)
         log.info("Resuming from committed checkpoint at step %d", start)
     log.info("Chunk %d/%d: training steps %d-%d of %d", chunk.index, chunk.count, start, chunk.end,
              plan.total_steps)
-    mean_loss = _train(trainer, start, chunk.end, log)
+    mean_loss = _train(trainer, start, chunk.end, log, after_step)
     store.save(chunk.end, trainer.state_writers(), meta={"fingerprint": plan.fingerprint,
+                                                        "method": plan.options.method,
                                                         "samples_seen": chunk.end})
     return ChunkOutcome(end=chunk.end, started_at=start, trained_steps=chunk.end - start,
                         mean_loss=mean_loss)
 
 
-def _train(trainer: UNetTrainer, start: int, end: int, log: logging.Logger) -> float:
+def _train(trainer: Trainer, start: int, end: int, log: logging.Logger,
+           after_step: AfterStep | None) -> float:
     losses, began = [], time.perf_counter()
     for step in range(start, end):
         losses.append(trainer.step(step))
+        if after_step:
+            after_step(trainer, step + 1)
         done = step + 1 - start
         if done % LOG_EVERY == 0 or step + 1 == end:
             # .item() waits for the device: only at log intervals.

@@ -32,7 +32,8 @@ def trained_unet(session: Path, model_path: str):
     from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel.from_pretrained(model_path, subfolder="unet")
-    unet.load_state_dict(safetensors.torch.load_file(session / "checkpoints" / "step-000003" / "unet.safetensors"))
+    weights = safetensors.torch.load_file(session / "checkpoints" / "step-000003" / "weights.safetensors")
+    unet.load_state_dict({k.removeprefix("unet."): v for k, v in weights.items() if k.startswith("unet.")})
     return fresh(unet)
 
 
