@@ -15,11 +15,11 @@ the scheduler config of the `config=` diffusers folder or repo it is given;
 without one it picks a default repo by architecture (SD 2.x: the 768 px
 v-prediction SD 2.1), and with an `original_config` YAML it guesses from the
 checkpoint's `global_step` (875000 means the SD 2.x 512 px epsilon base).
-AUTOMATIC1111 and ComfyUI test SD 2.x weights or read a YAML beside the file.
-So the .safetensors export also carries the Stability AI model-spec metadata
-(`modelspec.prediction_type` "epsilon" or "v", `modelspec.architecture`,
-`modelspec.resolution`; see `model_spec_metadata`), which tools that follow
-the spec read.
+AUTOMATIC1111 runs the SD 2.x UNet on a test input (or reads a YAML beside the
+file); ComfyUI looks at the spread of one norm bias. So the .safetensors export
+also carries the Stability AI model-spec metadata (`modelspec.prediction_type`
+"epsilon" or "v", `modelspec.architecture`, `modelspec.resolution`; see
+`model_spec_metadata`) for tools that read it.
 
 Every diffusers key must be known to the mapping: an unknown key (a LoRA layer,
 an SDXL embedding, ...) raises `ModelError` instead of being dropped.
