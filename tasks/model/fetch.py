@@ -26,11 +26,12 @@ from tasks.model.cache import build_once, file_sha256
 from tasks.model.conversion import SINGLE_FILE_SUFFIXES, convert_single_file
 from tasks.model.download import download_file, download_path, is_connection_failure, url_filename
 from tasks.model.hub import download_hub_model, looks_like_hub_id
-from tasks.model.tiny import TINY_SD2_VERSIONS, TINY_VERSION, build_tiny_model, build_tiny_sd2_model, \
-    build_tiny_sd2_v_model
+from tasks.model.tiny import (TINY_SD2_VERSIONS, TINY_VERSION, build_tiny_model, build_tiny_sd2_model,
+                              build_tiny_sd2_v_model)
 
 ACCEPTED_SPECS = (
-    '"tiny" (or "tiny-sd2", "tiny-sd2-v"), a local diffusers folder (with model_index.json), a local .ckpt or .safetensors file, '
+    '"tiny" (or "tiny-sd2", "tiny-sd2-v"), a local diffusers folder (with model_index.json), '
+    "a local .ckpt or .safetensors file, "
     "an http(s):// URL to a .ckpt or .safetensors file, or a Hugging Face repo id like "
     "stable-diffusion-v1-5/stable-diffusion-v1-5")
 _TEXT_SUFFIXES = (".json", ".txt")
