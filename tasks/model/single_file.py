@@ -19,7 +19,7 @@ AUTOMATIC1111 runs the SD 2.x UNet on a test input (or reads a YAML beside the
 file); ComfyUI looks at the spread of one norm bias. So the .safetensors export
 also carries the Stability AI model-spec metadata (`modelspec.prediction_type`
 "epsilon" or "v", `modelspec.architecture`, `modelspec.resolution`; see
-`model_spec_metadata`) for tools that read it.
+tasks/model/model_spec.py) for tools that read it, this tool's conversion included.
 
 Every diffusers key must be known to the mapping: an unknown key (a LoRA layer,
 an SDXL embedding, ...) raises `ModelError` instead of being dropped.
@@ -83,27 +83,11 @@ def to_single_file_state(unet, vae, text_encoder,
     return state
 
 
-def model_spec_metadata(family: str, prediction_type: str, resolution: int, title: str) -> dict[str, str]:
-    """Stability AI model-spec metadata for a single file: architecture, prediction type, size.
-
-    `family`, `prediction_type` and `resolution` as tasks.model.family.detect_family gives them.
-    """
-    if family == "sd1":
-        architecture, implementation = "stable-diffusion-v1", "https://github.com/CompVis/stable-diffusion"
-    else:
-        architecture = "stable-diffusion-v2-768-v" if prediction_type == "v_prediction" else "stable-diffusion-v2-512"
-        implementation = "https://github.com/Stability-AI/stablediffusion"
-    return {"modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": architecture,
-            "modelspec.implementation": implementation, "modelspec.title": title,
-            "modelspec.resolution": f"{resolution}x{resolution}",
-            "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon"}
-
-
 def save_single_file(state: Mapping[str, torch.Tensor], path: Path, fmt: Literal["safetensors", "ckpt"],
                      global_step: int | None = None, metadata: Mapping[str, str] | None = None) -> None:
     """Write `state` to `path` as safetensors or as a weights-only-loadable .ckpt.
 
-    `metadata` (text only; e.g. `model_spec_metadata(...)`) goes into the .safetensors header.
+    `metadata` (text only; e.g. `model_spec.model_spec_metadata(...)`) goes into the .safetensors header.
     """
     import torch
 

@@ -19,7 +19,9 @@ from tasks.errors import ModelError
 from tasks.model.family import detect_family
 from tasks.model.fetch import fetch_model
 from tasks.model.openclip_layout import EXTRAS_FILE, OPENCLIP_PREFIX, load_extras, neutral_extras
-from tasks.model.single_file import model_spec_metadata, save_single_file, to_single_file_state
+from tasks.model.family import ModelFamily
+from tasks.model.model_spec import model_spec_metadata
+from tasks.model.single_file import save_single_file, to_single_file_state
 
 P = OPENCLIP_PREFIX
 
@@ -55,8 +57,7 @@ def exported(model, tmp_path_factory) -> Path:
     family = detect_family(path)
     file = tmp_path_factory.mktemp("export") / "model.safetensors"
     state = to_single_file_state(pipeline.unet, pipeline.vae, pipeline.text_encoder)
-    save_single_file(state, file, "safetensors", metadata=model_spec_metadata(
-        family.family, family.prediction_type, family.resolution, "test"))
+    save_single_file(state, file, "safetensors", metadata=model_spec_metadata(family, "test"))
     return file
 
 
@@ -142,7 +143,7 @@ def test_prediction_type_and_size_travel_in_the_metadata(model, exported):
 def test_metadata_is_written_in_one_order(model, tmp_path):
     _, pipeline = model
     state = to_single_file_state(pipeline.unet, pipeline.vae, pipeline.text_encoder)
-    metadata = model_spec_metadata("sd2", "v_prediction", 768, "same")
+    metadata = model_spec_metadata(ModelFamily(family="sd2", prediction_type="v_prediction", resolution=768), "same")
     files = [tmp_path / f"{i}.safetensors" for i in range(3)]
     for file in files:
         save_single_file(state, file, "safetensors", metadata=metadata)
@@ -244,3 +245,26 @@ def test_full_sd21_architecture_gets_the_original_layout():
     }
     assert {key: tuple(state[key].shape) for key in expected} == expected
     assert state[f"{P}logit_scale"].item() == pytest.approx(math.log(1 / 0.07))
+
+
+def test_converting_an_export_keeps_what_its_metadata_declares(cache, tmp_path, caplog):
+    """A v-prediction export converted with an epsilon 64 px config (a wrong --single-file-config)
+    comes back as v-prediction at 96 px: the file's own declaration wins, with a warning."""
+    v_folder, eps_folder = fetch_model("tiny-sd2-v", cache).path, fetch_model("tiny-sd2", cache).path
+    pipeline = _pipeline(v_folder)
+    file = tmp_path / "v.safetensors"
+    save_single_file(to_single_file_state(pipeline.unet, pipeline.vae, pipeline.text_encoder), file, "safetensors",
+                     metadata=model_spec_metadata(detect_family(v_folder), "v"))
+    with caplog.at_level("WARNING", logger="dreambooth"):
+        converted = fetch_model(str(file), tmp_path / "cache", model_config=eps_folder).path
+    assert detect_family(converted) == detect_family(v_folder)
+    assert "declares prediction_type='v_prediction'" in caplog.text and "sample_size=24" in caplog.text
+
+
+def test_file_without_metadata_keeps_the_borrowed_config(cache, tmp_path):
+    v_folder, eps_folder = fetch_model("tiny-sd2-v", cache).path, fetch_model("tiny-sd2", cache).path
+    pipeline = _pipeline(v_folder)
+    file = tmp_path / "plain.safetensors"
+    save_single_file(to_single_file_state(pipeline.unet, pipeline.vae, pipeline.text_encoder), file, "safetensors")
+    converted = fetch_model(str(file), tmp_path / "cache", model_config=eps_folder).path
+    assert detect_family(converted) == detect_family(eps_folder)
