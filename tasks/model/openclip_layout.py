@@ -148,9 +148,9 @@ def _rename_layers(state: dict[str, torch.Tensor], layers: int) -> dict[str, tor
     for index in range(layers):
         before, after = f"encoder.layers.{index}.", f"transformer.resblocks.{index}."
         for param in ("weight", "bias"):
-            parts = [state.pop(f"{before}self_attn.{p}_proj.{param}", None) for p in "qkv"]
-            if all(part is not None for part in parts):
-                renamed[f"{after}attn.in_proj_{param}"] = torch.cat(parts)
+            fused = [f"{before}self_attn.{p}_proj.{param}" for p in "qkv"]  # OpenCLIP: one q,k,v matrix
+            if all(name in state for name in fused):
+                renamed[f"{after}attn.in_proj_{param}"] = torch.cat([state.pop(name) for name in fused])
             for diffusers_name, original_name in _LAYER_PARTS.items():
                 if f"{before}{diffusers_name}.{param}" in state:
                     renamed[f"{after}{original_name}.{param}"] = state.pop(f"{before}{diffusers_name}.{param}")
