@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict
 
 from tasks.dataset.prepare import MANIFEST
 from tasks.errors import SessionError
+from tasks.model.family import detect_family
+from tasks.model.openclip_layout import load_extras
+from tasks.model.model_spec import model_spec_metadata
 from tasks.model.single_file import save_single_file, to_single_file_state
 from tasks.session import Session, temporary_name
 from tasks.session_state import update_state
@@ -70,9 +73,11 @@ def export_outputs(plan: TrainingPlan, log: logging.Logger | None = None) -> Exp
     with tempfile.TemporaryDirectory(prefix="dreambooth-export-") as tmp:
         local = Path(tmp)
         pipeline.save_pretrained(local / DIFFUSERS, safe_serialization=True)
-        state = to_single_file_state(pipeline.unet, pipeline.vae, pipeline.text_encoder)
+        # SD 2.x: the base single file's final text-encoder layer etc. when it was one (else neutral).
+        state = to_single_file_state(pipeline.unet, pipeline.vae, pipeline.text_encoder, load_extras(plan.model_path))
+        metadata = model_spec_metadata(detect_family(plan.model_path), name)
         for fmt in ("safetensors", "ckpt"):
-            save_single_file(state, local / f"{name}.{fmt}", fmt, plan.total_steps)
+            save_single_file(state, local / f"{name}.{fmt}", fmt, plan.total_steps, metadata)
         replace_folder(session, local / DIFFUSERS, DIFFUSERS)
         for fmt in ("safetensors", "ckpt"):
             session.put_file(local / f"{name}.{fmt}", f"{name}.{fmt}")
