@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import PurePosixPath
 
 from tasks.dataset.checks import check_photo
@@ -30,11 +30,13 @@ def prepare_own_images(store: Session, folder: str, subjects: list[str], resolut
     """{subject: prepared images in the store}; every unusable file is reported at once."""
     images = _images_by_subject(folder, subjects)
     problems: list[str] = []
+    warnings: Counter[str] = Counter()
     prepared: dict[str, str] = {}
     for name, read in sorted({n: r for named in images.values() for n, r in named.items()}.items()):
         data = read()
-        errors = [p for p in check_photo(name, data, resolution, IMAGE_EXTENSIONS).problems
-                  if p.severity == "error"]
+        found = check_photo(name, data, resolution, IMAGE_EXTENSIONS).problems
+        warnings.update(p.code for p in found if p.severity == "warning")
+        errors = [p for p in found if p.severity == "error"]
         if errors:
             problems += [f"{name}: {p.message}. Fix: {p.fix}." for p in errors]
             continue
@@ -46,7 +48,8 @@ def prepare_own_images(store: Session, folder: str, subjects: list[str], resolut
         raise DatasetError(f"some images in the class images folder {folder!r} cannot be used:\n  "
                            + "\n  ".join(problems) + "\nRemove or replace them, or leave the class "
                            "images folder out to have class images generated.")
-    log.info("Using %d class images of your own from %s", len(prepared), folder)
+    log.info("Using %d class images of your own from %s%s", len(prepared), folder,
+             "; warnings: " + ", ".join(f"{code} x{n}" for code, n in sorted(warnings.items())) if warnings else "")
     return {subject: [prepared[n] for n in sorted(named)] for subject, named in images.items()}
 
 

@@ -155,3 +155,11 @@ def test_a_bad_file_among_own_class_images_is_named_with_the_fix(session, tmp_pa
 def test_a_missing_own_folder_is_named(session, tmp_path, tiny_model_path):
     with pytest.raises(DatasetError, match="class images folder .*nowhere.* does not exist"):
         make(session, tmp_path / "sessions", tiny_model_path, 2, own_folder=str(tmp_path / "nowhere"))
+
+
+def test_the_store_works_on_object_storage(session, tiny_model_path):
+    storage = "memory://generation-test"
+    first = make(session, storage, tiny_model_path, 2)
+    again = make(session, storage, tiny_model_path, 2)
+    assert first.generated >= 2 and again.generated == 0
+    assert [len(data) > 0 for _, data in read_class_images(again)] == [True, True]
