@@ -38,10 +38,10 @@ class Samples(BaseModel):
 
 
 def sample_prompts(subjects: dict[str, dict], extra: list[str] = ()) -> list[str]:
-    """'photo of <token> <class>' for every subject, then the user's own prompts.
-
-    A user prompt holding {token} (and {class}) is rendered once per subject."""
-    prompts = [f"photo of {t} {r.get('class_word') or ''}".strip() for t, r in sorted(subjects.items())]
+    """Each subject's caption ('photo of <token> <class>', as the dataset manifest records it), then
+    the user's own prompts. A user prompt holding {token} (and {class}) is rendered once per subject."""
+    prompts = [r.get("instance_prompt") or f"photo of {t} {r.get('class_word') or ''}".strip()
+               for t, r in sorted(subjects.items())]
     for prompt in extra:
         if "{token}" in prompt:
             prompts += [prompt.replace("{token}", t).replace("{class}", r.get("class_word") or "").strip()
