@@ -128,6 +128,16 @@ class DreamBoothConfig(BaseModel):
                                          "embedding the new token starts from (default: the class "
                                          "word, else 'person').")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clipping threshold.")
+    sample_prompts: str | None = Field(None, description="Your own sample prompts, separated by "
+                                       "';', rendered after each subject's caption; {token} and "
+                                       "{class} are filled in per subject.")
+    sample_every: int = Field(1, ge=0, description="Render samples after every N chunks "
+                              "(samples/step-N.png and the UI); 0 is never.")
+    sample_steps: int = Field(20, ge=1, description="Inference steps of each sample image.")
+    snapshot_every: int = Field(0, ge=0, description="Also save a small fp16 model (or LoRA, or "
+                                "embedding) every N steps in snapshots/, to pick the best later; "
+                                "0 is off.")
+    keep_snapshots: int = Field(3, ge=1, description="Snapshots to keep (the newest).")
     keep_checkpoints: int = Field(2, ge=2, description="Committed checkpoints to keep (at least 2).")
     export_precision: Literal["fp16", "fp32"] = Field("fp16", description="Precision of the "
                                                       "exported .ckpt/.safetensors files.")

@@ -69,6 +69,18 @@ def class_prompts(subjects: dict[str, dict], override: str | None = None) -> dic
     return prompts
 
 
+def prior_applies(subjects: dict[str, dict], config) -> str | None:
+    """Why prior preservation is off for this run, or None when it is on."""
+    if config.method == "textual-inversion":
+        return "textual inversion trains no UNet weights to preserve"
+    if not config.class_images or not config.prior_loss_weight:
+        return "--class-images 0" if not config.class_images else "--prior-loss-weight 0"
+    has_word = any(record.get("class_word") for record in subjects.values())
+    if not (has_word or config.class_images_folder or "{class}" not in config.class_prompt):
+        return "no --class-word, so there is no class prompt (pass e.g. --class-word man)"
+    return None
+
+
 def build_class_images(session: Session, storage: str, model_path: str, model_digest: str,
                        resolution: int, device: torch.device | str, count: int = DEFAULT_COUNT,
                        class_prompt: str | None = None, own_folder: str | None = None, seed: int = 0,

@@ -9,6 +9,8 @@ from tasks.captions.classes import parse_class_words
 from tasks.config import (DEFAULT_LEARNING_RATES, Chunk, DreamBoothConfig, differing_fields, digest,
                           plan_chunks, total_steps)
 from tasks.errors import ConfigError
+from tasks.generation.class_images import ClassImages
+from tasks.generation.samples import SampleSettings
 from tasks.session import Session
 from tasks.session_state import SessionRef, read_state, update_state
 from tasks.training.checkpoint import CheckpointStore
@@ -16,13 +18,14 @@ from tasks.training.model_parts import resolve_device
 from tasks.training.options import TrainingOptions
 
 
-class ClassImage(BaseModel):
-    """One prior-preservation image: an fsspec URL, its subject and its caption."""
+class Extras(BaseModel):
+    """What a chunk writes besides its checkpoint: samples and snapshots."""
 
     model_config = ConfigDict(frozen=True)
-    url: str
-    subject: str
-    caption: str
+    samples: SampleSettings | None = None
+    sample_every: int = 1
+    snapshot_every: int = 0
+    keep_snapshots: int = 3
 
 
 class TrainingPlan(BaseModel):
@@ -36,7 +39,8 @@ class TrainingPlan(BaseModel):
     chunks: list[Chunk]
     resume_step: int
     options: TrainingOptions
-    class_images: list[ClassImage] = []
+    class_images: ClassImages | None = None
+    extras: Extras = Extras()
     keep_checkpoints: int
     device: str
     export_precision: str
@@ -81,12 +85,12 @@ def training_options(config: DreamBoothConfig, total: int, device: torch.device)
 
 
 def fingerprint_values(config: DreamBoothConfig, options: TrainingOptions, model_digest: str,
-                       dataset_digest: str, class_images: list[ClassImage]) -> dict:
+                       dataset_digest: str, class_images: ClassImages | None) -> dict:
     values = {**config.training_values(), "learning_rate": options.learning_rate,
               "mixed_precision": options.mixed_precision, "model content": model_digest,
               "dataset": dataset_digest}
     if class_images:
-        values["class images"] = digest([c.model_dump() for c in class_images])
+        values["class images"] = class_images.digest
     if options.lr_schedule != "constant":
         values["steps"] = options.total_steps  # the schedule's shape depends on it
     return values
@@ -94,11 +98,11 @@ def fingerprint_values(config: DreamBoothConfig, options: TrainingOptions, model
 
 def make_plan(session: Session, ref: SessionRef, config: DreamBoothConfig, model_path: str,
               model_digest: str, dataset_digest: str, photo_count: int,
-              class_images: list[ClassImage] = ()) -> TrainingPlan:
+              class_images: ClassImages | None = None, extras: Extras = Extras()) -> TrainingPlan:
     """Record the fingerprint on first use; refuse a session trained with another."""
     total = total_steps(config, photo_count)
     options = training_options(config, total, resolve_device(config.device))
-    values = fingerprint_values(config, options, model_digest, dataset_digest, list(class_images))
+    values = fingerprint_values(config, options, model_digest, dataset_digest, class_images)
     recorded = (read_state(session) or {}).get("fingerprint")
     if recorded is not None and recorded != values:
         raise ConfigError(
@@ -115,5 +119,5 @@ def make_plan(session: Session, ref: SessionRef, config: DreamBoothConfig, model
     return TrainingPlan(
         session=ref, model_path=model_path, fingerprint=digest(values), total_steps=total,
         chunks=plan_chunks(total, config.chunk_steps), resume_step=resume, options=options,
-        class_images=list(class_images), keep_checkpoints=config.keep_checkpoints,
+        class_images=class_images, extras=extras, keep_checkpoints=config.keep_checkpoints,
         device=config.device, export_precision=config.export_precision, exported=exported)

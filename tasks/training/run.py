@@ -6,7 +6,6 @@ import logging
 import time
 from typing import Callable
 
-import fsspec
 import torch
 from pydantic import BaseModel, ConfigDict
 
@@ -16,7 +15,10 @@ from tasks.errors import SessionError
 from tasks.session import Session
 from tasks.training.checkpoint import Checkpoint, CheckpointStore
 from tasks.training.model_parts import load_model_parts, resolve_device
-from tasks.training.plan import ClassImage, TrainingPlan
+from tasks.export.snapshots import write_snapshot
+from tasks.generation.class_images import ClassImages, read_class_images
+from tasks.generation.samples import Samples, render_samples
+from tasks.training.plan import TrainingPlan
 from tasks.training.trainer import Example, Trainer, pixels_from_png
 
 LOG_EVERY = 50
@@ -30,6 +32,7 @@ class ChunkOutcome(BaseModel):
     started_at: int
     trained_steps: int
     mean_loss: float | None
+    samples: Samples | None = None
 
 
 def load_examples(session: Session) -> list[Example]:
@@ -38,12 +41,11 @@ def load_examples(session: Session) -> list[Example]:
                     subject=i.get("token", "")) for i in items]
 
 
-def load_class_examples(images: list[ClassImage]) -> list[Example]:
-    examples = []
-    for image in images:
-        with fsspec.open(image.url, "rb") as f:
-            examples.append(Example(pixels_from_png(f.read()), image.caption, image.subject))
-    return examples
+def load_class_examples(manifest: ClassImages | None) -> list[Example]:
+    if manifest is None:
+        return []
+    return [Example(pixels_from_png(data), image_set.prompt, image_set.subject)
+            for image_set, data in read_class_images(manifest)]
 
 
 def resume_point(store: CheckpointStore, plan: TrainingPlan, end: int) -> Checkpoint | None:
@@ -78,12 +80,36 @@ def train_chunk_steps(plan: TrainingPlan, chunk: Chunk, log: logging.Logger | No
         log.info("Resuming from committed checkpoint at step %d", start)
     log.info("Chunk %d/%d: training steps %d-%d of %d", chunk.index, chunk.count, start, chunk.end,
              plan.total_steps)
-    mean_loss = _train(trainer, start, chunk.end, log, after_step)
+    mean_loss = _train(trainer, start, chunk.end, log, _with_snapshots(plan, session, after_step))
     store.save(chunk.end, trainer.state_writers(), meta={"fingerprint": plan.fingerprint,
                                                         "method": plan.options.method,
                                                         "samples_seen": chunk.end})
     return ChunkOutcome(end=chunk.end, started_at=start, trained_steps=chunk.end - start,
-                        mean_loss=mean_loss)
+                        mean_loss=mean_loss, samples=_samples(plan, chunk, session, trainer, log))
+
+
+def _with_snapshots(plan: TrainingPlan, session: Session, after_step: AfterStep | None) -> AfterStep:
+    every, keep = plan.extras.snapshot_every, plan.extras.keep_snapshots
+
+    def after(trainer: Trainer, step: int) -> None:
+        if every and step % every == 0:
+            write_snapshot(session, plan.model_path, plan.options.method, trainer.parts,
+                           trainer.trainables, step, keep)
+        if after_step:
+            after_step(trainer, step)
+    return after
+
+
+def _samples(plan: TrainingPlan, chunk: Chunk, session: Session, trainer: Trainer,
+             log: logging.Logger) -> Samples | None:
+    extras = plan.extras
+    due = extras.sample_every and (chunk.index % extras.sample_every == 0 or chunk.index == chunk.count)
+    if extras.samples is None or not due:
+        return None
+    parts = trainer.parts
+    return render_samples(session, chunk.end, plan.model_path, extras.samples, trainer.device,
+                          unet=parts.unet, text_encoder=parts.text_encoder,
+                          tokenizer=parts.tokenizer, log=log)
 
 
 def _train(trainer: Trainer, start: int, end: int, log: logging.Logger,
