@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.errors import ModelError
-from tasks.model.single_file import save_safetensors
+from tasks.model.single_file import save_safetensors, sort_metadata
 
 if TYPE_CHECKING:
     import torch
@@ -93,7 +93,10 @@ def save_diffusers_lora(unet, text_encoder, folder: Path, adapter: str = "defaul
     def part(model):
         if model is None:
             return None, None
-        return _peft_state(model, adapter, dtype), _peft_config(model, adapter).to_dict()
+        config = _peft_config(model, adapter).to_dict()
+        # Sets (target_modules) iterate in a per-process order: sort them for equal files.
+        return _peft_state(model, adapter, dtype), {k: sorted(v) if isinstance(v, set) else v
+                                                    for k, v in config.items()}
 
     unet_state, unet_config = part(unet)
     text_state, text_config = part(text_encoder)
@@ -101,6 +104,7 @@ def save_diffusers_lora(unet, text_encoder, folder: Path, adapter: str = "defaul
         str(folder), unet_lora_layers=unet_state, text_encoder_lora_layers=text_state,
         unet_lora_adapter_metadata=unet_config, text_encoder_lora_adapter_metadata=text_config,
         safe_serialization=True)
+    sort_metadata(folder / DIFFUSERS_FILE)
 
 
 def lora_layers(model, adapter: str = "default") -> dict:

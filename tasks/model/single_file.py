@@ -110,11 +110,16 @@ def save_safetensors(tensors: Mapping[str, torch.Tensor], path: Path,
     safetensors writes metadata entries in a random order; the header is rewritten in place
     with the same entries sorted (the same bytes, reordered, so every offset stays valid).
     """
-    import json
-
     from safetensors.torch import save_file
 
     save_file(dict(tensors), str(path), metadata={"format": "pt", **(metadata or {})})
+    sort_metadata(path)
+
+
+def sort_metadata(path: Path) -> None:
+    """Rewrite a .safetensors header in place with its metadata entries sorted."""
+    import json
+
     with open(path, "r+b") as file:
         size = int.from_bytes(file.read(8), "little")
         header = json.loads(file.read(size))
