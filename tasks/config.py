@@ -28,7 +28,7 @@ TRAINING_FIELDS = (
     "warmup_steps", "batch_size", "gradient_accumulation", "mixed_precision", "optimizer",
     "offset_noise", "min_snr_gamma", "flip", "ema_decay", "text_encoder_steps",
     "text_encoder_learning_rate", "class_images", "class_prompt", "class_images_folder",
-    "prior_loss_weight", "lora_rank", "lora_alpha", "lora_text_encoder", "initializer_word",
+    "prior_loss_weight", "lora_rank", "lora_alpha", "lora_text_encoder", "initializer_word", "gpus",
 )
 DEFAULT_LEARNING_RATES = {"dreambooth": 2e-6, "lora": 1e-4, "textual-inversion": 5e-4}
 
@@ -151,6 +151,8 @@ class DreamBoothConfig(BaseModel):
     export_precision: Literal["fp16", "fp32"] = Field("fp16", description="Precision of the "
                                                       "exported .ckpt/.safetensors files.")
     device: str = Field("auto", description="Training device: auto (CUDA when available), cpu, cuda.")
+    gpus: int = Field(1, ge=1, description="Data-parallel processes, one per GPU (with --device cpu: "
+                      "CPU processes); the effective batch is batch size x accumulation x gpus.")
 
     @field_validator("session")
     @classmethod

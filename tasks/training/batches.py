@@ -18,12 +18,14 @@ class Draw:
 
 
 def draw_micro_batch(seed: int, step: int, micro: int, batch_size: int, accumulation: int,
-                     groups: list[list[int]], class_groups: list[list[int]], flip: bool) -> Draw:
-    """Sample n = (step * accumulation + micro) * batch_size + k picks instance k, so
-    with batch 1 and no accumulation the data order is the one of plain step numbers."""
-    first = (step * accumulation + micro) * batch_size
+                     groups: list[list[int]], class_groups: list[list[int]], flip: bool,
+                     rank: int = 0, world: int = 1) -> Draw:
+    """Sample n = ((step * accumulation + micro) * world + rank) * batch_size + k picks
+    instance k of process `rank`, so with one process, batch 1 and no accumulation the
+    data order is the one of plain step numbers."""
+    first = ((step * accumulation + micro) * world + rank) * batch_size
     instances = [balanced_example_index(seed, first + k, groups) for k in range(batch_size)]
-    draw = generator_for(seed, step, f"batch:{micro}")
+    draw = generator_for(seed, step, f"batch:{micro}" + (f":{rank}" if rank else ""))
     classes = []
     if class_groups:
         subject_of = {i: s for s, members in enumerate(groups) for i in members}

@@ -14,6 +14,7 @@ from tasks.generation.samples import SampleSettings
 from tasks.session import Session
 from tasks.session_state import SessionRef, read_state, update_state
 from tasks.training.checkpoint import CheckpointStore
+from tasks.training.distributed import check_processes
 from tasks.training.model_parts import resolve_device
 from tasks.training.options import TrainingOptions
 
@@ -43,6 +44,7 @@ class TrainingPlan(BaseModel):
     extras: Extras = Extras()
     keep_checkpoints: int
     device: str
+    gpus: int = 1
     export_precision: str
     exported: bool  # outputs for exactly this plan are already in the session
 
@@ -103,6 +105,7 @@ def make_plan(session: Session, ref: SessionRef, config: DreamBoothConfig, model
               class_images: ClassImages | None = None, extras: Extras = Extras()) -> TrainingPlan:
     """Record the fingerprint on first use; refuse a session trained with another."""
     total = total_steps(config, photo_count)
+    check_processes(config.gpus, resolve_device(config.device))
     options = training_options(config, total, resolve_device(config.device))
     values = fingerprint_values(config, options, model_digest, dataset_digest, class_images)
     recorded = (read_state(session) or {}).get("fingerprint")
@@ -122,4 +125,4 @@ def make_plan(session: Session, ref: SessionRef, config: DreamBoothConfig, model
         session=ref, model_path=model_path, fingerprint=digest(values), total_steps=total,
         chunks=plan_chunks(total, config.chunk_steps), resume_step=resume, options=options,
         class_images=class_images, extras=extras, keep_checkpoints=config.keep_checkpoints,
-        device=config.device, export_precision=config.export_precision, exported=exported)
+        device=config.device, gpus=config.gpus, export_precision=config.export_precision, exported=exported)

@@ -15,6 +15,7 @@ from tasks.errors import SessionError
 from tasks.session import Session
 from tasks.training import live
 from tasks.training.checkpoint import Checkpoint, CheckpointStore
+from tasks.training.distributed import train_chunk_on_processes
 from tasks.training.model_parts import load_model_parts, resolve_device
 from tasks.export.snapshots import write_snapshot
 from tasks.generation.class_images import ClassImages, read_class_images
@@ -59,15 +60,23 @@ def resume_point(store: CheckpointStore, plan: TrainingPlan, end: int) -> Checkp
     return checkpoint
 
 
-def build_trainer(plan: TrainingPlan, session: Session) -> Trainer:
-    parts = load_model_parts(plan.model_path, resolve_device(plan.device))
-    return Trainer(parts, load_examples(session), plan.options, load_class_examples(plan.class_images))
+def build_trainer(plan: TrainingPlan, session: Session, rank: int = 0, world: int = 1) -> Trainer:
+    device = resolve_device(plan.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", rank)
+    parts = load_model_parts(plan.model_path, device)
+    return Trainer(parts, load_examples(session), plan.options, load_class_examples(plan.class_images),
+                   rank, world)
 
 
 def train_chunk_steps(plan: TrainingPlan, chunk: Chunk, log: logging.Logger | None = None,
-                      after_step: AfterStep | None = None) -> ChunkOutcome:
+                      after_step: AfterStep | None = None, rank: int = 0, world: int = 1) -> ChunkOutcome:
     """Make sure a committed checkpoint at `chunk.end` (or later) exists."""
     log = log or logging.getLogger("dreambooth")
+    if plan.gpus > 1 and world == 1:
+        return train_chunk_on_processes(plan, chunk, log)
+    if world > 1:
+        return _train_chunk_as_rank(plan, chunk, log, rank, world)
     session = plan.session.open()
     store = CheckpointStore(session, plan.keep_checkpoints, log)
     key = (plan.session.uid, plan.fingerprint, plan.model_path, plan.device)
@@ -91,10 +100,29 @@ def train_chunk_steps(plan: TrainingPlan, chunk: Chunk, log: logging.Logger | No
                         mean_loss=mean_loss, samples=samples)
 
 
+def _train_chunk_as_rank(plan: TrainingPlan, chunk: Chunk, log: logging.Logger, rank: int,
+                         world: int) -> ChunkOutcome:
+    """One process of a data-parallel chunk: every rank trains, rank 0 commits and samples."""
+    session = plan.session.open()
+    store = CheckpointStore(session, plan.keep_checkpoints, log)
+    if store.latest_step() >= chunk.end:
+        return ChunkOutcome(end=chunk.end, started_at=chunk.end, trained_steps=0, mean_loss=None)
+    trainer, start = _restore(plan, session, store, chunk, log, rank, world)
+    mean_loss = _train(trainer, start, chunk.end, log if rank == 0 else logging.getLogger("quiet"),
+                       _with_snapshots(plan, session, None) if rank == 0 else None)
+    samples = None
+    if rank == 0:
+        store.save(chunk.end, trainer.state_writers(), meta={
+            "fingerprint": plan.fingerprint, "method": plan.options.method, "samples_seen": chunk.end})
+        samples = _samples(plan, chunk, session, trainer, log)
+    return ChunkOutcome(end=chunk.end, started_at=start, trained_steps=chunk.end - start,
+                        mean_loss=mean_loss, samples=samples)
+
+
 def _restore(plan: TrainingPlan, session: Session, store: CheckpointStore, chunk: Chunk,
-             log: logging.Logger) -> tuple[Trainer, int]:
+             log: logging.Logger, rank: int = 0, world: int = 1) -> tuple[Trainer, int]:
     checkpoint = resume_point(store, plan, chunk.end)
-    trainer = build_trainer(plan, session)
+    trainer = build_trainer(plan, session, rank, world)
     if checkpoint is None:
         return trainer, 0
     trainer.load_state(checkpoint)
