@@ -79,6 +79,10 @@ class DreamBoothConfig(BaseModel):
     export_precision: Literal["fp16", "fp32"] = Field("fp16", description="Precision of the "
                                                       "exported .ckpt/.safetensors files.")
     device: str = Field("auto", description="Training device: auto (CUDA when available), cpu, cuda.")
+    preemption_grace: float = Field(25.0, ge=0, description="Seconds between SIGTERM and the "
+                                    "machine going away (preemptible cloud GPUs: ~30): training "
+                                    "stops after the current step and commits a checkpoint if "
+                                    "saving fits in this time.")
 
     @field_validator("session")
     @classmethod

@@ -28,6 +28,7 @@ class TrainingPlan(BaseModel):
     device: str
     export_precision: str
     exported: bool  # outputs for exactly this plan are already in the session
+    preemption_grace: float = 25.0  # [cloud] seconds from SIGTERM to the machine's end
 
 
 def export_record(fingerprint: str, steps: int, precision: str) -> dict:
@@ -61,4 +62,5 @@ def make_plan(session: Session, ref: SessionRef, config: DreamBoothConfig, model
         chunks=plan_chunks(total, config.chunk_steps), resume_step=resume, seed=config.seed,
         learning_rate=config.learning_rate, max_grad_norm=config.max_grad_norm,
         keep_checkpoints=config.keep_checkpoints, device=config.device,
-        export_precision=config.export_precision, exported=exported)
+        export_precision=config.export_precision, exported=exported,
+        preemption_grace=config.preemption_grace)

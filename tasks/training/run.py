@@ -15,6 +15,8 @@ from tasks.session import Session
 from tasks.training.checkpoint import Checkpoint, CheckpointStore
 from tasks.training.model_parts import load_model_parts, resolve_device
 from tasks.training.plan import TrainingPlan
+from tasks.training.preemption import (StopRequest, TrainingStopped, save_on_stop,
+                                        stop_requests, timed_save)
 from tasks.training.trainer import Example, Hyperparameters, UNetTrainer, pixels_from_png
 
 LOG_EVERY = 50
@@ -62,21 +64,32 @@ def train_chunk_steps(plan: TrainingPlan, chunk: Chunk, log: logging.Logger | No
         log.info("Resuming from committed checkpoint at step %d", start)
     log.info("Chunk %d/%d: training steps %d-%d of %d", chunk.index, chunk.count, start, chunk.end,
              plan.total_steps)
-    mean_loss = _train(trainer, start, chunk.end, log)
-    store.save(chunk.end, trainer.state_writers(), meta={"fingerprint": plan.fingerprint,
-                                                        "samples_seen": chunk.end})
+    # [cloud] preemption: SIGTERM stops training after the current step (tasks/training/preemption.py).
+    with stop_requests(plan.preemption_grace) as stop:
+        mean_loss, reached = _train(trainer, start, chunk.end, log, stop)
+        if stop.requested:
+            save_on_stop(store, trainer, reached, plan.fingerprint, stop, log)
+        else:
+            timed_save(store, chunk.end, trainer.state_writers(),
+                       meta={"fingerprint": plan.fingerprint, "samples_seen": chunk.end})
+    if stop.requested:  # reached only when the previous SIGTERM handler ignores the signal
+        raise TrainingStopped(f"training stopped at step {reached} on SIGTERM")
     return ChunkOutcome(end=chunk.end, started_at=start, trained_steps=chunk.end - start,
                         mean_loss=mean_loss)
 
 
-def _train(trainer: UNetTrainer, start: int, end: int, log: logging.Logger) -> float:
+def _train(trainer: UNetTrainer, start: int, end: int, log: logging.Logger,
+           stop: StopRequest) -> tuple[float, int]:
+    """Train steps [start, end); stop early on a SIGTERM. Returns (mean loss, step reached)."""
     losses, began = [], time.perf_counter()
     for step in range(start, end):
         losses.append(trainer.step(step))
         done = step + 1 - start
-        if done % LOG_EVERY == 0 or step + 1 == end:
+        if done % LOG_EVERY == 0 or step + 1 == end or stop.requested:
             # .item() waits for the device: only at log intervals.
             recent = torch.stack(losses[-LOG_EVERY:]).mean().item()
             rate = done / (time.perf_counter() - began)
             log.info("step %d/%d  loss %.4f  %.2f it/s", step + 1, end, recent, rate)
-    return torch.stack(losses).mean().item()
+        if stop.requested:
+            return torch.stack(losses).mean().item(), step + 1
+    return torch.stack(losses).mean().item(), end
