@@ -8,7 +8,8 @@ Two automations, created or updated by `dreambooth automations apply`:
   come from the flow engine every PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds
   (default 180, at least 30).
 - *resume crashed training*: a Crashed training run that came from a
-  deployment is put back to Scheduled, so a worker runs it again; the run
+  deployment, and not cancelled within CANCEL_SETTLE_SECONDS, is put back to
+  Scheduled, so a worker runs it again; the run
   continues from the session's last committed checkpoint. The server counts a
   run's attempts (`prefect.run-count`); only runs with fewer than
   `max_attempts` are rescheduled, so a crash that happens every time stops.
@@ -30,6 +31,9 @@ MARK_SILENT = "dreambooth: mark silent training runs crashed"
 TERMINAL_EVENTS = {f"prefect.flow-run.{name}" for name in ("Completed", "Failed", "Cancelled", "Crashed")}
 TRAINING_RUNS = {"prefect.resource.role": "flow", "prefect.resource.name": FLOW_NAME}
 DEPLOYMENT_RUNS = {"prefect.resource.role": "deployment"}
+# How long after a crash a cancellation may still arrive (a worker reports Cancelled once the
+# flow run's process has exited, within Prefect's 30 s kill grace period).
+CANCEL_SETTLE_SECONDS = 40
 
 
 def default_heartbeat_timeout() -> int:
@@ -37,17 +41,21 @@ def default_heartbeat_timeout() -> int:
     return 2 * (get_current_settings().flows.heartbeat_frequency or 180) + 30
 
 
-def resume_automation(max_attempts: int) -> Automation:
+def resume_automation(max_attempts: int, settle_seconds: int = CANCEL_SETTLE_SECONDS) -> Automation:
     run_counts = [str(n) for n in range(max_attempts)]  # attempts so far: 0 if it never started
     return Automation(
         name=RESUME,
         description=f"Reschedule a crashed {FLOW_NAME} run from a deployment, at most "
                     f"{max_attempts} attempts in all; it resumes from its last checkpoint.",
+        # Proactive: a run cancelled by a user can report Crashed before its worker reports
+        # Cancelled; only a crash that no cancellation follows is rescheduled.
         trigger=EventTrigger(
-            expect={"prefect.flow-run.Crashed"},
+            after={"prefect.flow-run.Crashed"},
+            expect={"prefect.flow-run.Cancelling", "prefect.flow-run.Cancelled"},
             match={"prefect.resource.id": "prefect.flow-run.*", "prefect.run-count": run_counts},
             match_related=[TRAINING_RUNS, DEPLOYMENT_RUNS],
-            posture=Posture.Reactive, threshold=1),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive, threshold=1, within=timedelta(seconds=settle_seconds)),
         actions=[ChangeFlowRunState(state=StateType.SCHEDULED, name="AwaitingRetry",
                                     message="Rescheduled after a crash by the automation "
                                             f"{RESUME!r}; resuming from the last checkpoint")],
@@ -71,10 +79,12 @@ def mark_silent_automation(heartbeat_timeout: int) -> Automation:
     )
 
 
-def apply_automations(max_attempts: int, heartbeat_timeout: int) -> list[tuple[str, str]]:
+def apply_automations(max_attempts: int, heartbeat_timeout: int,
+                      settle_seconds: int = CANCEL_SETTLE_SECONDS) -> list[tuple[str, str]]:
     """Create or update both automations; returns [(name, 'created' | 'updated')]."""
     done = []
-    for wanted in (mark_silent_automation(heartbeat_timeout), resume_automation(max_attempts)):
+    for wanted in (mark_silent_automation(heartbeat_timeout),
+                   resume_automation(max_attempts, settle_seconds)):
         try:
             existing = Automation.read(name=wanted.name)
         except ValueError:  # not found

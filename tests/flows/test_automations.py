@@ -56,29 +56,48 @@ def test_without_a_server_it_says_what_to_set(tmp_path):
     assert "set PREFECT_API_URL" in result.stderr and "Traceback" not in result.stderr
 
 
-def wait_for_state(client, run_id, names: set[str], seconds: float = 60) -> str:
+def wait_for_state(client, run_id, name: str, seconds: float) -> str:
+    """Poll until the run is in state `name`; return the state it is in at the end."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        state = client.read_flow_run(run_id).state
-        if state.name in names:
-            return state.name
+    while True:
+        state = client.read_flow_run(run_id).state.name
+        if state == name or time.monotonic() > deadline:
+            return state
         time.sleep(0.5)
-    return state.name
 
 
-def test_a_crashed_deployment_run_is_rescheduled_until_the_attempt_cap(prefect_api_url, applied):
+@pytest.fixture
+def deployment_run(prefect_api_url, applied):
+    """A flow run of a training deployment, and automations that wait 10 s (the least Prefect allows) for a cancellation."""
     from prefect.client.orchestration import get_client
-    from prefect.states import Crashed, Running
 
+    from flows.automations import apply_automations
+
+    apply_automations(max_attempts=2, heartbeat_timeout=300, settle_seconds=10)
     with get_client(sync_client=True) as client:
         flow_id = client.create_flow_from_name(FLOW_NAME)
-        deployment_id = client.create_deployment(flow_id=flow_id, name=f"cap-{uuid.uuid4().hex[:6]}",
+        deployment_id = client.create_deployment(flow_id=flow_id, name=f"run-{uuid.uuid4().hex[:6]}",
                                                  entrypoint="flows/dreambooth.py:dreambooth_train")
-        run = client.create_flow_run_from_deployment(deployment_id)
-        # attempt 1 crashes: rescheduled; attempt 2 crashes: the cap (2 attempts) is reached
-        for attempt, expected in ((1, "AwaitingRetry"), (2, "Crashed")):
-            client.set_flow_run_state(run.id, Running(), force=True)
-            client.set_flow_run_state(run.id, Crashed(message="worker lost"), force=True)
-            assert client.read_flow_run(run.id).run_count == attempt
-            assert wait_for_state(client, run.id, {"AwaitingRetry"}, 20 if expected == "Crashed"
-                                  else 60) == expected
+        yield client, client.create_flow_run_from_deployment(deployment_id).id
+
+
+def test_a_crashed_run_is_rescheduled_until_the_attempt_cap(deployment_run):
+    from prefect.states import Crashed, Running
+
+    client, run_id = deployment_run
+    # attempt 1 crashes: rescheduled; attempt 2 crashes: the cap (2 attempts) is reached
+    for attempt, expected, wait in ((1, "AwaitingRetry", 60), (2, "Crashed", 20)):
+        client.set_flow_run_state(run_id, Running(), force=True)
+        client.set_flow_run_state(run_id, Crashed(message="worker lost"), force=True)
+        assert client.read_flow_run(run_id).run_count == attempt
+        assert wait_for_state(client, run_id, "AwaitingRetry", wait) == expected
+
+
+def test_a_run_cancelled_by_its_user_is_not_rescheduled(deployment_run):
+    """Cancelling a run kills its process: the engine reports Crashed, then the worker Cancelled."""
+    from prefect.states import Cancelled, Cancelling, Crashed, Running
+
+    client, run_id = deployment_run
+    for state in (Running(), Cancelling(), Crashed(message="terminated"), Cancelled()):
+        client.set_flow_run_state(run_id, state, force=True)
+    assert wait_for_state(client, run_id, "AwaitingRetry", 20) == "Cancelled"

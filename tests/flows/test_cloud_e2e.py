@@ -3,8 +3,9 @@
 `prefect server start`, a process work pool, `prefect deploy`, `dreambooth automations
 apply`, a worker; `dreambooth upload` triggers training; the machine is killed mid-training
 (SIGKILL of the worker and the flow run); the heartbeat automation marks the silent run
-Crashed, the resume automation reschedules it, a new worker runs it, and it ends with
-the weights of an uninterrupted run.
+Crashed, the resume automation reschedules it, a new worker runs it; that run is then
+preempted (SIGTERM to the flow run's process): it ends Crashed, is rescheduled again and
+finally completes with the weights of an uninterrupted run.
 """
 
 import os
@@ -22,7 +23,7 @@ import safetensors.torch
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-STEPS, CHUNK = 8, 2
+STEPS, CHUNK = 12, 2
 SETTINGS = ["--model", "tiny", "--steps", str(STEPS), "--chunk-steps", str(CHUNK),
             "--learning-rate", "1e-4", "--seed", "11"]
 HEARTBEAT, HEARTBEAT_TIMEOUT = 30, 45  # the smallest heartbeat Prefect allows
@@ -53,6 +54,14 @@ def kill_machine(process: subprocess.Popen) -> None:
     for group in groups:
         os.killpg(group, signal.SIGKILL)
     process.wait(timeout=30)
+
+
+def preempt(worker: subprocess.Popen) -> None:
+    """SIGTERM to the flow run's process, as a VM being reclaimed sends it."""
+    (engine,) = [p for p in psutil.Process(worker.pid).children(recursive=True)
+                 if "prefect.engine" in " ".join(p.cmdline())]
+    engine.send_signal(signal.SIGTERM)
+    engine.wait(timeout=60)
 
 
 @pytest.fixture
@@ -136,15 +145,23 @@ def test_an_uploaded_session_trains_through_a_killed_machine_to_the_uninterrupte
 
     (flow_run,) = deployment_runs(api)
     assert flow_run["state"]["name"] == "Running"  # nobody is left to say otherwise
-    start(py, "-m", "prefect", "worker", "start", "--pool", "local-process", log="worker2.log")
+    worker = start(py, "-m", "prefect", "worker", "start", "--pool", "local-process", log="worker2.log")
+    later = session / "checkpoints" / f"step-{3 * CHUNK:06d}" / "MANIFEST.json"
+    wait_until(later.exists, 300, "a checkpoint committed by the rescheduled run")
+    preempt(worker)
+    assert not (session / "checkpoints" / f"step-{STEPS:06d}").exists(), "preempted too late"
     final = wait_until(lambda: (r := deployment_runs(api)[0])["state"]["type"] in
                        {"COMPLETED", "FAILED", "CANCELLED"} and r, 600, "the rescheduled run", poll=2)
 
-    assert final["state"]["name"] == "Completed", (tmp_path / "worker2.log").read_text()[-3000:]
-    assert final["run_count"] == 2
-    assert "Resuming from committed checkpoint at step" in (tmp_path / "worker2.log").read_text()
+    log = (tmp_path / "worker2.log").read_text()
+    assert final["state"]["name"] == "Completed", log[-3000:]
+    assert final["run_count"] == 3
+    assert log.count("Resuming from committed checkpoint at step") >= 2
     history = state_history(api, flow_run["id"])
-    assert history.index("Crashed") < history.index("AwaitingRetry") < len(history) - 1
+    assert [name for name in history if name in ("Crashed", "AwaitingRetry")] == [
+        "Crashed", "AwaitingRetry", "Crashed", "AwaitingRetry"], history
+    assert "Execution was aborted by a termination signal." in [
+        s["message"] for s in httpx.get(f"{api}/flow_run_states/", params={"flow_run_id": flow_run["id"]}).json()]
     ours, reference = unet(session), unet(tmp_path / "reference" / "e2e")
     assert ours.keys() == reference.keys()
     assert [k for k in ours if not torch.equal(ours[k], reference[k])] == []
