@@ -158,7 +158,9 @@ def test_an_uploaded_session_trains_through_a_killed_machine_to_the_uninterrupte
     assert final["run_count"] == 3
     assert log.count("Resuming from committed checkpoint at step") >= 2
     history = state_history(api, flow_run["id"])
-    assert [name for name in history if name in ("Crashed", "AwaitingRetry")] == [
+    # (the engine and the worker may both report a crash: repeats collapse)
+    transitions = [name for name in history if name in ("Crashed", "AwaitingRetry")]
+    assert [n for i, n in enumerate(transitions) if transitions[i - 1:i] != [n]] == [
         "Crashed", "AwaitingRetry", "Crashed", "AwaitingRetry"], history
     assert "Execution was aborted by a termination signal." in [
         s["message"] for s in httpx.get(f"{api}/flow_run_states/", params={"flow_run_id": flow_run["id"]}).json()]
