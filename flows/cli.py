@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.add_argument("--revision", default=None, help="Hub revision of --model.")
     tokens.add_argument("--suggest", action="store_true",
                         help="Also propose rare identifiers: 1-2 tokens, pronounceable, no common word.")
+    _add_cloud_commands(commands)
     validate = commands.add_parser(
         "validate", help="Check a folder of photos before training: every photo's verdict, "
                          "every problem and its fix.",
@@ -89,6 +90,35 @@ def build_parser() -> argparse.ArgumentParser:
         validate.add_argument(_flag(name), help=f"{help_text} (default: {options['default']})",
                               **options)
     return parser
+
+
+def _add_cloud_commands(commands) -> None:
+    upload = commands.add_parser(
+        "upload", help="Copy photos into a session and emit the event that starts its training "
+                       "through a deployment (prefect.yaml).",
+        description="Copy photos into the session's storage, then emit the Prefect event "
+                    "dreambooth.photos.uploaded; the trigger of the deployment named by "
+                    "--deployment starts a training run for the session. Takes the same "
+                    "settings as train; they are stored in the session.")
+    _add_config_flags(upload)
+    upload.add_argument("--deployment", default="local", help="Which prefect.yaml deployment "
+                        "trains it: local, docker-gpu, kubernetes-gpu or vertex-gpu "
+                        "(default: local).")
+    automations = commands.add_parser(
+        "automations", help="Set up the Prefect automations that resume crashed training runs.",
+        description="Prefect automations on the server at PREFECT_API_URL.")
+    actions = automations.add_subparsers(dest="action", required=True)
+    apply = actions.add_parser(
+        "apply", help="Create or update the automations (safe to run again).",
+        description="Create or update two automations: one marks a training run Crashed when "
+                    "its heartbeats stop (the machine is gone), one reschedules a crashed "
+                    "training run from a deployment, which resumes from its last checkpoint.")
+    apply.add_argument("--max-attempts", type=int, default=3, help="Attempts a run gets in "
+                       "all, the first included; a run that crashes this often stays Crashed "
+                       "(default: 3).")
+    apply.add_argument("--heartbeat-timeout", type=int, default=None, help="Seconds without a "
+                       "heartbeat before a running training run counts as crashed (default: "
+                       "twice PREFECT_FLOWS_HEARTBEAT_FREQUENCY plus 30).")
 
 
 def config_from_flags(flags: dict[str, Any]) -> DreamBoothConfig:
@@ -124,6 +154,39 @@ def train(flags: dict[str, Any]) -> int:
     result = dreambooth_train(config)
     files = ", ".join(result.files) + (", diffusers/" if config.method == "dreambooth" else "")
     print(f"Done: session {config.session!r} trained to step {result.step}; outputs: {files}")
+    return 0
+
+
+def upload(flags: dict[str, Any]) -> int:
+    from flows.upload import emit_uploaded, upload_photos
+
+    deployment = flags.pop("deployment")
+    if not flags.get("photos"):
+        raise ConfigError("upload needs --photos: the folder whose photos go into the session.")
+    config, count = upload_photos(config_from_flags(flags))
+    print(f"Uploaded {count} photos to session {config.session!r} ({config.storage})")
+    if emit_uploaded(config, deployment) is None:
+        print("No Prefect server is set (PREFECT_API_URL), so no training run was triggered. "
+              f"Train with: dreambooth train --session {config.session} --storage {config.storage}",
+              file=sys.stderr)
+        return 0
+    print(f"Sent the upload event: deployment {deployment!r} starts training it "
+          "(if its trigger is deployed and a worker is running)")
+    return 0
+
+
+def automations(args: dict[str, Any]) -> int:
+    from flows.automations import apply_automations, default_heartbeat_timeout
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise ConfigError("automations live on a Prefect server: set PREFECT_API_URL (e.g. "
+                          "http://127.0.0.1:4200/api after `prefect server start`).")
+    if args["max_attempts"] < 1:
+        raise ConfigError(f"--max-attempts {args['max_attempts']}: use 1 or more.")
+    timeout = args["heartbeat_timeout"] or default_heartbeat_timeout()
+    for name, outcome in apply_automations(args["max_attempts"], timeout):
+        print(f"{outcome}: {name}")
     return 0
 
 
@@ -179,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
     try:
-        return {"train": train, "tokens": tokens, "validate": validate}[command](args)
+        handlers = {"train": train, "tokens": tokens, "validate": validate, "upload": upload,
+                    "automations": automations}
+        return handlers[command](args)
     except DreamBoothError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -153,6 +153,10 @@ class DreamBoothConfig(BaseModel):
     device: str = Field("auto", description="Training device: auto (CUDA when available), cpu, cuda.")
     gpus: int = Field(1, ge=1, description="Data-parallel processes, one per GPU (with --device cpu: "
                       "CPU processes); the effective batch is batch size x accumulation x gpus.")
+    preemption_grace: float = Field(25.0, ge=0, description="Seconds between SIGTERM and the "
+                                    "machine going away (preemptible cloud GPUs: ~30): training "
+                                    "stops after the current step and commits a checkpoint if "
+                                    "saving fits in this time.")
 
     @field_validator("session")
     @classmethod

@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass
 
 from tasks.training.checkpoint import CheckpointStore
+from tasks.training.preemption import timed_save
 
 
 @dataclass
@@ -34,7 +35,7 @@ class _Commits:
 
         def commit():
             try:
-                store.save(step, writers, meta)
+                timed_save(store, step, writers, meta)  # timed: preemption needs the estimate
             except BaseException as exc:  # re-raised by wait() in the training thread
                 self._error = exc
 

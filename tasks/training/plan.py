@@ -47,6 +47,7 @@ class TrainingPlan(BaseModel):
     gpus: int = 1
     export_precision: str
     exported: bool  # outputs for exactly this plan are already in the session
+    preemption_grace: float = 25.0  # [cloud] seconds from SIGTERM to the machine's end
 
 
 def export_record(fingerprint: str, steps: int, precision: str) -> dict:
@@ -125,4 +126,5 @@ def make_plan(session: Session, ref: SessionRef, config: DreamBoothConfig, model
         session=ref, model_path=model_path, fingerprint=digest(values), total_steps=total,
         chunks=plan_chunks(total, config.chunk_steps), resume_step=resume, options=options,
         class_images=class_images, extras=extras, keep_checkpoints=config.keep_checkpoints,
-        device=config.device, gpus=config.gpus, export_precision=config.export_precision, exported=exported)
+        device=config.device, gpus=config.gpus, export_precision=config.export_precision, exported=exported,
+        preemption_grace=config.preemption_grace)

@@ -21,6 +21,7 @@ from tasks.export.snapshots import write_snapshot
 from tasks.generation.class_images import ClassImages, read_class_images
 from tasks.generation.samples import Samples, render_samples
 from tasks.training.plan import TrainingPlan
+from tasks.training.preemption import StopRequest, TrainingStopped, save_on_stop, stop_requests
 from tasks.training.trainer import Example, Trainer, pixels_from_png
 
 LOG_EVERY = 50
@@ -91,9 +92,17 @@ def train_chunk_steps(plan: TrainingPlan, chunk: Chunk, log: logging.Logger | No
         trainer, start = _restore(plan, session, store, chunk, log)
     log.info("Chunk %d/%d: training steps %d-%d of %d", chunk.index, chunk.count, start, chunk.end,
              plan.total_steps)
-    mean_loss = _train(trainer, start, chunk.end, log, _with_snapshots(plan, session, after_step))
-    live.commit_in_background(store, chunk.end, trainer.state_writers(), meta={
-        "fingerprint": plan.fingerprint, "method": plan.options.method, "samples_seen": chunk.end})
+    # SIGTERM (preemption) stops training after the current step; see preemption.py.
+    with stop_requests(plan.preemption_grace) as stop:
+        mean_loss, reached = _train(trainer, start, chunk.end, log,
+                                    _with_snapshots(plan, session, after_step), stop)
+        if stop.requested:
+            live.wait_for_commits()  # the previous chunk's checkpoint comes first
+            save_on_stop(store, trainer, reached, _meta(plan, reached), stop, log)
+        else:
+            live.commit_in_background(store, chunk.end, trainer.state_writers(), _meta(plan, chunk.end))
+    if stop.requested:  # reached only when the previous SIGTERM handler ignores the signal
+        raise TrainingStopped(f"training stopped at step {reached} on SIGTERM")
     samples = _samples(plan, chunk, session, trainer, log)
     live.keep(key, chunk.end, trainer)
     return ChunkOutcome(end=chunk.end, started_at=start, trained_steps=chunk.end - start,
@@ -108,12 +117,11 @@ def _train_chunk_as_rank(plan: TrainingPlan, chunk: Chunk, log: logging.Logger, 
     if store.latest_step() >= chunk.end:
         return ChunkOutcome(end=chunk.end, started_at=chunk.end, trained_steps=0, mean_loss=None)
     trainer, start = _restore(plan, session, store, chunk, log, rank, world)
-    mean_loss = _train(trainer, start, chunk.end, log if rank == 0 else logging.getLogger("quiet"),
-                       _with_snapshots(plan, session, None) if rank == 0 else None)
+    mean_loss, _ = _train(trainer, start, chunk.end, log if rank == 0 else logging.getLogger("quiet"),
+                          _with_snapshots(plan, session, None) if rank == 0 else None)
     samples = None
     if rank == 0:
-        store.save(chunk.end, trainer.state_writers(), meta={
-            "fingerprint": plan.fingerprint, "method": plan.options.method, "samples_seen": chunk.end})
+        store.save(chunk.end, trainer.state_writers(), _meta(plan, chunk.end))
         samples = _samples(plan, chunk, session, trainer, log)
     return ChunkOutcome(end=chunk.end, started_at=start, trained_steps=chunk.end - start,
                         mean_loss=mean_loss, samples=samples)
@@ -128,6 +136,10 @@ def _restore(plan: TrainingPlan, session: Session, store: CheckpointStore, chunk
     trainer.load_state(checkpoint)
     log.info("Resuming from committed checkpoint at step %d", checkpoint.step)
     return trainer, checkpoint.step
+
+
+def _meta(plan: TrainingPlan, step: int) -> dict:
+    return {"fingerprint": plan.fingerprint, "method": plan.options.method, "samples_seen": step}
 
 
 def _with_snapshots(plan: TrainingPlan, session: Session, after_step: AfterStep | None) -> AfterStep:
@@ -155,16 +167,20 @@ def _samples(plan: TrainingPlan, chunk: Chunk, session: Session, trainer: Traine
 
 
 def _train(trainer: Trainer, start: int, end: int, log: logging.Logger,
-           after_step: AfterStep | None) -> float:
+           after_step: AfterStep | None, stop: StopRequest | None = None) -> tuple[float, int]:
+    """Train steps [start, end), or until a stop request. Returns (mean loss, step reached)."""
     losses, began = [], time.perf_counter()
     for step in range(start, end):
         losses.append(trainer.step(step))
         if after_step:
             after_step(trainer, step + 1)
         done = step + 1 - start
-        if done % LOG_EVERY == 0 or step + 1 == end:
+        stopping = stop is not None and stop.requested
+        if done % LOG_EVERY == 0 or step + 1 == end or stopping:
             # .item() waits for the device: only at log intervals.
             recent = torch.stack(losses[-LOG_EVERY:]).mean().item()
             rate = done / (time.perf_counter() - began)
             log.info("step %d/%d  loss %.4f  %.2f it/s", step + 1, end, recent, rate)
-    return torch.stack(losses).mean().item()
+        if stopping:
+            return torch.stack(losses).mean().item(), step + 1
+    return torch.stack(losses).mean().item(), end

@@ -1,0 +1,104 @@
+"""prefect.yaml: every deployment loads, its parameters are a valid configuration, its job
+variables exist in its work pool type, and `prefect deploy --all` registers it on a server."""
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect import Flow
+from prefect.utilities.schema_tools import validate
+
+from flows.upload import UPLOADED
+from tasks.config import DreamBoothConfig
+
+REPO = Path(__file__).resolve().parents[2]
+PROJECT = yaml.safe_load((REPO / "prefect.yaml").read_text())
+DEPLOYMENTS = {d["name"]: d for d in PROJECT["deployments"]}
+K8S_TEMPLATE = REPO / "deploy" / "kubernetes-gpu-job-template.json"
+# The work pool each deployment names, its type, and a base job template option.
+POOLS = {
+    "local-process": ("process", None),
+    "dreambooth-docker": ("docker", None),
+    "dreambooth-kubernetes": ("kubernetes", K8S_TEMPLATE),
+    "dreambooth-vertex": ("vertex-ai", None),
+}
+
+
+def pool_variables(pool_name: str) -> dict:
+    kind, template = POOLS[pool_name]
+    if template:
+        return json.loads(template.read_text())["variables"]
+    worker = {"process": "prefect.workers.process:ProcessWorker",
+              "docker": "prefect_docker.worker:DockerWorker",
+              "kubernetes": "prefect_kubernetes.worker:KubernetesWorker",
+              "vertex-ai": "prefect_gcp.workers.vertex:VertexAIWorker"}[kind]
+    module, name = worker.split(":")
+    return getattr(importlib.import_module(module), name).get_default_base_job_template()["variables"]
+
+
+def test_the_four_kinds_of_work_pool_are_deployed():
+    assert {d["work_pool"]["name"] for d in DEPLOYMENTS.values()} == set(POOLS)
+
+
+@pytest.mark.parametrize("name", DEPLOYMENTS)
+def test_deployment_entrypoint_and_parameters(name):
+    deployment = DEPLOYMENTS[name]
+    path, function = deployment["entrypoint"].split(":")
+    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    assert isinstance(getattr(module, function), Flow)
+    DreamBoothConfig(**deployment["parameters"]["config"])
+    for schedule in deployment.get("schedules", []):
+        assert schedule["active"] is False, "example schedules stay off until a user turns them on"
+
+
+@pytest.mark.parametrize("name", DEPLOYMENTS)
+def test_job_variables_exist_in_the_pool_and_validate(name):
+    pool = DEPLOYMENTS[name]["work_pool"]
+    variables = pool.get("job_variables", {})
+    schema = pool_variables(pool["name"])
+    assert set(variables) <= set(schema["properties"]), set(variables) - set(schema["properties"])
+    assert validate(variables, schema, ignore_required=True) == []
+
+
+def test_vertex_runs_longer_than_the_one_hour_default_on_a_gpu():
+    variables = DEPLOYMENTS["vertex-gpu"]["work_pool"]["job_variables"]
+    default = pool_variables("dreambooth-vertex")["properties"]["maximum_run_time_hours"]["default"]
+    assert variables["maximum_run_time_hours"] > default == 1
+    assert variables["accelerator_count"] >= 1 and variables["accelerator_type"].startswith("NVIDIA")
+
+
+@pytest.mark.parametrize("name", DEPLOYMENTS)
+def test_each_deployment_trains_the_uploads_addressed_to_it(name):
+    (trigger,) = DEPLOYMENTS[name]["triggers"]
+    assert trigger["expect"] == [UPLOADED]
+    assert trigger["match"]["dreambooth.deployment"] == name
+    assert trigger["parameters"] == {"config": "{{ event.payload.config }}"}
+
+
+def test_prefect_deploy_all_registers_every_deployment(prefect_api_url, tmp_path):
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "DREAMBOOTH_HOME": str(REPO),
+           "PYTHONPATH": str(REPO), "PREFECT_CLI_PROMPT": "false"}
+    prefect = [sys.executable, "-m", "prefect"]
+    for pool, (kind, template) in POOLS.items():
+        extra = ["--base-job-template", str(template)] if template else []
+        subprocess.run(prefect + ["work-pool", "create", pool, "--type", kind, "--overwrite", *extra],
+                       env=env, check=True, capture_output=True, timeout=120)
+    result = subprocess.run(prefect + ["deploy", "--all"], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        deployed = {d.name: d for d in client.read_deployments()}
+        automations = {a.name for a in client.read_automations()}
+    assert set(DEPLOYMENTS) <= set(deployed)
+    assert deployed["vertex-gpu"].job_variables["maximum_run_time_hours"] == 24
+    assert deployed["local"].global_concurrency_limit.limit == 1
+    assert all(not s.active for d in DEPLOYMENTS for s in deployed[d].schedules)
+    assert {t["name"] for d in DEPLOYMENTS.values() for t in d["triggers"]} <= automations
