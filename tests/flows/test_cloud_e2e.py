@@ -116,7 +116,7 @@ def state_history(api_url: str, run_id: str) -> list[str]:
 
 
 def unet(session: Path) -> dict[str, torch.Tensor]:
-    return safetensors.torch.load_file(session / "checkpoints" / f"step-{STEPS:06d}" / "unet.safetensors")
+    return safetensors.torch.load_file(session / "checkpoints" / f"step-{STEPS:06d}" / "weights.safetensors")
 
 
 def test_an_uploaded_session_trains_through_a_killed_machine_to_the_uninterrupted_model(

@@ -14,7 +14,7 @@ from pathlib import Path
 def pause_at(n: int, marker: Path) -> None:
     from tasks.training import trainer
 
-    original, calls = trainer.UNetTrainer.step, {"n": 0}
+    original, calls = trainer.Trainer.step, {"n": 0}
 
     def step(self, index):
         calls["n"] += 1
@@ -25,7 +25,7 @@ def pause_at(n: int, marker: Path) -> None:
                 time.sleep(0.05)
         return original(self, index)
 
-    trainer.UNetTrainer.step = step
+    trainer.Trainer.step = step
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def committed_steps(session_dir: Path) -> list[int]:
 
 
 def final_unet(session_dir: Path) -> dict[str, torch.Tensor]:
-    return safetensors.torch.load_file(session_dir / "checkpoints" / f"step-{STEPS:06d}" / "unet.safetensors")
+    return safetensors.torch.load_file(session_dir / "checkpoints" / f"step-{STEPS:06d}" / "weights.safetensors")
 
 
 def flow_run_state(api_url: str, session: str) -> str:
