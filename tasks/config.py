@@ -79,6 +79,16 @@ class DreamBoothConfig(BaseModel):
     export_precision: Literal["fp16", "fp32"] = Field("fp16", description="Precision of the "
                                                       "exported .ckpt/.safetensors files.")
     device: str = Field("auto", description="Training device: auto (CUDA when available), cpu, cuda.")
+    # Cloud: secrets live in Prefect blocks; only block names travel as parameters.
+    storage_block: str | None = Field(None, description="Name of a dreambooth-session-storage "
+                                      "Prefect block (storage URL and credentials); replaces "
+                                      "--storage. Register the block types with 'prefect block "
+                                      "register -m blocks'.")
+    hf_credentials_block: str | None = Field(None, description="Name of a hugging-face-credentials "
+                                             "Prefect block holding the token for a gated or "
+                                             "private --model (default: the HF_TOKEN variable).")
+    lease_wait: float = Field(0, ge=0, description="Seconds to wait when another run is training "
+                              "the same session, before giving up.")
 
     @field_validator("session")
     @classmethod

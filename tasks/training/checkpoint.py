@@ -83,18 +83,19 @@ class CheckpointStore:
         self._apply_retention()
 
     def _write(self, relative: str, write: Writer) -> dict:
-        path = self.session.path(relative)
-        self.session.fs.makedirs(os.path.dirname(path), exist_ok=True)
-        with self.session.fs.open(path, "wb") as raw:
-            hashing = _HashingFile(raw)
-            write(hashing)
-            raw.flush()
-            if self.session.is_local:
-                os.fsync(raw.fileno())
-        return {"size": hashing.size, "sha256": hashing.sha256.hexdigest()}
+        written = []
+
+        def hashed(raw: BinaryIO) -> None:
+            written.append(_HashingFile(raw))
+            write(written[0])
+
+        # Atomic per file: a failed upload never leaves a partial object under this name.
+        self.session.write_with(relative, hashed)
+        return {"size": written[0].size, "sha256": written[0].sha256.hexdigest()}
 
     def committed_steps(self) -> list[int]:
         """Steps whose manifest exists and whose file sizes match it (cheap: no hashing)."""
+        self.session.fs.invalidate_cache()  # object-store listings are cached: see other writers' commits
         return [step for step in self._step_dirs() if self._manifest_if_sizes_match(step)]
 
     def latest_step(self) -> int:
