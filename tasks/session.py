@@ -34,13 +34,22 @@ def open_storage(url: str, options: dict[str, Any] | None = None) -> tuple[fsspe
         if isinstance(fs, LocalFileSystem):
             root = os.path.abspath(root)
         fs.makedirs(root, exist_ok=True)
-        fs.ls(root)
+        _check_listable(fs, root)
     except Exception as exc:  # fsspec raises many types for one meaning
         raise StorageError(
             f"cannot use session storage {url!r}: {exc.__class__.__name__}: {exc}. "
             "Check that the folder or bucket exists and is writable and that credentials "
             "are set, or pass another --storage.") from exc
     return fs, root.rstrip("/")
+
+
+def _check_listable(fs: fsspec.AbstractFileSystem, root: str) -> None:
+    try:
+        fs.ls(root)
+    except FileNotFoundError:
+        if isinstance(fs, LocalFileSystem):
+            raise
+        fs.ls(root.split("/")[0])  # object stores have no folders: a new prefix in a bucket is fine
 
 
 class Session:
