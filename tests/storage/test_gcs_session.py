@@ -53,7 +53,7 @@ def test_a_process_killed_during_an_upload_leaves_no_object(gcs_bucket):
 def commit_in_another_process(storage: str, step: int) -> None:
     script = ("from tasks.session import Session\n"
               "from tasks.training.checkpoint import CheckpointStore\n"
-              f"CheckpointStore(Session({storage!r}, 'shrk')).save({step}, "
+              f"CheckpointStore(Session({storage!r}, 'shrk'), keep=3).save({step}, "
               "{'weights.bin': lambda f: f.write(b'w' * 1000)}, meta={})\n")
     subprocess.run([sys.executable, "-c", script], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                    check=True, timeout=120)
@@ -61,10 +61,13 @@ def commit_in_another_process(storage: str, step: int) -> None:
 
 def test_latest_checkpoint_sees_a_commit_made_elsewhere(gcs_bucket):
     storage = f"{gcs_bucket}/sessions"
-    store = CheckpointStore(Session(storage, "shrk"))
+    session = Session(storage, "shrk")
+    store = CheckpointStore(session)
     store.save(4, {"weights.bin": lambda f: f.write(b"w" * 1000)}, meta={})
-    assert store.latest_step() == 4  # the listing is now in gcsfs's cache
-    commit_in_another_process(storage, 8)
+    session.write_bytes("checkpoints/step-000008/weights.bin", b"partial")  # a run killed mid-commit
+    assert store.latest_step() == 4
+    assert session.list("checkpoints/step-000008") == ["weights.bin"]  # this listing is now cached
+    commit_in_another_process(storage, 8)  # the next run commits step 8
     assert store.latest_step() == 8
     assert store.load_latest().files["weights.bin"] == b"w" * 1000
 
