@@ -8,7 +8,7 @@ from typing import Any, Iterator
 
 from prefect import get_run_logger
 
-from tasks.config import DreamBoothConfig
+from tasks.config import DreamBoothConfig, digest
 from tasks.session import Session
 from tasks.storage.lease import SessionLease
 
@@ -33,7 +33,11 @@ def result_storage(config: DreamBoothConfig) -> dict[str, Any]:
     if config.storage_block:
         return {"result_storage": load_session_storage(config.storage_block)}
     if "://" in config.storage and not config.storage.startswith(("file://", "memory://")):
-        return {"result_storage": SessionStorage(url=config.storage)}
+        # Prefect wants result storage saved; this block holds only the URL (credentials
+        # come from the machine's environment, as for the sessions themselves).
+        block = SessionStorage(url=config.storage)
+        block.save(f"url-{digest(config.storage)}", overwrite=True)
+        return {"result_storage": block}
     return {}
 
 

@@ -13,6 +13,10 @@ import uuid
 
 import pytest
 
+# Before anything imports gcsfs (it reads this once): its experimental gRPC probe would
+# wait 60 s per bucket for an emulator that speaks only HTTP.
+os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -39,20 +43,19 @@ def gcs_emulator():
     port = _free_port()
     process = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--port", str(port),
                                 "--in-memory", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")}
+    saved = os.environ.get("STORAGE_EMULATOR_HOST")
     try:
         _wait_until_listening(port, process)
         host = f"http://127.0.0.1:{port}"
-        os.environ.update(STORAGE_EMULATOR_HOST=host, GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false")
+        os.environ["STORAGE_EMULATOR_HOST"] = host
         yield host
     finally:
         process.terminate()
         process.wait(timeout=10)
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    if saved is None:
+        os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    else:
+        os.environ["STORAGE_EMULATOR_HOST"] = saved
 
 
 @pytest.fixture

@@ -117,7 +117,11 @@ class SessionLease:
         return holder is not None and holder.id == self.id
 
     def renew(self) -> bool:
-        version = self.object.replace(self._mine(), self.version)
+        current = self.object.read()  # a store that ignores preconditions still shows a takeover here
+        holder = _parse(current[0]) if current else None
+        version = None
+        if holder is not None and holder.id == self.id:
+            version = self.object.replace(self._mine(), current[1])
         if version is None:
             self.lost.set()
             self.log.error("Lost the lease on session %s: another run took it over. This run's "
