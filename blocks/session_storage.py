@@ -78,11 +78,17 @@ class SessionStorage(WritableFileSystem):
         fs.makedirs(root, exist_ok=True)
         fs.pipe_file(f"{root}/{path}", content)
 
-    async def read_path(self, path: str) -> bytes:
+    async def aread_path(self, path: str) -> bytes:
         return await asyncio.to_thread(self._read, path)
 
-    async def write_path(self, path: str, content: bytes) -> None:
+    async def awrite_path(self, path: str, content: bytes) -> None:
         await asyncio.to_thread(self._write, path, content)
+
+    def read_path(self, path: str, **_sync: bool) -> bytes:  # Prefect passes _sync=True
+        return self._read(path)
+
+    def write_path(self, path: str, content: bytes, **_sync: bool) -> None:
+        self._write(path, content)
 
 
 @functools.lru_cache(maxsize=16)

@@ -2,10 +2,13 @@
 rerun, end with the model an uninterrupted run on local disk produces."""
 
 import hashlib
+import os
+import subprocess
+import sys
 
 import gcsfs
 import safetensors.torch
-from test_resume import STEPS, assert_same_weights, final_unet, reference, run_cli, sha256, train_args  # noqa: F401
+from test_resume import REPO, RUN_CLI, STEPS, assert_same_weights, final_unet, reference, run_cli, sha256, train_args  # noqa: F401
 
 
 def test_killed_runs_on_gcs_resume_to_the_uninterrupted_model(prefect_api_url, reference, gcs_bucket,  # noqa: F811
@@ -36,3 +39,11 @@ def test_killed_runs_on_gcs_resume_to_the_uninterrupted_model(prefect_api_url, r
     leftovers = [p for p in fs.find(session) if ".tmp-" in p]
     assert not leftovers, f"temporary objects left behind: {leftovers}"
     assert fs.find(f"{storage[5:]}/.prefect-results"), "task results are not stored beside the sessions"
+
+    # Another machine: its own Prefect home and server. The results on the bucket are its cache.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "other-machine")}
+    env.pop("PREFECT_API_URL", None)
+    again = subprocess.run([sys.executable, str(RUN_CLI), "--", *args], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Trained 0 steps in this run; 3 of 3 chunks were cached; export was cached" in again.stderr
