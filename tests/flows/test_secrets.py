@@ -54,19 +54,23 @@ def everything_written(bucket: str, prefect_db: Path) -> dict[str, bytes]:
     return files
 
 
-def prefect_records() -> str:
-    """Logs, parameters, states and artifacts of every run, as the Prefect API gives them."""
+def prefect_logs() -> str:
     from prefect.client.orchestration import get_client
     from prefect.logging.handlers import APILogHandler
 
     APILogHandler().flush()
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs()
-        tasks = client.read_task_runs()
-        parts = [log.model_dump_json() for log in client.read_logs()]
-        parts += [run.model_dump_json() for run in runs + tasks]
+        return "\n".join(log.message for log in client.read_logs())
+
+
+def prefect_records() -> str:
+    """Logs, parameters, states and artifacts of every run, as the Prefect API gives them."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        parts = [run.model_dump_json() for run in client.read_flow_runs() + client.read_task_runs()]
         parts += [artifact.model_dump_json() for artifact in client.read_artifacts()]
-    return "\n".join(parts)
+    return prefect_logs() + "\n".join(parts)
 
 
 def test_canary_secrets_are_written_nowhere(prefect_api_url, blocks, tmp_path, photos):
@@ -78,12 +82,14 @@ def test_canary_secrets_are_written_nowhere(prefect_api_url, blocks, tmp_path, p
                       "--steps", "4", "--chunk-steps", "2", *common)
     assert trained.returncode == 0, trained.stderr[-3000:]
     failed = run_cli(prefect_api_url, tmp_path, "train", "--session", "gated", "--model", "someone/gated-model",
+                     "--resolution", "64",  # past the photo check, to the download that uses the token
                      *common)
     assert failed.returncode == 2 and "gated-model" in failed.stderr, failed.stderr[-3000:]
 
     files = everything_written(bucket, Path(PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split("///")[1]))
     assert any(name.endswith("shrk/shrk.safetensors") for name in files)  # the run wrote its outputs there
     assert any("/.prefect-results/" in name for name in files)  # and its task results
+    assert any(name.endswith("prefect-test.db") for name in files)  # the server's database, blocks included
     records = prefect_records()
     assert "Trained 4 steps" in records
     for secret in secrets:
@@ -106,7 +112,7 @@ def test_a_secret_that_reaches_a_log_line_is_masked(prefect_api_url, blocks, tmp
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "token is **********" in result.stderr
-    records = prefect_records()
-    assert "token is **********" in records
-    assert f"hf_{CANARY}" not in result.stderr + records
+    assert "token is **********" in result.stderr and "failed with **********" in result.stderr
+    logs = prefect_logs()
+    assert "token is **********" in logs and "failed with **********" in logs
+    assert f"hf_{CANARY}" not in result.stderr + logs
