@@ -43,6 +43,13 @@ def wait_for_lease(storage: str, process: subprocess.Popen, timeout: float = 120
     raise AssertionError("the first run never took the lease")
 
 
+def wait_for_text(log: Path, text: str, process: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+
+
 @pytest.fixture(params=["local", "gcs"])
 def storage(request, tmp_path):
     return str(tmp_path / "sessions") if request.param == "local" else f"{request.getfixturevalue('gcs_bucket')}/sessions"
@@ -61,8 +68,7 @@ def test_a_second_run_refuses_or_waits_while_the_first_trains(prefect_api_url, s
         assert "Traceback" not in log
 
         waiting = start(prefect_api_url, tmp_path, "waiting", *train_args(storage, photos, 8, "--lease-wait", "300"))
-        time.sleep(20)  # it is waiting for the first run now
-        assert waiting.poll() is None
+        wait_for_text(tmp_path / "waiting.log", "is held by", waiting)  # it waits for the first run
         first.kill()  # the first run's machine dies: its lease is left behind
         first.wait()
         waiting.wait(timeout=300)
