@@ -26,6 +26,7 @@ from tasks.storage.lease_object import lease_object
 LEASE_FILE = "lease.json"
 DEFAULT_TTL = 60.0  # seconds a lease lives without renewal
 POLL = 2.0  # seconds between attempts while waiting for another run
+_HELD: dict[str, "SessionLease"] = {}  # session root -> the lease this process holds on it
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,18 @@ class SessionLease:
             self.log.info("Session %s is held by %s; waiting", self.session.name, holder.describe())
             time.sleep(min(POLL, max(0.0, deadline - time.monotonic())))
 
+    def check_still_held(self) -> None:
+        """Raise SessionBusyError if another run has taken the lease over (call before a commit)."""
+        current = self.object.read()
+        holder = _parse(current[0]) if current else None
+        if holder is None or holder.id != self.id:
+            self.lost.set()
+            raise SessionBusyError(
+                f"session {self.session.name!r} ({self.session.url}) was taken over by another run"
+                f"{': ' + holder.describe() if holder else ''} while this one was training (its "
+                "lease was not renewed in time). This run stops without committing; the other "
+                "run continues the session.")
+
     def _try_take(self) -> Holder | None:
         """None when the lease is now ours; otherwise the live holder."""
         current = self.object.read()
@@ -107,6 +120,7 @@ class SessionLease:
             if self.version is not None and holder is not None:
                 self.log.warning("Took over session %s from %s", self.session.name, holder.describe())
         if self.version is not None and self._confirmed():
+            _HELD[self.session.root] = self
             return None
         return self._try_take()  # lost a race: look again
 
@@ -140,9 +154,18 @@ class SessionLease:
                                  self.session.name, exc)
 
     def release(self) -> None:
+        if _HELD.get(self.session.root) is self:
+            del _HELD[self.session.root]
         if self.version is not None and not self.lost.is_set():
             self.object.delete(self.version)
             self.version = None
+
+
+def check_lease(session: Session) -> None:
+    """Before a commit: refuse if this process held the session's lease and lost it."""
+    lease = _HELD.get(session.root)
+    if lease is not None:
+        lease.check_still_held()
 
 
 def _parse(data: bytes) -> Holder | None:

@@ -24,6 +24,7 @@ from typing import Any, BinaryIO, Callable
 import torch
 
 from tasks.session import Session
+from tasks.storage.lease import check_lease
 
 FOLDER = "checkpoints"
 MANIFEST = "MANIFEST.json"
@@ -74,6 +75,7 @@ class CheckpointStore:
         staging = f"{FOLDER}/.tmp-step-{step:06d}-{uuid.uuid4().hex[:8]}" if self.session.is_local else final
         files = {name: self._write(f"{staging}/{name}", write) for name, write in writers.items()}
         manifest = {"step": step, "meta": meta, "files": files, "committed_at": time.time()}
+        check_lease(self.session)  # a run whose lease was taken over must not commit
         self._write(f"{staging}/{MANIFEST}", lambda f: f.write(_json(manifest)))
         if self.session.is_local:
             _fsync_dir(self.session.path(staging))
