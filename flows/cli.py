@@ -124,8 +124,15 @@ def _add_cloud_commands(commands) -> None:
 def config_from_flags(flags: dict[str, Any]) -> DreamBoothConfig:
     """The session's stored configuration updated with the flags given now."""
     storage = flags.get("storage", DreamBoothConfig.model_fields["storage"].default)
-    stored = stored_config(Session(storage, flags["session"])) or {}
-    stored.pop("photos", None)  # where photos came from, not a setting: the session has copies
+    if flags.get("storage_block"):
+        from tasks.session_storage import open_named_session
+
+        session = open_named_session(storage, flags["storage_block"], flags["session"])
+    else:
+        session = Session(storage, flags["session"])
+    stored = stored_config(session) or {}
+    for name in ("photos", "lease_wait"):  # how this run was started, not settings of the session
+        stored.pop(name, None)
     try:
         return DreamBoothConfig(**{**stored, **flags})
     except ValidationError as exc:

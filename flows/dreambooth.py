@@ -13,6 +13,7 @@ from tasks.generate_class_images import generate_class_images
 from tasks.open_session import open_session
 from tasks.plan_training import plan_training
 from tasks.prepare_photos import prepare_photos
+from tasks.session_storage import result_storage, session_lease
 from tasks.train_chunk import train_chunk
 from tasks.validate_photos import validate_photos
 
@@ -20,23 +21,25 @@ from tasks.validate_photos import validate_photos
 @flow(name="dreambooth-train", flow_run_name="{config.session}")
 def dreambooth_train(config: DreamBoothConfig) -> ExportResult:
     """Fine-tune a Stable Diffusion model on a session's photos, resumably."""
-    ref = open_session(config)
-    validate_photos(ref, config)  # before the model download: bad photos stop the run here
-    model = fetch_base_model(config)
-    dataset = prepare_photos(ref, config.photos, config.resolution, model)
-    captions = caption_photos(ref, dataset, model, CaptionSettings(
-        token=config.token, template=config.instance_prompt, class_word=config.class_word,
-        class_template=config.class_prompt))
-    check_tokens(ref, model, captions, config.bad_token)
-    class_images = generate_class_images(ref, model, dataset.resolution, config)
-    plan = plan_training(ref, config, model, dataset, captions, class_images)
-    # A chunk past the last committed checkpoint cannot have a valid cached result.
-    chunks = [train_chunk.with_options(refresh_cache=chunk.end > plan.resume_step)(
-        plan, chunk, return_state=True) for chunk in plan.chunks]
-    outcomes = [state.result() for state in chunks]
-    exported = export_model.with_options(refresh_cache=not plan.exported)(plan, return_state=True)
-    cached = sum(state.name == "Cached" for state in chunks)
-    trained = sum(o.trained_steps for o, s in zip(outcomes, chunks) if s.name != "Cached")
-    get_run_logger().info("Trained %d steps in this run; %d of %d chunks were cached%s", trained,
-                          cached, len(chunks), "; export was cached" if exported.name == "Cached" else "")
-    return exported.result()
+    with session_lease(config):  # one writer per session
+        results = result_storage(config)  # task results beside the sessions
+        ref = open_session(config)
+        validate_photos(ref, config)  # before the model download: bad photos stop the run here
+        model = fetch_base_model(config)
+        dataset = prepare_photos(ref, config.photos, config.resolution, model)
+        captions = caption_photos(ref, dataset, model, CaptionSettings(
+            token=config.token, template=config.instance_prompt, class_word=config.class_word,
+            class_template=config.class_prompt))
+        check_tokens(ref, model, captions, config.bad_token)
+        class_images = generate_class_images(ref, model, dataset.resolution, config)
+        plan = plan_training(ref, config, model, dataset, captions, class_images)
+        # A chunk past the last committed checkpoint cannot have a valid cached result.
+        chunks = [train_chunk.with_options(refresh_cache=chunk.end > plan.resume_step, **results)(
+            plan, chunk, return_state=True) for chunk in plan.chunks]
+        outcomes = [state.result() for state in chunks]
+        exported = export_model.with_options(refresh_cache=not plan.exported, **results)(plan, return_state=True)
+        cached = sum(state.name == "Cached" for state in chunks)
+        trained = sum(o.trained_steps for o, s in zip(outcomes, chunks) if s.name != "Cached")
+        get_run_logger().info("Trained %d steps in this run; %d of %d chunks were cached%s", trained,
+                              cached, len(chunks), "; export was cached" if exported.name == "Cached" else "")
+        return exported.result()

@@ -157,6 +157,16 @@ class DreamBoothConfig(BaseModel):
                                     "machine going away (preemptible cloud GPUs: ~30): training "
                                     "stops after the current step and commits a checkpoint if "
                                     "saving fits in this time.")
+    # Cloud: secrets live in Prefect blocks; only block names travel as parameters.
+    storage_block: str | None = Field(None, description="Name of a dreambooth-session-storage "
+                                      "Prefect block (storage URL and credentials); replaces "
+                                      "--storage. Register the block types with 'prefect block "
+                                      "register -m blocks'.")
+    hf_credentials_block: str | None = Field(None, description="Name of a hugging-face-credentials "
+                                             "Prefect block holding the token for a gated or "
+                                             "private --model (default: the HF_TOKEN variable).")
+    lease_wait: float = Field(0, ge=0, description="Seconds to wait when another run is training "
+                              "the same session, before giving up.")
 
     @field_validator("session")
     @classmethod

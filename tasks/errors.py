@@ -28,3 +28,7 @@ class ModelError(DreamBoothError):
 
 class NetworkError(ConnectionError):
     """A transient network failure: worth retrying, unlike a DreamBoothError."""
+
+
+class SessionBusyError(DreamBoothError):
+    """Another run holds the session's lease: one writer per session."""

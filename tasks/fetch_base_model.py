@@ -26,4 +26,17 @@ def retry_on_network_error(task, task_run, state) -> bool:
 def fetch_base_model(config: DreamBoothConfig) -> LocalModel:
     return fetch_model(config.model, model_cache_dir(), revision=config.revision,
                        model_config=config.single_file_config,
-                       hf_token=os.environ.get("HF_TOKEN"), log=get_run_logger())
+                       hf_token=hugging_face_token(config), log=get_run_logger())
+
+
+def hugging_face_token(config: DreamBoothConfig) -> str | None:
+    """From the named block, else HF_TOKEN; resolved here so it never travels as a parameter."""
+    from blocks.hugging_face import HuggingFaceCredentials
+    from blocks.loading import load_block
+    from blocks.redaction import remember_secret
+
+    if config.hf_credentials_block:
+        return load_block(HuggingFaceCredentials, config.hf_credentials_block, "hf_credentials_block").reveal_token()
+    token = os.environ.get("HF_TOKEN")
+    remember_secret(token)
+    return token

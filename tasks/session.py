@@ -17,22 +17,24 @@ from typing import Any, BinaryIO, Callable
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+from fsspec.spec import AbstractBufferedFile
 
 from tasks.config import SESSION_NAME
 from tasks.errors import SessionError, StorageError
+from tasks.storage.filesystem import filesystem_for
 
 SESSION_FILE = "session.json"
 _TEMPORARY = re.compile(r"\.tmp-[0-9a-f]{8}$")
 
 
-def open_storage(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+def open_storage(url: str, options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem and root path of a storage URL, created if missing."""
     try:
-        fs, root = fsspec.core.url_to_fs(url)
+        fs, root = filesystem_for(url, options)
         if isinstance(fs, LocalFileSystem):
             root = os.path.abspath(root)
         fs.makedirs(root, exist_ok=True)
-        fs.ls(root)
+        _check_listable(fs, root)
     except Exception as exc:  # fsspec raises many types for one meaning
         raise StorageError(
             f"cannot use session storage {url!r}: {exc.__class__.__name__}: {exc}. "
@@ -41,17 +43,33 @@ def open_storage(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, root.rstrip("/")
 
 
+def _check_listable(fs: fsspec.AbstractFileSystem, root: str) -> None:
+    try:
+        fs.ls(root)
+    except FileNotFoundError:
+        if isinstance(fs, LocalFileSystem):
+            raise
+        fs.ls(root.split("/")[0])  # object stores have no folders: a new prefix in a bucket is fine
+
+
 class Session:
     """A session folder: paths, JSON state and atomic file writes."""
 
-    def __init__(self, storage: str, name: str):
+    def __init__(self, storage: str, name: str, options: dict[str, Any] | None = None):
         if not SESSION_NAME.match(name) or name in {".", ".."}:
             raise SessionError(f"session name {name!r} is not allowed: use at most 64 letters, "
                                "digits, '.', '_' or '-' (no slashes, no '..').")
         self.storage, self.name = storage, name
-        self.fs, storage_root = open_storage(storage)
+        self.fs, storage_root = open_storage(storage, options)
         self.root = f"{storage_root}/{name}"
         self.is_local = isinstance(self.fs, LocalFileSystem)
+
+    def sibling(self, name: str) -> "Session":
+        """Folder `name` beside this session, on the same (already opened) storage."""
+        other = object.__new__(Session)
+        other.storage, other.name, other.fs, other.is_local = self.storage, name, self.fs, self.is_local
+        other.root = f"{self.root.rsplit('/', 1)[0]}/{name}"
+        return other
 
     def __repr__(self) -> str:
         return f"Session({self.url})"
@@ -107,8 +125,7 @@ class Session:
         target = self.path(relative)
         self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
         if not self.is_local:
-            with self.fs.open(target, "wb") as f:
-                write(f)
+            _write_object(self.fs, target, write)
             return
         temporary = temporary_name(target)
         try:
@@ -141,6 +158,24 @@ class Session:
 
     def rename(self, source: str, target: str) -> None:
         self.fs.mv(self.path(source), self.path(target), recursive=True)
+
+
+def _write_object(fs: fsspec.AbstractFileSystem, target: str, write: Callable[[BinaryIO], Any]) -> None:
+    """Object stores publish an object when its upload is finalized on close (gcsfs: a
+    resumable upload, or one request for small files). A failed write is discarded, not
+    closed, so it never finalizes a partial object; a killed process finalizes nothing."""
+    f = fs.open(target, "wb")
+    try:
+        write(f)
+    except BaseException:
+        try:
+            f.discard()  # cancels the resumable upload, if one was started
+        except Exception:  # noqa: BLE001 - the upload is never finalized either way
+            pass
+        if isinstance(f, AbstractBufferedFile):
+            f.closed = True  # or garbage collection would close, and so finalize, it
+        raise
+    f.close()
 
 
 def temporary_name(path: str) -> str:

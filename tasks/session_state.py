@@ -22,8 +22,14 @@ class SessionRef(BaseModel):
     storage: str
     name: str
     uid: str
+    storage_block: str | None = None  # a block's name, never its credentials
 
     def open(self) -> Session:
+        if self.storage_block:
+            # Credentials are read from Prefect's block store here, in the process that uses them.
+            from blocks.session_storage import load_session_storage
+
+            return load_session_storage(self.storage_block).open_session(self.name)
         return Session(self.storage, self.name)
 
 
@@ -64,7 +70,8 @@ def open_or_create(session: Session, config: DreamBoothConfig) -> SessionRef:
     elif "fingerprint" in state:
         refuse_changed_training(session, DreamBoothConfig(**state["config"]), config)
     update_state(session, **{**state, "config": config.model_dump()})
-    return SessionRef(storage=config.storage, name=config.session, uid=state["uid"])
+    return SessionRef(storage=session.storage, name=config.session, uid=state["uid"],
+                      storage_block=config.storage_block)
 
 
 def refuse_changed_training(session: Session, stored: DreamBoothConfig, given: DreamBoothConfig) -> None:

@@ -16,6 +16,7 @@ os.environ.update({
 })
 
 import pytest  # noqa: E402
+from gcs_emulator import gcs_bucket, gcs_emulator  # noqa: E402,F401 - fixtures
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_PHOTOS = REPO / "examples" / "photos"

@@ -10,8 +10,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 PLAIN_PACKAGES = ["tasks.config", "tasks.session", "tasks.training.run", "tasks.export.outputs", "tasks.dataset.validate",
                   "tasks.model.fetch", "tasks.dataset.prepare", "tasks.captions.manifest",
-                  "tasks.captions.token_report", "tasks.generation.class_images", "tasks.generation.samples",
-]
+                  "tasks.captions.token_report", "tasks.generation.class_images",
+                  "tasks.generation.samples", "tasks.storage.lease"]
 
 
 def imports_of(path: Path) -> set[str]:

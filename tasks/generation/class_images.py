@@ -91,7 +91,7 @@ def build_class_images(session: Session, storage: str, model_path: str, model_di
     log = log or logging.getLogger("dreambooth")
     subjects = session.read_json(MANIFEST)["subjects"]
     prompts = class_prompts(subjects, class_prompt)
-    store = open_class_store(storage)
+    store = open_class_store(session)  # the session's storage, with its credentials
     if own_folder:
         own = prepare_own_images(store, own_folder, sorted(subjects), resolution, log)
         sets = [ClassImageSet(subject=t, prompt=prompts[t], source="folder", files=own[t]) for t in prompts]
@@ -112,9 +112,10 @@ def build_class_images(session: Session, storage: str, model_path: str, model_di
     return manifest
 
 
-def read_class_images(manifest: ClassImages) -> Iterator[tuple[ClassImageSet, bytes]]:
+def read_class_images(manifest: ClassImages, beside: Session | None = None
+                      ) -> Iterator[tuple[ClassImageSet, bytes]]:
     """(set, PNG bytes) of every class image, set by set."""
-    store = open_class_store(manifest.storage)
+    store = open_class_store(beside or manifest.storage)
     for image_set in manifest.sets:
         for file in image_set.files:
             yield image_set, store.read_bytes(file)

@@ -20,7 +20,10 @@ GENERATION_VERSION = 1
 SEED_STREAM = "class-images"
 
 
-def open_class_store(storage: str) -> Session:
+def open_class_store(storage: str | Session) -> Session:
+    """The shared class-image folder of a storage (a URL, or any session on it)."""
+    if isinstance(storage, Session):
+        return storage.sibling(CLASS_STORE)
     return Session(storage, CLASS_STORE)
 
 

@@ -24,6 +24,7 @@ from typing import Any, BinaryIO, Callable
 import torch
 
 from tasks.session import Session
+from tasks.storage.lease import check_lease
 
 FOLDER = "checkpoints"
 MANIFEST = "MANIFEST.json"
@@ -74,6 +75,7 @@ class CheckpointStore:
         staging = f"{FOLDER}/.tmp-step-{step:06d}-{uuid.uuid4().hex[:8]}" if self.session.is_local else final
         files = {name: self._write(f"{staging}/{name}", write) for name, write in writers.items()}
         manifest = {"step": step, "meta": meta, "files": files, "committed_at": time.time()}
+        check_lease(self.session)  # a run whose lease was taken over must not commit
         self._write(f"{staging}/{MANIFEST}", lambda f: f.write(_json(manifest)))
         if self.session.is_local:
             _fsync_dir(self.session.path(staging))
@@ -83,18 +85,19 @@ class CheckpointStore:
         self._apply_retention()
 
     def _write(self, relative: str, write: Writer) -> dict:
-        path = self.session.path(relative)
-        self.session.fs.makedirs(os.path.dirname(path), exist_ok=True)
-        with self.session.fs.open(path, "wb") as raw:
-            hashing = _HashingFile(raw)
-            write(hashing)
-            raw.flush()
-            if self.session.is_local:
-                os.fsync(raw.fileno())
-        return {"size": hashing.size, "sha256": hashing.sha256.hexdigest()}
+        written = []
+
+        def hashed(raw: BinaryIO) -> None:
+            written.append(_HashingFile(raw))
+            write(written[0])
+
+        # Atomic per file: a failed upload never leaves a partial object under this name.
+        self.session.write_with(relative, hashed)
+        return {"size": written[0].size, "sha256": written[0].sha256.hexdigest()}
 
     def committed_steps(self) -> list[int]:
         """Steps whose manifest exists and whose file sizes match it (cheap: no hashing)."""
+        self.session.fs.invalidate_cache()  # object-store listings are cached: see other writers' commits
         return [step for step in self._step_dirs() if self._manifest_if_sizes_match(step)]
 
     def latest_step(self) -> int:

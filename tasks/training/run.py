@@ -44,11 +44,11 @@ def load_examples(session: Session) -> list[Example]:
                     subject=i.get("token", "")) for i in items]
 
 
-def load_class_examples(manifest: ClassImages | None) -> list[Example]:
+def load_class_examples(manifest: ClassImages | None, session: Session) -> list[Example]:
     if manifest is None:
         return []
     return [Example(pixels_from_png(data), image_set.prompt, image_set.subject)
-            for image_set, data in read_class_images(manifest)]
+            for image_set, data in read_class_images(manifest, session)]
 
 
 def resume_point(store: CheckpointStore, plan: TrainingPlan, end: int) -> Checkpoint | None:
@@ -66,8 +66,8 @@ def build_trainer(plan: TrainingPlan, session: Session, rank: int = 0, world: in
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", rank)
     parts = load_model_parts(plan.model_path, device)
-    return Trainer(parts, load_examples(session), plan.options, load_class_examples(plan.class_images),
-                   rank, world)
+    classes = load_class_examples(plan.class_images, session)
+    return Trainer(parts, load_examples(session), plan.options, classes, rank, world)
 
 
 def train_chunk_steps(plan: TrainingPlan, chunk: Chunk, log: logging.Logger | None = None,

@@ -1,0 +1,24 @@
+"""Block: a Hugging Face access token, for gated or private base models."""
+
+from __future__ import annotations
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+
+from blocks.redaction import remember_secret
+
+
+class HuggingFaceCredentials(Block):
+    """A Hugging Face access token with read access to the base model."""
+
+    _block_type_name = "Hugging Face Credentials"
+    _block_type_slug = "hugging-face-credentials"
+    _description = "A Hugging Face access token for gated or private base models."
+
+    token: SecretStr = Field(description="A Hugging Face access token (read access), hf_...")
+
+    def reveal_token(self) -> str:
+        """The token, for use in this process only; log lines will show it masked."""
+        token = self.token.get_secret_value()
+        remember_secret(token)
+        return token

@@ -1,0 +1,1 @@
+"""Where sessions live: fsspec filesystems with credentials, and the per-session lease."""
