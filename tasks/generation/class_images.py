@@ -91,7 +91,8 @@ def build_class_images(session: Session, storage: str, model_path: str, model_di
     log = log or logging.getLogger("dreambooth")
     subjects = session.read_json(MANIFEST)["subjects"]
     prompts = class_prompts(subjects, class_prompt)
-    store = open_class_store(session)  # the session's storage, with its credentials
+    # Beside the session: its storage, opened with its credentials.
+    store = open_class_store(session if storage == session.storage else storage)
     if own_folder:
         own = prepare_own_images(store, own_folder, sorted(subjects), resolution, log)
         sets = [ClassImageSet(subject=t, prompt=prompts[t], source="folder", files=own[t]) for t in prompts]
