@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -11,13 +10,12 @@ from pydantic import BaseModel, ConfigDict
 from tasks.config import Chunk
 from tasks.dataset.prepare import MANIFEST
 from tasks.errors import SessionError
+from tasks.reports.monitor import TrainingMonitor  # [ui]
 from tasks.session import Session
 from tasks.training.checkpoint import Checkpoint, CheckpointStore
 from tasks.training.model_parts import load_model_parts, resolve_device
 from tasks.training.plan import TrainingPlan
 from tasks.training.trainer import Example, Hyperparameters, UNetTrainer, pixels_from_png
-
-LOG_EVERY = 50
 
 
 class ChunkOutcome(BaseModel):
@@ -44,10 +42,13 @@ def resume_point(store: CheckpointStore, plan: TrainingPlan, end: int) -> Checkp
     return checkpoint
 
 
-def train_chunk_steps(plan: TrainingPlan, chunk: Chunk, log: logging.Logger | None = None) -> ChunkOutcome:
+def train_chunk_steps(plan: TrainingPlan, chunk: Chunk, log: logging.Logger | None = None,
+                      monitor: TrainingMonitor | None = None) -> ChunkOutcome:
     """Make sure a committed checkpoint at `chunk.end` (or later) exists."""
     log = log or logging.getLogger("dreambooth")
     session = plan.session.open()
+    # [ui] loss log, progress and loss plot; the Prefect task passes one with UI callbacks
+    monitor = monitor or TrainingMonitor(session, [c.end for c in plan.chunks], log)
     store = CheckpointStore(session, plan.keep_checkpoints, log)
     if store.latest_step() >= chunk.end:
         log.info("Steps %d-%d already committed; nothing to train", chunk.start, chunk.end)
@@ -62,21 +63,20 @@ def train_chunk_steps(plan: TrainingPlan, chunk: Chunk, log: logging.Logger | No
         log.info("Resuming from committed checkpoint at step %d", start)
     log.info("Chunk %d/%d: training steps %d-%d of %d", chunk.index, chunk.count, start, chunk.end,
              plan.total_steps)
-    mean_loss = _train(trainer, start, chunk.end, log)
+    monitor.chunk_started(start, chunk.end, plan.total_steps)  # [ui]
+    mean_loss = _train(trainer, start, chunk.end, monitor)
     store.save(chunk.end, trainer.state_writers(), meta={"fingerprint": plan.fingerprint,
                                                         "samples_seen": chunk.end})
+    monitor.chunk_finished()  # [ui] after the commit: timing, loss plot, UI callbacks
     return ChunkOutcome(end=chunk.end, started_at=start, trained_steps=chunk.end - start,
                         mean_loss=mean_loss)
 
 
-def _train(trainer: UNetTrainer, start: int, end: int, log: logging.Logger) -> float:
-    losses, began = [], time.perf_counter()
+def _train(trainer: UNetTrainer, start: int, end: int, monitor: TrainingMonitor) -> float:
+    losses = []
     for step in range(start, end):
         losses.append(trainer.step(step))
-        done = step + 1 - start
-        if done % LOG_EVERY == 0 or step + 1 == end:
-            # .item() waits for the device: only at log intervals.
-            recent = torch.stack(losses[-LOG_EVERY:]).mean().item()
-            rate = done / (time.perf_counter() - began)
-            log.info("step %d/%d  loss %.4f  %.2f it/s", step + 1, end, recent, rate)
+        # [ui] buffers the loss tensor; reads (syncs) and logs every LOG_EVERY steps and at `end`,
+        # writing reports/loss.csv before the checkpoint commit
+        monitor.step(step, losses[-1], trainer.optimizer.param_groups[0]["lr"])
     return torch.stack(losses).mean().item()
