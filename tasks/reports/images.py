@@ -45,8 +45,10 @@ def embedded_jpeg(data: bytes, max_side: int = EMBEDDED_MAX_SIDE) -> str:
 
 def signed_url(fs, path: str, days: int = SIGNED_URL_DAYS) -> str | None:
     """A signed https URL for `path`, or None when the storage or credentials cannot sign."""
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    options = {"version": "v4"} if "gs" in protocols else {}  # v4: the current GCS signature
     try:
-        url = fs.sign(path, expiration=int(timedelta(days=days).total_seconds()))
+        url = fs.sign(path, expiration=int(timedelta(days=days).total_seconds()), **options)
     except Exception:  # NotImplementedError, or credentials without a private key
         return None
     return url if isinstance(url, str) and url.startswith("https://") else None

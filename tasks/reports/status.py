@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from tasks.config import SESSION_NAME
 from tasks.dataset.prepare import MANIFEST
 from tasks.errors import StorageError
 from tasks.reports.loss_log import read_loss_rows
@@ -51,8 +52,8 @@ def list_sessions(storage: str) -> list[str]:
         if not fs.isdir(root):
             return []
         folders = [p for p in fs.ls(root, detail=True) if p["type"] == "directory"]
-        return sorted(posixpath.basename(p["name"].rstrip("/")) for p in folders
-                      if fs.exists(f"{p['name'].rstrip('/')}/{SESSION_FILE}"))
+        names = (posixpath.basename(p["name"].rstrip("/")) for p in folders)
+        return sorted(n for n in names if SESSION_NAME.match(n) and fs.exists(f"{root}/{n}/{SESSION_FILE}"))
     except Exception as exc:  # fsspec raises many types for one meaning
         raise StorageError(f"cannot read session storage {storage!r}: {type(exc).__name__}: "
                            f"{exc}. Check the path and credentials, or pass another --storage.") from exc
@@ -129,7 +130,7 @@ def status_lines(status: SessionStatus) -> list[str]:
     if status.model:
         lines.append(f"  base model:  {status.model}")
     if status.photos is not None:
-        subjects = f" of {', '.join(status.subjects)}" if status.subjects else ""
+        subjects = f" (tokens: {', '.join(status.subjects)})" if status.subjects else ""
         lines.append(f"  photos:      {status.photos}{subjects}")
     lines.append(f"  steps:       {status.latest_step} of {total} committed")
     if status.committed:
