@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from tasks.config import DreamBoothConfig
 from tasks.errors import ConfigError, DreamBoothError, SessionError
+from tasks.reports.terminal import shows_bars
 from tasks.session import Session
 from tasks.session_state import stored_config
 
@@ -122,6 +123,10 @@ def _quiet_libraries() -> None:
     for library in (diffusers_logging, transformers_logging):
         library.set_verbosity_error()
         library.disable_progress_bar()
+    if shows_bars():  # Hugging Face downloads keep their byte bars on a terminal
+        import huggingface_hub.utils
+
+        huggingface_hub.utils.enable_progress_bars()
 
 
 def train(flags: dict[str, Any]) -> int:

@@ -10,7 +10,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 PLAIN_PACKAGES = ["tasks.config", "tasks.session", "tasks.training.run", "tasks.export.outputs", "tasks.dataset.validate",
                   "tasks.model.fetch", "tasks.dataset.prepare", "tasks.captions.manifest",
-                  "tasks.captions.token_report"]
+                  "tasks.captions.token_report", "tasks.reports.monitor", "tasks.reports.status",
+                  "tasks.reports.summary", "tasks.reports.images"]
 
 
 def imports_of(path: Path) -> set[str]:

@@ -28,7 +28,7 @@ def shows_bars(stream: TextIO | None = None) -> bool:
     return hasattr(stream, "isatty") and stream.isatty()
 
 
-def progress_bar(total: int, description: str, initial: int = 0, unit: str = "step",
+def progress_bar(total: int | None, description: str, initial: int = 0, unit: str = "step",
                  stream: TextIO | None = None):
     """A tqdm bar on `stream` (stderr) when it is a terminal, else a NoBar.
 
