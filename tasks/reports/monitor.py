@@ -109,7 +109,7 @@ class TrainingMonitor:
 
     def _flush(self, done: int) -> None:
         values = torch.stack([loss for _, loss, _ in self.pending]).float().cpu().tolist()  # sync
-        self.loss_log.extend([LossRow(step + 1, value, rate)
+        self.loss_log.extend([LossRow(step + 1, value, None if rate is None else float(rate))
                               for (step, _, rate), value in zip(self.pending, values)])
         self.loss_log.flush()
         self.pending = []

@@ -141,5 +141,22 @@ def test_a_terminal_gets_a_progress_bar_and_a_file_gets_none(monkeypatch, tmp_pa
     assert terminal_output(monkeypatch, False, tmp_path) == ""
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_steps_between_log_intervals_never_wait_for_the_gpu(tmp_path):
+    session = Session(str(tmp_path), "s")
+    losses = [torch.rand((), device="cuda") for _ in range(4)]
+    monitor = TrainingMonitor(session, log_every=4)
+    monitor.chunk_started(0, 4, 4)
+    torch.cuda.set_sync_debug_mode("error")  # any host-device sync raises
+    try:
+        for step in range(3):
+            monitor.step(step, losses[step], 1e-6)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    monitor.step(3, losses[3], 1e-6)  # the one read of the batch
+    assert [row.loss for row in read_loss_rows(session)] == [loss.item() for loss in losses]
+
+
 def test_durations_read_naturally():
     assert [duration_text(s) for s in (4.4, 65, 3725)] == ["4 s", "1 min 05 s", "1 h 02 min"]
