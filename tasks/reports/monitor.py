@@ -117,7 +117,12 @@ class TrainingMonitor:
         rate = (done - self.start) / max(time.perf_counter() - self.began, 1e-9)
         progress = Progress(done, self.total, self.start, self.end, rate, sum(values) / len(values))
         self.bar.set_postfix_str(f"loss {progress.loss:.4f}")
+        if done == self.end:
+            self.bar.close()  # before the commit's log lines
+        else:
+            self.bar.clear()  # the log line gets a line of its own
         self.log.info("Training: %s", progress.text())
+        self.bar.refresh()
         self._notify(self.on_progress, progress)
 
     def chunk_finished(self) -> ChunkReport:

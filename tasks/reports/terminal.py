@@ -17,6 +17,12 @@ class NoBar:
     def set_postfix_str(self, text: str) -> None:
         pass
 
+    def clear(self) -> None:
+        pass
+
+    def refresh(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -38,6 +44,17 @@ def progress_bar(total: int | None, description: str, initial: int = 0, unit: st
         return NoBar()
     from tqdm import tqdm
 
+    columns, rows = _size(stream)
+    sized = columns > 0 and rows > 0  # a terminal that reports no size (a bare pty) gets 100x24:
+    # tqdm would otherwise draw an empty bar, or hide it as off-screen
     return tqdm(total=total, initial=initial, desc=description, unit=unit, file=stream,
                 unit_scale=unit == "B", unit_divisor=1024 if unit == "B" else 1000,
-                dynamic_ncols=True, leave=True)
+                dynamic_ncols=sized, ncols=None if sized else 100, nrows=None if sized else 24,
+                leave=True)
+
+
+def _size(stream: TextIO) -> tuple[int, int]:
+    try:
+        return tuple(os.get_terminal_size(stream.fileno()))
+    except (AttributeError, OSError, ValueError):
+        return 0, 0
