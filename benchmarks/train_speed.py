@@ -28,7 +28,9 @@ from tasks.model.tiny import build_tiny_model, write_tiny_tokenizer  # noqa: E40
 from tasks.session import Session  # noqa: E402
 from tasks.training.checkpoint import CheckpointStore  # noqa: E402
 from tasks.training.model_parts import ModelParts, load_model_parts  # noqa: E402
-from tasks.training.trainer import Example, Hyperparameters, UNetTrainer  # noqa: E402
+from tasks.training.options import TrainingOptions  # noqa: E402
+from tasks.training.plan import resolve_precision  # noqa: E402
+from tasks.training.trainer import Example, Trainer  # noqa: E402
 
 # Published SD 1.5 component configurations (unet/vae/text_encoder config.json).
 SD15_UNET = dict(sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
@@ -87,8 +89,9 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
     parts, resolution = (sd15_parts if args.model == "sd15" else tiny_parts)(device, work / "model")
     resolution = args.resolution or resolution
     pixels = torch.rand(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    examples = [Example(pixels=pixels, caption="photo of shrk person")]
-    trainer = UNetTrainer(parts, examples, Hyperparameters(seed=0, learning_rate=2e-6, max_grad_norm=1.0))
+    examples = [Example(pixels=pixels, caption="photo of shrk person", subject="shrk")]
+    classes = [Example(pixels=-pixels, caption="photo of person", subject="shrk")] if args.prior else []
+    trainer = Trainer(parts, examples, options_from(args, device), classes)
     for step in range(args.warmup):
         trainer.step(step)
     synchronize(device)
@@ -106,12 +109,23 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
         "model": args.model, "device": str(device), "machine": platform.node(),
         "gpu": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "resolution": resolution, "steps": args.steps,
+        "options": trainer.options.model_dump(include={"method", "mixed_precision", "optimizer",
+                                                       "gradient_checkpointing", "batch_size",
+                                                       "text_encoder_steps"}) | {"prior": args.prior},
         "it_per_s": round(1 / seconds_per_step, 2), "ms_per_step": round(seconds_per_step * 1e3, 1),
         "peak_memory_gb": round(peak_memory_gb(device), 2), "final_loss": round(loss.item(), 4),
         "checkpoint_gb": round(sum(f.stat().st_size for f in (work / "sessions").rglob("*") if f.is_file()) / 1e9, 3),
         "checkpoint_save_s": round(save_seconds, 2), "chunk_steps": args.chunk_steps,
         "checkpoint_share": round(save_seconds / (chunk_seconds + save_seconds), 3),
     }
+
+
+def options_from(args: argparse.Namespace, device: torch.device) -> TrainingOptions:
+    return TrainingOptions(
+        method=args.method, total_steps=args.warmup + args.steps, learning_rate=2e-6,
+        mixed_precision=resolve_precision(args.mixed_precision, device), optimizer=args.optimizer,
+        gradient_checkpointing=args.gradient_checkpointing, batch_size=args.batch_size,
+        text_encoder_steps=args.text_encoder_steps)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -123,6 +137,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resolution", type=int, help="image size (default: the model's own)")
     parser.add_argument("--chunk-steps", type=int, default=500,
                         help="chunk size for the checkpoint share (the default --chunk-steps)")
+    parser.add_argument("--method", choices=["dreambooth", "lora", "textual-inversion"], default="dreambooth")
+    parser.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto")
+    parser.add_argument("--optimizer", choices=["adamw", "adamw-8bit"], default="adamw")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--prior", action="store_true", help="add a class image per photo (prior preservation)")
+    parser.add_argument("--text-encoder-steps", type=int, default=0,
+                        help="train the text encoder during the timed steps when larger than them")
     print(json.dumps(run(parser.parse_args(argv)), indent=2))
 
 

@@ -137,8 +137,8 @@ def train(flags: dict[str, Any]) -> int:
     config = config_from_flags(flags)
     hide_user_error_tracebacks()
     result = dreambooth_train(config)
-    files = ", ".join(result.files)
-    print(f"Done: session {config.session!r} trained to step {result.step}; outputs: {files}, diffusers/")
+    files = ", ".join(result.files) + (", diffusers/" if config.method == "dreambooth" else "")
+    print(f"Done: session {config.session!r} trained to step {result.step}; outputs: {files}")
     return 0
 
 

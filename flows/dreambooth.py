@@ -11,6 +11,7 @@ from tasks.config import DreamBoothConfig
 from tasks.export.outputs import ExportResult
 from tasks.export_model import export_model
 from tasks.fetch_base_model import fetch_base_model
+from tasks.generate_class_images import generate_class_images
 from tasks.open_session import open_session
 from tasks.plan_training import plan_training
 from tasks.prepare_photos import prepare_photos
@@ -29,9 +30,11 @@ def dreambooth_train(config: DreamBoothConfig) -> ExportResult:
     model = fetch_base_model(config)
     dataset = prepare_photos(ref, config.photos, config.resolution, model)
     captions = caption_photos(ref, dataset, model, CaptionSettings(
-        token=config.token, template=config.instance_prompt, class_word=config.class_word))
+        token=config.token, template=config.instance_prompt, class_word=config.class_word,
+        class_template=config.class_prompt))
     check_tokens(ref, model, captions, config.bad_token)
-    plan = plan_training(ref, config, model, dataset, captions)
+    class_images = generate_class_images(ref, model, dataset.resolution, config)
+    plan = plan_training(ref, config, model, dataset, captions, class_images)
     progress = start_training_progress(plan)
     # A chunk past the last committed checkpoint cannot have a valid cached result.
     chunks = [train_chunk.with_options(refresh_cache=chunk.end > plan.resume_step)(

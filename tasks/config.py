@@ -24,8 +24,13 @@ STEPS_PER_PHOTO = 100
 # 500-step run ends in, so a finished session can be trained further.
 TRAINING_FIELDS = (
     "model", "revision", "single_file_config", "token", "instance_prompt", "class_word",
-    "resolution", "seed", "learning_rate", "max_grad_norm",
+    "resolution", "seed", "learning_rate", "max_grad_norm", "method", "lr_schedule",
+    "warmup_steps", "batch_size", "gradient_accumulation", "mixed_precision", "optimizer",
+    "offset_noise", "min_snr_gamma", "flip", "ema_decay", "text_encoder_steps",
+    "text_encoder_learning_rate", "class_images", "class_prompt", "class_images_folder",
+    "prior_loss_weight", "lora_rank", "lora_alpha", "lora_text_encoder", "initializer_word",
 )
+DEFAULT_LEARNING_RATES = {"dreambooth": 2e-6, "lora": 1e-4, "textual-inversion": 5e-4}
 
 
 class DreamBoothConfig(BaseModel):
@@ -73,8 +78,66 @@ class DreamBoothConfig(BaseModel):
     chunk_steps: int = Field(500, ge=1, description="Steps between committed checkpoints; "
                              "a killed run loses at most this many.")
     seed: int = Field(0, ge=0, description="Seed of all training randomness.")
-    learning_rate: float = Field(2e-6, gt=0, description="UNet learning rate (constant).")
+    method: Literal["dreambooth", "lora", "textual-inversion"] = Field(
+        "dreambooth", description="What to train: dreambooth (the whole UNet, a full model), lora "
+        "(small adapters, a few-MB file) or textual-inversion (one new word's embedding).")
+    learning_rate: float | None = Field(None, gt=0, description="Learning rate (default: 2e-6 "
+                                        "dreambooth, 1e-4 lora, 5e-4 textual-inversion).")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="Learning-rate schedule after warm-up, decaying to 0 at the last "
+        "step for linear and cosine.")
+    warmup_steps: int = Field(0, ge=0, description="Steps of linear learning-rate warm-up from 0.")
+    batch_size: int = Field(1, ge=1, description="Photos per micro-batch (each with a class image "
+                            "when prior preservation is on).")
+    gradient_accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step; "
+                                       "the effective batch is batch size x this.")
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field(
+        "auto", description="Autocast precision: auto is bf16 on GPUs that have it, fp16 (with a "
+        "loss scaler) on older GPUs, no (fp32) on CPU.")
+    optimizer: Literal["adamw", "adamw-8bit"] = Field(
+        "adamw", description="adamw, or adamw-8bit (bitsandbytes, CUDA only: a quarter of the "
+        "optimizer memory).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward "
+                                         "pass: much less GPU memory, about a third slower; same result.")
+    offset_noise: float = Field(0.0, ge=0, description="Offset-noise strength (e.g. 0.1) for "
+                                "darker darks and brighter brights; 0 is off.")
+    min_snr_gamma: float = Field(0.0, ge=0, description="Min-SNR loss weighting gamma (5 is "
+                                 "the paper's); 0 is off.")
+    flip: bool = Field(False, description="Randomly mirror photos left-right (doubles the "
+                       "variety; avoid for asymmetric subjects such as text or a side parting).")
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="Keep an exponential moving average of "
+                             "the UNet weights with this decay (e.g. 0.999) and export it; 0 is off.")
+    text_encoder_steps: int = Field(350, ge=0, description="Train the text encoder with the UNet "
+                                    "for the first N steps, then freeze it; 0 is off.")
+    text_encoder_learning_rate: float = Field(1e-6, gt=0, description="Text encoder learning rate.")
+    class_images: int = Field(200, ge=0, description="Prior preservation: class images per "
+                              "subject, generated once with the base model and reused; used when "
+                              "a class word is set; 0 is off.")
+    class_prompt: str = Field("photo of {class}", description="Prompt of the class images; {class} "
+                              "is replaced by the subject's class word.")
+    class_images_folder: str | None = Field(None, description="Your own class images instead of "
+                                            "generated ones (sub-folders per subject token when "
+                                            "subjects differ in class).")
+    prior_loss_weight: float = Field(1.0, ge=0, description="Weight of the prior-preservation loss.")
+    lora_rank: int = Field(8, ge=1, description="LoRA rank (adapter size).")
+    lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha (scale alpha/rank; "
+                                     "default: the rank).")
+    lora_text_encoder: bool = Field(False, description="LoRA: adapters on the text encoder too, "
+                                    "for the --text-encoder-steps phase.")
+    initializer_word: str | None = Field(None, description="Textual inversion: the word whose "
+                                         "embedding the new token starts from (default: the class "
+                                         "word, else 'person').")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clipping threshold.")
+    sample_prompts: str | None = Field(None, description="Your own sample prompts, separated by "
+                                       "';', rendered after each subject's caption; {token} and "
+                                       "{class} are filled in per subject.")
+    sample_every: int = Field(1, ge=0, description="Render samples after every N chunks "
+                              "(samples/step-N.png and the UI); 0 is never.")
+    sample_steps: int = Field(20, ge=1, description="Inference steps of each sample image.")
+    snapshot_every: int = Field(0, ge=0, description="Also save a small fp16 model (or LoRA, or "
+                                "embedding) every N steps in snapshots/, to pick the best later; "
+                                "0 is off.")
+    keep_snapshots: int = Field(3, ge=1, description="Snapshots to keep (the newest).")
     keep_checkpoints: int = Field(2, ge=2, description="Committed checkpoints to keep (at least 2).")
     export_precision: Literal["fp16", "fp32"] = Field("fp16", description="Precision of the "
                                                       "exported .ckpt/.safetensors files.")

@@ -28,8 +28,8 @@ def prepare_photos(ref: SessionRef, photos: str | None, resolution: int | None,
     size = resolution or native_resolution(model.path)
     session = ref.open()
     dataset = build_dataset(session, photos, size, get_run_logger())
-    publish_image(session, CONTACT_SHEET, artifact_key("contact-sheet", session.name),
-                  f"Prepared photos of session {session.name}",
-                  f"{dataset.count} photos, cropped square around the face (centre when none is "
-                  f"found) and resized to {size}x{size}.")
+    title = f"Prepared photos of session {session.name}"
+    publish_image(session, CONTACT_SHEET, artifact_key("contact-sheet", session.name), title,
+                  f"# {title}\n\n{dataset.count} photos, cropped square around the face (centre "
+                  f"when none is found) and resized to {size}x{size}.\n")
     return dataset

@@ -8,8 +8,7 @@ from __future__ import annotations
 from typing import Callable
 from uuid import UUID
 
-from prefect.artifacts import (create_image_artifact, create_markdown_artifact,
-                               create_progress_artifact, update_progress_artifact)
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
 from tasks.reports.images import image_link, image_markdown
 from tasks.reports.monitor import ChunkReport, Progress
@@ -21,18 +20,15 @@ from tasks.training.plan import TrainingPlan
 
 
 def publish_image(session: Session, relative: str, key: str, description: str,
-                  text: str = "") -> UUID:
-    """Show session file `relative` (PNG/JPEG) in the UI under artifact `key`.
+                  text: str | None = None) -> UUID:
+    """Show session image `relative` (PNG/JPEG) in the UI: a Markdown artifact under `key`
+    holding `text` (default: `description` as its heading), then the image, then its location.
 
-    A public or signed URL becomes an image artifact; otherwise the image is embedded in a
-    Markdown artifact (the UI's browser cannot read local files or private buckets)."""
-    link = image_link(session, relative)
-    location = f"{session.url}/{relative}"
-    if link.how != "embedded":
-        note = f"; {link.note}" if link.note else ""
-        return create_image_artifact(link.url, key=key, description=f"{description} ({location}{note})")
-    return create_markdown_artifact(image_markdown(description, link, location, text), key=key,
-                                    description=description)
+    The image is a public or signed link where the storage allows, else embedded
+    (tasks/reports/images.py): the UI's browser cannot read local files or private buckets."""
+    markdown = image_markdown(f"# {description}\n" if text is None else text,
+                              image_link(session, relative), description, f"{session.url}/{relative}")
+    return create_markdown_artifact(markdown, key=key, description=description)
 
 
 def start_training_progress(plan: TrainingPlan) -> UUID:
@@ -53,9 +49,10 @@ def progress_updater(artifact_id: UUID | None, session: str) -> Callable[[Progre
 
 def loss_plot_publisher(session: Session) -> Callable[[ChunkReport], None]:
     def publish(report: ChunkReport) -> None:
-        publish_image(session, report.plot, artifact_key("loss", session.name),
-                      f"Training loss of {session.name}, steps 1-{report.end} of {report.total}",
-                      "Points: each step's loss. Line: smoothed. Dashed: committed checkpoints.")
+        title = f"Training loss of {session.name}, steps 1-{report.end} of {report.total}"
+        publish_image(session, report.plot, artifact_key("loss", session.name), title,
+                      f"# {title}\n\nPoints: each step's loss. Line: smoothed. Dashed: committed "
+                      "checkpoints.\n")
     return publish
 
 

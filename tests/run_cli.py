@@ -39,7 +39,7 @@ def arm(point: str, n: str) -> None:
     from tasks.training import checkpoint, trainer
 
     if point == "step":
-        trainer.UNetTrainer.step = _counting(trainer.UNetTrainer.step, int(n))
+        trainer.Trainer.step = _counting(trainer.Trainer.step, int(n))
     elif point == "write":
         def half(self, data):
             self.target.write(bytes(memoryview(data).cast("B")[: len(data) // 2]))

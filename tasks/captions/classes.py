@@ -28,5 +28,5 @@ def class_word_for(token: str, words: dict[str | None, str]) -> str | None:
     return words.get(token.lower(), words.get(None))
 
 
-def class_prompt(word: str | None) -> str | None:
-    return CLASS_PROMPT.replace("{class}", word) if word else None
+def class_prompt(word: str | None, template: str = CLASS_PROMPT) -> str | None:
+    return template.replace("{class}", word) if word else None

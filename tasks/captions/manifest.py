@@ -9,7 +9,7 @@ from pathlib import PurePosixPath
 
 from pydantic import BaseModel, ConfigDict
 
-from tasks.captions.classes import class_prompt, class_word_for, parse_class_words
+from tasks.captions.classes import CLASS_PROMPT, class_prompt, class_word_for, parse_class_words
 from tasks.captions.tokenizer import TextTokenizer
 from tasks.captions.tokens import caption, caption_from_text, token_of_photo
 from tasks.config import digest
@@ -32,6 +32,7 @@ class CaptionSettings(BaseModel):
     token: str | None = None
     template: str = "photo of {token} {class}"
     class_word: str | None = None
+    class_template: str = CLASS_PROMPT
 
 
 def caption_file_of(source: str) -> str:
@@ -50,7 +51,7 @@ def caption_dataset(session: Session, tokenizer: TextTokenizer, settings: Captio
             write_caption(session, item, classes[item["token"]], settings.template, tokenizer, problems)
     if problems:
         raise DatasetError("some photos cannot be used:\n  " + "\n  ".join(problems))
-    manifest["subjects"] = subject_records(items, origins, classes, settings.template)
+    manifest["subjects"] = subject_records(items, origins, classes, settings)
     session.write_json(MANIFEST, manifest)
     tokens = sorted(manifest["subjects"])
     log.info("Subjects: %s; e.g. caption %r", ", ".join(tokens), items[0]["caption"])
@@ -131,10 +132,10 @@ def write_caption(session: Session, item: dict, class_word: str | None, template
 
 
 def subject_records(items: list[dict], origins: dict[str, set[str]], classes: dict[str, str | None],
-                    template: str) -> dict[str, dict]:
+                    settings: CaptionSettings) -> dict[str, dict]:
     return {token: {"class_word": classes[token],
-                    "instance_prompt": caption(template, token, classes[token]),
-                    "class_prompt": class_prompt(classes[token]),
+                    "instance_prompt": caption(settings.template, token, classes[token]),
+                    "class_prompt": class_prompt(classes[token], settings.class_template),
                     "photos": sum(item["token"] == token for item in items),
                     "from": sorted(origins[token])}
             for token in sorted(origins)}

@@ -107,17 +107,17 @@ class DatasetReport(BaseModel):
 
 def settings_from_config(config) -> ValidationSettings:
     """The checks run before the model is fetched, so a downloaded model's resolution is not
-    known yet: --resolution when given, 64 for the built-in tiny model, a local diffusers
+    known yet: --resolution when given, a built-in tiny model's own, a local diffusers
     folder's own (read from its configs), otherwise 512, the smallest resolution of the
     supported Stable Diffusion versions (no photo an SD 1.x model could use is refused; for
     SD 2.1-768 pass --resolution 768 to be warned about smaller photos)."""
-    from tasks.model.tiny import TINY_RESOLUTION
+    from tasks.model.tiny import tiny_resolution
 
     local = _local_model_resolution(config.model)
     if config.resolution:
         resolution, source = config.resolution, "--resolution"
-    elif config.model == "tiny":
-        resolution, source = TINY_RESOLUTION, "the tiny model's resolution"
+    elif tiny_resolution(config.model):
+        resolution, source = tiny_resolution(config.model), "the tiny model's resolution"
     elif local:
         resolution, source = local, "the local model's resolution"
     else:

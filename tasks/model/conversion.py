@@ -19,6 +19,8 @@ from pathlib import Path
 from tasks.errors import ModelError, NetworkError
 from tasks.model.cache import build_once
 from tasks.model.hub import caused_by, network_failure_in, root_cause
+from tasks.model.model_spec import apply_declared_spec
+from tasks.model.openclip_layout import save_extras
 
 SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors")
 
@@ -35,6 +37,9 @@ def convert_single_file(path: Path, sha256: str, cache_dir: Path, model_config: 
             weights = _as_safetensors(path, Path(scratch))
             pipeline = _load_pipeline(weights, path, model_config, cache_dir, hf_token)
             pipeline.save_pretrained(folder, safe_serialization=True)
+            # SD 2.x: the text-encoder weights diffusers drops, for a faithful single-file export.
+            save_extras(weights, folder)
+            apply_declared_spec(weights, folder, log)
 
     folder, built = build_once(Path(cache_dir) / "converted" / converted_name(sha256, model_config), build)
     if not built:

@@ -2,6 +2,7 @@
 
 A model spec is one of:
   "tiny"                         a small random SD 1.x built locally (demos, tests)
+  "tiny-sd2", "tiny-sd2-v"       the same for SD 2.x, epsilon (64 px) and v-prediction (96 px)
   a local folder                 a diffusers model (it holds model_index.json)
   a local .ckpt / .safetensors   a single-file checkpoint, converted to diffusers once
   an http(s):// URL to one       downloaded once (resumable), then converted
@@ -25,13 +26,16 @@ from tasks.model.cache import build_once, file_sha256
 from tasks.model.conversion import SINGLE_FILE_SUFFIXES, convert_single_file
 from tasks.model.download import download_file, download_path, is_connection_failure, url_filename
 from tasks.model.hub import download_hub_model, looks_like_hub_id
-from tasks.model.tiny import TINY_VERSION, build_tiny_model
+from tasks.model.tiny import (TINY_SD2_VERSIONS, TINY_VERSION, build_tiny_model, build_tiny_sd2_model,
+                              build_tiny_sd2_v_model)
 
 ACCEPTED_SPECS = (
-    '"tiny", a local diffusers folder (with model_index.json), a local .ckpt or .safetensors file, '
+    '"tiny" (or "tiny-sd2", "tiny-sd2-v"), a local diffusers folder (with model_index.json), '
+    "a local .ckpt or .safetensors file, "
     "an http(s):// URL to a .ckpt or .safetensors file, or a Hugging Face repo id like "
     "stable-diffusion-v1-5/stable-diffusion-v1-5")
 _TEXT_SUFFIXES = (".json", ".txt")
+TINY_MODELS = ("tiny", "tiny-sd2", "tiny-sd2-v")
 
 
 class LocalModel(BaseModel):
@@ -56,8 +60,8 @@ def fetch_model(spec: str, cache_dir: Path, revision: str | None = None, model_c
         raise ModelError(f"No model given (the model spec {spec!r} is empty). Pass one of: {ACCEPTED_SPECS}.")
     cache_dir = Path(cache_dir).expanduser()
     _warn_unused_options(spec, revision, model_config, log)
-    if spec == "tiny":
-        return _fetch_tiny(cache_dir, log)
+    if spec in TINY_MODELS:
+        return _fetch_tiny(spec, cache_dir, log)
     if spec.lower().startswith(("http://", "https://")):
         file = _download_single_file(spec, cache_dir, hf_token, log)
         return _from_single_file(file, spec, cache_dir, model_config, hf_token, log)
@@ -94,10 +98,14 @@ def folder_digest(folder: Path) -> str:
     return sha.hexdigest()
 
 
-def _fetch_tiny(cache_dir: Path, log: logging.Logger) -> LocalModel:
-    folder, built = build_once(cache_dir / "tiny" / TINY_VERSION, build_tiny_model)
-    log.info("%s the tiny model in %s", "Built" if built else "Using", folder)
-    return LocalModel(path=str(folder.resolve()), digest=TINY_VERSION, kind="tiny", source="tiny")
+def _fetch_tiny(spec: str, cache_dir: Path, log: logging.Logger) -> LocalModel:
+    # Looked up at call time, so that tests can replace a builder.
+    version, build = {"tiny": (TINY_VERSION, build_tiny_model),
+                      "tiny-sd2": (TINY_SD2_VERSIONS["epsilon"], build_tiny_sd2_model),
+                      "tiny-sd2-v": (TINY_SD2_VERSIONS["v_prediction"], build_tiny_sd2_v_model)}[spec]
+    folder, built = build_once(cache_dir / "tiny" / version, build)
+    log.info("%s the %s model in %s", "Built" if built else "Using", spec, folder)
+    return LocalModel(path=str(folder.resolve()), digest=version, kind="tiny", source=spec)
 
 
 def _from_local_folder(folder: Path, spec: str) -> LocalModel:
@@ -138,7 +146,7 @@ def _is_hidden(file: Path, folder: Path) -> bool:
 
 def _warn_unused_options(spec: str, revision: str | None, model_config: str | None, log: logging.Logger) -> None:
     is_url = spec.lower().startswith(("http://", "https://"))
-    if revision and (spec == "tiny" or is_url or Path(spec).expanduser().exists()):
+    if revision and (spec in TINY_MODELS or is_url or Path(spec).expanduser().exists()):
         log.warning("revision %r is ignored: it applies only to Hugging Face repo ids, not %r", revision, spec)
     name = url_filename(spec) if is_url else spec
     if model_config and not name.lower().endswith(SINGLE_FILE_SUFFIXES):

@@ -1,10 +1,25 @@
-"""Stable Diffusion 1.x weights in the original single-file layout.
+"""Stable Diffusion 1.x and 2.x weights in the original single-file layout.
 
 Diffusers stores the UNet, VAE and text encoder as separate modules with their
-own key names; AUTOMATIC1111, ComfyUI and the original CompVis code expect one
-state dict whose keys follow the original LDM modules. This module renames
-(never recomputes) the diffusers keys into that layout. The renaming is built
-from each model's config, so any block count or `layers_per_block` works.
+own key names; AUTOMATIC1111, ComfyUI and the original CompVis / Stability AI
+code expect one state dict whose keys follow the original LDM modules. This
+module renames (never recomputes) the diffusers keys into that layout. The
+renaming is built from each model's config, so any block count or
+`layers_per_block` works. SD 2.x differs in two places: its UNet's proj_in /
+proj_out are linear layers (2-D weights, kept as they are, where SD 1.x has 1x1
+convolutions), and its text encoder is OpenCLIP (tasks/model/openclip_layout.py).
+
+The original layout does not record what the UNet predicts (epsilon or
+v-prediction). Loaders decide it themselves: diffusers' `from_single_file` takes
+the scheduler config of the `config=` diffusers folder or repo it is given;
+without one it picks a default repo by architecture (SD 2.x: the 768 px
+v-prediction SD 2.1), and with an `original_config` YAML it guesses from the
+checkpoint's `global_step` (875000 means the SD 2.x 512 px epsilon base).
+AUTOMATIC1111 runs the SD 2.x UNet on a test input (or reads a YAML beside the
+file); ComfyUI looks at the spread of one norm bias. So the .safetensors export
+also carries the Stability AI model-spec metadata (`modelspec.prediction_type`
+"epsilon" or "v", `modelspec.architecture`, `modelspec.resolution`; see
+tasks/model/model_spec.py) for tools that read it, this tool's conversion included.
 
 Every diffusers key must be known to the mapping: an unknown key (a LoRA layer,
 an SDXL embedding, ...) raises `ModelError` instead of being dropped.
@@ -18,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from tasks.errors import ConfigError, ModelError
+from tasks.model.openclip_layout import to_openclip_state
 
 if TYPE_CHECKING:
     import torch
@@ -46,31 +62,38 @@ _CLIP_KEY = re.compile(
     r"|final_layer_norm\.(weight|bias)")
 
 
-def to_single_file_state(unet, vae, text_encoder) -> dict[str, torch.Tensor]:
-    """The three SD 1.x modules' weights as one original-layout state dict.
+def to_single_file_state(unet, vae, text_encoder,
+                         openclip_extras: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The three SD 1.x or 2.x modules' weights as one original-layout state dict.
 
-    Tensors keep their dtype and device and share memory with the modules.
+    The family comes from the text encoder (OpenAI CLIP: SD 1.x, OpenCLIP: SD 2.x).
+    `openclip_extras` (SD 2.x only; `openclip_layout.load_extras(base_folder)`) are the base
+    model's final text-encoder layer, text_projection and logit_scale; without them neutral
+    values are written (see tasks/model/openclip_layout.py). UNet and VAE tensors keep their
+    dtype and device and share memory with the modules.
     """
-    _check_text_encoder(text_encoder)
+    family = _text_encoder_family(text_encoder)
     state = _rename(unet.state_dict(), _unet_rules(unet.config), UNET_PREFIX, "UNet")
     vae_state = _rename(vae.state_dict(), _vae_rules(vae.config), VAE_PREFIX, "VAE")
     state.update({key: _as_conv_1x1(key, tensor) for key, tensor in vae_state.items()})
-    state.update(_rename_text_encoder(text_encoder.state_dict()))
+    if family == "sd1":
+        state.update(_rename_text_encoder(text_encoder.state_dict()))
+    else:
+        state.update(to_openclip_state(text_encoder, openclip_extras))
     return state
 
 
-def save_single_file(state: Mapping[str, torch.Tensor], path: Path,
-                     fmt: Literal["safetensors", "ckpt"], global_step: int | None = None) -> None:
-    """Write `state` to `path` as safetensors or as a weights-only-loadable .ckpt."""
+def save_single_file(state: Mapping[str, torch.Tensor], path: Path, fmt: Literal["safetensors", "ckpt"],
+                     global_step: int | None = None, metadata: Mapping[str, str] | None = None) -> None:
+    """Write `state` to `path` as safetensors or as a weights-only-loadable .ckpt.
+
+    `metadata` (text only; e.g. `model_spec.model_spec_metadata(...)`) goes into the .safetensors header.
+    """
     import torch
 
     tensors = {key: tensor.to("cpu") for key, tensor in state.items()}
     if fmt == "safetensors":
-        from safetensors.torch import save_file
-
-        # One metadata entry only: safetensors writes several in a random order,
-        # and identical models must give identical files.
-        save_file(tensors, str(path), metadata={"format": "pt"})
+        save_safetensors(tensors, path, metadata)
     elif fmt == "ckpt":
         checkpoint = {"state_dict": tensors}
         if global_step is not None:
@@ -78,6 +101,33 @@ def save_single_file(state: Mapping[str, torch.Tensor], path: Path,
         torch.save(checkpoint, path)
     else:
         raise ConfigError(f"Single-file format {fmt!r} is unknown: use 'safetensors' or 'ckpt'.")
+
+
+def save_safetensors(tensors: Mapping[str, torch.Tensor], path: Path,
+                     metadata: Mapping[str, str] | None = None) -> None:
+    """safetensors' save_file, with the metadata in sorted order so that equal inputs give equal files.
+
+    safetensors writes metadata entries in a random order; the header is rewritten in place
+    with the same entries sorted (the same bytes, reordered, so every offset stays valid).
+    """
+    from safetensors.torch import save_file
+
+    save_file(dict(tensors), str(path), metadata={"format": "pt", **(metadata or {})})
+    sort_metadata(path)
+
+
+def sort_metadata(path: Path) -> None:
+    """Rewrite a .safetensors header in place with its metadata entries sorted."""
+    import json
+
+    with open(path, "r+b") as file:
+        size = int.from_bytes(file.read(8), "little")
+        header = json.loads(file.read(size))
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        ordered = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        assert len(ordered) <= size, "a reordered header cannot grow"
+        file.seek(8)
+        file.write(ordered.ljust(size))
 
 
 def _rename(state: Mapping[str, torch.Tensor], rules: list[tuple[str, str, Rule]],
@@ -106,7 +156,7 @@ def _original_key(key: str, rules: list[tuple[str, str, Rule]]) -> str | None:
 def _unknown_keys_error(component: str, keys: list[str]) -> ModelError:
     shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
     return ModelError(
-        f"The {component} has {len(keys)} weight(s) that have no place in a Stable Diffusion 1.x "
+        f"The {component} has {len(keys)} weight(s) that have no place in a Stable Diffusion "
         f"single file: {shown}. Merge or remove adapters (e.g. LoRA) before exporting, or export "
         f"in diffusers format only.")
 
@@ -190,7 +240,7 @@ def _check_unet_blocks(config) -> None:
     if unknown or len(config.down_block_types) != len(config.up_block_types):
         raise ModelError(
             f"The UNet's blocks ({', '.join(unknown) or 'unequal down/up block counts'}) do not exist in a "
-            f"Stable Diffusion 1.x single file. Export this model in diffusers format only.")
+            f"Stable Diffusion 1.x/2.x single file. Export this model in diffusers format only.")
 
 
 def _vae_rules(config) -> list[tuple[str, str, Rule]]:
@@ -227,7 +277,7 @@ def _check_vae_blocks(config) -> None:
     types = {*config.down_block_types, *config.up_block_types}
     if not types <= {"DownEncoderBlock2D", "UpDecoderBlock2D"} or not config.get("mid_block_add_attention", True):
         raise ModelError(
-            f"The VAE's blocks ({', '.join(sorted(types))}) do not match a Stable Diffusion 1.x KL "
+            f"The VAE's blocks ({', '.join(sorted(types))}) do not match a Stable Diffusion KL "
             f"autoencoder. Export this model in diffusers format only.")
 
 
@@ -238,20 +288,20 @@ def _as_conv_1x1(key: str, tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _check_text_encoder(text_encoder) -> None:
+def _text_encoder_family(text_encoder) -> str:
     from transformers import CLIPTextModel
 
     if not isinstance(text_encoder, CLIPTextModel):
         raise ModelError(
-            f"The text encoder is a {type(text_encoder).__name__}; a Stable Diffusion 1.x single file "
+            f"The text encoder is a {type(text_encoder).__name__}; a Stable Diffusion 1.x/2.x single file "
             f"needs a CLIPTextModel. Export this model in diffusers format only.")
-    # SD 2.x ships OpenCLIP converted to a CLIPTextModel, recognisable by plain GELU; its single
-    # file uses a different (OpenCLIP) layout that this module does not write.
-    if text_encoder.config.hidden_act != "quick_gelu":
+    # SD 2.x ships OpenCLIP converted to a CLIPTextModel, recognisable by plain GELU.
+    activation = text_encoder.config.hidden_act
+    if activation not in ("quick_gelu", "gelu"):
         raise ModelError(
-            "The text encoder is OpenCLIP (Stable Diffusion 2.x style, hidden_act="
-            f"{text_encoder.config.hidden_act!r}); only SD 1.x (OpenAI CLIP) single files can be written. "
-            "Export this model in diffusers format only.")
+            f"The text encoder's activation is {activation!r}: neither SD 1.x's OpenAI CLIP (quick_gelu) "
+            "nor SD 2.x's OpenCLIP (gelu). Export this model in diffusers format only.")
+    return "sd1" if activation == "quick_gelu" else "sd2"
 
 
 def _rename_text_encoder(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

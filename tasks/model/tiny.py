@@ -1,9 +1,10 @@
-"""A small random Stable Diffusion, built locally, for demos and tests.
+"""Small random Stable Diffusion models, built locally, for demos and tests.
 
-It has the SD 1.x shape (UNet with cross-attention, KL VAE, CLIP text encoder,
-CLIP-style BPE tokenizer, DDPM noise schedule) at a size that trains on a CPU
-in milliseconds per step. Its weights come from a fixed seed, so every machine
-with the same torch builds the same model.
+`tiny` has the SD 1.x shape (UNet with cross-attention, KL VAE, OpenAI CLIP
+text encoder, CLIP-style BPE tokenizer, DDPM noise schedule) at a size that
+trains on a CPU in milliseconds per step. `tiny-sd2` and `tiny-sd2-v` have the
+SD 2.x traits instead (see `build_tiny_sd2_model`). Their weights come from a
+fixed seed, so every machine with the same torch builds the same model.
 """
 
 from __future__ import annotations
@@ -13,6 +14,13 @@ from pathlib import Path
 
 TINY_RESOLUTION = 64
 TINY_VERSION = "tiny-sd1-v2"
+# SD 2.x: the 768 px v-prediction model is 1.5x the 512 px epsilon one; so are the tiny ones.
+TINY_SD2_RESOLUTIONS = {"epsilon": 64, "v_prediction": 96}
+TINY_SD2_VERSIONS = {"epsilon": "tiny-sd2-v1", "v_prediction": "tiny-sd2-v-v1"}
+# The text encoder in the folder has 2 layers: it stands for a 3-layer OpenCLIP whose final
+# layer was dropped, as diffusers' SD 2 folders keep 23 of OpenCLIP's 24 (SD 2 conditions on
+# the penultimate layer's output).
+TINY_SD2_TEXT_LAYERS = 2
 # Words the tiny text encoder "knows" (each is one whole-word token), so that
 # token verdicts on the tiny model mean what they mean on a real one; and the
 # pieces of the demo identifier, which splits into 'shr' + 'k', and a few more
@@ -53,8 +61,11 @@ def tiny_merges() -> list[tuple[str, str]]:
     return word_merges(TINY_WORDS) + [p for p in TINY_PIECES if p not in word_merges(TINY_WORDS)]
 
 
-def write_tiny_tokenizer(folder: Path, merges: list[tuple[str, str]] = ()) -> None:
-    """A CLIP tokenizer whose vocabulary is the byte alphabet plus the given merges."""
+def write_tiny_tokenizer(folder: Path, merges: list[tuple[str, str]] = (), pad_token: str = "<|endoftext|>") -> None:
+    """A CLIP tokenizer whose vocabulary is the byte alphabet plus the given merges.
+
+    SD 1.x pads with the end-of-text token, SD 2.x with "!".
+    """
     alphabet = byte_alphabet()
     tokens = alphabet + [c + "</w>" for c in alphabet] + ["".join(pair) for pair in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
@@ -64,11 +75,11 @@ def write_tiny_tokenizer(folder: Path, merges: list[tuple[str, str]] = ()) -> No
     (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (folder / "special_tokens_map.json").write_text(json.dumps({
         "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}))
+        "unk_token": "<|endoftext|>", "pad_token": pad_token}))
     (folder / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "CLIPTokenizer", "model_max_length": 77,
         "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "do_lower_case": True}))
+        "unk_token": "<|endoftext|>", "pad_token": pad_token, "do_lower_case": True}))
 
 
 def build_tiny_model(folder: Path) -> Path:
@@ -104,3 +115,58 @@ def build_tiny_model(folder: Path) -> Path:
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipeline.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def tiny_resolution(spec: str) -> int | None:
+    """The native resolution of the tiny model named `spec`, or None when `spec` is not one."""
+    return {"tiny": TINY_RESOLUTION, "tiny-sd2": TINY_SD2_RESOLUTIONS["epsilon"],
+            "tiny-sd2-v": TINY_SD2_RESOLUTIONS["v_prediction"]}.get(spec)
+
+
+def build_tiny_sd2_model(folder: Path, prediction_type: str = "epsilon") -> Path:
+    """Write a tiny Stable Diffusion 2.x in diffusers layout into `folder` and return it.
+
+    The SD 2.x traits: an OpenCLIP text encoder stored as a CLIPTextModel with plain GELU and its
+    final layer dropped (TINY_SD2_TEXT_LAYERS), a tokenizer padding with "!", a UNet with linear
+    proj_in/proj_out (use_linear_projection) and per-block head counts (attention_head_dim list),
+    and the scheduler's prediction_type: "epsilon" (SD 2.x 512 px) or "v_prediction" (768 px,
+    with upcast attention like SD 2.1).
+    """
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    resolution = TINY_SD2_RESOLUTIONS[prediction_type]
+    write_tiny_tokenizer(folder / "tokenizer", tiny_merges(), pad_token="!")
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED + 2)
+        unet = UNet2DConditionModel(
+            sample_size=resolution // 4, layers_per_block=1, block_out_channels=(32, 64),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=_WIDTH,
+            attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=8,
+            upcast_attention=prediction_type == "v_prediction")
+        vae = AutoencoderKL(
+            block_out_channels=(16, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8,
+            down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+            sample_size=resolution)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=_WIDTH, intermediate_size=64, num_attention_heads=4,
+            num_hidden_layers=TINY_SD2_TEXT_LAYERS, max_position_embeddings=77, projection_dim=_WIDTH,
+            hidden_act="gelu", bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id))
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        prediction_type=prediction_type, clip_sample=False, steps_offset=1)
+    pipeline = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def build_tiny_sd2_v_model(folder: Path) -> Path:
+    """The tiny SD 2.x model with v-prediction (stands for SD 2.1 768 px)."""
+    return build_tiny_sd2_model(folder, "v_prediction")

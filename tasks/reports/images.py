@@ -66,8 +66,7 @@ def image_link(session: Session, relative: str, public_base: str | None = None) 
     return ImageLink(embedded_jpeg(session.read_bytes(relative)), "embedded")
 
 
-def image_markdown(title: str, link: ImageLink, location: str, text: str = "") -> str:
-    """A Markdown artifact body: title, optional text, the image, where the full file is."""
+def image_markdown(text: str, link: ImageLink, alt: str, location: str) -> str:
+    """Markdown: `text` (its own heading included), the image, where the full file is."""
     note = f" ({link.note})" if link.note else ""
-    body = f"{text}\n\n" if text else ""
-    return f"# {title}\n\n{body}![{title}]({link.url})\n\nFull-size file: `{location}`{note}\n"
+    return f"{text.rstrip()}\n\n![{alt}]({link.url})\n\nFull-size file: `{location}`{note}\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -14,8 +15,13 @@ from tasks.reports.monitor import TrainingMonitor  # [ui]
 from tasks.session import Session
 from tasks.training.checkpoint import Checkpoint, CheckpointStore
 from tasks.training.model_parts import load_model_parts, resolve_device
+from tasks.export.snapshots import write_snapshot
+from tasks.generation.class_images import ClassImages, read_class_images
+from tasks.generation.samples import Samples, render_samples
 from tasks.training.plan import TrainingPlan
-from tasks.training.trainer import Example, Hyperparameters, UNetTrainer, pixels_from_png
+from tasks.training.trainer import Example, Trainer, pixels_from_png
+
+AfterStep = Callable[[Trainer, int], None]
 
 
 class ChunkOutcome(BaseModel):
@@ -24,12 +30,20 @@ class ChunkOutcome(BaseModel):
     started_at: int
     trained_steps: int
     mean_loss: float | None
+    samples: Samples | None = None
 
 
 def load_examples(session: Session) -> list[Example]:
     items = session.read_json(MANIFEST)["items"]
     return [Example(pixels=pixels_from_png(session.read_bytes(i["file"])), caption=i["caption"],
                     subject=i.get("token", "")) for i in items]
+
+
+def load_class_examples(manifest: ClassImages | None) -> list[Example]:
+    if manifest is None:
+        return []
+    return [Example(pixels_from_png(data), image_set.prompt, image_set.subject)
+            for image_set, data in read_class_images(manifest)]
 
 
 def resume_point(store: CheckpointStore, plan: TrainingPlan, end: int) -> Checkpoint | None:
@@ -42,7 +56,13 @@ def resume_point(store: CheckpointStore, plan: TrainingPlan, end: int) -> Checkp
     return checkpoint
 
 
+def build_trainer(plan: TrainingPlan, session: Session) -> Trainer:
+    parts = load_model_parts(plan.model_path, resolve_device(plan.device))
+    return Trainer(parts, load_examples(session), plan.options, load_class_examples(plan.class_images))
+
+
 def train_chunk_steps(plan: TrainingPlan, chunk: Chunk, log: logging.Logger | None = None,
+                      after_step: AfterStep | None = None,
                       monitor: TrainingMonitor | None = None) -> ChunkOutcome:
     """Make sure a committed checkpoint at `chunk.end` (or later) exists."""
     log = log or logging.getLogger("dreambooth")
@@ -55,28 +75,54 @@ def train_chunk_steps(plan: TrainingPlan, chunk: Chunk, log: logging.Logger | No
         return ChunkOutcome(end=chunk.end, started_at=chunk.end, trained_steps=0, mean_loss=None)
     checkpoint = resume_point(store, plan, chunk.end)
     start = checkpoint.step if checkpoint else 0
-    trainer = UNetTrainer(load_model_parts(plan.model_path, resolve_device(plan.device)),
-                          load_examples(session),
-                          Hyperparameters(plan.seed, plan.learning_rate, plan.max_grad_norm))
+    trainer = build_trainer(plan, session)
     if checkpoint:
         trainer.load_state(checkpoint)
         log.info("Resuming from committed checkpoint at step %d", start)
     log.info("Chunk %d/%d: training steps %d-%d of %d", chunk.index, chunk.count, start, chunk.end,
              plan.total_steps)
     monitor.chunk_started(start, chunk.end, plan.total_steps)  # [ui]
-    mean_loss = _train(trainer, start, chunk.end, monitor)
+    mean_loss = _train(trainer, start, chunk.end, monitor, _with_snapshots(plan, session, after_step))
     store.save(chunk.end, trainer.state_writers(), meta={"fingerprint": plan.fingerprint,
+                                                        "method": plan.options.method,
                                                         "samples_seen": chunk.end})
     monitor.chunk_finished()  # [ui] after the commit: timing, loss plot, UI callbacks
     return ChunkOutcome(end=chunk.end, started_at=start, trained_steps=chunk.end - start,
-                        mean_loss=mean_loss)
+                        mean_loss=mean_loss, samples=_samples(plan, chunk, session, trainer, log))
 
 
-def _train(trainer: UNetTrainer, start: int, end: int, monitor: TrainingMonitor) -> float:
+def _with_snapshots(plan: TrainingPlan, session: Session, after_step: AfterStep | None) -> AfterStep:
+    every, keep = plan.extras.snapshot_every, plan.extras.keep_snapshots
+
+    def after(trainer: Trainer, step: int) -> None:
+        if every and step % every == 0:
+            write_snapshot(session, plan.model_path, plan.options.method, trainer.parts,
+                           trainer.trainables, step, keep)
+        if after_step:
+            after_step(trainer, step)
+    return after
+
+
+def _samples(plan: TrainingPlan, chunk: Chunk, session: Session, trainer: Trainer,
+             log: logging.Logger) -> Samples | None:
+    extras = plan.extras
+    due = extras.sample_every and (chunk.index % extras.sample_every == 0 or chunk.index == chunk.count)
+    if extras.samples is None or not due:
+        return None
+    parts = trainer.parts
+    return render_samples(session, chunk.end, plan.model_path, extras.samples, trainer.device,
+                          unet=parts.unet, text_encoder=parts.text_encoder,
+                          tokenizer=parts.tokenizer, log=log)
+
+
+def _train(trainer: Trainer, start: int, end: int, monitor: TrainingMonitor,
+           after_step: AfterStep | None) -> float:
     losses = []
     for step in range(start, end):
         losses.append(trainer.step(step))
         # [ui] buffers the loss tensor; reads (syncs) and logs every LOG_EVERY steps and at `end`,
         # writing reports/loss.csv before the checkpoint commit
         monitor.step(step, losses[-1], trainer.optimizer.param_groups[0]["lr"])
+        if after_step:
+            after_step(trainer, step + 1)
     return torch.stack(losses).mean().item()

@@ -1,20 +1,28 @@
-"""The UNet training step and the state that makes it resumable."""
+"""One training step of any method, and the state that makes it resumable."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 from dataclasses import dataclass
 
 import safetensors.torch
 import torch
-import torch.nn.functional as F
 
+from tasks.errors import ConfigError, SessionError
+from tasks.training.batches import draw_micro_batch
 from tasks.training.checkpoint import Checkpoint, Writer, read_tensor_file
+from tasks.training.latents import LatentCache
+from tasks.training.loss import dreambooth_loss, per_example_loss
+from tasks.training.methods import Trainables, set_up_method
 from tasks.training.model_parts import ModelParts
-from tasks.training.randomness import balanced_example_index, generator_for
+from tasks.training.options import TrainingOptions
+from tasks.training.schedule import lr_factor
 
-UNET_FILE = "unet.safetensors"
+WEIGHTS_FILE = "weights.safetensors"
+EMA_FILE = "ema.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
+AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -24,84 +32,194 @@ class Example:
     subject: str = ""
 
 
-@dataclass(frozen=True)
-class Hyperparameters:
-    seed: int
-    learning_rate: float
-    max_grad_norm: float
+class Trainer:
+    """Trains what the method names (see methods.py) on instance and class examples."""
 
-
-class UNetTrainer:
-    """Fine-tunes the UNet; the VAE and text encoder stay frozen."""
-
-    def __init__(self, parts: ModelParts, examples: list[Example], hp: Hyperparameters):
-        self.parts, self.examples, self.hp = parts, examples, hp
+    def __init__(self, parts: ModelParts, examples: list[Example], options: TrainingOptions,
+                 class_examples: list[Example] = ()):
+        self.parts, self.examples, self.options = parts, examples, options
+        self.class_examples = list(class_examples)
         self.device = next(parts.unet.parameters()).device
-        parts.unet.train().requires_grad_(True)
-        self.optimizer = torch.optim.AdamW(parts.unet.parameters(), lr=hp.learning_rate, weight_decay=1e-2)
-        self.embeddings = {e.caption: self._encode(e.caption) for e in examples}
-        self.groups = subject_groups(examples)
+        subjects = sorted({e.subject for e in examples})
+        self.trainables = set_up_method(parts, options, subjects)
+        if options.gradient_checkpointing:
+            parts.unet.enable_gradient_checkpointing()
+            if options.trains_text_encoder:
+                enable = getattr(parts.text_encoder, "activation_checkpointing_enable", None)
+                (enable or parts.text_encoder.gradient_checkpointing_enable)()
+        self.optimizer = make_optimizer(self.trainables, options, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=options.mixed_precision == "fp16")
+        self.ema = {n: p.detach().clone().float() for n, p in self.trainables.unet.items()} \
+            if options.ema_decay > 0 else None
+        self.groups = [[i for i, e in enumerate(examples) if e.subject == s] for s in subjects]
+        self.class_groups = [[i for i, e in enumerate(self.class_examples) if e.subject == s]
+                             for s in subjects] if self.class_examples else []
+        self.latents = LatentCache(parts.vae, options.cache_latents)
+        self._frozen_embeddings: dict[str, torch.Tensor] = {}
+
+    # -- one step -------------------------------------------------------------
+
+    def step(self, step: int) -> torch.Tensor:
+        """One optimizer step; returns the loss without a host-device sync."""
+        self._enter_phase(step)
+        self._set_learning_rates(step)
+        total = torch.zeros((), device=self.device)
+        for micro in range(self.options.gradient_accumulation):
+            loss = self.loss(step, micro) / self.options.gradient_accumulation
+            self.scaler.scale(loss).backward()
+            total += loss.detach()
+        self.scaler.unscale_(self.optimizer)
+        trained = [p for p in self.trainables.named().values() if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(trained, self.options.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._update_ema(step)
+        return total
+
+    def loss(self, step: int, micro: int = 0) -> torch.Tensor:
+        o = self.options
+        draw = draw_micro_batch(o.seed, step, micro, o.batch_size, o.gradient_accumulation,
+                                self.groups, self.class_groups, o.flip)
+        chosen = [("i", i, self.examples[i]) for i in draw.instances]
+        chosen += [("c", i, self.class_examples[i]) for i in draw.classes]
+        posteriors = [self.latents.posterior((kind, i), e.pixels, flip)
+                      for (kind, i, e), flip in zip(chosen, draw.flips)]
+        mean, std = (torch.cat(t) for t in zip(*posteriors))
+        g = draw.generator
+        latents = (mean + std * _randn(mean.shape, g, self.device)) * self.parts.vae.config.scaling_factor
+        noise = _randn(latents.shape, g, self.device)
+        if o.offset_noise:
+            noise = noise + o.offset_noise * _randn((*latents.shape[:2], 1, 1), g, self.device)
+        scheduler = self.parts.noise_scheduler
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],),
+                                  generator=g).to(self.device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        prediction_type = scheduler.config.prediction_type
+        target = scheduler.get_velocity(latents, noise, timesteps) \
+            if prediction_type == "v_prediction" else noise
+        with self._autocast():
+            condition = self._condition([e.caption for _, _, e in chosen], step)
+            prediction = self.parts.unet(noisy, timesteps, condition).sample
+        per_example = per_example_loss(prediction, target, timesteps, scheduler.alphas_cumprod,
+                                       prediction_type, o.min_snr_gamma)
+        return dreambooth_loss(per_example, len(draw.instances), o.prior_loss_weight)
+
+    # -- phases, learning rates, EMA ------------------------------------------
+
+    def text_encoder_trains_at(self, step: int) -> bool:
+        return bool(self.trainables.text_encoder) and step < self.options.text_encoder_steps
+
+    def _enter_phase(self, step: int) -> None:
+        active = self.text_encoder_trains_at(step)
+        for parameter in self.trainables.text_encoder.values():
+            parameter.requires_grad_(active)
+        if active:
+            self._frozen_embeddings.clear()
+
+    def _set_learning_rates(self, step: int) -> None:
+        o = self.options
+        factor = lr_factor(step, o.lr_schedule, o.warmup_steps, o.total_steps)
+        for group in self.optimizer.param_groups:
+            base = o.text_encoder_learning_rate if group["name"] == "text_encoder" else o.learning_rate
+            group["lr"] = base * factor
 
     @torch.no_grad()
-    def _encode(self, caption: str) -> torch.Tensor:
+    def _update_ema(self, step: int) -> None:
+        if self.ema is None:
+            return
+        decay = min(self.options.ema_decay, (1 + step) / (10 + step))
+        for name, parameter in self.trainables.unet.items():
+            self.ema[name].mul_(decay).add_(parameter.detach().float(), alpha=1 - decay)
+
+    # -- text conditioning ----------------------------------------------------
+
+    def _condition(self, captions: list[str], step: int) -> torch.Tensor:
+        """Embeddings with gradients while the text side trains; cached once it is frozen."""
+        if self.trainables.embeddings is not None or self.text_encoder_trains_at(step):
+            return self._encode(captions)
+        missing = [c for c in dict.fromkeys(captions) if c not in self._frozen_embeddings]
+        if missing:
+            with torch.no_grad():
+                for caption in missing:
+                    self._frozen_embeddings[caption] = self._encode([caption])
+        return torch.cat([self._frozen_embeddings[c] for c in captions])
+
+    def _encode(self, captions: list[str]) -> torch.Tensor:
         tokenizer = self.parts.tokenizer
-        ids = tokenizer(caption, padding="max_length", max_length=tokenizer.model_max_length,
+        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
                         truncation=True, return_tensors="pt").input_ids
         return self.parts.text_encoder(ids.to(self.device))[0]
 
-    def loss(self, step: int) -> torch.Tensor:
-        example = self.examples[balanced_example_index(self.hp.seed, step, self.groups)]
-        draw = generator_for(self.hp.seed, step, "noise")
-        latents = self._sample_latents(example.pixels, draw)
-        noise = torch.randn(latents.shape, generator=draw).to(self.device)
-        scheduler = self.parts.noise_scheduler
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],),
-                                  generator=draw).to(self.device)
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        if scheduler.config.prediction_type == "v_prediction":
-            target = scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
-        prediction = self.parts.unet(noisy, timesteps, self.embeddings[example.caption]).sample
-        return F.mse_loss(prediction.float(), target.float())
+    def _autocast(self):
+        dtype = AUTOCAST.get(self.options.mixed_precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
 
-    @torch.no_grad()
-    def _sample_latents(self, pixels: torch.Tensor, draw: torch.Generator) -> torch.Tensor:
-        posterior = self.parts.vae.encode(pixels.to(self.device)).latent_dist
-        eps = torch.randn(posterior.mean.shape, generator=draw).to(self.device)
-        return (posterior.mean + posterior.std * eps) * self.parts.vae.config.scaling_factor
-
-    def step(self, step: int) -> torch.Tensor:
-        """One optimisation step; returns the loss without a host-device sync."""
-        loss = self.loss(step)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.parts.unet.parameters(), self.hp.max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+    # -- checkpoint state -----------------------------------------------------
 
     def state_writers(self) -> dict[str, Writer]:
-        unet = {k: v.detach().cpu().contiguous() for k, v in self.parts.unet.state_dict().items()}
-        optimizer = self.optimizer.state_dict()
-        return {
-            UNET_FILE: lambda f: f.write(safetensors.torch.save(unet)),
+        weights = _cpu(self.trainables.named())
+        optimizer = {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+        writers = {
+            WEIGHTS_FILE: lambda f: f.write(safetensors.torch.save(weights)),
             OPTIMIZER_FILE: lambda f: torch.save(optimizer, f),
         }
+        if self.ema is not None:
+            ema = _cpu(self.ema)
+            writers[EMA_FILE] = lambda f: f.write(safetensors.torch.save(ema))
+        return writers
 
+    @torch.no_grad()
     def load_state(self, checkpoint: Checkpoint) -> None:
-        unet = safetensors.torch.load(checkpoint.files[UNET_FILE])
-        self.parts.unet.load_state_dict(unet, strict=True)
-        self.optimizer.load_state_dict(read_tensor_file(checkpoint.files[OPTIMIZER_FILE]))
+        weights = safetensors.torch.load(checkpoint.files[WEIGHTS_FILE])
+        named = self.trainables.named()
+        if weights.keys() != named.keys():
+            raise SessionError(f"checkpoint at step {checkpoint.step} holds other weights than "
+                               f"--method {self.options.method} trains; start a new --session.")
+        for name, parameter in named.items():
+            parameter.copy_(weights[name])
+        state = read_tensor_file(checkpoint.files[OPTIMIZER_FILE])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            for name, value in safetensors.torch.load(checkpoint.files[EMA_FILE]).items():
+                self.ema[name].copy_(value)
 
 
-def subject_groups(examples: list[Example]) -> list[list[int]]:
-    """Example indices per subject, subjects in sorted order."""
-    subjects = sorted({e.subject for e in examples})
-    return [[i for i, e in enumerate(examples) if e.subject == s] for s in subjects]
+def make_optimizer(trainables: Trainables, options: TrainingOptions, device: torch.device):
+    main = list(trainables.unet.values())
+    if trainables.embeddings is not None:
+        main.append(trainables.embeddings)
+    groups = [{"name": "main", "params": main,
+               "weight_decay": 0.0 if trainables.embeddings is not None else 1e-2}]
+    if trainables.text_encoder:
+        groups.append({"name": "text_encoder", "params": list(trainables.text_encoder.values()),
+                       "weight_decay": 1e-2})
+    if options.optimizer == "adamw-8bit":
+        return _adamw_8bit(groups, options, device)
+    return torch.optim.AdamW(groups, lr=options.learning_rate, fused=device.type == "cuda")
 
 
-def load_unet_weights(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
-    return safetensors.torch.load(checkpoint.files[UNET_FILE])
+def _adamw_8bit(groups: list[dict], options: TrainingOptions, device: torch.device):
+    if device.type != "cuda":
+        raise ConfigError("--optimizer adamw-8bit needs a CUDA GPU (bitsandbytes); this run trains "
+                          f"on {device.type}. Use --optimizer adamw.")
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise ConfigError("--optimizer adamw-8bit needs the bitsandbytes package: "
+                          "pip install bitsandbytes, or use --optimizer adamw.") from None
+    return bitsandbytes.optim.AdamW8bit(groups, lr=options.learning_rate)
+
+
+def _randn(shape, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.randn(shape, generator=generator).to(device)
+
+
+def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
 
 def pixels_from_png(data: bytes) -> torch.Tensor:

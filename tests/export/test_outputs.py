@@ -32,7 +32,8 @@ def trained_unet(session: Path, model_path: str):
     from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel.from_pretrained(model_path, subfolder="unet")
-    unet.load_state_dict(safetensors.torch.load_file(session / "checkpoints" / "step-000003" / "unet.safetensors"))
+    weights = safetensors.torch.load_file(session / "checkpoints" / "step-000003" / "weights.safetensors")
+    unet.load_state_dict({k.removeprefix("unet."): v for k, v in weights.items() if k.startswith("unet.")})
     return fresh(unet)
 
 
@@ -58,6 +59,10 @@ def test_single_file_layout_and_ckpt_agree(session):
     assert prefixes == {"model", "first_stage_model", "cond_stage_model"}
     assert any(k.startswith("cond_stage_model.transformer.text_model.") for k in tensors)
     assert all(t.dtype == torch.float32 for t in tensors.values())
+    with safetensors.safe_open(str(session / "exp.safetensors"), "pt") as file:
+        metadata = file.metadata()
+    assert (metadata["modelspec.architecture"], metadata["modelspec.prediction_type"]) == (
+        "stable-diffusion-v1", "epsilon")
     ckpt = torch.load(session / "exp.ckpt", weights_only=True)
     assert ckpt["state_dict"].keys() == tensors.keys()
     assert all(torch.equal(ckpt["state_dict"][k], tensors[k]) for k in tensors)

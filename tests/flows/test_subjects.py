@@ -98,5 +98,5 @@ def test_two_subjects_resume_to_exactly_the_uninterrupted_model(prefect_api_url,
     train("resumed", 3)
     train("resumed", 6)  # continues from the committed checkpoint at step 3
     whole, resumed = (safetensors.torch.load_file(tmp_path / s / "duo" / "checkpoints" / "step-000006" /
-                                                  "unet.safetensors") for s in ("whole", "resumed"))
+                                                  "weights.safetensors") for s in ("whole", "resumed"))
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)

@@ -205,11 +205,11 @@ def test_text_encoder_that_is_not_clip_is_refused(models):
         to_single_file_state(unet, vae, CLIPTextModelWithProjection(config))
 
 
-def test_sd2_openclip_text_encoder_is_refused(models):
+def test_text_encoder_of_neither_family_is_refused(models):
     unet, vae, _ = models
     config = CLIPTextConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=1,
-                            hidden_act="gelu")
-    with pytest.raises(ModelError, match="OpenCLIP"):
+                            hidden_act="relu")
+    with pytest.raises(ModelError, match="'relu': neither SD 1.x's OpenAI CLIP .* nor SD 2.x's OpenCLIP"):
         to_single_file_state(unet, vae, CLIPTextModel(config))
 
 

@@ -82,8 +82,11 @@ def test_credentials_that_cannot_sign_give_no_url():
 def test_markdown_shows_the_image_and_where_the_full_file_is():
     from tasks.reports.images import ImageLink
 
-    text = image_markdown("Samples at step 500", ImageLink("data:image/jpeg;base64,AAAA", "embedded"),
-                          "/s/shrk/samples/step-000500.png", "Four prompts.")
-    assert text.startswith("# Samples at step 500\n\nFour prompts.\n\n")
-    assert "![Samples at step 500](data:image/jpeg;base64,AAAA)" in text
-    assert "`/s/shrk/samples/step-000500.png`" in text
+    text = image_markdown("# Samples at step 500\n\nFour prompts.\n",
+                          ImageLink("https://x/step-000500.png?X-Goog-Signature=1", "signed",
+                                    "link valid until 2026-12-02 10:00 UTC"),
+                          "Samples at step 500", "gs://b/shrk/samples/step-000500.png")
+    assert text == ("# Samples at step 500\n\nFour prompts.\n\n"
+                    "![Samples at step 500](https://x/step-000500.png?X-Goog-Signature=1)\n\n"
+                    "Full-size file: `gs://b/shrk/samples/step-000500.png` "
+                    "(link valid until 2026-12-02 10:00 UTC)\n")

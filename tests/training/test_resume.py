@@ -28,7 +28,7 @@ def train_args(storage, session, photos, steps=STEPS):
 
 
 def final_unet(session_dir: Path, step: int = STEPS) -> dict[str, torch.Tensor]:
-    return safetensors.torch.load_file(session_dir / "checkpoints" / f"step-{step:06d}" / "unet.safetensors")
+    return safetensors.torch.load_file(session_dir / "checkpoints" / f"step-{step:06d}" / "weights.safetensors")
 
 
 def assert_same_weights(a: dict, b: dict) -> None:

@@ -1,4 +1,6 @@
-"""Resume at the trainer level, without Prefect: on the CPU here, on CUDA where there is one."""
+"""Resume at the trainer level, without Prefect: every method and option that keeps state.
+
+On the CPU here; on CUDA where there is one (the gpu marker)."""
 
 import pytest
 import torch
@@ -6,34 +8,71 @@ import torch
 from tasks.session import Session
 from tasks.training.checkpoint import CheckpointStore
 from tasks.training.model_parts import load_model_parts
-from tasks.training.trainer import Example, Hyperparameters, UNetTrainer
+from tasks.training.options import TrainingOptions
+from tasks.training.trainer import Example, Trainer
 
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA GPU")])]
-HP = Hyperparameters(seed=3, learning_rate=1e-4, max_grad_norm=1.0)
+CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU")])
+STEPS, KILLED_AT = 6, 3
+
+CASES = {
+    "dreambooth": dict(learning_rate=1e-4),
+    # the text-encoder phase ends at step 2, inside the part trained before the save
+    "text-encoder phase": dict(learning_rate=1e-4, text_encoder_steps=2),
+    # ...and at step 5, after it
+    "phase ends after resume": dict(learning_rate=1e-4, text_encoder_steps=5),
+    "prior, flip, min-snr, offset noise, batch 2, accumulation 2, cosine": dict(
+        learning_rate=1e-4, flip=True, min_snr_gamma=5.0, offset_noise=0.1, batch_size=2,
+        gradient_accumulation=2, lr_schedule="cosine", warmup_steps=2),
+    "fp16 with grad scaler": dict(learning_rate=1e-4, mixed_precision="fp16", text_encoder_steps=4),
+    "bf16": dict(learning_rate=1e-4, mixed_precision="bf16"),
+    "ema": dict(learning_rate=1e-4, ema_decay=0.9),
+    "gradient checkpointing": dict(learning_rate=1e-4, gradient_checkpointing=True, text_encoder_steps=4),
+    "lora": dict(method="lora", learning_rate=1e-3, lora_rank=4, lora_text_encoder=True, text_encoder_steps=4),
+    "textual inversion": dict(method="textual-inversion", learning_rate=1e-2),
+}
 
 
-def trainer(model_path: str, device: str) -> UNetTrainer:
-    pixels = [torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(i)) * 2 - 1 for i in range(3)]
-    examples = [Example(pixels=p, caption="photo of shrk", subject="shrk") for p in pixels]
-    return UNetTrainer(load_model_parts(model_path, torch.device(device)), examples, HP)
+def examples(prior: bool) -> tuple[list[Example], list[Example]]:
+    pixels = [torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(i)) * 2 - 1 for i in range(4)]
+    instances = [Example(p, "photo of shrk man", "shrk") for p in pixels[:3]]
+    classes = [Example(p, "photo of man", "shrk") for p in pixels[2:]] if prior else []
+    return instances, classes
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_save_load_and_continue_equals_training_straight_through(tiny_model_path, tmp_path, device):
-    straight = trainer(tiny_model_path, device)
-    for step in range(6):
+def trainer(model_path: str, device: str, options: TrainingOptions) -> Trainer:
+    instances, classes = examples(prior=options.batch_size > 1)
+    return Trainer(load_model_parts(model_path, torch.device(device)), instances, options, classes)
+
+
+def trained_values(t: Trainer) -> dict[str, torch.Tensor]:
+    values = {k: v.detach().cpu().clone() for k, v in t.trainables.named().items()}
+    values |= {f"ema.{k}": v.cpu() for k, v in (t.ema or {}).items()}
+    return values
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+@pytest.mark.parametrize("case", CASES)
+def test_save_load_and_continue_equals_training_straight_through(tiny_model_path, tmp_path, device, case):
+    options = TrainingOptions(seed=3, total_steps=STEPS, **CASES[case])
+    straight = trainer(tiny_model_path, device, options)
+    for step in range(STEPS):
         straight.step(step)
 
-    first = trainer(tiny_model_path, device)
-    for step in range(3):
+    first = trainer(tiny_model_path, device, options)
+    for step in range(KILLED_AT):
         first.step(step)
     store = CheckpointStore(Session(str(tmp_path), "s"))
-    store.save(3, first.state_writers(), meta={})
-    resumed = trainer(tiny_model_path, device)
+    store.save(KILLED_AT, first.state_writers(), meta={})
+    del first
+    resumed = trainer(tiny_model_path, device, options)
     resumed.load_state(store.load_latest())
-    for step in range(3, 6):
+    for step in range(KILLED_AT, STEPS):
         resumed.step(step)
 
-    expected, actual = straight.parts.unet.state_dict(), resumed.parts.unet.state_dict()
-    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+    expected, actual = trained_values(straight), trained_values(resumed)
+    base = trained_values(trainer(tiny_model_path, device, options))
+    assert expected.keys() == actual.keys()
+    assert any(not torch.equal(expected[k], base[k]) for k in expected), "training changed nothing"
+    different = [k for k in expected if not torch.equal(expected[k], actual[k])]
+    assert not different, f"{len(different)} tensors differ after resume, e.g. {different[:3]}"

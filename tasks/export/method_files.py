@@ -1,0 +1,58 @@
+"""What each method exports, written into a local folder.
+
+Each writer returns the top-level names it created there (files and folders),
+which the caller then places in the session atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tasks.export.embedding import export_embeddings
+from tasks.export.lora import export_lora
+from tasks.model.family import detect_family
+from tasks.model.model_spec import model_spec_metadata
+from tasks.model.openclip_layout import load_extras
+from tasks.model.single_file import save_single_file, to_single_file_state
+from tasks.training.methods import Trainables
+from tasks.training.model_parts import ModelParts
+
+DIFFUSERS = "diffusers"
+
+
+def full_model_files(model_path: str, parts: ModelParts, name: str, step: int, dtype: torch.dtype,
+                     out: Path, diffusers_folder: bool = True) -> list[str]:
+    """`<name>.safetensors` and `.ckpt` in the original layout, and a diffusers folder."""
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline.from_pretrained(
+        model_path, unet=parts.unet, text_encoder=parts.text_encoder,
+        safety_checker=None, requires_safety_checker=False).to(dtype=dtype)
+    written = []
+    if diffusers_folder:
+        pipeline.save_pretrained(out / DIFFUSERS, safe_serialization=True)
+        written.append(DIFFUSERS)
+    # SD 2.x: the base single file's final text-encoder layer etc. when it was one (else neutral).
+    state = to_single_file_state(pipeline.unet, pipeline.vae, pipeline.text_encoder, load_extras(model_path))
+    metadata = model_spec_metadata(detect_family(model_path), name)
+    formats = ("safetensors", "ckpt") if diffusers_folder else ("safetensors",)
+    for fmt in formats:
+        save_single_file(state, out / f"{name}.{fmt}", fmt, step, metadata)
+        written.append(f"{name}.{fmt}")
+    return written
+
+
+def lora_files(parts: ModelParts, trainables: Trainables, name: str, dtype: torch.dtype,
+               out: Path) -> list[str]:
+    text_encoder = parts.text_encoder if trainables.text_encoder else None
+    export_lora(parts.unet, text_encoder, out, name, dtype=dtype)
+    return [f"{name}.safetensors", f"{name}-diffusers"]
+
+
+def embedding_files(trainables: Trainables, step: int, dtype: torch.dtype, out: Path) -> list[str]:
+    vectors = {token: trainables.embeddings[i:i + 1].detach().to(dtype)
+               for i, token in enumerate(trainables.new_tokens)}
+    export_embeddings(vectors, out, step)
+    return sorted(p.name for p in out.iterdir())

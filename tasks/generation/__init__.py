@@ -1,0 +1,1 @@
+"""Rendering images with Stable Diffusion: prior-preservation class images and training samples."""

@@ -1,0 +1,84 @@
+"""A Stable Diffusion pipeline for rendering, built from the base model's local folder.
+
+Trained modules (UNet, text encoder, a tokenizer with a learnt token) may stand in
+for the base model's own. They are used as they are, never copied, moved or cast:
+on CUDA the base parts load in fp16 and rendering runs under fp16 autocast, so
+fp32 trained weights work beside them without a second copy in GPU memory.
+
+The scheduler is always DPM-Solver++ (2M), whatever the folder names: it adds no
+noise between steps, so the images depend only on the weights, the prompt and
+the starting noise, and it gives good images in 20-25 steps.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from PIL import Image
+
+DEFAULT_STEPS = 25
+DEFAULT_GUIDANCE = 7.5
+SCHEDULER = "DPMSolverMultistepScheduler"
+
+
+def inference_dtype(device: torch.device) -> torch.dtype:
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def build_pipeline(model_path: str, device: torch.device | str, unet: torch.nn.Module | None = None,
+                   text_encoder: torch.nn.Module | None = None, tokenizer=None):
+    """A StableDiffusionPipeline on `device`: safety checker and progress bar off.
+
+    Given modules must already be on `device`; the others load from `model_path`."""
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    device = torch.device(device)
+    dtype = inference_dtype(device)
+    for name, module in (("unet", unet), ("text_encoder", text_encoder)):
+        if module is not None and _device_of(module).type != device.type:
+            raise ValueError(f"the given {name} is on {_device_of(module)}, not on {device}")
+
+    def load(kind, subfolder: str, dtype_name: str):
+        module = kind.from_pretrained(model_path, subfolder=subfolder, **{dtype_name: dtype})
+        return module.to(device).requires_grad_(False).eval()
+
+    pipeline = StableDiffusionPipeline(
+        vae=load(AutoencoderKL, "vae", "torch_dtype"),
+        text_encoder=text_encoder if text_encoder is not None else load(CLIPTextModel, "text_encoder", "dtype"),
+        tokenizer=tokenizer if tokenizer is not None else CLIPTokenizer.from_pretrained(model_path, subfolder="tokenizer"),
+        unet=unet if unet is not None else load(UNet2DConditionModel, "unet", "torch_dtype"),
+        scheduler=DPMSolverMultistepScheduler.from_pretrained(model_path, subfolder="scheduler"),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def render(pipeline, prompt: str, generators: list[torch.Generator], resolution: int,
+           steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE) -> list[Image.Image]:
+    """One image per generator (each image's starting noise comes from its own generator)."""
+    device = _device_of(pipeline.unet)
+    with _evaluating(pipeline.unet, pipeline.text_encoder), torch.no_grad(), \
+            torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+        return pipeline(prompt, num_images_per_prompt=len(generators), generator=generators,
+                        num_inference_steps=steps, guidance_scale=guidance_scale,
+                        height=resolution, width=resolution, output_type="pil").images
+
+
+@contextmanager
+def _evaluating(*modules: torch.nn.Module) -> Iterator[None]:
+    """eval() while rendering (no dropout), each module's own mode restored after."""
+    modes = [module.training for module in modules]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module, mode in zip(modules, modes):
+            module.train(mode)
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device

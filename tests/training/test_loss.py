@@ -1,0 +1,77 @@
+"""The training loss equals the DreamBooth objective written out by hand.
+
+For a fixed batch of instance and class images: noisy latents
+x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, the target eps (epsilon models) or
+v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (v-prediction models), each example's
+mean squared error, optionally weighted by min(SNR, gamma) / SNR (epsilon) or
+min(SNR, gamma) / (SNR + 1) (v), with SNR = abar_t / (1 - abar_t); the loss is the
+instance mean plus prior weight x the class mean.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tasks.model.fetch import fetch_model
+from tasks.training.batches import draw_micro_batch
+from tasks.training.model_parts import load_model_parts
+from tasks.training.options import TrainingOptions
+from tasks.training.trainer import Example, Trainer
+
+PRIOR_WEIGHT = 0.7
+
+
+def images(count: int, offset: int) -> list[torch.Tensor]:
+    return [torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(offset + i)) * 2 - 1
+            for i in range(count)]
+
+
+def by_hand(trainer: Trainer, step: int, gamma: float, prediction_type: str) -> float:
+    parts, o = trainer.parts, trainer.options
+    draw = draw_micro_batch(o.seed, step, 0, o.batch_size, 1, trainer.groups, trainer.class_groups, o.flip)
+    chosen = [trainer.examples[i] for i in draw.instances] + [trainer.class_examples[i] for i in draw.classes]
+    g = draw.generator
+    with torch.no_grad():
+        posterior = [parts.vae.encode(e.pixels).latent_dist for e in chosen]
+        mean = torch.cat([p.mean for p in posterior])
+        std = torch.cat([p.std for p in posterior])
+        x0 = (mean + std * torch.randn(mean.shape, generator=g)) * parts.vae.config.scaling_factor
+        eps = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, 1000, (x0.shape[0],), generator=g)
+        abar = parts.noise_scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+        xt = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+        target = abar.sqrt() * eps - (1 - abar).sqrt() * x0 if prediction_type == "v_prediction" else eps
+        ids = parts.tokenizer([e.caption for e in chosen], padding="max_length",
+                              max_length=parts.tokenizer.model_max_length, truncation=True,
+                              return_tensors="pt").input_ids
+        prediction = parts.unet(xt, t, parts.text_encoder(ids)[0]).sample
+    errors = [((prediction[i] - target[i]) ** 2).mean().item() for i in range(len(chosen))]
+    if gamma:
+        snr = [(a / (1 - a)).item() for a in abar.flatten()]
+        denominators = [s + 1 if prediction_type == "v_prediction" else s for s in snr]
+        errors = [e * min(s, gamma) / d for e, s, d in zip(errors, snr, denominators)]
+    instances = len(draw.instances)
+    instance_mean = sum(errors[:instances]) / instances
+    class_mean = sum(errors[instances:]) / (len(errors) - instances)
+    return instance_mean + PRIOR_WEIGHT * class_mean
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny-sd2-v"])
+@pytest.mark.parametrize("gamma", [0.0, 5.0])
+def test_loss_matches_the_written_out_objective(model, gamma):
+    path = fetch_model(model, Path(os.environ["DREAMBOOTH_CACHE"])).path
+    parts = load_model_parts(path, torch.device("cpu"))
+    prediction_type = parts.noise_scheduler.config.prediction_type
+    assert prediction_type == ("v_prediction" if model.endswith("-v") else "epsilon")
+    size = parts.unet.config.sample_size * 8
+    instances = [Example(p[..., :size, :size], "photo of shrk man", "shrk") for p in images(3, 0)]
+    classes = [Example(p[..., :size, :size], "photo of man", "shrk") for p in images(4, 10)]
+    options = TrainingOptions(seed=5, batch_size=2, min_snr_gamma=gamma, prior_loss_weight=PRIOR_WEIGHT)
+    trainer = Trainer(parts, instances, options, classes)
+    for step in (0, 7):
+        expected = by_hand(trainer, step, gamma, prediction_type)
+        with torch.no_grad():
+            actual = trainer.loss(step).item()
+        assert actual == pytest.approx(expected, rel=1e-5), f"step {step}"

@@ -1,0 +1,75 @@
+"""Kill/resume equality for every method and the options that carry state across steps.
+
+Each case SIGKILLs a real `dreambooth train` mid-way through its second chunk,
+reruns it, and compares everything training produced with an uninterrupted run:
+the trained tensors (and EMA) bit for bit, the exported files and the samples
+of the last chunk byte for byte.
+"""
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from test_resume import REPO, run_cli
+
+STEPS, CHUNK = 8, 4
+CASES = {
+    # The text-encoder phase ends at step 6, inside the chunk the kill interrupts.
+    "dreambooth, text-encoder phase, fp16 + scaler, EMA, prior, flip, min-SNR": [
+        "--text-encoder-steps", "6", "--mixed-precision", "fp16", "--ema-decay", "0.9",
+        "--class-word", "man", "--class-images", "2", "--flip", "--min-snr-gamma", "5",
+        "--offset-noise", "0.05", "--learning-rate", "1e-4"],
+    "lora on UNet and text encoder": [
+        "--method", "lora", "--lora-text-encoder", "--text-encoder-steps", "6", "--lora-rank", "4",
+        "--class-word", "man", "--class-images", "2", "--learning-rate", "1e-3"],
+    "textual inversion": ["--method", "textual-inversion", "--token", "zwx", "--learning-rate", "1e-2"],
+}
+
+
+def train(api_url, root: Path, options: list[str], kill_at=None):
+    root.mkdir(exist_ok=True)
+    args = ["train", "--session", "s", "--storage", str(root / "sessions"), "--model", "tiny",
+            "--photos", str(REPO / "examples" / "photos"), "--steps", str(STEPS),
+            "--chunk-steps", str(CHUNK), "--sample-steps", "2", "--seed", "3", *options]
+    return run_cli(api_url, root, *args, kill_at=kill_at)
+
+
+def produced(session: Path) -> dict[str, bytes]:
+    """Everything a user keeps: outputs, the last samples, the final training state's tensors."""
+    files = {p.relative_to(session).as_posix(): p.read_bytes() for p in session.rglob("*")
+             if p.is_file() and (p.suffix in {".safetensors", ".ckpt", ".pt"} or "samples/step-000008" in str(p))
+             and "checkpoints" not in p.parts and "diffusers" not in p.parts}
+    assert any(name.startswith("samples/") for name in files)
+    return files
+
+
+def final_tensors(session: Path) -> dict[str, torch.Tensor]:
+    folder = session / "checkpoints" / f"step-{STEPS:06d}"
+    tensors = safetensors.torch.load_file(folder / "weights.safetensors")
+    if (folder / "ema.safetensors").exists():
+        tensors |= {f"ema.{k}": v for k, v in safetensors.torch.load_file(folder / "ema.safetensors").items()}
+    return tensors
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_killed_run_resumes_to_the_uninterrupted_result(prefect_api_url, tmp_path, case):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    done = train(prefect_api_url, whole, CASES[case])
+    assert done.returncode == 0, done.stderr[-3000:]
+    first = train(prefect_api_url, killed, CASES[case], kill_at="step:6")  # chunk 1 committed at 4
+    assert first.returncode == -9, first.stderr[-3000:]
+    second = train(prefect_api_url, killed, CASES[case])
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Resuming from committed checkpoint at step 4" in second.stderr
+
+    expected, actual = final_tensors(whole / "sessions" / "s"), final_tensors(killed / "sessions" / "s")
+    assert expected.keys() == actual.keys()
+    different = [k for k in expected if not torch.equal(expected[k], actual[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+    ours, theirs = produced(whole / "sessions" / "s"), produced(killed / "sessions" / "s")
+    assert ours.keys() == theirs.keys()
+    assert {k: hashlib.sha256(v).hexdigest() for k, v in ours.items()} == \
+           {k: hashlib.sha256(v).hexdigest() for k, v in theirs.items()}
