@@ -69,6 +69,13 @@ def test_contact_sheet_is_shown(session_dir):
     assert "4 photos, cropped square" in sheet and "](data:image/jpeg;base64," in sheet
 
 
+def test_sample_grids_are_shown_after_each_chunk(session_dir):
+    shown = artifacts(artifact_key("samples", "Watch"))
+    assert [a.description for a in shown] == [f"Samples of session Watch at step {end}" for end in (8, 4)]
+    assert "| 1 | photo of shrk |" in shown[0].data and "](data:image/jpeg;base64," in shown[0].data
+    assert f"`{session_dir}/samples/step-000008.png`" in shown[0].data
+
+
 def test_status_works_without_prefect(session_dir):
     """A subprocess in which importing prefect fails and PREFECT_API_URL leads nowhere."""
     code = ("import sys\n"

@@ -1,11 +1,8 @@
 """The training monitor: loss log that survives resumes, progress, plot, callbacks, terminal bar."""
 
-import fcntl
 import io
 import os
-import struct
 import sys
-import termios
 
 import pytest
 import torch
@@ -18,18 +15,20 @@ from tasks.reports.timing import TIMING_JSON, training_speed
 from tasks.session import Session
 from tasks.training.checkpoint import CheckpointStore
 from tasks.training.model_parts import load_model_parts
-from tasks.training.trainer import Example, Hyperparameters, UNetTrainer
+from tasks.training.options import TrainingOptions
+from tasks.training.trainer import Example, Trainer
 
-HP = Hyperparameters(seed=5, learning_rate=1e-4, max_grad_norm=1.0)
+# A warm-up, so the learning rate differs between steps.
+OPTIONS = TrainingOptions(seed=5, total_steps=4, learning_rate=1e-4, warmup_steps=3)
 
 
-def tiny_trainer(model_path: str) -> UNetTrainer:
+def tiny_trainer(model_path: str) -> Trainer:
     pixels = [torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(i)) * 2 - 1 for i in range(2)]
     examples = [Example(pixels=p, caption="photo of shrk", subject="shrk") for p in pixels]
-    return UNetTrainer(load_model_parts(model_path, torch.device("cpu")), examples, HP)
+    return Trainer(load_model_parts(model_path, torch.device("cpu")), examples, OPTIONS)
 
 
-def train(trainer: UNetTrainer, monitor: TrainingMonitor, start: int, end: int, total: int,
+def train(trainer: Trainer, monitor: TrainingMonitor, start: int, end: int, total: int,
           stop_after: int | None = None) -> None:
     """The loop as tasks/training/run.py drives it; `stop_after` steps = the process dies."""
     monitor.chunk_started(start, end, total)
@@ -61,7 +60,9 @@ def test_a_resumed_run_leaves_the_loss_log_of_an_uninterrupted_one(tiny_model_pa
     assert session.read_bytes(LOSS_CSV) == straight_session.read_bytes(LOSS_CSV)
     rows = read_loss_rows(session)
     assert [row.step for row in rows] == [1, 2, 3, 4]
-    assert all(row.learning_rate == HP.learning_rate and row.loss > 0 for row in rows)
+    assert all(row.loss > 0 for row in rows)
+    rates = [row.learning_rate for row in rows]
+    assert rates == sorted(rates) and len(set(rates)) == 3 and rates[-1] == OPTIONS.learning_rate
 
 
 def run_chunk(session: Session, losses: list[float], start: int, total: int, **options) -> list[Progress]:
@@ -118,7 +119,6 @@ def test_a_failing_callback_is_logged_and_training_goes_on(tmp_path, caplog):
 def terminal_output(monkeypatch, tty: bool, tmp_path) -> str:
     if tty:
         leader, follower = os.openpty()
-        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 columns
         stream = os.fdopen(follower, "w")
     else:
         stream = open(tmp_path / "stderr.txt", "w")
