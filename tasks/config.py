@@ -47,7 +47,8 @@ class DreamBoothConfig(BaseModel):
                                "use the session's own copy.")
     model: str = Field("stable-diffusion-v1-5/stable-diffusion-v1-5", description="Base model: "
                        "a Hugging Face repo id, a local diffusers folder, a .ckpt/.safetensors file "
-                       "or URL, or 'tiny' (a small random model for offline demos and tests).")
+                       "or URL, or 'tiny' (a small random SD 1 model for offline demos and tests; "
+                       "'tiny-sd2', 'tiny-sd2-v' for SD 2.x).")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of --model.")
     single_file_config: str | None = Field(None, description="For a single-file --model: a diffusers "
                                            "folder or repo id describing its architecture.")
@@ -128,6 +129,14 @@ class DreamBoothConfig(BaseModel):
                                          "embedding the new token starts from (default: the class "
                                          "word, else 'person').")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clipping threshold.")
+    cache_latents: bool = Field(True, description="Encode each photo (and its mirror image) with "
+                                "the VAE once, not at every step; same result, faster.")
+    cache_text_embeddings: bool = Field(True, description="Encode each caption once while the "
+                                        "text encoder is frozen; same result, faster.")
+    channels_last: bool = Field(False, description="UNet in channels-last memory layout (can be "
+                                "faster with mixed precision on GPUs).")
+    compile: bool = Field(False, description="torch.compile the UNet: slower start, faster "
+                          "steps on GPUs.")
     sample_prompts: str | None = Field(None, description="Your own sample prompts, separated by "
                                        "';', rendered after each subject's caption; {token} and "
                                        "{class} are filled in per subject.")

@@ -9,6 +9,7 @@ from tasks.generation.class_images import ClassImages
 from tasks.generation.samples import SampleSettings, sample_prompts
 from tasks.model.fetch import LocalModel
 from tasks.session_state import SessionRef
+from tasks.training import live
 from tasks.training.plan import Extras, TrainingPlan, make_plan
 
 
@@ -24,6 +25,7 @@ def extras_for(config: DreamBoothConfig, subjects: dict, resolution: int) -> Ext
 def plan_training(ref: SessionRef, config: DreamBoothConfig, model: LocalModel,
                   dataset: PreparedDataset, captions: Captions,
                   class_images: ClassImages | None = None) -> TrainingPlan:
+    live.release()  # a new run starts from committed checkpoints only
     session = ref.open()
     extras = extras_for(config, session.read_json(MANIFEST)["subjects"], dataset.resolution)
     plan = make_plan(session, ref, config, model.path, model.digest, captions.digest, dataset.count,

@@ -19,6 +19,7 @@ from tasks.errors import SessionError
 from tasks.export.method_files import DIFFUSERS, embedding_files, full_model_files, lora_files
 from tasks.session import Session, temporary_name
 from tasks.session_state import update_state
+from tasks.training import live
 from tasks.training.checkpoint import CheckpointStore
 from tasks.training.plan import TrainingPlan, export_record
 from tasks.training.methods import Trainables
@@ -62,6 +63,8 @@ def write_method_files(plan: TrainingPlan, session: Session, out: Path) -> list[
 
 def export_outputs(plan: TrainingPlan, log: logging.Logger | None = None) -> ExportResult:
     log = log or logging.getLogger("dreambooth")
+    live.release()
+    live.wait_for_commits()
     session = plan.session.open()
     session.remove_temporary()
     with tempfile.TemporaryDirectory(prefix="dreambooth-export-") as tmp:

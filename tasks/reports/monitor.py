@@ -1,7 +1,7 @@
 """What the training loop reports as it runs: loss log, progress, loss plot.
 
 The loop calls `chunk_started`, `step` for every step and `chunk_finished`
-after the checkpoint commit. Losses arrive as device tensors and are read in
+once the chunk's checkpoint is written (or handed to a background commit). Losses arrive as device tensors and are read in
 one batch every `log_every` steps (reading one is a host-device sync point);
 the last batch of a chunk is written to reports/loss.csv before the loop
 returns, so every committed step has its row. Callbacks receive a Progress at
@@ -126,7 +126,7 @@ class TrainingMonitor:
         self._notify(self.on_progress, progress)
 
     def chunk_finished(self) -> ChunkReport:
-        """After the commit: record the chunk's time, redraw the loss plot, tell the callbacks."""
+        """Record the chunk's time, redraw the loss plot, tell the callbacks."""
         seconds = time.perf_counter() - self.began
         self.bar.close()
         record_chunk_time(self.session, self.start, self.end, seconds)

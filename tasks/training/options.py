@@ -38,6 +38,9 @@ class TrainingOptions(BaseModel):
     lora_text_encoder: bool = False
     initializer_word: str = "person"
     cache_latents: bool = True
+    cache_text_embeddings: bool = True
+    channels_last: bool = False
+    compile: bool = False
 
     @property
     def trains_text_encoder(self) -> bool:

@@ -81,7 +81,9 @@ def training_options(config: DreamBoothConfig, total: int, device: torch.device)
         text_encoder_learning_rate=config.text_encoder_learning_rate,
         prior_loss_weight=config.prior_loss_weight, lora_rank=config.lora_rank,
         lora_alpha=config.lora_alpha or config.lora_rank, lora_text_encoder=config.lora_text_encoder,
-        initializer_word=config.initializer_word or same_word or "person")
+        initializer_word=config.initializer_word or same_word or "person",
+        cache_latents=config.cache_latents, cache_text_embeddings=config.cache_text_embeddings,
+        channels_last=config.channels_last, compile=config.compile)
 
 
 def fingerprint_values(config: DreamBoothConfig, options: TrainingOptions, model_digest: str,

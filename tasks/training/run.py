@@ -13,6 +13,7 @@ from tasks.dataset.prepare import MANIFEST
 from tasks.errors import SessionError
 from tasks.reports.monitor import TrainingMonitor  # [ui]
 from tasks.session import Session
+from tasks.training import live
 from tasks.training.checkpoint import Checkpoint, CheckpointStore
 from tasks.training.model_parts import load_model_parts, resolve_device
 from tasks.export.snapshots import write_snapshot
@@ -70,25 +71,38 @@ def train_chunk_steps(plan: TrainingPlan, chunk: Chunk, log: logging.Logger | No
     # [ui] loss log, progress and loss plot; the Prefect task passes one with UI callbacks
     monitor = monitor or TrainingMonitor(session, [c.end for c in plan.chunks], log)
     store = CheckpointStore(session, plan.keep_checkpoints, log)
-    if store.latest_step() >= chunk.end:
-        log.info("Steps %d-%d already committed; nothing to train", chunk.start, chunk.end)
-        return ChunkOutcome(end=chunk.end, started_at=chunk.end, trained_steps=0, mean_loss=None)
-    checkpoint = resume_point(store, plan, chunk.end)
-    start = checkpoint.step if checkpoint else 0
-    trainer = build_trainer(plan, session)
-    if checkpoint:
-        trainer.load_state(checkpoint)
-        log.info("Resuming from committed checkpoint at step %d", start)
+    key = (plan.session.uid, plan.fingerprint, plan.model_path, plan.device)
+    trainer, start = live.take(key, chunk.start), chunk.start
+    if trainer is not None:
+        log.info("Continuing from step %d in memory (its checkpoint commits in the background)", start)
+    else:
+        live.wait_for_commits()
+        if store.latest_step() >= chunk.end:
+            log.info("Steps %d-%d already committed; nothing to train", chunk.start, chunk.end)
+            return ChunkOutcome(end=chunk.end, started_at=chunk.end, trained_steps=0, mean_loss=None)
+        trainer, start = _restore(plan, session, store, chunk, log)
     log.info("Chunk %d/%d: training steps %d-%d of %d", chunk.index, chunk.count, start, chunk.end,
              plan.total_steps)
     monitor.chunk_started(start, chunk.end, plan.total_steps)  # [ui]
     mean_loss = _train(trainer, start, chunk.end, monitor, _with_snapshots(plan, session, after_step))
-    store.save(chunk.end, trainer.state_writers(), meta={"fingerprint": plan.fingerprint,
-                                                        "method": plan.options.method,
-                                                        "samples_seen": chunk.end})
-    monitor.chunk_finished()  # [ui] after the commit: timing, loss plot, UI callbacks
+    live.commit_in_background(store, chunk.end, trainer.state_writers(), meta={
+        "fingerprint": plan.fingerprint, "method": plan.options.method, "samples_seen": chunk.end})
+    monitor.chunk_finished()  # [ui] timing, loss plot, UI callbacks (loss.csv was written in _train)
+    samples = _samples(plan, chunk, session, trainer, log)
+    live.keep(key, chunk.end, trainer)
     return ChunkOutcome(end=chunk.end, started_at=start, trained_steps=chunk.end - start,
-                        mean_loss=mean_loss, samples=_samples(plan, chunk, session, trainer, log))
+                        mean_loss=mean_loss, samples=samples)
+
+
+def _restore(plan: TrainingPlan, session: Session, store: CheckpointStore, chunk: Chunk,
+             log: logging.Logger) -> tuple[Trainer, int]:
+    checkpoint = resume_point(store, plan, chunk.end)
+    trainer = build_trainer(plan, session)
+    if checkpoint is None:
+        return trainer, 0
+    trainer.load_state(checkpoint)
+    log.info("Resuming from committed checkpoint at step %d", checkpoint.step)
+    return trainer, checkpoint.step
 
 
 def _with_snapshots(plan: TrainingPlan, session: Session, after_step: AfterStep | None) -> AfterStep:

@@ -55,6 +55,9 @@ class Trainer:
         self.class_groups = [[i for i, e in enumerate(self.class_examples) if e.subject == s]
                              for s in subjects] if self.class_examples else []
         self.latents = LatentCache(parts.vae, options.cache_latents)
+        if options.channels_last:
+            parts.unet.to(memory_format=torch.channels_last)
+        self.unet = torch.compile(parts.unet) if options.compile else parts.unet
         self._frozen_embeddings: dict[str, torch.Tensor] = {}
 
     # -- one step -------------------------------------------------------------
@@ -100,7 +103,7 @@ class Trainer:
             if prediction_type == "v_prediction" else noise
         with self._autocast():
             condition = self._condition([e.caption for _, _, e in chosen], step)
-            prediction = self.parts.unet(noisy, timesteps, condition).sample
+            prediction = self.unet(noisy, timesteps, condition).sample
         per_example = per_example_loss(prediction, target, timesteps, scheduler.alphas_cumprod,
                                        prediction_type, o.min_snr_gamma)
         return dreambooth_loss(per_example, len(draw.instances), o.prior_loss_weight)
@@ -138,10 +141,11 @@ class Trainer:
         """Embeddings with gradients while the text side trains; cached once it is frozen."""
         if self.trainables.embeddings is not None or self.text_encoder_trains_at(step):
             return self._encode(captions)
-        missing = [c for c in dict.fromkeys(captions) if c not in self._frozen_embeddings]
-        if missing:
-            with torch.no_grad():
-                for caption in missing:
+        with torch.no_grad():
+            if not self.options.cache_text_embeddings:
+                return torch.cat([self._encode([c]) for c in captions])
+            for caption in dict.fromkeys(captions):
+                if caption not in self._frozen_embeddings:
                     self._frozen_embeddings[caption] = self._encode([caption])
         return torch.cat([self._frozen_embeddings[c] for c in captions])
 
@@ -160,8 +164,9 @@ class Trainer:
     # -- checkpoint state -----------------------------------------------------
 
     def state_writers(self) -> dict[str, Writer]:
+        """Writers over a copy of the state: training may go on while they write."""
         weights = _cpu(self.trainables.named())
-        optimizer = {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+        optimizer = _cpu_copy({"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()})
         writers = {
             WEIGHTS_FILE: lambda f: f.write(safetensors.torch.save(weights)),
             OPTIMIZER_FILE: lambda f: torch.save(optimizer, f),
@@ -219,7 +224,18 @@ def _randn(shape, generator: torch.Generator, device: torch.device) -> torch.Ten
 
 
 def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+
+
+def _cpu_copy(value):
+    """A copy of a nested state dict with every tensor copied to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _cpu_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu_copy(v) for v in value)
+    return value
 
 
 def pixels_from_png(data: bytes) -> torch.Tensor:

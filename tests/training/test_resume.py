@@ -82,7 +82,7 @@ def corrupt_then_train_further(api_url, tmp_path, photos, damage) -> str:
     storage = tmp_path / "sessions"
     first = run_cli(api_url, tmp_path, *train_args(storage, "ref", photos, steps=8))
     assert first.returncode == 0, first.stderr[-3000:]
-    weights = storage / "ref" / "checkpoints" / "step-000008" / "unet.safetensors"
+    weights = storage / "ref" / "checkpoints" / "step-000008" / "weights.safetensors"
     weights.write_bytes(damage(weights.read_bytes()))
     second = run_cli(api_url, tmp_path, *train_args(storage, "ref", photos))
     assert second.returncode == 0, second.stderr[-3000:]
