@@ -92,6 +92,7 @@ class TrainingMonitor:
     def chunk_started(self, start: int, end: int, total: int) -> None:
         """Training resumes after step `start`: its later rows will be written again."""
         self.start, self.end, self.total = start, end, total
+        self.session.remove_temporary("reports")  # what a killed run's report writes left
         self.loss_log.restart_after(start)
         self.pending: list[tuple[int, torch.Tensor, float | None]] = []
         self.chunk_losses: list[float] = []

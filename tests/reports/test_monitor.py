@@ -75,6 +75,15 @@ def run_chunk(session: Session, losses: list[float], start: int, total: int, **o
     return seen
 
 
+def test_a_killed_report_write_leaves_nothing_once_training_resumes(tmp_path):
+    session = Session(str(tmp_path), "s")
+    leftover = tmp_path / "s" / "reports" / "timing.json.tmp-0123abcd"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_text('{"chunks": {"4"')
+    run_chunk(session, [1.0, 1.0], 0, 2)
+    assert sorted(p.name for p in leftover.parent.iterdir()) == ["loss.csv", "loss.png", "timing.json"]
+
+
 def test_progress_reports_steps_speed_time_left_and_loss(tmp_path):
     session = Session(str(tmp_path), "s")
     seen = run_chunk(session, [1.0, 3.0, 2.0, 2.0, 5.0], start=10, total=20, log_every=2)
