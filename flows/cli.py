@@ -12,7 +12,8 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from tasks.config import DreamBoothConfig
-from tasks.errors import ConfigError, DreamBoothError
+from tasks.errors import ConfigError, DreamBoothError, SessionError
+from tasks.reports.terminal import shows_bars
 from tasks.session import Session
 from tasks.session_state import stored_config
 
@@ -89,6 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
                      else field.description)
         validate.add_argument(_flag(name), help=f"{help_text} (default: {options['default']})",
                               **options)
+    status = commands.add_parser(
+        "status", help="Show sessions: steps done of total, last committed checkpoint, outputs.",
+        description="What the session storage says about each session (or one): its state, "
+                    "steps committed of the total, the last committed checkpoint, the latest "
+                    "loss and the output files with their sizes. Reads the storage only; no "
+                    "Prefect server is needed.")
+    status.add_argument("session", nargs="?", help="One session to show in detail (default: all).")
+    status.add_argument("--storage", default=DreamBoothConfig.model_fields["storage"].default,
+                        help="Where sessions live, as for train (default: %(default)s).")
+    status.add_argument("--json", action="store_true", help="Print the status as JSON.")
     return parser
 
 
@@ -149,6 +160,10 @@ def _quiet_libraries() -> None:
     for library in (diffusers_logging, transformers_logging):
         library.set_verbosity_error()
         library.disable_progress_bar()
+    if shows_bars():  # Hugging Face downloads keep their byte bars on a terminal
+        import huggingface_hub.utils
+
+        huggingface_hub.utils.enable_progress_bars()
 
 
 def train(flags: dict[str, Any]) -> int:
@@ -245,12 +260,36 @@ def validate(args: dict[str, Any]) -> int:
     return 0
 
 
+def status(args: dict[str, Any]) -> int:
+    import dataclasses
+    import json
+
+    from tasks.reports.status import list_sessions, session_status, status_lines, status_table
+
+    storage, name = args["storage"], args["session"]
+    names = list_sessions(storage)
+    if name is not None and name not in names:
+        known = f"Sessions there: {', '.join(names)}." if names else "There are no sessions there."
+        raise SessionError(f"no session {name!r} in storage {storage!r}. {known} Pass the "
+                           "--storage the session was trained with, or another session name.")
+    statuses = [session_status(Session(storage, n)) for n in ([name] if name else names)]
+    if args["json"]:
+        print(json.dumps([dataclasses.asdict(s) for s in statuses], indent=2))
+    elif name:
+        print("\n".join(status_lines(statuses[0])))
+    elif statuses:
+        print("\n".join(status_table(statuses)))
+    else:
+        print(f"No sessions in {storage}. Start one: dreambooth train --session NAME --photos DIR")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
     try:
         handlers = {"train": train, "tokens": tokens, "validate": validate, "upload": upload,
-                    "automations": automations}
+                    "automations": automations, "status": status}
         return handlers[command](args)
     except DreamBoothError as exc:
         print(f"error: {exc}", file=sys.stderr)

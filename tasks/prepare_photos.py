@@ -1,15 +1,15 @@
 """@task: copy the originals into the session and prepare square training images."""
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 
 from tasks.config import digest
-from tasks.dataset.contact_sheet import CONTACT_SHEET, contact_sheet_markdown
+from tasks.dataset.contact_sheet import CONTACT_SHEET
 from tasks.dataset.photos import hash_inputs, photos_digest, recorded_photos, uses_given_photos
 from tasks.dataset.prepare import PreparedDataset, build_dataset, method
 from tasks.model.fetch import LocalModel
 from tasks.session_state import SessionRef, artifact_key
 from tasks.training.model_parts import native_resolution
+from tasks.ui_artifacts import publish_image
 
 
 def _cache_key(context, p) -> str:
@@ -28,8 +28,8 @@ def prepare_photos(ref: SessionRef, photos: str | None, resolution: int | None,
     size = resolution or native_resolution(model.path)
     session = ref.open()
     dataset = build_dataset(session, photos, size, get_run_logger())
-    create_markdown_artifact(
-        contact_sheet_markdown(session.read_bytes(CONTACT_SHEET), dataset.count, size,
-                               f"{session.url}/{CONTACT_SHEET}"),
-        key=artifact_key("contact-sheet", session.name), description=f"Prepared photos of session {session.name}")
+    title = f"Prepared photos of session {session.name}"
+    publish_image(session, CONTACT_SHEET, artifact_key("contact-sheet", session.name), title,
+                  f"# {title}\n\n{dataset.count} photos, cropped square around the face (centre "
+                  f"when none is found) and resized to {size}x{size}.\n")
     return dataset

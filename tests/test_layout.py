@@ -11,7 +11,8 @@ REPO = Path(__file__).resolve().parent.parent
 PLAIN_PACKAGES = ["tasks.config", "tasks.session", "tasks.training.run", "tasks.export.outputs", "tasks.dataset.validate",
                   "tasks.model.fetch", "tasks.dataset.prepare", "tasks.captions.manifest",
                   "tasks.captions.token_report", "tasks.generation.class_images",
-                  "tasks.generation.samples", "tasks.storage.lease"]
+                  "tasks.generation.samples", "tasks.storage.lease", "tasks.reports.monitor",
+                  "tasks.reports.status", "tasks.reports.summary", "tasks.reports.images"]
 
 
 def imports_of(path: Path) -> set[str]:

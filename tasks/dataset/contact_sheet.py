@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import math
 
@@ -29,13 +28,3 @@ def contact_sheet(images: list[bytes], thumbnail: int = THUMBNAIL, fmt: str = "P
     sheet.save(out, format=fmt, **({"quality": 85} if fmt == "JPEG" else {}))
     return out.getvalue()
 
-
-def contact_sheet_markdown(sheet_png: bytes, count: int, resolution: int, location: str) -> str:
-    """Markdown that shows the sheet by itself (a JPEG data URI: no link to private storage)."""
-    with Image.open(io.BytesIO(sheet_png)) as sheet:
-        out = io.BytesIO()
-        sheet.convert("RGB").save(out, format="JPEG", quality=85)
-    return (f"# Prepared photos\n\n{count} photos, cropped square around the face (centre when "
-            f"none is found) and resized to {resolution}x{resolution}.\n\n"
-            f"![contact sheet](data:image/jpeg;base64,{base64.b64encode(out.getvalue()).decode()})\n\n"
-            f"Full-size sheet: `{location}`\n")

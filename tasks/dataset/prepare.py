@@ -24,6 +24,7 @@ from tasks.dataset.contact_sheet import CONTACT_SHEET, contact_sheet
 from tasks.dataset.crop import PREPARE_VERSION, PreparedPhoto, prepare_or_error
 from tasks.dataset.photos import PHOTOS, import_photos, is_image, photos_digest, training_started
 from tasks.errors import DatasetError
+from tasks.reports.terminal import progress_bar
 from tasks.session import Session
 
 DATASET = "dataset"
@@ -100,7 +101,9 @@ def prepare_dataset(session: Session, names: list[str], resolution: int,
     todo = [name for name in names if name not in items]
     problems = []
     results = prepare_many([(name, sources[name]) for name in todo], resolution, workers)
+    bar = progress_bar(len(todo), "prepare photos", unit="photo")  # [ui] on a terminal
     for name, result in zip(todo, results):
+        bar.update()
         if isinstance(result, DatasetError):
             problems.append(str(result))
             continue
@@ -109,6 +112,7 @@ def prepare_dataset(session: Session, names: list[str], resolution: int,
         items[name] = {"file": file, "source": f"{PHOTOS}/{name}", "source_sha256": hashes[name],
                        "crop_box": list(result.crop_box),
                        "face_box": list(result.face_box) if result.face_box else None}
+    bar.close()
     if problems:
         raise DatasetError("some photos cannot be used:\n  " + "\n  ".join(problems))
     log.info("Prepared %d photos at %dx%d (%d reused)", len(todo), resolution, resolution,

@@ -18,6 +18,7 @@ import httpx
 
 from tasks.errors import ModelError, NetworkError
 from tasks.model.cache import file_lock
+from tasks.reports.terminal import progress_bar
 
 _TIMEOUT = httpx.Timeout(60.0, connect=15.0)
 _PROGRESS_EVERY_S = 30.0
@@ -134,13 +135,16 @@ def _fetch_into(client: httpx.Client, url: str, part: Path, offset: int, log: lo
 def _copy_body(response: httpx.Response, stream, done: int, total: int | None, url: str,
                log: logging.Logger) -> None:
     last_report = time.monotonic()
+    bar = progress_bar(total, f"download {url_filename(url)}", initial=done, unit="B")  # [ui] on a terminal
     for chunk in response.iter_bytes():  # no chunk size: keep every byte that arrived if cut off
         stream.write(chunk)
         done += len(chunk)
+        bar.update(len(chunk))
         if time.monotonic() - last_report > _PROGRESS_EVERY_S:
             last_report = time.monotonic()
             of_total = f" of {total / 1e6:.0f}" if total else ""
             log.info("Downloading %s: %.0f%s MB", url, done / 1e6, of_total)
+    bar.close()
 
 
 def _refuse_web_page(response: httpx.Response, url: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Callable
 
 import torch
@@ -12,6 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from tasks.config import Chunk
 from tasks.dataset.prepare import MANIFEST
 from tasks.errors import SessionError
+from tasks.reports.monitor import TrainingMonitor
 from tasks.session import Session
 from tasks.training import live
 from tasks.training.checkpoint import Checkpoint, CheckpointStore
@@ -23,8 +23,6 @@ from tasks.generation.samples import Samples, render_samples
 from tasks.training.plan import TrainingPlan
 from tasks.training.preemption import StopRequest, TrainingStopped, save_on_stop, stop_requests
 from tasks.training.trainer import Example, Trainer, pixels_from_png
-
-LOG_EVERY = 50
 
 AfterStep = Callable[[Trainer, int], None]
 
@@ -71,7 +69,8 @@ def build_trainer(plan: TrainingPlan, session: Session, rank: int = 0, world: in
 
 
 def train_chunk_steps(plan: TrainingPlan, chunk: Chunk, log: logging.Logger | None = None,
-                      after_step: AfterStep | None = None, rank: int = 0, world: int = 1) -> ChunkOutcome:
+                      after_step: AfterStep | None = None, monitor: TrainingMonitor | None = None,
+                      rank: int = 0, world: int = 1) -> ChunkOutcome:
     """Make sure a committed checkpoint at `chunk.end` (or later) exists."""
     log = log or logging.getLogger("dreambooth")
     if plan.gpus > 1 and world == 1:
@@ -79,6 +78,8 @@ def train_chunk_steps(plan: TrainingPlan, chunk: Chunk, log: logging.Logger | No
     if world > 1:
         return _train_chunk_as_rank(plan, chunk, log, rank, world)
     session = plan.session.open()
+    # Loss log, progress and loss plot; the Prefect task passes one with UI callbacks.
+    monitor = monitor or TrainingMonitor(session, [c.end for c in plan.chunks], log)
     store = CheckpointStore(session, plan.keep_checkpoints, log)
     key = (plan.session.uid, plan.fingerprint, plan.model_path, plan.device)
     trainer, start = live.take(key, chunk.start), chunk.start
@@ -92,9 +93,10 @@ def train_chunk_steps(plan: TrainingPlan, chunk: Chunk, log: logging.Logger | No
         trainer, start = _restore(plan, session, store, chunk, log)
     log.info("Chunk %d/%d: training steps %d-%d of %d", chunk.index, chunk.count, start, chunk.end,
              plan.total_steps)
+    monitor.chunk_started(start, chunk.end, plan.total_steps)
     # SIGTERM (preemption) stops training after the current step; see preemption.py.
     with stop_requests(plan.preemption_grace) as stop:
-        mean_loss, reached = _train(trainer, start, chunk.end, log,
+        mean_loss, reached = _train(trainer, start, chunk.end, monitor,
                                     _with_snapshots(plan, session, after_step), stop)
         if stop.requested:
             live.wait_for_commits()  # the previous chunk's checkpoint comes first
@@ -103,6 +105,7 @@ def train_chunk_steps(plan: TrainingPlan, chunk: Chunk, log: logging.Logger | No
             live.commit_in_background(store, chunk.end, trainer.state_writers(), _meta(plan, chunk.end))
     if stop.requested:  # reached only when the previous SIGTERM handler ignores the signal
         raise TrainingStopped(f"training stopped at step {reached} on SIGTERM")
+    monitor.chunk_finished()  # timing, loss plot, UI callbacks (loss.csv was written in _train)
     samples = _samples(plan, chunk, session, trainer, log)
     live.keep(key, chunk.end, trainer)
     return ChunkOutcome(end=chunk.end, started_at=start, trained_steps=chunk.end - start,
@@ -117,11 +120,15 @@ def _train_chunk_as_rank(plan: TrainingPlan, chunk: Chunk, log: logging.Logger, 
     if store.latest_step() >= chunk.end:
         return ChunkOutcome(end=chunk.end, started_at=chunk.end, trained_steps=0, mean_loss=None)
     trainer, start = _restore(plan, session, store, chunk, log, rank, world)
-    mean_loss, _ = _train(trainer, start, chunk.end, log if rank == 0 else logging.getLogger("quiet"),
+    monitor = TrainingMonitor(session, [c.end for c in plan.chunks], log) if rank == 0 else None
+    if monitor:
+        monitor.chunk_started(start, chunk.end, plan.total_steps)
+    mean_loss, _ = _train(trainer, start, chunk.end, monitor,
                           _with_snapshots(plan, session, None) if rank == 0 else None)
     samples = None
-    if rank == 0:
+    if monitor:
         store.save(chunk.end, trainer.state_writers(), _meta(plan, chunk.end))
+        monitor.chunk_finished()
         samples = _samples(plan, chunk, session, trainer, log)
     return ChunkOutcome(end=chunk.end, started_at=start, trained_steps=chunk.end - start,
                         mean_loss=mean_loss, samples=samples)
@@ -166,21 +173,20 @@ def _samples(plan: TrainingPlan, chunk: Chunk, session: Session, trainer: Traine
                           tokenizer=parts.tokenizer, log=log)
 
 
-def _train(trainer: Trainer, start: int, end: int, log: logging.Logger,
+def _train(trainer: Trainer, start: int, end: int, monitor: TrainingMonitor | None,
            after_step: AfterStep | None, stop: StopRequest | None = None) -> tuple[float, int]:
     """Train steps [start, end), or until a stop request. Returns (mean loss, step reached)."""
-    losses, began = [], time.perf_counter()
+    losses = []
     for step in range(start, end):
         losses.append(trainer.step(step))
+        if monitor:
+            # Buffers the loss tensor; reads it (a device sync) and logs every few steps,
+            # writing reports/loss.csv before the checkpoint commit.
+            monitor.step(step, losses[-1], trainer.optimizer.param_groups[0]["lr"])
         if after_step:
             after_step(trainer, step + 1)
-        done = step + 1 - start
-        stopping = stop is not None and stop.requested
-        if done % LOG_EVERY == 0 or step + 1 == end or stopping:
-            # .item() waits for the device: only at log intervals.
-            recent = torch.stack(losses[-LOG_EVERY:]).mean().item()
-            rate = done / (time.perf_counter() - began)
-            log.info("step %d/%d  loss %.4f  %.2f it/s", step + 1, end, recent, rate)
-        if stopping:
+        if stop is not None and stop.requested:
+            if monitor:
+                monitor.flush(step + 1)
             return torch.stack(losses).mean().item(), step + 1
     return torch.stack(losses).mean().item(), end

@@ -73,6 +73,7 @@ def test_killed_runs_resume_to_the_uninterrupted_model(prefect_api_url, referenc
     assert_same_weights(final_unet(session), final_unet(reference))
     for output in ("ref.safetensors", "ref.ckpt"):
         assert sha256(session / output) == sha256(reference / output)
+    assert (session / "reports" / "loss.csv").read_text() == (reference / "reports" / "loss.csv").read_text()
     assert not [p for p in session.rglob("*") if ".tmp-" in p.name], "temporary files left behind"
 
 

@@ -1,0 +1,78 @@
+"""A session's state from its storage alone: steps, checkpoints, loss, outputs."""
+
+import pytest
+
+from tasks.errors import StorageError
+from tasks.reports.loss_log import LossLog, LossRow
+from tasks.reports.status import list_sessions, session_status, status_lines, status_table
+from tasks.session import Session
+from tasks.session_state import update_state
+from tasks.training.checkpoint import CheckpointStore
+
+
+def partly_trained(storage: str, name: str = "shrk") -> Session:
+    session = Session(storage, name)
+    update_state(session, status="new", config={"model": "org/model", "revision": "v1"}, total_steps=10)
+    store = CheckpointStore(session)
+    for step in (2, 4):
+        store.save(step, {"unet.safetensors": lambda f: f.write(b"w" * 100)}, meta={})
+    log = LossLog(session)
+    log.extend([LossRow(step, 1.0 / step, 1e-6) for step in range(1, 6)])
+    log.flush()
+    return session
+
+
+def test_a_partly_trained_session_shows_its_committed_steps_and_latest_loss(tmp_path):
+    status = session_status(partly_trained(str(tmp_path)))
+    assert status.state == "partly trained"
+    assert (status.latest_step, status.total_steps, status.committed) == (4, 10, [2, 4])
+    assert (status.last_logged_step, status.last_loss) == (5, 0.2)
+    assert status.model == "org/model@v1" and status.committed_at is not None
+    lines = "\n".join(status_lines(status))
+    assert "steps:       4 of 10 committed" in lines and "checkpoint:  step 4, committed 20" in lines
+    assert "loss:        0.2000 at step 5" in lines
+
+
+def test_a_corrupt_latest_checkpoint_does_not_count(tmp_path):
+    session = partly_trained(str(tmp_path))
+    (tmp_path / "shrk" / "checkpoints" / "step-000004" / "unet.safetensors").write_bytes(b"short")
+    assert session_status(session).latest_step == 2
+
+
+def test_a_complete_session_lists_its_outputs_with_sizes(tmp_path):
+    session = partly_trained(str(tmp_path))
+    CheckpointStore(session).save(10, {"unet.safetensors": lambda f: f.write(b"w")}, meta={})
+    session.write_bytes("shrk.safetensors", b"x" * 2_500_000)
+    session.write_bytes("diffusers/unet/model.safetensors", b"y" * 1500)
+    update_state(session, status="complete", export={"step": 10}, outputs={"shrk.safetensors": 2_500_000})
+    status = session_status(session)
+    assert status.state == "complete"
+    assert status.outputs == {"shrk.safetensors": 2_500_000, "diffusers/": 1500}
+    table = status_table([status])
+    assert table[0].split() == ["session", "state", "steps", "checkpoint", "outputs"]
+    assert table[1].split()[:4] == ["shrk", "complete", "10/10", "step"]
+    assert "shrk.safetensors (2.5 MB), diffusers/ (1.5 KB)" in table[1]
+
+
+def test_a_session_trained_further_is_complete_again_only_after_its_export(tmp_path):
+    session = partly_trained(str(tmp_path))
+    update_state(session, status="complete", export={"step": 4}, total_steps=4)
+    assert session_status(session).state == "complete"
+    update_state(session, total_steps=10)  # trained further: 10 steps are asked for now
+    assert session_status(session).state == "partly trained"
+    CheckpointStore(session).save(10, {"unet.safetensors": lambda f: f.write(b"w")}, meta={})
+    assert session_status(session).state == "trained, not exported"
+
+
+def test_sessions_are_the_folders_with_a_session_file(tmp_path):
+    partly_trained(str(tmp_path), "b")
+    partly_trained(str(tmp_path), "a")
+    (tmp_path / "not-a-session").mkdir()
+    assert list_sessions(str(tmp_path)) == ["a", "b"]
+    assert list_sessions(str(tmp_path / "missing")) == []
+    assert not (tmp_path / "missing").exists()  # looking creates nothing
+
+
+def test_an_unreadable_storage_is_a_clear_error(tmp_path):
+    with pytest.raises(StorageError, match="cannot read session storage 'nosuchproto://x'"):
+        list_sessions("nosuchproto://x")
