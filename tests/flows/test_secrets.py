@@ -59,8 +59,11 @@ def prefect_logs() -> str:
     from prefect.logging.handlers import APILogHandler
 
     APILogHandler().flush()
+    messages = []
     with get_client(sync_client=True) as client:
-        return "\n".join(log.message for log in client.read_logs())
+        while page := client.read_logs(offset=len(messages), limit=200):  # every log of the server
+            messages += [log.message for log in page]
+    return "\n".join(messages)
 
 
 def prefect_records() -> str:

@@ -60,9 +60,10 @@ def service_account_info() -> dict:
             "client_id": "1", "token_uri": "https://oauth2.googleapis.com/token"}
 
 
-def test_gcs_images_get_a_signed_url_valid_for_a_week(tmp_path):
+def test_gcs_images_get_a_signed_url_valid_for_a_week(tmp_path, monkeypatch):
     import gcsfs
 
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)  # real Google URLs, as in production
     key_file = tmp_path / "key.json"
     key_file.write_text(json.dumps(service_account_info()))
     fs = gcsfs.GCSFileSystem(project="demo", token=str(key_file))

@@ -32,7 +32,7 @@ def test_killed_runs_on_gcs_resume_to_the_uninterrupted_model(prefect_api_url, r
         fs.invalidate_cache()
         assert not fs.exists(f"{session}/ref.safetensors") or kill_at is None
 
-    weights = fs.cat_file(f"{session}/checkpoints/step-{STEPS:06d}/unet.safetensors")
+    weights = fs.cat_file(f"{session}/checkpoints/step-{STEPS:06d}/weights.safetensors")
     assert_same_weights(safetensors.torch.load(weights), final_unet(reference))
     for output in ("ref.safetensors", "ref.ckpt"):
         assert hashlib.sha256(fs.cat_file(f"{session}/{output}")).hexdigest() == sha256(reference / output)
