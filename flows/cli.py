@@ -15,7 +15,7 @@ from tasks.config import DreamBoothConfig
 from tasks.errors import ConfigError, DreamBoothError, SessionError
 from tasks.reports.terminal import shows_bars
 from tasks.session import Session
-from tasks.session_state import stored_config
+from tasks.session_state import open_named_session, stored_config
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -135,12 +135,7 @@ def _add_cloud_commands(commands) -> None:
 def config_from_flags(flags: dict[str, Any]) -> DreamBoothConfig:
     """The session's stored configuration updated with the flags given now."""
     storage = flags.get("storage", DreamBoothConfig.model_fields["storage"].default)
-    if flags.get("storage_block"):
-        from tasks.session_storage import open_named_session
-
-        session = open_named_session(storage, flags["storage_block"], flags["session"])
-    else:
-        session = Session(storage, flags["session"])
+    session = open_named_session(storage, flags.get("storage_block"), flags["session"])
     stored = stored_config(session) or {}
     for name in ("photos", "lease_wait"):  # how this run was started, not settings of the session
         stored.pop(name, None)

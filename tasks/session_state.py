@@ -25,12 +25,17 @@ class SessionRef(BaseModel):
     storage_block: str | None = None  # a block's name, never its credentials
 
     def open(self) -> Session:
-        if self.storage_block:
-            # Credentials are read from Prefect's block store here, in the process that uses them.
-            from blocks.session_storage import load_session_storage
+        return open_named_session(self.storage, self.storage_block, self.name)
 
-            return load_session_storage(self.storage_block).open_session(self.name)
-        return Session(self.storage, self.name)
+
+def open_named_session(storage: str, storage_block: str | None, name: str) -> Session:
+    """A session on a storage URL, or on the storage a block names."""
+    if storage_block:
+        # Credentials are read from Prefect's block store here, in the process that uses them.
+        from blocks.session_storage import load_session_storage
+
+        return load_session_storage(storage_block).open_session(name)
+    return Session(storage, name)
 
 
 def artifact_key(kind: str, session: str) -> str:

@@ -10,15 +10,8 @@ from prefect import get_run_logger
 
 from tasks.config import DreamBoothConfig, digest
 from tasks.session import Session
+from tasks.session_state import open_named_session
 from tasks.storage.lease import SessionLease
-
-
-def open_named_session(storage: str, storage_block: str | None, name: str) -> Session:
-    if storage_block:
-        from blocks.session_storage import load_session_storage
-
-        return load_session_storage(storage_block).open_session(name)
-    return Session(storage, name)
 
 
 def open_config_session(config: DreamBoothConfig) -> Session:
