@@ -22,26 +22,26 @@ from tasks.training.model_parts import ModelParts
 DIFFUSERS = "diffusers"
 
 
+def original_layout(model_path: str, unet, vae, text_encoder, name: str) -> tuple[dict, dict]:
+    """(state dict in the original single-file layout, its model-spec metadata)."""
+    # SD 2.x: the base single file's final text-encoder layer etc. when it was one (else neutral).
+    state = to_single_file_state(unet, vae, text_encoder, load_extras(model_path))
+    return state, model_spec_metadata(detect_family(model_path), name)
+
+
 def full_model_files(model_path: str, parts: ModelParts, name: str, step: int, dtype: torch.dtype,
-                     out: Path, diffusers_folder: bool = True) -> list[str]:
+                     out: Path) -> list[str]:
     """`<name>.safetensors` and `.ckpt` in the original layout, and a diffusers folder."""
     from diffusers import StableDiffusionPipeline
 
     pipeline = StableDiffusionPipeline.from_pretrained(
         model_path, unet=parts.unet, text_encoder=parts.text_encoder,
         safety_checker=None, requires_safety_checker=False).to(dtype=dtype)
-    written = []
-    if diffusers_folder:
-        pipeline.save_pretrained(out / DIFFUSERS, safe_serialization=True)
-        written.append(DIFFUSERS)
-    # SD 2.x: the base single file's final text-encoder layer etc. when it was one (else neutral).
-    state = to_single_file_state(pipeline.unet, pipeline.vae, pipeline.text_encoder, load_extras(model_path))
-    metadata = model_spec_metadata(detect_family(model_path), name)
-    formats = ("safetensors", "ckpt") if diffusers_folder else ("safetensors",)
-    for fmt in formats:
+    pipeline.save_pretrained(out / DIFFUSERS, safe_serialization=True)
+    state, metadata = original_layout(model_path, pipeline.unet, pipeline.vae, pipeline.text_encoder, name)
+    for fmt in ("safetensors", "ckpt"):
         save_single_file(state, out / f"{name}.{fmt}", fmt, step, metadata)
-        written.append(f"{name}.{fmt}")
-    return written
+    return [DIFFUSERS, f"{name}.safetensors", f"{name}.ckpt"]
 
 
 def lora_files(parts: ModelParts, trainables: Trainables, name: str, dtype: torch.dtype,
@@ -52,7 +52,5 @@ def lora_files(parts: ModelParts, trainables: Trainables, name: str, dtype: torc
 
 
 def embedding_files(trainables: Trainables, step: int, dtype: torch.dtype, out: Path) -> list[str]:
-    vectors = {token: trainables.embeddings[i:i + 1].detach().to(dtype)
-               for i, token in enumerate(trainables.new_tokens)}
-    export_embeddings(vectors, out, step)
+    export_embeddings(trainables.token_vectors(dtype), out, step)
     return sorted(p.name for p in out.iterdir())

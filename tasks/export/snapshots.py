@@ -13,10 +13,8 @@ import torch
 
 from tasks.export.embedding import export_embeddings
 from tasks.export.lora import save_kohya_lora
-from tasks.model.family import detect_family
-from tasks.model.model_spec import model_spec_metadata
-from tasks.model.openclip_layout import load_extras
-from tasks.model.single_file import save_single_file, to_single_file_state
+from tasks.export.method_files import original_layout
+from tasks.model.single_file import save_single_file
 from tasks.session import Session
 from tasks.training.methods import Trainables
 from tasks.training.model_parts import ModelParts
@@ -46,13 +44,12 @@ def _write_local(out: Path, model_path: str, method: str, parts: ModelParts, tra
         text_encoder = parts.text_encoder if trainables.text_encoder else None
         save_kohya_lora(parts.unet, text_encoder, out / f"{name}.safetensors", dtype=torch.float16)
     elif method == "textual-inversion":
-        export_embeddings({t: trainables.embeddings[i:i + 1].detach().half().cpu()
-                           for i, t in enumerate(trainables.new_tokens)}, out, step, write_pt=False)
+        export_embeddings(trainables.token_vectors(torch.float16), out, step, write_pt=False)
     else:
-        state = to_single_file_state(parts.unet, parts.vae, parts.text_encoder, load_extras(model_path))
+        # The training modules stay fp32: the snapshot converts a copy of each tensor.
+        state, metadata = original_layout(model_path, parts.unet, parts.vae, parts.text_encoder, name)
         state = {k: v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.cpu()
                  for k, v in state.items()}
-        metadata = model_spec_metadata(detect_family(model_path), name)
         save_single_file(state, out / f"{name}.safetensors", "safetensors", step, metadata)
 
 

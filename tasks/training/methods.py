@@ -33,6 +33,11 @@ class Trainables:
             named["embeddings"] = self.embeddings
         return named
 
+    def token_vectors(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """Textual inversion: each new token's learned embedding, shape (1, width), on the CPU."""
+        return {token: self.embeddings[i:i + 1].detach().to("cpu", dtype)
+                for i, token in enumerate(self.new_tokens)}
+
 
 class NewTokenEmbedding(torch.nn.Module):
     """The text encoder's token embedding, with trainable rows for tokens added after it."""
