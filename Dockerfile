@@ -18,6 +18,7 @@ ENV DREAMBOOTH_HOME=/app \
 WORKDIR /app
 COPY pyproject.toml README.md prefect.yaml ./
 COPY flows flows
+COPY dreambooth_core dreambooth_core
 COPY tasks tasks
 COPY blocks blocks
 RUN pip install --no-cache-dir . && python -c "import torch, flows.dreambooth"

@@ -30,8 +30,8 @@ from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tasks.dataset.crop import centre_square  # noqa: E402
-from tasks.dataset.prepare import prepare_many  # noqa: E402
+from dreambooth_core.photos.crop import centre_square  # noqa: E402
+from dreambooth_core.photos.prepare import prepare_many  # noqa: E402
 
 
 def make_photos(folder: Path, count: int, width: int, height: int, seed: int = 0) -> list[Path]:

@@ -24,13 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tasks.model.tiny import build_tiny_model, write_tiny_tokenizer  # noqa: E402
-from tasks.session import Session  # noqa: E402
-from tasks.training.checkpoint import CheckpointStore  # noqa: E402
-from tasks.training.model_parts import ModelParts, load_model_parts  # noqa: E402
-from tasks.training.options import TrainingOptions  # noqa: E402
-from tasks.training.plan import resolve_precision  # noqa: E402
-from tasks.training.trainer import Example, Trainer  # noqa: E402
+from dreambooth_core.config import RuntimeSettings, TrainingSettings  # noqa: E402
+from dreambooth_core.model.tiny import build_tiny_model, write_tiny_tokenizer  # noqa: E402
+from dreambooth_core.session.checkpoints import CheckpointStore  # noqa: E402
+from dreambooth_core.session.folder import Session  # noqa: E402
+from dreambooth_core.training.model_parts import ModelParts, load_model_parts  # noqa: E402
+from dreambooth_core.training.trainer import Example, Trainer  # noqa: E402
 
 # Published SD 1.5 component configurations (unet/vae/text_encoder config.json).
 SD15_UNET = dict(sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
@@ -63,7 +62,7 @@ def sd15_parts(device: torch.device, folder: Path) -> tuple[ModelParts, int]:
 
 
 def tiny_parts(device: torch.device, folder: Path) -> tuple[ModelParts, int]:
-    from tasks.model.tiny import TINY_RESOLUTION
+    from dreambooth_core.model.tiny import TINY_RESOLUTION
 
     return load_model_parts(str(build_tiny_model(folder)), device), TINY_RESOLUTION
 
@@ -91,7 +90,8 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
     pixels = torch.rand(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(0)) * 2 - 1
     examples = [Example(pixels=pixels, caption="photo of shrk person", subject="shrk")]
     classes = [Example(pixels=-pixels, caption="photo of person", subject="shrk")] if args.prior else []
-    trainer = Trainer(parts, examples, options_from(args, device), classes)
+    trainer = Trainer(parts, examples, training_from(args), total_steps=args.warmup + args.steps,
+                      runtime=runtime_from(args), class_examples=classes)
     for step in range(args.warmup):
         trainer.step(step)
     synchronize(device)
@@ -111,10 +111,9 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
         "model": args.model, "device": str(device), "machine": platform.node(),
         "gpu": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "resolution": resolution, "steps": args.steps,
-        "options": trainer.options.model_dump(include={"method", "mixed_precision", "optimizer",
-                                                       "gradient_checkpointing", "batch_size",
-                                                       "text_encoder_steps", "cache_latents", "channels_last",
-                                                       "compile"}) | {"prior": args.prior},
+        "options": trainer.settings.model_dump(include={"method", "optimizer", "batch_size", "text_encoder_steps"})
+        | trainer.runtime.model_dump(include={"gradient_checkpointing", "cache_latents", "channels_last", "compile"})
+        | {"mixed_precision": trainer.precision, "prior": args.prior},
         "it_per_s": round(1 / seconds_per_step, 2), "ms_per_step": round(seconds_per_step * 1e3, 1),
         "peak_memory_gb": round(peak_memory_gb(device), 2), "final_loss": round(loss.item(), 4),
         "checkpoint_gb": round(sum(f.stat().st_size for f in (work / "sessions").rglob("*") if f.is_file()) / 1e9, 3),
@@ -128,13 +127,16 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
     }
 
 
-def options_from(args: argparse.Namespace, device: torch.device) -> TrainingOptions:
-    return TrainingOptions(
-        method=args.method, total_steps=args.warmup + args.steps, learning_rate=2e-6,
-        mixed_precision=resolve_precision(args.mixed_precision, device), optimizer=args.optimizer,
-        gradient_checkpointing=args.gradient_checkpointing, batch_size=args.batch_size,
-        text_encoder_steps=args.text_encoder_steps, cache_latents=not args.no_cache,
-        cache_text_embeddings=not args.no_cache, channels_last=args.channels_last, compile=args.compile)
+def training_from(args: argparse.Namespace) -> TrainingSettings:
+    return TrainingSettings(method=args.method, learning_rate=2e-6, mixed_precision=args.mixed_precision,
+                            optimizer=args.optimizer, batch_size=args.batch_size,
+                            text_encoder_steps=args.text_encoder_steps)
+
+
+def runtime_from(args: argparse.Namespace) -> RuntimeSettings:
+    return RuntimeSettings(gradient_checkpointing=args.gradient_checkpointing, cache_latents=not args.no_cache,
+                           cache_text_embeddings=not args.no_cache, channels_last=args.channels_last,
+                           compile=args.compile)
 
 
 def main(argv: list[str] | None = None) -> None:

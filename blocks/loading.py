@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect.blocks.core import Block
 
-from tasks.errors import ConfigError
+from dreambooth_core.errors import ConfigError
 
 
 def load_block(kind: type[Block], name: str, field: str) -> Block:

@@ -19,8 +19,9 @@ from pydantic import Field, SecretStr
 
 from blocks.loading import load_block
 from blocks.redaction import remember_secret
-from tasks.session import Session, open_storage
-from tasks.storage.filesystem import filesystem_for
+from dreambooth_core.session.filesystem import filesystem_for
+from dreambooth_core.session.folder import Session, open_storage
+from dreambooth_core.session.storage import use_block_storage
 
 RESULTS_FOLDER = ".prefect-results"
 
@@ -95,3 +96,6 @@ class SessionStorage(WritableFileSystem):
 def load_session_storage(name: str) -> SessionStorage:
     """The saved block `name`, read once per process."""
     return load_block(SessionStorage, name, "storage_block")
+
+
+use_block_storage(load_session_storage)  # how the plain library opens a session named by a block

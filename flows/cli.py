@@ -10,36 +10,49 @@ import typing
 from typing import Any, Literal
 
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
-from tasks.config import DreamBoothConfig
-from tasks.errors import ConfigError, DreamBoothError, SessionError
-from tasks.reports.terminal import shows_bars
-from tasks.session import Session
-from tasks.session_state import open_named_session, stored_config
+from dreambooth_core.config import SECTION_OF, SECTIONS, DreamBoothConfig, InputSettings
+from dreambooth_core.errors import ConfigError, DreamBoothError, SessionError
+from dreambooth_core.model.family import SMALLEST_SD_RESOLUTION
+from dreambooth_core.reports.terminal import shows_bars
+from dreambooth_core.session.folder import Session
+from dreambooth_core.session.state import stored_config
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-DEFAULT_VALIDATION_RESOLUTION = 512
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def setting(name: str) -> FieldInfo:
+    """The declaration of setting `name` in its section of DreamBoothConfig."""
+    return SECTIONS[SECTION_OF[name]].model_fields[name]
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per DreamBoothConfig field, with its description and default."""
-    for name, field in DreamBoothConfig.model_fields.items():
-        kind = _base_type(field.annotation)
-        options: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
-        if typing.get_origin(kind) is Literal:
-            options["choices"] = typing.get_args(kind)
-        elif kind in (int, float):
-            options["type"] = kind
-        elif kind is bool:
-            options["action"] = argparse.BooleanOptionalAction
-        default = "" if field.is_required() or field.default is None else f" (default: {field.default})"
-        parser.add_argument(_flag(name), help=field.description + default,
-                            required=field.is_required(), **options)
+    """One flag per setting, with its description and default, grouped by section."""
+    _add_flag(parser, "session", DreamBoothConfig.model_fields["session"])
+    for section, kind in SECTIONS.items():
+        group = parser.add_argument_group(section.replace("_", " "),
+                                          DreamBoothConfig.model_fields[section].description)
+        for name, field in kind.model_fields.items():
+            _add_flag(group, name, field)
+
+
+def _add_flag(parser, name: str, field: FieldInfo) -> None:
+    kind = _base_type(field.annotation)
+    options: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
+    if typing.get_origin(kind) is Literal:
+        options["choices"] = typing.get_args(kind)
+    elif kind in (int, float):
+        options["type"] = kind
+    elif kind is bool:
+        options["action"] = argparse.BooleanOptionalAction
+    default = "" if field.is_required() or field.default is None else f" (default: {field.default})"
+    parser.add_argument(_flag(name), help=field.description + default, required=field.is_required(), **options)
 
 
 def _base_type(annotation: Any) -> Any:
@@ -61,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="How the base model's tokenizer splits WORD, whether a piece is a word the "
                     "model already knows, and a verdict (good / risky / bad) with the reason.")
     tokens.add_argument("word", nargs="?", help="The identifier to check, e.g. shrk.")
-    tokens.add_argument("--model", default=DreamBoothConfig.model_fields["model"].default,
+    tokens.add_argument("--model", default=setting("model").default,
                         help="Base model whose tokenizer judges the word (as for train; 'tiny' "
                              "works offline).")
     tokens.add_argument("--revision", default=None, help="Hub revision of --model.")
@@ -77,11 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--photos", required=True, help="Folder of photos (as for train).")
     validate.add_argument("--json", action="store_true", help="Print the report as JSON.")
     for name in ("resolution", "token", "class_word", "subject_type", "allow_several_faces"):
-        field = DreamBoothConfig.model_fields[name]
+        field = setting(name)
         kind = _base_type(field.annotation)
         options: dict[str, Any] = {"dest": name, "default": field.default}
         if name == "resolution":
-            options.update(type=int, default=DEFAULT_VALIDATION_RESOLUTION)
+            options.update(type=int, default=SMALLEST_SD_RESOLUTION)
         elif kind is bool:
             options["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is Literal:
@@ -97,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "loss and the output files with their sizes. Reads the storage only; no "
                     "Prefect server is needed.")
     status.add_argument("session", nargs="?", help="One session to show in detail (default: all).")
-    status.add_argument("--storage", default=DreamBoothConfig.model_fields["storage"].default,
+    status.add_argument("--storage", default=setting("storage").default,
                         help="Where sessions live, as for train (default: %(default)s).")
     status.add_argument("--json", action="store_true", help="Print the status as JSON.")
     return parser
@@ -134,16 +147,26 @@ def _add_cloud_commands(commands) -> None:
 
 def config_from_flags(flags: dict[str, Any]) -> DreamBoothConfig:
     """The session's stored configuration updated with the flags given now."""
-    storage = flags.get("storage", DreamBoothConfig.model_fields["storage"].default)
-    session = open_named_session(storage, flags.get("storage_block"), flags["session"])
-    stored = stored_config(session) or {}
+    from flows.session_storage import open_config_session
+
+    inputs = InputSettings(storage=flags.get("storage", setting("storage").default),
+                           storage_block=flags.get("storage_block"))
+    session = open_config_session(inputs, flags["session"])
+    config = stored_config(session)
+    stored = config.flat() if config else {}
     for name in ("photos", "lease_wait"):  # how this run was started, not settings of the session
         stored.pop(name, None)
     try:
         return DreamBoothConfig(**{**stored, **flags})
     except ValidationError as exc:
-        problems = "; ".join(f"{_flag(str(e['loc'][0]))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{_flag(_setting_at(e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"invalid settings: {problems}.") from None
+
+
+def _setting_at(location: tuple) -> str:
+    """The setting a validation error is about: ('training', 'resolution') -> 'resolution'."""
+    names = [str(part) for part in location]
+    return next((n for n in reversed(names) if n in SECTION_OF or n == "session"), names[-1])
 
 
 def _quiet_libraries() -> None:
@@ -169,7 +192,7 @@ def train(flags: dict[str, Any]) -> int:
     config = config_from_flags(flags)
     hide_user_error_tracebacks()
     result = dreambooth_train(config)
-    files = ", ".join(result.files) + (", diffusers/" if config.method == "dreambooth" else "")
+    files = ", ".join(result.files) + (", diffusers/" if config.training.method == "dreambooth" else "")
     print(f"Done: session {config.session!r} trained to step {result.step}; outputs: {files}")
     return 0
 
@@ -181,10 +204,10 @@ def upload(flags: dict[str, Any]) -> int:
     if not flags.get("photos"):
         raise ConfigError("upload needs --photos: the folder whose photos go into the session.")
     config, count = upload_photos(config_from_flags(flags))
-    print(f"Uploaded {count} photos to session {config.session!r} ({config.storage})")
+    print(f"Uploaded {count} photos to session {config.session!r} ({config.inputs.storage})")
     if emit_uploaded(config, deployment) is None:
         print("No Prefect server is set (PREFECT_API_URL), so no training run was triggered. "
-              f"Train with: dreambooth train --session {config.session} --storage {config.storage}",
+              f"Train with: dreambooth train --session {config.session} --storage {config.inputs.storage}",
               file=sys.stderr)
         return 0
     print(f"Sent the upload event: deployment {deployment!r} starts training it "
@@ -193,8 +216,9 @@ def upload(flags: dict[str, Any]) -> int:
 
 
 def automations(args: dict[str, Any]) -> int:
-    from flows.automations import apply_automations, default_heartbeat_timeout
     from prefect.settings import PREFECT_API_URL
+
+    from flows.automations import apply_automations, default_heartbeat_timeout
 
     if not PREFECT_API_URL.value():
         raise ConfigError("automations live on a Prefect server: set PREFECT_API_URL (e.g. "
@@ -208,12 +232,12 @@ def automations(args: dict[str, Any]) -> int:
 
 
 def tokens(args: dict[str, Any]) -> int:
-    from tasks.captions.analysis import analyse_token
-    from tasks.captions.suggest import suggest_tokens
-    from tasks.captions.token_report import analysis_lines
-    from tasks.captions.tokenizer import load_tokenizer
+    from dreambooth_core.captions.analysis import analyse_token
+    from dreambooth_core.captions.suggest import suggest_tokens
+    from dreambooth_core.captions.token_report import analysis_lines
+    from dreambooth_core.captions.tokenizer import load_tokenizer
+    from dreambooth_core.model.fetch import fetch_model
     from tasks.fetch_base_model import model_cache_dir
-    from tasks.model.fetch import fetch_model
 
     word = (args["word"] or "").strip()
     if not word and not args["suggest"]:
@@ -232,8 +256,8 @@ def tokens(args: dict[str, Any]) -> int:
 
 
 def validate(args: dict[str, Any]) -> int:
-    from tasks.captions.classes import parse_class_words
-    from tasks.dataset.validate import ValidationSettings, report_text, summary_line, validate_folder
+    from dreambooth_core.captions.classes import parse_class_words
+    from dreambooth_core.photos.validate import ValidationSettings, report_text, summary_line, validate_folder
 
     resolution = args.pop("resolution")
     if resolution < 64 or resolution % 8:
@@ -244,7 +268,7 @@ def validate(args: dict[str, Any]) -> int:
         raise ConfigError(f"--class-word: {exc}.") from None
     settings = ValidationSettings(
         resolution=resolution, resolution_from="--resolution" if resolution !=
-        DEFAULT_VALIDATION_RESOLUTION else "default; pass --resolution for another model",
+        SMALLEST_SD_RESOLUTION else "default; pass --resolution for another model",
         token=args["token"], class_word=args["class_word"],
         subject_type=args["subject_type"], allow_several_faces=args["allow_several_faces"])
     report = validate_folder(args["photos"], settings)
@@ -259,7 +283,7 @@ def status(args: dict[str, Any]) -> int:
     import dataclasses
     import json
 
-    from tasks.reports.status import list_sessions, session_status, status_lines, status_table
+    from dreambooth_core.reports.status import list_sessions, session_status, status_lines, status_table
 
     storage, name = args["storage"], args["session"]
     names = list_sessions(storage)

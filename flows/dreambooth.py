@@ -1,24 +1,27 @@
-"""The DreamBooth flow: the order of the steps, nothing else."""
+"""The DreamBooth flow: the order of the steps, nothing else.
+
+Each step is a task (tasks/<step>.py) that calls the plain library (dreambooth_core/).
+"""
 
 import time
 
 from prefect import flow, get_run_logger
 
+from dreambooth_core.config import DreamBoothConfig
+from dreambooth_core.export.outputs import ExportResult
+from dreambooth_core.reports.summary import RunFacts
+from dreambooth_core.training.live import LiveTraining
+from flows.session_storage import result_storage, session_lease
+from tasks.artifacts import publish_summary, start_training_progress
 from tasks.caption_photos import caption_photos
-from tasks.captions.manifest import CaptionSettings
 from tasks.check_tokens import check_tokens
-from tasks.config import DreamBoothConfig
-from tasks.export.outputs import ExportResult
 from tasks.export_model import export_model
 from tasks.fetch_base_model import fetch_base_model
 from tasks.generate_class_images import generate_class_images
 from tasks.open_session import open_session
 from tasks.plan_training import plan_training
 from tasks.prepare_photos import prepare_photos
-from tasks.session_storage import result_storage, session_lease
-from tasks.reports.summary import RunFacts
 from tasks.train_chunk import train_chunk
-from tasks.ui_artifacts import publish_summary, start_training_progress
 from tasks.validate_photos import validate_photos
 
 
@@ -26,24 +29,25 @@ from tasks.validate_photos import validate_photos
 def dreambooth_train(config: DreamBoothConfig) -> ExportResult:
     """Fine-tune a Stable Diffusion model on a session's photos, resumably."""
     began = time.monotonic()
-    with session_lease(config):  # one writer per session
-        results = result_storage(config)  # task results beside the sessions
+    with session_lease(config), LiveTraining() as live:  # one writer per session; its trainer and commits
+        results = result_storage(config.inputs)  # task results beside the sessions
         ref = open_session(config)
-        validate_photos(ref, config)  # before the model download: bad photos stop the run here
-        model = fetch_base_model(config)
-        dataset = prepare_photos(ref, config.photos, config.resolution, model)
-        captions = caption_photos(ref, dataset, model, CaptionSettings(
-            token=config.token, template=config.instance_prompt, class_word=config.class_word,
-            class_template=config.class_prompt))
-        check_tokens(ref, model, captions, config.bad_token)
-        class_images = generate_class_images(ref, model, dataset.resolution, config)
+        photos = validate_photos(ref, config)  # before the model download: bad photos stop the run here
+        model = fetch_base_model(config.base_model, config.inputs.hf_credentials_block)
+        resolution = config.training.resolution_for(model.family.resolution)  # decided once, here
+        dataset = prepare_photos(ref, photos, resolution)
+        captions = caption_photos(ref, dataset, model, config.captions)
+        check_tokens(ref, model, captions, config.checks.bad_token)
+        class_images = generate_class_images(ref, model, resolution, config.training,
+                                             config.captions.class_prompt, config.runtime.device)
         plan = plan_training(ref, config, model, dataset, captions, class_images)
         progress = start_training_progress(plan)
         # A chunk past the last committed checkpoint cannot have a valid cached result.
         chunks = [train_chunk.with_options(refresh_cache=chunk.end > plan.resume_step, **results)(
-            plan, chunk, progress, return_state=True) for chunk in plan.chunks]
+            plan, chunk, config.samples, live, progress, return_state=True) for chunk in plan.chunks]
         outcomes = [state.result() for state in chunks]
-        exported = export_model.with_options(refresh_cache=not plan.exported, **results)(plan, return_state=True)
+        exported = export_model.with_options(refresh_cache=not plan.exported, **results)(
+            plan, config.export, live, return_state=True)
         cached = sum(state.name == "Cached" for state in chunks)
         trained = sum(o.trained_steps for o, s in zip(outcomes, chunks) if s.name != "Cached")
         get_run_logger().info("Trained %d steps in this run; %d of %d chunks were cached%s", trained,

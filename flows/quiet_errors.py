@@ -7,7 +7,7 @@ the traceback is dropped; bugs keep theirs.
 
 import logging
 
-from tasks.errors import DreamBoothError
+from dreambooth_core.errors import DreamBoothError
 
 
 class HideUserErrorTracebacks(logging.Filter):

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.config import DreamBoothConfig
-from tasks.dataset.photos import import_photos
-from tasks.session import Session
-from tasks.session_state import open_or_create
+from dreambooth_core.config import DreamBoothConfig
+from dreambooth_core.photos.originals import import_photos
+from dreambooth_core.session.folder import Session
+from dreambooth_core.session.state import open_or_create
 
 UPLOADED = "dreambooth.photos.uploaded"
 
@@ -26,11 +26,12 @@ def shared_storage(storage: str) -> str:
 def upload_photos(config: DreamBoothConfig) -> tuple[DreamBoothConfig, int]:
     """Create or open the session, copy the photos in; returns the configuration a triggered
     run should use (the session's photos, storage as the worker sees it) and the photo count."""
-    config = config.model_copy(update={"storage": shared_storage(config.storage)})
-    session = Session(config.storage, config.session)
+    inputs = config.inputs.model_copy(update={"storage": shared_storage(config.inputs.storage)})
+    config = config.model_copy(update={"inputs": inputs})
+    session = Session(inputs.storage, config.session)
     open_or_create(session, config)
-    hashes = import_photos(session, config.photos)
-    return config.model_copy(update={"photos": None}), len(hashes)
+    photos = import_photos(session, inputs.photos)
+    return config.model_copy(update={"inputs": inputs.model_copy(update={"photos": None})}), len(photos.photos)
 
 
 def emit_uploaded(config: DreamBoothConfig, deployment: str) -> str | None:
@@ -45,7 +46,7 @@ def emit_uploaded(config: DreamBoothConfig, deployment: str) -> str | None:
         event=UPLOADED,
         resource={"prefect.resource.id": f"dreambooth.session.{config.session}",
                   "prefect.resource.name": config.session,
-                  "dreambooth.storage": config.storage,
+                  "dreambooth.storage": config.inputs.storage,
                   "dreambooth.deployment": deployment},
         payload={"config": config.model_dump(mode="json")},
     )

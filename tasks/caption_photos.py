@@ -2,16 +2,18 @@
 
 from prefect import get_run_logger, task
 
-from tasks.captions.manifest import Captions, CaptionSettings, caption_dataset
-from tasks.captions.tokenizer import load_tokenizer
-from tasks.config import digest
-from tasks.dataset.prepare import PreparedDataset
-from tasks.model.fetch import LocalModel
-from tasks.session_state import SessionRef
+from dreambooth_core.captions.captioning import Captions, caption_dataset
+from dreambooth_core.captions.tokenizer import load_tokenizer
+from dreambooth_core.config import CaptionSettings
+from dreambooth_core.hashing import digest
+from dreambooth_core.model.fetch import LocalModel
+from dreambooth_core.photos.prepare import PreparedDataset
+from dreambooth_core.session.storage import SessionRef
+from tasks import RESULTS
 
 
 def _cache_key(context, p) -> str:
-    return digest(["captions", p["ref"].uid, p["dataset"].digest, p["model"].digest,
+    return digest(["captions", RESULTS, p["ref"].uid, p["dataset"].digest, p["model"].digest,
                    p["settings"].model_dump()])
 
 

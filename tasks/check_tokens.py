@@ -3,12 +3,18 @@
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.captions.manifest import Captions
-from tasks.captions.token_report import (bad_token_error, build_token_report, report_markdown,
-                                         write_token_report)
-from tasks.captions.tokenizer import load_tokenizer
-from tasks.model.fetch import LocalModel
-from tasks.session_state import SessionRef, artifact_key, update_state
+from dreambooth_core.captions.captioning import Captions
+from dreambooth_core.captions.token_report import (
+    bad_token_error,
+    build_token_report,
+    report_markdown,
+    write_token_report,
+)
+from dreambooth_core.captions.tokenizer import load_tokenizer
+from dreambooth_core.model.fetch import LocalModel
+from dreambooth_core.session.state import update_state
+from dreambooth_core.session.storage import SessionRef
+from tasks.artifacts import artifact_key
 
 
 @task(name="check-tokens", task_run_name="check tokens")
@@ -23,7 +29,7 @@ def check_tokens(ref: SessionRef, model: LocalModel, captions: Captions, bad_tok
     for subject in report.subjects:
         log.info("Token %r: %s (%s)", subject.token, subject.analysis.verdict, subject.analysis.reason)
     verdicts = {s.token: s.analysis.verdict for s in report.subjects}
-    update_state(session, subjects=verdicts)
+    update_state(session, token_verdicts=verdicts)
     error = bad_token_error(report)
     if error and bad_token == "stop":
         raise error

@@ -1,38 +1,43 @@
-"""@task: train one chunk of steps and commit its checkpoint; show its samples."""
+"""@task: train one chunk of steps and commit its checkpoint; show its loss and samples."""
 
 from uuid import UUID
 
 from prefect import get_run_logger, task
 
-from tasks.config import Chunk, digest
-from tasks.generation.samples import Samples, samples_markdown
-from tasks.reports.monitor import TrainingMonitor
-from tasks.session import Session
-from tasks.session_state import artifact_key
-from tasks.training.plan import TrainingPlan
-from tasks.training.run import ChunkOutcome, train_chunk_steps
-from tasks.ui_artifacts import loss_plot_publisher, progress_updater, publish_image
+from dreambooth_core.config import SampleSettings
+from dreambooth_core.export.snapshots import SnapshotHook
+from dreambooth_core.generation.samples import SampleHook, sample_spec, samples_markdown, saved_samples
+from dreambooth_core.hashing import digest
+from dreambooth_core.session.dataset_manifest import require_dataset_manifest
+from dreambooth_core.training.chunk import ChunkHooks, ChunkOutcome
+from dreambooth_core.training.launcher import run_chunk
+from dreambooth_core.training.live import LiveTraining
+from dreambooth_core.training.plan import Chunk, TrainingPlan
+from tasks import RESULTS
+from tasks.artifacts import artifact_key, loss_plot_publisher, progress_updater, publish_image
 
 
 def _cache_key(context, p) -> str:
-    return digest(["chunk", p["plan"].session.uid, p["plan"].fingerprint, p["chunk"].end])
-
-
-def publish_samples(session: Session, samples: Samples) -> None:
-    publish_image(session, samples.grid, artifact_key("samples", session.name),
-                  f"Samples of session {session.name} at step {samples.step}",
-                  samples_markdown(session, samples))
+    return digest(["chunk", RESULTS, p["plan"].session.uid, p["plan"].fingerprint, p["chunk"].end])
 
 
 @task(name="train-chunk", task_run_name="train steps {chunk.start}-{chunk.end}",
       cache_key_fn=_cache_key, persist_result=True)
-def train_chunk(plan: TrainingPlan, chunk: Chunk, progress: UUID | None = None) -> ChunkOutcome:
-    """`progress`: the run's progress artifact, updated as steps complete."""
+def train_chunk(plan: TrainingPlan, chunk: Chunk, samples: SampleSettings, live: LiveTraining,
+                progress: UUID | None = None) -> ChunkOutcome:
+    """`live`: the run's trainer and background commits; `progress`: its progress artifact."""
     log, session = get_run_logger(), plan.session.open()
-    monitor = TrainingMonitor(session, [c.end for c in plan.chunks], log,
-                              on_progress=[progress_updater(progress, session.name)],
-                              on_chunk_end=[loss_plot_publisher(session)])
-    outcome = train_chunk_steps(plan, chunk, log, monitor=monitor)
-    if outcome.samples is not None:
-        publish_samples(session, outcome.samples)
+    spec = sample_spec(samples, require_dataset_manifest(session).subjects, plan.resolution,
+                       plan.training.seed)
+    hooks = ChunkHooks(
+        after_step=SnapshotHook(plan.session, plan.model_path, plan.family, samples.snapshot_every,
+                                samples.keep_snapshots) if samples.snapshot_every else None,
+        after_chunk=SampleHook(plan.session, plan.model_path, spec, samples.sample_every) if spec else None,
+        on_progress=(progress_updater(progress, session.name),),
+        on_chunk_end=(loss_plot_publisher(session),))
+    outcome = run_chunk(plan, chunk, live, hooks, log)
+    shown = saved_samples(session, chunk.end, spec) if spec and outcome.trained_steps else None
+    if shown is not None:
+        publish_image(session, shown.grid, artifact_key("samples", session.name),
+                      f"Samples of session {session.name} at step {shown.step}", samples_markdown(session, shown))
     return outcome

@@ -1,19 +1,35 @@
-"""@task: check every photo before anything slow happens; report; stop on errors."""
+"""@task: check every photo before anything slow happens; report; stop on errors.
+
+The photos are read once: the given folder is checked and, when usable, imported
+into the session in the same pass."""
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.config import DreamBoothConfig
-from tasks.dataset.validate import (dataset_error, report_markdown, settings_from_config, summary_line,
-                                    validate_for_session, warning_lines, write_dataset_report)
-from tasks.session_state import SessionRef, artifact_key
+from dreambooth_core.config import DreamBoothConfig
+from dreambooth_core.model.family import expected_resolution
+from dreambooth_core.photos.originals import PhotoSet
+from dreambooth_core.photos.validate import (
+    ValidationSettings,
+    check_session_photos,
+    dataset_error,
+    report_markdown,
+    summary_line,
+    warning_lines,
+    write_dataset_report,
+)
+from dreambooth_core.session.storage import SessionRef
+from tasks.artifacts import artifact_key
 
 
 @task(name="validate-photos", task_run_name="validate photos")
-def validate_photos(ref: SessionRef, config: DreamBoothConfig) -> dict[str, int]:
-    """Returns {verdict: number of photos}."""
+def validate_photos(ref: SessionRef, config: DreamBoothConfig) -> PhotoSet:
+    """Returns the session's photo set (names and hashes), for the later steps."""
     session = ref.open()
-    report = validate_for_session(session, config.photos, settings_from_config(config))
+    # The model is not fetched yet: sizes are judged against the resolution it is expected to have.
+    resolution, source = expected_resolution(config.base_model.model, config.training.resolution)
+    settings = ValidationSettings.of(config.captions, config.checks, resolution, source)
+    report, photos = check_session_photos(session, config.inputs.photos, settings)
     write_dataset_report(session, report)
     create_markdown_artifact(report_markdown(report), key=artifact_key("dataset", session.name),
                              description=f"Photo check of session {session.name}")
@@ -24,4 +40,4 @@ def validate_photos(ref: SessionRef, config: DreamBoothConfig) -> dict[str, int]
     error = dataset_error(report)
     if error:
         raise error
-    return report.verdicts
+    return photos

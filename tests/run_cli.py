@@ -35,8 +35,10 @@ def _counting(original, n, partial=None):
 
 
 def arm(point: str, n: str) -> None:
-    import tasks.session as session
-    from tasks.training import checkpoint, trainer
+    import dreambooth_core.session.folder as session
+    from dreambooth_core.session import checkpoints as checkpoint
+    from dreambooth_core.session.paths import CHECKPOINT_MANIFEST
+    from dreambooth_core.training import trainer
 
     if point == "step":
         trainer.Trainer.step = _counting(trainer.Trainer.step, int(n))
@@ -51,7 +53,7 @@ def arm(point: str, n: str) -> None:
         calls = {"n": 0}
 
         def write(self, relative, writer):
-            if relative.endswith(checkpoint.MANIFEST):
+            if relative.endswith(CHECKPOINT_MANIFEST):
                 calls["n"] += 1
                 if calls["n"] == int(n):
                     _die()

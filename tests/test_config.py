@@ -1,27 +1,10 @@
-"""Derived values: step counts and the chunk plan."""
+"""The configuration: sections, flat settings, what the training fingerprint covers."""
 
 import pytest
 from pydantic import ValidationError
 
-from tasks.config import DreamBoothConfig, differing_fields, plan_chunks, total_steps
-
-
-def test_default_steps_follow_the_hundred_per_photo_rule():
-    assert total_steps(DreamBoothConfig(session="s"), 5) == 500
-    assert total_steps(DreamBoothConfig(session="s"), 40) == 4000
-    assert total_steps(DreamBoothConfig(session="s", steps=1500), 40) == 1500
-
-
-def test_chunks_cover_every_step_once_and_end_on_multiples():
-    chunks = plan_chunks(1100, 500)
-    assert [(c.start, c.end) for c in chunks] == [(0, 500), (500, 1000), (1000, 1100)]
-    assert [(c.index, c.count) for c in chunks] == [(1, 3), (2, 3), (3, 3)]
-
-
-def test_extending_a_run_keeps_its_earlier_chunks():
-    def ranges(chunks):
-        return [(c.start, c.end) for c in chunks]
-    assert ranges(plan_chunks(1000, 500)) == ranges(plan_chunks(1500, 500))[:2]
+from dreambooth_core.config import SECTION_OF, SECTIONS, DreamBoothConfig, TrainingSettings
+from dreambooth_core.session.state import differing_fields
 
 
 def test_differing_fields_names_only_changes():
@@ -33,3 +16,34 @@ def test_differing_fields_names_only_changes():
 def test_invalid_values_are_refused(bad):
     with pytest.raises(ValidationError):
         DreamBoothConfig(**bad)
+
+
+def test_flat_settings_land_in_their_sections_and_come_back_flat():
+    flat = {"session": "s", "model": "tiny", "photos": "p", "token": "shrk", "steps": 8, "chunk_steps": 4,
+            "sample_every": 0, "export_precision": "fp32", "bad_token": "warn"}
+    config = DreamBoothConfig(**flat)
+    assert (config.base_model.model, config.inputs.photos, config.captions.token, config.training.steps,
+            config.runtime.chunk_steps, config.samples.sample_every, config.export.export_precision,
+            config.checks.bad_token) == ("tiny", "p", "shrk", 8, 4, 0, "fp32", "warn")
+    assert DreamBoothConfig(**config.flat()) == config
+    assert DreamBoothConfig(**config.model_dump()) == config
+    # A section given whole and a flat setting of the same section combine.
+    assert DreamBoothConfig(session="s", training={"seed": 3}, steps=8).training == TrainingSettings(seed=3, steps=8)
+
+
+def test_every_setting_has_one_section_and_a_description():
+    names = [name for kind in SECTIONS.values() for name in kind.model_fields]
+    assert len(names) == len(set(names)) == len(SECTION_OF)
+    assert all(field.description for kind in SECTIONS.values() for field in kind.model_fields.values())
+
+
+def test_the_fingerprint_is_the_training_sections_whole_except_steps():
+    config = DreamBoothConfig(session="s", model="tiny", token="shrk", steps=8, chunk_steps=4, seed=2)
+    values = config.training_values()
+    assert set(values) == (set(config.base_model.model_dump()) | set(config.captions.model_dump())
+                           | set(config.training.model_dump())) - {"steps"}
+    assert values["seed"] == 2 and values["model"] == "tiny" and values["token"] == "shrk"
+    # Settings that change speed, samples or outputs never change it.
+    faster = DreamBoothConfig(**{**config.flat(), "chunk_steps": 2, "gradient_checkpointing": True,
+                                 "sample_every": 0, "export_precision": "fp32", "device": "cpu", "steps": 16})
+    assert faster.training_values() == values

@@ -1,4 +1,5 @@
-"""The repository's shape: the top level users expect, Prefect kept at the edge."""
+"""The repository's shape: the top level users expect, a plain library that never imports
+Prefect, imports that only go downward, and no import circle."""
 
 import ast
 import subprocess
@@ -8,50 +9,135 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-PLAIN_PACKAGES = ["tasks.config", "tasks.session", "tasks.training.run", "tasks.export.outputs", "tasks.dataset.validate",
-                  "tasks.model.fetch", "tasks.dataset.prepare", "tasks.captions.manifest",
-                  "tasks.captions.token_report", "tasks.generation.class_images",
-                  "tasks.generation.samples", "tasks.storage.lease", "tasks.reports.monitor",
-                  "tasks.reports.status", "tasks.reports.summary", "tasks.reports.images"]
+LIBRARY = "dreambooth_core"
+EDGE = {"prefect", "flows", "tasks", "blocks"}
+# The library's packages from the bottom up: a package imports only from earlier levels.
+LEVELS = [{"errors", "hashing"}, {"config"}, {"session"}, {"reports"}, {"captions"}, {"photos", "model"},
+          {"training"}, {"generation", "export"}]
+
+
+def modules(package: str) -> dict[str, Path]:
+    """{dotted module name: file} of every module in a top-level package of the repository."""
+    found = {}
+    for path in sorted((REPO / package).rglob("*.py")):
+        parts = list(path.relative_to(REPO).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
 
 
 def imports_of(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
+    """Every module a file imports, at any depth (inside functions too)."""
     names = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            names |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module.split(".")[0])
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
     return names
 
 
+def level_of(module: str) -> int:
+    part = module.split(".")[1] if "." in module else ""
+    return next(i for i, level in enumerate(LEVELS) if part in level)
+
+
 def test_top_level_layout():
-    for name in ("flows", "tasks", "blocks", "tests", "prefect.yaml", "pyproject.toml", "README.md"):
+    for name in ("flows", "tasks", "blocks", "tests", LIBRARY, "prefect.yaml", "pyproject.toml", "README.md"):
         assert (REPO / name).exists(), name
 
 
-def test_only_flows_and_task_wrappers_import_prefect():
-    offenders = [p.relative_to(REPO) for p in (REPO / "tasks").rglob("*.py")
-                 if p.parent != REPO / "tasks" and "prefect" in imports_of(p)]
-    assert not offenders, f"plain code imports prefect: {offenders}"
+def test_every_library_package_has_a_level():
+    packages = {name.split(".")[1] for name in modules(LIBRARY) if "." in name}
+    assert packages == set().union(*LEVELS)
 
 
-def test_plain_code_imports_without_prefect_installed():
-    blocker = ("import sys\n"
+def test_the_library_never_imports_prefect_or_the_pipeline_around_it():
+    offenders = {name: sorted(top for top in {i.split(".")[0] for i in imports_of(path)} if top in EDGE)
+                 for name, path in modules(LIBRARY).items()}
+    assert not {name: found for name, found in offenders.items() if found}
+
+
+def test_the_library_imports_without_prefect_installed():
+    blocker = ("import importlib, pkgutil, sys\n"
                "class NoPrefect:\n"
                "    def find_spec(self, name, path=None, target=None):\n"
                "        if name.split('.')[0] == 'prefect': raise ImportError('prefect is blocked')\n"
                "sys.meta_path.insert(0, NoPrefect())\n"
-               + "".join(f"import {module}\n" for module in PLAIN_PACKAGES))
+               + "".join(f"import {module}\n" for module in modules(LIBRARY)))
     result = subprocess.run([sys.executable, "-c", blocker], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_library_imports_only_go_downward():
+    upward = []
+    for name, path in modules(LIBRARY).items():
+        if "." not in name:
+            continue
+        own = name.split(".")[1]
+        for target in imports_of(path):
+            parts = target.split(".")
+            if parts[0] != LIBRARY or len(parts) < 2 or parts[1] == own:
+                continue
+            if parts[1] in set().union(*LEVELS) and level_of(target) >= level_of(name):
+                upward.append(f"{name} -> {target}")
+    assert not upward
+
+
+def test_the_edge_points_inward():
+    """blocks never import tasks or flows; tasks never import flows."""
+    wrong = [f"{name} -> {target}" for package, forbidden in (("blocks", {"tasks", "flows"}), ("tasks", {"flows"}))
+             for name, path in modules(package).items() for target in imports_of(path)
+             if target.split(".")[0] in forbidden]
+    assert not wrong
+
+
+def test_tasks_hold_the_tasks_and_only_they_do():
+    def tasks_in(path: Path) -> list[str]:
+        tree = ast.parse(path.read_text())
+        return [node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)
+                and any("task" == getattr(d.func if isinstance(d, ast.Call) else d, "id", None)
+                        for d in node.decorator_list)]
+    helpers = {"tasks", "tasks.artifacts"}
+    assert all(tasks_in(path) for name, path in modules("tasks").items() if name not in helpers)
+    elsewhere = [name for package in (LIBRARY, "flows", "blocks")
+                 for name, path in modules(package).items() if tasks_in(path)]
+    assert not elsewhere
+
+
+def test_there_is_no_import_circle():
+    project = {}
+    for package in (LIBRARY, "tasks", "flows", "blocks"):
+        project |= modules(package)
+
+    def targets(name: str) -> set[str]:
+        return {t for t in imports_of(project[name]) if t in project and t != name}
+
+    graph = {name: targets(name) for name in project}
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: list[str]) -> list[str] | None:
+        state[name] = "open"
+        for target in sorted(graph[name]):
+            if state.get(target) == "open":
+                return path + [name, target]
+            if target not in state and (cycle := visit(target, path + [name])):
+                return cycle
+        state[name] = "done"
+        return None
+
+    for name in sorted(graph):
+        if name not in state:
+            cycle = visit(name, [])
+            assert cycle is None, " -> ".join(cycle)
 
 
 def test_prefect_yaml_deployments_load_the_flow_with_valid_parameters():
     from prefect.flows import load_flow_from_entrypoint
 
-    from tasks.config import DreamBoothConfig
+    from dreambooth_core.config import DreamBoothConfig
 
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     for deployment in spec["deployments"]:

@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "train_speed.py"
 
 
+@pytest.mark.slow
 def test_benchmark_reports_speed_memory_and_checkpoint_cost():
     result = subprocess.run([sys.executable, str(SCRIPT), "--model", "tiny", "--device", "cpu",
                              "--steps", "3", "--warmup", "1"], capture_output=True, text=True, timeout=300)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tasks.captions.analysis import COMMON_MERGES
-from tasks.captions.tokenizer import load_tokenizer
-from tasks.model.tiny import byte_alphabet, word_merges, write_tiny_tokenizer
+from dreambooth_core.captions.analysis import COMMON_MERGES
+from dreambooth_core.captions.tokenizer import load_tokenizer
+from dreambooth_core.model.tiny import byte_alphabet, word_merges, write_tiny_tokenizer
 
 CLIP_VOCAB = Path(__file__).resolve().parents[1] / "data" / "bpe_simple_vocab_16e6.txt.gz"
 CLIP_MERGES = 49152 - 256 - 2  # the merges CLIP's tokenizer uses (the file holds more)
@@ -63,11 +63,10 @@ def write_photos(folder: Path, files: dict[str, str | None]) -> Path:
 @pytest.fixture
 def prepared(tmp_path):
     """A function: photos (see write_photos) -> a session with them imported and prepared."""
-    from tasks.dataset.prepare import build_dataset
-    from tasks.session import Session
+    from sessions import opened_session, prepare_folder
 
-    def prepare(files: dict[str, str | None]) -> Session:
-        session = Session(str(tmp_path / "sessions"), "s")
-        build_dataset(session, write_photos(tmp_path / "photos", files), 64)
+    def prepare(files: dict[str, str | None]):
+        session = opened_session(tmp_path / "sessions")
+        prepare_folder(session, write_photos(tmp_path / "photos", files), 64)
         return session
     return prepare

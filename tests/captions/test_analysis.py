@@ -2,8 +2,8 @@
 
 import pytest
 
-from tasks.captions.analysis import COMMON_MERGES, KNOWN_BAD, analyse_token, is_common_word
-from tasks.captions.suggest import suggest_tokens
+from dreambooth_core.captions.analysis import COMMON_MERGES, KNOWN_BAD, analyse_token, is_common_word
+from dreambooth_core.captions.suggest import suggest_tokens
 
 
 @pytest.mark.parametrize("word, pieces, common, verdict", [

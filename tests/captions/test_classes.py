@@ -2,8 +2,8 @@
 
 import pytest
 
-from tasks.captions.classes import class_prompt, class_word_for, parse_class_words
-from tasks.config import DreamBoothConfig
+from dreambooth_core.captions.classes import class_prompt, class_word_for, parse_class_words
+from dreambooth_core.config import DreamBoothConfig
 
 
 def test_one_word_for_every_subject():

@@ -1,8 +1,9 @@
 """The token report in the session, and the error a bad token stops training with."""
 
-from tasks.captions.manifest import CaptionSettings, caption_dataset
-from tasks.captions.token_report import (REPORT_JSON, REPORT_MARKDOWN, bad_token_error,
-                                         build_token_report, write_token_report)
+from dreambooth_core.captions.captioning import caption_dataset
+from dreambooth_core.captions.token_report import bad_token_error, build_token_report, write_token_report
+from dreambooth_core.config import CaptionSettings
+from dreambooth_core.session.paths import TOKEN_REPORT_JSON, TOKEN_REPORT_MARKDOWN
 
 
 def reported(prepared, tokenizer, files, **settings):
@@ -16,13 +17,13 @@ def reported(prepared, tokenizer, files, **settings):
 def test_report_has_a_section_per_subject_with_its_captions(prepared, small_tokenizer):
     report, session = reported(prepared, small_tokenizer, {"shrk (1).jpg": None, "budidoremi/a.jpg": None},
                               class_word="man")
-    data = session.read_json(REPORT_JSON)
+    data = session.read_json(TOKEN_REPORT_JSON)
     subjects = {s["token"]: s for s in data["subjects"]}
     assert subjects["shrk"]["analysis"]["verdict"] == "good" and subjects["shrk"]["suggestions"] == []
     assert subjects["budidoremi"]["analysis"]["common_words"] == ["do", "mi"]
     assert len(subjects["budidoremi"]["suggestions"]) == 5
     assert subjects["shrk"]["captions"] == {"photos/shrk (1).jpg": "photo of shrk man"}
-    markdown = session.read_bytes(REPORT_MARKDOWN).decode()
+    markdown = session.read_bytes(TOKEN_REPORT_MARKDOWN).decode()
     assert "## shrk" in markdown and "## budidoremi" in markdown
     assert "| photos/budidoremi/a.jpg | photo of budidoremi man |" in markdown
     assert "- class prompt: `photo of man`" in markdown

@@ -2,8 +2,8 @@
 
 import pytest
 
-from tasks.captions.tokens import caption, caption_from_text, token_from_filename, token_of_photo
-from tasks.errors import DatasetError
+from dreambooth_core.captions.tokens import caption, caption_from_text, token_from_filename, token_of_photo
+from dreambooth_core.errors import DatasetError
 
 
 @pytest.mark.parametrize("name, token", [

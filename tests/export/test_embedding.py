@@ -10,9 +10,9 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
-from tasks.errors import ConfigError
-from tasks.export.embedding import DIFFUSERS_FILE, export_embedding, export_embeddings
-from tasks.model.fetch import fetch_model
+from dreambooth_core.errors import ConfigError
+from dreambooth_core.export.embedding import DIFFUSERS_FILE, export_embedding, export_embeddings
+from dreambooth_core.model.fetch import fetch_model
 
 
 @pytest.fixture(scope="module")

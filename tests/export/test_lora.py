@@ -11,9 +11,9 @@ from diffusers import StableDiffusionPipeline
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 
-from tasks.errors import ModelError
-from tasks.export.lora import DIFFUSERS_FILE, export_lora, kohya_lora_state
-from tasks.model.fetch import fetch_model
+from dreambooth_core.errors import ModelError
+from dreambooth_core.export.lora import DIFFUSERS_FILE, export_lora, kohya_lora_state
+from dreambooth_core.model.fetch import fetch_model
 
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]

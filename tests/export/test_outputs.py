@@ -9,6 +9,8 @@ import torch
 
 from flows.cli import main
 
+pytestmark = pytest.mark.slow  # a CLI or Prefect run each: the full suite only
+
 
 def fresh(module):
     # Weights in a file's memory map sit at arbitrary alignment, and CPU kernels

@@ -12,6 +12,8 @@ import pytest
 
 from flows.automations import FLOW_NAME, MARK_SILENT, RESUME
 
+pytestmark = pytest.mark.slow  # a CLI or Prefect run each: the full suite only
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -9,6 +9,8 @@ import pytest
 
 from flows.cli import EXIT_USER_ERROR, main
 
+pytestmark = pytest.mark.slow  # a CLI or Prefect run each: the full suite only
+
 REPO = Path(__file__).resolve().parents[2]
 
 

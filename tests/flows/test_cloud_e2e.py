@@ -28,7 +28,7 @@ SETTINGS = ["--model", "tiny", "--steps", str(STEPS), "--chunk-steps", str(CHUNK
             "--learning-rate", "1e-4", "--seed", "11"]
 HEARTBEAT, HEARTBEAT_TIMEOUT = 30, 45  # the smallest heartbeat Prefect allows
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def free_port() -> int:

@@ -128,6 +128,7 @@ def test_memory_storage(prefect_api_url, photos):
     assert json.loads(fs.cat_file("/sessions/mem/session.json"))["status"] == "complete"
 
 
+@pytest.mark.slow
 def test_resume_works_after_the_original_photos_are_gone(prefect_api_url, tmp_path, photos):
     storage = tmp_path / "sessions"
     assert train(storage, photos, "--steps", "4") == 0

@@ -5,8 +5,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tasks.config import DreamBoothConfig
-from tasks.errors import ModelError, NetworkError
+from dreambooth_core.config import DreamBoothConfig
+from dreambooth_core.errors import ModelError, NetworkError
 from tasks.fetch_base_model import RETRIES, fetch_base_model
 
 
@@ -33,7 +33,7 @@ def fetch(server, tmp_path, monkeypatch):
     monkeypatch.setenv("DREAMBOOTH_CACHE", str(tmp_path))
     url = f"http://127.0.0.1:{server.server_port}/model.safetensors"
     task = fetch_base_model.with_options(retry_delay_seconds=0)
-    return task(DreamBoothConfig(session="s", model=url))
+    return task(DreamBoothConfig(session="s", model=url).base_model)
 
 
 def test_network_errors_are_retried_but_a_missing_file_is_not(prefect_api_url, tmp_path, monkeypatch):

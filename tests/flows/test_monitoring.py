@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from dreambooth_core.session.paths import LOSS_CSV
 from flows.cli import main
-from tasks.reports.loss_log import LOSS_CSV
-from tasks.session_state import artifact_key
+from tasks.artifacts import artifact_key
+
+pytestmark = pytest.mark.slow  # a CLI or Prefect run each: the full suite only
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS, CHUNK = 8, 4

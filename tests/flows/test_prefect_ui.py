@@ -16,9 +16,9 @@ REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = next((p for p in (shutil.which("chromium"), "/usr/bin/chromium") if p and os.path.exists(p)), None)
 SESSION = "browser"
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     CHROMIUM is None, reason="no Chromium: install Debian's chromium package "
-                             "(apt-get install chromium) to check the Prefect UI in a browser")
+                             "(apt-get install chromium) to check the Prefect UI in a browser")]
 
 
 def free_port() -> int:

@@ -13,8 +13,8 @@ import yaml
 from prefect import Flow
 from prefect.utilities.schema_tools import validate
 
+from dreambooth_core.config import DreamBoothConfig
 from flows.upload import UPLOADED
-from tasks.config import DreamBoothConfig
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = yaml.safe_load((REPO / "prefect.yaml").read_text())
@@ -80,6 +80,7 @@ def test_each_deployment_trains_the_uploads_addressed_to_it(name):
     assert trigger["parameters"] == {"config": "{{ event.payload.config }}"}
 
 
+@pytest.mark.slow
 def test_prefect_deploy_all_registers_every_deployment(prefect_api_url, tmp_path):
     env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "DREAMBOOTH_HOME": str(REPO),
            "PYTHONPATH": str(REPO), "PREFECT_CLI_PROMPT": "false"}
@@ -102,3 +103,21 @@ def test_prefect_deploy_all_registers_every_deployment(prefect_api_url, tmp_path
     assert deployed["local"].global_concurrency_limit.limit == 1
     assert all(not s.active for d in DEPLOYMENTS for s in deployed[d].schedules)
     assert {t["name"] for d in DEPLOYMENTS.values() for t in d["triggers"]} <= automations
+
+
+def test_the_flow_parameter_form_shows_the_configuration_in_its_sections():
+    """What the Prefect UI draws its form from: the flow's parameter schema."""
+    from flows.dreambooth import dreambooth_train
+
+    schema = dreambooth_train.parameters.model_dump()
+    definitions = schema["definitions"]
+    config = definitions["DreamBoothConfig"]["properties"]
+    sections = [name for name in config if name != "session"]
+    assert sections == ["inputs", "base_model", "captions", "checks", "training", "samples", "export", "runtime"]
+    kinds = [config[name]["$ref"].rsplit("/", 1)[1] for name in sections]
+    assert all(definitions[kind]["description"] for kind in kinds)  # the section's docstring
+    training = definitions["TrainingSettings"]["properties"]
+    assert training["learning_rate"]["description"].startswith("Learning rate")
+    for name in ("local", "docker-gpu"):
+        parameters = DEPLOYMENTS[name]["parameters"]
+        assert validate(parameters, schema, raise_on_error=False, ignore_required=True) == [], name

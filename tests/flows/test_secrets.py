@@ -13,6 +13,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import SecretStr
 
+pytestmark = pytest.mark.slow  # a CLI or Prefect run each: the full suite only
+
 REPO = Path(__file__).resolve().parents[2]
 CANARY = f"canary{uuid.uuid4().hex}"  # every secret below contains it
 

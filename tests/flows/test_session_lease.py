@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.session import Session
-from tasks.storage.lease import LEASE_FILE
+from dreambooth_core.session.folder import Session
+from dreambooth_core.session.paths import LEASE_FILE
+
+pytestmark = pytest.mark.slow  # a CLI or Prefect run each: the full suite only
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -4,9 +4,12 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from flows.cli import EXIT_USER_ERROR, main
+
+pytestmark = pytest.mark.slow  # a CLI or Prefect run each: the full suite only
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "photos"
 
@@ -53,7 +56,7 @@ def test_a_session_with_two_subjects_trains_and_reports_both(prefect_api_url, tm
     assert markdown_artifact("tokens-duo") == markdown
     assert (session / "photos" / "ohwx" / "IMG_1.txt").is_file()
     assert (session / "duo.safetensors").is_file()
-    assert json.loads((session / "session.json").read_text())["subjects"] == verdicts
+    assert json.loads((session / "session.json").read_text())["token_verdicts"] == verdicts
 
 
 def test_a_bad_token_stops_before_training_unless_told_to_warn(prefect_api_url, tmp_path, photos, capsys):

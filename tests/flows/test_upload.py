@@ -6,8 +6,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from dreambooth_core.config import DreamBoothConfig
 from flows.upload import UPLOADED
-from tasks.config import DreamBoothConfig
+
+pytestmark = pytest.mark.slow  # a CLI or Prefect run each: the full suite only
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,8 +54,8 @@ def test_upload_copies_the_photos_and_emits_the_event_with_the_session_config(
     assert event["resource"]["dreambooth.deployment"] == "vertex-gpu"
     config = DreamBoothConfig(**event["payload"]["config"])
     # the worker runs elsewhere: an absolute storage path, and the session's own photos
-    assert config.storage == str(tmp_path / "sessions") and config.photos is None
-    assert (config.model, config.steps) == ("tiny", 30)
+    assert config.inputs.storage == str(tmp_path / "sessions") and config.inputs.photos is None
+    assert (config.base_model.model, config.training.steps) == ("tiny", 30)
 
 
 def test_without_a_server_the_photos_are_uploaded_and_it_says_nothing_was_triggered(tmp_path, photos):

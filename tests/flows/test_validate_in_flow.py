@@ -5,11 +5,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from skimage import data
 
 from flows.cli import EXIT_USER_ERROR, main
-from tasks.session_state import artifact_key
+from tasks.artifacts import artifact_key
+
+pytestmark = pytest.mark.slow  # a CLI or Prefect run each: the full suite only
 
 
 def train(storage: Path, session: str, photos: Path | None = None, *extra: str) -> int:

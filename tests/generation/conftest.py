@@ -11,13 +11,14 @@ FAST = {"steps": 2, "batch_size": 2}  # class images at 64 px from the tiny mode
 
 
 def captioned_session(storage: Path, name: str, model_path: str, photos: Path, class_word: str | None):
-    from tasks.captions.manifest import CaptionSettings, caption_dataset
-    from tasks.captions.tokenizer import load_tokenizer
-    from tasks.dataset.prepare import build_dataset
-    from tasks.session import Session
+    from sessions import opened_session, prepare_folder
 
-    session = Session(str(storage), name)
-    build_dataset(session, photos, 64, workers=1)
+    from dreambooth_core.captions.captioning import caption_dataset
+    from dreambooth_core.captions.tokenizer import load_tokenizer
+    from dreambooth_core.config import CaptionSettings
+
+    session = opened_session(storage, name)
+    prepare_folder(session, photos, 64, workers=1)
     caption_dataset(session, load_tokenizer(model_path), CaptionSettings(class_word=class_word))
     return session
 

@@ -8,8 +8,8 @@ import os
 import signal
 import sys
 
-from tasks.generation.class_images import build_class_images
-from tasks.session import Session
+from dreambooth_core.generation.class_images import build_class_images
+from dreambooth_core.session.folder import Session
 
 
 def main(storage: str, name: str, model_path: str, model_digest: str, count: str) -> None:

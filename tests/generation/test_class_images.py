@@ -7,14 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import EXAMPLE_PHOTOS, FAST, captioned_session
 from PIL import Image
 
-from tasks.errors import ConfigError, DatasetError
-from tasks.generation.class_images import CLASS_MANIFEST, build_class_images, read_class_images
-from tasks.generation.class_store import open_class_store
-from tasks.model.tiny import TINY_VERSION
-
-from conftest import EXAMPLE_PHOTOS, FAST, captioned_session
+from dreambooth_core.errors import ConfigError, DatasetError
+from dreambooth_core.generation.class_images import build_class_images
+from dreambooth_core.model.tiny import TINY_VERSION
+from dreambooth_core.session.class_images import open_class_store, read_class_images
+from dreambooth_core.session.paths import CLASS_MANIFEST
 
 KILL_SCRIPT = Path(__file__).with_name("kill_during_generation.py")
 REPO = Path(__file__).resolve().parents[2]
@@ -78,6 +78,7 @@ def test_the_same_key_gives_the_same_images_anywhere_and_another_seed_others(ses
     assert images[0] != images[1]  # each image has its own noise
 
 
+@pytest.mark.slow
 def test_a_killed_generation_keeps_its_images_and_a_rerun_completes_it(session, tmp_path, tiny_model_path):
     storage = tmp_path / "sessions"
     env = {**os.environ, "KILL_AFTER_IMAGES": "3", "PYTHONPATH": str(REPO)}

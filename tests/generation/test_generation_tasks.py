@@ -1,9 +1,9 @@
 """The class-image task in a flow: results, files and the artifact in the Prefect UI."""
 
-from tasks.config import DreamBoothConfig
-from tasks.model.fetch import LocalModel
-from tasks.model.tiny import TINY_VERSION
-from tasks.session_state import SessionRef
+from dreambooth_core.config import DreamBoothConfig
+from dreambooth_core.model.fetch import LocalModel
+from dreambooth_core.model.tiny import TINY_VERSION
+from dreambooth_core.session.storage import SessionRef
 
 
 def markdown_artifact(key: str) -> str:
@@ -22,12 +22,13 @@ def test_class_image_task_generates_once_and_skips_without_a_class_word(prefect_
     from tasks.generate_class_images import generate_class_images
 
     ref = SessionRef(storage=str(tmp_path / "sessions"), name="demo", uid="u1")
-    model = LocalModel(path=tiny_model_path, digest=TINY_VERSION, kind="tiny", source="tiny")
+    model = LocalModel.at(tiny_model_path, TINY_VERSION, "tiny", "tiny")
 
     @flow
     def generate(**settings):
         config = DreamBoothConfig(session="demo", class_images=2, device="cpu", **settings)
-        return generate_class_images(ref, model, 64, config)
+        return generate_class_images(ref, model, 64, config.training, config.captions.class_prompt,
+                                     config.runtime.device)
 
     classes = generate()
     assert classes.generated >= 2 and [len(s.files) for s in classes.sets] == [2]

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks.dataset.prepare import MANIFEST
-from tasks.generation.samples import SampleSettings, render_samples, sample_prompts, saved_samples
+from dreambooth_core.generation.samples import SampleSpec, render_samples, sample_prompts, saved_samples
+from dreambooth_core.session.dataset_manifest import require_dataset_manifest
 
 
 def load_unet(model_path: str):
@@ -16,9 +16,9 @@ def load_unet(model_path: str):
     return UNet2DConditionModel.from_pretrained(model_path, subfolder="unet")
 
 
-def settings_for(session, extra=(), images=3) -> SampleSettings:
-    prompts = sample_prompts(session.read_json(MANIFEST)["subjects"], list(extra))
-    return SampleSettings(prompts=prompts, resolution=64, images_per_prompt=images, steps=2)
+def settings_for(session, extra=(), images=3) -> SampleSpec:
+    prompts = sample_prompts(require_dataset_manifest(session).subjects, list(extra))
+    return SampleSpec(prompts=prompts, resolution=64, images_per_prompt=images, steps=2)
 
 
 def test_default_prompts_then_the_users_own(session):

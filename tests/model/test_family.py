@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import ModelError
-from tasks.model.family import ModelFamily, detect_family
-from tasks.model.fetch import fetch_model
-from tasks.training.model_parts import native_resolution
+from dreambooth_core.errors import ModelError
+from dreambooth_core.model.family import ModelFamily, detect_family, expected_resolution
+from dreambooth_core.model.fetch import fetch_model
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +30,10 @@ def sd2_folder(cache) -> Path:
     ("tiny-sd2-v", ModelFamily(family="sd2", prediction_type="v_prediction", resolution=96)),
 ])
 def test_tiny_models_are_detected(spec, expected, cache):
-    path = fetch_model(spec, cache).path
-    assert detect_family(path) == expected
-    assert detect_family(path).resolution == native_resolution(path)
+    model = fetch_model(spec, cache)
+    assert detect_family(model.path) == model.family == expected
+    # What the photo checks expect before the fetch is what the fetched model says.
+    assert expected_resolution(spec, None)[0] == expected_resolution(model.path, None)[0] == expected.resolution
 
 
 def _edited_copy(folder: Path, target: Path, relative: str, **changes) -> Path:

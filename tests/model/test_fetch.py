@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.errors import ModelError, NetworkError
-from tasks.model import fetch as fetch_module
-from tasks.model.download import download_path
-from tasks.model.fetch import LocalModel, fetch_model, is_transient
-from tasks.model.single_file import save_single_file, to_single_file_state
-from tasks.model.tiny import TINY_VERSION
+from dreambooth_core.errors import ModelError, NetworkError
+from dreambooth_core.model import fetch as fetch_module
+from dreambooth_core.model.download import download_path
+from dreambooth_core.model.fetch import LocalModel, fetch_model, is_transient
+from dreambooth_core.model.single_file import save_single_file, to_single_file_state
+from dreambooth_core.model.tiny import TINY_VERSION
 
 
 class FakeServer:
@@ -181,7 +181,7 @@ def test_single_file_converts_to_the_same_weights(form, tiny, single_files, tmp_
     assert model.digest == hashlib.sha256(file.read_bytes()).hexdigest()
     assert (Path(model.path) / "model_index.json").is_file()
     assert_same_weights(load_unet_state(tiny.path), load_unet_state(model.path))
-    monkeypatch.setattr("tasks.model.conversion._load_pipeline", lambda *a: pytest.fail("converted again"))
+    monkeypatch.setattr("dreambooth_core.model.conversion._load_pipeline", lambda *a: pytest.fail("converted again"))
     assert fetch_model(str(file), tmp_path, model_config=tiny.path) == model
 
 

@@ -15,13 +15,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from tasks.errors import ModelError
-from tasks.model.family import detect_family
-from tasks.model.fetch import fetch_model
-from tasks.model.openclip_layout import EXTRAS_FILE, OPENCLIP_PREFIX, load_extras, neutral_extras
-from tasks.model.family import ModelFamily
-from tasks.model.model_spec import model_spec_metadata
-from tasks.model.single_file import save_single_file, to_single_file_state
+from dreambooth_core.errors import ModelError
+from dreambooth_core.model.family import ModelFamily, detect_family
+from dreambooth_core.model.fetch import fetch_model
+from dreambooth_core.model.model_spec import model_spec_metadata
+from dreambooth_core.model.openclip_layout import EXTRAS_FILE, OPENCLIP_PREFIX, load_extras, neutral_extras
+from dreambooth_core.model.single_file import save_single_file, to_single_file_state
 
 P = OPENCLIP_PREFIX
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from tasks.model.fetch import fetch_model
-from tasks.model.tiny import TINY_SD2_TEXT_LAYERS, build_tiny_sd2_model, tiny_resolution
+from dreambooth_core.model.fetch import fetch_model
+from dreambooth_core.model.tiny import TINY_SD2_TEXT_LAYERS, build_tiny_sd2_model, tiny_resolution
 
 
 @pytest.fixture(scope="module", params=["tiny-sd2", "tiny-sd2-v"])

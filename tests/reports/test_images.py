@@ -7,8 +7,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image
 
-from tasks.reports.images import PUBLIC_URL_ENV, embedded_jpeg, image_link, image_markdown, signed_url
-from tasks.session import Session
+from dreambooth_core.reports.images import PUBLIC_URL_ENV, embedded_jpeg, image_link, image_markdown, signed_url
+from dreambooth_core.session.folder import Session
 
 
 def png(width: int, height: int) -> bytes:
@@ -81,7 +81,7 @@ def test_credentials_that_cannot_sign_give_no_url():
 
 
 def test_markdown_shows_the_image_and_where_the_full_file_is():
-    from tasks.reports.images import ImageLink
+    from dreambooth_core.reports.images import ImageLink
 
     text = image_markdown("# Samples at step 500\n\nFour prompts.\n",
                           ImageLink("https://x/step-000500.png?X-Goog-Signature=1", "signed",

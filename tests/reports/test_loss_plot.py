@@ -4,8 +4,8 @@ import io
 
 from PIL import Image
 
-from tasks.reports.loss_log import LossRow
-from tasks.reports.loss_plot import loss_plot_png, smoothed, smoothing_weight
+from dreambooth_core.reports.loss_log import LossRow
+from dreambooth_core.reports.loss_plot import loss_plot_png, smoothed, smoothing_weight
 
 
 def test_smoothing_follows_the_trend_without_starting_at_zero():

@@ -8,29 +8,29 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks.reports.loss_log import LOSS_CSV, read_loss_rows
-from tasks.reports.loss_plot import LOSS_PNG
-from tasks.reports.monitor import Progress, TrainingMonitor, duration_text
-from tasks.reports.timing import TIMING_JSON, training_speed
-from tasks.session import Session
-from tasks.training.checkpoint import CheckpointStore
-from tasks.training.model_parts import load_model_parts
-from tasks.training.options import TrainingOptions
-from tasks.training.trainer import Example, Trainer
+from dreambooth_core.config import TrainingSettings
+from dreambooth_core.reports.loss_log import read_loss_rows
+from dreambooth_core.reports.monitor import Progress, TrainingMonitor, duration_text
+from dreambooth_core.reports.timing import training_speed
+from dreambooth_core.session.checkpoints import CheckpointStore
+from dreambooth_core.session.folder import Session
+from dreambooth_core.session.paths import LOSS_CSV, LOSS_PNG, TIMING_JSON
+from dreambooth_core.training.model_parts import load_model_parts
+from dreambooth_core.training.trainer import Example, Trainer
 
 # A warm-up, so the learning rate differs between steps.
-OPTIONS = TrainingOptions(seed=5, total_steps=4, learning_rate=1e-4, warmup_steps=3)
+OPTIONS = TrainingSettings(seed=5, learning_rate=1e-4, warmup_steps=3, text_encoder_steps=0)
 
 
 def tiny_trainer(model_path: str) -> Trainer:
     pixels = [torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(i)) * 2 - 1 for i in range(2)]
     examples = [Example(pixels=p, caption="photo of shrk", subject="shrk") for p in pixels]
-    return Trainer(load_model_parts(model_path, torch.device("cpu")), examples, OPTIONS)
+    return Trainer(load_model_parts(model_path, torch.device("cpu")), examples, OPTIONS, total_steps=4)
 
 
 def train(trainer: Trainer, monitor: TrainingMonitor, start: int, end: int, total: int,
           stop_after: int | None = None) -> None:
-    """The loop as tasks/training/run.py drives it; `stop_after` steps = the process dies."""
+    """The loop as dreambooth_core/training/chunk.py drives it; `stop_after` steps = the process dies."""
     monitor.chunk_started(start, end, total)
     for step in range(start, end if stop_after is None else start + stop_after):
         monitor.step(step, trainer.step(step), trainer.optimizer.param_groups[0]["lr"])

@@ -1,18 +1,23 @@
 """A session's state from its storage alone: steps, checkpoints, loss, outputs."""
 
 import pytest
+from sessions import opened_session
 
-from tasks.errors import StorageError
-from tasks.reports.loss_log import LossLog, LossRow
-from tasks.reports.status import list_sessions, session_status, status_lines, status_table
-from tasks.session import Session
-from tasks.session_state import update_state
-from tasks.training.checkpoint import CheckpointStore
+from dreambooth_core.errors import StorageError
+from dreambooth_core.reports.loss_log import LossLog, LossRow
+from dreambooth_core.reports.status import list_sessions, session_status, status_lines, status_table
+from dreambooth_core.session.checkpoints import CheckpointStore
+from dreambooth_core.session.folder import Session
+from dreambooth_core.session.state import update_state
+
+
+def export(step: int) -> dict:
+    return {"fingerprint": "f", "step": step, "precision": "fp16"}
 
 
 def partly_trained(storage: str, name: str = "shrk") -> Session:
-    session = Session(storage, name)
-    update_state(session, status="new", config={"model": "org/model", "revision": "v1"}, total_steps=10)
+    session = opened_session(storage, name, model="org/model", revision="v1")
+    update_state(session, status="new", total_steps=10)
     store = CheckpointStore(session)
     for step in (2, 4):
         store.save(step, {"unet.safetensors": lambda f: f.write(b"w" * 100)}, meta={})
@@ -44,7 +49,7 @@ def test_a_complete_session_lists_its_outputs_with_sizes(tmp_path):
     CheckpointStore(session).save(10, {"unet.safetensors": lambda f: f.write(b"w")}, meta={})
     session.write_bytes("shrk.safetensors", b"x" * 2_500_000)
     session.write_bytes("diffusers/unet/model.safetensors", b"y" * 1500)
-    update_state(session, status="complete", export={"step": 10}, outputs={"shrk.safetensors": 2_500_000})
+    update_state(session, status="complete", export=export(10), outputs={"shrk.safetensors": 2_500_000})
     status = session_status(session)
     assert status.state == "complete"
     assert status.outputs == {"shrk.safetensors": 2_500_000, "diffusers/": 1500}
@@ -56,7 +61,7 @@ def test_a_complete_session_lists_its_outputs_with_sizes(tmp_path):
 
 def test_a_session_trained_further_is_complete_again_only_after_its_export(tmp_path):
     session = partly_trained(str(tmp_path))
-    update_state(session, status="complete", export={"step": 4}, total_steps=4)
+    update_state(session, status="complete", export=export(4), total_steps=4)
     assert session_status(session).state == "complete"
     update_state(session, total_steps=10)  # trained further: 10 steps are asked for now
     assert session_status(session).state == "partly trained"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 def pause_at(n: int, marker: Path) -> None:
-    from tasks.training import trainer
+    from dreambooth_core.training import trainer
 
     original, calls = trainer.Trainer.step, {"n": 0}
 

@@ -1,28 +1,45 @@
 """--gpus N: data-parallel training in N processes (gloo on the CPU here), resumed exactly."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 import safetensors.torch
 import torch
+
+pytestmark = pytest.mark.slow  # a CLI or Prefect run each: the full suite only
 
 REPO = Path(__file__).resolve().parents[2]
 FAULT = Path(__file__).resolve().parent / "rank_fault"
 
 
-def train(api_url, root: Path, kill_rank: str | None = None) -> subprocess.CompletedProcess:
+def train(api_url, root: Path, kill_rank: str | None = None, pause_rank: str | None = None,
+          signal_at: Path | None = None) -> subprocess.CompletedProcess:
+    """The CLI on 2 CPU processes; with `signal_at`, SIGTERM to it once that marker appears."""
     root.mkdir(exist_ok=True)
     env = {**os.environ, "PREFECT_API_URL": api_url, "PYTHONPATH": f"{FAULT}{os.pathsep}{REPO}"}
-    env.pop("DREAMBOOTH_KILL_RANK", None)
-    if kill_rank:
-        env["DREAMBOOTH_KILL_RANK"] = kill_rank
+    for name, value in (("DREAMBOOTH_KILL_RANK", kill_rank), ("DREAMBOOTH_PAUSE_RANK", pause_rank)):
+        env.pop(name, None)
+        if value:
+            env[name] = value
     command = [sys.executable, "-m", "flows.cli", "train", "--session", "s", "--storage", str(root / "sessions"),
                "--model", "tiny", "--photos", str(REPO / "examples" / "photos"), "--steps", "8",
                "--chunk-steps", "4", "--gpus", "2", "--device", "cpu", "--batch-size", "2",
                "--learning-rate", "1e-4", "--sample-every", "0", "--seed", "4"]
-    return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if signal_at is not None:
+        deadline = time.monotonic() + 300
+        while not signal_at.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert signal_at.exists(), f"training never paused: {process.communicate()[1][-3000:]}"
+        process.send_signal(signal.SIGTERM)
+        signal_at.unlink()
+    stdout, stderr = process.communicate(timeout=600)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def weights(root: Path) -> dict[str, torch.Tensor]:
@@ -43,3 +60,23 @@ def test_a_crashed_process_resumes_to_the_uninterrupted_two_process_model(prefec
     expected, actual = weights(tmp_path / "whole"), weights(tmp_path / "crashed")
     different = [k for k in expected if not torch.equal(expected[k], actual[k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_a_sigterm_stops_every_process_at_the_same_step_which_commits_and_resumes_exactly(
+        prefect_api_url, tmp_path):
+    """Preemption of a multi-GPU run: the signal reaches the launcher, which passes it on."""
+    whole = train(prefect_api_url, tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    marker = tmp_path / "in-step"
+    stopped = train(prefect_api_url, tmp_path / "stopped", pause_rank=f"1:5:{marker}", signal_at=marker)
+    assert stopped.returncode == -signal.SIGTERM, stopped.stderr[-3000:]
+    assert "rank 0 | SIGTERM: stopping at step 6; committing a checkpoint first" in stopped.stderr
+    assert sorted(p.parent.name for p in (tmp_path / "stopped" / "sessions" / "s").glob(
+        "checkpoints/*/MANIFEST.json")) == ["step-000004", "step-000006"]
+
+    resumed = train(prefect_api_url, tmp_path / "stopped")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from committed checkpoint at step 6" in resumed.stderr
+    expected, actual = weights(tmp_path / "whole"), weights(tmp_path / "stopped")
+    assert [k for k in expected if not torch.equal(expected[k], actual[k])] == []

@@ -2,9 +2,9 @@
 
 import torch
 
-from tasks.training.model_parts import load_model_parts
-from tasks.training.options import TrainingOptions
-from tasks.training.trainer import Example, Trainer
+from dreambooth_core.config import RuntimeSettings, TrainingSettings
+from dreambooth_core.training.model_parts import load_model_parts
+from dreambooth_core.training.trainer import Example, Trainer
 
 
 def run(model_path: str, **fast) -> tuple[list[float], dict[str, torch.Tensor]]:
@@ -12,8 +12,9 @@ def run(model_path: str, **fast) -> tuple[list[float], dict[str, torch.Tensor]]:
     instances = [Example(p, "photo of shrk man", "shrk") for p in pixels]
     classes = [Example(-p, "photo of man", "shrk") for p in pixels]
     # The text encoder trains for 2 steps, then its embeddings may be cached.
-    options = TrainingOptions(seed=1, learning_rate=1e-4, text_encoder_steps=2, flip=True, **fast)
-    trainer = Trainer(load_model_parts(model_path, torch.device("cpu")), instances, options, classes)
+    settings = TrainingSettings(seed=1, learning_rate=1e-4, text_encoder_steps=2, flip=True)
+    trainer = Trainer(load_model_parts(model_path, torch.device("cpu")), instances, settings, total_steps=1,
+                      runtime=RuntimeSettings(**fast), class_examples=classes)
     losses = [trainer.step(step).item() for step in range(5)]
     return losses, {k: v.detach().clone() for k, v in trainer.trainables.named().items()}
 
@@ -32,7 +33,7 @@ def test_latents_are_encoded_once_per_image_and_flip(tiny_model_path):
     parts.vae.encode = lambda x: calls.append(1) or encode(x)
     pixels = [torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     trainer = Trainer(parts, [Example(p, "photo of shrk", "shrk") for p in pixels],
-                      TrainingOptions(seed=0, flip=True, text_encoder_steps=0))
+                      TrainingSettings(seed=0, flip=True, text_encoder_steps=0), total_steps=1)
     for step in range(12):
         trainer.step(step)
     assert 0 < len(calls) <= 4  # 2 images x (plain, mirrored)

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.model.fetch import fetch_model
-from tasks.training.batches import draw_micro_batch
-from tasks.training.model_parts import load_model_parts
-from tasks.training.options import TrainingOptions
-from tasks.training.trainer import Example, Trainer
+from dreambooth_core.config import TrainingSettings
+from dreambooth_core.model.fetch import fetch_model
+from dreambooth_core.training.batches import draw_micro_batch
+from dreambooth_core.training.model_parts import load_model_parts
+from dreambooth_core.training.trainer import Example, Trainer
 
 PRIOR_WEIGHT = 0.7
 
@@ -29,7 +29,7 @@ def images(count: int, offset: int) -> list[torch.Tensor]:
 
 
 def by_hand(trainer: Trainer, step: int, gamma: float, prediction_type: str) -> float:
-    parts, o = trainer.parts, trainer.options
+    parts, o = trainer.parts, trainer.settings
     draw = draw_micro_batch(o.seed, step, 0, o.batch_size, 1, trainer.groups, trainer.class_groups, o.flip)
     chosen = [trainer.examples[i] for i in draw.instances] + [trainer.class_examples[i] for i in draw.classes]
     g = draw.generator
@@ -68,8 +68,9 @@ def test_loss_matches_the_written_out_objective(model, gamma):
     size = parts.unet.config.sample_size * 8
     instances = [Example(p[..., :size, :size], "photo of shrk man", "shrk") for p in images(3, 0)]
     classes = [Example(p[..., :size, :size], "photo of man", "shrk") for p in images(4, 10)]
-    options = TrainingOptions(seed=5, batch_size=2, min_snr_gamma=gamma, prior_loss_weight=PRIOR_WEIGHT)
-    trainer = Trainer(parts, instances, options, classes)
+    settings = TrainingSettings(seed=5, batch_size=2, min_snr_gamma=gamma, prior_loss_weight=PRIOR_WEIGHT,
+                                text_encoder_steps=0)
+    trainer = Trainer(parts, instances, settings, total_steps=1, class_examples=classes)
     for step in (0, 7):
         expected = by_hand(trainer, step, gamma, prediction_type)
         with torch.no_grad():

@@ -7,10 +7,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import safetensors.torch
 import torch
 
-from tasks.training.preemption import stop_requests
+from dreambooth_core.training.preemption import stop_requests
+
+pytestmark = pytest.mark.slow  # a CLI or Prefect run each: the full suite only
 
 REPO = Path(__file__).resolve().parents[2]
 PAUSED_CLI = Path(__file__).with_name("paused_cli.py")

@@ -10,6 +10,8 @@ import pytest
 import safetensors.torch
 import torch
 
+pytestmark = pytest.mark.slow  # a CLI or Prefect run each: the full suite only
+
 REPO = Path(__file__).resolve().parents[2]
 RUN_CLI = REPO / "tests" / "run_cli.py"
 STEPS, CHUNK = 12, 4

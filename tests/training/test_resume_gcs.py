@@ -7,8 +7,11 @@ import subprocess
 import sys
 
 import gcsfs
+import pytest
 import safetensors.torch
 from test_resume import REPO, RUN_CLI, STEPS, assert_same_weights, final_unet, reference, run_cli, sha256, train_args  # noqa: F401
+
+pytestmark = pytest.mark.slow  # a CLI or Prefect run each: the full suite only
 
 
 def test_killed_runs_on_gcs_resume_to_the_uninterrupted_model(prefect_api_url, reference, gcs_bucket,  # noqa: F811

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-
 from test_resume import REPO, run_cli
+
+pytestmark = pytest.mark.slow  # a CLI or Prefect run each: the full suite only
 
 STEPS, CHUNK = 8, 4
 CASES = {

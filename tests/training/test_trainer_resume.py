@@ -5,11 +5,11 @@ On the CPU here; on CUDA where there is one (the gpu marker)."""
 import pytest
 import torch
 
-from tasks.session import Session
-from tasks.training.checkpoint import CheckpointStore
-from tasks.training.model_parts import load_model_parts
-from tasks.training.options import TrainingOptions
-from tasks.training.trainer import Example, Trainer
+from dreambooth_core.config import RuntimeSettings, TrainingSettings
+from dreambooth_core.session.checkpoints import CheckpointStore
+from dreambooth_core.session.folder import Session
+from dreambooth_core.training.model_parts import load_model_parts
+from dreambooth_core.training.trainer import Example, Trainer
 
 CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU")])
@@ -27,7 +27,8 @@ CASES = {
     "fp16 with grad scaler": dict(learning_rate=1e-4, mixed_precision="fp16", text_encoder_steps=4),
     "bf16": dict(learning_rate=1e-4, mixed_precision="bf16"),
     "ema": dict(learning_rate=1e-4, ema_decay=0.9),
-    "gradient checkpointing": dict(learning_rate=1e-4, gradient_checkpointing=True, text_encoder_steps=4),
+    "gradient checkpointing": dict(learning_rate=1e-4, runtime=RuntimeSettings(gradient_checkpointing=True),
+                                   text_encoder_steps=4),
     "lora": dict(method="lora", learning_rate=1e-3, lora_rank=4, lora_text_encoder=True, text_encoder_steps=4),
     "textual inversion": dict(method="textual-inversion", learning_rate=1e-2),
 }
@@ -40,9 +41,13 @@ def examples(prior: bool) -> tuple[list[Example], list[Example]]:
     return instances, classes
 
 
-def trainer(model_path: str, device: str, options: TrainingOptions) -> Trainer:
-    instances, classes = examples(prior=options.batch_size > 1)
-    return Trainer(load_model_parts(model_path, torch.device(device)), instances, options, classes)
+def trainer(model_path: str, device: str, case: dict) -> Trainer:
+    """`case`: training settings (the text encoder trains only when it says so) and a runtime."""
+    runtime = case.get("runtime", RuntimeSettings())
+    settings = TrainingSettings(seed=3, **{"text_encoder_steps": 0, **{k: v for k, v in case.items() if k != "runtime"}})
+    instances, classes = examples(prior=settings.batch_size > 1)
+    return Trainer(load_model_parts(model_path, torch.device(device)), instances, settings, total_steps=STEPS,
+                   runtime=runtime, class_examples=classes)
 
 
 def trained_values(t: Trainer) -> dict[str, torch.Tensor]:
@@ -54,7 +59,7 @@ def trained_values(t: Trainer) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("case", CASES)
 def test_save_load_and_continue_equals_training_straight_through(tiny_model_path, tmp_path, device, case):
-    options = TrainingOptions(seed=3, total_steps=STEPS, **CASES[case])
+    options = CASES[case]
     straight = trainer(tiny_model_path, device, options)
     for step in range(STEPS):
         straight.step(step)

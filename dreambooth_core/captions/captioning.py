@@ -1,0 +1,142 @@
+"""Each prepared photo's subject token and caption, and each subject's prompts, in the
+dataset manifest. Every problem in the photos is collected and reported at once."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import PurePosixPath
+
+from pydantic import BaseModel, ConfigDict
+
+from dreambooth_core.captions.classes import class_prompt, class_word_for, parse_class_words
+from dreambooth_core.captions.tokenizer import TextTokenizer
+from dreambooth_core.captions.tokens import caption, caption_from_text, token_of_photo
+from dreambooth_core.config import CaptionSettings
+from dreambooth_core.errors import DatasetError
+from dreambooth_core.hashing import digest
+from dreambooth_core.session.dataset_manifest import (
+    DatasetItem,
+    DatasetManifest,
+    SubjectRecord,
+    require_dataset_manifest,
+    save_dataset_manifest,
+)
+from dreambooth_core.session.folder import Session
+from dreambooth_core.session.paths import PHOTOS
+
+
+class Captions(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    tokens: list[str]
+    digest: str
+
+
+def caption_file_of(source: str) -> str:
+    return str(PurePosixPath(source).with_suffix(".txt"))
+
+
+def caption_dataset(session: Session, tokenizer: TextTokenizer, settings: CaptionSettings,
+                    log: logging.Logger | None = None) -> Captions:
+    log = log or logging.getLogger("dreambooth")
+    manifest = require_dataset_manifest(session)
+    problems: list[str] = []
+    tokens, origins = assign_tokens(manifest.items, settings.token, problems)
+    classes = assign_classes(origins, settings.class_word, problems)
+    items = [write_caption(session, item, tokens[item.source], classes[tokens[item.source]],
+                           settings.instance_prompt, tokenizer, problems) if item.source in tokens else item
+             for item in manifest.items]
+    if problems:
+        raise DatasetError("some photos cannot be used:\n  " + "\n  ".join(problems))
+    manifest = manifest.model_copy(update={"items": items,
+                                           "subjects": subject_records(items, origins, classes, settings)})
+    save_dataset_manifest(session, manifest)
+    log.info("Subjects: %s; e.g. caption %r", ", ".join(manifest.subjects), items[0].caption)
+    return Captions(tokens=sorted(manifest.subjects), digest=captions_digest(manifest))
+
+
+def captions_digest(manifest: DatasetManifest) -> str:
+    """What training sees of the captions. Which photo belongs to which subject matters only
+    with several subjects (balanced sampling); leaving it out for one keeps the digest that
+    sessions captioned before subjects existed recorded, so they still resume."""
+    inputs = [manifest.digest, [(item.source, item.caption) for item in manifest.items]]
+    if len(manifest.subjects) > 1:
+        inputs.append([(item.source, item.token) for item in manifest.items])
+    return digest(inputs)
+
+
+def assign_tokens(items: list[DatasetItem], override: str | None,
+                  problems: list[str]) -> tuple[dict[str, str], dict[str, set[str]]]:
+    """({photo: its subject's token}, {token: the file and folder names it came from})."""
+    tokens: dict[str, str] = {}
+    origins: dict[str, set[str]] = defaultdict(set)
+    for item in items:
+        try:
+            token, where = token_of_photo(item.source)
+        except DatasetError as exc:
+            problems.append(str(exc))
+            continue
+        tokens[item.source] = override or token
+        origins[token].add(where)
+    if override and len(origins) > 1:
+        problems.append(f"--token {override!r} names one subject, but the photos hold {len(origins)} "
+                        f"({', '.join(sorted(origins))}). Drop --token to train each under its own.")
+    if override:
+        return tokens, {override: set().union(*origins.values())}
+    problems.extend(same_token_problems(origins))
+    return tokens, dict(origins)
+
+
+def same_token_problems(origins: dict[str, set[str]]) -> list[str]:
+    """The text encoder lowercases: 'Shrk' and 'shrk' would be one token for two subjects."""
+    spellings: dict[str, list[str]] = defaultdict(list)
+    for token in origins:
+        spellings[token.lower()].append(token)
+    return [f"{' and '.join(sorted(w for t in same for w in origins[t]))}: two subjects with the "
+            f"same token {same[0].lower()!r} (the tokenizer ignores case). Rename one of them, or "
+            "put both in one folder if they are the same subject."
+            for same in spellings.values() if len(same) > 1]
+
+
+def assign_classes(origins: dict[str, set[str]], spec: str | None,
+                   problems: list[str]) -> dict[str, str | None]:
+    words = parse_class_words(spec)
+    unknown = sorted(set(words) - {None} - {t.lower() for t in origins})
+    if unknown:
+        problems.append(f"--class-word names {', '.join(unknown)}, but the subjects are "
+                        f"{', '.join(sorted(origins))}. Use the subjects' tokens.")
+    classes = {token: class_word_for(token, words) for token in origins}
+    for token, word in classes.items():
+        if word and word.lower() == token.lower():
+            problems.append(f"{', '.join(sorted(origins[token]))}: the token {token!r} equals its class "
+                            "word. The token must be a new word; rename the photos or change --class-word.")
+    return classes
+
+
+def write_caption(session: Session, item: DatasetItem, token: str, class_word: str | None, template: str,
+                  tokenizer: TextTokenizer, problems: list[str]) -> DatasetItem:
+    """The item with its token and caption: a caption file's text when there is one."""
+    text_file = caption_file_of(item.source)
+    if session.exists(text_file):
+        text = session.read_bytes(text_file).decode("utf-8", errors="replace")
+        item = item.model_copy(update={"token": token, "caption_file": text_file,
+                                       "caption": caption_from_text(text, token, class_word, template)})
+    else:
+        item = item.model_copy(update={"token": token, "caption_file": None,
+                                       "caption": caption(template, token, class_word)})
+    length = tokenizer.length(item.caption)
+    if length > tokenizer.context_length:
+        where = PurePosixPath(item.caption_file or item.source).relative_to(PHOTOS)
+        problems.append(f"{where}: the caption takes {length} tokens, more than the text encoder's "
+                        f"{tokenizer.context_length}; the rest would be cut off. Shorten it.")
+    return item
+
+
+def subject_records(items: list[DatasetItem], origins: dict[str, set[str]], classes: dict[str, str | None],
+                    settings: CaptionSettings) -> dict[str, SubjectRecord]:
+    return {token: SubjectRecord(class_word=classes[token],
+                                 instance_prompt=caption(settings.instance_prompt, token, classes[token]),
+                                 class_prompt=class_prompt(classes[token], settings.class_prompt),
+                                 photos=sum(item.token == token for item in items),
+                                 sources=sorted(origins[token]))
+            for token in sorted(origins)}

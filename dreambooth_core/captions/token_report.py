@@ -1,0 +1,103 @@
+"""The token report: each subject's token analysis, prompts and captions, as
+reports/tokens.json and reports/tokens.md in the session."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from dreambooth_core.captions.analysis import TokenAnalysis, analyse_token
+from dreambooth_core.captions.suggest import suggest_tokens
+from dreambooth_core.captions.tokenizer import TextTokenizer
+from dreambooth_core.errors import DatasetError
+from dreambooth_core.session.dataset_manifest import require_dataset_manifest
+from dreambooth_core.session.folder import Session
+from dreambooth_core.session.paths import TOKEN_REPORT_JSON, TOKEN_REPORT_MARKDOWN
+
+SHOWN_SOURCES = 3
+
+
+class SubjectToken(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    token: str
+    class_word: str | None
+    instance_prompt: str
+    class_prompt: str | None
+    sources: list[str]  # the file or folder names the token came from
+    analysis: TokenAnalysis
+    suggestions: list[str]
+    captions: dict[str, str]  # session photo -> caption
+
+
+class TokenReport(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    session: str
+    subjects: list[SubjectToken]
+
+
+def build_token_report(session: Session, tokenizer: TextTokenizer) -> TokenReport:
+    manifest = require_dataset_manifest(session)
+    tokens = set(manifest.subjects)
+    subjects = []
+    for token, record in sorted(manifest.subjects.items()):
+        analysis = analyse_token(token, tokenizer)
+        suggestions = [] if analysis.verdict == "good" else suggest_tokens(tokenizer, 5, token, tokens)
+        subjects.append(SubjectToken(
+            token=token, class_word=record.class_word, instance_prompt=record.instance_prompt,
+            class_prompt=record.class_prompt, sources=record.sources, analysis=analysis,
+            suggestions=suggestions, captions={i.source: i.caption for i in manifest.items
+                                               if i.token == token}))
+    return TokenReport(session=session.name, subjects=subjects)
+
+
+def write_token_report(session: Session, report: TokenReport) -> None:
+    session.write_json(TOKEN_REPORT_JSON, report.model_dump())
+    session.write_bytes(TOKEN_REPORT_MARKDOWN, report_markdown(report).encode())
+
+
+def analysis_lines(analysis: TokenAnalysis, markdown: bool = True) -> list[str]:
+    code, bold = ("`", "**") if markdown else ("", "")
+    pieces = " ".join(f"{code}{p}{code}" for p in analysis.pieces)
+    common = ", ".join(f"'{w}'" for w in analysis.common_words) or "none"
+    return [f"- verdict: {bold}{analysis.verdict}{bold}: {analysis.reason}",
+            f"- splits into {analysis.token_count} token(s): {pieces}",
+            f"- common words among the pieces: {common}",
+            f"- digits: {'yes' if analysis.has_digits else 'no'}"]
+
+
+def report_markdown(report: TokenReport) -> str:
+    lines = [f"# Tokens of session {report.session}", "",
+             "| token | class | tokens | common words | digits | verdict |", "|---|---|---|---|---|---|"]
+    for s in report.subjects:
+        a = s.analysis
+        common, digits = ", ".join(a.common_words) or "-", "yes" if a.has_digits else "no"
+        lines.append(f"| {s.token} | {s.class_word or '-'} | {a.token_count} | {common} | {digits} | {a.verdict} |")
+    for s in report.subjects:
+        lines += ["", f"## {s.token}", "", *analysis_lines(s.analysis),
+                  f"- instance prompt: `{s.instance_prompt}`",
+                  f"- class prompt: `{s.class_prompt}`" if s.class_prompt
+                  else "- class prompt: none (no class word)"]
+        if s.suggestions:
+            lines.append(f"- rarer identifiers to consider: {', '.join(s.suggestions)}")
+        lines += ["", "| photo | caption |", "|---|---|"]
+        lines += [f"| {photo} | {caption} |" for photo, caption in s.captions.items()]
+    return "\n".join(lines) + "\n"
+
+
+def bad_token_error(report: TokenReport) -> DatasetError | None:
+    """One error for every subject whose token is bad, or None."""
+    bad = [s for s in report.subjects if s.analysis.verdict == "bad"]
+    if not bad:
+        return None
+    lines = [f"{_sources(s)}: the token {s.token!r} is bad: {s.analysis.reason} Rarer identifiers: "
+             f"{', '.join(s.suggestions)}." for s in bad]
+    example = f" (e.g. '{bad[0].suggestions[0]} (1).jpg')" if bad[0].suggestions else ""
+    return DatasetError(
+        "\n  ".join(["bad subject tokens (see reports/tokens.md in the session):", *lines]) +
+        f"\nRename the photos or folders{example} and start a new --session, pass --token for a "
+        "single subject, or pass --bad-token warn to train anyway.")
+
+
+def _sources(subject: SubjectToken) -> str:
+    shown = ", ".join(subject.sources[:SHOWN_SOURCES])
+    more = len(subject.sources) - SHOWN_SOURCES
+    return shown + (f" and {more} more" if more > 0 else "")

@@ -1,0 +1,328 @@
+"""The one configuration object, in sections owned by the parts that use them.
+
+Each part receives its own section. Three sections decide the trained weights and
+together form the training fingerprint (`DreamBoothConfig.training_values`):
+`base_model` (what is trained), `captions` (what each photo is called) and
+`training` (how). The others change how a run goes, never what it computes.
+
+Field names are unique across sections: the CLI flags (`--learning-rate`) and the
+flat settings of earlier versions (session.json, deployment parameters) map onto
+them one to one. Derived values (total steps, chunk plan, resolution) come from
+functions, never written back.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SESSION_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+STEPS_PER_PHOTO = 100
+DEFAULT_LEARNING_RATES = {"dreambooth": 2e-6, "lora": 1e-4, "textual-inversion": 5e-4}
+Method = Literal["dreambooth", "lora", "textual-inversion"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class InputSettings(Section):
+    """Where the session and its photos are, and the names of the blocks that reach them."""
+
+    storage: str = Field("sessions", description="Where sessions live: a folder, memory://, "
+                         "or gs://bucket/prefix (any fsspec URL).")
+    photos: str | None = Field(None, description="Folder of photos for a new session; later runs "
+                               "use the session's own copy.")
+    # Cloud: secrets live in Prefect blocks; only block names travel as parameters.
+    storage_block: str | None = Field(None, description="Name of a dreambooth-session-storage "
+                                      "Prefect block (storage URL and credentials); replaces "
+                                      "--storage. Register the block types with 'prefect block "
+                                      "register -m blocks'.")
+    hf_credentials_block: str | None = Field(None, description="Name of a hugging-face-credentials "
+                                             "Prefect block holding the token for a gated or "
+                                             "private --model (default: the HF_TOKEN variable).")
+
+
+class BaseModelSettings(Section):
+    """The model training starts from."""
+
+    model: str = Field("stable-diffusion-v1-5/stable-diffusion-v1-5", description="Base model: "
+                       "a Hugging Face repo id, a local diffusers folder, a .ckpt/.safetensors file "
+                       "or URL, or 'tiny' (a small random SD 1 model for offline demos and tests; "
+                       "'tiny-sd2', 'tiny-sd2-v' for SD 2.x).")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of --model.")
+    single_file_config: str | None = Field(None, description="For a single-file --model: a diffusers "
+                                           "folder or repo id describing its architecture.")
+
+
+class CaptionSettings(Section):
+    """What each photo's caption and each subject's class prompt say."""
+
+    token: str | None = Field(None, description="Identifier word for the subject (default: "
+                              "taken from the photo file names, 'shrk (1).jpg' -> shrk, or from "
+                              "sub-folders of the photos named after each subject's token).")
+    instance_prompt: str = Field("photo of {token} {class}", description="Caption of every photo "
+                                 "without a caption file; {token} and {class} are replaced by the "
+                                 "subject's identifier and class word.")
+    class_word: str | None = Field(None, description="What the subjects are: one word for all "
+                                   "('man', 'woman', 'person', 'dog', 'style') or one per subject "
+                                   "('shrk=man,ohwx=dog'). Captions become 'photo of shrk man'.")
+    class_prompt: str = Field("photo of {class}", description="Prompt of the class images; {class} "
+                              "is replaced by the subject's class word.")
+
+    @field_validator("class_word")
+    @classmethod
+    def _class_words(cls, value: str | None) -> str | None:
+        parse_class_words(value)
+        return value
+
+
+class CheckSettings(Section):
+    """What the checks before training accept."""
+
+    bad_token: Literal["stop", "warn"] = Field("stop", description="When the token analysis calls "
+                                               "a subject's token bad: stop before training, or "
+                                               "warn and train anyway.")
+    subject_type: Literal["auto", "person", "other"] = Field("auto", description="Whether the "
+                                                         "subjects are people, which turns on the "
+                                                         "face checks (one face per photo, framing "
+                                                         "mix): auto decides from the class word "
+                                                         "(person, man, woman, girl... or none: "
+                                                         "person; dog, style...: other).")
+    allow_several_faces: bool = Field(False, description="Accept photos of a person subject that "
+                                      "show several faces (otherwise an error).")
+
+
+class TrainingSettings(Section):
+    """Everything that decides the trained weights, except what the base model and the
+    captions decide. `steps` may grow on a finished session (see `fingerprint_values`)."""
+
+    resolution: int | None = Field(None, ge=64, description="Training size in pixels, a multiple "
+                                   "of 8 (default: the base model's own, 512 for SD 1.x).")
+    steps: int | None = Field(None, ge=1, description=f"Total UNet training steps (default: "
+                              f"{STEPS_PER_PHOTO} x number of photos).")
+    seed: int = Field(0, ge=0, description="Seed of all training randomness.")
+    method: Method = Field(
+        "dreambooth", description="What to train: dreambooth (the whole UNet, a full model), lora "
+        "(small adapters, a few-MB file) or textual-inversion (one new word's embedding).")
+    learning_rate: float | None = Field(None, gt=0, description="Learning rate (default: 2e-6 "
+                                        "dreambooth, 1e-4 lora, 5e-4 textual-inversion).")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="Learning-rate schedule after warm-up, decaying to 0 at the last "
+        "step for linear and cosine.")
+    warmup_steps: int = Field(0, ge=0, description="Steps of linear learning-rate warm-up from 0.")
+    batch_size: int = Field(1, ge=1, description="Photos per micro-batch (each with a class image "
+                            "when prior preservation is on).")
+    gradient_accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step; "
+                                       "the effective batch is batch size x this.")
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field(
+        "auto", description="Autocast precision: auto is bf16 on GPUs that have it, fp16 (with a "
+        "loss scaler) on older GPUs, no (fp32) on CPU.")
+    optimizer: Literal["adamw", "adamw-8bit"] = Field(
+        "adamw", description="adamw, or adamw-8bit (bitsandbytes, CUDA only: a quarter of the "
+        "optimizer memory).")
+    offset_noise: float = Field(0.0, ge=0, description="Offset-noise strength (e.g. 0.1) for "
+                                "darker darks and brighter brights; 0 is off.")
+    min_snr_gamma: float = Field(0.0, ge=0, description="Min-SNR loss weighting gamma (5 is "
+                                 "the paper's); 0 is off.")
+    flip: bool = Field(False, description="Randomly mirror photos left-right (doubles the "
+                       "variety; avoid for asymmetric subjects such as text or a side parting).")
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="Keep an exponential moving average of "
+                             "the UNet weights with this decay (e.g. 0.999) and export it; 0 is off.")
+    text_encoder_steps: int = Field(350, ge=0, description="Train the text encoder with the UNet "
+                                    "for the first N steps, then freeze it; 0 is off.")
+    text_encoder_learning_rate: float = Field(1e-6, gt=0, description="Text encoder learning rate.")
+    class_images: int = Field(200, ge=0, description="Prior preservation: class images per "
+                              "subject, generated once with the base model and reused; used when "
+                              "a class word is set; 0 is off.")
+    class_images_folder: str | None = Field(None, description="Your own class images instead of "
+                                            "generated ones (sub-folders per subject token when "
+                                            "subjects differ in class).")
+    prior_loss_weight: float = Field(1.0, ge=0, description="Weight of the prior-preservation loss.")
+    lora_rank: int = Field(8, ge=1, description="LoRA rank (adapter size).")
+    lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha (scale alpha/rank; "
+                                     "default: the rank).")
+    lora_text_encoder: bool = Field(False, description="LoRA: adapters on the text encoder too, "
+                                    "for the --text-encoder-steps phase.")
+    initializer_word: str | None = Field(None, description="Textual inversion: the word whose "
+                                         "embedding the new token starts from (default: the class "
+                                         "word, else 'person').")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clipping threshold.")
+    gpus: int = Field(1, ge=1, description="Data-parallel processes, one per GPU (with --device cpu: "
+                      "CPU processes); the effective batch is batch size x accumulation x gpus.")
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_8(cls, value: int | None) -> int | None:
+        if value is not None and value % 8:
+            raise ValueError(f"resolution {value} is not a multiple of 8; try {value - value % 8}")
+        return value
+
+    @property
+    def base_learning_rate(self) -> float:
+        return self.learning_rate or DEFAULT_LEARNING_RATES[self.method]
+
+    @property
+    def text_encoder_phase(self) -> int:
+        """Steps the text side trains: textual inversion trains only its new embeddings."""
+        return 0 if self.method == "textual-inversion" else self.text_encoder_steps
+
+    @property
+    def trains_text_encoder(self) -> bool:
+        return self.text_encoder_phase > 0 and (self.method == "dreambooth" or self.lora_text_encoder)
+
+    @property
+    def lora_scale_alpha(self) -> float:
+        return self.lora_alpha or self.lora_rank
+
+    def resolution_for(self, native: int) -> int:
+        """The training resolution: --resolution, else the base model's own."""
+        return self.resolution or native
+
+    def total_steps(self, photo_count: int) -> int:
+        return self.steps if self.steps is not None else STEPS_PER_PHOTO * photo_count
+
+    def fingerprint_values(self) -> dict[str, Any]:
+        """`steps` is absent on purpose: with a constant learning rate, randomness drawn per
+        step and data order per epoch, training to 2000 steps passes through the exact state a
+        500-step run ends in, so a finished session can be trained further. (A decaying
+        schedule's shape depends on it: the plan adds it then.)"""
+        return self.model_dump(exclude={"steps"})
+
+
+class SampleSettings(Section):
+    """Sample images and snapshots written while training."""
+
+    sample_prompts: str | None = Field(None, description="Your own sample prompts, separated by "
+                                       "';', rendered after each subject's caption; {token} and "
+                                       "{class} are filled in per subject.")
+    sample_every: int = Field(1, ge=0, description="Render samples after every N chunks "
+                              "(samples/step-N.png and the UI); 0 is never.")
+    sample_steps: int = Field(20, ge=1, description="Inference steps of each sample image.")
+    snapshot_every: int = Field(0, ge=0, description="Also save a small fp16 model (or LoRA, or "
+                                "embedding) every N steps in snapshots/, to pick the best later; "
+                                "0 is off.")
+    keep_snapshots: int = Field(3, ge=1, description="Snapshots to keep (the newest).")
+
+    @property
+    def own_prompts(self) -> list[str]:
+        return [p.strip() for p in (self.sample_prompts or "").split(";") if p.strip()]
+
+
+class ExportSettings(Section):
+    """The final output files."""
+
+    export_precision: Literal["fp16", "fp32"] = Field("fp16", description="Precision of the "
+                                                      "exported .ckpt/.safetensors files.")
+
+
+class RuntimeSettings(Section):
+    """How and where training runs: speed, memory and robustness, never the result."""
+
+    device: str = Field("auto", description="Training device: auto (CUDA when available), cpu, cuda.")
+    chunk_steps: int = Field(500, ge=1, description="Steps between committed checkpoints; "
+                             "a killed run loses at most this many.")
+    keep_checkpoints: int = Field(2, ge=2, description="Committed checkpoints to keep (at least 2).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward "
+                                         "pass: much less GPU memory, about a third slower; same result.")
+    cache_latents: bool = Field(True, description="Encode each photo (and its mirror image) with "
+                                "the VAE once, not at every step; same result, faster.")
+    cache_text_embeddings: bool = Field(True, description="Encode each caption once while the "
+                                        "text encoder is frozen; same result, faster.")
+    channels_last: bool = Field(False, description="UNet in channels-last memory layout (can be "
+                                "faster with mixed precision on GPUs).")
+    compile: bool = Field(False, description="torch.compile the UNet: slower start, faster "
+                          "steps on GPUs.")
+    preemption_grace: float = Field(25.0, ge=0, description="Seconds between SIGTERM and the "
+                                    "machine going away (preemptible cloud GPUs: ~30): training "
+                                    "stops after the current step and commits a checkpoint if "
+                                    "saving fits in this time.")
+    lease_wait: float = Field(0, ge=0, description="Seconds to wait when another run is training "
+                              "the same session, before giving up.")
+
+
+class DreamBoothConfig(BaseModel):
+    """Everything a training run needs. CLI flags, YAML and deployment parameters all
+    become this object; the flat settings of earlier versions are accepted too."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    # The sections that decide the trained weights: the training fingerprint.
+    TRAINING_SECTIONS: ClassVar[tuple[str, ...]] = ("base_model", "captions", "training")
+
+    session: str = Field(description="Session name: letters, digits, '.', '_' or '-' (at most 64). "
+                         "The session holds photos, progress and outputs; rerun it to resume.")
+    inputs: InputSettings = Field(InputSettings(), description="Where the session and its photos are.")
+    base_model: BaseModelSettings = Field(BaseModelSettings(), description="The model training starts from.")
+    captions: CaptionSettings = Field(CaptionSettings(), description="Tokens, captions and class words.")
+    checks: CheckSettings = Field(CheckSettings(), description="What the checks before training accept.")
+    training: TrainingSettings = Field(TrainingSettings(), description="What decides the trained weights.")
+    samples: SampleSettings = Field(SampleSettings(), description="Samples and snapshots while training.")
+    export: ExportSettings = Field(ExportSettings(), description="The final output files.")
+    runtime: RuntimeSettings = Field(RuntimeSettings(), description="Device, chunks and other "
+                                     "settings that change speed, never the result.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_flat_settings(cls, data: Any) -> Any:
+        """{'session': 's', 'model': 'tiny'} -> {'session': 's', 'base_model': {'model': 'tiny'}}."""
+        return nest_settings(data) if isinstance(data, dict) else data
+
+    @field_validator("session")
+    @classmethod
+    def _session_name(cls, name: str) -> str:
+        if not SESSION_NAME.match(name) or name in {".", ".."}:
+            raise ValueError(f"session name {name!r} is not allowed: use at most 64 letters, "
+                             "digits, '.', '_' or '-' (no slashes, no '..')")
+        return name
+
+    def training_values(self) -> dict[str, Any]:
+        """The settings whose change would change the trained weights, flat."""
+        values: dict[str, Any] = {}
+        for name in self.TRAINING_SECTIONS:
+            section = getattr(self, name)
+            values |= section.fingerprint_values() if name == "training" else section.model_dump()
+        return values
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting under its flag's name."""
+        return {"session": self.session} | {
+            name: value for section in SECTIONS for name, value in getattr(self, section).model_dump().items()}
+
+
+SECTIONS: dict[str, type[Section]] = {
+    name: field.annotation for name, field in DreamBoothConfig.model_fields.items() if name != "session"}
+# Setting name -> the section that holds it (names are unique across sections).
+SECTION_OF: dict[str, str] = {name: section for section, kind in SECTIONS.items() for name in kind.model_fields}
+assert len(SECTION_OF) == sum(len(kind.model_fields) for kind in SECTIONS.values()), "a setting is in two sections"
+
+
+def nest_settings(data: dict[str, Any]) -> dict[str, Any]:
+    """Flat settings moved into their sections, merged with any section given whole."""
+    nested = {name: value for name, value in data.items() if name not in SECTION_OF}
+    for name, value in data.items():
+        if name in SECTION_OF:
+            section = nested.get(SECTION_OF[name], {})
+            if isinstance(section, BaseModel):
+                section = section.model_dump()
+            nested[SECTION_OF[name]] = {**section, name: value}
+    return nested
+
+
+def parse_class_words(spec: str | None) -> dict[str | None, str]:
+    """'man' -> {None: 'man'} (every subject); 'shrk=man,ohwx=dog' -> {'shrk': 'man', 'ohwx': 'dog'}.
+
+    A bare word and token=word entries may be mixed: the bare word covers the rest."""
+    words: dict[str | None, str] = {}
+    if spec is None or not spec.strip():
+        return words
+    for entry in spec.split(","):
+        token, _, word = entry.rpartition("=")
+        token, word = token.strip().lower() or None, word.strip()
+        if not word or (token is None and "=" in entry) or token in words:
+            raise ValueError(f"class word entry {entry.strip()!r} in {spec!r} is not valid: give one "
+                             "word for every subject ('man') or token=word pairs separated by commas "
+                             "('shrk=man,ohwx=dog'), each token once")
+        words[token] = word
+    return words

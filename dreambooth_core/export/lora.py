@@ -1,0 +1,158 @@
+"""LoRA adapters trained with peft, written in the two formats users load.
+
+- `<name>.safetensors` in the kohya layout that AUTOMATIC1111, ComfyUI, kohya's
+  scripts and diffusers read: per adapted layer `<module>.lora_down.weight`
+  (peft's lora_A), `<module>.lora_up.weight` (lora_B) and `<module>.alpha`,
+  where `<module>` is `lora_unet_` or `lora_te_` plus the diffusers module path
+  with dots turned into underscores (`lora_unet_down_blocks_0_attentions_0_
+  transformer_blocks_0_attn1_to_q`, `lora_te_text_model_encoder_layers_0_
+  self_attn_q_proj`). Readers scale up @ down by alpha / rank, so alpha is
+  written as peft's scaling x rank: lora_alpha for plain LoRA, and still the
+  right scale with rsLoRA (scaling lora_alpha / sqrt(rank)).
+- a diffusers folder (`pytorch_lora_weights.safetensors`, peft key names under
+  `unet.` / `text_encoder.`, the LoraConfig in the file's metadata so that
+  lora_alpha survives) that `pipeline.load_lora_weights(folder)` loads.
+
+The adapted modules may come from `unet.add_adapter(config)`,
+`peft.inject_adapter_in_model(config, model)` or `peft.get_peft_model(model, config)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dreambooth_core.errors import ModelError
+from dreambooth_core.model.single_file import save_safetensors, sort_metadata
+
+if TYPE_CHECKING:
+    import torch
+
+UNET_PREFIX = "lora_unet_"
+TEXT_ENCODER_PREFIX = "lora_te_"
+DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
+_PEFT_WRAPPER = "base_model.model."
+
+
+class LoraFiles(BaseModel):
+    """Where the LoRA export went, and how big each file is."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kohya_file: str = Field(description="The .safetensors for AUTOMATIC1111 / ComfyUI / kohya.")
+    diffusers_folder: str = Field(description="The folder for diffusers' load_lora_weights.")
+    sizes: dict[str, int] = Field(description="Bytes of each written file, by path.")
+
+
+def export_lora(unet, text_encoder, out_dir: Path, name: str, adapter: str = "default",
+                dtype: torch.dtype | None = None) -> LoraFiles:
+    """Write `<out_dir>/<name>.safetensors` (kohya layout) and `<out_dir>/<name>-diffusers/`.
+
+    `text_encoder` is None when only the UNet has adapters; `dtype` (e.g. torch.float16)
+    converts the weights, None keeps the trained dtype.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kohya, folder = out_dir / f"{name}.safetensors", out_dir / f"{name}-diffusers"
+    save_kohya_lora(unet, text_encoder, kohya, adapter, dtype)
+    save_diffusers_lora(unet, text_encoder, folder, adapter, dtype)
+    files = [kohya, folder / DIFFUSERS_FILE]
+    return LoraFiles(kohya_file=str(kohya), diffusers_folder=str(folder),
+                     sizes={str(file): file.stat().st_size for file in files})
+
+
+def kohya_lora_state(unet, text_encoder=None, adapter: str = "default",
+                     dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The adapters' weights under kohya names (see module doc)."""
+    state = _kohya_part(unet, UNET_PREFIX, adapter, "")
+    if text_encoder is not None:
+        # transformers 5 flattened CLIPTextModel; the kohya names keep the "text_model." of 4.x.
+        prefix = "" if any(n.startswith("text_model.") for n in lora_layers(text_encoder, adapter)) else "text_model."
+        state |= _kohya_part(text_encoder, TEXT_ENCODER_PREFIX, adapter, prefix)
+    return {key: tensor.to(dtype) if dtype else tensor for key, tensor in state.items()}
+
+
+def save_kohya_lora(unet, text_encoder, path: Path, adapter: str = "default",
+                    dtype: torch.dtype | None = None) -> None:
+    """Write the kohya-layout .safetensors, with kohya's network metadata."""
+    layers = lora_layers(unet, adapter)
+    first = next(iter(layers.values()))
+    rank = first.r[adapter]
+    metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank),
+                "ss_network_alpha": _number(first.scaling[adapter] * rank)}
+    save_safetensors(kohya_lora_state(unet, text_encoder, adapter, dtype), path, metadata)
+
+
+def save_diffusers_lora(unet, text_encoder, folder: Path, adapter: str = "default",
+                        dtype: torch.dtype | None = None) -> None:
+    """Write the folder diffusers' `load_lora_weights` reads, the LoraConfigs in its metadata."""
+    from diffusers import StableDiffusionPipeline
+
+    def part(model):
+        if model is None:
+            return None, None
+        config = _peft_config(model, adapter).to_dict()
+        # Sets (target_modules) iterate in a per-process order: sort them for equal files.
+        return _peft_state(model, adapter, dtype), {k: sorted(v) if isinstance(v, set) else v
+                                                    for k, v in config.items()}
+
+    unet_state, unet_config = part(unet)
+    text_state, text_config = part(text_encoder)
+    StableDiffusionPipeline.save_lora_weights(
+        str(folder), unet_lora_layers=unet_state, text_encoder_lora_layers=text_state,
+        unet_lora_adapter_metadata=unet_config, text_encoder_lora_adapter_metadata=text_config,
+        safe_serialization=True)
+    sort_metadata(folder / DIFFUSERS_FILE)
+
+
+def lora_layers(model, adapter: str = "default") -> dict:
+    """The model's peft LoRA layers holding `adapter`, by module path (without peft's wrapper prefix)."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = {name.removeprefix(_PEFT_WRAPPER): module for name, module in model.named_modules()
+              if isinstance(module, LoraLayer) and adapter in module.lora_A}
+    if not layers:
+        raise ModelError(
+            f"The {type(model).__name__} has no LoRA adapter named {adapter!r}, so there is nothing to "
+            "export. Add adapters with peft (LoraConfig) before training, or export the full model instead.")
+    for name, layer in layers.items():
+        if layer.use_dora.get(adapter) or getattr(layer, "lora_bias", {}).get(adapter):
+            raise ModelError(
+                f"The LoRA layer {name} uses DoRA or a LoRA bias, which the kohya/AUTOMATIC1111 format "
+                "cannot hold. Train with plain LoRA (use_dora=False, lora_bias=False).")
+    return layers
+
+
+def _kohya_part(model, prefix: str, adapter: str, module_prefix: str) -> dict[str, torch.Tensor]:
+    import torch
+
+    state = {}
+    for name, layer in lora_layers(model, adapter).items():
+        key = prefix + (module_prefix + name).replace(".", "_")
+        down, up = layer.lora_A[adapter].weight.detach(), layer.lora_B[adapter].weight.detach()
+        state[f"{key}.lora_down.weight"] = down.contiguous()
+        state[f"{key}.lora_up.weight"] = up.contiguous()
+        state[f"{key}.alpha"] = torch.tensor(layer.scaling[adapter] * layer.r[adapter], dtype=down.dtype)
+    return state
+
+
+def _peft_state(model, adapter: str, dtype) -> dict[str, torch.Tensor]:
+    from peft import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(model, adapter_name=adapter)
+    return {key.removeprefix(_PEFT_WRAPPER): (t.to(dtype) if dtype else t).detach().contiguous()
+            for key, t in state.items()}
+
+
+def _peft_config(model, adapter: str):
+    configs = getattr(model, "peft_config", None) or {}
+    if adapter not in configs:
+        raise ModelError(f"The {type(model).__name__} carries no peft LoraConfig for adapter {adapter!r}; "
+                         "add adapters with peft (add_adapter, inject_adapter_in_model or get_peft_model).")
+    return configs[adapter]
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)

@@ -1,0 +1,55 @@
+"""What each method exports, written into a local folder.
+
+Each writer returns the top-level names it created there (files and folders),
+which the caller then places in the session atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from dreambooth_core.export.embedding import export_embeddings
+from dreambooth_core.export.lora import export_lora
+from dreambooth_core.model.family import ModelFamily
+from dreambooth_core.model.model_spec import model_spec_metadata
+from dreambooth_core.model.openclip_layout import load_extras
+from dreambooth_core.model.single_file import save_single_file, to_single_file_state
+from dreambooth_core.session.paths import DIFFUSERS
+from dreambooth_core.training.methods import Trainables
+from dreambooth_core.training.model_parts import ModelParts
+
+
+def original_layout(model_path: str, family: ModelFamily, unet, vae, text_encoder, name: str) -> tuple[dict, dict]:
+    """(state dict in the original single-file layout, its model-spec metadata)."""
+    # SD 2.x: the base single file's final text-encoder layer etc. when it was one (else neutral).
+    state = to_single_file_state(unet, vae, text_encoder, load_extras(model_path))
+    return state, model_spec_metadata(family, name)
+
+
+def full_model_files(model_path: str, family: ModelFamily, parts: ModelParts, name: str, step: int,
+                     dtype: torch.dtype, out: Path) -> list[str]:
+    """`<name>.safetensors` and `.ckpt` in the original layout, and a diffusers folder."""
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline.from_pretrained(
+        model_path, unet=parts.unet, text_encoder=parts.text_encoder,
+        safety_checker=None, requires_safety_checker=False).to(dtype=dtype)
+    pipeline.save_pretrained(out / DIFFUSERS, safe_serialization=True)
+    state, metadata = original_layout(model_path, family, pipeline.unet, pipeline.vae, pipeline.text_encoder, name)
+    for fmt in ("safetensors", "ckpt"):
+        save_single_file(state, out / f"{name}.{fmt}", fmt, step, metadata)
+    return [DIFFUSERS, f"{name}.safetensors", f"{name}.ckpt"]
+
+
+def lora_files(parts: ModelParts, trainables: Trainables, name: str, dtype: torch.dtype,
+               out: Path) -> list[str]:
+    text_encoder = parts.text_encoder if trainables.text_encoder else None
+    export_lora(parts.unet, text_encoder, out, name, dtype=dtype)
+    return [f"{name}.safetensors", f"{name}-diffusers"]
+
+
+def embedding_files(trainables: Trainables, step: int, dtype: torch.dtype, out: Path) -> list[str]:
+    export_embeddings(trainables.token_vectors(dtype), out, step)
+    return sorted(p.name for p in out.iterdir())

@@ -1,0 +1,83 @@
+"""Model snapshots every N steps: small fp16 files to compare and pick from, kept K at a time.
+
+They are separate from the training state (checkpoints/) and never needed for resume:
+a snapshot rewritten after a resume has the same content."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dreambooth_core.export.embedding import export_embeddings
+from dreambooth_core.export.lora import save_kohya_lora
+from dreambooth_core.export.method_files import original_layout
+from dreambooth_core.model.family import ModelFamily
+from dreambooth_core.model.single_file import save_single_file
+from dreambooth_core.session.folder import Session
+from dreambooth_core.session.paths import SNAPSHOTS, snapshot_folder
+from dreambooth_core.session.storage import SessionRef
+from dreambooth_core.training.methods import Trainables
+from dreambooth_core.training.model_parts import ModelParts
+from dreambooth_core.training.trainer import Trainer
+
+_STEP = re.compile(r"step-(\d{6,})")
+
+
+@dataclass(frozen=True)
+class SnapshotHook:
+    """Writes a snapshot every `every` steps from the trainer's own modules (rank 0)."""
+
+    session: SessionRef
+    model_path: str
+    family: ModelFamily
+    every: int
+    keep: int
+
+    def __call__(self, trainer: Trainer, step: int) -> None:
+        if self.every and step % self.every == 0:
+            write_snapshot(self.session.open(), self.model_path, self.family, trainer.settings.method,
+                           trainer.parts, trainer.trainables, step, self.keep)
+
+
+def write_snapshot(session: Session, model_path: str, family: ModelFamily, method: str, parts: ModelParts,
+                   trainables: Trainables, step: int, keep: int) -> list[str]:
+    """Write the snapshot at `step`, then delete all but the newest `keep` steps' files."""
+    name = f"{session.name}-step-{step:06d}"
+    folder = snapshot_folder(step)
+    with tempfile.TemporaryDirectory(prefix="dreambooth-snapshot-") as tmp:
+        local = Path(tmp)
+        _write_local(local, model_path, family, method, parts, trainables, name, step)
+        files = sorted(p for p in local.rglob("*") if p.is_file())
+        for file in files:
+            session.put_file(file, f"{folder}/{file.relative_to(local).as_posix()}")
+    _apply_retention(session, keep)
+    return [f"{folder}/{f.relative_to(local).as_posix()}" for f in files]
+
+
+@torch.no_grad()
+def _write_local(out: Path, model_path: str, family: ModelFamily, method: str, parts: ModelParts,
+                 trainables: Trainables, name: str, step: int) -> None:
+    if method == "lora":
+        text_encoder = parts.text_encoder if trainables.text_encoder else None
+        save_kohya_lora(parts.unet, text_encoder, out / f"{name}.safetensors", dtype=torch.float16)
+    elif method == "textual-inversion":
+        export_embeddings(trainables.token_vectors(torch.float16), out, step, write_pt=False)
+    else:
+        # The training modules stay fp32: the snapshot converts a copy of each tensor.
+        state, metadata = original_layout(model_path, family, parts.unet, parts.vae, parts.text_encoder, name)
+        state = {k: v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.cpu()
+                 for k, v in state.items()}
+        save_single_file(state, out / f"{name}.safetensors", "safetensors", step, metadata)
+
+
+def snapshot_steps(session: Session) -> list[int]:
+    return sorted(int(m.group(1)) for m in map(_STEP.fullmatch, session.list(SNAPSHOTS)) if m)
+
+
+def _apply_retention(session: Session, keep: int) -> None:
+    for step in snapshot_steps(session)[:-keep]:
+        session.remove(snapshot_folder(step))

@@ -1,0 +1,1 @@
+"""The base model: fetched from the hub, a URL or disk, converted once, described by its configs."""

@@ -1,0 +1,143 @@
+"""Which Stable Diffusion a diffusers folder holds, read from its own config files.
+
+Training and export need three facts about a base model: its family (SD 1.x or
+SD 2.x: the text encoder and the single-file layout differ), what its UNet
+predicts (noise, "epsilon", or velocity, "v_prediction": the training target
+differs), and the image size it was trained at. Each is read from the folder's
+JSON configs, never guessed from the model's name:
+
+- family: the text encoder's activation. SD 1.x uses OpenAI CLIP ("quick_gelu");
+  SD 2.x uses OpenCLIP converted to a CLIPTextModel ("gelu").
+- prediction type: the scheduler config's `prediction_type` (absent means epsilon).
+- resolution: UNet sample size x VAE downscale factor.
+
+Architectures this tool cannot train (SDXL, inpainting UNets, other pipelines)
+are refused with a ModelError that names the file and field that gave them away.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dreambooth_core.errors import ModelError
+from dreambooth_core.model.tiny import tiny_resolution
+
+# The smallest native resolution of the supported models (SD 1.x, SD 2.x 512 px): what
+# photos are judged against before a downloaded model's own is known.
+SMALLEST_SD_RESOLUTION = 512
+_FAMILY_BY_ACTIVATION = {"quick_gelu": "sd1", "gelu": "sd2"}
+_PREDICTION_TYPES = ("epsilon", "v_prediction")
+_SUPPORTED = "Stable Diffusion 1.x and 2.x (512 px epsilon, 768 px v-prediction)"
+
+
+class ModelFamily(BaseModel):
+    """What training and export need to know about a base model's architecture."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    family: Literal["sd1", "sd2"] = Field(description="SD 1.x (OpenAI CLIP) or SD 2.x (OpenCLIP).")
+    prediction_type: Literal["epsilon", "v_prediction"] = Field(description="What the UNet predicts.")
+    resolution: int = Field(description="Image size the model was trained at, in pixels.")
+
+
+def detect_family(model_path: str | Path) -> ModelFamily:
+    """The family, prediction type and native resolution of the diffusers folder `model_path`."""
+    folder = Path(model_path)
+    _check_pipeline(folder)
+    unet = _read_config(folder, "unet/config.json")
+    _check_unet(folder, unet)
+    return ModelFamily(family=_family(folder), prediction_type=_prediction_type(folder),
+                       resolution=resolution_of(unet, _read_config(folder, "vae/config.json")))
+
+
+def resolution_of(unet_config: dict, vae_config: dict) -> int:
+    """The image size a model was trained at: UNet sample size x VAE downscale factor."""
+    return int(unet_config["sample_size"]) * vae_scale(vae_config)
+
+
+def vae_scale(vae_config: dict) -> int:
+    """Image pixels per latent pixel."""
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
+def expected_resolution(spec: str, override: int | None) -> tuple[int, str]:
+    """(resolution, where it comes from) before the model is fetched, for the photo checks:
+    --resolution when given, a built-in tiny model's own, a local diffusers folder's own,
+    otherwise SMALLEST_SD_RESOLUTION (no photo an SD 1.x model could use is refused; for
+    SD 2.1-768 pass --resolution 768 to be warned about smaller photos)."""
+    if override:
+        return override, "--resolution"
+    if tiny_resolution(spec):
+        return tiny_resolution(spec), "the tiny model's resolution"
+    try:
+        folder = Path(spec)
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        return resolution_of(unet, vae), "the local model's resolution"
+    except (OSError, ValueError, KeyError, TypeError):
+        return SMALLEST_SD_RESOLUTION, (f"{SMALLEST_SD_RESOLUTION}, the smallest resolution of Stable "
+                                        "Diffusion models; pass --resolution for another")
+
+
+def _read_config(folder: Path, relative: str) -> dict:
+    path = folder / relative
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(
+            f"The model folder {folder} has no {relative}, so its architecture cannot be told. "
+            "Point --model at a complete diffusers Stable Diffusion folder (model_index.json, unet/, vae/, "
+            "text_encoder/, tokenizer/, scheduler/).") from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path} cannot be read as JSON ({exc}). The download may be damaged: "
+                         "delete the folder and fetch the model again.") from None
+
+
+def _check_pipeline(folder: Path) -> None:
+    index = _read_config(folder, "model_index.json")
+    pipeline = index.get("_class_name", "")
+    if "text_encoder_2" in index or "XL" in pipeline:
+        raise _unsupported(folder, "model_index.json", f"it is an SDXL model ({pipeline})")
+    if pipeline not in ("StableDiffusionPipeline", ""):
+        raise _unsupported(folder, "model_index.json", f"its pipeline is {pipeline}")
+
+
+def _check_unet(folder: Path, unet: dict) -> None:
+    if unet.get("addition_embed_type"):
+        raise _unsupported(folder, "unet/config.json",
+                           f"the UNet takes extra embeddings (addition_embed_type={unet['addition_embed_type']!r}, "
+                           "as SDXL does)")
+    if unet.get("in_channels", 4) != 4:
+        raise _unsupported(folder, "unet/config.json",
+                           f"the UNet has in_channels={unet['in_channels']} (an inpainting or depth model; "
+                           "4 is a text-to-image model)")
+
+
+def _family(folder: Path) -> str:
+    text_encoder = _read_config(folder, "text_encoder/config.json")
+    activation = text_encoder.get("hidden_act")
+    architectures = text_encoder.get("architectures") or ["CLIPTextModel"]
+    if architectures != ["CLIPTextModel"] or activation not in _FAMILY_BY_ACTIVATION:
+        raise _unsupported(folder, "text_encoder/config.json",
+                           f"its text encoder is {architectures[0]} with hidden_act={activation!r} "
+                           "(SD 1.x: CLIPTextModel with quick_gelu; SD 2.x: CLIPTextModel with gelu)")
+    return _FAMILY_BY_ACTIVATION[activation]
+
+
+def _prediction_type(folder: Path) -> str:
+    scheduler = _read_config(folder, "scheduler/scheduler_config.json")
+    prediction = scheduler.get("prediction_type", "epsilon")
+    if prediction not in _PREDICTION_TYPES:
+        raise _unsupported(folder, "scheduler/scheduler_config.json",
+                           f"its scheduler has prediction_type={prediction!r} (supported: epsilon, v_prediction)")
+    return prediction
+
+
+def _unsupported(folder: Path, relative: str, why: str) -> ModelError:
+    return ModelError(
+        f"The model in {folder} is not one this tool can train: {relative} shows {why}. "
+        f"Supported are {_SUPPORTED}; pick such a base model with --model.")

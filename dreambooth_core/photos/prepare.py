@@ -1,0 +1,164 @@
+"""Square, resized training images made from the session's photos.
+
+Preparation is cached per photo: a prepared image is named after the key of what
+made it (source sha256, resolution, PREPARE_VERSION, face detector), so a rerun,
+or a photo set that gained one photo, prepares only the photos whose key has no
+image yet. Photos are prepared in a process pool (one worker per core).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+
+from pydantic import BaseModel, ConfigDict
+
+from dreambooth_core.errors import DatasetError
+from dreambooth_core.hashing import digest
+from dreambooth_core.photos import faces
+from dreambooth_core.photos.contact_sheet import contact_sheet
+from dreambooth_core.photos.crop import PREPARE_VERSION, PreparedPhoto, prepare_or_error
+from dreambooth_core.photos.originals import PhotoSet
+from dreambooth_core.reports.terminal import progress_bar
+from dreambooth_core.session.dataset_manifest import (
+    DatasetItem,
+    DatasetManifest,
+    load_dataset_manifest,
+    save_dataset_manifest,
+)
+from dreambooth_core.session.folder import Session
+from dreambooth_core.session.paths import CONTACT_SHEET, DATASET, DATASET_MANIFEST, PHOTOS
+from dreambooth_core.session.state import load_state
+
+PARALLEL_BYTES = 4 << 20  # below this much photo data a process pool costs more than it saves
+
+
+class PreparedDataset(BaseModel):
+    """What the dataset step produced: small enough to pass between tasks."""
+
+    model_config = ConfigDict(frozen=True)
+    count: int
+    resolution: int
+    digest: str
+    prepared: int = 0  # images made by this call (the others were reused)
+
+
+def method() -> str:
+    """Everything besides the photo and the resolution that decides a prepared image."""
+    detector = faces.current_detector()
+    return f"v{PREPARE_VERSION}/{getattr(detector, '__module__', '?')}.{getattr(detector, '__qualname__', '?')}"
+
+
+def prepared_file(source_sha256: str, resolution: int) -> str:
+    """Where the prepared image of a photo goes: named after everything that made it."""
+    return f"{DATASET}/{digest([source_sha256, resolution, method()])[:20]}.png"
+
+
+def prepare_many(photos: list[tuple[str, bytes]], resolution: int,
+                 workers: int | None = None) -> Iterator[PreparedPhoto | DatasetError]:
+    """prepare_photo over (name, bytes) pairs, in order; an unreadable photo yields its error.
+
+    workers=None: one process per core when there is enough data to be worth it. The
+    output does not depend on the number of workers."""
+    if workers is None:
+        heavy = len(photos) > 1 and sum(len(data) for _, data in photos) >= PARALLEL_BYTES
+        workers = min(os.cpu_count() or 1, len(photos)) if heavy else 1
+    if workers <= 1 or sys.platform != "linux":  # macOS: fork is unsafe with system frameworks
+        yield from (prepare_or_error(name, data, resolution) for name, data in photos)
+        return
+    # fork: workers start at once with everything imported, a plugged-in face detector
+    # included (forkserver and spawn would re-import the caller's __main__: the CLI,
+    # prefect, ~2 s a worker). A worker runs only prepare_or_error: Pillow and OpenCV,
+    # none of the locks the parent's threads hold. (Calling cv2.setNumThreads in a forked
+    # worker hangs: leave OpenCV's pool alone.)
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        pending: list[Future] = []
+        for name, data in photos:  # a sliding window keeps only a few photos in memory
+            pending.append(pool.submit(prepare_or_error, name, data, resolution))
+            if len(pending) >= 2 * workers:
+                yield pending.pop(0).result()
+        yield from (future.result() for future in pending)
+
+
+def prepare_dataset(session: Session, photos: dict[str, str], resolution: int,
+                    log: logging.Logger | None = None, reuse: Iterable[DatasetItem] = (),
+                    workers: int | None = None) -> list[DatasetItem]:
+    """Manifest items for the session photos `photos` ({name: sha256}), preparing only those
+    `reuse` has no image for: only those are read.
+
+    Every unreadable photo is collected and reported at once."""
+    log = log or logging.getLogger("dreambooth")
+    names = sorted(photos)
+    known = {item.file: item for item in reuse if session.exists(item.file)}
+    items: dict[str, DatasetItem] = {}
+    for name in names:
+        file = prepared_file(photos[name], resolution)
+        if file in known:
+            items[name] = DatasetItem(file=file, source=f"{PHOTOS}/{name}", source_sha256=photos[name],
+                                      crop_box=known[file].crop_box, face_box=known[file].face_box)
+    todo = [name for name in names if name not in items]
+    problems = []
+    results = prepare_many([(name, session.read_bytes(f"{PHOTOS}/{name}")) for name in todo], resolution, workers)
+    bar = progress_bar(len(todo), "prepare photos", unit="photo")  # [ui] on a terminal
+    for name, result in zip(todo, results):
+        bar.update()
+        if isinstance(result, DatasetError):
+            problems.append(str(result))
+            continue
+        file = prepared_file(photos[name], resolution)
+        session.write_bytes(file, result.png)
+        items[name] = DatasetItem(file=file, source=f"{PHOTOS}/{name}", source_sha256=photos[name],
+                                  crop_box=list(result.crop_box),
+                                  face_box=list(result.face_box) if result.face_box else None)
+    bar.close()
+    if problems:
+        raise DatasetError("some photos cannot be used:\n  " + "\n  ".join(problems))
+    log.info("Prepared %d photos at %dx%d (%d reused)", len(todo), resolution, resolution,
+             len(names) - len(todo))
+    return [items[name] for name in names]
+
+
+def build_dataset(session: Session, photos: PhotoSet, resolution: int,
+                  log: logging.Logger | None = None, workers: int | None = None) -> PreparedDataset:
+    """Prepare the imported photos, reusing every image already prepared for them.
+
+    Writes dataset/manifest.json (source hash, crop box, face box per photo) and
+    reports/contact_sheet.png."""
+    log = log or logging.getLogger("dreambooth")
+    state = load_state(session)
+    old = load_dataset_manifest(session)
+    # Once training has started the prepared images are part of its fingerprint: a new
+    # PREPARE_VERSION or detector applies to new sessions only.
+    if (old and old.photos_digest == photos.digest and old.resolution == resolution
+            and (old.method == method() or (state and state.training_started))):
+        if not session.exists(CONTACT_SHEET):
+            session.write_bytes(CONTACT_SHEET, contact_sheet([session.read_bytes(i.file) for i in old.items]))
+        log.info("Dataset already prepared (%d photos)", len(old.items))
+        return _summary(old, 0)
+    images = {name: photos.files[name] for name in photos.photos}
+    items = prepare_dataset(session, images, resolution, log, old.items if old else (), workers)
+    manifest = DatasetManifest(resolution=resolution, photos_digest=photos.digest, method=method(), items=items,
+                               digest=DatasetManifest.prepared_digest(resolution, photos.digest, method(), items))
+    session.write_bytes(CONTACT_SHEET, contact_sheet([session.read_bytes(i.file) for i in items]))
+    save_dataset_manifest(session, manifest)
+    _remove_unlisted(session, {i.file for i in items})
+    before = {o.file for o in old.items} if old else set()
+    return _summary(manifest, sum(1 for i in items if i.file not in before))
+
+
+def _remove_unlisted(session: Session, files: set[str]) -> None:
+    """Prepared images no photo of the current manifest uses (a replaced photo, an old setting)."""
+    for name in session.list(DATASET):
+        path = f"{DATASET}/{name}"
+        if path != DATASET_MANIFEST and path not in files:
+            session.remove(path)
+
+
+def _summary(manifest: DatasetManifest, prepared: int) -> PreparedDataset:
+    return PreparedDataset(count=len(manifest.items), resolution=manifest.resolution,
+                           digest=manifest.digest, prepared=prepared)

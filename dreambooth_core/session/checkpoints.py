@@ -1,0 +1,203 @@
+"""Committed training checkpoints in a session.
+
+A checkpoint is a folder `checkpoints/step-NNNNNN/` of files plus MANIFEST.json
+(names, sizes, sha256) written last. On local disk the folder is assembled
+under a temporary name, fsynced and renamed; on object stores, where there is
+no rename, the manifest object itself is the commit. The latest checkpoint is
+the highest step whose manifest exists and whose files verify against it;
+anything else is ignored and, after the next commit, deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from dreambooth_core.session.folder import Session
+from dreambooth_core.session.lease import check_lease
+from dreambooth_core.session.paths import CHECKPOINT_MANIFEST, CHECKPOINTS, checkpoint_folder
+
+_STEP_DIR = re.compile(r"^step-(\d{6,})$")
+
+Writer = Callable[[BinaryIO], Any]
+
+
+class FileRecord(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    size: int
+    sha256: str
+
+
+class CheckpointManifest(BaseModel):
+    """MANIFEST.json of a checkpoint folder: written last, it is the commit."""
+
+    model_config = ConfigDict(frozen=True)
+    step: int
+    meta: dict[str, Any]
+    files: dict[str, FileRecord]
+    committed_at: float
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    meta: dict
+    files: dict[str, bytes]
+
+
+class _HashingFile:
+    """Counts and hashes what passes through to the real file."""
+
+    def __init__(self, target: BinaryIO):
+        self.target, self.size, self.sha256 = target, 0, hashlib.sha256()
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        self.sha256.update(view)
+        self.size += view.nbytes
+        return self.target.write(data)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
+class CheckpointStore:
+    """Save and find committed checkpoints; keep the newest `keep`."""
+
+    def __init__(self, session: Session, keep: int = 2, log: logging.Logger | None = None):
+        assert keep >= 2, "keeping fewer than two checkpoints can lose the only good one"
+        self.session, self.keep = session, keep
+        self.log = log or logging.getLogger("dreambooth")
+
+    def save(self, step: int, writers: dict[str, Writer], meta: dict) -> None:
+        """Write every file, then the manifest; then apply retention."""
+        final = checkpoint_folder(step)
+        self.session.remove(final)  # an uncommitted or corrupt leftover at this step
+        staging = f"{CHECKPOINTS}/.tmp-step-{step:06d}-{uuid.uuid4().hex[:8]}" if self.session.is_local else final
+        files = {name: self._write(f"{staging}/{name}", write) for name, write in writers.items()}
+        manifest = CheckpointManifest(step=step, meta=meta, files=files, committed_at=time.time())
+        check_lease(self.session)  # a run whose lease was taken over must not commit
+        self._write(f"{staging}/{CHECKPOINT_MANIFEST}",
+                    lambda f: f.write(_json(manifest.model_dump(mode="json"))))
+        if self.session.is_local:
+            _fsync_dir(self.session.path(staging))
+            self.session.rename(staging, final)
+            _fsync_dir(self.session.path(CHECKPOINTS))
+        self.log.info("Committed checkpoint at step %d (%s)", step, _size(files))
+        self._apply_retention()
+
+    def _write(self, relative: str, write: Writer) -> FileRecord:
+        written = []
+
+        def hashed(raw: BinaryIO) -> None:
+            written.append(_HashingFile(raw))
+            write(written[0])
+
+        # Atomic per file: a failed upload never leaves a partial object under this name.
+        self.session.write_with(relative, hashed)
+        return FileRecord(size=written[0].size, sha256=written[0].sha256.hexdigest())
+
+    def committed_steps(self) -> list[int]:
+        """Steps whose manifest exists and whose file sizes match it (cheap: no hashing)."""
+        self.session.fs.invalidate_cache()  # object-store listings are cached: see other writers' commits
+        return [step for step in self._step_dirs() if self._manifest_if_sizes_match(step)]
+
+    def latest_step(self) -> int:
+        steps = self.committed_steps()
+        return steps[-1] if steps else 0
+
+    def load_latest(self, max_step: int | None = None) -> Checkpoint | None:
+        """The newest checkpoint at or below max_step whose files verify, read into memory."""
+        for step in reversed(self.committed_steps()):
+            if max_step is not None and step > max_step:
+                continue
+            checkpoint = self._read_verified(step)
+            if checkpoint is not None:
+                return checkpoint
+        return None
+
+    def _read_verified(self, step: int) -> Checkpoint | None:
+        manifest = self._manifest_if_sizes_match(step)
+        if manifest is None:
+            return None
+        files = {}
+        for name, expected in manifest.files.items():
+            data = self.session.read_bytes(f"{checkpoint_folder(step)}/{name}")
+            if hashlib.sha256(data).hexdigest() != expected.sha256:
+                self.log.warning("Checkpoint at step %d is corrupt (%s does not match its "
+                                 "manifest); falling back to the previous one", step, name)
+                self.session.remove(f"{checkpoint_folder(step)}/{CHECKPOINT_MANIFEST}")  # uncommit it
+                return None
+            files[name] = data
+        return Checkpoint(step=step, meta=manifest.meta, files=files)
+
+    def manifest(self, step: int) -> CheckpointManifest | None:
+        """The commit record of `step` as written, or None (no commit, or unreadable)."""
+        try:
+            return self._read_manifest(step)
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _read_manifest(self, step: int) -> CheckpointManifest:
+        return CheckpointManifest.model_validate(
+            self.session.read_json(f"{checkpoint_folder(step)}/{CHECKPOINT_MANIFEST}"))
+
+    def _manifest_if_sizes_match(self, step: int) -> CheckpointManifest | None:
+        folder = checkpoint_folder(step)
+        try:
+            manifest = self._read_manifest(step)
+            for name, expected in manifest.files.items():
+                if self.session.size(f"{folder}/{name}") != expected.size:
+                    raise ValueError(f"{name} has the wrong size")
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:  # unreadable JSON, or not a manifest (a ValidationError)
+            self.log.warning("Checkpoint at step %d is unusable (%s); falling back to the "
+                             "previous one", step, exc)
+            return None
+        return manifest
+
+    def _step_dirs(self) -> list[int]:
+        names = self.session.list(CHECKPOINTS)
+        return sorted(int(m.group(1)) for m in map(_STEP_DIR.match, names) if m)
+
+    def _apply_retention(self) -> None:
+        committed = self.committed_steps()
+        keep = set(committed[-self.keep:])
+        for name in self.session.list(CHECKPOINTS):
+            match = _STEP_DIR.match(name)
+            if match and int(match.group(1)) in keep:
+                continue
+            self.session.remove(f"{CHECKPOINTS}/{name}")
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, indent=2, sort_keys=True).encode()
+
+
+def _size(files: dict[str, FileRecord]) -> str:
+    return f"{sum(f.size for f in files.values()) / 1e6:.1f} MB"
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_tensor_file(data: bytes):
+    """Deserialize a tensor-only torch file without allowing arbitrary pickles."""
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

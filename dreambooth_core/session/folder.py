@@ -1,0 +1,186 @@
+"""One folder per session on fsspec storage: the single source of truth.
+
+Every path is relative to the session root and checked to stay inside it.
+Writes are atomic: on local disk a temporary file is fsynced and renamed; on
+object stores an object only becomes visible once its upload completes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+import uuid
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.spec import AbstractBufferedFile
+
+from dreambooth_core.config import SESSION_NAME
+from dreambooth_core.errors import SessionError, StorageError
+from dreambooth_core.session.filesystem import filesystem_for
+
+_TEMPORARY = re.compile(r"\.tmp-[0-9a-f]{8}$")
+
+
+def open_storage(url: str, options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and root path of a storage URL, created if missing."""
+    try:
+        fs, root = filesystem_for(url, options)
+        if isinstance(fs, LocalFileSystem):
+            root = os.path.abspath(root)
+        fs.makedirs(root, exist_ok=True)
+        _check_listable(fs, root)
+    except Exception as exc:  # fsspec raises many types for one meaning
+        raise StorageError(
+            f"cannot use session storage {url!r}: {exc.__class__.__name__}: {exc}. "
+            "Check that the folder or bucket exists and is writable and that credentials "
+            "are set, or pass another --storage.") from exc
+    return fs, root.rstrip("/")
+
+
+def _check_listable(fs: fsspec.AbstractFileSystem, root: str) -> None:
+    try:
+        fs.ls(root)
+    except FileNotFoundError:
+        if isinstance(fs, LocalFileSystem):
+            raise
+        fs.ls(root.split("/")[0])  # object stores have no folders: a new prefix in a bucket is fine
+
+
+class Session:
+    """A session folder: paths, JSON state and atomic file writes."""
+
+    def __init__(self, storage: str, name: str, options: dict[str, Any] | None = None):
+        if not SESSION_NAME.match(name) or name in {".", ".."}:
+            raise SessionError(f"session name {name!r} is not allowed: use at most 64 letters, "
+                               "digits, '.', '_' or '-' (no slashes, no '..').")
+        self.storage, self.name = storage, name
+        self.fs, storage_root = open_storage(storage, options)
+        self.root = f"{storage_root}/{name}"
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+
+    def sibling(self, name: str) -> "Session":
+        """Folder `name` beside this session, on the same (already opened) storage."""
+        other = object.__new__(Session)
+        other.storage, other.name, other.fs, other.is_local = self.storage, name, self.fs, self.is_local
+        other.root = f"{self.root.rsplit('/', 1)[0]}/{name}"
+        return other
+
+    def __repr__(self) -> str:
+        return f"Session({self.url})"
+
+    @property
+    def url(self) -> str:
+        return self.root if self.is_local else self.fs.unstrip_protocol(self.root)
+
+    def path(self, relative: str) -> str:
+        """Absolute path of `relative` inside the session; refuses anything that escapes it."""
+        normal = posixpath.normpath(relative)
+        if relative.startswith("/") or normal == ".." or normal.startswith("../"):
+            raise SessionError(f"path {relative!r} leaves session {self.name!r}")
+        return self.root if normal == "." else f"{self.root}/{normal}"
+
+    def exists(self, relative: str) -> bool:
+        return self.fs.exists(self.path(relative))
+
+    def list(self, relative: str) -> list[str]:
+        """Names directly inside a session folder (empty if it does not exist)."""
+        folder = self.path(relative)
+        self.fs.invalidate_cache(folder)
+        if not self.fs.isdir(folder):
+            return []
+        names = (posixpath.basename(p.rstrip("/")) for p in self.fs.ls(folder, detail=False))
+        return sorted(name for name in names if not _TEMPORARY.search(name))
+
+    def remove_temporary(self, relative: str = ".") -> None:
+        """Delete what killed atomic writes left behind in a folder."""
+        folder = self.path(relative)
+        if self.fs.isdir(folder):
+            for path in self.fs.ls(folder, detail=False):
+                if _TEMPORARY.search(path.rstrip("/")):
+                    self.fs.rm(path, recursive=True)
+
+    def size(self, relative: str) -> int:
+        return self.fs.size(self.path(relative))
+
+    def read_bytes(self, relative: str) -> bytes:
+        return self.fs.cat_file(self.path(relative))
+
+    def read_json(self, relative: str) -> Any:
+        return json.loads(self.read_bytes(relative))
+
+    def write_bytes(self, relative: str, data: bytes) -> None:
+        self.write_with(relative, lambda f: f.write(data))
+
+    def write_json(self, relative: str, value: Any) -> None:
+        self.write_bytes(relative, json.dumps(value, indent=2, sort_keys=True).encode())
+
+    def write_with(self, relative: str, write: Callable[[BinaryIO], Any]) -> None:
+        """Atomically create `relative` with the bytes `write(file)` produces."""
+        target = self.path(relative)
+        self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+        if not self.is_local:
+            _write_object(self.fs, target, write)
+            return
+        temporary = temporary_name(target)
+        try:
+            with open(temporary, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, target)
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+
+    def put_file(self, local: Path, relative: str) -> None:
+        with open(local, "rb") as source:
+            self.write_with(relative, lambda f: _copy(source, f))
+
+    def put_folder(self, local: Path, relative: str) -> None:
+        """Replace session folder `relative` with a copy of a local folder."""
+        for file in sorted(Path(local).rglob("*")):
+            if file.is_file():
+                self.put_file(file, f"{relative}/{file.relative_to(local).as_posix()}")
+
+    def get_file(self, relative: str, local: Path) -> None:
+        self.fs.get_file(self.path(relative), str(local))
+
+    def remove(self, relative: str) -> None:
+        target = self.path(relative)
+        if self.fs.exists(target):
+            self.fs.rm(target, recursive=True)
+
+    def rename(self, source: str, target: str) -> None:
+        self.fs.mv(self.path(source), self.path(target), recursive=True)
+
+
+def _write_object(fs: fsspec.AbstractFileSystem, target: str, write: Callable[[BinaryIO], Any]) -> None:
+    """Object stores publish an object when its upload is finalized on close (gcsfs: a
+    resumable upload, or one request for small files). A failed write is discarded, not
+    closed, so it never finalizes a partial object; a killed process finalizes nothing."""
+    f = fs.open(target, "wb")
+    try:
+        write(f)
+    except BaseException:
+        try:
+            f.discard()  # cancels the resumable upload, if one was started
+        except Exception:  # noqa: BLE001 - the upload is never finalized either way
+            pass
+        if isinstance(f, AbstractBufferedFile):
+            f.closed = True  # or garbage collection would close, and so finalize, it
+        raise
+    f.close()
+
+
+def temporary_name(path: str) -> str:
+    return f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+
+
+def _copy(source: BinaryIO, target: BinaryIO) -> None:
+    while block := source.read(1 << 20):
+        target.write(block)

@@ -1,0 +1,62 @@
+"""Every relative path of a session folder, and the shared folders beside the sessions.
+
+    <storage>/<session>/
+      session.json                  SESSION_FILE: settings, fingerprint, status (state.py)
+      lease.json                    LEASE_FILE: the run that writes the session (lease.py)
+      photos/                       PHOTOS: the originals, byte for byte
+      dataset/  manifest.json       DATASET, DATASET_MANIFEST: prepared images (dataset_manifest.py)
+      reports/                      dataset and token checks, contact sheet, loss, timing
+      class_images/manifest.json    CLASS_MANIFEST: the class images training uses
+      checkpoints/step-NNNNNN/      checkpoint_folder(): training state + CHECKPOINT_MANIFEST
+      snapshots/step-NNNNNN/        snapshot_folder(): small model files every N steps
+      samples/step-NNNNNN.png       samples_grid(): sample images of a checkpoint
+      <session>.safetensors ...     the outputs; DIFFUSERS: the diffusers folder
+    <storage>/class-images/         CLASS_STORE: class images shared by every session there
+"""
+
+SESSION_FILE = "session.json"
+LEASE_FILE = "lease.json"
+PHOTOS = "photos"
+DATASET = "dataset"
+DATASET_MANIFEST = f"{DATASET}/manifest.json"
+REPORTS = "reports"
+DATASET_REPORT_JSON = f"{REPORTS}/dataset.json"
+DATASET_REPORT_MARKDOWN = f"{REPORTS}/dataset.md"
+TOKEN_REPORT_JSON = f"{REPORTS}/tokens.json"
+TOKEN_REPORT_MARKDOWN = f"{REPORTS}/tokens.md"
+CONTACT_SHEET = f"{REPORTS}/contact_sheet.png"
+LOSS_CSV = f"{REPORTS}/loss.csv"
+LOSS_PNG = f"{REPORTS}/loss.png"
+TIMING_JSON = f"{REPORTS}/timing.json"
+CLASS_MANIFEST = "class_images/manifest.json"
+CHECKPOINTS = "checkpoints"
+CHECKPOINT_MANIFEST = "MANIFEST.json"  # inside each checkpoint folder, written last: the commit
+SNAPSHOTS = "snapshots"
+SAMPLES = "samples"
+DIFFUSERS = "diffusers"
+CLASS_STORE = "class-images"  # beside the sessions, not inside one
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def checkpoint_folder(step: int) -> str:
+    return f"{CHECKPOINTS}/{step_name(step)}"
+
+
+def snapshot_folder(step: int) -> str:
+    return f"{SNAPSHOTS}/{step_name(step)}"
+
+
+def samples_grid(step: int) -> str:
+    """The grid is written last; the images are in samples_folder(step), the settings beside it."""
+    return f"{SAMPLES}/{step_name(step)}.png"
+
+
+def samples_folder(step: int) -> str:
+    return f"{SAMPLES}/{step_name(step)}"
+
+
+def samples_settings(step: int) -> str:
+    return f"{SAMPLES}/{step_name(step)}.json"

@@ -1,0 +1,137 @@
+"""session.json: the session's settings, photo set, training fingerprint and status.
+
+`load_state` and `save_state` are the only readers and writers of the file. Files
+written by earlier versions (format 1: flat settings, token verdicts under
+"subjects") are read as they are and written back in the current format.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dreambooth_core.config import DreamBoothConfig
+from dreambooth_core.errors import ConfigError, SessionError
+from dreambooth_core.session.folder import Session
+from dreambooth_core.session.paths import SESSION_FILE
+from dreambooth_core.session.storage import SessionRef
+
+FORMAT = 2
+
+
+class ExportRecord(BaseModel):
+    """What the outputs in the session were exported from."""
+
+    model_config = ConfigDict(frozen=True)
+    fingerprint: str
+    step: int
+    precision: str
+
+
+class SessionState(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    format: int = FORMAT
+    uid: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+    status: Literal["new", "complete"] = "new"
+    config: DreamBoothConfig
+    photos: dict[str, str] = Field(default_factory=dict, description="The imported photo set: "
+                                   "name -> sha256 (photos and caption files).")
+    fingerprint: dict[str, Any] | None = Field(None, description="What training was started with; "
+                                               "recorded when the first chunk is planned.")
+    total_steps: int | None = None
+    token_verdicts: dict[str, str] = Field(default_factory=dict, description="token -> good, risky or bad.")
+    outputs: dict[str, int] = Field(default_factory=dict, description="Output file -> bytes.")
+    export: ExportRecord | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_format_1(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("format", 1) < FORMAT:
+            data = {k: v for k, v in data.items() if k != "subjects"} | {
+                "format": FORMAT, "token_verdicts": data.get("subjects", {})}
+        return data
+
+    @property
+    def training_started(self) -> bool:
+        """Training fixes the photo set: the fingerprint it records covers the dataset."""
+        return self.fingerprint is not None
+
+
+def load_state(session: Session) -> SessionState | None:
+    if not session.exists(SESSION_FILE):
+        return None
+    where = f"{session.url}/{SESSION_FILE}"
+    try:
+        data = session.read_json(SESSION_FILE)
+    except ValueError as exc:
+        raise SessionError(f"{where} is not valid JSON ({exc}). Restore it from a backup or "
+                           "start a new --session.") from exc
+    if isinstance(data, dict) and data.get("format", 1) > FORMAT:
+        raise SessionError(f"{where} was written by a newer version of this tool (format "
+                           f"{data['format']}). Update it, or start a new --session.")
+    try:
+        return SessionState.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg']}" for e in exc.errors())
+        raise SessionError(f"{where} is damaged ({problems}). Restore it from a backup or "
+                           "start a new --session.") from None
+
+
+def save_state(session: Session, state: SessionState) -> None:
+    session.write_json(SESSION_FILE, state.model_dump(mode="json"))
+
+
+def update_state(session: Session, **changes: Any) -> SessionState:
+    """Change fields of the existing state and save it."""
+    state = load_state(session)
+    if state is None:
+        raise SessionError(f"session {session.name!r} has no {SESSION_FILE} yet; open it first.")
+    state = SessionState.model_validate({**state.model_dump(), **changes, "updated_at": time.time()})
+    save_state(session, state)
+    return state
+
+
+def outputs_current(session: Session, record: ExportRecord) -> bool:
+    """Whether the session holds the outputs exported as `record` says, all of them."""
+    state = load_state(session)
+    return state is not None and state.export == record and all(map(session.exists, state.outputs))
+
+
+def stored_config(session: Session) -> DreamBoothConfig | None:
+    state = load_state(session)
+    return state.config if state else None
+
+
+def open_or_create(session: Session, config: DreamBoothConfig) -> SessionRef:
+    """Check `config` against the session's record, then record it.
+
+    Settings are free to change until training has started (a fingerprint is recorded)."""
+    state = load_state(session)
+    if state is None:
+        state = SessionState(config=config)
+    elif state.training_started:
+        refuse_changed_training(session, state.config, config)
+    save_state(session, state.model_copy(update={"config": config, "updated_at": time.time()}))
+    return SessionRef(storage=session.storage, name=config.session, uid=state.uid,
+                      storage_block=config.inputs.storage_block)
+
+
+def differing_fields(stored: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    return sorted(k for k in stored.keys() | given.keys() if stored.get(k) != given.get(k))
+
+
+def refuse_changed_training(session: Session, stored: DreamBoothConfig, given: DreamBoothConfig) -> None:
+    before, after = stored.training_values(), given.training_values()
+    changed = differing_fields(before, after)
+    if changed:
+        details = ", ".join(f"{k} (session: {before[k]!r}, now: {after[k]!r})" for k in changed)
+        raise ConfigError(
+            f"session {session.name!r} was trained with different settings: {details}. "
+            "Rerun without these flags to continue it, or pass a new --session name to "
+            "train with the new settings.")

@@ -1,0 +1,147 @@
+"""Training one chunk: resume, train, commit. The one body every process runs.
+
+With one process the trainer of the previous chunk is taken from memory when it
+stands at this chunk's start, and the checkpoint commits in the background while
+the next chunk trains (live.py). With several (launcher.py), every rank runs this
+same body on its share of each batch; rank 0 commits, reports and renders.
+Samples and snapshots reach it as hooks, so training knows nothing of them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from dreambooth_core.errors import SessionError
+from dreambooth_core.reports.monitor import ChunkReport, Progress, TrainingMonitor
+from dreambooth_core.session.checkpoints import Checkpoint, CheckpointStore
+from dreambooth_core.session.folder import Session
+from dreambooth_core.training.devices import resolve_device
+from dreambooth_core.training.examples import load_class_examples, load_examples
+from dreambooth_core.training.live import LiveTraining
+from dreambooth_core.training.model_parts import load_model_parts
+from dreambooth_core.training.plan import Chunk, TrainingPlan
+from dreambooth_core.training.preemption import StopRequest, TrainingStopped, save_on_stop, stop_requests
+from dreambooth_core.training.trainer import Trainer
+
+
+@dataclass(frozen=True)
+class ChunkHooks:
+    """What a chunk does besides training, all on rank 0. The first two must be picklable
+    (they travel to spawned processes); the UI callbacks stay in the process that made them."""
+
+    after_step: Callable[[Trainer, int], None] | None = None  # with the number of steps done
+    after_chunk: Callable[[Trainer, Chunk, logging.Logger], None] | None = None  # checkpoint handed off
+    on_progress: tuple[Callable[[Progress], None], ...] = ()
+    on_chunk_end: tuple[Callable[[ChunkReport], None], ...] = ()
+
+    def for_workers(self) -> ChunkHooks:
+        return replace(self, on_progress=(), on_chunk_end=())
+
+
+class ChunkOutcome(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    end: int
+    started_at: int
+    trained_steps: int
+    mean_loss: float | None
+
+
+def train_chunk(plan: TrainingPlan, chunk: Chunk, live: LiveTraining, hooks: ChunkHooks = ChunkHooks(),
+                log: logging.Logger | None = None, rank: int = 0, world: int = 1) -> ChunkOutcome:
+    """Make sure a committed checkpoint at `chunk.end` (or later) exists."""
+    log = log or logging.getLogger("dreambooth")
+    session = plan.session.open()
+    store = CheckpointStore(session, plan.runtime.keep_checkpoints, log)
+    key = (plan.session.uid, plan.fingerprint, plan.model_path, plan.runtime.device)
+    trainer, start = live.take(key, chunk.start), chunk.start
+    if trainer is not None:
+        log.info("Continuing from step %d in memory (its checkpoint commits in the background)", start)
+    else:
+        live.wait()
+        if store.latest_step() >= chunk.end:
+            log.info("Steps %d-%d already committed; nothing to train", chunk.start, chunk.end)
+            return ChunkOutcome(end=chunk.end, started_at=chunk.end, trained_steps=0, mean_loss=None)
+        trainer, start = restore(plan, session, store, chunk, log, rank, world)
+    lead = rank == 0
+    monitor = TrainingMonitor(session, plan.boundaries, log, on_progress=hooks.on_progress,
+                              on_chunk_end=hooks.on_chunk_end) if lead else None
+    if lead:
+        log.info("Chunk %d/%d: training steps %d-%d of %d", chunk.index, chunk.count, start, chunk.end,
+                 plan.total_steps)
+        monitor.chunk_started(start, chunk.end, plan.total_steps)
+    # SIGTERM (preemption) stops training after the current step; see preemption.py.
+    with stop_requests(plan.runtime.preemption_grace) as stop:
+        mean_loss, reached = train_steps(trainer, start, chunk.end, monitor,
+                                         hooks.after_step if lead else None, stop)
+        if lead and stop.requested:
+            live.wait()  # the previous chunk's checkpoint comes first
+            save_on_stop(live, store, trainer, reached, checkpoint_meta(plan, reached), stop, log)
+        elif lead:
+            live.commit_in_background(store, chunk.end, trainer.state_writers(), checkpoint_meta(plan, chunk.end))
+    if stop.requested:  # reached only when the previous SIGTERM handler ignores the signal
+        raise TrainingStopped(f"training stopped at step {reached} on SIGTERM")
+    if lead:
+        monitor.chunk_finished()  # timing, loss plot, UI callbacks (loss.csv was written in train_steps)
+        if hooks.after_chunk:
+            hooks.after_chunk(trainer, chunk, log)
+    live.keep(key, chunk.end, trainer)
+    return ChunkOutcome(end=chunk.end, started_at=start, trained_steps=chunk.end - start, mean_loss=mean_loss)
+
+
+def resume_point(store: CheckpointStore, plan: TrainingPlan, end: int) -> Checkpoint | None:
+    checkpoint = store.load_latest(max_step=end)
+    if checkpoint is not None and checkpoint.meta.get("fingerprint") != plan.fingerprint:
+        raise SessionError(
+            f"checkpoint at step {checkpoint.step} of session {plan.session.name!r} belongs to "
+            "another training configuration. Start a new --session, or delete the session's "
+            "checkpoints/ folder to train from the beginning.")
+    return checkpoint
+
+
+def build_trainer(plan: TrainingPlan, session: Session, rank: int = 0, world: int = 1) -> Trainer:
+    device = resolve_device(plan.runtime.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", rank)
+    parts = load_model_parts(plan.model_path, device)
+    return Trainer(parts, load_examples(session), plan.training, plan.total_steps, plan.runtime,
+                   load_class_examples(plan.class_images, session), plan.initializer_word, rank, world)
+
+
+def restore(plan: TrainingPlan, session: Session, store: CheckpointStore, chunk: Chunk,
+            log: logging.Logger, rank: int = 0, world: int = 1) -> tuple[Trainer, int]:
+    checkpoint = resume_point(store, plan, chunk.end)
+    trainer = build_trainer(plan, session, rank, world)
+    if checkpoint is None:
+        return trainer, 0
+    trainer.load_state(checkpoint)
+    log.info("Resuming from committed checkpoint at step %d", checkpoint.step)
+    return trainer, checkpoint.step
+
+
+def checkpoint_meta(plan: TrainingPlan, step: int) -> dict:
+    return {"fingerprint": plan.fingerprint, "method": plan.training.method, "samples_seen": step}
+
+
+def train_steps(trainer: Trainer, start: int, end: int, monitor: TrainingMonitor | None,
+                after_step: Callable[[Trainer, int], None] | None,
+                stop: StopRequest | None = None) -> tuple[float, int]:
+    """Train steps [start, end), or until a stop request. Returns (mean loss, step reached)."""
+    losses = []
+    for step in range(start, end):
+        losses.append(trainer.step(step))
+        if monitor:
+            # Buffers the loss tensor; reads it (a device sync) and logs every few steps,
+            # writing reports/loss.csv before the checkpoint commit.
+            monitor.step(step, losses[-1], trainer.optimizer.param_groups[0]["lr"])
+        if after_step:
+            after_step(trainer, step + 1)
+        if stop is not None and stop.agreed(trainer.world, trainer.device):
+            if monitor:
+                monitor.flush(step + 1)
+            return torch.stack(losses).mean().item(), step + 1
+    return torch.stack(losses).mean().item(), end

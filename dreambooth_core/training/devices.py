@@ -1,0 +1,28 @@
+"""Which device trains, in which precision, on how many processes."""
+
+from __future__ import annotations
+
+import torch
+
+from dreambooth_core.errors import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """--mixed-precision auto: bf16 on GPUs that have it, fp16 on older ones, none on the CPU."""
+    if requested != "auto":
+        return requested
+    if device.type != "cuda":
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def check_processes(gpus: int, device: torch.device) -> None:
+    if gpus > 1 and device.type == "cuda" and torch.cuda.device_count() < gpus:
+        raise ConfigError(f"--gpus {gpus} needs {gpus} GPUs; this machine has "
+                          f"{torch.cuda.device_count()}. Pass --gpus {max(1, torch.cuda.device_count())}.")

@@ -1,0 +1,82 @@
+"""Between the chunks of one run: the trainer stays in memory, checkpoints commit in the background.
+
+A chunk's checkpoint is copied to the CPU and then written by a thread while the
+next chunk trains, so training waits only for the copy. The commit protocol is
+unchanged (files, then the manifest). A chunk that finds the trainer of the
+previous chunk at its start step continues from memory: the same state the
+checkpoint being written holds, without reading it back. Anything else (a new
+process, a cached chunk, another session) waits for pending writes and loads
+the latest committed checkpoint.
+
+One `LiveTraining` per run and process holds all of this; leaving it (`with`)
+waits for the last commit.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Hashable
+
+from dreambooth_core.session.checkpoints import CheckpointStore, Writer
+
+
+class LiveTraining:
+    def __init__(self) -> None:
+        self._kept: tuple[Hashable, int, object] | None = None  # (key, step, trainer)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.last_save_seconds: float | None = None  # how long the last commit took
+
+    def __enter__(self) -> LiveTraining:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.release()
+        if error is None:
+            self.wait()
+        elif self._thread is not None:
+            self._thread.join()  # the commit completes; the run's own error is the one reported
+
+    # -- the trainer kept between chunks ---------------------------------------
+
+    def keep(self, key: Hashable, step: int, trainer: object) -> None:
+        self._kept = (key, step, trainer)
+
+    def take(self, key: Hashable, step: int):
+        """The kept trainer if it belongs to `key` and stands at `step`; it is handed over once."""
+        kept, self._kept = self._kept, None
+        return kept[2] if kept is not None and kept[:2] == (key, step) else None
+
+    def release(self) -> None:
+        self._kept = None
+
+    # -- commits ----------------------------------------------------------------
+
+    def save(self, store: CheckpointStore, step: int, writers: dict[str, Writer], meta: dict) -> None:
+        """Commit now, timed: stopping on SIGTERM needs the estimate."""
+        began = time.monotonic()
+        store.save(step, writers, meta)
+        self.last_save_seconds = time.monotonic() - began
+
+    def commit_in_background(self, store: CheckpointStore, step: int, writers: dict[str, Writer],
+                             meta: dict) -> None:
+        self.wait()
+
+        def commit() -> None:
+            try:
+                self.save(store, step, writers, meta)
+            except BaseException as exc:  # re-raised by wait() in the training thread
+                self._error = exc
+
+        self._thread = threading.Thread(target=commit, name=f"checkpoint-{step}")
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until every checkpoint handed to the background is committed (or raise its error)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error

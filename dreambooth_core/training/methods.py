@@ -1,0 +1,121 @@
+"""What each method trains: the whole UNet (DreamBooth), LoRA adapters, or new token embeddings.
+
+`Trainables` names every tensor the method changes, so checkpoints and exports
+hold exactly those, under stable names ("unet.<param>", "text_encoder.<param>",
+"embeddings").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from dreambooth_core.config import TrainingSettings
+from dreambooth_core.errors import ConfigError
+from dreambooth_core.training.model_parts import ModelParts
+
+UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+@dataclass
+class Trainables:
+    unet: dict[str, torch.nn.Parameter] = field(default_factory=dict)
+    text_encoder: dict[str, torch.nn.Parameter] = field(default_factory=dict)
+    embeddings: torch.nn.Parameter | None = None
+    new_tokens: list[str] = field(default_factory=list)
+
+    def named(self) -> dict[str, torch.nn.Parameter]:
+        named = {f"unet.{n}": p for n, p in self.unet.items()}
+        named |= {f"text_encoder.{n}": p for n, p in self.text_encoder.items()}
+        if self.embeddings is not None:
+            named["embeddings"] = self.embeddings
+        return named
+
+    def token_vectors(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """Textual inversion: each new token's learned embedding, shape (1, width), on the CPU."""
+        return {token: self.embeddings[i:i + 1].detach().to("cpu", dtype)
+                for i, token in enumerate(self.new_tokens)}
+
+
+class NewTokenEmbedding(torch.nn.Module):
+    """The text encoder's token embedding, with trainable rows for tokens added after it."""
+
+    def __init__(self, base: torch.nn.Embedding, vectors: torch.nn.Parameter):
+        super().__init__()
+        self.base, self.vectors, self.first_new = base, vectors, base.num_embeddings
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        known = self.base(ids.clamp(max=self.first_new - 1))
+        new = ids >= self.first_new
+        rows = self.vectors[(ids - self.first_new).clamp(min=0)].to(known.dtype)
+        return torch.where(new.unsqueeze(-1), rows, known)
+
+
+def set_up_method(parts: ModelParts, settings: TrainingSettings, tokens: list[str],
+                  initializer_word: str = "person") -> Trainables:
+    """`initializer_word`: where textual inversion's new embeddings start."""
+    parts.unet.requires_grad_(False)
+    parts.text_encoder.requires_grad_(False)
+    if settings.method == "dreambooth":
+        return _full(parts, settings)
+    if settings.method == "lora":
+        return _lora(parts, settings)
+    return _textual_inversion(parts, tokens, initializer_word)
+
+
+def _full(parts: ModelParts, settings: TrainingSettings) -> Trainables:
+    parts.unet.requires_grad_(True)
+    trainables = Trainables(unet=dict(parts.unet.named_parameters()))
+    if settings.trains_text_encoder:
+        trainables.text_encoder = dict(parts.text_encoder.named_parameters())
+    return trainables
+
+
+def _lora(parts: ModelParts, settings: TrainingSettings) -> Trainables:
+    from peft import inject_adapter_in_model
+
+    # Adapter initialisation draws from torch's global generator: pin it to the seed.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        parts.unet.add_adapter(_lora_config(settings, UNET_LORA_TARGETS))
+        if settings.trains_text_encoder:
+            # transformers' own add_adapter wants a newer peft than the registry has.
+            inject_adapter_in_model(_lora_config(settings, TEXT_LORA_TARGETS), parts.text_encoder)
+    trainables = Trainables(unet=_lora_parameters(parts.unet))
+    if settings.trains_text_encoder:
+        trainables.text_encoder = _lora_parameters(parts.text_encoder)
+    return trainables
+
+
+def _lora_config(settings: TrainingSettings, targets: list[str]):
+    from peft import LoraConfig
+
+    return LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_scale_alpha,
+                      init_lora_weights="gaussian", target_modules=targets)
+
+
+def _lora_parameters(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    named = {n: p for n, p in module.named_parameters() if "lora_" in n}
+    for parameter in named.values():
+        parameter.requires_grad_(True)
+    return named
+
+
+def _textual_inversion(parts: ModelParts, tokens: list[str], initializer_word: str) -> Trainables:
+    tokenizer, encoder = parts.tokenizer, parts.text_encoder
+    if tokenizer.add_tokens(tokens) != len(tokens):
+        raise ConfigError(f"a token among {tokens} already is a single token of the model's "
+                          "vocabulary; textual inversion needs new words. Pick another --token.")
+    embedding = encoder.get_input_embeddings()
+    init_ids = tokenizer(initializer_word, add_special_tokens=False).input_ids
+    with torch.no_grad():
+        start = embedding.weight[init_ids].mean(dim=0).float()
+    vectors = torch.nn.Parameter(start.repeat(len(tokens), 1))
+    encoder.set_input_embeddings(NewTokenEmbedding(embedding, vectors))
+    return Trainables(embeddings=vectors, new_tokens=list(tokens))

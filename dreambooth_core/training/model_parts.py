@@ -1,0 +1,34 @@
+"""Loading the parts of a diffusers Stable Diffusion folder that training needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ModelParts:
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    noise_scheduler: object
+
+
+def load_model_parts(model_path: str, device: torch.device) -> ModelParts:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    parts = ModelParts(
+        unet=UNet2DConditionModel.from_pretrained(model_path, subfolder="unet"),
+        vae=AutoencoderKL.from_pretrained(model_path, subfolder="vae"),
+        text_encoder=CLIPTextModel.from_pretrained(model_path, subfolder="text_encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(model_path, subfolder="tokenizer"),
+        noise_scheduler=DDPMScheduler.from_pretrained(model_path, subfolder="scheduler"),
+    )
+    for module in (parts.unet, parts.vae, parts.text_encoder):
+        module.to(device)
+    parts.vae.requires_grad_(False).eval()
+    parts.text_encoder.requires_grad_(False).eval()
+    return parts

@@ -1,0 +1,123 @@
+"""The training plan: fingerprint, chunks, and where to resume."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from dreambooth_core.captions.captioning import Captions
+from dreambooth_core.config import DreamBoothConfig, RuntimeSettings, TrainingSettings, parse_class_words
+from dreambooth_core.errors import ConfigError
+from dreambooth_core.hashing import digest
+from dreambooth_core.model.family import ModelFamily
+from dreambooth_core.model.fetch import LocalModel
+from dreambooth_core.photos.prepare import PreparedDataset
+from dreambooth_core.session.checkpoints import CheckpointStore
+from dreambooth_core.session.class_images import ClassImages
+from dreambooth_core.session.folder import Session
+from dreambooth_core.session.state import ExportRecord, differing_fields, load_state, outputs_current, update_state
+from dreambooth_core.session.storage import SessionRef
+from dreambooth_core.training.devices import check_processes, resolve_device, resolve_precision
+
+
+class Chunk(BaseModel):
+    """Steps [start, end) of training, committed as one checkpoint at `end`."""
+
+    model_config = ConfigDict(frozen=True)
+    index: int
+    count: int
+    start: int
+    end: int
+
+
+def plan_chunks(total: int, chunk_steps: int) -> list[Chunk]:
+    """Chunks end on multiples of chunk_steps, so extending a run keeps earlier ones."""
+    ends = list(range(chunk_steps, total, chunk_steps)) + [total]
+    starts = [0] + ends[:-1]
+    return [Chunk(index=i + 1, count=len(ends), start=s, end=e)
+            for i, (s, e) in enumerate(zip(starts, ends))]
+
+
+class TrainingPlan(BaseModel):
+    """Everything a chunk needs, small enough to be a task parameter."""
+
+    model_config = ConfigDict(frozen=True)
+    session: SessionRef
+    model_path: str
+    family: ModelFamily
+    fingerprint: str
+    total_steps: int
+    chunks: list[Chunk]
+    resume_step: int
+    resolution: int
+    subjects: list[str]  # the tokens
+    initializer_word: str  # textual inversion: where the new embeddings start
+    training: TrainingSettings
+    runtime: RuntimeSettings
+    class_images: ClassImages | None = None
+    exported: bool = False  # outputs of exactly this plan (and export precision) are in the session
+
+    @property
+    def boundaries(self) -> list[int]:
+        return [chunk.end for chunk in self.chunks]
+
+
+def initializer_word(config: DreamBoothConfig) -> str:
+    """--initializer-word, else the class word all subjects share, else 'person'."""
+    words = parse_class_words(config.captions.class_word)
+    same_word = words.get(None) if len(words) == 1 else None
+    return config.training.initializer_word or same_word or "person"
+
+
+def check_settings(training: TrainingSettings, device_name: str) -> None:
+    device = resolve_device(device_name)
+    check_processes(training.gpus, device)
+    if training.optimizer == "adamw-8bit" and device.type != "cuda":
+        raise ConfigError(f"--optimizer adamw-8bit needs a CUDA GPU (bitsandbytes); this run trains "
+                          f"on {device.type}. Use --optimizer adamw.")
+    if training.ema_decay and training.method == "textual-inversion":
+        raise ConfigError("--ema-decay averages UNet weights, which textual inversion does not "
+                          "train. Drop --ema-decay or use --method dreambooth or lora.")
+
+
+def fingerprint_values(config: DreamBoothConfig, total: int, model_digest: str, dataset_digest: str,
+                       class_images: ClassImages | None) -> dict[str, Any]:
+    """What the trained weights depend on: the training sections, resolved, and the content
+    of the model, the prepared dataset with its captions, and the class images."""
+    training = config.training
+    precision = resolve_precision(training.mixed_precision, resolve_device(config.runtime.device))
+    values = {**config.training_values(), "learning_rate": training.base_learning_rate,
+              "mixed_precision": precision, "model content": model_digest, "dataset": dataset_digest}
+    if class_images:
+        values["class images"] = class_images.digest
+    if training.lr_schedule != "constant":
+        values["steps"] = total  # the schedule's shape depends on it
+    return values
+
+
+def make_plan(session: Session, ref: SessionRef, config: DreamBoothConfig, model: LocalModel,
+              dataset: PreparedDataset, captions: Captions,
+              class_images: ClassImages | None = None) -> TrainingPlan:
+    """Record the fingerprint on first use; refuse a session trained with another."""
+    total = config.training.total_steps(dataset.count)
+    check_settings(config.training, config.runtime.device)
+    values = fingerprint_values(config, total, model.digest, captions.digest, class_images)
+    recorded = load_state(session).fingerprint
+    if recorded is not None and recorded != values:
+        raise ConfigError(
+            f"session {session.name!r} was trained on different inputs: "
+            f"{', '.join(differing_fields(recorded, values))} changed. Restore them (for a hub "
+            "model, pin --revision) or start a new --session.")
+    resume = CheckpointStore(session, config.runtime.keep_checkpoints).latest_step()
+    if resume > total:
+        raise ConfigError(f"--steps {total} is below the {resume} steps session {session.name!r} "
+                          f"has already trained. Pass --steps {resume} or more.")
+    update_state(session, fingerprint=values, total_steps=total)
+    record = ExportRecord(fingerprint=digest(values), step=total, precision=config.export.export_precision)
+    return TrainingPlan(
+        session=ref, model_path=model.path, family=model.family, fingerprint=digest(values),
+        total_steps=total, chunks=plan_chunks(total, config.runtime.chunk_steps), resume_step=resume,
+        resolution=dataset.resolution, subjects=captions.tokens, initializer_word=initializer_word(config),
+        training=config.training, runtime=config.runtime, class_images=class_images,
+        exported=outputs_current(session, record))

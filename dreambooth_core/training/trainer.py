@@ -1,0 +1,260 @@
+"""One training step of any method, and the state that makes it resumable."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import safetensors.torch
+import torch
+
+from dreambooth_core.config import RuntimeSettings, TrainingSettings
+from dreambooth_core.errors import ConfigError, SessionError
+from dreambooth_core.session.checkpoints import Checkpoint, Writer, read_tensor_file
+from dreambooth_core.training.batches import draw_micro_batch
+from dreambooth_core.training.devices import resolve_precision
+from dreambooth_core.training.latents import LatentCache
+from dreambooth_core.training.loss import dreambooth_loss, per_example_loss
+from dreambooth_core.training.methods import Trainables, set_up_method
+from dreambooth_core.training.model_parts import ModelParts
+from dreambooth_core.training.schedule import lr_factor
+
+WEIGHTS_FILE = "weights.safetensors"
+EMA_FILE = "ema.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Example:
+    pixels: torch.Tensor  # [1, 3, H, W] in [-1, 1]
+    caption: str
+    subject: str = ""
+
+
+class Trainer:
+    """Trains what the method names (see methods.py) on instance and class examples.
+
+    `settings` decide the result; `runtime` only how fast and in how much memory it is reached."""
+
+    def __init__(self, parts: ModelParts, examples: list[Example], settings: TrainingSettings,
+                 total_steps: int, runtime: RuntimeSettings = RuntimeSettings(),
+                 class_examples: list[Example] = (), initializer_word: str = "person",
+                 rank: int = 0, world: int = 1):
+        self.parts, self.examples, self.settings, self.runtime = parts, examples, settings, runtime
+        self.total_steps, self.rank, self.world = total_steps, rank, world
+        self.class_examples = list(class_examples)
+        self.device = next(parts.unet.parameters()).device
+        self.precision = resolve_precision(settings.mixed_precision, self.device)
+        subjects = sorted({e.subject for e in examples})
+        self.trainables = set_up_method(parts, settings, subjects, initializer_word)
+        if runtime.gradient_checkpointing:
+            parts.unet.enable_gradient_checkpointing()
+            if settings.trains_text_encoder:
+                enable = getattr(parts.text_encoder, "activation_checkpointing_enable", None)
+                (enable or parts.text_encoder.gradient_checkpointing_enable)()
+        self.optimizer = make_optimizer(self.trainables, settings, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.ema = {n: p.detach().clone().float() for n, p in self.trainables.unet.items()} \
+            if settings.ema_decay > 0 else None
+        self.groups = [[i for i, e in enumerate(examples) if e.subject == s] for s in subjects]
+        self.class_groups = [[i for i, e in enumerate(self.class_examples) if e.subject == s]
+                             for s in subjects] if self.class_examples else []
+        self.latents = LatentCache(parts.vae, runtime.cache_latents)
+        if runtime.channels_last:
+            parts.unet.to(memory_format=torch.channels_last)
+        self.unet = torch.compile(parts.unet) if runtime.compile else parts.unet
+        self._frozen_embeddings: dict[str, torch.Tensor] = {}
+
+    # -- one step -------------------------------------------------------------
+
+    def step(self, step: int) -> torch.Tensor:
+        """One optimizer step; returns the loss without a host-device sync."""
+        self._enter_phase(step)
+        self._set_learning_rates(step)
+        total = torch.zeros((), device=self.device)
+        for micro in range(self.settings.gradient_accumulation):
+            loss = self.loss(step, micro) / self.settings.gradient_accumulation
+            self.scaler.scale(loss).backward()
+            total += loss.detach()
+        if self.world > 1:
+            average_gradients(list(self.trainables.named().values()), self.world)
+        self.scaler.unscale_(self.optimizer)
+        trained = [p for p in self.trainables.named().values() if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(trained, self.settings.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._update_ema(step)
+        return total
+
+    def loss(self, step: int, micro: int = 0) -> torch.Tensor:
+        o = self.settings
+        draw = draw_micro_batch(o.seed, step, micro, o.batch_size, o.gradient_accumulation,
+                                self.groups, self.class_groups, o.flip, self.rank, self.world)
+        chosen = [("i", i, self.examples[i]) for i in draw.instances]
+        chosen += [("c", i, self.class_examples[i]) for i in draw.classes]
+        posteriors = [self.latents.posterior((kind, i), e.pixels, flip)
+                      for (kind, i, e), flip in zip(chosen, draw.flips)]
+        mean, std = (torch.cat(t) for t in zip(*posteriors))
+        g = draw.generator
+        latents = (mean + std * _randn(mean.shape, g, self.device)) * self.parts.vae.config.scaling_factor
+        noise = _randn(latents.shape, g, self.device)
+        if o.offset_noise:
+            noise = noise + o.offset_noise * _randn((*latents.shape[:2], 1, 1), g, self.device)
+        scheduler = self.parts.noise_scheduler
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],),
+                                  generator=g).to(self.device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        prediction_type = scheduler.config.prediction_type
+        target = scheduler.get_velocity(latents, noise, timesteps) \
+            if prediction_type == "v_prediction" else noise
+        with self._autocast():
+            condition = self._condition([e.caption for _, _, e in chosen], step)
+            prediction = self.unet(noisy, timesteps, condition).sample
+        per_example = per_example_loss(prediction, target, timesteps, scheduler.alphas_cumprod,
+                                       prediction_type, o.min_snr_gamma)
+        return dreambooth_loss(per_example, len(draw.instances), o.prior_loss_weight)
+
+    # -- phases, learning rates, EMA ------------------------------------------
+
+    def text_encoder_trains_at(self, step: int) -> bool:
+        return bool(self.trainables.text_encoder) and step < self.settings.text_encoder_phase
+
+    def _enter_phase(self, step: int) -> None:
+        active = self.text_encoder_trains_at(step)
+        for parameter in self.trainables.text_encoder.values():
+            parameter.requires_grad_(active)
+        if active:
+            self._frozen_embeddings.clear()
+
+    def _set_learning_rates(self, step: int) -> None:
+        o = self.settings
+        factor = lr_factor(step, o.lr_schedule, o.warmup_steps, self.total_steps)
+        for group in self.optimizer.param_groups:
+            base = o.text_encoder_learning_rate if group["name"] == "text_encoder" else o.base_learning_rate
+            group["lr"] = base * factor
+
+    @torch.no_grad()
+    def _update_ema(self, step: int) -> None:
+        if self.ema is None:
+            return
+        decay = min(self.settings.ema_decay, (1 + step) / (10 + step))
+        for name, parameter in self.trainables.unet.items():
+            self.ema[name].mul_(decay).add_(parameter.detach().float(), alpha=1 - decay)
+
+    # -- text conditioning ----------------------------------------------------
+
+    def _condition(self, captions: list[str], step: int) -> torch.Tensor:
+        """Embeddings with gradients while the text side trains; cached once it is frozen."""
+        if self.trainables.embeddings is not None or self.text_encoder_trains_at(step):
+            return self._encode(captions)
+        with torch.no_grad():
+            if not self.runtime.cache_text_embeddings:
+                return torch.cat([self._encode([c]) for c in captions])
+            for caption in dict.fromkeys(captions):
+                if caption not in self._frozen_embeddings:
+                    self._frozen_embeddings[caption] = self._encode([caption])
+        return torch.cat([self._frozen_embeddings[c] for c in captions])
+
+    def _encode(self, captions: list[str]) -> torch.Tensor:
+        tokenizer = self.parts.tokenizer
+        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids
+        return self.parts.text_encoder(ids.to(self.device))[0]
+
+    def _autocast(self):
+        dtype = AUTOCAST.get(self.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    # -- checkpoint state -----------------------------------------------------
+
+    def state_writers(self) -> dict[str, Writer]:
+        """Writers over a copy of the state: training may go on while they write."""
+        weights = _cpu(self.trainables.named())
+        optimizer = _cpu_copy({"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()})
+        writers = {
+            WEIGHTS_FILE: lambda f: f.write(safetensors.torch.save(weights)),
+            OPTIMIZER_FILE: lambda f: torch.save(optimizer, f),
+        }
+        if self.ema is not None:
+            ema = _cpu(self.ema)
+            writers[EMA_FILE] = lambda f: f.write(safetensors.torch.save(ema))
+        return writers
+
+    @torch.no_grad()
+    def load_state(self, checkpoint: Checkpoint) -> None:
+        weights = safetensors.torch.load(checkpoint.files[WEIGHTS_FILE])
+        named = self.trainables.named()
+        if weights.keys() != named.keys():
+            raise SessionError(f"checkpoint at step {checkpoint.step} holds other weights than "
+                               f"--method {self.settings.method} trains; start a new --session.")
+        for name, parameter in named.items():
+            parameter.copy_(weights[name])
+        state = read_tensor_file(checkpoint.files[OPTIMIZER_FILE])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            for name, value in safetensors.torch.load(checkpoint.files[EMA_FILE]).items():
+                self.ema[name].copy_(value)
+
+
+def average_gradients(parameters: list[torch.Tensor], world: int) -> None:
+    """The mean of every process's gradients, in one all-reduce (what DDP does in buckets)."""
+    import torch.distributed as dist
+
+    grads = [p.grad for p in parameters if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
+
+
+def make_optimizer(trainables: Trainables, settings: TrainingSettings, device: torch.device):
+    main = list(trainables.unet.values())
+    if trainables.embeddings is not None:
+        main.append(trainables.embeddings)
+    groups = [{"name": "main", "params": main,
+               "weight_decay": 0.0 if trainables.embeddings is not None else 1e-2}]
+    if trainables.text_encoder:
+        groups.append({"name": "text_encoder", "params": list(trainables.text_encoder.values()),
+                       "weight_decay": 1e-2})
+    if settings.optimizer == "adamw-8bit":
+        return _adamw_8bit(groups, settings, device)
+    return torch.optim.AdamW(groups, lr=settings.base_learning_rate, fused=device.type == "cuda")
+
+
+def _adamw_8bit(groups: list[dict], settings: TrainingSettings, device: torch.device):
+    if device.type != "cuda":
+        raise ConfigError("--optimizer adamw-8bit needs a CUDA GPU (bitsandbytes); this run trains "
+                          f"on {device.type}. Use --optimizer adamw.")
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise ConfigError("--optimizer adamw-8bit needs the bitsandbytes package: "
+                          "pip install bitsandbytes, or use --optimizer adamw.") from None
+    return bitsandbytes.optim.AdamW8bit(groups, lr=settings.base_learning_rate)
+
+
+def _randn(shape, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.randn(shape, generator=generator).to(device)
+
+
+def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+
+
+def _cpu_copy(value):
+    """A copy of a nested state dict with every tensor copied to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _cpu_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu_copy(v) for v in value)
+    return value

@@ -1,0 +1,43 @@
+"""Sessions as a run opens them: by URL or by storage block; the Prefect result storage beside
+them, and the lease that makes a run their only writer."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from prefect import get_run_logger
+
+from blocks.session_storage import SessionStorage, load_session_storage  # registers block storage
+from dreambooth_core.config import DreamBoothConfig, InputSettings
+from dreambooth_core.hashing import digest
+from dreambooth_core.session.folder import Session
+from dreambooth_core.session.lease import SessionLease
+from dreambooth_core.session.storage import open_named_session
+
+
+def open_config_session(inputs: InputSettings, name: str) -> Session:
+    return open_named_session(inputs.storage, inputs.storage_block, name)
+
+
+def result_storage(inputs: InputSettings) -> dict[str, Any]:
+    """`with_options` arguments that keep persisted task results with the sessions when they
+    live on shared storage, so a cached step is found from another machine."""
+    if inputs.storage_block:
+        return {"result_storage": load_session_storage(inputs.storage_block)}
+    if "://" in inputs.storage and not inputs.storage.startswith(("file://", "memory://")):
+        # Prefect wants result storage saved; this block holds only the URL (credentials
+        # come from the machine's environment, as for the sessions themselves).
+        block = SessionStorage(url=inputs.storage)
+        block.save(f"url-{digest(inputs.storage)}", overwrite=True)
+        return {"result_storage": block}
+    return {}
+
+
+@contextmanager
+def session_lease(config: DreamBoothConfig) -> Iterator[SessionLease]:
+    """Hold the session's lease (renewed in the background) for the body of the block."""
+    log = get_run_logger()
+    with SessionLease(open_config_session(config.inputs, config.session), wait=config.runtime.lease_wait, log=log) as lease:
+        log.info("Holding the lease on session %s", config.session)
+        yield lease

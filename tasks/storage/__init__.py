@@ -1,1 +1,0 @@
-"""Where sessions live: fsspec filesystems with credentials, and the per-session lease."""

@@ -1,0 +1,130 @@
+"""Preparation is cached per photo; photos may come from any fsspec folder."""
+
+import json
+import shutil
+
+import fsspec
+import pytest
+from PIL import Image
+from sessions import opened_session, prepare_folder
+
+from dreambooth_core.errors import DatasetError
+from dreambooth_core.photos import prepare
+from dreambooth_core.photos.originals import check_photos, find_photos, import_photos
+from dreambooth_core.session.folder import Session
+from dreambooth_core.session.paths import CONTACT_SHEET
+from dreambooth_core.session.paths import DATASET_MANIFEST as MANIFEST
+from dreambooth_core.session.state import update_state
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Names of the photos actually prepared (not reused)."""
+    calls = []
+    real = prepare.prepare_or_error
+
+    def counting(name, data, resolution):
+        calls.append(name)
+        return real(name, data, resolution)
+
+    monkeypatch.setattr(prepare, "prepare_or_error", counting)
+    return calls
+
+
+def manifest(session: Session) -> dict:
+    return json.loads(session.read_bytes(MANIFEST))
+
+
+def test_a_rerun_prepares_nothing_and_a_new_resolution_everything(tmp_path, photos, counted):
+    session = opened_session(tmp_path / "sessions")
+    first = prepare_folder(session, photos, 64, workers=1)
+    assert first.prepared == 4 and len(counted) == 4
+    assert prepare_folder(session, photos, 64, workers=1) == first.model_copy(update={"prepared": 0})
+    assert len(counted) == 4
+    assert prepare_folder(session, photos, 32, workers=1).prepared == 4
+    assert sorted(session.list("dataset")) == sorted(
+        [i["file"].split("/")[1] for i in manifest(session)["items"]] + ["manifest.json"])
+
+
+def test_adding_one_photo_prepares_only_that_photo(tmp_path, photos, counted):
+    session = opened_session(tmp_path / "sessions")
+    prepare_folder(session, photos, 64, workers=1)
+    before = {i["source"]: i for i in manifest(session)["items"]}
+    Image.new("RGB", (90, 70), "purple").save(photos / "shrk (5).png")
+    counted.clear()
+
+    summary = prepare_folder(session, photos, 64, workers=1)
+
+    assert counted == ["shrk (5).png"] and summary.prepared == 1 and summary.count == 5
+    after = {i["source"]: i for i in manifest(session)["items"]}
+    assert all(after[source] == item for source, item in before.items())
+    assert session.exists("photos/shrk (5).png") and session.exists(CONTACT_SHEET)
+
+
+def test_a_removed_photo_leaves_the_session_before_training(tmp_path, photos):
+    session = opened_session(tmp_path / "sessions")
+    prepare_folder(session, photos, 64, workers=1)
+    gone = sorted(photos.iterdir())[0]
+    gone.unlink()
+    assert prepare_folder(session, photos, 64, workers=1).count == 3
+    assert not session.exists(f"photos/{gone.name}")
+    assert len(session.list("dataset")) == 4  # three images and the manifest
+
+
+def test_once_training_has_started_the_photo_set_is_fixed(tmp_path, photos):
+    session = opened_session(tmp_path / "sessions")
+    prepare_folder(session, photos, 64, workers=1)
+    update_state(session, fingerprint={"training": "started"})
+    Image.new("RGB", (90, 70), "purple").save(photos / "shrk (5).png")
+    with pytest.raises(DatasetError, match="differ from those session 's' was started with"):
+        check_photos(session, photos)  # the flow's first task
+    assert import_photos(session, photos) == import_photos(session, None)  # the session's own
+    assert prepare_folder(session, photos, 64).count == 4
+
+
+def test_an_old_manifest_is_kept_once_training_has_started(tmp_path, photos, counted, monkeypatch):
+    session = opened_session(tmp_path / "sessions")
+    prepare_folder(session, photos, 64, workers=1)
+    update_state(session, fingerprint={"training": "started"})
+    session.remove(CONTACT_SHEET)
+    monkeypatch.setattr("dreambooth_core.photos.crop.PREPARE_VERSION", 99)
+    monkeypatch.setattr(prepare, "PREPARE_VERSION", 99)
+    counted.clear()
+    assert prepare_folder(session, photos, 64).prepared == 0 and not counted
+    assert session.exists(CONTACT_SHEET)  # made again from the prepared images
+
+
+def test_photos_from_an_fsspec_folder(tmp_path, photos):
+    fs = fsspec.filesystem("memory")
+    for file in sorted(photos.iterdir()):
+        fs.pipe(f"/upload/{file.name}", file.read_bytes())
+    fs.pipe("/upload/ohwx/extra.png", (photos / sorted(p.name for p in photos.iterdir())[0]).read_bytes())
+    fs.pipe("/upload/ohwx/extra.txt", b"a photo of ohwx")
+    fs.pipe("/upload/notes.md", b"not a photo")
+    try:
+        found = find_photos("memory://upload")
+        assert len(found) == 5 and all(str(p).startswith("memory://") for p in found)
+        session = opened_session(tmp_path / "sessions")
+        summary = prepare_folder(session, "memory://upload", 64, workers=1)
+        assert summary.count == 5
+        assert session.read_bytes("photos/ohwx/extra.txt") == b"a photo of ohwx"
+        assert not session.exists("photos/notes.md")
+    finally:
+        fs.rm("/upload", recursive=True)
+
+
+def test_a_missing_fsspec_folder_is_named():
+    with pytest.raises(DatasetError, match="memory://nowhere"):
+        find_photos("memory://nowhere")
+
+
+def test_local_folders_still_give_paths(photos):
+    assert find_photos(photos) == sorted(photos.iterdir())
+    assert find_photos(str(photos)) == sorted(photos.iterdir())
+
+
+def test_a_moved_photos_folder_does_not_stop_a_resume(tmp_path, photos):
+    session = opened_session(tmp_path / "sessions")
+    prepare_folder(session, photos, 64, workers=1)
+    shutil.rmtree(photos)
+    assert prepare_folder(session, photos, 64).count == 4
