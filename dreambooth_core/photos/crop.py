@@ -12,7 +12,7 @@ Two ways to the same picture:
   the crop box is computed in the upright photo's pixels (what the manifest
   records), mapped back to the stored (sensor) orientation, resized there, and only
   the small result is turned upright. The output matches `prepare_image` to about
-  one grey level on average (tests/dataset/test_prepare_speed.py).
+  one grey level on average (tests/photos/test_prepare_faces.py).
 """
 
 from __future__ import annotations

@@ -219,14 +219,6 @@ def import_files(session: Session, files: dict[str, Reader], source: str) -> Pho
     return PhotoSet(files=hashes)
 
 
-def check_photos(session: Session, folder: str | Path | None) -> None:
-    """A new session needs readable photos; a session that has started training keeps its own."""
-    require_photos(session, folder)
-    state = load_state(session)
-    if state is not None:
-        refuse_changed_photos(session, state, folder)
-
-
 def import_photos(session: Session, folder: str | Path | None) -> PhotoSet:
     """The session's photo set: `folder` imported when it is the run's set (uses_given_photos),
     else the session's own copies."""

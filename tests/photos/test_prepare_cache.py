@@ -10,7 +10,8 @@ from sessions import opened_session, prepare_folder
 
 from dreambooth_core.errors import DatasetError
 from dreambooth_core.photos import prepare
-from dreambooth_core.photos.originals import check_photos, find_photos, import_photos
+from dreambooth_core.photos.originals import find_photos, import_photos
+from dreambooth_core.photos.validate import ValidationSettings, check_session_photos
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import CONTACT_SHEET
 from dreambooth_core.session.paths import DATASET_MANIFEST as MANIFEST
@@ -77,7 +78,7 @@ def test_once_training_has_started_the_photo_set_is_fixed(tmp_path, photos):
     update_state(session, fingerprint={"training": "started"})
     Image.new("RGB", (90, 70), "purple").save(photos / "shrk (5).png")
     with pytest.raises(DatasetError, match="differ from those session 's' was started with"):
-        check_photos(session, photos)  # the flow's first task
+        check_session_photos(session, photos, ValidationSettings(resolution=64))  # the flow's photo check
     assert import_photos(session, photos) == import_photos(session, None)  # the session's own
     assert prepare_folder(session, photos, 64).count == 4
 

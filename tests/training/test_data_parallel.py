@@ -4,12 +4,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import safetensors.torch
 import torch
+from signalled import signal_when_paused
 
 pytestmark = pytest.mark.slow  # a CLI or Prefect run each: the full suite only
 
@@ -30,16 +30,10 @@ def train(api_url, root: Path, kill_rank: str | None = None, pause_rank: str | N
                "--model", "tiny", "--photos", str(REPO / "examples" / "photos"), "--steps", "8",
                "--chunk-steps", "4", "--gpus", "2", "--device", "cpu", "--batch-size", "2",
                "--learning-rate", "1e-4", "--sample-every", "0", "--seed", "4"]
+    if signal_at is None:
+        return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if signal_at is not None:
-        deadline = time.monotonic() + 300
-        while not signal_at.exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert signal_at.exists(), f"training never paused: {process.communicate()[1][-3000:]}"
-        process.send_signal(signal.SIGTERM)
-        signal_at.unlink()
-    stdout, stderr = process.communicate(timeout=600)
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    return signal_when_paused(process, signal_at)
 
 
 def weights(root: Path) -> dict[str, torch.Tensor]:

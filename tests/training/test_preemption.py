@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from signalled import signal_when_paused
 
 from dreambooth_core.training.preemption import stop_requests
 
@@ -41,14 +42,7 @@ def run_with_sigterm(api_url: str, cwd: Path, at_step: int, args: list[str]) -> 
     process = subprocess.Popen([sys.executable, str(PAUSED_CLI), str(at_step), str(marker), "--", *args],
                                cwd=cwd, env=environment(api_url), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert marker.exists(), f"training never reached step {at_step}: {process.communicate()[1][-3000:]}"
-    process.send_signal(signal.SIGTERM)
-    marker.unlink()
-    stdout, stderr = process.communicate(timeout=120)
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    return signal_when_paused(process, marker, timeout=120)
 
 
 def committed_steps(session_dir: Path) -> list[int]:
