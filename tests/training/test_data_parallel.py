@@ -40,28 +40,31 @@ def weights(root: Path) -> dict[str, torch.Tensor]:
     return safetensors.torch.load_file(root / "sessions" / "s" / "checkpoints" / "step-000008" / "weights.safetensors")
 
 
-def test_a_crashed_process_resumes_to_the_uninterrupted_two_process_model(prefect_api_url, tmp_path):
-    whole = train(prefect_api_url, tmp_path / "whole")
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    assert "on 2 processes" in whole.stderr
+@pytest.fixture(scope="module")
+def whole(prefect_api_url, tmp_path_factory) -> Path:
+    """The uninterrupted two-process run both tests compare with."""
+    root = tmp_path_factory.mktemp("whole")
+    result = train(prefect_api_url, root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "on 2 processes" in result.stderr
+    return root
 
+
+def test_a_crashed_process_resumes_to_the_uninterrupted_two_process_model(prefect_api_url, whole, tmp_path):
     crashed = train(prefect_api_url, tmp_path / "crashed", kill_rank="1:2")  # rank 1, step 5
     assert crashed.returncode != 0
     resumed = train(prefect_api_url, tmp_path / "crashed")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming from committed checkpoint at step 4" in resumed.stderr
 
-    expected, actual = weights(tmp_path / "whole"), weights(tmp_path / "crashed")
+    expected, actual = weights(whole), weights(tmp_path / "crashed")
     different = [k for k in expected if not torch.equal(expected[k], actual[k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
 def test_a_sigterm_stops_every_process_at_the_same_step_which_commits_and_resumes_exactly(
-        prefect_api_url, tmp_path):
+        prefect_api_url, whole, tmp_path):
     """Preemption of a multi-GPU run: the signal reaches the launcher, which passes it on."""
-    whole = train(prefect_api_url, tmp_path / "whole")
-    assert whole.returncode == 0, whole.stderr[-3000:]
-
     marker = tmp_path / "in-step"
     stopped = train(prefect_api_url, tmp_path / "stopped", pause_rank=f"1:5:{marker}", signal_at=marker)
     assert stopped.returncode == -signal.SIGTERM, stopped.stderr[-3000:]
@@ -72,5 +75,5 @@ def test_a_sigterm_stops_every_process_at_the_same_step_which_commits_and_resume
     resumed = train(prefect_api_url, tmp_path / "stopped")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming from committed checkpoint at step 6" in resumed.stderr
-    expected, actual = weights(tmp_path / "whole"), weights(tmp_path / "stopped")
+    expected, actual = weights(whole), weights(tmp_path / "stopped")
     assert [k for k in expected if not torch.equal(expected[k], actual[k])] == []
