@@ -9,4 +9,9 @@ PYTHON=${PYTHON:-python3}
 # this build (CUDA on a GPU machine from PyPI, CPU where a CPU wheel is provided).
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install --quiet "torch==2.13.0"
 .venv/bin/python -m pip install --quiet -e ".[test]"
+# transformers 4.x with the diffusers of its time, beside (not on) the import path: the tests load
+# our outputs with it as users of 4.x do.
+[ -d .venv/transformers4/transformers ] || .venv/bin/python -m pip install --quiet --no-deps \
+    --target .venv/transformers4 "transformers==4.57.*" "diffusers==0.35.*" "huggingface_hub>=0.34,<1.0" \
+    "tokenizers>=0.22,<0.23"
 echo "Set up. Try: .venv/bin/dreambooth train --help"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from dreambooth_core.errors import ModelError
 
 @dataclass(frozen=True)
 class TextTokenizer:
-    """A CLIP BPE tokenizer plus `ranks`: merged piece -> position of its merge in merges.txt.
+    """A CLIP BPE tokenizer plus `ranks`: merged piece -> position of its merge in the BPE merges.
 
     BPE learns merges in order of frequency, so a low rank means the training
     captions used that piece often."""
@@ -31,21 +32,49 @@ class TextTokenizer:
         return len(self.tokenizer(text, truncation=False).input_ids)
 
 
-def read_merge_ranks(merges_file: Path) -> dict[str, int]:
-    lines = Path(merges_file).read_text(encoding="utf-8").splitlines()
-    pairs = [line.split() for line in lines if line and not line.startswith("#version")]
+def merge_ranks(pairs) -> dict[str, int]:
     ranks: dict[str, int] = {}
     for rank, pair in enumerate(pairs):
         ranks.setdefault("".join(pair), rank)
     return ranks
 
 
+def read_merge_ranks(merges_file: Path) -> dict[str, int]:
+    lines = Path(merges_file).read_text(encoding="utf-8").splitlines()
+    return merge_ranks(line.split() for line in lines if line and not line.startswith("#version"))
+
+
+def bpe_of(tokenizer_json: dict) -> tuple[dict[str, int], list[tuple[str, ...]]]:
+    """(vocabulary, merges in rank order) of a parsed `tokenizer.json` holding a BPE model."""
+    model = tokenizer_json.get("model") or {}
+    if model.get("type") != "BPE":
+        raise ValueError(f"its model is {model.get('type')!r}, not BPE")
+    # tokenizers writes a merge as "a b" (before 0.20) or as ["a", "b"].
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
+    return dict(model.get("vocab", {})), merges
+
+
+def tokenizer_merge_ranks(folder: Path) -> dict[str, int]:
+    """The merge ranks from merges.txt or, where a model has only that, from tokenizer.json."""
+    if (folder / "merges.txt").is_file():
+        return read_merge_ranks(folder / "merges.txt")
+    fast = folder / "tokenizer.json"
+    if not fast.is_file():
+        raise ModelError(f"{folder}: neither merges.txt nor tokenizer.json, so this model has no CLIP BPE "
+                         "tokenizer this tool can analyse. Use a Stable Diffusion 1.x or 2.x model.")
+    try:
+        _, merges = bpe_of(json.loads(fast.read_text(encoding="utf-8")))
+    except (ValueError, AttributeError) as exc:
+        raise ModelError(f"{fast} is not a CLIP BPE tokenizer this tool can analyse ({exc}). "
+                         "Use a Stable Diffusion 1.x or 2.x model.") from exc
+    return merge_ranks(merges)
+
+
 def load_tokenizer(model_path: str | Path) -> TextTokenizer:
-    """The tokenizer of a diffusers model folder (its tokenizer/ sub-folder)."""
+    """The tokenizer of a diffusers model folder (its tokenizer/ sub-folder), in any of its saved forms:
+    vocab.json + merges.txt, tokenizer.json, or both."""
     from transformers import CLIPTokenizer
 
     folder = Path(model_path) / "tokenizer"
-    if not (folder / "merges.txt").is_file():
-        raise ModelError(f"{folder}: no merges.txt, so this model's tokenizer is not a CLIP BPE "
-                         "tokenizer this tool can analyse. Use a Stable Diffusion 1.x or 2.x model.")
-    return TextTokenizer(CLIPTokenizer.from_pretrained(folder), read_merge_ranks(folder / "merges.txt"))
+    ranks = tokenizer_merge_ranks(folder)
+    return TextTokenizer(CLIPTokenizer.from_pretrained(folder), ranks)

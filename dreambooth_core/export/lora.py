@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field
 
 from dreambooth_core.errors import ModelError
+from dreambooth_core.model.hub_layout import nested_key
 from dreambooth_core.model.single_file import save_safetensors, sort_metadata
 
 if TYPE_CHECKING:
@@ -90,16 +91,17 @@ def save_diffusers_lora(unet, text_encoder, folder: Path, adapter: str = "defaul
     """Write the folder diffusers' `load_lora_weights` reads, the LoraConfigs in its metadata."""
     from diffusers import StableDiffusionPipeline
 
-    def part(model):
+    def part(model, key=lambda k: k):
         if model is None:
             return None, None
         config = _peft_config(model, adapter).to_dict()
         # Sets (target_modules) iterate in a per-process order: sort them for equal files.
-        return _peft_state(model, adapter, dtype), {k: sorted(v) if isinstance(v, set) else v
-                                                    for k, v in config.items()}
+        return ({key(k): t for k, t in _peft_state(model, adapter, dtype).items()},
+                {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()})
 
     unet_state, unet_config = part(unet)
-    text_state, text_config = part(text_encoder)
+    # The transformers 4.x module names (text_model.*), which diffusers with 4.x and 5.x both load.
+    text_state, text_config = part(text_encoder, nested_key)
     StableDiffusionPipeline.save_lora_weights(
         str(folder), unet_lora_layers=unet_state, text_encoder_lora_layers=text_state,
         unet_lora_adapter_metadata=unet_config, text_encoder_lora_adapter_metadata=text_config,

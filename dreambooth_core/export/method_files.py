@@ -13,6 +13,7 @@ import torch
 from dreambooth_core.export.embedding import export_embeddings
 from dreambooth_core.export.lora import export_lora
 from dreambooth_core.model.family import ModelFamily
+from dreambooth_core.model.hub_layout import save_pipeline
 from dreambooth_core.model.model_spec import model_spec_metadata
 from dreambooth_core.model.openclip_layout import load_extras
 from dreambooth_core.model.single_file import save_single_file, to_single_file_state
@@ -30,13 +31,13 @@ def original_layout(model_path: str, family: ModelFamily, unet, vae, text_encode
 
 def full_model_files(model_path: str, family: ModelFamily, parts: ModelParts, name: str, step: int,
                      dtype: torch.dtype, out: Path) -> list[str]:
-    """`<name>.safetensors` and `.ckpt` in the original layout, and a diffusers folder."""
+    """`<name>.safetensors` and `.ckpt` in the original layout, and a diffusers folder in the hub's layout."""
     from diffusers import StableDiffusionPipeline
 
     pipeline = StableDiffusionPipeline.from_pretrained(
         model_path, unet=parts.unet, text_encoder=parts.text_encoder,
         safety_checker=None, requires_safety_checker=False).to(dtype=dtype)
-    pipeline.save_pretrained(out / DIFFUSERS, safe_serialization=True)
+    save_pipeline(pipeline, out / DIFFUSERS)
     state, metadata = original_layout(model_path, family, pipeline.unet, pipeline.vae, pipeline.text_encoder, name)
     for fmt in ("safetensors", "ckpt"):
         save_single_file(state, out / f"{name}.{fmt}", fmt, step, metadata)

@@ -1,0 +1,87 @@
+"""What a user's diffusers + transformers compute from our output files.
+
+Imported by the tests (the installed transformers 5.x) and run as a script under
+the transformers 4.x overlay that setup.sh installs in .venv/transformers4:
+
+    python tests/export/output_loading.py jobs.json results.pt
+
+Each job loads files the way users do and records the tokenizer's ids for a
+prompt, the text encoder's output for them and the UNet's output on fixed inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+PROMPT = "a photo of shrk man"
+
+
+def fixed_inputs(unet) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    size = unet.config.sample_size
+    return (torch.randn(1, unet.config.in_channels, size, size, generator=generator),
+            torch.randn(1, 77, unet.config.cross_attention_dim, generator=generator))
+
+
+def pipeline_outputs(pipeline, prompt: str = PROMPT) -> dict:
+    ids = pipeline.tokenizer(prompt, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    latents, context = fixed_inputs(pipeline.unet)
+    with torch.no_grad():
+        return {"ids": ids, "text": pipeline.text_encoder(ids).last_hidden_state,
+                "unet": pipeline.unet(latents, 10, context).sample}
+
+
+def load_pipeline(path: str):
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline.from_pretrained(path, local_files_only=True, safety_checker=None)
+
+
+def text_encoder_missing_keys(path: str) -> list[str]:
+    from transformers import CLIPTextModel
+
+    _, info = CLIPTextModel.from_pretrained(f"{path}/text_encoder", output_loading_info=True)
+    return sorted(info["missing_keys"])
+
+
+def slow_and_fast_ids(path: str) -> tuple[list[int], list[int]]:
+    from transformers import CLIPTokenizer, CLIPTokenizerFast
+
+    return tuple(cls.from_pretrained(f"{path}/tokenizer")(PROMPT).input_ids
+                 for cls in (CLIPTokenizer, CLIPTokenizerFast))
+
+
+def run(job: dict) -> dict:
+    """One job: {"kind": "pipeline" | "lora" | "embedding", "model": folder, "file": ..., "token": ...}."""
+    if job["kind"] == "pipeline":
+        result = pipeline_outputs(load_pipeline(job["model"]))
+        result["missing"] = text_encoder_missing_keys(job["model"])
+        result["tokenizers"] = slow_and_fast_ids(job["model"])
+        return result
+    pipeline = load_pipeline(job["model"])
+    if job["kind"] == "lora":
+        pipeline.load_lora_weights(job["file"])
+        return pipeline_outputs(pipeline)
+    pipeline.load_textual_inversion(job["file"])
+    row = pipeline.tokenizer.convert_tokens_to_ids(job["token"])
+    return {**pipeline_outputs(pipeline, f"a photo of {job['token']} man"),
+            "row": pipeline.text_encoder.get_input_embeddings().weight[row].detach()}
+
+
+def versions() -> dict:
+    import diffusers
+    import transformers
+
+    return {"transformers": transformers.__version__, "diffusers": diffusers.__version__}
+
+
+def main(jobs_file: str, results_file: str) -> None:
+    jobs = json.loads(open(jobs_file).read())
+    torch.save({"versions": versions(), "results": [run(job) for job in jobs]}, results_file)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
