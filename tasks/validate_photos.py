@@ -7,7 +7,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from dreambooth_core.config import DreamBoothConfig
-from dreambooth_core.model.family import expected_resolution
+from dreambooth_core.model.expected import expected_resolution
 from dreambooth_core.photos.originals import PhotoSet
 from dreambooth_core.photos.validate import (
     ValidationSettings,

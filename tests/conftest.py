@@ -49,3 +49,15 @@ def photos(tmp_path) -> Path:
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_HOME, ignore_errors=True)
+
+
+@pytest.fixture
+def hub_at(monkeypatch):
+    """Point huggingface_hub at a given address instead of huggingface.co, in online mode."""
+    import huggingface_hub.constants as constants
+
+    def point(endpoint: str) -> None:
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # turned on above
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    return point

@@ -128,17 +128,18 @@ def _load_pipeline(weights: Path, source: Path, model_config: str | None, cache_
 def _conversion_error(exc: Exception, source: Path, model_config: str | None) -> Exception:
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
-    config = f"model_config {model_config!r}" if model_config else "no model_config"
+    config = f"--single-file-config {model_config!r}" if model_config else "no --single-file-config"
     unreachable = network_failure_in(exc)
     offline = caused_by(exc, OfflineModeIsEnabled) or (isinstance(exc, LocalEntryNotFoundError) and not unreachable)
     if not (offline or unreachable):
         return ModelError(
             f"Cannot convert {source} to diffusers form with {config} ({root_cause(exc)}). "
-            "Check that the file is a Stable Diffusion checkpoint and that model_config names a diffusers "
+            "Check that the file is a Stable Diffusion checkpoint and that --single-file-config names a diffusers "
             "model of the same architecture (SD 1.x, 2.x or XL).")
     why = (f"Cannot convert {source}: with {config}, diffusers fetches the architecture's config files "
            f"from the Hugging Face hub, which failed ({root_cause(exc)}).")
-    fix = "pass model_config as a local diffusers folder of the same architecture to convert offline"
+    fix = ("pass --single-file-config (single_file_config in a deployment) as a local diffusers folder of the "
+           "same architecture, such as the diffusers/ folder of the session that wrote the file, to convert offline")
     if offline:
         return ModelError(f"{why} Either {fix}, or allow network access for one run.")
     return NetworkError(f"{why} Try again when the hub is reachable, or {fix}.")

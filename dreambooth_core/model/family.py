@@ -24,7 +24,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from dreambooth_core.errors import ModelError
-from dreambooth_core.model.tiny import tiny_resolution
 
 # The smallest native resolution of the supported models (SD 1.x, SD 2.x 512 px): what
 # photos are judged against before a downloaded model's own is known.
@@ -62,25 +61,6 @@ def resolution_of(unet_config: dict, vae_config: dict) -> int:
 def vae_scale(vae_config: dict) -> int:
     """Image pixels per latent pixel."""
     return 2 ** (len(vae_config["block_out_channels"]) - 1)
-
-
-def expected_resolution(spec: str, override: int | None) -> tuple[int, str]:
-    """(resolution, where it comes from) before the model is fetched, for the photo checks:
-    --resolution when given, a built-in tiny model's own, a local diffusers folder's own,
-    otherwise SMALLEST_SD_RESOLUTION (no photo an SD 1.x model could use is refused; for
-    SD 2.1-768 pass --resolution 768 to be warned about smaller photos)."""
-    if override:
-        return override, "--resolution"
-    if tiny_resolution(spec):
-        return tiny_resolution(spec), "the tiny model's resolution"
-    try:
-        folder = Path(spec)
-        unet = json.loads((folder / "unet" / "config.json").read_text())
-        vae = json.loads((folder / "vae" / "config.json").read_text())
-        return resolution_of(unet, vae), "the local model's resolution"
-    except (OSError, ValueError, KeyError, TypeError):
-        return SMALLEST_SD_RESOLUTION, (f"{SMALLEST_SD_RESOLUTION}, the smallest resolution of Stable "
-                                        "Diffusion models; pass --resolution for another")
 
 
 def _read_config(folder: Path, relative: str) -> dict:

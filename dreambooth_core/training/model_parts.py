@@ -27,8 +27,9 @@ def load_model_parts(model_path: str, device: torch.device) -> ModelParts:
         tokenizer=CLIPTokenizer.from_pretrained(model_path, subfolder="tokenizer"),
         noise_scheduler=DDPMScheduler.from_pretrained(model_path, subfolder="scheduler"),
     )
+    # fp32 master weights whatever the folder stores (a session's own fp16 export, for one).
     for module in (parts.unet, parts.vae, parts.text_encoder):
-        module.to(device)
+        module.to(device=device, dtype=torch.float32)
     parts.vae.requires_grad_(False).eval()
     parts.text_encoder.requires_grad_(False).eval()
     return parts

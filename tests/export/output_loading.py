@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -79,7 +80,7 @@ def versions() -> dict:
 
 
 def main(jobs_file: str, results_file: str) -> None:
-    jobs = json.loads(open(jobs_file).read())
+    jobs = json.loads(Path(jobs_file).read_text())
     torch.save({"versions": versions(), "results": [run(job) for job in jobs]}, results_file)
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from dreambooth_core.errors import ModelError
-from dreambooth_core.model.family import ModelFamily, detect_family, expected_resolution
+from dreambooth_core.model.expected import expected_resolution
+from dreambooth_core.model.family import ModelFamily, detect_family
 from dreambooth_core.model.fetch import fetch_model
 
 
@@ -78,8 +79,18 @@ def test_missing_config_is_named(sd2_folder, tmp_path):
 def _build_tiny_sdxl(folder: Path) -> Path:
     """A real (random, tiny) SDXL pipeline saved by diffusers."""
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+    )
 
     tokenizer = CLIPTokenizer.from_pretrained(fetch_model("tiny", folder.parent / "cache").path, subfolder="tokenizer")
     torch.manual_seed(0)

@@ -361,7 +361,7 @@ def test_resolution_checked_in_the_flow(tmp_path):
     import json
 
     from dreambooth_core.config import DreamBoothConfig
-    from dreambooth_core.model.family import expected_resolution
+    from dreambooth_core.model.expected import expected_resolution
 
     def resolution(**fields) -> int:
         config = DreamBoothConfig(session="s", **fields)
