@@ -14,6 +14,7 @@ from dreambooth_core.export.embedding import export_embeddings
 from dreambooth_core.export.lora import export_lora
 from dreambooth_core.model.family import ModelFamily
 from dreambooth_core.model.hub_layout import save_pipeline
+from dreambooth_core.model.inference_config import write_inference_yaml
 from dreambooth_core.model.model_spec import model_spec_metadata
 from dreambooth_core.model.openclip_layout import load_extras
 from dreambooth_core.model.single_file import save_single_file, to_single_file_state
@@ -31,7 +32,8 @@ def original_layout(model_path: str, family: ModelFamily, unet, vae, text_encode
 
 def full_model_files(model_path: str, family: ModelFamily, parts: ModelParts, name: str, step: int,
                      dtype: torch.dtype, out: Path) -> list[str]:
-    """`<name>.safetensors` and `.ckpt` in the original layout, and a diffusers folder in the hub's layout."""
+    """`<name>.safetensors` and `.ckpt` in the original layout (with `<name>.yaml` for SD 2.x), and a
+    diffusers folder in the hub's layout."""
     from diffusers import StableDiffusionPipeline
 
     pipeline = StableDiffusionPipeline.from_pretrained(
@@ -41,7 +43,12 @@ def full_model_files(model_path: str, family: ModelFamily, parts: ModelParts, na
     state, metadata = original_layout(model_path, family, pipeline.unet, pipeline.vae, pipeline.text_encoder, name)
     for fmt in ("safetensors", "ckpt"):
         save_single_file(state, out / f"{name}.{fmt}", fmt, step, metadata)
-    return [DIFFUSERS, f"{name}.safetensors", f"{name}.ckpt"]
+    if family.family != "sd2":
+        return [DIFFUSERS, f"{name}.safetensors", f"{name}.ckpt"]
+    # AUTOMATIC1111 reads it to build an SD 2.x model and to choose v-prediction.
+    write_inference_yaml(out / f"{name}.yaml", dict(pipeline.unet.config), dict(pipeline.vae.config),
+                         dict(pipeline.scheduler.config))
+    return [DIFFUSERS, f"{name}.safetensors", f"{name}.ckpt", f"{name}.yaml"]
 
 
 def lora_files(parts: ModelParts, trainables: Trainables, name: str, dtype: torch.dtype,

@@ -4,6 +4,7 @@ gives back every tensor, and the prediction type kept beside the weights."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -267,3 +268,59 @@ def test_file_without_metadata_keeps_the_borrowed_config(cache, tmp_path):
     save_single_file(to_single_file_state(pipeline.unet, pipeline.vae, pipeline.text_encoder), file, "safetensors")
     converted = fetch_model(str(file), tmp_path / "cache", model_config=eps_folder).path
     assert detect_family(converted) == detect_family(eps_folder)
+
+
+# The published Stability AI configs/stable-diffusion/v2-inference-v.yaml, as data (without the
+# parameterization line it is v2-inference.yaml).
+PUBLISHED_V2_INFERENCE_V = {"model": {
+    "base_learning_rate": 1.0e-4, "target": "ldm.models.diffusion.ddpm.LatentDiffusion", "params": {
+        "parameterization": "v", "linear_start": 0.00085, "linear_end": 0.0120, "num_timesteps_cond": 1,
+        "log_every_t": 200, "timesteps": 1000, "first_stage_key": "jpg", "cond_stage_key": "txt",
+        "image_size": 64, "channels": 4, "cond_stage_trainable": False, "conditioning_key": "crossattn",
+        "monitor": "val/loss_simple_ema", "scale_factor": 0.18215, "use_ema": False,
+        "unet_config": {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": {
+            "use_checkpoint": True, "use_fp16": True, "image_size": 32, "in_channels": 4, "out_channels": 4,
+            "model_channels": 320, "attention_resolutions": [4, 2, 1], "num_res_blocks": 2,
+            "channel_mult": [1, 2, 4, 4], "num_head_channels": 64, "use_spatial_transformer": True,
+            "use_linear_in_transformer": True, "transformer_depth": 1, "context_dim": 1024, "legacy": False}},
+        "first_stage_config": {"target": "ldm.models.autoencoder.AutoencoderKL", "params": {
+            "embed_dim": 4, "monitor": "val/rec_loss", "ddconfig": {
+                "double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+                "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0},
+            "lossconfig": {"target": "torch.nn.Identity"}}},
+        "cond_stage_config": {"target": "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder",
+                              "params": {"freeze": True, "layer": "penultimate"}}}}}
+
+
+@pytest.mark.parametrize("prediction", ["v_prediction", "epsilon"])
+def test_full_sd21_architecture_gets_the_published_inference_config(prediction):
+    from diffusers import DDPMScheduler
+
+    from dreambooth_core.model.inference_config import inference_config
+
+    unet, vae, _ = _sd21_on_meta()
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              prediction_type=prediction)
+    config = inference_config(dict(unet.config), dict(vae.config), dict(scheduler.config))
+    expected = json.loads(json.dumps(PUBLISHED_V2_INFERENCE_V))
+    if prediction == "epsilon":
+        del expected["model"]["params"]["parameterization"]
+    assert config == expected
+
+
+@pytest.mark.parametrize("spec,parameterization", [("tiny-sd2-v", "v"), ("tiny-sd2", None), ("tiny", "no file")])
+def test_sd2_export_has_its_inference_yaml_beside_it(spec, parameterization, cache, tmp_path):
+    import yaml
+
+    from dreambooth_core.export.method_files import full_model_files
+    from dreambooth_core.training.model_parts import load_model_parts
+
+    model = fetch_model(spec, cache)
+    written = full_model_files(model.path, model.family, load_model_parts(model.path, torch.device("cpu")),
+                               "shrk", 1, torch.float16, tmp_path)
+    if parameterization == "no file":
+        assert "shrk.yaml" not in written and not (tmp_path / "shrk.yaml").exists()
+        return
+    params = yaml.safe_load((tmp_path / "shrk.yaml").read_text())["model"]["params"]
+    assert "shrk.yaml" in written and params.get("parameterization") == parameterization
+    assert params["unet_config"]["params"]["context_dim"] == 32  # the tiny model's own sizes
