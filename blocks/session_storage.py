@@ -20,7 +20,7 @@ from pydantic import Field, SecretStr
 from blocks.loading import load_block
 from blocks.redaction import remember_secret
 from dreambooth_core.session.filesystem import filesystem_for
-from dreambooth_core.session.folder import Session, open_storage
+from dreambooth_core.session.folder import open_storage
 from dreambooth_core.session.storage import use_block_storage
 
 RESULTS_FOLDER = ".prefect-results"
@@ -56,9 +56,6 @@ class SessionStorage(WritableFileSystem):
             if self.gcp_credentials.project:
                 options.setdefault("project", self.gcp_credentials.project)
         return options
-
-    def open_session(self, name: str) -> Session:
-        return Session(self.url, name, self.storage_options())
 
     def check(self) -> None:
         """Raise a StorageError naming the URL if the storage cannot be used."""

@@ -18,6 +18,7 @@ from dreambooth_core.model.family import SMALLEST_SD_RESOLUTION
 from dreambooth_core.reports.terminal import shows_bars
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.state import stored_config
+from dreambooth_core.session.storage import storage_location
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("session", nargs="?", help="One session to show in detail (default: all).")
     status.add_argument("--storage", default=setting("storage").default,
                         help="Where sessions live, as for train (default: %(default)s).")
+    status.add_argument("--storage-block", default=None,
+                        help="A SessionStorage block naming where sessions live, as for train "
+                             "(read from the Prefect server at PREFECT_API_URL; default: none).")
     status.add_argument("--json", action="store_true", help="Print the status as JSON.")
     return parser
 
@@ -286,12 +290,16 @@ def status(args: dict[str, Any]) -> int:
     from dreambooth_core.reports.status import list_sessions, session_status, status_lines, status_table
 
     storage, name = args["storage"], args["session"]
-    names = list_sessions(storage)
+    if args["storage_block"]:
+        import blocks.session_storage  # noqa: F401 - registers how a block name opens storage
+        storage = args["storage_block"]
+    url, options = storage_location(args["storage"], args["storage_block"])
+    names = list_sessions(url, options)
     if name is not None and name not in names:
         known = f"Sessions there: {', '.join(names)}." if names else "There are no sessions there."
         raise SessionError(f"no session {name!r} in storage {storage!r}. {known} Pass the "
                            "--storage the session was trained with, or another session name.")
-    statuses = [session_status(Session(storage, n)) for n in ([name] if name else names)]
+    statuses = [session_status(Session(url, n, options)) for n in ([name] if name else names)]
     if args["json"]:
         print(json.dumps([dataclasses.asdict(s) for s in statuses], indent=2))
     elif name:

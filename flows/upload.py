@@ -12,8 +12,8 @@ from pathlib import Path
 
 from dreambooth_core.config import DreamBoothConfig
 from dreambooth_core.photos.originals import import_photos
-from dreambooth_core.session.folder import Session
 from dreambooth_core.session.state import open_or_create
+from dreambooth_core.session.storage import open_named_session
 
 UPLOADED = "dreambooth.photos.uploaded"
 
@@ -28,7 +28,7 @@ def upload_photos(config: DreamBoothConfig) -> tuple[DreamBoothConfig, int]:
     run should use (the session's photos, storage as the worker sees it) and the photo count."""
     inputs = config.inputs.model_copy(update={"storage": shared_storage(config.inputs.storage)})
     config = config.model_copy(update={"inputs": inputs})
-    session = Session(inputs.storage, config.session)
+    session = open_named_session(inputs.storage, inputs.storage_block, config.session)
     open_or_create(session, config)
     photos = import_photos(session, inputs.photos)
     return config.model_copy(update={"inputs": inputs.model_copy(update={"photos": None})}), len(photos.photos)

@@ -40,11 +40,11 @@ class SessionStatus:
         return self.committed[-1] if self.committed else 0
 
 
-def list_sessions(storage: str) -> list[str]:
+def list_sessions(storage: str, options: dict | None = None) -> list[str]:
     """Names of the sessions in `storage` (folders holding a session.json); [] if it is empty
     or does not exist yet. Creates nothing."""
     try:
-        fs, root = fsspec.core.url_to_fs(storage)
+        fs, root = fsspec.core.url_to_fs(storage, **(options or {}))
         root = root.rstrip("/")
         if not fs.isdir(root):
             return []

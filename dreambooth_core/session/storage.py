@@ -8,7 +8,7 @@ names, so a spawned training process can register it again.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -17,7 +17,9 @@ from dreambooth_core.session.folder import Session
 
 
 class BlockStorage(Protocol):
-    def open_session(self, name: str) -> Session: ...
+    url: str
+
+    def storage_options(self) -> dict[str, Any]: ...
 
 
 BlockLoader = Callable[[str], BlockStorage]
@@ -34,16 +36,23 @@ def block_storage_loader() -> BlockLoader | None:
     return _block_loader
 
 
-def open_named_session(storage: str, storage_block: str | None, name: str) -> Session:
-    """A session on a storage URL, or on the storage a block names."""
+def storage_location(storage: str, storage_block: str | None) -> tuple[str, dict[str, Any]]:
+    """(URL, fsspec options) of the sessions' storage: `storage`, or what the block holds."""
     if not storage_block:
-        return Session(storage, name)
+        return storage, {}
     if _block_loader is None:
         raise ConfigError(f"--storage-block {storage_block!r} needs the Prefect blocks of this "
                           "project: run through the dreambooth command or the Prefect flow, or "
                           "pass --storage with the storage's URL.")
     # Credentials are read from Prefect's block store here, in the process that uses them.
-    return _block_loader(storage_block).open_session(name)
+    block = _block_loader(storage_block)
+    return block.url, block.storage_options()
+
+
+def open_named_session(storage: str, storage_block: str | None, name: str) -> Session:
+    """A session on a storage URL, or on the storage a block names."""
+    url, options = storage_location(storage, storage_block)
+    return Session(url, name, options)
 
 
 class SessionRef(BaseModel):

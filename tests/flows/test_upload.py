@@ -69,3 +69,16 @@ def test_a_missing_photo_folder_is_named(prefect_api_url, tmp_path):
     result = upload(prefect_api_url, tmp_path, "--session", "bad", "--photos", str(tmp_path / "nope"))
     assert result.returncode == 2
     assert "nope" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_upload_to_a_storage_block_puts_the_photos_where_the_block_says(prefect_api_url, tmp_path, photos):
+    from blocks import SessionStorage
+
+    SessionStorage(url=str(tmp_path / "block-store")).save("upload-store", overwrite=True)
+    result = upload(prefect_api_url, tmp_path, "--session", "viablock", "--photos", str(photos),
+                    "--storage-block", "upload-store", "--model", "tiny")
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "block-store" / "viablock" / "photos").iterdir())) == len(list(photos.iterdir()))
+    assert not (tmp_path / "sessions").exists()
+    (event,) = uploaded_events("viablock")
+    assert DreamBoothConfig(**event["payload"]["config"]).inputs.storage_block == "upload-store"

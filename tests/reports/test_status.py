@@ -81,3 +81,16 @@ def test_sessions_are_the_folders_with_a_session_file(tmp_path):
 def test_an_unreadable_storage_is_a_clear_error(tmp_path):
     with pytest.raises(StorageError, match="cannot read session storage 'nosuchproto://x'"):
         list_sessions("nosuchproto://x")
+
+
+@pytest.mark.slow  # the storage block lives on a Prefect server
+def test_status_finds_sessions_through_a_storage_block(prefect_api_url, tmp_path, capsys):
+    from blocks import SessionStorage
+    from flows.cli import main
+
+    partly_trained(str(tmp_path / "elsewhere"))
+    SessionStorage(url=str(tmp_path / "elsewhere")).save("status-store", overwrite=True)
+    assert main(["status", "--storage-block", "status-store", "shrk"]) == 0
+    assert "4 of 10 committed" in capsys.readouterr().out
+    assert main(["status", "--storage-block", "status-store"]) == 0
+    assert "shrk" in capsys.readouterr().out
