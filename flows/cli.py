@@ -145,13 +145,20 @@ def _add_cloud_commands(commands) -> None:
                        "twice PREFECT_FLOWS_HEARTBEAT_FREQUENCY plus 30).")
 
 
-def config_from_flags(flags: dict[str, Any]) -> DreamBoothConfig:
-    """The session's stored configuration updated with the flags given now."""
-    from flows.session_storage import open_config_session
-
+def open_flag_session(flags: dict[str, Any]) -> Session:
+    """The session the flags name; Prefect is imported only for a --storage-block."""
     inputs = InputSettings(storage=flags.get("storage", setting("storage").default),
                            storage_block=flags.get("storage_block"))
-    session = open_config_session(inputs, flags["session"])
+    if not inputs.storage_block:
+        return Session(inputs.storage, flags["session"])
+    from flows.session_storage import open_config_session
+
+    return open_config_session(inputs, flags["session"])
+
+
+def config_from_flags(flags: dict[str, Any], session: Session | None = None) -> DreamBoothConfig:
+    """The session's stored configuration updated with the flags given now."""
+    session = session or open_flag_session(flags)
     config = stored_config(session)
     stored = config.flat() if config else {}
     for name in ("photos", "lease_wait"):  # how this run was started, not settings of the session
@@ -184,12 +191,24 @@ def _quiet_libraries() -> None:
         huggingface_hub.utils.enable_progress_bars()
 
 
+def check_before_run(flags: dict[str, Any]) -> DreamBoothConfig:
+    """What needs no Prefect server, checked before one starts (about a second): the settings,
+    the session name, that the storage takes files, and that the photos folder can be listed."""
+    from dreambooth_core.photos.originals import require_photos
+
+    session = open_flag_session(flags)
+    config = config_from_flags(flags, session)
+    session.check_writable()
+    require_photos(session, config.inputs.photos)
+    return config
+
+
 def train(flags: dict[str, Any]) -> int:
+    config = check_before_run(flags)
     _quiet_libraries()
     from flows.dreambooth import dreambooth_train
     from flows.quiet_errors import hide_user_error_tracebacks
 
-    config = config_from_flags(flags)
     hide_user_error_tracebacks()
     result = dreambooth_train(config)
     files = ", ".join(result.files) + (", diffusers/" if config.training.method == "dreambooth" else "")

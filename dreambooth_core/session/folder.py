@@ -22,6 +22,7 @@ from fsspec.spec import AbstractBufferedFile
 from dreambooth_core.config import SESSION_NAME
 from dreambooth_core.errors import SessionError, StorageError
 from dreambooth_core.session.filesystem import filesystem_for
+from dreambooth_core.session.paths import SHARED_FOLDERS
 
 _TEMPORARY = re.compile(r"\.tmp-[0-9a-f]{8}$")
 
@@ -51,17 +52,58 @@ def _check_listable(fs: fsspec.AbstractFileSystem, root: str) -> None:
         fs.ls(root.split("/")[0])  # object stores have no folders: a new prefix in a bucket is fine
 
 
+def check_session_name(name: str) -> None:
+    """Refuse a name that leaves the storage root or is one the storage uses itself."""
+    if not SESSION_NAME.match(name) or name in {".", ".."}:
+        raise SessionError(f"session name {name!r} is not allowed: use at most 64 letters, "
+                           "digits, '.', '_' or '-' (no slashes, no '..').")
+    if name in SHARED_FOLDERS:
+        raise SessionError(f"session name {name!r} is reserved: the storage keeps "
+                           f"{SHARED_FOLDERS[name]} in that folder. Choose another --session name.")
+    if name.startswith("."):
+        raise SessionError(f"session name {name!r} is reserved: names starting with '.' are kept "
+                           "for the storage's own folders. Choose another --session name.")
+
+
+def _error_text(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"{exc.__class__.__name__}: {exc}"
+
+
 class Session:
     """A session folder: paths, JSON state and atomic file writes."""
 
     def __init__(self, storage: str, name: str, options: dict[str, Any] | None = None):
-        if not SESSION_NAME.match(name) or name in {".", ".."}:
-            raise SessionError(f"session name {name!r} is not allowed: use at most 64 letters, "
-                               "digits, '.', '_' or '-' (no slashes, no '..').")
+        check_session_name(name)
+        self._open(storage, name, options)
+
+    @classmethod
+    def shared_folder(cls, storage: str, name: str, options: dict[str, Any] | None = None) -> "Session":
+        """A folder the storage keeps beside its sessions (SHARED_FOLDERS), opened like one."""
+        assert name in SHARED_FOLDERS, name
+        folder = object.__new__(cls)
+        folder._open(storage, name, options)
+        return folder
+
+    def _open(self, storage: str, name: str, options: dict[str, Any] | None) -> None:
         self.storage, self.name = storage, name
         self.fs, storage_root = open_storage(storage, options)
         self.root = f"{storage_root}/{name}"
         self.is_local = isinstance(self.fs, LocalFileSystem)
+
+    def check_writable(self) -> None:
+        """A StorageError now, before any work, if the storage cannot take a file (read-only,
+        not a real folder such as /proc/1, no permission or credentials to write)."""
+        probe = temporary_name(f"{self.root.rsplit('/', 1)[0]}/.write-check")
+        try:
+            self.fs.pipe_file(probe, b"ok")
+            self.fs.rm_file(probe)
+        except Exception as exc:  # fsspec raises many types for one meaning
+            raise StorageError(
+                f"cannot write to session storage {self.storage!r}: creating a file there failed "
+                f"({_error_text(exc)}). Pass a --storage folder or bucket this user can write "
+                "to.") from exc
 
     def sibling(self, name: str) -> "Session":
         """Folder `name` beside this session, on the same (already opened) storage."""
