@@ -302,7 +302,7 @@ def status(args: dict[str, Any]) -> int:
     import dataclasses
     import json
 
-    from dreambooth_core.reports.status import list_sessions, session_status, status_lines, status_table
+    from dreambooth_core.reports.status import list_sessions, read_statuses, status_lines, status_table
 
     storage, name = args["storage"], args["session"]
     names = list_sessions(storage)
@@ -310,7 +310,9 @@ def status(args: dict[str, Any]) -> int:
         known = f"Sessions there: {', '.join(names)}." if names else "There are no sessions there."
         raise SessionError(f"no session {name!r} in storage {storage!r}. {known} Pass the "
                            "--storage the session was trained with, or another session name.")
-    statuses = [session_status(Session(storage, n)) for n in ([name] if name else names)]
+    statuses = read_statuses(storage, [name] if name else names)
+    if name and statuses[0].problem:
+        raise SessionError(f"session {name!r} cannot be read: {statuses[0].problem}")
     if args["json"]:
         print(json.dumps([dataclasses.asdict(s) for s in statuses], indent=2))
     elif name:
