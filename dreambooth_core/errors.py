@@ -32,3 +32,8 @@ class NetworkError(ConnectionError):
 
 class SessionBusyError(DreamBoothError):
     """Another run holds the session's lease: one writer per session."""
+
+
+class TrainingError(DreamBoothError):
+    """Training stopped producing numbers (a NaN or infinite loss or weight): the settings,
+    not the code, need to change."""

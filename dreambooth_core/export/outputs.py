@@ -15,12 +15,13 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from dreambooth_core.config import ExportSettings
-from dreambooth_core.errors import SessionError
+from dreambooth_core.errors import SessionError, TrainingError
 from dreambooth_core.export.method_files import embedding_files, full_model_files, lora_files
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.folder import Session, temporary_name
 from dreambooth_core.session.paths import DIFFUSERS
 from dreambooth_core.session.state import ExportRecord, load_state, outputs_current, update_state
+from dreambooth_core.training.finite import weights_finite
 from dreambooth_core.training.live import LiveTraining
 from dreambooth_core.training.methods import Trainables
 from dreambooth_core.training.model_parts import ModelParts
@@ -53,12 +54,23 @@ def final_parts(plan: TrainingPlan, session: Session) -> tuple[ModelParts, Train
 
 def write_method_files(plan: TrainingPlan, session: Session, dtype: torch.dtype, out: Path) -> list[str]:
     parts, trainables = final_parts(plan, session)
+    refuse_non_finite(trainables, dtype, plan.total_steps)
     name, method = session.name, plan.training.method
     if method == "lora":
         return lora_files(parts, trainables, name, dtype, out)
     if method == "textual-inversion":
         return embedding_files(trainables, plan.total_steps, dtype, out)
     return full_model_files(plan.model_path, plan.family, parts, name, plan.total_steps, dtype, out)
+
+
+def refuse_non_finite(trainables: Trainables, dtype: torch.dtype, step: int) -> None:
+    """Never write a model of NaNs (a checkpoint from before training checked, or weights
+    beyond what the export precision holds)."""
+    if not weights_finite(list(trainables.named().values()), dtype):
+        raise TrainingError(
+            f"the trained weights at step {step} are NaN or infinite in {dtype}, so no model is "
+            "exported. Train a new --session with a lower --learning-rate, or export this one "
+            "with --export-precision fp32 if it is finite in fp32.")
 
 
 def export_outputs(plan: TrainingPlan, settings: ExportSettings, live: LiveTraining | None = None,

@@ -89,3 +89,14 @@ def test_unreachable_storage(tmp_path, photos, storage, capsys):
 def test_invalid_flag_value_names_the_flag(tmp_path, capsys):
     assert main(["train", "--session", "s", "--storage", str(tmp_path), "--chunk-steps", "0"]) == 2
     assert "--chunk-steps" in capsys.readouterr().err
+
+
+def test_a_diverging_run_stops_before_committing_and_exports_nothing(prefect_api_url, tmp_path, photos):
+    # 1e30 is finite, so it passes the up-front check, and training goes NaN for real.
+    result = dreambooth(prefect_api_url, tmp_path, *tiny_args(tmp_path, photos), "--steps", "4",
+                        "--chunk-steps", "2", "--learning-rate", "1e30")
+    assert_user_error(result, "training stopped: the loss became", "at step 2",
+                      "Steps 1-2 were not saved (nothing was committed)", "--learning-rate (this run: 1e+30)")
+    assert "train steps 2-4" not in result.stderr  # the failed chunk ended the run
+    session = tmp_path / "sessions" / "s"
+    assert not list(session.glob("checkpoints/step-*")) and not list(session.glob("s.*"))
