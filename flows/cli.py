@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from dreambooth_core.config import SECTION_OF, SECTIONS, DreamBoothConfig, InputSettings
-from dreambooth_core.errors import ConfigError, DreamBoothError, SessionError
+from dreambooth_core.errors import USER_ERRORS, ConfigError, SessionError
 from dreambooth_core.model.family import SMALLEST_SD_RESOLUTION
 from dreambooth_core.reports.terminal import shows_bars
 from dreambooth_core.session.folder import Session
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         handlers = {"train": train, "tokens": tokens, "validate": validate, "upload": upload,
                     "automations": automations, "status": status}
         return handlers[command](args)
-    except DreamBoothError as exc:
+    except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
