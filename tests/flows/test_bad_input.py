@@ -15,10 +15,10 @@ pytestmark = pytest.mark.slow  # a CLI or Prefect run each: the full suite only
 REPO = Path(__file__).resolve().parents[2]
 
 
-def dreambooth(api_url: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+def dreambooth(api_url: str, cwd: Path, *args: str, preexec_fn=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PREFECT_API_URL": api_url, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, preexec_fn=preexec_fn)
 
 
 def assert_user_error(result: subprocess.CompletedProcess, *phrases: str) -> None:
@@ -151,3 +151,17 @@ def test_an_unreachable_model_url_ends_in_one_paragraph_after_the_retries(prefec
                             timeout=300)
     assert_user_error(result, f"Downloading {url} failed", "Check the network and run again.")
     assert not (tmp_path / "sessions" / "s" / "dataset").exists()
+
+
+def test_an_unreadable_photo_is_named_by_the_photo_check(prefect_api_url, tmp_path, photos):
+    from permissions import bound_by_permissions, deny_reading
+
+    photo = photos / "shrk (3).jpg"
+    deny_reading(photo)
+    try:
+        result = dreambooth(prefect_api_url, tmp_path, *tiny_args(tmp_path, photos),
+                            preexec_fn=bound_by_permissions())
+    finally:
+        photo.chmod(0o644)
+    assert_user_error(result, "shrk (3).jpg: the file cannot be read (Permission denied)", "chmod a+r")
+    assert not (tmp_path / "sessions" / "s" / "photos").exists()  # nothing imported
