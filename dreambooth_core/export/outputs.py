@@ -8,7 +8,6 @@ export never leaves a partial file at a final name.
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ from dreambooth_core.export.method_files import embedding_files, full_model_file
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.folder import Session, temporary_name
 from dreambooth_core.session.paths import DIFFUSERS
+from dreambooth_core.session.scratch import scratch_folder
 from dreambooth_core.session.state import ExportRecord, load_state, outputs_current, update_state
 from dreambooth_core.training.finite import weights_finite
 from dreambooth_core.training.live import LiveTraining
@@ -86,8 +86,7 @@ def export_outputs(plan: TrainingPlan, settings: ExportSettings, live: LiveTrain
         log.info("The outputs of step %d (%s) are already in %s", plan.total_steps, precision, session.url)
         return ExportResult(step=plan.total_steps, precision=precision, files=load_state(session).outputs)
     session.remove_temporary()
-    with tempfile.TemporaryDirectory(prefix="dreambooth-export-") as tmp:
-        local = Path(tmp)
+    with scratch_folder(session, "export") as local:  # on the session's disk when it is local
         written = write_method_files(plan, session, DTYPES[precision], local)
         for name in written:
             if (local / name).is_dir():

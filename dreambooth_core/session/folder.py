@@ -7,10 +7,12 @@ object stores an object only becomes visible once its upload completes.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import posixpath
 import re
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
@@ -25,6 +27,8 @@ from dreambooth_core.session.filesystem import filesystem_for
 from dreambooth_core.session.paths import SHARED_FOLDERS
 
 _TEMPORARY = re.compile(r"\.tmp-[0-9a-f]{8}$")
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+_LOW_SPACE = 1 << 20  # bytes free below which a failed local write is taken for a full disk
 
 
 def open_storage(url: str, options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -63,6 +67,30 @@ def check_session_name(name: str) -> None:
     if name.startswith("."):
         raise SessionError(f"session name {name!r} is reserved: names starting with '.' are kept "
                            "for the storage's own folders. Choose another --session name.")
+
+
+def out_of_space(exc: BaseException, local_folder: str | None = None) -> bool:
+    """Whether a write failed for want of space: ENOSPC or EDQUOT in the error's chain, or,
+    since some writers report it in their own words (torch's serializer: "unexpected pos"),
+    a local folder with almost no room left."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain is short; never follow a cycle
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno in _NO_SPACE:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return local_folder is not None and shutil.disk_usage(local_folder).free < _LOW_SPACE
+    except OSError:
+        return False
+
+
+def no_space_error(storage: str, what: str) -> StorageError:
+    return StorageError(
+        f"no space left on the session storage {storage!r} while writing {what}. Free space "
+        "there, or pass a --storage with more room, and run the same command again: everything "
+        "committed before is kept, and training continues from the latest checkpoint.")
 
 
 def _error_text(exc: Exception) -> str:
@@ -175,6 +203,10 @@ class Session:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(temporary, target)
+        except Exception as exc:
+            if out_of_space(exc, posixpath.dirname(target)):
+                raise no_space_error(self.storage, relative) from exc
+            raise
         finally:
             if os.path.exists(temporary):
                 os.remove(temporary)
