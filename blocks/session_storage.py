@@ -21,9 +21,8 @@ from blocks.loading import load_block
 from blocks.redaction import remember_secret
 from dreambooth_core.session.filesystem import filesystem_for
 from dreambooth_core.session.folder import open_storage
+from dreambooth_core.session.paths import RESULTS_STORE
 from dreambooth_core.session.storage import use_block_storage
-
-RESULTS_FOLDER = ".prefect-results"
 
 
 class SessionStorage(WritableFileSystem):
@@ -64,7 +63,7 @@ class SessionStorage(WritableFileSystem):
     # WritableFileSystem: Prefect's task results, under <url>/.prefect-results/.
     def _results(self):
         fs, root = filesystem_for(self.url, self.storage_options())
-        return fs, f"{root.rstrip('/')}/{RESULTS_FOLDER}"
+        return fs, f"{root.rstrip('/')}/{RESULTS_STORE}"
 
     def _read(self, path: str) -> bytes:
         fs, root = self._results()

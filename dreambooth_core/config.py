@@ -25,7 +25,8 @@ Method = Literal["dreambooth", "lora", "textual-inversion"]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # No setting means anything at infinity or NaN: `--learning-rate inf` would train to NaN.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class InputSettings(Section):

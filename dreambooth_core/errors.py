@@ -30,5 +30,14 @@ class NetworkError(ConnectionError):
     """A transient network failure: worth retrying, unlike a DreamBoothError."""
 
 
+# What a user is told in one paragraph (the CLI's `error:`), never with a traceback.
+USER_ERRORS = (DreamBoothError, NetworkError)
+
+
 class SessionBusyError(DreamBoothError):
     """Another run holds the session's lease: one writer per session."""
+
+
+class TrainingError(DreamBoothError):
+    """Training stopped producing numbers (a NaN or infinite loss or weight): the settings,
+    not the code, need to change."""

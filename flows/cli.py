@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from dreambooth_core.config import SECTION_OF, SECTIONS, DreamBoothConfig, InputSettings
-from dreambooth_core.errors import ConfigError, DreamBoothError, SessionError
+from dreambooth_core.errors import USER_ERRORS, ConfigError, SessionError
 from dreambooth_core.model.family import SMALLEST_SD_RESOLUTION
 from dreambooth_core.reports.terminal import shows_bars
 from dreambooth_core.session.folder import Session
@@ -149,13 +149,20 @@ def _add_cloud_commands(commands) -> None:
                        "twice PREFECT_FLOWS_HEARTBEAT_FREQUENCY plus 30).")
 
 
-def config_from_flags(flags: dict[str, Any]) -> DreamBoothConfig:
-    """The session's stored configuration updated with the flags given now."""
-    from flows.session_storage import open_config_session
-
+def open_flag_session(flags: dict[str, Any]) -> Session:
+    """The session the flags name; Prefect is imported only for a --storage-block."""
     inputs = InputSettings(storage=flags.get("storage", setting("storage").default),
                            storage_block=flags.get("storage_block"))
-    session = open_config_session(inputs, flags["session"])
+    if not inputs.storage_block:
+        return Session(inputs.storage, flags["session"])
+    from flows.session_storage import open_config_session
+
+    return open_config_session(inputs, flags["session"])
+
+
+def config_from_flags(flags: dict[str, Any], session: Session | None = None) -> DreamBoothConfig:
+    """The session's stored configuration updated with the flags given now."""
+    session = session or open_flag_session(flags)
     config = stored_config(session)
     stored = config.flat() if config else {}
     for name in ("photos", "lease_wait"):  # how this run was started, not settings of the session
@@ -188,12 +195,24 @@ def _quiet_libraries() -> None:
         huggingface_hub.utils.enable_progress_bars()
 
 
+def check_before_run(flags: dict[str, Any]) -> DreamBoothConfig:
+    """What needs no Prefect server, checked before one starts (about a second): the settings,
+    the session name, that the storage takes files, and that the photos folder can be listed."""
+    from dreambooth_core.photos.originals import require_photos
+
+    session = open_flag_session(flags)
+    config = config_from_flags(flags, session)
+    session.check_writable()
+    require_photos(session, config.inputs.photos)
+    return config
+
+
 def train(flags: dict[str, Any]) -> int:
+    config = check_before_run(flags)
     _quiet_libraries()
     from flows.dreambooth import dreambooth_train
     from flows.quiet_errors import hide_user_error_tracebacks
 
-    config = config_from_flags(flags)
     hide_user_error_tracebacks()
     result = dreambooth_train(config)
     files = ", ".join(result.files) + (", diffusers/" if config.training.method == "dreambooth" else "")
@@ -287,7 +306,7 @@ def status(args: dict[str, Any]) -> int:
     import dataclasses
     import json
 
-    from dreambooth_core.reports.status import list_sessions, session_status, status_lines, status_table
+    from dreambooth_core.reports.status import list_sessions, read_statuses, status_lines, status_table
 
     storage, name = args["storage"], args["session"]
     if args["storage_block"]:
@@ -299,7 +318,9 @@ def status(args: dict[str, Any]) -> int:
         known = f"Sessions there: {', '.join(names)}." if names else "There are no sessions there."
         raise SessionError(f"no session {name!r} in storage {storage!r}. {known} Pass the "
                            "--storage the session was trained with, or another session name.")
-    statuses = [session_status(Session(url, n, options)) for n in ([name] if name else names)]
+    statuses = read_statuses(url, [name] if name else names, options)
+    if name and statuses[0].problem:
+        raise SessionError(f"session {name!r} cannot be read: {statuses[0].problem}")
     if args["json"]:
         print(json.dumps([dataclasses.asdict(s) for s in statuses], indent=2))
     elif name:
@@ -318,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         handlers = {"train": train, "tokens": tokens, "validate": validate, "upload": upload,
                     "automations": automations, "status": status}
         return handlers[command](args)
-    except DreamBoothError as exc:
+    except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

@@ -42,9 +42,13 @@ def dreambooth_train(config: DreamBoothConfig) -> ExportResult:
                                              config.captions.class_prompt, config.runtime.device)
         plan = plan_training(ref, config, model, dataset, captions, class_images)
         progress = start_training_progress(plan)
-        # A chunk past the last committed checkpoint cannot have a valid cached result.
-        chunks = [train_chunk.with_options(refresh_cache=chunk.end > plan.resume_step, **results)(
-            plan, chunk, config.samples, live, progress, return_state=True) for chunk in plan.chunks]
+        chunks = []
+        for chunk in plan.chunks:  # a failed chunk ends the run: its error is the one reported
+            # A chunk past the last committed checkpoint cannot have a valid cached result.
+            chunks.append(train_chunk.with_options(refresh_cache=chunk.end > plan.resume_step, **results)(
+                plan, chunk, config.samples, live, progress, return_state=True))
+            if chunks[-1].is_failed():
+                break
         outcomes = [state.result() for state in chunks]
         exported = export_model.with_options(refresh_cache=not plan.exported, **results)(
             plan, config.export, live, return_state=True)

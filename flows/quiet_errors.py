@@ -1,18 +1,18 @@
 """Keep tracebacks of user mistakes out of Prefect's log output.
 
 Prefect logs every failed task and flow run with its traceback. For a
-DreamBoothError the message already says what is wrong and how to fix it, so
+user's error (USER_ERRORS) the message already says what is wrong and how to fix it, so
 the traceback is dropped; bugs keep theirs.
 """
 
 import logging
 
-from dreambooth_core.errors import DreamBoothError
+from dreambooth_core.errors import USER_ERRORS
 
 
 class HideUserErrorTracebacks(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], DreamBoothError):
+        if record.exc_info and isinstance(record.exc_info[1], USER_ERRORS):
             record.exc_info = None
             record.exc_text = None
         return True

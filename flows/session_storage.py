@@ -38,6 +38,8 @@ def result_storage(inputs: InputSettings) -> dict[str, Any]:
 def session_lease(config: DreamBoothConfig) -> Iterator[SessionLease]:
     """Hold the session's lease (renewed in the background) for the body of the block."""
     log = get_run_logger()
-    with SessionLease(open_config_session(config.inputs, config.session), wait=config.runtime.lease_wait, log=log) as lease:
+    session = open_config_session(config.inputs, config.session)
+    session.check_writable()  # a StorageError naming the storage, not the lease's OSError
+    with SessionLease(session, wait=config.runtime.lease_wait, log=log) as lease:
         log.info("Holding the lease on session %s", config.session)
         yield lease

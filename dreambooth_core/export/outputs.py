@@ -8,19 +8,20 @@ export never leaves a partial file at a final name.
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
 from dreambooth_core.config import ExportSettings
-from dreambooth_core.errors import SessionError
+from dreambooth_core.errors import SessionError, TrainingError
 from dreambooth_core.export.method_files import embedding_files, full_model_files, lora_files
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.folder import Session, temporary_name
 from dreambooth_core.session.paths import DIFFUSERS
+from dreambooth_core.session.scratch import scratch_folder
 from dreambooth_core.session.state import ExportRecord, load_state, outputs_current, update_state
+from dreambooth_core.training.finite import weights_finite
 from dreambooth_core.training.live import LiveTraining
 from dreambooth_core.training.methods import Trainables
 from dreambooth_core.training.model_parts import ModelParts
@@ -53,12 +54,23 @@ def final_parts(plan: TrainingPlan, session: Session) -> tuple[ModelParts, Train
 
 def write_method_files(plan: TrainingPlan, session: Session, dtype: torch.dtype, out: Path) -> list[str]:
     parts, trainables = final_parts(plan, session)
+    refuse_non_finite(trainables, dtype, plan.total_steps)
     name, method = session.name, plan.training.method
     if method == "lora":
         return lora_files(parts, trainables, name, dtype, out)
     if method == "textual-inversion":
         return embedding_files(trainables, plan.total_steps, dtype, out)
     return full_model_files(plan.model_path, plan.family, parts, name, plan.total_steps, dtype, out)
+
+
+def refuse_non_finite(trainables: Trainables, dtype: torch.dtype, step: int) -> None:
+    """Never write a model of NaNs (a checkpoint from before training checked, or weights
+    beyond what the export precision holds)."""
+    if not weights_finite(list(trainables.named().values()), dtype):
+        raise TrainingError(
+            f"the trained weights at step {step} are NaN or infinite in {dtype}, so no model is "
+            "exported. Train a new --session with a lower --learning-rate, or export this one "
+            "with --export-precision fp32 if it is finite in fp32.")
 
 
 def export_outputs(plan: TrainingPlan, settings: ExportSettings, live: LiveTraining | None = None,
@@ -74,8 +86,7 @@ def export_outputs(plan: TrainingPlan, settings: ExportSettings, live: LiveTrain
         log.info("The outputs of step %d (%s) are already in %s", plan.total_steps, precision, session.url)
         return ExportResult(step=plan.total_steps, precision=precision, files=load_state(session).outputs)
     session.remove_temporary()
-    with tempfile.TemporaryDirectory(prefix="dreambooth-export-") as tmp:
-        local = Path(tmp)
+    with scratch_folder(session, "export") as local:  # on the session's disk when it is local
         written = write_method_files(plan, session, DTYPES[precision], local)
         for name in written:
             if (local / name).is_dir():

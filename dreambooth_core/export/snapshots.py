@@ -6,7 +6,6 @@ a snapshot rewritten after a resume has the same content."""
 from __future__ import annotations
 
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from dreambooth_core.model.family import ModelFamily
 from dreambooth_core.model.single_file import save_single_file
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import SNAPSHOTS, snapshot_folder
+from dreambooth_core.session.scratch import scratch_folder
 from dreambooth_core.session.storage import SessionRef
 from dreambooth_core.training.methods import Trainables
 from dreambooth_core.training.model_parts import ModelParts
@@ -48,8 +48,7 @@ def write_snapshot(session: Session, model_path: str, family: ModelFamily, metho
     """Write the snapshot at `step`, then delete all but the newest `keep` steps' files."""
     name = f"{session.name}-step-{step:06d}"
     folder = snapshot_folder(step)
-    with tempfile.TemporaryDirectory(prefix="dreambooth-snapshot-") as tmp:
-        local = Path(tmp)
+    with scratch_folder(session, "snapshot") as local:
         _write_local(local, model_path, family, method, parts, trainables, name, step)
         files = sorted(p for p in local.rglob("*") if p.is_file())
         for file in files:

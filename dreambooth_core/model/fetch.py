@@ -42,6 +42,8 @@ ACCEPTED_SPECS = (
     "stable-diffusion-v1-5/stable-diffusion-v1-5")
 _TEXT_SUFFIXES = (".json", ".txt")
 TINY_MODELS = ("tiny", "tiny-sd2", "tiny-sd2-v")
+WEIGHT_PARTS = ("unet", "vae", "text_encoder")  # the parts of a folder training and export load
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 class LocalModel(BaseModel):
@@ -126,7 +128,25 @@ def _from_local_folder(folder: Path, spec: str) -> LocalModel:
         raise ModelError(
             f"Model folder {spec!r} is not a diffusers model: it has no model_index.json. Point at the folder "
             "that holds model_index.json next to unet/, vae/ and text_encoder/, or at a .safetensors/.ckpt file.")
-    return LocalModel.at(str(folder.resolve()), folder_digest(folder), "local", spec)
+    model = LocalModel.at(str(folder.resolve()), folder_digest(folder), "local", spec)
+    for part in WEIGHT_PARTS:
+        _require_safetensors(folder, part, spec)
+    return model
+
+
+def _require_safetensors(folder: Path, part: str, spec: str) -> None:
+    """Diffusers weights are read as safetensors only: a pickle (.bin) can run code when
+    loaded, and loading one safely would fail in every step that reads the model."""
+    files = [p for p in (folder / part).glob("*") if p.is_file()]
+    if any(p.suffix == ".safetensors" for p in files):
+        return
+    pickles = sorted(p.name for p in files if p.suffix in PICKLE_SUFFIXES)
+    found = f"only {', '.join(f'{part}/{name}' for name in pickles)}, a pickle" if pickles else "no weights"
+    raise ModelError(
+        f"Model folder {spec!r} has {found} for its {part}, and no .safetensors file: this tool "
+        "reads a diffusers folder's weights only as safetensors, since a pickle can hide code. "
+        "Use a .safetensors version of the model (most hub repos have one), or pass its single "
+        ".ckpt file instead (read with weights_only=True, running no code).")
 
 
 def _from_single_file(file: Path, spec: str, cache_dir: Path, model_config: str | None, hf_token: str | None,

@@ -96,8 +96,14 @@ def folder_entries(location: str | Path) -> tuple[fsspec.AbstractFileSystem, dic
 
     def visible(folder: str) -> list[dict]:
         fs.invalidate_cache(folder)
-        return sorted((e for e in fs.ls(folder, detail=True)
-                       if not posixpath.basename(e["name"].rstrip("/")).startswith(".")),
+        try:
+            listed = fs.ls(folder, detail=True)
+        except OSError as exc:  # permission denied, a folder that vanished...
+            shown = str(location).rstrip("/") + folder[len(root):]
+            raise DatasetError(f"cannot list photos folder {shown!r}: {exc.strerror or exc}. "
+                               "Make it readable by this user (chmod a+rx), or pass another "
+                               "--photos.") from exc
+        return sorted((e for e in listed if not posixpath.basename(e["name"].rstrip("/")).startswith(".")),
                       key=lambda e: e["name"])
 
     entries: dict[str, str | None] = {}
@@ -173,11 +179,14 @@ def uses_given_photos(state: SessionState | None, folder: str | Path | None) -> 
 
 
 def require_photos(session: Session, folder: str | Path | None) -> None:
-    """Before anything slow: a session without photos needs --photos."""
+    """Before anything slow: a session without photos needs --photos, and a folder this run
+    uses must exist, be readable and hold photos."""
     state = load_state(session)
     if folder is None and not (state and state.photos):
         raise DatasetError(f"session {session.name!r} has no photos yet. Pass --photos with the "
                            "folder that holds your subject's photos.")
+    if uses_given_photos(state, folder):
+        find_photos(folder)
 
 
 def refuse_changed_photos(session: Session, state: SessionState, folder: str | Path | None) -> None:
@@ -205,7 +214,7 @@ def import_files(session: Session, files: dict[str, Reader], source: str) -> Pho
         raise _no_photos(source)
     hashes = {}
     for name in names:
-        data = files[name]()
+        data = _read_file(files, name, source)
         hashes[name] = hashlib.sha256(data).hexdigest()
         if stored.get(name) != hashes[name]:
             session.write_bytes(f"{PHOTOS}/{name}", data)
@@ -217,6 +226,14 @@ def import_files(session: Session, files: dict[str, Reader], source: str) -> Pho
         session.remove_temporary(str(place))
     update_state(session, photos=hashes)
     return PhotoSet(files=hashes)
+
+
+def _read_file(files: dict[str, Reader], name: str, source: str) -> bytes:
+    try:
+        return files[name]()
+    except OSError as exc:  # e.g. a caption file without read permission
+        raise DatasetError(f"cannot read {name!r} in {source!r}: {exc.strerror or exc}. Make it "
+                           "readable by this user (chmod a+r), or remove it.") from exc
 
 
 def import_photos(session: Session, folder: str | Path | None) -> PhotoSet:

@@ -169,8 +169,11 @@ def validate_files(files: dict[str, Reader], settings: ValidationSettings, sourc
     person = {s: is_person(class_word_for(s, words), settings.subject_type)
               for s in set(subjects.values()) if s}
 
-    def check(name: str) -> tuple[PhotoFacts, str]:
-        data = photos[name]()
+    def check(name: str) -> tuple[PhotoFacts, str | None]:
+        try:
+            data = photos[name]()
+        except OSError as exc:  # permission denied, a file that vanished: named, not a traceback
+            return _unreadable(name, exc), None
         faces = _find_faces_one_at_a_time if person.get(subjects[name]) else None
         facts = check_photo(name, data, settings.resolution, IMAGE_EXTENSIONS, faces,
                             settings.allow_several_faces)
@@ -183,7 +186,7 @@ def validate_files(files: dict[str, Reader], settings: ValidationSettings, sourc
         if not subjects[name]:
             facts[name].add("no-identifier", "error", "no identifier in the file name", "name photos "
                             "after the subject's identifier, e.g. 'shrk (1).jpg', or pass --token")
-    _check_duplicates(facts, {name: digest for name, (_, digest) in results.items()})
+    _check_duplicates(facts, {name: digest for name, (_, digest) in results.items() if digest})
     subject_reports = [_subject_report(token, class_word_for(token, words), person[token],
                                        [facts[n] for n in photos if subjects[n] == token])
                        for token in sorted(person)]
@@ -195,6 +198,13 @@ def validate_files(files: dict[str, Reader], settings: ValidationSettings, sourc
                          resolution_from=settings.resolution_from, usable=usable,
                          verdicts={v: verdicts[v] for v in ("ok", "warning", "error")},
                          photos=photo_reports, subjects=subject_reports, ignored=ignored)
+
+
+def _unreadable(name: str, exc: OSError) -> PhotoFacts:
+    facts = PhotoFacts(name=name)
+    facts.add("unreadable", "error", f"the file cannot be read ({exc.strerror or exc})",
+              "make it readable by this user (chmod a+r), or remove it from the folder")
+    return facts
 
 
 def _sort_files(files: dict[str, Reader]) -> tuple[dict[str, Reader], dict[str, str]]:
@@ -211,11 +221,18 @@ def _sort_files(files: dict[str, Reader]) -> tuple[dict[str, Reader], dict[str, 
         elif suffix == ".txt":
             if str(PurePosixPath(name).with_suffix("")) not in stems:
                 ignored[name] = "a caption file without a photo of the same name"
-        elif _is_image(read()):
+        elif _is_image(_read_or_empty(read)):
             photos[name] = read  # an image training would skip: reported as an error
         else:
             ignored[name] = "not a photo (only image files and .txt captions are read)"
     return photos, ignored
+
+
+def _read_or_empty(read: Reader) -> bytes:
+    try:
+        return read()
+    except OSError:
+        return b""  # a file that is not named as a photo and cannot be read is not one
 
 
 def _is_image(data: bytes) -> bool:
@@ -238,7 +255,7 @@ def _subject_of(name: str, token: str | None) -> str | None:
 def _check_duplicates(facts: dict[str, PhotoFacts], digests: dict[str, str]) -> None:
     first: dict[str, str] = {}
     exact = set()
-    for name in sorted(facts):
+    for name in sorted(digests):
         original = first.setdefault(digests[name], name)
         if original != name:
             exact.add(name)

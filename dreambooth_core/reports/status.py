@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import fsspec
 
 from dreambooth_core.config import SESSION_NAME
-from dreambooth_core.errors import StorageError
+from dreambooth_core.errors import DreamBoothError, StorageError
 from dreambooth_core.reports.loss_log import read_loss_rows
 from dreambooth_core.reports.timing import training_speed
 from dreambooth_core.session.checkpoints import CheckpointStore
@@ -34,6 +34,7 @@ class SessionStatus:
     last_loss: float | None
     speed: float | None          # training steps per second over all recorded chunks
     outputs: dict[str, int] = field(default_factory=dict)  # session-relative path -> bytes
+    problem: str | None = None   # why the session cannot be read (state "unreadable")
 
     @property
     def latest_step(self) -> int:
@@ -54,6 +55,31 @@ def list_sessions(storage: str, options: dict | None = None) -> list[str]:
     except Exception as exc:  # fsspec raises many types for one meaning
         raise StorageError(f"cannot read session storage {storage!r}: {type(exc).__name__}: "
                            f"{exc}. Check the path and credentials, or pass another --storage.") from exc
+
+
+def read_statuses(storage: str, names: list[str], options: dict | None = None) -> list[SessionStatus]:
+    """The status of each named session; one that cannot be read is listed as "unreadable",
+    with the reason, instead of hiding the others."""
+    statuses = []
+    for name in names:
+        try:
+            statuses.append(session_status(Session(storage, name, options)))
+        except (DreamBoothError, OSError, ValueError) as exc:  # damaged files, no permission...
+            statuses.append(unreadable_status(storage, name, exc))
+    return statuses
+
+
+def unreadable_status(storage: str, name: str, exc: Exception) -> SessionStatus:
+    if isinstance(exc, DreamBoothError):
+        problem = str(exc)
+    elif isinstance(exc, OSError):
+        problem = f"cannot read it: {exc.strerror or exc}"
+    else:  # a damaged file a lower layer did not explain: its first line
+        problem = f"cannot read it: {str(exc).splitlines()[0]}"
+    return SessionStatus(name=name, location=f"{storage.rstrip('/')}/{name}", state="unreadable",
+                         model=None, photos=None, subjects=[], total_steps=None, committed=[],
+                         committed_at=None, last_logged_step=None, last_loss=None, speed=None,
+                         problem=problem)
 
 
 def session_status(session: Session) -> SessionStatus:
@@ -137,10 +163,12 @@ def status_lines(status: SessionStatus) -> list[str]:
 def status_table(statuses: list[SessionStatus]) -> list[str]:
     """One line per session."""
     header = ("session", "state", "steps", "checkpoint", "outputs")
-    rows = [(s.name, s.state,
-             f"{s.latest_step}/{s.total_steps if s.total_steps is not None else '?'}",
+    rows = [(s.name, s.state, "-", "-", "-") if s.problem else
+            (s.name, s.state, f"{s.latest_step}/{s.total_steps if s.total_steps is not None else '?'}",
              f"step {s.latest_step}" if s.committed else "-",
              ", ".join(f"{p} ({size_text(n)})" for p, n in s.outputs.items()) or "-")
             for s in statuses]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    return ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    problems = [f"{s.name}: {s.problem}" for s in statuses if s.problem]
+    return lines + (["", "Unreadable sessions:", *problems] if problems else [])

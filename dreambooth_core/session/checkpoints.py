@@ -24,6 +24,7 @@ from typing import Any, BinaryIO, Callable
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from dreambooth_core.errors import StorageError
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.lease import check_lease
 from dreambooth_core.session.paths import CHECKPOINT_MANIFEST, CHECKPOINTS, checkpoint_folder
@@ -61,12 +62,17 @@ class _HashingFile:
 
     def __init__(self, target: BinaryIO):
         self.target, self.size, self.sha256 = target, 0, hashlib.sha256()
+        self.failure: OSError | None = None  # the disk's own error, which torch.save rewords
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
         self.sha256.update(view)
         self.size += view.nbytes
-        return self.target.write(data)
+        try:
+            return self.target.write(data)
+        except OSError as exc:
+            self.failure = exc
+            raise
 
     def flush(self) -> None:
         self.target.flush()
@@ -85,6 +91,21 @@ class CheckpointStore:
         final = checkpoint_folder(step)
         self.session.remove(final)  # an uncommitted or corrupt leftover at this step
         staging = f"{CHECKPOINTS}/.tmp-step-{step:06d}-{uuid.uuid4().hex[:8]}" if self.session.is_local else final
+        try:
+            files = self._commit(step, staging, writers, meta)
+        except Exception as exc:
+            if self.session.is_local:
+                self.session.remove(staging)  # a full disk gets its space back at once
+            if isinstance(exc, StorageError):
+                latest = self.latest_step()
+                raise StorageError(f"the checkpoint at step {step} was not committed (the latest "
+                                   f"committed one is step {latest}, intact): {exc}") from exc
+            raise
+        self.log.info("Committed checkpoint at step %d (%s)", step, _size(files))
+        self._apply_retention()
+
+    def _commit(self, step: int, staging: str, writers: dict[str, Writer], meta: dict) -> dict[str, FileRecord]:
+        final = checkpoint_folder(step)
         files = {name: self._write(f"{staging}/{name}", write) for name, write in writers.items()}
         manifest = CheckpointManifest(step=step, meta=meta, files=files, committed_at=time.time())
         check_lease(self.session)  # a run whose lease was taken over must not commit
@@ -94,15 +115,19 @@ class CheckpointStore:
             _fsync_dir(self.session.path(staging))
             self.session.rename(staging, final)
             _fsync_dir(self.session.path(CHECKPOINTS))
-        self.log.info("Committed checkpoint at step %d (%s)", step, _size(files))
-        self._apply_retention()
+        return files
 
     def _write(self, relative: str, write: Writer) -> FileRecord:
         written = []
 
         def hashed(raw: BinaryIO) -> None:
             written.append(_HashingFile(raw))
-            write(written[0])
+            try:
+                write(written[0])
+            except Exception as exc:
+                if written[0].failure is not None and written[0].failure is not exc:
+                    raise written[0].failure from exc  # ENOSPC, not the serializer's account of it
+                raise
 
         # Atomic per file: a failed upload never leaves a partial object under this name.
         self.session.write_with(relative, hashed)

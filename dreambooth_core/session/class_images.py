@@ -42,7 +42,7 @@ def open_class_store(storage: str | Session) -> Session:
     """The shared class-image folder of a storage (a URL, or any session on it)."""
     if isinstance(storage, Session):
         return storage.sibling(CLASS_STORE)
-    return Session(storage, CLASS_STORE)
+    return Session.shared_folder(storage, CLASS_STORE)
 
 
 def save_class_manifest(session: Session, manifest: ClassImages) -> None:

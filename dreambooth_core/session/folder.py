@@ -7,10 +7,12 @@ object stores an object only becomes visible once its upload completes.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import posixpath
 import re
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
@@ -22,8 +24,11 @@ from fsspec.spec import AbstractBufferedFile
 from dreambooth_core.config import SESSION_NAME
 from dreambooth_core.errors import SessionError, StorageError
 from dreambooth_core.session.filesystem import filesystem_for
+from dreambooth_core.session.paths import SHARED_FOLDERS
 
 _TEMPORARY = re.compile(r"\.tmp-[0-9a-f]{8}$")
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+_LOW_SPACE = 1 << 20  # bytes free below which a failed local write is taken for a full disk
 
 
 def open_storage(url: str, options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -51,17 +56,82 @@ def _check_listable(fs: fsspec.AbstractFileSystem, root: str) -> None:
         fs.ls(root.split("/")[0])  # object stores have no folders: a new prefix in a bucket is fine
 
 
+def check_session_name(name: str) -> None:
+    """Refuse a name that leaves the storage root or is one the storage uses itself."""
+    if not SESSION_NAME.match(name) or name in {".", ".."}:
+        raise SessionError(f"session name {name!r} is not allowed: use at most 64 letters, "
+                           "digits, '.', '_' or '-' (no slashes, no '..').")
+    if name in SHARED_FOLDERS:
+        raise SessionError(f"session name {name!r} is reserved: the storage keeps "
+                           f"{SHARED_FOLDERS[name]} in that folder. Choose another --session name.")
+    if name.startswith("."):
+        raise SessionError(f"session name {name!r} is reserved: names starting with '.' are kept "
+                           "for the storage's own folders. Choose another --session name.")
+
+
+def out_of_space(exc: BaseException, local_folder: str | None = None) -> bool:
+    """Whether a write failed for want of space: ENOSPC or EDQUOT in the error's chain, or,
+    since some writers report it in their own words (torch's serializer: "unexpected pos"),
+    a local folder with almost no room left."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain is short; never follow a cycle
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno in _NO_SPACE:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return local_folder is not None and shutil.disk_usage(local_folder).free < _LOW_SPACE
+    except OSError:
+        return False
+
+
+def no_space_error(storage: str, what: str) -> StorageError:
+    return StorageError(
+        f"no space left on the session storage {storage!r} while writing {what}. Free space "
+        "there, or pass a --storage with more room, and run the same command again: everything "
+        "committed before is kept, and training continues from the latest checkpoint.")
+
+
+def _error_text(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"{exc.__class__.__name__}: {exc}"
+
+
 class Session:
     """A session folder: paths, JSON state and atomic file writes."""
 
     def __init__(self, storage: str, name: str, options: dict[str, Any] | None = None):
-        if not SESSION_NAME.match(name) or name in {".", ".."}:
-            raise SessionError(f"session name {name!r} is not allowed: use at most 64 letters, "
-                               "digits, '.', '_' or '-' (no slashes, no '..').")
+        check_session_name(name)
+        self._open(storage, name, options)
+
+    @classmethod
+    def shared_folder(cls, storage: str, name: str, options: dict[str, Any] | None = None) -> "Session":
+        """A folder the storage keeps beside its sessions (SHARED_FOLDERS), opened like one."""
+        assert name in SHARED_FOLDERS, name
+        folder = object.__new__(cls)
+        folder._open(storage, name, options)
+        return folder
+
+    def _open(self, storage: str, name: str, options: dict[str, Any] | None) -> None:
         self.storage, self.name = storage, name
         self.fs, storage_root = open_storage(storage, options)
         self.root = f"{storage_root}/{name}"
         self.is_local = isinstance(self.fs, LocalFileSystem)
+
+    def check_writable(self) -> None:
+        """A StorageError now, before any work, if the storage cannot take a file (read-only,
+        not a real folder such as /proc/1, no permission or credentials to write)."""
+        probe = temporary_name(f"{self.root.rsplit('/', 1)[0]}/.write-check")
+        try:
+            self.fs.pipe_file(probe, b"ok")
+            self.fs.rm_file(probe)
+        except Exception as exc:  # fsspec raises many types for one meaning
+            raise StorageError(
+                f"cannot write to session storage {self.storage!r}: creating a file there failed "
+                f"({_error_text(exc)}). Pass a --storage folder or bucket this user can write "
+                "to.") from exc
 
     def sibling(self, name: str) -> "Session":
         """Folder `name` beside this session, on the same (already opened) storage."""
@@ -133,6 +203,10 @@ class Session:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(temporary, target)
+        except Exception as exc:
+            if out_of_space(exc, posixpath.dirname(target)):
+                raise no_space_error(self.storage, relative) from exc
+            raise
         finally:
             if os.path.exists(temporary):
                 os.remove(temporary)

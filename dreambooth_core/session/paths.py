@@ -12,6 +12,7 @@
       samples/step-NNNNNN.png       samples_grid(): sample images of a checkpoint
       <session>.safetensors ...     the outputs; DIFFUSERS: the diffusers folder
     <storage>/class-images/         CLASS_STORE: class images shared by every session there
+    <storage>/.prefect-results/     RESULTS_STORE: Prefect's task results (shared storage only)
 """
 
 SESSION_FILE = "session.json"
@@ -35,6 +36,10 @@ SNAPSHOTS = "snapshots"
 SAMPLES = "samples"
 DIFFUSERS = "diffusers"
 CLASS_STORE = "class-images"  # beside the sessions, not inside one
+RESULTS_STORE = ".prefect-results"  # beside the sessions too
+# What the storage keeps beside the sessions, and why: no session may be named so.
+SHARED_FOLDERS = {CLASS_STORE: "the class images every session there shares",
+                  RESULTS_STORE: "Prefect's task results"}
 
 
 def step_name(step: int) -> str:

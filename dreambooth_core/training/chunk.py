@@ -22,11 +22,15 @@ from dreambooth_core.session.checkpoints import Checkpoint, CheckpointStore
 from dreambooth_core.session.folder import Session
 from dreambooth_core.training.devices import resolve_device
 from dreambooth_core.training.examples import load_class_examples, load_examples
+from dreambooth_core.training.finite import check_training_finite, divergence_advice
 from dreambooth_core.training.live import LiveTraining
 from dreambooth_core.training.model_parts import load_model_parts
 from dreambooth_core.training.plan import Chunk, TrainingPlan
 from dreambooth_core.training.preemption import StopRequest, TrainingStopped, save_on_stop, stop_requests
 from dreambooth_core.training.trainer import Trainer
+
+
+CHECK_EVERY = 50  # steps between checks that the loss is finite (a sync each)
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,8 @@ def checkpoint_meta(plan: TrainingPlan, step: int) -> dict:
 def train_steps(trainer: Trainer, start: int, end: int, monitor: TrainingMonitor | None,
                 after_step: Callable[[Trainer, int], None] | None,
                 stop: StopRequest | None = None) -> tuple[float, int]:
-    """Train steps [start, end), or until a stop request. Returns (mean loss, step reached)."""
+    """Train steps [start, end), or until a stop request. Returns (mean loss, step reached).
+    A loss or weight that is not finite raises a TrainingError before anything commits."""
     losses = []
     for step in range(start, end):
         losses.append(trainer.step(step))
@@ -138,10 +143,21 @@ def train_steps(trainer: Trainer, start: int, end: int, monitor: TrainingMonitor
             # Buffers the loss tensor; reads it (a device sync) and logs every few steps,
             # writing reports/loss.csv before the checkpoint commit.
             monitor.step(step, losses[-1], trainer.optimizer.param_groups[0]["lr"])
+        if (step + 1 - start) % CHECK_EVERY == 0:
+            check_finite(trainer, losses, start, step + 1, with_weights=False)  # stop early
         if after_step:
             after_step(trainer, step + 1)
         if stop is not None and stop.agreed(trainer.world, trainer.device):
             if monitor:
                 monitor.flush(step + 1)
+            check_finite(trainer, losses, start, step + 1)
             return torch.stack(losses).mean().item(), step + 1
+    check_finite(trainer, losses, start, end)
     return torch.stack(losses).mean().item(), end
+
+
+def check_finite(trainer: Trainer, losses: list[torch.Tensor], start: int, reached: int,
+                 with_weights: bool = True) -> None:
+    weights = list(trainer.trainables.named().values()) if with_weights else []
+    advice = divergence_advice(trainer.settings.base_learning_rate, trainer.precision)
+    check_training_finite(losses, weights, start, reached, advice, trainer.world)

@@ -88,6 +88,45 @@ def test_local_folder_digest_follows_its_configs(tiny, tmp_path):
     assert fetch_model(str(copy), tmp_path / "cache").digest != before
 
 
+class _RunsCode:
+    """Unpickling this calls os.makedirs(marker): the proof that a pickle ran code."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.makedirs, (self.marker,)
+
+
+@pytest.mark.parametrize("part", ["unet", "text_encoder"])
+def test_a_folder_whose_weights_are_a_pickle_is_refused_once_unrun(part, tiny, tmp_path):
+    import pickle
+    import shutil
+
+    copy = shutil.copytree(tiny.path, tmp_path / "model")
+    for weights in (copy / part).glob("*.safetensors"):
+        weights.unlink()
+    marker = tmp_path / "code-ran"
+    (copy / part / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps({"w": _RunsCode(marker)}))
+
+    with pytest.raises(ModelError) as caught:
+        fetch_model(str(copy), tmp_path / "cache")
+    message = str(caught.value)
+    assert f"only {part}/diffusion_pytorch_model.bin, a pickle" in message
+    assert "only as safetensors" in message and ".ckpt file" in message
+    assert not marker.exists()
+
+
+def test_an_unsupported_kind_is_refused_at_the_fetch(tiny, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(tiny.path, tmp_path / "inpainting")
+    config = copy / "unet" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "in_channels": 9}))
+    with pytest.raises(ModelError, match="in_channels=9 \\(an inpainting"):
+        fetch_model(str(copy), tmp_path / "cache")
+
+
 # --- single files -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("form", ["safetensors", "ckpt", "bare ckpt"])

@@ -1,11 +1,13 @@
 """A session's state from its storage alone: steps, checkpoints, loss, outputs."""
 
+import json
+
 import pytest
 from sessions import opened_session
 
 from dreambooth_core.errors import StorageError
 from dreambooth_core.reports.loss_log import LossLog, LossRow
-from dreambooth_core.reports.status import list_sessions, session_status, status_lines, status_table
+from dreambooth_core.reports.status import list_sessions, read_statuses, session_status, status_lines, status_table
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.state import update_state
@@ -94,3 +96,37 @@ def test_status_finds_sessions_through_a_storage_block(prefect_api_url, tmp_path
     assert "4 of 10 committed" in capsys.readouterr().out
     assert main(["status", "--storage-block", "status-store"]) == 0
     assert "shrk" in capsys.readouterr().out
+
+
+def test_a_damaged_session_is_listed_with_the_reason_and_the_others_still_show(tmp_path, capsys):
+    from flows.cli import EXIT_USER_ERROR, main
+
+    partly_trained(str(tmp_path), "a")
+    partly_trained(str(tmp_path), "c")
+    opened_session(str(tmp_path), "b")
+    (tmp_path / "b" / "session.json").write_text('{"format": 2, "config": {"sess')  # cut short
+    statuses = read_statuses(str(tmp_path), list_sessions(str(tmp_path)))
+    assert [(s.name, s.state) for s in statuses] == [("a", "partly trained"), ("b", "unreadable"),
+                                                     ("c", "partly trained")]
+    assert "session.json is not valid JSON" in statuses[1].problem
+
+    assert main(["status", "--storage", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in out[1:4]] == [["a", "partly"], ["b", "unreadable"], ["c", "partly"]]
+    assert out[-2] == "Unreadable sessions:" and out[-1].startswith("b: ")
+    assert "Restore it from a backup" in out[-1]
+
+    assert main(["status", "--storage", str(tmp_path), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [s["state"] for s in listed] == ["partly trained", "unreadable", "partly trained"]
+
+    assert main(["status", "b", "--storage", str(tmp_path)]) == EXIT_USER_ERROR
+    error = capsys.readouterr().err
+    assert error.startswith("error: session 'b' cannot be read: ") and "not valid JSON" in error
+
+
+def test_a_session_in_a_folder_the_storage_uses_itself_is_marked(tmp_path):
+    opened_session(str(tmp_path), "a")
+    (tmp_path / "a").rename(tmp_path / "class-images")  # written by a version that allowed the name
+    [status] = read_statuses(str(tmp_path), list_sessions(str(tmp_path)))
+    assert status.state == "unreadable" and "is reserved" in status.problem
