@@ -138,7 +138,7 @@ def test_a_model_it_cannot_use_is_refused_once_right_after_the_fetch(prefect_api
 
 
 def test_an_unreachable_model_url_ends_in_one_paragraph_after_the_retries(prefect_api_url, tmp_path, photos):
-    from test_checks_before_run import closed_port_url
+    from web_server import closed_port_url
 
     url = closed_port_url("/model.safetensors")
     # The retries as they are, without their waits (75 s of back-off).

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from permissions import bound_by_permissions, deny_reading
+from web_server import closed_port_url
 
 from flows.cli import EXIT_USER_ERROR
-from permissions import bound_by_permissions, deny_reading
 
 REPO = Path(__file__).resolve().parents[2]
 # Runs the CLI's main() and reports, on the last line of stdout, how long it took and
@@ -126,16 +127,6 @@ def test_validate_names_an_unreadable_photo(tmp_path, photos):
     assert "error    shrk (2).jpg" in result.stdout and "[unreadable]" in result.stdout
     assert "Permission denied" in result.stdout and "ok       shrk (1).jpg" in result.stdout
     assert result.stderr.startswith("error: 4 photos (3 ok, 0 warning, 1 error): NOT usable")
-
-
-def closed_port_url(path: str) -> str:
-    """A URL on 127.0.0.1 where nothing listens: the connection is refused."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}{path}"
 
 
 def test_an_unreachable_model_url_is_one_paragraph(tmp_path):
