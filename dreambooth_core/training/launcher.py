@@ -12,6 +12,7 @@ together after the same step.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -21,7 +22,12 @@ from pathlib import Path
 
 import torch
 
-from dreambooth_core.session.storage import BlockLoader, block_storage_loader, use_block_storage
+from dreambooth_core import errors
+from dreambooth_core.session.storage import (
+    BlockLoader,
+    block_storage_loader,
+    use_block_storage,
+)
 from dreambooth_core.training.chunk import ChunkHooks, ChunkOutcome, train_chunk
 from dreambooth_core.training.devices import resolve_device
 from dreambooth_core.training.live import LiveTraining
@@ -53,9 +59,28 @@ def _train_on_processes(plan: TrainingPlan, chunk: Chunk, hooks: ChunkHooks, log
         workers = mp.start_processes(_worker, args=(plan, chunk, hooks, _free_port(), str(result), loader),
                                      nprocs=world, start_method="spawn", join=False)
         stop.on_request = lambda: [os.kill(pid, signal.SIGTERM) for pid in workers.pids()]
-        while not workers.join():
-            pass
+        try:
+            while not workers.join():
+                pass
+        except (mp.ProcessRaisedException, mp.ProcessExitedException):
+            _raise_user_error_of(Path(tmp), world)
+            raise
         return ChunkOutcome.model_validate_json(result.read_text())
+
+
+def _error_file(folder: Path, rank: int) -> Path:
+    return folder / f"error-{rank}.json"
+
+
+def _raise_user_error_of(folder: Path, world: int) -> None:
+    """A worker's error for the user (bad data, no space, NaN) as the same error here: one
+    paragraph, not the worker's traceback."""
+    for rank in range(world):
+        if _error_file(folder, rank).is_file():
+            error = json.loads(_error_file(folder, rank).read_text())
+            kind = getattr(errors, error["kind"], None)
+            if isinstance(kind, type) and issubclass(kind, (errors.DreamBoothError, errors.NetworkError)):
+                raise kind(error["message"]) from None
 
 
 def _worker(rank: int, plan: TrainingPlan, chunk: Chunk, hooks: ChunkHooks, port: int, result: str,
@@ -77,6 +102,10 @@ def _worker(rank: int, plan: TrainingPlan, chunk: Chunk, hooks: ChunkHooks, port
         if rank == 0:
             Path(result).write_text(outcome.model_dump_json())
         dist.barrier()
+    except (errors.DreamBoothError, errors.NetworkError) as exc:
+        error = {"kind": type(exc).__name__, "message": str(exc)}
+        _error_file(Path(result).parent, rank).write_text(json.dumps(error))
+        raise
     finally:
         dist.destroy_process_group()
 

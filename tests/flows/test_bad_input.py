@@ -92,10 +92,11 @@ def test_invalid_flag_value_names_the_flag(tmp_path, capsys):
     assert "--chunk-steps" in capsys.readouterr().err
 
 
-def test_a_diverging_run_stops_before_committing_and_exports_nothing(prefect_api_url, tmp_path, photos):
+@pytest.mark.parametrize("processes", [[], ["--gpus", "2", "--device", "cpu"]], ids=["one process", "two processes"])
+def test_a_diverging_run_stops_before_committing_and_exports_nothing(processes, prefect_api_url, tmp_path, photos):
     # 1e30 is finite, so it passes the up-front check, and training goes NaN for real.
     result = dreambooth(prefect_api_url, tmp_path, *tiny_args(tmp_path, photos), "--steps", "4",
-                        "--chunk-steps", "2", "--learning-rate", "1e30")
+                        "--chunk-steps", "2", "--learning-rate", "1e30", *processes)
     assert_user_error(result, "training stopped: the loss became", "at step 2",
                       "Steps 1-2 were not saved (nothing was committed)", "--learning-rate (this run: 1e+30)")
     assert "train steps 2-4" not in result.stderr  # the failed chunk ended the run
