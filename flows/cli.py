@@ -208,13 +208,17 @@ def check_before_run(flags: dict[str, Any]) -> DreamBoothConfig:
 
 
 def train(flags: dict[str, Any]) -> int:
-    config = check_before_run(flags)
-    _quiet_libraries()
-    from flows.dreambooth import dreambooth_train
-    from flows.quiet_errors import hide_user_error_tracebacks
+    from flows.temporary_server import temporary_server
 
-    hide_user_error_tracebacks()
-    result = dreambooth_train(config)
+    config = check_before_run(flags)
+    with temporary_server() as server:  # starts while the libraries below are imported
+        _quiet_libraries()
+        from flows.dreambooth import dreambooth_train
+        from flows.quiet_errors import hide_user_error_tracebacks
+
+        hide_user_error_tracebacks()
+        server.wait_ready()
+        result = dreambooth_train(config)
     files = ", ".join(result.files) + (", diffusers/" if config.training.method == "dreambooth" else "")
     print(f"Done: session {config.session!r} trained to step {result.step}; outputs: {files}")
     return 0

@@ -1,0 +1,103 @@
+"""A `dreambooth train` without PREFECT_API_URL runs its own Prefect server, which ends with the run
+however the run ends: here the run is killed with SIGKILL (the process alone, not its group)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from flows.temporary_server import configured_api_url
+
+pytestmark = pytest.mark.slow  # a CLI run
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if entry.name.isdigit() and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def is_running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def command_line(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def wait_for(condition, seconds: float):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    return condition()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
+def test_a_killed_run_leaves_no_server_behind(tmp_path, photos):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PYTHONPATH=str(REPO), PREFECT_HOME=str(tmp_path / "prefect"))
+    run = subprocess.Popen([sys.executable, "-m", "flows.cli", "train", "--session", "k", "--storage",
+                            str(tmp_path / "sessions"), "--photos", str(photos), "--model", "tiny",
+                            "--steps", "400"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def server_pid():
+            # ours, or Prefect's own temporary server (python -m uvicorn ... prefect.server.api.server)
+            return next((p for p in children(run.pid) if "flows.temporary_server" in command_line(p)
+                         or "prefect.server.api.server" in command_line(p)), None)
+
+        server = wait_for(server_pid, 60)
+        assert server, "the run started no temporary server"
+        words = command_line(server).split()
+        port = int(words[words.index("--port") + 1] if "--port" in words else words[-1])
+        assert wait_for(lambda: _answers(port), 60), "the temporary server never answered"
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait()
+        assert wait_for(lambda: not is_running(server), 20), f"server {server} outlived the killed run"
+        assert not _answers(port)
+    finally:
+        run.kill()
+        run.wait()
+
+
+def _answers(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_a_configured_server_is_found_without_importing_prefect(tmp_path, monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv("PREFECT_PROFILE", raising=False)
+    monkeypatch.setenv("PREFECT_PROFILES_PATH", str(tmp_path / "profiles.toml"))
+    assert configured_api_url() is None  # no profiles file
+    (tmp_path / "profiles.toml").write_text('active = "work"\n[profiles.work]\n'
+                                            'PREFECT_API_URL = "http://prefect.internal:4200/api"\n')
+    assert configured_api_url() == "http://prefect.internal:4200/api"
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    assert configured_api_url() == "http://127.0.0.1:4200/api"
