@@ -1,0 +1,151 @@
+"""Peak memory of training, measured by running real training steps on fake tensors.
+
+The model is built from its configs inside torch's FakeTensorMode: every tensor
+has its shape, dtype and device but no storage, so the full SD 1.5 architecture
+"trains" on a CPU in seconds without a byte of weights. `LiveTensorBytes` sees
+every tensor an operation creates and keeps the sum of the storages still alive:
+its high-water mark over a step of each phase (text encoder training, then
+UNet only) is the estimate. The same tracker on real tensors (`fake=False`)
+measures what a small model really allocates, which is how the estimate is checked.
+
+Not counted: the CUDA context and allocator caching (a few hundred MB on a GPU),
+and kernels' workspaces, which differ between CPU and GPU kernels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from dreambooth_core.config import RuntimeSettings, TrainingSettings
+from dreambooth_core.training import trainer as trainer_module
+from dreambooth_core.training.model_parts import ModelParts
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    peak_bytes: int        # the most held at once during the steps
+    between_steps: int     # held after a step: weights, gradients kept, optimizer state, caches
+    seconds: float         # how long the estimate took
+
+    @property
+    def peak_gib(self) -> float:
+        return self.peak_bytes / 2**30
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """The bytes of tensor storage alive now, and the most alive at once, for tensors created
+    by operations inside the mode (fake or real)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.current = self.peak = 0
+        self._seen: dict[int, weakref.ref] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for value in tree_leaves(out):
+            if isinstance(value, torch.Tensor):
+                self._track(value.untyped_storage())
+        return out
+
+    def _track(self, storage) -> None:
+        key = id(storage)
+        if key in self._seen and self._seen[key]() is storage:
+            return
+        size = storage.nbytes()
+        self.current += size
+        self.peak = max(self.peak, self.current)
+        self._seen[key] = weakref.ref(storage, lambda _, k=key, s=size: self._free(k, s))
+
+    def _free(self, key: int, size: int) -> None:
+        self.current -= size
+        self._seen.pop(key, None)
+
+    def reset_peak(self) -> None:
+        self.peak = self.current
+
+
+def build_parts(model_path: str | Path) -> ModelParts:
+    """The model's parts from its configs, with freshly initialised (not loaded) weights."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    folder = Path(model_path)
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder, subfolder="unet"))
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder, subfolder="vae"))
+    text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
+    vae.requires_grad_(False).eval()
+    text_encoder.requires_grad_(False).eval()
+    return ModelParts(unet=unet, vae=vae, text_encoder=text_encoder,
+                      tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+                      noise_scheduler=DDPMScheduler.from_pretrained(folder, subfolder="scheduler"))
+
+
+def estimate_training_memory(model: str | Path | Callable[[], ModelParts], settings: TrainingSettings,
+                             resolution: int, runtime: RuntimeSettings = RuntimeSettings(), prior: bool = False,
+                             fake: bool = True) -> MemoryEstimate:
+    """Peak bytes of training `model` (a diffusers folder, or a function that builds the parts
+    from configs) with `settings` at `resolution` px: one step in the text-encoder phase when
+    there is one, then one after it, with class images when `prior`."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    start = time.perf_counter()
+    tracker = LiveTensorBytes()
+    mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
+    runtime = runtime.model_copy(update={"compile": False})
+    with mode, tracker, _fake_friendly(fake):
+        parts = model() if callable(model) else build_parts(model)
+        trainer = trainer_module.Trainer(parts, _examples(resolution, "shrk"), settings, total_steps=2,
+                                         runtime=runtime, class_examples=_examples(resolution, "") if prior else ())
+        trainer.scaler = torch.amp.GradScaler(enabled=False)  # fp16 loss scaling reads values; it holds ~no memory
+        steps = [0, settings.text_encoder_phase] if trainer.text_encoder_trains_at(0) else [0]
+        for step in steps:
+            trainer.step(step)
+        between = tracker.current
+    return MemoryEstimate(peak_bytes=tracker.peak, between_steps=between, seconds=time.perf_counter() - start)
+
+
+def _examples(resolution: int, word: str) -> list:
+    caption = f"a photo of {word} person" if word else "a photo of a person"
+    return [trainer_module.Example(torch.zeros(1, 3, resolution, resolution), caption, "shrk") for _ in range(2)]
+
+
+@contextlib.contextmanager
+def _fake_friendly(fake: bool):
+    """Two things fake tensors cannot do, done otherwise while estimating:
+    - which example a step trains on is read from a random draw's values: the draw runs on
+      real tensors;
+    - a module of fake parameters cannot be moved with `.to()` (torch swaps the tensors, and
+      the fake mode holds weak references to them): a move to the device and dtype the module
+      has already (peft's, for new LoRA weights) returns the module as it is."""
+    if not fake:
+        yield
+        return
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    draw, move = trainer_module.draw_micro_batch, torch.nn.Module.to
+
+    def real_draw(*args, **kwargs):
+        with unset_fake_temporarily():
+            return draw(*args, **kwargs)
+
+    def move_unless_there(module, *args, **kwargs):
+        device, dtype, _, memory_format = torch._C._nn._parse_to(*args, **kwargs)
+        here = all((device is None or p.device == torch.device(device)) and (dtype is None or p.dtype == dtype)
+                   for p in module.parameters())
+        return module if here and memory_format is None else move(module, *args, **kwargs)
+
+    trainer_module.draw_micro_batch, torch.nn.Module.to = real_draw, move_unless_there
+    try:
+        yield
+    finally:
+        trainer_module.draw_micro_batch, torch.nn.Module.to = draw, move

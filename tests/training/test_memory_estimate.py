@@ -1,0 +1,36 @@
+"""The memory estimate: a real training step on fake tensors allocates what it allocates on real ones."""
+
+import pytest
+
+from dreambooth_core.config import RuntimeSettings, TrainingSettings
+from dreambooth_core.model.fetch import fetch_model
+from dreambooth_core.training.memory_estimate import estimate_training_memory
+
+METHODS = {"dreambooth": {"text_encoder_steps": 1}, "lora": {"lora_text_encoder": True},
+           "textual-inversion": {}}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    return fetch_model("tiny", tmp_path_factory.mktemp("cache")).path
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_fake_tensors_allocate_what_real_ones_do(method, tiny):
+    settings = TrainingSettings(steps=4, method=method, **METHODS[method])
+    fake = estimate_training_memory(tiny, settings, 64, prior=True)
+    real = estimate_training_memory(tiny, settings, 64, prior=True, fake=False)
+    assert fake.peak_bytes == pytest.approx(real.peak_bytes, rel=0.01)
+    assert fake.between_steps == pytest.approx(real.between_steps, rel=0.01)
+
+
+def test_what_trains_and_what_is_kept_decide_the_peak(tiny):
+    def peak(method="dreambooth", resolution=64, runtime=RuntimeSettings(), **options):
+        settings = TrainingSettings(steps=4, method=method, **{"text_encoder_steps": 0, **options})
+        return estimate_training_memory(tiny, settings, resolution, runtime=runtime).peak_bytes
+
+    assert peak() > peak("lora") > peak("textual-inversion")
+    assert peak(text_encoder_steps=1) > peak()  # the text encoder's gradients and AdamW moments
+    assert peak(ema_decay=0.999) > peak()  # an fp32 copy of the UNet
+    # at a resolution where activations dominate, checkpointing them lowers the peak
+    assert peak("lora", 256, RuntimeSettings(gradient_checkpointing=True)) < peak("lora", 256)
