@@ -24,6 +24,7 @@ def test_fake_tensors_allocate_what_real_ones_do(method, tiny):
     assert fake.between_steps == pytest.approx(real.between_steps, rel=0.01)
 
 
+@pytest.mark.slow  # eight estimates
 def test_what_trains_and_what_is_kept_decide_the_peak(tiny):
     def peak(method="dreambooth", resolution=64, runtime=RuntimeSettings(), **options):
         settings = TrainingSettings(steps=4, method=method, **{"text_encoder_steps": 0, **options})
