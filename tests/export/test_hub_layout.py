@@ -64,7 +64,7 @@ def _perturb(module, seed: int, only: str = "") -> None:
                 param.add_(torch.randn(param.shape, generator=generator) * 0.05)
 
 
-@pytest.fixture(scope="module", params=["tiny", "tiny-sd2"])
+@pytest.fixture(scope="module", params=["tiny", pytest.param("tiny-sd2", marks=pytest.mark.slow)])
 def outputs(request, tmp_path_factory) -> dict:
     """A full-model export, a LoRA and an embedding of a slightly changed tiny model, and the base
     model as the hub would hold it (which is what users of transformers 4.x load a LoRA onto)."""
