@@ -23,6 +23,7 @@ from dreambooth_core.errors import SessionBusyError
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.lease_object import lease_object
 from dreambooth_core.session.paths import LEASE_FILE
+from dreambooth_core.session.processes import pid_alive
 
 DEFAULT_TTL = 60.0  # seconds a lease lives without renewal
 POLL = 2.0  # seconds between attempts while waiting for another run
@@ -43,7 +44,7 @@ class Holder:
                 f"({'in %.0f s' % left if left > 0 else 'expired'}) unless renewed")
 
     def is_dead(self, now: float) -> bool:
-        return self.expires_at <= now or (self.host == socket.gethostname() and not _pid_alive(self.pid))
+        return self.expires_at <= now or (self.host == socket.gethostname() and not pid_alive(self.pid))
 
 
 class SessionLease:
@@ -173,13 +174,3 @@ def _parse(data: bytes) -> Holder | None:
         return Holder(**json.loads(data))
     except (ValueError, TypeError):
         return None  # unreadable: treated as expired
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -20,6 +20,7 @@ from typing import Iterator
 
 from dreambooth_core.errors import StorageError
 from dreambooth_core.session.folder import Session, no_space_error, out_of_space, temporary_name
+from dreambooth_core.session.processes import pid_alive
 
 
 @contextmanager
@@ -60,16 +61,6 @@ def remove_abandoned(session: Session, purpose: str) -> None:
     else:
         pattern = re.compile(rf"^dreambooth-{re.escape(purpose)}-(\d+)-[0-9a-f]{{8}}$")
         leftovers = [p for p in Path(tempfile.gettempdir()).glob(f"dreambooth-{purpose}-*")
-                     if (m := pattern.match(p.name)) and not _alive(int(m.group(1)))]
+                     if (m := pattern.match(p.name)) and not pid_alive(int(m.group(1)))]
     for path in leftovers:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
