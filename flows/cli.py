@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from dreambooth_core.config import SECTION_OF, SECTIONS, DreamBoothConfig, InputSettings
+from dreambooth_core.config import SECTION_OF, SECTIONS, DreamBoothConfig
 from dreambooth_core.errors import USER_ERRORS, ConfigError, SessionError
 from dreambooth_core.model.family import SMALLEST_SD_RESOLUTION
 from dreambooth_core.reports.terminal import shows_bars
@@ -149,15 +149,18 @@ def _add_cloud_commands(commands) -> None:
                        "twice PREFECT_FLOWS_HEARTBEAT_FREQUENCY plus 30).")
 
 
-def open_flag_session(flags: dict[str, Any]) -> Session:
-    """The session the flags name; Prefect is imported only for a --storage-block."""
-    inputs = InputSettings(storage=flags.get("storage", setting("storage").default),
-                           storage_block=flags.get("storage_block"))
-    if not inputs.storage_block:
-        return Session(inputs.storage, flags["session"])
-    from flows.session_storage import open_config_session
+def flag_storage(storage: str, storage_block: str | None) -> tuple[str, dict[str, Any]]:
+    """(URL, fsspec options) of the storage the flags name; Prefect is imported only for a
+    --storage-block (its blocks say how a block name opens storage)."""
+    if storage_block:
+        import blocks.session_storage  # noqa: F401 - registers the block storage
+    return storage_location(storage, storage_block)
 
-    return open_config_session(inputs, flags["session"])
+
+def open_flag_session(flags: dict[str, Any]) -> Session:
+    """The session the flags name."""
+    url, options = flag_storage(flags.get("storage", setting("storage").default), flags.get("storage_block"))
+    return Session(url, flags["session"], options)
 
 
 def config_from_flags(flags: dict[str, Any], session: Session | None = None) -> DreamBoothConfig:
@@ -312,11 +315,9 @@ def status(args: dict[str, Any]) -> int:
 
     from dreambooth_core.reports.status import list_sessions, read_statuses, status_lines, status_table
 
-    storage, name = args["storage"], args["session"]
-    if args["storage_block"]:
-        import blocks.session_storage  # noqa: F401 - registers how a block name opens storage
-        storage = args["storage_block"]
-    url, options = storage_location(args["storage"], args["storage_block"])
+    name = args["session"]
+    storage = args["storage_block"] or args["storage"]  # as the user named it
+    url, options = flag_storage(args["storage"], args["storage_block"])
     names = list_sessions(url, options)
     if name is not None and name not in names:
         known = f"Sessions there: {', '.join(names)}." if names else "There are no sessions there."

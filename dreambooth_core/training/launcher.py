@@ -23,11 +23,7 @@ from pathlib import Path
 import torch
 
 from dreambooth_core import errors
-from dreambooth_core.session.storage import (
-    BlockLoader,
-    block_storage_loader,
-    use_block_storage,
-)
+from dreambooth_core.session.storage import BlockLoader, block_storage_loader, use_block_storage
 from dreambooth_core.training.chunk import ChunkHooks, ChunkOutcome, train_chunk
 from dreambooth_core.training.devices import resolve_device
 from dreambooth_core.training.live import LiveTraining
