@@ -12,6 +12,7 @@ from dreambooth_core.config import RuntimeSettings, TrainingSettings
 from dreambooth_core.errors import ConfigError, SessionError
 from dreambooth_core.session.checkpoints import Checkpoint, Writer, read_tensor_file
 from dreambooth_core.training.batches import draw_micro_batch
+from dreambooth_core.training.data_parallel import gradients_kept_local, share_gradients
 from dreambooth_core.training.devices import resolve_precision
 from dreambooth_core.training.latents import LatentCache
 from dreambooth_core.training.loss import dreambooth_loss, per_example_loss
@@ -63,8 +64,26 @@ class Trainer:
         self.latents = LatentCache(parts.vae, runtime.cache_latents)
         if runtime.channels_last:
             parts.unet.to(memory_format=torch.channels_last)
-        self.unet = torch.compile(parts.unet) if runtime.compile else parts.unet
+        # What trained forward passes go through: the modules, or with several processes their
+        # DDP wrappers, which average the gradients during backward (data_parallel.py).
+        self.unet, self.text_encoder = parts.unet, parts.text_encoder
+        self.shared: list[torch.nn.Module] = []
+        if world > 1:
+            self._share_gradients()
+        self.unet = torch.compile(self.unet) if runtime.compile else self.unet
         self._frozen_embeddings: dict[str, torch.Tensor] = {}
+
+    def _share_gradients(self) -> None:
+        """Textual inversion trains no UNet weight (its embeddings sit in the text encoder); the
+        text encoder's wrapper serves only its training phase, after which it is called plain."""
+        if self.trainables.unet:
+            self.unet = share_gradients(self.parts.unet, self.device)
+            self.shared.append(self.unet)
+        if self.trainables.text_encoder or self.trainables.embeddings is not None:
+            for parameter in self.trainables.text_encoder.values():
+                parameter.requires_grad_(True)  # DDP takes the ones that need a gradient now; see _enter_phase
+            self.text_encoder = share_gradients(self.parts.text_encoder, self.device)
+            self.shared.append(self.text_encoder)
 
     # -- one step -------------------------------------------------------------
 
@@ -73,12 +92,13 @@ class Trainer:
         self._enter_phase(step)
         self._set_learning_rates(step)
         total = torch.zeros((), device=self.device)
-        for micro in range(self.settings.gradient_accumulation):
-            loss = self.loss(step, micro) / self.settings.gradient_accumulation
-            self.scaler.scale(loss).backward()
+        micro_batches = self.settings.gradient_accumulation
+        for micro in range(micro_batches):
+            # Several processes: the last micro-batch's backward averages the sum over all of them.
+            with gradients_kept_local(self.shared, local=micro < micro_batches - 1):
+                loss = self.loss(step, micro) / micro_batches
+                self.scaler.scale(loss).backward()
             total += loss.detach()
-        if self.world > 1:
-            average_gradients(list(self.trainables.named().values()), self.world)
         self.scaler.unscale_(self.optimizer)
         trained = [p for p in self.trainables.named().values() if p.grad is not None]
         torch.nn.utils.clip_grad_norm_(trained, self.settings.max_grad_norm)
@@ -148,20 +168,21 @@ class Trainer:
     def _condition(self, captions: list[str], step: int) -> torch.Tensor:
         """Embeddings with gradients while the text side trains; cached once it is frozen."""
         if self.trainables.embeddings is not None or self.text_encoder_trains_at(step):
-            return self._encode(captions)
+            return self._encode(captions, self.text_encoder)
+        frozen = self.parts.text_encoder
         with torch.no_grad():
             if not self.runtime.cache_text_embeddings:
-                return torch.cat([self._encode([c]) for c in captions])
+                return torch.cat([self._encode([c], frozen) for c in captions])
             for caption in dict.fromkeys(captions):
                 if caption not in self._frozen_embeddings:
-                    self._frozen_embeddings[caption] = self._encode([caption])
+                    self._frozen_embeddings[caption] = self._encode([caption], frozen)
         return torch.cat([self._frozen_embeddings[c] for c in captions])
 
-    def _encode(self, captions: list[str]) -> torch.Tensor:
+    def _encode(self, captions: list[str], encoder: torch.nn.Module) -> torch.Tensor:
         tokenizer = self.parts.tokenizer
         ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
                         truncation=True, return_tensors="pt").input_ids
-        return self.parts.text_encoder(ids.to(self.device))[0]
+        return encoder(ids.to(self.device))[0]
 
     def _autocast(self):
         dtype = AUTOCAST.get(self.precision)
@@ -199,20 +220,6 @@ class Trainer:
         if self.ema is not None:
             for name, value in safetensors.torch.load(checkpoint.files[EMA_FILE]).items():
                 self.ema[name].copy_(value)
-
-
-def average_gradients(parameters: list[torch.Tensor], world: int) -> None:
-    """The mean of every process's gradients, in one all-reduce (what DDP does in buckets)."""
-    import torch.distributed as dist
-
-    grads = [p.grad for p in parameters if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for grad in grads:
-        grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
-        offset += grad.numel()
 
 
 def make_optimizer(trainables: Trainables, settings: TrainingSettings, device: torch.device):
