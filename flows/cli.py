@@ -211,17 +211,25 @@ def check_before_run(flags: dict[str, Any]) -> DreamBoothConfig:
 
 
 def train(flags: dict[str, Any]) -> int:
+    from dreambooth_core.training.torchrun_env import torchrun_rank
     from flows.temporary_server import temporary_server
 
+    if torchrun_rank():  # torchrun started this process, and not as rank 0: it trains what rank 0 sends
+        from dreambooth_core.training.torchrun import follow_chunks
+
+        follow_chunks()
+        return 0
     config = check_before_run(flags)
     with temporary_server() as server:  # starts while the libraries below are imported
         _quiet_libraries()
+        from dreambooth_core.training.torchrun import leading_followers
         from flows.dreambooth import dreambooth_train
         from flows.quiet_errors import hide_user_error_tracebacks
 
         hide_user_error_tracebacks()
         server.wait_ready()
-        result = dreambooth_train(config)
+        with leading_followers():  # torchrun's other processes train each chunk with this one
+            result = dreambooth_train(config)
     files = ", ".join(result.files) + (", diffusers/" if config.training.method == "dreambooth" else "")
     print(f"Done: session {config.session!r} trained to step {result.step}; outputs: {files}")
     return 0

@@ -29,7 +29,6 @@ from dreambooth_core.training.plan import Chunk, TrainingPlan
 from dreambooth_core.training.preemption import StopRequest, TrainingStopped, save_on_stop, stop_requests
 from dreambooth_core.training.trainer import Trainer
 
-
 CHECK_EVERY = 50  # steps between checks that the loss is finite (a sync each)
 
 
@@ -61,7 +60,7 @@ def train_chunk(plan: TrainingPlan, chunk: Chunk, live: LiveTraining, hooks: Chu
     log = log or logging.getLogger("dreambooth")
     session = plan.session.open()
     store = CheckpointStore(session, plan.runtime.keep_checkpoints, log)
-    key = (plan.session.uid, plan.fingerprint, plan.model_path, plan.runtime.device)
+    key = trainer_key(plan)
     trainer, start = live.take(key, chunk.start), chunk.start
     if trainer is not None:
         log.info("Continuing from step %d in memory (its checkpoint commits in the background)", start)
@@ -97,6 +96,11 @@ def train_chunk(plan: TrainingPlan, chunk: Chunk, live: LiveTraining, hooks: Chu
     return ChunkOutcome(end=chunk.end, started_at=start, trained_steps=chunk.end - start, mean_loss=mean_loss)
 
 
+def trainer_key(plan: TrainingPlan) -> tuple:
+    """What a trainer kept in memory must match to continue a chunk."""
+    return plan.session.uid, plan.fingerprint, plan.model_path, plan.runtime.device
+
+
 def resume_point(store: CheckpointStore, plan: TrainingPlan, end: int) -> Checkpoint | None:
     checkpoint = store.load_latest(max_step=end)
     if checkpoint is not None and checkpoint.meta.get("fingerprint") != plan.fingerprint:
@@ -110,7 +114,7 @@ def resume_point(store: CheckpointStore, plan: TrainingPlan, end: int) -> Checkp
 def build_trainer(plan: TrainingPlan, session: Session, rank: int = 0, world: int = 1) -> Trainer:
     device = resolve_device(plan.runtime.device)
     if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", rank)
+        device = torch.device("cuda", torch.cuda.current_device())  # the launcher set this process's GPU
     parts = load_model_parts(plan.model_path, device)
     return Trainer(parts, load_examples(session), plan.training, plan.total_steps, plan.runtime,
                    load_class_examples(plan.class_images, session), plan.initializer_word, rank, world)

@@ -2,12 +2,15 @@
 
 Several processes (one per GPU; CPU processes for tests) each run the chunk body
 (chunk.py) on their own share of every step's batch (a function of seed, step and
-rank); gradients are averaged with one all-reduce per step (NCCL on GPUs, gloo on
-CPUs), and every process takes the same optimizer step, so the weights stay
-identical. Process 0 commits the checkpoint and runs the hooks. Everything stays a
-function of (seed, step, number of processes), so resume is exact for a given --gpus.
-A SIGTERM to this process is passed on to every training process, which stop
-together after the same step.
+rank); DDP averages the gradients in buckets during the backward pass (NCCL on GPUs,
+gloo on CPUs; data_parallel.py), and every process takes the same optimizer step, so
+the weights stay identical. Process 0 commits the checkpoint and runs the hooks.
+Everything stays a function of (seed, step, number of processes), so resume is exact
+for a given --gpus. A SIGTERM to this process is passed on to every training process,
+which stop together after the same step.
+
+Started by torchrun instead (torchrun.py), the processes exist already: this one is
+rank 0 and sends each chunk to the others rather than spawning them.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from dreambooth_core.training.devices import resolve_device
 from dreambooth_core.training.live import LiveTraining
 from dreambooth_core.training.plan import Chunk, TrainingPlan
 from dreambooth_core.training.preemption import stop_requests
+from dreambooth_core.training.rank_log import rank_log
+from dreambooth_core.training.torchrun import lead_chunk
+from dreambooth_core.training.torchrun_env import torchrun_rank
 
 
 def run_chunk(plan: TrainingPlan, chunk: Chunk, live: LiveTraining, hooks: ChunkHooks = ChunkHooks(),
@@ -37,6 +43,8 @@ def run_chunk(plan: TrainingPlan, chunk: Chunk, live: LiveTraining, hooks: Chunk
     log = log or logging.getLogger("dreambooth")
     if plan.training.gpus == 1:
         return train_chunk(plan, chunk, live, hooks, log)
+    if torchrun_rank() is not None:  # torchrun started the processes: this one is rank 0
+        return lead_chunk(plan, chunk, live, hooks, log)
     live.wait()
     live.release()  # a trainer kept by this process cannot stand in for the workers' ones
     return _train_on_processes(plan, chunk, hooks.for_workers(), log)
@@ -94,7 +102,7 @@ def _worker(rank: int, plan: TrainingPlan, chunk: Chunk, hooks: ChunkHooks, port
                             init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         with LiveTraining() as live:  # leaving it waits for rank 0's commit
-            outcome = train_chunk(plan, chunk, live, hooks, _worker_log(rank), rank, world)
+            outcome = train_chunk(plan, chunk, live, hooks, rank_log(rank), rank, world)
         if rank == 0:
             Path(result).write_text(outcome.model_dump_json())
         dist.barrier()
@@ -104,17 +112,6 @@ def _worker(rank: int, plan: TrainingPlan, chunk: Chunk, hooks: ChunkHooks, port
         raise
     finally:
         dist.destroy_process_group()
-
-
-def _worker_log(rank: int) -> logging.Logger:
-    """Lines on stderr, marked with the rank (the parent's Prefect logger does not reach here)."""
-    log = logging.getLogger(f"dreambooth.rank{rank}")
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(f"rank {rank} | %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    return log
 
 
 def _free_port() -> int:

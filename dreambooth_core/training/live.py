@@ -43,6 +43,10 @@ class LiveTraining:
     def keep(self, key: Hashable, step: int, trainer: object) -> None:
         self._kept = (key, step, trainer)
 
+    def holds(self, key: Hashable, step: int) -> bool:
+        """Whether `take` would hand over a trainer."""
+        return self._kept is not None and self._kept[:2] == (key, step)
+
     def take(self, key: Hashable, step: int):
         """The kept trainer if it belongs to `key` and stands at `step`; it is handed over once."""
         kept, self._kept = self._kept, None

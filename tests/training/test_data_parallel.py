@@ -18,15 +18,18 @@ FAULT = Path(__file__).resolve().parent / "rank_fault"
 
 
 def train(api_url, root: Path, kill_rank: str | None = None, pause_rank: str | None = None,
-          signal_at: Path | None = None) -> subprocess.CompletedProcess:
-    """The CLI on 2 CPU processes; with `signal_at`, SIGTERM to it once that marker appears."""
+          signal_at: Path | None = None, torchrun: bool = False) -> subprocess.CompletedProcess:
+    """The CLI on 2 CPU processes, spawned by it or (`torchrun`) started by torchrun; with
+    `signal_at`, SIGTERM to the command once that marker appears."""
     root.mkdir(exist_ok=True)
     env = {**os.environ, "PREFECT_API_URL": api_url, "PYTHONPATH": f"{FAULT}{os.pathsep}{REPO}"}
     for name, value in (("DREAMBOOTH_KILL_RANK", kill_rank), ("DREAMBOOTH_PAUSE_RANK", pause_rank)):
         env.pop(name, None)
         if value:
             env[name] = value
-    command = [sys.executable, "-m", "flows.cli", "train", "--session", "s", "--storage", str(root / "sessions"),
+    launch = [str(Path(sys.executable).with_name("torchrun")), "--nproc-per-node", "2"] if torchrun \
+        else [sys.executable]
+    command = [*launch, "-m", "flows.cli", "train", "--session", "s", "--storage", str(root / "sessions"),
                "--model", "tiny", "--photos", str(REPO / "examples" / "photos"), "--steps", "8",
                "--chunk-steps", "4", "--gpus", "2", "--device", "cpu", "--batch-size", "2",
                "--learning-rate", "1e-4", "--sample-every", "0", "--seed", "4"]
@@ -76,4 +79,25 @@ def test_a_sigterm_stops_every_process_at_the_same_step_which_commits_and_resume
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming from committed checkpoint at step 6" in resumed.stderr
     expected, actual = weights(whole), weights(tmp_path / "stopped")
+    assert [k for k in expected if not torch.equal(expected[k], actual[k])] == []
+
+
+def test_torchrun_processes_train_the_same_model_as_spawned_ones_and_stop_together_on_sigterm(
+        prefect_api_url, whole, tmp_path):
+    """Each process torchrun starts joins its group; rank 0 runs the pipeline and hands every
+    chunk to the other. Preemption reaches torchrun, which passes SIGTERM to both."""
+    marker = tmp_path / "in-step"
+    stopped = train(prefect_api_url, tmp_path / "run", pause_rank=f"1:5:{marker}", signal_at=marker,
+                    torchrun=True)
+    assert stopped.returncode != 0
+    assert "rank 1 | Continuing from step 4 in memory" in stopped.stderr  # both kept their trainer
+    assert "SIGTERM: stopping at step 6; committing a checkpoint first" in stopped.stderr, stopped.stderr[-3000:]
+    assert sorted(p.parent.name for p in (tmp_path / "run" / "sessions" / "s").glob(
+        "checkpoints/*/MANIFEST.json")) == ["step-000004", "step-000006"]
+
+    resumed = train(prefect_api_url, tmp_path / "run", torchrun=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from committed checkpoint at step 6" in resumed.stderr
+    assert "rank 1 | Resuming from committed checkpoint at step 6" in resumed.stderr
+    expected, actual = weights(whole), weights(tmp_path / "run")
     assert [k for k in expected if not torch.equal(expected[k], actual[k])] == []
