@@ -1,0 +1,287 @@
+"""One command that checks our trainer on a GPU: speed, memory, a profile, the GPU tests.
+
+    python benchmarks/gpu_check.py                              # CUDA, full-size SD 1.5 (< 8 min on an H100)
+    python benchmarks/gpu_check.py --device cpu --model tiny    # the same table on a CPU, for CI (< 1 min)
+
+On `sd15`, the full-size Stable Diffusion 1.5 architecture built from its published
+configuration with random weights (train_speed.py `sd15_parts`; nothing is downloaded),
+it prints one markdown table:
+- it/s at the model's resolution (512 px) with the default training settings and with
+  prior preservation, in bf16, plain, with --channels-last, and with --compile
+  --channels-last (compiling is skipped on a CPU: inductor builds C++ for minutes);
+- the same step with 8-bit AdamW when bitsandbytes imports (else why not);
+- each row's peak GPU memory (torch.cuda.max_memory_allocated) beside the estimate of
+  dreambooth_core/training/memory_estimate.py for the same settings;
+- the --memory auto plan under 16 GB and 24 GB limits (`memory_auto_plan`);
+- the gpu-marked pytest tests (CUDA resume bit-exactness among them), run with the
+  deterministic settings of `DETERMINISTIC` (see gpu_determinism.py);
+then a torch.profiler top-10 of one default step. `--json PATH` writes all of it.
+
+Needs torch, transformers, accelerate, peft and diffusers, and pydantic (our settings),
+pytest for the test row; never prefect, so it runs on a bare GPU box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from memory_estimate import parts_builder  # noqa: E402  (benchmarks/memory_estimate.py)
+from train_speed import SD15_SCHEDULER, SD15_TEXT, SD15_UNET, sd15_parts, synchronize  # noqa: E402
+
+from dreambooth_core.config import RuntimeSettings, TrainingSettings  # noqa: E402
+from dreambooth_core.model.tiny import build_tiny_model  # noqa: E402
+from dreambooth_core.training.memory_estimate import estimate_training_memory  # noqa: E402
+from dreambooth_core.training.model_parts import ModelParts, load_model_parts  # noqa: E402
+from dreambooth_core.training.trainer import Example, Trainer  # noqa: E402
+
+GIB = 2**30
+MEMORY_LIMITS_GB = (16, 24)
+# CUDA kernels that add with atomics (embedding backward, some cuDNN convolution weight
+# gradients) sum in a different order each run; resume is bit-exact only without them.
+DETERMINISTIC = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}  # plus gpu_determinism.py's switches
+
+
+@dataclass(frozen=True)
+class Case:
+    workload: str  # "defaults" or "prior"
+    channels_last: bool = False
+    compile: bool = False
+    optimizer: str = "adamw"
+
+    @property
+    def options(self) -> str:
+        flags = [f for f, on in (("--compile", self.compile), ("--channels-last", self.channels_last)) if on]
+        if self.optimizer != "adamw":
+            flags.append(f"--optimizer {self.optimizer}")
+        return " ".join(flags) or "plain"
+
+
+CASES = [Case(w, cl, c) for w in ("defaults", "prior") for cl, c in ((False, False), (True, False), (True, True))]
+CASES.append(Case("defaults", optimizer="adamw-8bit"))
+
+
+@dataclass
+class Row:
+    check: str
+    setting: str
+    it_per_s: float | None = None
+    peak_gib: float | None = None
+    estimate_gib: float | None = None
+    note: str = ""
+
+
+@dataclass
+class Model:
+    parts: ModelParts
+    resolution: int
+    estimate_source: object  # a model folder, or a function building the parts from configs
+    estimates: dict = field(default_factory=dict)
+
+
+def build_model(name: str, device: torch.device, folder: Path) -> Model:
+    if name == "sd15":
+        parts, resolution = sd15_parts(device, folder)  # writes the tokenizer into `folder`
+        return Model(parts, resolution, parts_builder(SD15_UNET, SD15_TEXT, SD15_SCHEDULER, folder))
+    from dreambooth_core.model.tiny import TINY_RESOLUTION
+
+    path = build_tiny_model(folder)
+    return Model(load_model_parts(str(path), device), TINY_RESOLUTION, str(path))
+
+
+def settings_for(case: Case) -> TrainingSettings:
+    return TrainingSettings(mixed_precision="bf16", optimizer=case.optimizer)  # the defaults otherwise
+
+
+def runtime_for(case: Case) -> RuntimeSettings:
+    return RuntimeSettings(channels_last=case.channels_last, compile=case.compile)
+
+
+def examples(resolution: int, prior: bool) -> tuple[list[Example], list[Example]]:
+    pixels = torch.rand(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    instances = [Example(pixels, "photo of shrk person", "shrk")]
+    return instances, [Example(-pixels, "photo of person", "shrk")] if prior else []
+
+
+def make_trainer(model: Model, case: Case, total_steps: int) -> Trainer:
+    model.parts.unet.to(memory_format=torch.contiguous_format)  # an earlier row may have changed it
+    instances, classes = examples(model.resolution, case.workload == "prior")
+    return Trainer(model.parts, instances, settings_for(case), total_steps, runtime_for(case), classes)
+
+
+def skip_reason(case: Case, device: torch.device) -> str | None:
+    if case.compile and device.type != "cuda":
+        return "skipped on a CPU (inductor compiles C++ for minutes)"
+    if case.optimizer == "adamw-8bit":
+        if device.type != "cuda":
+            return "skipped: bitsandbytes' 8-bit AdamW needs a CUDA GPU"
+        try:
+            import bitsandbytes  # noqa: F401
+        except Exception as exc:  # ImportError, or a library that fails to load
+            return f"skipped: bitsandbytes does not import ({type(exc).__name__}: {str(exc)[:80]})"
+    return None
+
+
+def speed_row(model: Model, case: Case, device: torch.device, steps: int, warmup: int) -> Row:
+    row = Row("it/s", f"{case.workload}, {case.options}")
+    if (reason := skip_reason(case, device)) is not None:
+        row.note = reason
+        return row
+    release(device)
+    trainer = make_trainer(model, case, warmup + steps)
+    for step in range(warmup):  # compiling, autotuning, the latent cache
+        trainer.step(step)
+    synchronize(device)
+    began = time.perf_counter()
+    for step in range(warmup, warmup + steps):
+        trainer.step(step)
+    synchronize(device)
+    row.it_per_s = round(steps / (time.perf_counter() - began), 2)
+    if device.type == "cuda":
+        row.peak_gib = round(torch.cuda.max_memory_allocated() / GIB, 3)
+    else:
+        row.note = "peak GPU memory: no GPU"
+    del trainer
+    row.estimate_gib = estimate_for(model, case)
+    if case.optimizer != "adamw":
+        row.note = "estimate is for AdamW (the estimator runs on a CPU, where 8-bit AdamW does not)"
+    return row
+
+
+def estimate_for(model: Model, case: Case) -> float:
+    """The memory estimate (fake tensors, on the CPU) of the case's workload, plain: 8-bit
+    AdamW counts as AdamW, and neither compiling nor channels-last enters it (the estimator
+    cannot move fake weights to another memory format; the layout changes no size)."""
+    if case.workload not in model.estimates:
+        plain = Case(case.workload)
+        estimate = estimate_training_memory(model.estimate_source, settings_for(plain), model.resolution,
+                                            runtime_for(plain), prior=case.workload == "prior")
+        model.estimates[case.workload] = round(estimate.peak_gib, 4)
+    return model.estimates[case.workload]
+
+
+def release(device: torch.device) -> None:
+    """Let the previous row's trainer go, so each row's peak is its own."""
+    gc.collect()
+    torch._dynamo.reset()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def memory_auto_plan(limit_gb: float) -> Row:
+    """The row for `--memory auto` under a GPU memory limit of `limit_gb`: which plan the
+    selection (dreambooth_core/training/memory_plan.py, written separately) picks for the
+    default settings, and its estimate. The module is imported only here, so this check
+    runs without it."""
+    row = Row("--memory auto plan", f"limit {limit_gb:g} GB")
+    try:
+        import dreambooth_core.training.memory_plan  # noqa: F401
+    except ModuleNotFoundError:
+        row.note = "not available (dreambooth_core/training/memory_plan.py is not in this checkout)"
+        return row
+    row.note = "not available: memory_plan.py exists; call its selection here"
+    return row
+
+
+def gpu_tests_row(device: torch.device) -> Row:
+    files = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").rglob("test_*.py")
+                   if "mark.gpu" in p.read_text())
+    row = Row("pytest -m gpu", f"{len(files)} files")
+    if device.type != "cuda":
+        row.note = f"skipped: no CUDA device ({', '.join(files)})"
+        return row
+    env = {**os.environ, **DETERMINISTIC, "PYTHONPATH": os.pathsep.join([str(REPO / "benchmarks"), str(REPO)])}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "gpu_determinism", *files],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    lines = result.stdout.strip().splitlines()
+    row.note = (lines[-1] if lines else result.stderr.strip()[-200:]) + \
+        ("" if result.returncode == 0 else f" (exit {result.returncode})")
+    return row
+
+
+def profile_top10(model: Model, device: torch.device) -> str:
+    """torch.profiler's ten most expensive operators in one default step (after a warm-up step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    release(device)
+    trainer = make_trainer(model, Case("defaults"), 2)
+    trainer.step(0)
+    synchronize(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        trainer.step(1)
+        synchronize(device)
+    if device.type != "cuda":
+        return profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=10)
+    try:
+        return profiler.key_averages().table(sort_by="self_device_time_total", row_limit=10)
+    except AttributeError:  # torch before "device" replaced "cuda" in the profiler's names
+        return profiler.key_averages().table(sort_by="self_cuda_time_total", row_limit=10)
+
+
+def table(rows: list[Row]) -> str:
+    def cell(value) -> str:
+        return "" if value is None else str(value)
+
+    lines = ["| check | setting | it/s | peak GiB | estimate GiB | note |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r.check} | {r.setting} | {cell(r.it_per_s)} | {cell(r.peak_gib)} | {cell(r.estimate_gib)} "
+              f"| {r.note} |" for r in rows]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = torch.device(args.device)
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="dreambooth-gpu-check-") as work:
+        model = build_model(args.model, device, Path(work) / "model")
+        if args.resolution:
+            model.resolution = args.resolution
+        rows = [speed_row(model, case, device, args.steps, args.warmup) for case in CASES]
+        profile = profile_top10(model, device)
+    rows += [memory_auto_plan(limit) for limit in MEMORY_LIMITS_GB]
+    rows.append(gpu_tests_row(device))
+    return {"model": args.model, "resolution": model.resolution, "device": str(device),
+            "gpu": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+            "torch": torch.__version__, "steps": args.steps, "precision": "bf16",
+            "rows": [asdict(r) for r in rows], "profile": profile,
+            "seconds": round(time.perf_counter() - began, 1)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["sd15", "tiny"], default="sd15")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, help="timed steps per row (default: 20 on CUDA, 3 on a CPU)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compiling happens here)")
+    parser.add_argument("--resolution", type=int, help="image size (default: the model's own)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    args.steps = args.steps or (20 if args.device.startswith("cuda") else 3)
+    results = run(args)
+    print(f"gpu_check: {results['model']} at {results['resolution']} px on {results['gpu']} ({results['device']}), "
+          f"torch {results['torch']}, {results['precision']}, {results['steps']} timed steps per row\n")
+    print(table([Row(**r) for r in results["rows"]]))
+    print(f"\ntorch.profiler, one default step, top 10:\n{results['profile']}")
+    print(f"gpu_check took {results['seconds']} s")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
