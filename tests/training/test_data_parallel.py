@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -100,4 +101,31 @@ def test_torchrun_processes_train_the_same_model_as_spawned_ones_and_stop_togeth
     assert "Resuming from committed checkpoint at step 6" in resumed.stderr
     assert "rank 1 | Resuming from committed checkpoint at step 6" in resumed.stderr
     expected, actual = weights(whole), weights(tmp_path / "run")
+    assert [k for k in expected if not torch.equal(expected[k], actual[k])] == []
+
+
+def test_a_deployment_flow_run_under_torchrun_trains_the_model_of_the_spawned_run(prefect_api_url, whole, tmp_path):
+    """The Kubernetes pool's command for a pod with several GPUs (flows/torchrun_engine.py):
+    rank 0 runs the flow run a worker would, the other rank follows it."""
+    from prefect.client.orchestration import get_client
+
+    from dreambooth_core.config import DreamBoothConfig
+
+    config = DreamBoothConfig(session="s", storage=str(tmp_path / "sessions"), model="tiny",
+                              photos=str(REPO / "examples" / "photos"), steps=8, chunk_steps=4, gpus=2,
+                              device="cpu", batch_size=2, learning_rate=1e-4, sample_every=0, seed=4)
+    with get_client(sync_client=True) as client:
+        deployment = client.create_deployment(flow_id=client.create_flow_from_name("dreambooth-train"),
+                                              name=f"torchrun-{uuid.uuid4().hex[:6]}",
+                                              entrypoint="flows/dreambooth.py:dreambooth_train")
+        run = client.create_flow_run_from_deployment(deployment, parameters={"config": config.model_dump(mode="json")})
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "PREFECT__FLOW_RUN_ID": str(run.id), "PYTHONPATH": str(REPO)}
+    result = subprocess.run([str(Path(sys.executable).with_name("torchrun")), "--nproc-per-node", "2",
+                             "-m", "flows.torchrun_engine"], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 1 | Continuing from step 4 in memory" in result.stderr
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(run.id).state.name == "Completed"
+    expected, actual = weights(whole), weights(tmp_path)
     assert [k for k in expected if not torch.equal(expected[k], actual[k])] == []
