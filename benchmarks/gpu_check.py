@@ -13,8 +13,9 @@ it prints one markdown table:
 - each row's peak GPU memory (torch.cuda.max_memory_allocated) beside the estimate of
   dreambooth_core/training/memory_estimate.py for the same settings;
 - the --memory auto plan under 16 GB and 24 GB limits (`memory_auto_plan`);
-- the gpu-marked pytest tests (CUDA resume bit-exactness among them), run with the
-  deterministic settings of `DETERMINISTIC` (see gpu_determinism.py);
+- the gpu-marked pytest tests (CUDA resume bit-exactness among them), as they are and
+  with deterministic kernels (`DETERMINISTIC` and gpu_determinism.py), which says
+  whether exact resume on CUDA needs those settings;
 then a torch.profiler top-10 of one default step. `--json PATH` writes all of it.
 
 Needs torch, transformers, accelerate, peft and diffusers, and pydantic (our settings),
@@ -199,15 +200,24 @@ def memory_auto_plan(limit_gb: float) -> Row:
     return row
 
 
-def gpu_tests_row(device: torch.device) -> Row:
+def gpu_tests_rows(device: torch.device) -> list[Row]:
+    """The gpu-marked tests as the trainer runs (cuDNN and cuBLAS as they come), then with
+    deterministic kernels: where only the second passes, bit-exact resume on CUDA needs them."""
     files = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").rglob("test_*.py")
                    if "mark.gpu" in p.read_text())
-    row = Row("pytest -m gpu", f"{len(files)} files")
     if device.type != "cuda":
-        row.note = f"skipped: no CUDA device ({', '.join(files)})"
-        return row
-    env = {**os.environ, **DETERMINISTIC, "PYTHONPATH": os.pathsep.join([str(REPO / "benchmarks"), str(REPO)])}
-    result = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "gpu_determinism", *files],
+        return [Row("pytest -m gpu", f"{len(files)} files", note=f"skipped: no CUDA device ({', '.join(files)})")]
+    return [gpu_tests_row(files, deterministic=False), gpu_tests_row(files, deterministic=True)]
+
+
+def gpu_tests_row(files: list[str], deterministic: bool) -> Row:
+    row = Row("pytest -m gpu", f"{len(files)} files, " + ("deterministic kernels" if deterministic else "as is"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "benchmarks"), str(REPO)])}
+    plugin = []
+    if deterministic:
+        env |= DETERMINISTIC
+        plugin = ["-p", "gpu_determinism"]
+    result = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", *plugin, *files],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     lines = result.stdout.strip().splitlines()
     row.note = (lines[-1] if lines else result.stderr.strip()[-200:]) + \
@@ -255,7 +265,7 @@ def run(args: argparse.Namespace) -> dict:
         rows = [speed_row(model, case, device, args.steps, args.warmup) for case in CASES]
         profile = profile_top10(model, device)
     rows += [memory_auto_plan(limit) for limit in MEMORY_LIMITS_GB]
-    rows.append(gpu_tests_row(device))
+    rows += gpu_tests_rows(device)
     return {"model": args.model, "resolution": model.resolution, "device": str(device),
             "gpu": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "steps": args.steps, "precision": "bf16",
