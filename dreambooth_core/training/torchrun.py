@@ -20,6 +20,7 @@ import os
 from collections.abc import Iterator
 from datetime import timedelta
 
+from dreambooth_core.errors import TrainingError
 from dreambooth_core.session.storage import block_storage_loader, use_block_storage
 from dreambooth_core.training.chunk import ChunkHooks, ChunkOutcome, train_chunk, trainer_key
 from dreambooth_core.training.live import LiveTraining
@@ -105,6 +106,9 @@ def follow_chunks() -> None:
                 if not in_memory:
                     live.release()  # rank 0 restores from the checkpoint: so does every rank
                 assert live.holds(trainer_key(plan), chunk.start) == in_memory, "ranks disagree on the trainer"
-                train_chunk(plan, chunk, live, ChunkHooks(), log, rank, world)
+                try:
+                    train_chunk(plan, chunk, live, ChunkHooks(), log, rank, world)
+                except TrainingError as exc:  # every rank stops together (finite.py); rank 0 tells the user
+                    log.info("stopped with rank 0: %s", str(exc).split(".")[0])
     finally:
         dist.destroy_process_group()

@@ -129,3 +129,18 @@ def test_a_deployment_flow_run_under_torchrun_trains_the_model_of_the_spawned_ru
         assert client.read_flow_run(run.id).state.name == "Completed"
     expected, actual = weights(whole), weights(tmp_path)
     assert [k for k in expected if not torch.equal(expected[k], actual[k])] == []
+
+
+def test_a_diverging_torchrun_run_ends_in_rank_0s_error_paragraph(tmp_path):
+    """Every rank stops at the same check; rank 0 tells the user, the other ends quietly."""
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("torchrun")), "--nproc-per-node", "2", "-m", "flows.cli", "train",
+         "--session", "s", "--storage", str(tmp_path / "sessions"), "--model", "tiny", "--photos",
+         str(REPO / "examples" / "photos"), "--steps", "4", "--chunk-steps", "2", "--gpus", "2", "--device", "cpu",
+         "--learning-rate", "1e30", "--sample-every", "0"],
+        cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"},  # its own server
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "error: training stopped: the loss became NaN at step 2" in result.stderr
+    assert "rank 1 | stopped with rank 0: training stopped" in result.stderr
+    assert not list((tmp_path / "sessions" / "s").glob("checkpoints/step-*"))
