@@ -262,7 +262,10 @@ def run(args: argparse.Namespace) -> dict:
         model = build_model(args.model, device, Path(work) / "model")
         if args.resolution:
             model.resolution = args.resolution
-        rows = [speed_row(model, case, device, args.steps, args.warmup) for case in CASES]
+        rows = []
+        for case in CASES:
+            rows.append(speed_row(model, case, device, args.steps, args.warmup))
+            print(f"[{time.perf_counter() - began:.0f} s] {rows[-1]}", file=sys.stderr, flush=True)  # a partial result
         profile = profile_top10(model, device)
     rows += [memory_auto_plan(limit) for limit in MEMORY_LIMITS_GB]
     rows += gpu_tests_rows(device)
