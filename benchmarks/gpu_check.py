@@ -1,6 +1,6 @@
 """One command that checks our trainer on a GPU: speed, memory, a profile, the GPU tests.
 
-    python benchmarks/gpu_check.py                              # CUDA, full-size SD 1.5 (< 8 min on an H100)
+    python benchmarks/gpu_check.py                              # CUDA, full-size SD 1.5 (sized for < 8 min on an H100)
     python benchmarks/gpu_check.py --device cpu --model tiny    # the same table on a CPU, for CI (< 1 min)
 
 On `sd15`, the full-size Stable Diffusion 1.5 architecture built from its published
@@ -18,6 +18,7 @@ it prints one markdown table:
   whether exact resume on CUDA needs those settings;
 then a torch.profiler top-10 of one default step. `--json PATH` writes all of it.
 
+Not yet run on a GPU: the rows, the 8 minutes and the CUDA-only code paths are unmeasured.
 Needs torch, transformers, accelerate, peft and diffusers, and pydantic (our settings),
 pytest for the test row; never prefect, so it runs on a bare GPU box.
 """
