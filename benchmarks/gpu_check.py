@@ -43,10 +43,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from memory_estimate import parts_builder  # noqa: E402  (benchmarks/memory_estimate.py)
-from train_speed import SD15_SCHEDULER, SD15_TEXT, SD15_UNET, sd15_parts, synchronize  # noqa: E402
+from train_speed import sd15_parts, synchronize  # noqa: E402
 
 from dreambooth_core.config import RuntimeSettings, TrainingSettings  # noqa: E402
+from dreambooth_core.model.published import write_config_folder  # noqa: E402
 from dreambooth_core.model.tiny import build_tiny_model  # noqa: E402
 from dreambooth_core.training.memory_estimate import estimate_training_memory  # noqa: E402
 from dreambooth_core.training.model_parts import ModelParts, load_model_parts  # noqa: E402
@@ -92,14 +92,14 @@ class Row:
 class Model:
     parts: ModelParts
     resolution: int
-    estimate_source: object  # a model folder, or a function building the parts from configs
+    estimate_source: str  # a model folder (configs suffice)
     estimates: dict = field(default_factory=dict)
 
 
 def build_model(name: str, device: torch.device, folder: Path) -> Model:
     if name == "sd15":
         parts, resolution = sd15_parts(device, folder)  # writes the tokenizer into `folder`
-        return Model(parts, resolution, parts_builder(SD15_UNET, SD15_TEXT, SD15_SCHEDULER, folder))
+        return Model(parts, resolution, str(write_config_folder("sd15", folder / "configs")))
     from dreambooth_core.model.tiny import TINY_RESOLUTION
 
     path = build_tiny_model(folder)

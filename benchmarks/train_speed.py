@@ -25,24 +25,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dreambooth_core.config import RuntimeSettings, TrainingSettings  # noqa: E402
+from dreambooth_core.model.published import SD15_SCHEDULER, SD15_TEXT, SD15_UNET, SD15_VAE  # noqa: E402
 from dreambooth_core.model.tiny import build_tiny_model, write_tiny_tokenizer  # noqa: E402
 from dreambooth_core.session.checkpoints import CheckpointStore  # noqa: E402
 from dreambooth_core.session.folder import Session  # noqa: E402
 from dreambooth_core.training.model_parts import ModelParts, load_model_parts  # noqa: E402
 from dreambooth_core.training.trainer import Example, Trainer  # noqa: E402
-
-# Published SD 1.5 component configurations (unet/vae/text_encoder config.json).
-SD15_UNET = dict(sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
-                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-                 cross_attention_dim=768, attention_head_dim=8)
-SD15_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                sample_size=512, scaling_factor=0.18215)
-SD15_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12,
-                 num_hidden_layers=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
-SD15_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                      beta_schedule="scaled_linear", prediction_type="epsilon")
 
 
 def sd15_parts(device: torch.device, folder: Path) -> tuple[ModelParts, int]:
