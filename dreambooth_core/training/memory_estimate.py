@@ -9,7 +9,10 @@ UNet only) is the estimate. The same tracker on real tensors (`fake=False`)
 measures what a small model really allocates, which is how the estimate is checked.
 
 Not counted: the CUDA context and allocator caching (a few hundred MB on a GPU),
-and kernels' workspaces, which differ between CPU and GPU kernels.
+and kernels' workspaces, which differ between CPU and GPU kernels. 8-bit AdamW
+(bitsandbytes, CUDA only) cannot run here: its state is laid out as bitsandbytes
+lays it out (one byte per moment and element, a float32 scale per block of 256,
+32-bit moments for tensors under 4096 elements) by a stand-in that allocates it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ class MemoryEstimate:
     peak_bytes: int        # the most held at once during the steps
     between_steps: int     # held after a step: weights, gradients kept, optimizer state, caches
     seconds: float         # how long the estimate took
+    checkpoint_bytes: int = 0  # what a checkpoint holds: trained weights, optimizer state, EMA
+    model_bytes: int = 0       # every weight of the model in fp32, as loaded
+
 
     @property
     def peak_gib(self) -> float:
@@ -111,7 +117,50 @@ def estimate_training_memory(model: str | Path | Callable[[], ModelParts], setti
         for step in steps:
             trainer.step(step)
         between = tracker.current
-    return MemoryEstimate(peak_bytes=tracker.peak, between_steps=between, seconds=time.perf_counter() - start)
+        saved, model_bytes = _checkpoint_bytes(trainer), _module_bytes(parts)
+    return MemoryEstimate(peak_bytes=tracker.peak, between_steps=between, seconds=time.perf_counter() - start,
+                          checkpoint_bytes=saved, model_bytes=model_bytes)
+
+
+def _bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def _checkpoint_bytes(trainer) -> int:
+    state = [v for s in trainer.optimizer.state.values() for v in s.values()]
+    return _bytes(trainer.trainables.named().values()) + _bytes(state) + _bytes((trainer.ema or {}).values())
+
+
+def _module_bytes(parts: ModelParts) -> int:
+    modules = (parts.unet, parts.vae, parts.text_encoder)
+    return sum(p.numel() * 4 for m in modules for p in [*m.parameters(), *m.buffers()])
+
+
+class EightBitAdamWState(torch.optim.Optimizer):
+    """Allocates what bitsandbytes' AdamW8bit keeps per parameter, and leaves the weights alone
+    (its update is one fused kernel without temporaries): for estimating memory only."""
+
+    BLOCK, SMALLEST = 256, 4096
+
+    def __init__(self, groups, lr: float):
+        super().__init__(groups, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and not self.state[p]:
+                    self.state[p] = self._state_for(p)
+
+    def _state_for(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
+        if p.numel() < self.SMALLEST:
+            return {"state1": torch.zeros_like(p, dtype=torch.float32),
+                    "state2": torch.zeros_like(p, dtype=torch.float32)}
+        blocks = -(-p.numel() // self.BLOCK)
+        zeros = {"dtype": torch.float32, "device": p.device}
+        return {"state1": torch.zeros_like(p, dtype=torch.uint8), "state2": torch.zeros_like(p, dtype=torch.uint8),
+                "absmax1": torch.zeros(blocks, **zeros), "absmax2": torch.zeros(blocks, **zeros),
+                "qmap1": torch.zeros(256, **zeros), "qmap2": torch.zeros(256, **zeros)}
 
 
 def _examples(resolution: int, word: str) -> list:
@@ -121,12 +170,23 @@ def _examples(resolution: int, word: str) -> list:
 
 @contextlib.contextmanager
 def _fake_friendly(fake: bool):
-    """Two things fake tensors cannot do, done otherwise while estimating:
+    """8-bit AdamW as its stand-in; and two things fake tensors cannot do, done otherwise:
     - which example a step trains on is read from a random draw's values: the draw runs on
       real tensors;
     - a module of fake parameters cannot be moved with `.to()` (torch swaps the tensors, and
       the fake mode holds weak references to them): a move to the device and dtype the module
       has already (peft's, for new LoRA weights) returns the module as it is."""
+    eight_bit = trainer_module._adamw_8bit
+    trainer_module._adamw_8bit = lambda groups, settings, device: EightBitAdamWState(groups, settings.base_learning_rate)
+    try:
+        with _fake_moves(fake):
+            yield
+    finally:
+        trainer_module._adamw_8bit = eight_bit
+
+
+@contextlib.contextmanager
+def _fake_moves(fake: bool):
     if not fake:
         yield
         return
