@@ -242,6 +242,29 @@ class RuntimeSettings(Section):
                                     "saving fits in this time.")
     lease_wait: float = Field(0, ge=0, description="Seconds to wait when another run is training "
                               "the same session, before giving up.")
+    memory: Literal["auto", "none"] = Field("auto", description="auto: on a GPU, estimate the peak "
+                                            "memory and train with the fastest plan that fits (8-bit "
+                                            "AdamW, then gradient checkpointing), chosen once per "
+                                            "session; none: the settings as given.")
+
+
+class MemoryPlan(BaseModel):
+    """The memory-saving choices training runs with, and what they were chosen against."""
+
+    model_config = ConfigDict(frozen=True)
+    optimizer: Literal["adamw", "adamw-8bit"]
+    gradient_checkpointing: bool
+    estimated_peak_bytes: int | None = None  # None: not estimated (training on the CPU)
+    budget_bytes: int | None = None          # what the GPU had usable when it was chosen
+
+    def apply(self, training: TrainingSettings, runtime: RuntimeSettings) -> tuple[TrainingSettings, RuntimeSettings]:
+        return (training.model_copy(update={"optimizer": self.optimizer}),
+                runtime.model_copy(update={"gradient_checkpointing": self.gradient_checkpointing}))
+
+    def describe(self) -> str:
+        made = [name for name, on in (("8-bit AdamW", self.optimizer == "adamw-8bit"),
+                                      ("gradient checkpointing", self.gradient_checkpointing)) if on]
+        return " + ".join(made) or "no concessions"
 
 
 class DreamBoothConfig(BaseModel):

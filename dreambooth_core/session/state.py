@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dreambooth_core.config import DreamBoothConfig
+from dreambooth_core.config import DreamBoothConfig, MemoryPlan
 from dreambooth_core.errors import ConfigError, SessionError
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import SESSION_FILE
@@ -45,6 +45,8 @@ class SessionState(BaseModel):
     fingerprint: dict[str, Any] | None = Field(None, description="What training was started with; "
                                                "recorded when the first chunk is planned.")
     total_steps: int | None = None
+    memory_plan: MemoryPlan | None = Field(None, description="What --memory auto chose when training "
+                                           "started; resumes train with it.")
     token_verdicts: dict[str, str] = Field(default_factory=dict, description="token -> good, risky or bad.")
     outputs: dict[str, int] = Field(default_factory=dict, description="Output file -> bytes.")
     export: ExportRecord | None = None

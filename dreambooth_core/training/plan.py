@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from dreambooth_core.captions.captioning import Captions
-from dreambooth_core.config import DreamBoothConfig, RuntimeSettings, TrainingSettings, parse_class_words
+from dreambooth_core.config import DreamBoothConfig, MemoryPlan, RuntimeSettings, TrainingSettings, parse_class_words
 from dreambooth_core.errors import ConfigError
 from dreambooth_core.hashing import digest
 from dreambooth_core.model.family import ModelFamily
@@ -19,6 +19,7 @@ from dreambooth_core.session.folder import Session
 from dreambooth_core.session.state import ExportRecord, differing_fields, load_state, outputs_current, update_state
 from dreambooth_core.session.storage import SessionRef
 from dreambooth_core.training.devices import check_processes, resolve_device, resolve_precision
+from dreambooth_core.training.memory_plan import settle_memory_plan
 
 
 class Chunk(BaseModel):
@@ -56,6 +57,7 @@ class TrainingPlan(BaseModel):
     training: TrainingSettings
     runtime: RuntimeSettings
     class_images: ClassImages | None = None
+    memory_plan: MemoryPlan | None = None  # what --memory auto chose (training and runtime include it)
     exported: bool = False  # outputs of exactly this plan (and export precision) are in the session
 
     @property
@@ -101,9 +103,14 @@ def make_plan(session: Session, ref: SessionRef, config: DreamBoothConfig, model
               class_images: ClassImages | None = None) -> TrainingPlan:
     """Record the fingerprint on first use; refuse a session trained with another."""
     total = config.training.total_steps(dataset.count)
-    check_settings(config.training, config.runtime.device)
+    state = load_state(session)
+    memory = settle_memory_plan(config, state.memory_plan, state.training_started, model.path,
+                                dataset.resolution, class_images is not None)
+    training, runtime = memory.apply(config.training, config.runtime) if memory else (config.training, config.runtime)
+    check_settings(training, runtime.device)
+    config = config.model_copy(update={"training": training, "runtime": runtime})
     values = fingerprint_values(config, total, model.digest, captions.digest, class_images)
-    recorded = load_state(session).fingerprint
+    recorded = state.fingerprint
     if recorded is not None and recorded != values:
         raise ConfigError(
             f"session {session.name!r} was trained on different inputs: "
@@ -113,11 +120,11 @@ def make_plan(session: Session, ref: SessionRef, config: DreamBoothConfig, model
     if resume > total:
         raise ConfigError(f"--steps {total} is below the {resume} steps session {session.name!r} "
                           f"has already trained. Pass --steps {resume} or more.")
-    update_state(session, fingerprint=values, total_steps=total)
+    update_state(session, fingerprint=values, total_steps=total, memory_plan=memory or state.memory_plan)
     record = ExportRecord(fingerprint=digest(values), step=total, precision=config.export.export_precision)
     return TrainingPlan(
         session=ref, model_path=model.path, family=model.family, fingerprint=digest(values),
         total_steps=total, chunks=plan_chunks(total, config.runtime.chunk_steps), resume_step=resume,
         resolution=dataset.resolution, subjects=captions.tokens, initializer_word=initializer_word(config),
-        training=config.training, runtime=config.runtime, class_images=class_images,
+        training=config.training, runtime=config.runtime, class_images=class_images, memory_plan=memory,
         exported=outputs_current(session, record))

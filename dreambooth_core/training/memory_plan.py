@@ -1,0 +1,136 @@
+"""--memory auto: the fastest training plan whose estimated peak fits the GPU.
+
+The concessions, in the order they are tried (each costs more speed than the one
+before; the first plan that fits wins):
+1. none: the settings as given;
+2. 8-bit AdamW (bitsandbytes): a quarter of the optimizer's memory, a few percent slower;
+3. gradient checkpointing: activations recomputed in the backward pass, about a third slower;
+4. both.
+A concession the settings already make is not tried again. The plan is decided once
+per session and recorded in session.json, so that a resume elsewhere trains the same
+way; 8-bit AdamW changes the trained weights slightly, checkpointing does not.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Callable
+
+import torch
+
+from dreambooth_core.config import DreamBoothConfig, MemoryPlan, RuntimeSettings, TrainingSettings
+from dreambooth_core.errors import ConfigError
+from dreambooth_core.training.devices import resolve_device, resolve_precision
+from dreambooth_core.training.memory_estimate import estimate_training_memory
+
+GIB = 2**30
+# Left free besides the estimate: allocator fragmentation and caching, kernels' workspaces
+# (cuDNN, cuBLAS), which the estimate does not count.
+USABLE_FRACTION = 0.92
+RESERVE_BYTES = GIB // 2
+
+
+def as_given(training: TrainingSettings, runtime: RuntimeSettings) -> MemoryPlan:
+    return MemoryPlan(optimizer=training.optimizer, gradient_checkpointing=runtime.gradient_checkpointing)
+
+
+def candidates(training: TrainingSettings, runtime: RuntimeSettings, eight_bit: bool) -> list[MemoryPlan]:
+    """The plans to try, fastest first (see the module's docstring)."""
+    given = as_given(training, runtime)
+    optimizers = [given.optimizer] + (["adamw-8bit"] if eight_bit else [])
+    plans = [MemoryPlan(optimizer=o, gradient_checkpointing=c)
+             for c in dict.fromkeys([given.gradient_checkpointing, True]) for o in dict.fromkeys(optimizers)]
+    return plans
+
+
+def usable_bytes(free_bytes: int) -> int:
+    return int(free_bytes * USABLE_FRACTION) - RESERVE_BYTES
+
+
+Estimator = Callable[[TrainingSettings, RuntimeSettings], int]  # peak bytes of one plan's settings
+
+
+def choose_plan(estimate: Estimator, training: TrainingSettings, runtime: RuntimeSettings,
+                budget_bytes: int, eight_bit: bool) -> MemoryPlan:
+    """The first candidate whose estimated peak is within `budget_bytes`."""
+    tried = []
+    for plan in candidates(training, runtime, eight_bit):
+        peak = estimate(*plan.apply(training, runtime))
+        tried.append((plan, peak))
+        if peak <= budget_bytes:
+            return plan.model_copy(update={"estimated_peak_bytes": peak, "budget_bytes": budget_bytes})
+    raise ConfigError(nothing_fits(tried, training, budget_bytes, eight_bit))
+
+
+def nothing_fits(tried: list[tuple[MemoryPlan, int]], training: TrainingSettings, budget_bytes: int,
+                 eight_bit: bool) -> str:
+    estimates = "; ".join(f"{plan.describe()}: {peak / GIB:.1f} GiB" for plan, peak in tried)
+    advice = ["--method lora (a few GiB)" if training.method == "dreambooth" else None,
+              "--text-encoder-steps 0" if training.trains_text_encoder else None,
+              "a lower --resolution", "--batch-size 1" if training.batch_size > 1 else None,
+              None if eight_bit else "pip install bitsandbytes (for 8-bit AdamW)",
+              "a GPU with more memory"]
+    return (f"no memory plan fits the {budget_bytes / GIB:.1f} GiB this GPU has usable for training "
+            f"(estimated peaks: {estimates}). Try {', '.join(a for a in advice if a)}; or pass "
+            "--memory none to train with the settings as given anyway.")
+
+
+def check_fits(plan: MemoryPlan, peak_bytes: int, budget_bytes: int, session: str) -> None:
+    """A recorded plan on this GPU: refused when its estimate is over what is usable here."""
+    if peak_bytes > budget_bytes:
+        raise ConfigError(
+            f"session {session!r} trains with {plan.describe()}, estimated at {peak_bytes / GIB:.1f} "
+            f"GiB, but this GPU has {budget_bytes / GIB:.1f} GiB usable. Resume it on a GPU with more "
+            "free memory (stop other programs using this one), or start a new --session, which "
+            "chooses a plan for this GPU.")
+
+
+def eight_bit_available() -> bool:
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def settle_memory_plan(config: DreamBoothConfig, recorded: MemoryPlan | None, started: bool,
+                       model_path: str, resolution: int, prior: bool) -> MemoryPlan | None:
+    """The plan this run trains with: the session's recorded one (checked against this GPU),
+    else a new choice for this GPU; None for --memory none and for sessions that started
+    training before plans were recorded (they go on as they began)."""
+    training, runtime = config.training, config.runtime
+    if runtime.memory == "none" or (recorded is None and started):
+        return None
+    device = resolve_device(runtime.device)
+    if device.type != "cuda":
+        return recorded or as_given(training, runtime)
+    budget = usable_bytes(torch.cuda.mem_get_info(device)[0])
+
+    def estimate(t: TrainingSettings, r: RuntimeSettings) -> int:
+        t = t.model_copy(update={"mixed_precision": resolve_precision(t.mixed_precision, device)})
+        return estimate_training_memory(model_path, t, resolution, r, prior).peak_bytes
+
+    if recorded is not None:
+        check_fits(recorded, recorded.estimated_peak_bytes or estimate(*recorded.apply(training, runtime)),
+                   budget, config.session)
+        return recorded
+    return choose_plan(estimate, training, runtime, budget, eight_bit_available())
+
+
+def out_of_memory_advice(training: TrainingSettings, runtime: RuntimeSettings, plan: MemoryPlan | None,
+                         resolution: int, step: int | None) -> str:
+    """The one paragraph a CUDA out-of-memory error ends with."""
+    where = f"at step {step}" if step is not None else "while loading the model"
+    tries = [c for c, on in (("--optimizer adamw-8bit", training.optimizer != "adamw-8bit"),
+                             ("--gradient-checkpointing", not runtime.gradient_checkpointing),
+                             ("--text-encoder-steps 0", training.trains_text_encoder),
+                             ("--method lora", training.method == "dreambooth"),
+                             ("--batch-size 1", training.batch_size > 1),
+                             (f"--resolution {max(256, resolution - 128)}", resolution > 256)) if on]
+    if plan is not None and plan.budget_bytes:
+        why = (f"--memory auto chose {plan.describe()}, estimated at {plan.estimated_peak_bytes / GIB:.1f} GiB of "
+               f"the {plan.budget_bytes / GIB:.1f} GiB that were usable: another program may be using the GPU "
+               "now (nvidia-smi lists them); close it and rerun.")
+    else:
+        why = ("This run trained with the settings as given (--memory none, or a session older than memory "
+               "plans); --memory auto (the default) picks concessions that fit from an estimate, in a new --session.")
+    return (f"the GPU ran out of memory {where} ({training.method}, {resolution} px, batch {training.batch_size}). "
+            f"{why} Concessions to try, in this order: {', '.join(tries) or 'a GPU with more memory'}. "
+            "Nothing committed is lost: rerun the same command to resume from the last committed checkpoint "
+            "(settings that change the trained weights need a new --session).")

@@ -1,0 +1,76 @@
+"""--memory auto: the fastest plan whose estimated peak fits, chosen once and recorded in the session."""
+
+import pytest
+
+from dreambooth_core.config import MemoryPlan, RuntimeSettings, TrainingSettings
+from dreambooth_core.errors import ConfigError
+from dreambooth_core.model.fetch import fetch_model
+from dreambooth_core.training.memory_estimate import estimate_training_memory
+from dreambooth_core.training.memory_plan import candidates, check_fits, choose_plan
+
+SETTINGS, RUNTIME = TrainingSettings(steps=4, text_encoder_steps=1), RuntimeSettings()
+
+
+@pytest.fixture(scope="module")
+def estimates(tmp_path_factory):
+    """Peak bytes of each candidate plan on the tiny model, and the estimator that gave them."""
+    tiny = fetch_model("tiny", tmp_path_factory.mktemp("cache")).path
+
+    def estimate(training, runtime) -> int:
+        return estimate_training_memory(tiny, training, 64, runtime, prior=True).peak_bytes
+
+    peaks = {plan.describe(): estimate(*plan.apply(SETTINGS, RUNTIME)) for plan in candidates(SETTINGS, RUNTIME, True)}
+    return estimate, peaks
+
+
+def test_concessions_are_tried_fastest_first_and_only_when_not_made_already():
+    order = [p.describe() for p in candidates(SETTINGS, RUNTIME, eight_bit=True)]
+    assert order == ["no concessions", "8-bit AdamW", "gradient checkpointing",
+                     "8-bit AdamW + gradient checkpointing"]
+    assert [p.describe() for p in candidates(SETTINGS, RUNTIME, eight_bit=False)] == \
+        ["no concessions", "gradient checkpointing"]
+    checkpointed = RuntimeSettings(gradient_checkpointing=True)
+    assert [p.describe() for p in candidates(SETTINGS, checkpointed, eight_bit=True)] == \
+        ["gradient checkpointing", "8-bit AdamW + gradient checkpointing"]
+
+
+def test_each_concession_lowers_the_estimated_peak(estimates):
+    _, peaks = estimates
+    assert peaks["no concessions"] > peaks["8-bit AdamW"] > peaks["8-bit AdamW + gradient checkpointing"]
+    assert peaks["no concessions"] > peaks["gradient checkpointing"] > peaks["8-bit AdamW + gradient checkpointing"]
+
+
+def test_the_first_plan_within_the_budget_is_chosen_with_its_estimate(estimates):
+    estimate, peaks = estimates
+    chosen = set()
+    for budget in peaks.values():
+        plan = choose_plan(estimate, SETTINGS, RUNTIME, budget, eight_bit=True)
+        expected = next(name for name, peak in peaks.items() if peak <= budget)  # candidates' order
+        assert plan.describe() == expected
+        assert plan.estimated_peak_bytes == peaks[expected] <= plan.budget_bytes == budget
+        chosen.add(expected)
+    assert chosen == set(peaks)  # on the tiny model each plan is the answer for some GPU
+
+
+def test_the_generous_budget_changes_nothing_and_without_bitsandbytes_checkpointing_comes_next(estimates):
+    estimate, peaks = estimates
+    assert choose_plan(estimate, SETTINGS, RUNTIME, 2**40, True).describe() == "no concessions"
+    budget = peaks["gradient checkpointing"]
+    assert choose_plan(estimate, SETTINGS, RUNTIME, budget, eight_bit=False).describe() == "gradient checkpointing"
+
+
+def test_when_nothing_fits_the_error_gives_every_estimate_and_what_to_try(estimates):
+    estimate, peaks = estimates
+    with pytest.raises(ConfigError) as error:
+        choose_plan(estimate, SETTINGS, RUNTIME, min(peaks.values()) - 1, eight_bit=True)
+    message = str(error.value)
+    assert all(name in message for name in peaks)
+    assert "--method lora" in message and "--text-encoder-steps 0" in message and "--memory none" in message
+
+
+def test_a_recorded_plan_that_does_not_fit_this_gpu_is_refused_with_what_to_do():
+    plan = MemoryPlan(optimizer="adamw-8bit", gradient_checkpointing=True, estimated_peak_bytes=12 * 2**30)
+    check_fits(plan, plan.estimated_peak_bytes, 14 * 2**30, "s")
+    with pytest.raises(ConfigError, match=r"'s' trains with 8-bit AdamW \+ gradient checkpointing.*12.0 GiB.*"
+                                          r"10.0 GiB usable.*new --session"):
+        check_fits(plan, plan.estimated_peak_bytes, 10 * 2**30, "s")
