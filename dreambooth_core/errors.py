@@ -41,3 +41,7 @@ class SessionBusyError(DreamBoothError):
 class TrainingError(DreamBoothError):
     """Training stopped producing numbers (a NaN or infinite loss or weight): the settings,
     not the code, need to change."""
+
+
+class GpuMemoryError(DreamBoothError):
+    """The GPU ran out of memory: a smaller plan, not a bug fix, is what helps."""

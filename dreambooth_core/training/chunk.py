@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from dreambooth_core.errors import SessionError
+from dreambooth_core.errors import GpuMemoryError, SessionError
 from dreambooth_core.reports.monitor import ChunkReport, Progress, TrainingMonitor
 from dreambooth_core.session.checkpoints import Checkpoint, CheckpointStore
 from dreambooth_core.session.folder import Session
@@ -24,6 +24,7 @@ from dreambooth_core.training.devices import resolve_device
 from dreambooth_core.training.examples import load_class_examples, load_examples
 from dreambooth_core.training.finite import check_training_finite, divergence_advice
 from dreambooth_core.training.live import LiveTraining
+from dreambooth_core.training.memory_plan import out_of_memory_advice
 from dreambooth_core.training.model_parts import load_model_parts
 from dreambooth_core.training.plan import Chunk, TrainingPlan
 from dreambooth_core.training.preemption import StopRequest, TrainingStopped, save_on_stop, stop_requests
@@ -56,8 +57,24 @@ class ChunkOutcome(BaseModel):
 
 def train_chunk(plan: TrainingPlan, chunk: Chunk, live: LiveTraining, hooks: ChunkHooks = ChunkHooks(),
                 log: logging.Logger | None = None, rank: int = 0, world: int = 1) -> ChunkOutcome:
-    """Make sure a committed checkpoint at `chunk.end` (or later) exists."""
-    log = log or logging.getLogger("dreambooth")
+    """Make sure a committed checkpoint at `chunk.end` (or later) exists. A CUDA out-of-memory
+    error ends it with one paragraph of what to try (GpuMemoryError)."""
+    try:
+        return _train_chunk(plan, chunk, live, hooks, log or logging.getLogger("dreambooth"), rank, world)
+    except (torch.OutOfMemoryError, OutOfMemoryAtStep) as exc:
+        step = exc.step if isinstance(exc, OutOfMemoryAtStep) else None
+        raise GpuMemoryError(out_of_memory_advice(plan.training, plan.runtime, plan.memory_plan,
+                                                  plan.resolution, step)) from None
+
+
+class OutOfMemoryAtStep(Exception):
+    def __init__(self, step: int):
+        super().__init__(f"out of memory at step {step}")
+        self.step = step
+
+
+def _train_chunk(plan: TrainingPlan, chunk: Chunk, live: LiveTraining, hooks: ChunkHooks,
+                 log: logging.Logger, rank: int, world: int) -> ChunkOutcome:
     session = plan.session.open()
     store = CheckpointStore(session, plan.runtime.keep_checkpoints, log)
     key = trainer_key(plan)
@@ -142,7 +159,10 @@ def train_steps(trainer: Trainer, start: int, end: int, monitor: TrainingMonitor
     A loss or weight that is not finite raises a TrainingError before anything commits."""
     losses = []
     for step in range(start, end):
-        losses.append(trainer.step(step))
+        try:
+            losses.append(trainer.step(step))
+        except torch.OutOfMemoryError:
+            raise OutOfMemoryAtStep(step) from None
         if monitor:
             # Buffers the loss tensor; reads it (a device sync) and logs every few steps,
             # writing reports/loss.csv before the checkpoint commit.
