@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -70,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="Train a session (new or resumed) and export it.",
                                 description="Train a session; rerun the same command to resume.")
     _add_config_flags(train)
+    plan = commands.add_parser(
+        "plan", help="What --memory auto would choose on common GPUs, with estimated memory; no GPU needed.",
+        description="For the session's settings (and the flags given now, as for train): the plan "
+                    "--memory auto picks on a T4, L4, A100 and H100, its estimated peak GPU and host "
+                    "memory and the checkpoint size, from one real training step on fake tensors "
+                    "(seconds to a minute on a CPU).")
+    _add_config_flags(plan)
     tokens = commands.add_parser(
         "tokens", help="Check an identifier with the base model's tokenizer; suggest rare ones.",
         description="How the base model's tokenizer splits WORD, whether a piece is a word the "
@@ -235,6 +244,50 @@ def train(flags: dict[str, Any]) -> int:
     return 0
 
 
+def plan(flags: dict[str, Any]) -> int:
+    from dreambooth_core.session.state import load_state
+    from dreambooth_core.training.gpu_plans import plan_table, plans_on_common_gpus
+
+    session = open_flag_session(flags)
+    config = config_from_flags(flags, session)
+    state = load_state(session)
+    _quiet_libraries()
+    with _model_configs(config) as (model_path, resolution):
+        training = config.training
+        prior = bool(training.class_images and (config.captions.class_word or training.class_images_folder))
+        print(f"Session {config.session!r}: {training.method} of {config.base_model.model} at {resolution} px, "
+              f"batch {training.batch_size}, text encoder for {training.text_encoder_phase} steps, "
+              f"{'with' if prior else 'without'} prior preservation. Estimating...", flush=True)
+        rows = plans_on_common_gpus(model_path, training, config.runtime, resolution, prior)
+    print("\n".join(plan_table(rows)))
+    if state and state.memory_plan and state.memory_plan.budget_bytes:
+        print(f"This session trains with {state.memory_plan.describe()} (chosen when it started).")
+    print("GPU peak: estimated tensors at their most (with what is usable in brackets: free memory "
+          "less a margin). Expected time: no it/s has been measured on these GPUs yet; "
+          "benchmarks/gpu_check.py measures it on yours.")
+    return 0
+
+
+@contextlib.contextmanager
+def _model_configs(config: DreamBoothConfig):
+    """(diffusers folder, resolution) of the base model: a known hub repo from its published
+    configs (nothing downloaded), anything else as train would fetch it."""
+    import tempfile
+
+    from dreambooth_core.model.family import detect_family
+    from dreambooth_core.model.fetch import fetch_model
+    from dreambooth_core.model.published import HUB_REPOS, write_config_folder
+    from tasks.fetch_base_model import model_cache_dir
+
+    base = config.base_model
+    with tempfile.TemporaryDirectory(prefix="dreambooth-plan-") as tmp:
+        if base.model in HUB_REPOS:
+            path = str(write_config_folder(HUB_REPOS[base.model], Path(tmp)))
+        else:
+            path = fetch_model(base.model, model_cache_dir(), base.revision, base.single_file_config).path
+        yield path, config.training.resolution_for(detect_family(path).resolution)
+
+
 def upload(flags: dict[str, Any]) -> int:
     from flows.upload import emit_uploaded, upload_photos
 
@@ -349,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
     try:
-        handlers = {"train": train, "tokens": tokens, "validate": validate, "upload": upload,
+        handlers = {"train": train, "plan": plan, "tokens": tokens, "validate": validate, "upload": upload,
                     "automations": automations, "status": status}
         return handlers[command](args)
     except USER_ERRORS as exc:
