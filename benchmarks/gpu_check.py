@@ -161,7 +161,7 @@ def speed_row(model: Model, case: Case, device: torch.device, steps: int, warmup
     del trainer
     row.estimate_gib = estimate_for(model, case)
     if case.optimizer != "adamw":
-        row.note = "estimate is for AdamW (the estimator runs on a CPU, where 8-bit AdamW does not)"
+        row.note = "estimate: bitsandbytes' state layout, allocated by a stand-in (8-bit AdamW needs CUDA)"
     return row
 
 
@@ -174,6 +174,10 @@ def estimate_for(model: Model, case: Case) -> float:
         estimate = estimate_training_memory(model.estimate_source, settings_for(plain), model.resolution,
                                             runtime_for(plain), prior=case.workload == "prior")
         model.estimates[case.workload] = round(estimate.peak_gib, 4)
+    if case.optimizer != "adamw":
+        eight_bit = estimate_training_memory(model.estimate_source, settings_for(case), model.resolution,
+                                             runtime_for(case), prior=case.workload == "prior")
+        return round(eight_bit.peak_gib, 4)
     return model.estimates[case.workload]
 
 
@@ -186,18 +190,25 @@ def release(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def memory_auto_plan(limit_gb: float) -> Row:
-    """The row for `--memory auto` under a GPU memory limit of `limit_gb`: which plan the
-    selection (dreambooth_core/training/memory_plan.py, written separately) picks for the
-    default settings, and its estimate. The module is imported only here, so this check
-    runs without it."""
-    row = Row("--memory auto plan", f"limit {limit_gb:g} GB")
+def memory_auto_plan(model: Model, limit_gb: float) -> Row:
+    """The row for `--memory auto` under a GPU memory limit of `limit_gb` (GB): the plan the
+    selection picks for the default settings with prior preservation, and its estimate."""
+    from dreambooth_core.errors import ConfigError
+    from dreambooth_core.training.memory_plan import choose_plan, eight_bit_available, usable_bytes
+
+    row = Row("--memory auto plan", f"limit {limit_gb:g} GB, prior")
+    case = Case("prior")
+
+    def estimate(training, runtime) -> int:
+        return estimate_training_memory(model.estimate_source, training, model.resolution, runtime, prior=True).peak_bytes
+
     try:
-        import dreambooth_core.training.memory_plan  # noqa: F401
-    except ModuleNotFoundError:
-        row.note = "not available (dreambooth_core/training/memory_plan.py is not in this checkout)"
+        plan = choose_plan(estimate, settings_for(case), runtime_for(case), usable_bytes(int(limit_gb * 1e9)),
+                           eight_bit_available())
+    except ConfigError as exc:
+        row.note = f"nothing fits: {exc}"
         return row
-    row.note = "not available: memory_plan.py exists; call its selection here"
+    row.estimate_gib, row.note = round(plan.estimated_peak_bytes / GIB, 3), plan.describe()
     return row
 
 
@@ -268,7 +279,7 @@ def run(args: argparse.Namespace) -> dict:
             rows.append(speed_row(model, case, device, args.steps, args.warmup))
             print(f"[{time.perf_counter() - began:.0f} s] {rows[-1]}", file=sys.stderr, flush=True)  # a partial result
         profile = profile_top10(model, device)
-    rows += [memory_auto_plan(limit) for limit in MEMORY_LIMITS_GB]
+        rows += [memory_auto_plan(model, limit) for limit in MEMORY_LIMITS_GB]
     rows += gpu_tests_rows(device)
     return {"model": args.model, "resolution": model.resolution, "device": str(device),
             "gpu": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",

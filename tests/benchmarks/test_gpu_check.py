@@ -26,7 +26,9 @@ def test_gpu_check_on_a_cpu_prints_speed_estimates_a_profile_and_what_it_skipped
     # prior preservation doubles the batch: more memory
     assert rows["it/s", "prior, plain"]["estimate_gib"] > rows["it/s", "defaults, plain"]["estimate_gib"]
     assert "needs a CUDA GPU" in rows["it/s", "defaults, --optimizer adamw-8bit"]["note"]
-    assert {setting for check, setting in rows if check == "--memory auto plan"} == {"limit 16 GB", "limit 24 GB"}
+    plans = [row for (check, _), row in rows.items() if check == "--memory auto plan"]
+    assert [row["setting"] for row in plans] == ["limit 16 GB, prior", "limit 24 GB, prior"]
+    assert all(row["note"] == "no concessions" and 0 < row["estimate_gib"] < 1 for row in plans)  # tiny fits
     tests = next(row for (check, _), row in rows.items() if check == "pytest -m gpu")
     assert "skipped: no CUDA device" in tests["note"] and "tests/training/test_trainer_resume.py" in tests["note"]
     assert "torch.profiler, one default step, top 10" in result.stdout and "Self CPU" in result.stdout
