@@ -102,7 +102,7 @@ def _train_chunk(plan: TrainingPlan, chunk: Chunk, live: LiveTraining, hooks: Ch
             live.wait()  # the previous chunk's checkpoint comes first
             save_on_stop(live, store, trainer, reached, checkpoint_meta(plan, reached), stop, log)
         elif lead:
-            live.commit_in_background(store, chunk.end, trainer.state_writers(), checkpoint_meta(plan, chunk.end))
+            commit(live, store, trainer, chunk.end, checkpoint_meta(plan, chunk.end), log)
     if stop.requested:  # reached only when the previous SIGTERM handler ignores the signal
         raise TrainingStopped(f"training stopped at step {reached} on SIGTERM")
     if lead:
@@ -116,6 +116,31 @@ def _train_chunk(plan: TrainingPlan, chunk: Chunk, live: LiveTraining, hooks: Ch
 def trainer_key(plan: TrainingPlan) -> tuple:
     """What a trainer kept in memory must match to continue a chunk."""
     return plan.session.uid, plan.fingerprint, plan.model_path, plan.runtime.device
+
+
+def commit(live: LiveTraining, store: CheckpointStore, trainer: Trainer, step: int, meta: dict,
+           log: logging.Logger) -> None:
+    """In the background from a host copy when host memory has room for one; else now, from the
+    live tensors one at a time (training waits for the write)."""
+    size, available = trainer.state_bytes(), available_host_bytes()
+    if copy_fits(size, available):
+        live.commit_in_background(store, step, trainer.state_writers(), meta)
+        return
+    log.info("Host memory is short (%.1f GiB available for a %.1f GiB copy of the state): committing step %d "
+             "without a copy; training waits for the write", available / 2**30, size / 2**30, step)
+    live.wait()
+    live.save(store, step, trainer.state_writers(copy=False), meta)
+
+
+def copy_fits(state_bytes: int, available_bytes: int) -> bool:
+    """Room for a host copy of the state, with a quarter and 1 GiB to spare for everything else."""
+    return available_bytes >= state_bytes * 1.25 + 2**30
+
+
+def available_host_bytes() -> int:
+    import psutil
+
+    return psutil.virtual_memory().available
 
 
 def resume_point(store: CheckpointStore, plan: TrainingPlan, end: int) -> Checkpoint | None:

@@ -103,5 +103,5 @@ def save_on_stop(live, store, trainer, step: int, meta: dict, stop: StopRequest,
         return False
     log.warning("SIGTERM: stopping at step %d; committing a checkpoint first (%.0f s of the "
                 "grace period left)", step, stop.remaining())
-    live.save(store, step, trainer.state_writers(), meta)
+    live.save(store, step, trainer.state_writers(copy=False), meta)  # training has stopped: no copy needed
     return True

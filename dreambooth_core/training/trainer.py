@@ -11,6 +11,7 @@ import torch
 from dreambooth_core.config import RuntimeSettings, TrainingSettings
 from dreambooth_core.errors import ConfigError, SessionError
 from dreambooth_core.session.checkpoints import Checkpoint, Writer, read_tensor_file
+from dreambooth_core.session.tensor_files import write_safetensors
 from dreambooth_core.training.batches import draw_micro_batch
 from dreambooth_core.training.data_parallel import gradients_kept_local, share_gradients
 from dreambooth_core.training.devices import resolve_precision
@@ -192,18 +193,25 @@ class Trainer:
 
     # -- checkpoint state -----------------------------------------------------
 
-    def state_writers(self) -> dict[str, Writer]:
-        """Writers over a copy of the state: training may go on while they write."""
-        weights = _cpu(self.trainables.named())
-        optimizer = _cpu_copy({"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()})
-        writers = {
-            WEIGHTS_FILE: lambda f: f.write(safetensors.torch.save(weights)),
-            OPTIMIZER_FILE: lambda f: torch.save(optimizer, f),
-        }
+    def state_writers(self, copy: bool = True) -> dict[str, Writer]:
+        """Writers of the state. With `copy`, over a host copy taken now: training may go on while
+        they write. Without, over the live tensors (copied to the host one at a time while
+        writing): no host copy, but training must wait until they are done."""
+        snapshot = _cpu if copy else dict
+        weights = snapshot(self.trainables.named())
+        optimizer = {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+        optimizer = _cpu_copy(optimizer) if copy else optimizer
+        writers = {WEIGHTS_FILE: lambda f: write_safetensors(f, weights), OPTIMIZER_FILE: lambda f: torch.save(optimizer, f)}
         if self.ema is not None:
-            ema = _cpu(self.ema)
-            writers[EMA_FILE] = lambda f: f.write(safetensors.torch.save(ema))
+            ema = snapshot(self.ema)
+            writers[EMA_FILE] = lambda f: write_safetensors(f, ema)
         return writers
+
+    def state_bytes(self) -> int:
+        """The size of the state a checkpoint holds (what a host copy of it takes)."""
+        optimizer = [v for state in self.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+        tensors = [*self.trainables.named().values(), *optimizer, *(self.ema or {}).values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     @torch.no_grad()
     def load_state(self, checkpoint: Checkpoint) -> None:
