@@ -12,7 +12,8 @@ it prints one markdown table:
 - the same step with 8-bit AdamW when bitsandbytes imports (else why not);
 - each row's peak GPU memory (torch.cuda.max_memory_allocated) beside the estimate of
   dreambooth_core/training/memory_estimate.py for the same settings;
-- the --memory auto plan under 16 GB and 24 GB limits (`memory_auto_plan`);
+- the --memory auto plan under 16 GB and 24 GB limits (`memory_auto_plan`), run for three steps
+  with the allocator capped at the limit;
 - the gpu-marked pytest tests (CUDA resume bit-exactness among them), as they are and
   with deterministic kernels (`DETERMINISTIC` and gpu_determinism.py), which says
   whether exact resume on CUDA needs those settings;
@@ -190,9 +191,11 @@ def release(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def memory_auto_plan(model: Model, limit_gb: float) -> Row:
+def memory_auto_plan(model: Model, limit_gb: float, device: torch.device) -> Row:
     """The row for `--memory auto` under a GPU memory limit of `limit_gb` (GB): the plan the
-    selection picks for the default settings with prior preservation, and its estimate."""
+    selection picks for the default settings with prior preservation, its estimate, and on a
+    GPU three steps of that plan with the allocator capped at the limit
+    (torch.cuda.set_per_process_memory_fraction): whether it fits, and its real peak."""
     from dreambooth_core.errors import ConfigError
     from dreambooth_core.training.memory_plan import choose_plan, eight_bit_available, usable_bytes
 
@@ -209,7 +212,34 @@ def memory_auto_plan(model: Model, limit_gb: float) -> Row:
         row.note = f"nothing fits: {exc}"
         return row
     row.estimate_gib, row.note = round(plan.estimated_peak_bytes / GIB, 3), plan.describe()
+    if device.type == "cuda":
+        row.peak_gib, outcome = run_capped(model, plan, limit_gb, device)
+        row.note += f"; {outcome}"
     return row
+
+
+def run_capped(model: Model, plan, limit_gb: float, device: torch.device) -> tuple[float | None, str]:
+    """Three training steps of `plan` with the allocator capped at `limit_gb`."""
+    release(device)
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, limit_gb * 1e9 / total), device)
+    instances, classes = examples(model.resolution, prior=True)
+    training, runtime = plan.apply(settings_for(Case("prior")), runtime_for(Case("prior")))
+    trainer = None
+    try:
+        trainer = Trainer(model.parts, instances, training, 3, runtime, classes)
+        for step in range(3):
+            trainer.step(step)
+        synchronize(device)
+        return round(torch.cuda.max_memory_allocated() / GIB, 3), "3 steps ran within the limit"
+    except torch.OutOfMemoryError:
+        return round(torch.cuda.max_memory_allocated() / GIB, 3), "OUT OF MEMORY within the limit"
+    finally:
+        del trainer
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        model.parts.unet.disable_gradient_checkpointing()
+        model.parts.text_encoder.gradient_checkpointing_disable()
+        release(device)
 
 
 def gpu_tests_rows(device: torch.device) -> list[Row]:
@@ -279,7 +309,7 @@ def run(args: argparse.Namespace) -> dict:
             rows.append(speed_row(model, case, device, args.steps, args.warmup))
             print(f"[{time.perf_counter() - began:.0f} s] {rows[-1]}", file=sys.stderr, flush=True)  # a partial result
         profile = profile_top10(model, device)
-        rows += [memory_auto_plan(model, limit) for limit in MEMORY_LIMITS_GB]
+        rows += [memory_auto_plan(model, limit, device) for limit in MEMORY_LIMITS_GB]
     rows += gpu_tests_rows(device)
     return {"model": args.model, "resolution": model.resolution, "device": str(device),
             "gpu": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
