@@ -14,6 +14,7 @@ way; 8-bit AdamW changes the trained weights slightly, checkpointing does not.
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -89,21 +90,34 @@ def eight_bit_available() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
 
 
+@dataclass(frozen=True)
+class GpuMemory:
+    free_bytes: int
+    precision: str  # what --mixed-precision resolves to there
+
+
+def detect_gpu(config: DreamBoothConfig) -> GpuMemory | None:
+    device = resolve_device(config.runtime.device)
+    if device.type != "cuda":
+        return None
+    return GpuMemory(torch.cuda.mem_get_info(device)[0], resolve_precision(config.training.mixed_precision, device))
+
+
 def settle_memory_plan(config: DreamBoothConfig, recorded: MemoryPlan | None, started: bool,
-                       model_path: str, resolution: int, prior: bool) -> MemoryPlan | None:
+                       model_path: str, resolution: int, prior: bool, gpu: GpuMemory | None) -> MemoryPlan | None:
     """The plan this run trains with: the session's recorded one (checked against this GPU),
-    else a new choice for this GPU; None for --memory none and for sessions that started
-    training before plans were recorded (they go on as they began)."""
+    else a new choice for this GPU (`gpu`: None on the CPU, where nothing is changed); None for
+    --memory none and for sessions that started training before plans were recorded (they go
+    on as they began)."""
     training, runtime = config.training, config.runtime
     if runtime.memory == "none" or (recorded is None and started):
         return None
-    device = resolve_device(runtime.device)
-    if device.type != "cuda":
+    if gpu is None:
         return recorded or as_given(training, runtime)
-    budget = usable_bytes(torch.cuda.mem_get_info(device)[0])
+    budget = usable_bytes(gpu.free_bytes)
 
     def estimate(t: TrainingSettings, r: RuntimeSettings) -> int:
-        t = t.model_copy(update={"mixed_precision": resolve_precision(t.mixed_precision, device)})
+        t = t.model_copy(update={"mixed_precision": gpu.precision})
         return estimate_training_memory(model_path, t, resolution, r, prior).peak_bytes
 
     if recorded is not None:

@@ -19,7 +19,7 @@ from dreambooth_core.session.folder import Session
 from dreambooth_core.session.state import ExportRecord, differing_fields, load_state, outputs_current, update_state
 from dreambooth_core.session.storage import SessionRef
 from dreambooth_core.training.devices import check_processes, resolve_device, resolve_precision
-from dreambooth_core.training.memory_plan import settle_memory_plan
+from dreambooth_core.training.memory_plan import detect_gpu, settle_memory_plan
 
 
 class Chunk(BaseModel):
@@ -105,7 +105,7 @@ def make_plan(session: Session, ref: SessionRef, config: DreamBoothConfig, model
     total = config.training.total_steps(dataset.count)
     state = load_state(session)
     memory = settle_memory_plan(config, state.memory_plan, state.training_started, model.path,
-                                dataset.resolution, class_images is not None)
+                                dataset.resolution, class_images is not None, detect_gpu(config))
     training, runtime = memory.apply(config.training, config.runtime) if memory else (config.training, config.runtime)
     check_settings(training, runtime.device)
     config = config.model_copy(update={"training": training, "runtime": runtime})

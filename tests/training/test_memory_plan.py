@@ -2,11 +2,19 @@
 
 import pytest
 
-from dreambooth_core.config import MemoryPlan, RuntimeSettings, TrainingSettings
+from dreambooth_core.config import DreamBoothConfig, MemoryPlan, RuntimeSettings, TrainingSettings
 from dreambooth_core.errors import ConfigError
 from dreambooth_core.model.fetch import fetch_model
 from dreambooth_core.training.memory_estimate import estimate_training_memory
-from dreambooth_core.training.memory_plan import candidates, check_fits, choose_plan
+from dreambooth_core.training.memory_plan import (
+    RESERVE_BYTES,
+    USABLE_FRACTION,
+    GpuMemory,
+    candidates,
+    check_fits,
+    choose_plan,
+    settle_memory_plan,
+)
 
 SETTINGS, RUNTIME = TrainingSettings(steps=4, text_encoder_steps=1), RuntimeSettings()
 
@@ -74,3 +82,38 @@ def test_a_recorded_plan_that_does_not_fit_this_gpu_is_refused_with_what_to_do()
     with pytest.raises(ConfigError, match=r"'s' trains with 8-bit AdamW \+ gradient checkpointing.*12.0 GiB.*"
                                           r"10.0 GiB usable.*new --session"):
         check_fits(plan, plan.estimated_peak_bytes, 10 * 2**30, "s")
+
+
+def settle(estimates_fixture, recorded=None, started=False, free=2**40, memory="auto"):
+    config = DreamBoothConfig(session="s", training=SETTINGS, runtime=RuntimeSettings(memory=memory))
+    gpu = GpuMemory(free_bytes=free, precision="no") if free is not None else None
+    return settle_memory_plan(config, recorded, started, estimates_fixture, 64, True, gpu)
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory) -> str:
+    return fetch_model("tiny", tmp_path_factory.mktemp("cache")).path
+
+
+def test_a_new_session_on_a_gpu_gets_a_plan_chosen_for_its_free_memory(tiny_path, estimates):
+    _, peaks = estimates
+    roomy = settle(tiny_path)
+    assert roomy.describe() == "no concessions" and roomy.estimated_peak_bytes == peaks["no concessions"]
+    # free memory whose usable part holds only the checkpointed plan (no bitsandbytes here)
+    free = int((peaks["gradient checkpointing"] + RESERVE_BYTES) / USABLE_FRACTION) + 1
+    tight = settle(tiny_path, free=free)
+    assert tight.gradient_checkpointing and tight.estimated_peak_bytes <= tight.budget_bytes
+
+
+def test_a_recorded_plan_is_kept_on_the_cpu_and_checked_on_a_gpu(tiny_path):
+    recorded = MemoryPlan(optimizer="adamw", gradient_checkpointing=True, estimated_peak_bytes=10 * 2**20)
+    assert settle(tiny_path, recorded, started=True, free=None) == recorded
+    assert settle(tiny_path, recorded, started=True) == recorded
+    with pytest.raises(ConfigError, match="has .* GiB usable"):
+        settle(tiny_path, recorded, started=True, free=2**29)  # 0.5 GiB free: less than nothing usable
+
+
+def test_memory_none_and_sessions_older_than_plans_train_as_given(tiny_path):
+    assert settle(tiny_path, memory="none") is None
+    assert settle(tiny_path, started=True) is None
+    assert settle(tiny_path, free=None) == MemoryPlan(optimizer="adamw", gradient_checkpointing=False)
