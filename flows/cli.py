@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
+import logging
 import os
 import sys
 import types
@@ -17,10 +19,10 @@ from pydantic.fields import FieldInfo
 from dreambooth_core.config import SECTION_OF, SECTIONS, DreamBoothConfig
 from dreambooth_core.errors import USER_ERRORS, ConfigError, SessionError
 from dreambooth_core.model.family import SMALLEST_SD_RESOLUTION
-from dreambooth_core.reports.terminal import shows_bars
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.state import stored_config
 from dreambooth_core.session.storage import storage_location
+from flows.quiet_libraries import quiet_libraries
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -192,21 +194,6 @@ def _setting_at(location: tuple) -> str:
     return next((n for n in reversed(names) if n in SECTION_OF or n == "session"), names[-1])
 
 
-def _quiet_libraries() -> None:
-    """Library chatter (progress bars, dtype notes) would drown the pipeline's own log."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    import diffusers.utils.logging as diffusers_logging
-    import transformers.utils.logging as transformers_logging
-
-    for library in (diffusers_logging, transformers_logging):
-        library.set_verbosity_error()
-        library.disable_progress_bar()
-    if shows_bars():  # Hugging Face downloads keep their byte bars on a terminal
-        import huggingface_hub.utils
-
-        huggingface_hub.utils.enable_progress_bars()
-
-
 def check_before_run(flags: dict[str, Any]) -> DreamBoothConfig:
     """What needs no Prefect server, checked before one starts (about a second): the settings,
     the session name, that the storage takes files, and that the photos folder can be listed."""
@@ -230,14 +217,15 @@ def train(flags: dict[str, Any]) -> int:
         return 0
     config = check_before_run(flags)
     with temporary_server() as server:  # starts while the libraries below are imported
-        _quiet_libraries()
+        quiet_libraries()
         from dreambooth_core.training.torchrun import leading_followers
         from flows.dreambooth import dreambooth_train
         from flows.quiet_errors import hide_user_error_tracebacks
 
         hide_user_error_tracebacks()
         server.wait_ready()
-        with leading_followers():  # torchrun's other processes train each chunk with this one
+        # torchrun's other processes train each chunk with this one
+        with leading_followers(), server.run_settings():
             result = dreambooth_train(config)
     files = ", ".join(result.files) + (", diffusers/" if config.training.method == "dreambooth" else "")
     print(f"Done: session {config.session!r} trained to step {result.step}; outputs: {files}")
@@ -251,7 +239,7 @@ def plan(flags: dict[str, Any]) -> int:
     session = open_flag_session(flags)
     config = config_from_flags(flags, session)
     state = load_state(session)
-    _quiet_libraries()
+    quiet_libraries()
     with _model_configs(config) as (model_path, resolution):
         training = config.training
         prior = bool(training.class_images and (config.captions.class_word or training.class_images_folder))
@@ -333,7 +321,7 @@ def tokens(args: dict[str, Any]) -> int:
     word = (args["word"] or "").strip()
     if not word and not args["suggest"]:
         raise ConfigError("no word to check. Pass one (dreambooth tokens shrk) or --suggest.")
-    _quiet_libraries()
+    quiet_libraries()
     model = fetch_model(args["model"], model_cache_dir(), revision=args["revision"],
                         hf_token=os.environ.get("HF_TOKEN"))
     tokenizer = load_tokenizer(model.path)
@@ -414,5 +402,28 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def run() -> None:
+    """The `dreambooth` command as a process: main(), then an exit that skips tearing down the
+    imported libraries (torch, transformers, Prefect: about 2 s) once every exit handler has run."""
+    atexit.register(_end_process)  # registered before the libraries' own: runs after them
+    try:
+        code = main()
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code
+    _ending["code"] = code
+    sys.exit(code)
+
+
+_ending: dict[str, Any] = {"code": 1}  # stays 1 when main() ends in an exception
+
+
+def _end_process() -> None:
+    code = _ending["code"]
+    logging.shutdown()  # registered before this, so it would run after it
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

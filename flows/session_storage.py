@@ -8,7 +8,6 @@ from typing import Any, Iterator
 
 from prefect import get_run_logger
 
-from blocks.session_storage import SessionStorage, load_session_storage  # registers block storage
 from dreambooth_core.config import DreamBoothConfig, InputSettings
 from dreambooth_core.hashing import digest
 from dreambooth_core.session.folder import Session
@@ -17,21 +16,32 @@ from dreambooth_core.session.storage import open_named_session
 
 
 def open_config_session(inputs: InputSettings, name: str) -> Session:
+    if inputs.storage_block:
+        use_blocks()
     return open_named_session(inputs.storage, inputs.storage_block, name)
+
+
+def use_blocks() -> None:
+    """Register how a storage block's name opens storage. Imported only for runs that use
+    blocks: prefect-gcp and Google's clients take most of a second to import."""
+    import blocks.session_storage  # noqa: F401
 
 
 def result_storage(inputs: InputSettings) -> dict[str, Any]:
     """`with_options` arguments that keep persisted task results with the sessions when they
     live on shared storage, so a cached step is found from another machine."""
+    shared = "://" in inputs.storage and not inputs.storage.startswith(("file://", "memory://"))
+    if not (inputs.storage_block or shared):
+        return {}
+    from blocks.session_storage import SessionStorage, load_session_storage
+
     if inputs.storage_block:
         return {"result_storage": load_session_storage(inputs.storage_block)}
-    if "://" in inputs.storage and not inputs.storage.startswith(("file://", "memory://")):
-        # Prefect wants result storage saved; this block holds only the URL (credentials
-        # come from the machine's environment, as for the sessions themselves).
-        block = SessionStorage(url=inputs.storage)
-        block.save(f"url-{digest(inputs.storage)}", overwrite=True)
-        return {"result_storage": block}
-    return {}
+    # Prefect wants result storage saved; this block holds only the URL (credentials come
+    # from the machine's environment, as for the sessions themselves).
+    block = SessionStorage(url=inputs.storage)
+    block.save(f"url-{digest(inputs.storage)}", overwrite=True)
+    return {"result_storage": block}
 
 
 @contextmanager

@@ -13,6 +13,7 @@ Run as `python -m flows.temporary_server PARENT_PID PORT` (by `temporary_server(
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -65,6 +66,16 @@ class TemporaryServer:
             time.sleep(0.1)
         raise ConfigError(f"the temporary Prefect server did not answer within {timeout:.0f} s. {_ADVICE}")
 
+    @contextmanager
+    def run_settings(self) -> Iterator[None]:
+        """Prefect settings for runs on this server: no flow-run heartbeats. Nothing could act on
+        them (the server ends with the run), and Prefect waits up to a second for its heartbeat
+        thread at the end of every flow run."""
+        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield
+
     def stop(self) -> None:
         _send_pending_logs_and_events()
         if self.process.poll() is None:
@@ -81,6 +92,9 @@ class ConfiguredServer:
 
     def wait_ready(self, timeout: float = 0) -> None:
         pass
+
+    def run_settings(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # heartbeats as configured: automations may watch them
 
 
 @contextmanager

@@ -8,6 +8,7 @@ from dreambooth_core.captions.token_report import (
     bad_token_error,
     build_token_report,
     report_markdown,
+    stored_token_report,
     write_token_report,
 )
 from dreambooth_core.captions.tokenizer import load_tokenizer
@@ -21,7 +22,8 @@ from tasks.artifacts import artifact_key
 def check_tokens(ref: SessionRef, model: LocalModel, captions: Captions, bad_token: str) -> dict[str, str]:
     """Returns {token: verdict}. `captions` orders this task after the captions are written."""
     session = ref.open()
-    report = build_token_report(session, load_tokenizer(model.path))
+    report = (stored_token_report(session, model.digest)
+              or build_token_report(session, load_tokenizer(model.path), model.digest))
     write_token_report(session, report)
     create_markdown_artifact(report_markdown(report), key=artifact_key("tokens", session.name),
                              description=f"Subject tokens of session {session.name}")

@@ -9,7 +9,8 @@ from dreambooth_core.captions.analysis import TokenAnalysis, analyse_token
 from dreambooth_core.captions.suggest import suggest_tokens
 from dreambooth_core.captions.tokenizer import TextTokenizer
 from dreambooth_core.errors import DatasetError
-from dreambooth_core.session.dataset_manifest import require_dataset_manifest
+from dreambooth_core.hashing import digest
+from dreambooth_core.session.dataset_manifest import DatasetManifest, require_dataset_manifest
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import TOKEN_REPORT_JSON, TOKEN_REPORT_MARKDOWN
 
@@ -32,9 +33,27 @@ class TokenReport(BaseModel):
     model_config = ConfigDict(frozen=True)
     session: str
     subjects: list[SubjectToken]
+    judged: str | None = None  # digest of what the report was made from: the model and the captions
 
 
-def build_token_report(session: Session, tokenizer: TextTokenizer) -> TokenReport:
+def judged_inputs(manifest: DatasetManifest, model_digest: str) -> str:
+    return digest([model_digest, manifest.model_dump(mode="json")])
+
+
+def stored_token_report(session: Session, model_digest: str) -> TokenReport | None:
+    """The session's report when it was made from this model and these captions. Judging
+    again needs the tokenizer, whose import costs a rerun a second or more."""
+    manifest = require_dataset_manifest(session)
+    if not session.exists(TOKEN_REPORT_JSON):
+        return None
+    try:
+        report = TokenReport.model_validate(session.read_json(TOKEN_REPORT_JSON))
+    except ValueError:  # damaged, or written by an older version: judge again
+        return None
+    return report if report.judged == judged_inputs(manifest, model_digest) else None
+
+
+def build_token_report(session: Session, tokenizer: TextTokenizer, model_digest: str | None = None) -> TokenReport:
     manifest = require_dataset_manifest(session)
     tokens = set(manifest.subjects)
     subjects = []
@@ -46,7 +65,8 @@ def build_token_report(session: Session, tokenizer: TextTokenizer) -> TokenRepor
             class_prompt=record.class_prompt, sources=record.sources, analysis=analysis,
             suggestions=suggestions, captions={i.source: i.caption for i in manifest.items
                                                if i.token == token}))
-    return TokenReport(session=session.name, subjects=subjects)
+    judged = judged_inputs(manifest, model_digest) if model_digest else None
+    return TokenReport(session=session.name, subjects=subjects, judged=judged)
 
 
 def write_token_report(session: Session, report: TokenReport) -> None:

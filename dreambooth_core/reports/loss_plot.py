@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import io
-
+from dreambooth_core.reports.chart import Chart, padded_range
 from dreambooth_core.reports.loss_log import LossRow
 
 POINTS_PER_WINDOW = 40  # the smoothing window spans 1/40 of the steps shown, at least 5 steps
+POINT, SMOOTHED, CHECKPOINT = (166, 200, 225), (214, 39, 40), (128, 128, 128)  # light blue points, red line
 
 
 def smoothing_weight(count: int) -> float:
@@ -25,28 +25,16 @@ def smoothed(values: list[float], weight: float) -> list[float]:
 
 def loss_plot_png(rows: list[LossRow], boundaries: list[int], title: str) -> bytes:
     """A 900x450 PNG of the loss per step; dashed lines at committed chunk ends."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: render to memory
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    figure = Figure(figsize=(9, 4.5), dpi=100)
-    axes = figure.subplots()
     steps, losses = [r.step for r in rows], [r.loss for r in rows]
-    axes.scatter(steps, losses, s=6, alpha=0.35, color="tab:blue", label="loss per step")
-    if rows:
-        axes.plot(steps, smoothed(losses, smoothing_weight(len(losses))), color="tab:red", linewidth=2, label="smoothed")
     last = steps[-1] if steps else 0
-    for index, boundary in enumerate(b for b in boundaries if 0 < b <= last):
-        axes.axvline(boundary, color="grey", linestyle="--", linewidth=1,
-                     label="checkpoint" if index == 0 else None)
-    axes.set(xlabel="step", ylabel="loss", title=title)
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.grid(alpha=0.3)
+    shown = [b for b in boundaries if 0 < b <= last]
+    chart = Chart(900, 450, padded_range(steps + shown, (0.0, 1.0)), padded_range(losses))
+    chart.axes(title, "step", "loss", integer_x=True)
+    for boundary in shown:
+        chart.dashed_vertical(boundary, CHECKPOINT)
+    chart.points(steps, losses, POINT)
+    chart.line(steps, smoothed(losses, smoothing_weight(len(losses))), SMOOTHED)
     if rows:
-        axes.legend(loc="upper right")
-    figure.tight_layout()
-    out = io.BytesIO()
-    figure.savefig(out, format="png")
-    return out.getvalue()
+        chart.legend([("loss per step", POINT), ("smoothed", SMOOTHED)] +
+                     ([("checkpoint", CHECKPOINT)] if shown else []))
+    return chart.png()

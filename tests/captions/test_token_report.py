@@ -1,7 +1,12 @@
 """The token report in the session, and the error a bad token stops training with."""
 
 from dreambooth_core.captions.captioning import caption_dataset
-from dreambooth_core.captions.token_report import bad_token_error, build_token_report, write_token_report
+from dreambooth_core.captions.token_report import (
+    bad_token_error,
+    build_token_report,
+    stored_token_report,
+    write_token_report,
+)
 from dreambooth_core.config import CaptionSettings
 from dreambooth_core.session.paths import TOKEN_REPORT_JSON, TOKEN_REPORT_MARKDOWN
 
@@ -43,3 +48,13 @@ def test_good_and_risky_tokens_do_not_stop(prepared, small_tokenizer):
     report, _ = reported(prepared, small_tokenizer, {"shrk (1).jpg": None, "r2d2 (1).jpg": None})
     assert {s.token: s.analysis.verdict for s in report.subjects} == {"shrk": "good", "r2d2": "risky"}
     assert bad_token_error(report) is None
+
+
+def test_a_rerun_reuses_the_report_only_for_the_same_model_and_captions(prepared, small_tokenizer):
+    session = prepared({"shrk (1).jpg": None})
+    caption_dataset(session, small_tokenizer, CaptionSettings())
+    write_token_report(session, build_token_report(session, small_tokenizer, "model-a"))
+    assert stored_token_report(session, "model-a").subjects[0].token == "shrk"
+    assert stored_token_report(session, "model-b") is None  # another tokenizer may judge otherwise
+    caption_dataset(session, small_tokenizer, CaptionSettings(class_word="man"))  # the captions change
+    assert stored_token_report(session, "model-a") is None

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from dreambooth_core.session.paths import LOSS_CSV
 from flows.cli import main
@@ -41,7 +42,8 @@ def test_every_step_has_its_loss_in_the_session(session_dir):
     lines = (session_dir / LOSS_CSV).read_text().splitlines()
     assert lines[0] == "step,loss,learning_rate"
     assert [int(line.split(",")[0]) for line in lines[1:]] == list(range(1, STEPS + 1))
-    assert (session_dir / "reports" / "loss.png").stat().st_size > 10_000
+    with Image.open(session_dir / "reports" / "loss.png") as plot:
+        assert (plot.format, plot.size) == ("PNG", (900, 450))
 
 
 def test_progress_ends_at_100_percent(session_dir):
