@@ -218,12 +218,13 @@ def train(flags: dict[str, Any]) -> int:
     config = check_before_run(flags)
     with temporary_server() as server:  # starts while the libraries below are imported
         quiet_libraries()
+        from dreambooth_core.training.model_parts import import_model_classes
         from dreambooth_core.training.torchrun import leading_followers
         from flows.dreambooth import dreambooth_train
         from flows.quiet_errors import hide_user_error_tracebacks
 
         hide_user_error_tracebacks()
-        server.wait_ready()
+        server.wait_ready(meanwhile=import_model_classes())  # imported now if the server is slower
         # torchrun's other processes train each chunk with this one
         with leading_followers(), server.run_settings():
             result = dreambooth_train(config)

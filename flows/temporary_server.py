@@ -48,7 +48,9 @@ class TemporaryServer:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
 
-    def wait_ready(self, timeout: float | None = None) -> None:
+    def wait_ready(self, timeout: float | None = None, meanwhile: Iterator[object] = iter(())) -> None:
+        """Return once the server answers. Until then, step through `meanwhile` (work the run
+        needs later, in short steps): the wait is free time."""
         import httpx
         from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
@@ -63,7 +65,8 @@ class TemporaryServer:
                     return
             except httpx.HTTPError:
                 pass
-            time.sleep(0.1)
+            if next(meanwhile, None) is None:
+                time.sleep(0.1)
         raise ConfigError(f"the temporary Prefect server did not answer within {timeout:.0f} s. {_ADVICE}")
 
     @contextmanager
@@ -90,7 +93,7 @@ class TemporaryServer:
 class ConfiguredServer:
     """The server PREFECT_API_URL names: nothing to start or wait for."""
 
-    def wait_ready(self, timeout: float = 0) -> None:
+    def wait_ready(self, timeout: float = 0, meanwhile: Iterator[object] = iter(())) -> None:
         pass
 
     def run_settings(self) -> contextlib.AbstractContextManager:

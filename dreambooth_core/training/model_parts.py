@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -14,6 +15,23 @@ class ModelParts:
     text_encoder: torch.nn.Module
     tokenizer: object
     noise_scheduler: object
+
+
+def import_model_classes() -> Iterator[str]:
+    """Import what load_model_parts needs, a library at a time (seconds in all, on a CPU):
+    the caller may stop between any two, e.g. when what it waited for is ready."""
+    from transformers import CLIPTokenizer  # noqa: F401
+
+    yield "CLIPTokenizer"
+    from transformers import CLIPTextModel  # noqa: F401
+
+    yield "CLIPTextModel"
+    from diffusers import UNet2DConditionModel  # noqa: F401
+
+    yield "UNet2DConditionModel"
+    from diffusers import AutoencoderKL, DDPMScheduler  # noqa: F401
+
+    yield "AutoencoderKL"
 
 
 def load_model_parts(model_path: str, device: torch.device) -> ModelParts:
