@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent
 
 
+@pytest.mark.slow  # the prefect command in a subprocess
 def test_blocks_register_with_the_prefect_command(prefect_api_url):
     env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "PYTHONPATH": str(REPO.parent)}
     result = subprocess.run([sys.executable, "-m", "prefect", "block", "register", "-m", "blocks"],

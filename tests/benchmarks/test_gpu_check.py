@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
 
 
+@pytest.mark.slow  # the whole check on the tiny model (about 30 s)
 def test_gpu_check_on_a_cpu_prints_speed_estimates_a_profile_and_what_it_skipped(tmp_path):
     out = tmp_path / "check.json"
     result = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--model", "tiny", "--json", str(out)],

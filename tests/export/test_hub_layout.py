@@ -129,6 +129,7 @@ def _with_transformers4(jobs: list[dict], tmp_path: Path) -> dict:
     return torch.load(tmp_path / "results.pt", weights_only=True)
 
 
+@pytest.mark.slow  # transformers 4 in a subprocess (about 12 s)
 def test_transformers_4_computes_what_transformers_5_does(outputs, tmp_path):
     jobs = _jobs(outputs)
     old = _with_transformers4(jobs, tmp_path)

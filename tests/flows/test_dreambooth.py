@@ -46,7 +46,7 @@ def trained(prefect_api_url, tmp_path_factory):
     """One finished session, trained once for the tests below."""
     root = tmp_path_factory.mktemp("flow")
     photos = Path(__file__).resolve().parents[2] / "examples" / "photos"
-    assert train(root / "sessions", photos) == 0
+    assert train(root / "sessions", photos, "--sample-every", "0") == 0  # samples: test_monitoring.py
     return root / "sessions" / "shrk", photos
 
 
@@ -88,6 +88,7 @@ def test_task_runs_carry_step_ranges(trained):
     assert {"train steps 0-4", "train steps 4-8", "train steps 8-12"} <= names
 
 
+@pytest.mark.slow  # another flow run: the full suite only
 def test_rerunning_a_finished_session_trains_nothing_and_says_so(trained):
     session, _ = trained
     before = (session / "shrk.safetensors").stat().st_mtime_ns
@@ -100,6 +101,7 @@ def test_rerunning_a_finished_session_trains_nothing_and_says_so(trained):
     assert (session / "shrk.safetensors").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow  # another flow run: the full suite only
 def test_changed_training_settings_are_refused_and_nothing_is_lost(trained):
     session, _ = trained
     files = {p: p.read_bytes() for p in session.rglob("*") if p.is_file()}
@@ -107,6 +109,7 @@ def test_changed_training_settings_are_refused_and_nothing_is_lost(trained):
     assert {p: p.read_bytes() for p in session.rglob("*") if p.is_file()} == files
 
 
+@pytest.mark.slow  # another flow run: the full suite only
 def test_a_finished_session_can_be_trained_further(trained, tmp_path):
     import shutil
 
@@ -118,6 +121,7 @@ def test_a_finished_session_can_be_trained_further(trained, tmp_path):
     assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == ["step-000012", "step-000016"]
 
 
+@pytest.mark.slow  # another flow run: the full suite only
 def test_memory_storage(prefect_api_url, photos):
     import fsspec
 

@@ -1,5 +1,7 @@
 """The class-image task in a flow: results, files and the artifact in the Prefect UI."""
 
+import pytest
+
 from dreambooth_core.config import DreamBoothConfig
 from dreambooth_core.model.fetch import LocalModel
 from dreambooth_core.model.tiny import TINY_VERSION
@@ -15,6 +17,7 @@ def markdown_artifact(key: str) -> str:
     return artifacts[0].data
 
 
+@pytest.mark.slow  # renders class images through Prefect
 def test_class_image_task_generates_once_and_skips_without_a_class_word(prefect_api_url, session, tmp_path,
                                                                           tiny_model_path):
     from prefect import flow

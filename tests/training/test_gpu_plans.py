@@ -12,6 +12,7 @@ def rows(output: str) -> dict[str, list[str]]:
     return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in table}
 
 
+@pytest.mark.slow  # the CLI estimates four plans (about 8 s)
 def test_plan_prints_every_common_gpu_for_the_tiny_model(tmp_path, capsys):
     assert main(["plan", "--session", "p", "--storage", str(tmp_path), "--model", "tiny"]) == 0
     found = rows(capsys.readouterr().out)

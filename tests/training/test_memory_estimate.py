@@ -15,6 +15,7 @@ def tiny(tmp_path_factory) -> str:
     return fetch_model("tiny", tmp_path_factory.mktemp("cache")).path
 
 
+@pytest.mark.slow  # a real and a fake training step per method (seconds each)
 @pytest.mark.parametrize("method", METHODS)
 def test_fake_tensors_allocate_what_real_ones_do(method, tiny):
     settings = TrainingSettings(steps=4, method=method, **METHODS[method])

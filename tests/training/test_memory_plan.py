@@ -24,8 +24,13 @@ def estimates(tmp_path_factory):
     """Peak bytes of each candidate plan on the tiny model, and the estimator that gave them."""
     tiny = fetch_model("tiny", tmp_path_factory.mktemp("cache")).path
 
-    def estimate(training, runtime) -> int:
-        return estimate_training_memory(tiny, training, 64, runtime, prior=True).peak_bytes
+    known: dict[str, int] = {}
+
+    def estimate(training, runtime) -> int:  # each plan's estimate once: seconds each on this CPU
+        key = training.model_dump_json() + runtime.model_dump_json()
+        if key not in known:
+            known[key] = estimate_training_memory(tiny, training, 64, runtime, prior=True).peak_bytes
+        return known[key]
 
     peaks = {plan.describe(): estimate(*plan.apply(SETTINGS, RUNTIME)) for plan in candidates(SETTINGS, RUNTIME, True)}
     return estimate, peaks
@@ -42,12 +47,14 @@ def test_concessions_are_tried_fastest_first_and_only_when_not_made_already():
         ["gradient checkpointing", "8-bit AdamW + gradient checkpointing"]
 
 
+@pytest.mark.slow  # estimates every plan on the tiny model (seconds each)
 def test_each_concession_lowers_the_estimated_peak(estimates):
     _, peaks = estimates
     assert peaks["no concessions"] > peaks["8-bit AdamW"] > peaks["8-bit AdamW + gradient checkpointing"]
     assert peaks["no concessions"] > peaks["gradient checkpointing"] > peaks["8-bit AdamW + gradient checkpointing"]
 
 
+@pytest.mark.slow  # estimates every plan on the tiny model (seconds each)
 def test_the_first_plan_within_the_budget_is_chosen_with_its_estimate(estimates):
     estimate, peaks = estimates
     chosen = set()
@@ -60,6 +67,7 @@ def test_the_first_plan_within_the_budget_is_chosen_with_its_estimate(estimates)
     assert chosen == set(peaks)  # on the tiny model each plan is the answer for some GPU
 
 
+@pytest.mark.slow  # estimates every plan on the tiny model (seconds each)
 def test_the_generous_budget_changes_nothing_and_without_bitsandbytes_checkpointing_comes_next(estimates):
     estimate, peaks = estimates
     assert choose_plan(estimate, SETTINGS, RUNTIME, 2**40, True).describe() == "no concessions"
@@ -67,6 +75,7 @@ def test_the_generous_budget_changes_nothing_and_without_bitsandbytes_checkpoint
     assert choose_plan(estimate, SETTINGS, RUNTIME, budget, eight_bit=False).describe() == "gradient checkpointing"
 
 
+@pytest.mark.slow  # estimates every plan on the tiny model (seconds each)
 def test_when_nothing_fits_the_error_gives_every_estimate_and_what_to_try(estimates):
     estimate, peaks = estimates
     with pytest.raises(ConfigError) as error:
@@ -95,6 +104,7 @@ def tiny_path(tmp_path_factory) -> str:
     return fetch_model("tiny", tmp_path_factory.mktemp("cache")).path
 
 
+@pytest.mark.slow  # estimates every plan on the tiny model (seconds each)
 def test_a_new_session_on_a_gpu_gets_a_plan_chosen_for_its_free_memory(tiny_path, estimates):
     _, peaks = estimates
     roomy = settle(tiny_path)

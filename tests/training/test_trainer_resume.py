@@ -32,6 +32,7 @@ CASES = {
     "lora": dict(method="lora", learning_rate=1e-3, lora_rank=4, lora_text_encoder=True, text_encoder_steps=4),
     "textual inversion": dict(method="textual-inversion", learning_rate=1e-2),
 }
+SLOW_ON_CPU = {"fp16 with grad scaler"}  # CPU fp16 autocast: about 9 s
 
 
 def examples(prior: bool) -> tuple[list[Example], list[Example]]:
@@ -57,7 +58,7 @@ def trained_values(t: Trainer) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_ON_CPU else c for c in CASES])
 def test_save_load_and_continue_equals_training_straight_through(tiny_model_path, tmp_path, device, case):
     options = CASES[case]
     straight = trainer(tiny_model_path, device, options)
