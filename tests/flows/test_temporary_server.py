@@ -101,3 +101,37 @@ def test_a_configured_server_is_found_without_importing_prefect(tmp_path, monkey
     assert configured_api_url() == "http://prefect.internal:4200/api"
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
     assert configured_api_url() == "http://127.0.0.1:4200/api"
+
+
+def test_the_wait_for_the_server_does_the_work_given_and_stops_when_it_answers(tmp_path, monkeypatch):
+    """The run imports its model classes while the server starts: the wait goes through them step
+    by step and returns once the server answers, however much work is left."""
+    import itertools
+
+    from flows.temporary_server import TemporaryServer
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    steps = itertools.count()
+    server = TemporaryServer()
+    try:
+        server.wait_ready(meanwhile=(time.sleep(0.05) or step for step in steps))
+        assert _answers(server.port)
+    finally:
+        server.stop()
+    assert next(steps) > 5  # work was done during the wait, and an endless supply did not hold it up
+
+
+def test_library_chatter_is_quieted_when_the_libraries_are_imported():
+    """Nothing imports diffusers or transformers to quiet them (seconds a rerun need not spend);
+    each is quieted as it is first imported."""
+    code = ("import sys\n"
+            "from flows.quiet_libraries import quiet_libraries\n"
+            "quiet_libraries()\n"
+            "assert 'diffusers' not in sys.modules and 'transformers' not in sys.modules\n"
+            "from diffusers.utils import logging as d\n"
+            "from transformers.utils import logging as t\n"
+            "print(d.get_verbosity(), t.get_verbosity(), d.is_progress_bar_enabled(), t.is_progress_bar_enabled())\n")
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["40", "40", "False", "False"]  # logging.ERROR, no progress bars
