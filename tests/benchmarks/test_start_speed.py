@@ -10,7 +10,7 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "start_speed.py"
 # diffusers' train_dreambooth.py needs torchvision and a diffusers checkout, neither of which
 # this suite has: a script taking its arguments stands in, to test the pairing.
-STAND_IN = """import argparse, pathlib
+STAND_IN = """import argparse, pathlib, time
 parser = argparse.ArgumentParser()
 for name in ("pretrained_model_name_or_path", "instance_data_dir", "instance_prompt", "output_dir",
              "resolution", "train_batch_size", "max_train_steps", "checkpointing_steps", "seed"):
@@ -19,6 +19,7 @@ parser.add_argument("--train_text_encoder", action="store_true")
 args = parser.parse_args()
 assert (pathlib.Path(args.pretrained_model_name_or_path) / "model_index.json").is_file()
 pathlib.Path(args.output_dir).mkdir()
+time.sleep(1)  # a second: the rounding of the reported seconds stays small beside it
 """
 
 
@@ -37,7 +38,7 @@ def test_benchmark_reports_every_phase_of_a_short_run_and_the_ratio(tmp_path):
     assert all(seconds > 0 for seconds in phases.values())
     assert phases["end_to_end"] > phases["to_flow"] + phases["training"]
     assert report["rerun_median_s"] > 0 and report["first_run_s"] > 0
-    assert report["paired_ratio_median"] == pytest.approx(report["ours_s"][0] / report["reference_s"][0], rel=0.01)
+    assert report["paired_ratio_median"] == pytest.approx(report["ours_s"][0] / report["reference_s"][0], rel=0.02)
 
 
 def test_a_missing_reference_script_is_named():
