@@ -128,7 +128,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="A SessionStorage block naming where sessions live, as for train "
                              "(read from the Prefect server at PREFECT_API_URL; default: none).")
     status.add_argument("--json", action="store_true", help="Print the status as JSON.")
+    _add_export_command(commands)
     return parser
+
+
+def _add_export_command(commands) -> None:
+    export = commands.add_parser(
+        "export", help="Export the model at any committed checkpoint or snapshot, without training.",
+        description="Write the files the final export writes (full model, LoRA or embedding) for "
+                    "step N into the session's exports/step-NNNNNN/, from its committed checkpoint "
+                    "(exact) or else its snapshot (fp16). No Prefect server is needed.")
+    export.add_argument("--session", required=True, help="The session to export from.")
+    export.add_argument("--step", type=int, required=True,
+                        help="The step: one with a committed checkpoint or a snapshot "
+                             "(dreambooth status SESSION lists the kept checkpoints and snapshots).")
+    export.add_argument("--storage", default=setting("storage").default,
+                        help="Where sessions live, as for train (default: %(default)s).")
+    export.add_argument("--storage-block", default=None, help="A SessionStorage block naming where "
+                        "sessions live, as for train (default: none).")
+    export.add_argument("--export-precision", choices=("fp16", "fp32"), default=None,
+                        help="Precision of the files (default: the session's --export-precision).")
 
 
 def _add_cloud_commands(commands) -> None:
@@ -387,12 +406,53 @@ def status(args: dict[str, Any]) -> int:
     return 0
 
 
+def export(args: dict[str, Any]) -> int:
+    from dreambooth_core.export.step_export import export_step, require_step, trained_session
+    from dreambooth_core.model.fetch import fetch_model
+    from tasks.fetch_base_model import model_cache_dir
+
+    session = open_flag_session(args)
+    config = stored_config(session)
+    if config is None:
+        raise SessionError(f"there is no session {session.name!r} in {session.storage}. Pass the "
+                           "--storage it was trained with, or another --session.")
+    require_step(session, args["step"])  # before the model is loaded
+    quiet_libraries()
+    base = config.base_model
+    model = fetch_model(base.model, model_cache_dir(), base.revision, base.single_file_config,
+                        hf_token=os.environ.get("HF_TOKEN"))
+    trained = trained_session(session, model.path, model.family)
+    refuse_changed_model(session, model.digest, base.model)
+    result = export_step(session, trained, args["step"], args["export_precision"] or config.export.export_precision)
+    print(f"Exported step {result.step} of session {session.name!r} from its {result.source} "
+          f"({result.precision}) to {session.url}/{result.folder}/:")
+    sizes: dict[str, int] = {}
+    for path, size in result.files.items():  # a folder's files as one line
+        name, _, inside = path.removeprefix(result.folder + "/").partition("/")
+        sizes[name + ("/" if inside else "")] = sizes.get(name + ("/" if inside else ""), 0) + size
+    print("\n".join(f"  {name} ({size / 1e6:.1f} MB)" for name, size in sizes.items()))
+    return 0
+
+
+def refuse_changed_model(session: Session, model_digest: str, model: str) -> None:
+    """LoRA and embeddings apply to the model they were trained on: a hub repo updated since
+    (no --revision pinned) would give another model."""
+    from dreambooth_core.session.state import load_state
+
+    recorded = (load_state(session).fingerprint or {}).get("model content")
+    if recorded is not None and recorded != model_digest:
+        raise SessionError(f"the base model {model!r} is not the one session {session.name!r} was "
+                           "trained on: its content changed since (a new hub revision, when no "
+                           "--revision was pinned), and the trained weights belong with the old one. "
+                           "Export on a machine whose model cache holds the model trained on.")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
     try:
         handlers = {"train": train, "plan": plan, "tokens": tokens, "validate": validate, "upload": upload,
-                    "automations": automations, "status": status}
+                    "automations": automations, "status": status, "export": export}
         return handlers[command](args)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)

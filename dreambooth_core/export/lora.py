@@ -67,12 +67,44 @@ def export_lora(unet, text_encoder, out_dir: Path, name: str, adapter: str = "de
 def kohya_lora_state(unet, text_encoder=None, adapter: str = "default",
                      dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """The adapters' weights under kohya names (see module doc)."""
-    state = _kohya_part(unet, UNET_PREFIX, adapter, "")
-    if text_encoder is not None:
-        # transformers 5 flattened CLIPTextModel; the kohya names keep the "text_model." of 4.x.
-        prefix = "" if any(n.startswith("text_model.") for n in lora_layers(text_encoder, adapter)) else "text_model."
-        state |= _kohya_part(text_encoder, TEXT_ENCODER_PREFIX, adapter, prefix)
+    import torch
+
+    state = {}
+    for key, layer in kohya_layers(unet, text_encoder, adapter).items():
+        down, up = layer.lora_A[adapter].weight.detach(), layer.lora_B[adapter].weight.detach()
+        state[f"{key}.lora_down.weight"] = down.contiguous()
+        state[f"{key}.lora_up.weight"] = up.contiguous()
+        state[f"{key}.alpha"] = torch.tensor(layer.scaling[adapter] * layer.r[adapter], dtype=down.dtype)
     return {key: tensor.to(dtype) if dtype else tensor for key, tensor in state.items()}
+
+
+def kohya_layers(unet, text_encoder=None, adapter: str = "default") -> dict:
+    """The LoRA layers of both models by kohya module name (without .lora_down etc.)."""
+    layers = {UNET_PREFIX + name.replace(".", "_"): layer for name, layer in lora_layers(unet, adapter).items()}
+    if text_encoder is not None:
+        encoder_layers = lora_layers(text_encoder, adapter)
+        # transformers 5 flattened CLIPTextModel; the kohya names keep the "text_model." of 4.x.
+        prefix = "" if any(n.startswith("text_model.") for n in encoder_layers) else "text_model."
+        layers |= {TEXT_ENCODER_PREFIX + (prefix + name).replace(".", "_"): layer
+                   for name, layer in encoder_layers.items()}
+    return layers
+
+
+def load_kohya_lora(unet, text_encoder, state: dict[str, torch.Tensor], adapter: str = "default") -> None:
+    """Copy a kohya-layout state (as kohya_lora_state writes it) into the models' LoRA layers,
+    which must be the same layers with the same rank."""
+    import torch
+
+    layers = kohya_layers(unet, text_encoder, adapter)
+    expected = {f"{key}.{part}" for key in layers for part in ("lora_down.weight", "lora_up.weight", "alpha")}
+    if expected != state.keys():
+        differ = sorted(expected ^ state.keys())
+        raise ModelError(f"the LoRA file does not hold the session's LoRA layers ({len(differ)} keys differ, "
+                         f"e.g. {differ[0]}): it was written with other LoRA settings.")
+    with torch.no_grad():
+        for key, layer in layers.items():
+            layer.lora_A[adapter].weight.copy_(state[f"{key}.lora_down.weight"])
+            layer.lora_B[adapter].weight.copy_(state[f"{key}.lora_up.weight"])
 
 
 def save_kohya_lora(unet, text_encoder, path: Path, adapter: str = "default",
@@ -125,19 +157,6 @@ def lora_layers(model, adapter: str = "default") -> dict:
                 f"The LoRA layer {name} uses DoRA or a LoRA bias, which the kohya/AUTOMATIC1111 format "
                 "cannot hold. Train with plain LoRA (use_dora=False, lora_bias=False).")
     return layers
-
-
-def _kohya_part(model, prefix: str, adapter: str, module_prefix: str) -> dict[str, torch.Tensor]:
-    import torch
-
-    state = {}
-    for name, layer in lora_layers(model, adapter).items():
-        key = prefix + (module_prefix + name).replace(".", "_")
-        down, up = layer.lora_A[adapter].weight.detach(), layer.lora_B[adapter].weight.detach()
-        state[f"{key}.lora_down.weight"] = down.contiguous()
-        state[f"{key}.lora_up.weight"] = up.contiguous()
-        state[f"{key}.alpha"] = torch.tensor(layer.scaling[adapter] * layer.r[adapter], dtype=down.dtype)
-    return state
 
 
 def _peft_state(model, adapter: str, dtype) -> dict[str, torch.Tensor]:

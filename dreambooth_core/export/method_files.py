@@ -23,6 +23,16 @@ from dreambooth_core.training.methods import Trainables
 from dreambooth_core.training.model_parts import ModelParts
 
 
+def write_method(method: str, model_path: str, family: ModelFamily, parts: ModelParts, trainables: Trainables,
+                 name: str, step: int, dtype: torch.dtype, out: Path) -> list[str]:
+    """The files `method` exports, from trained parts and their trainables."""
+    if method == "lora":
+        return lora_files(parts, trainables, name, dtype, out)
+    if method == "textual-inversion":
+        return embedding_files(trainables.token_vectors(dtype), step, out)
+    return full_model_files(model_path, family, parts, name, step, dtype, out)
+
+
 def original_layout(model_path: str, family: ModelFamily, unet, vae, text_encoder, name: str) -> tuple[dict, dict]:
     """(state dict in the original single-file layout, its model-spec metadata)."""
     # SD 2.x: the base single file's final text-encoder layer etc. when it was one (else neutral).
@@ -58,6 +68,7 @@ def lora_files(parts: ModelParts, trainables: Trainables, name: str, dtype: torc
     return [f"{name}.safetensors", f"{name}-diffusers"]
 
 
-def embedding_files(trainables: Trainables, step: int, dtype: torch.dtype, out: Path) -> list[str]:
-    export_embeddings(trainables.token_vectors(dtype), out, step)
+def embedding_files(vectors: dict[str, torch.Tensor], step: int, out: Path) -> list[str]:
+    """`vectors`: token -> its learned vectors, in the export's dtype."""
+    export_embeddings(vectors, out, step)
     return sorted(p.name for p in out.iterdir())

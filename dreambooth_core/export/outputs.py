@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from dreambooth_core.config import ExportSettings
 from dreambooth_core.errors import SessionError, TrainingError
-from dreambooth_core.export.method_files import embedding_files, full_model_files, lora_files
+from dreambooth_core.export.method_files import write_method
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.folder import Session, temporary_name
 from dreambooth_core.session.paths import DIFFUSERS
@@ -55,12 +55,8 @@ def final_parts(plan: TrainingPlan, session: Session) -> tuple[ModelParts, Train
 def write_method_files(plan: TrainingPlan, session: Session, dtype: torch.dtype, out: Path) -> list[str]:
     parts, trainables = final_parts(plan, session)
     refuse_non_finite(trainables, dtype, plan.total_steps)
-    name, method = session.name, plan.training.method
-    if method == "lora":
-        return lora_files(parts, trainables, name, dtype, out)
-    if method == "textual-inversion":
-        return embedding_files(trainables, plan.total_steps, dtype, out)
-    return full_model_files(plan.model_path, plan.family, parts, name, plan.total_steps, dtype, out)
+    return write_method(plan.training.method, plan.model_path, plan.family, parts, trainables, session.name,
+                        plan.total_steps, dtype, out)
 
 
 def refuse_non_finite(trainables: Trainables, dtype: torch.dtype, step: int) -> None:

@@ -5,7 +5,6 @@ a snapshot rewritten after a resume has the same content."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,14 +16,12 @@ from dreambooth_core.export.method_files import original_layout
 from dreambooth_core.model.family import ModelFamily
 from dreambooth_core.model.single_file import save_single_file
 from dreambooth_core.session.folder import Session
-from dreambooth_core.session.paths import SNAPSHOTS, snapshot_folder
+from dreambooth_core.session.paths import SNAPSHOTS, snapshot_folder, steps_named
 from dreambooth_core.session.scratch import scratch_folder
 from dreambooth_core.session.storage import SessionRef
 from dreambooth_core.training.methods import Trainables
 from dreambooth_core.training.model_parts import ModelParts
 from dreambooth_core.training.trainer import Trainer
-
-_STEP = re.compile(r"step-(\d{6,})")
 
 
 @dataclass(frozen=True)
@@ -74,7 +71,7 @@ def _write_local(out: Path, model_path: str, family: ModelFamily, method: str, p
 
 
 def snapshot_steps(session: Session) -> list[int]:
-    return sorted(int(m.group(1)) for m in map(_STEP.fullmatch, session.list(SNAPSHOTS)) if m)
+    return steps_named(session.list(SNAPSHOTS))
 
 
 def _apply_retention(session: Session, keep: int) -> None:

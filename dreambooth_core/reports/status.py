@@ -15,7 +15,7 @@ from dreambooth_core.reports.timing import training_speed
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.dataset_manifest import load_dataset_manifest
 from dreambooth_core.session.folder import Session
-from dreambooth_core.session.paths import DIFFUSERS, SESSION_FILE
+from dreambooth_core.session.paths import DIFFUSERS, EXPORTS, SESSION_FILE, SNAPSHOTS, steps_named
 from dreambooth_core.session.state import SessionState, load_state
 
 
@@ -34,6 +34,8 @@ class SessionStatus:
     last_loss: float | None
     speed: float | None          # training steps per second over all recorded chunks
     outputs: dict[str, int] = field(default_factory=dict)  # session-relative path -> bytes
+    snapshots: list[int] = field(default_factory=list)  # steps with a snapshot, oldest first
+    exports: list[int] = field(default_factory=list)  # steps exported with `dreambooth export --step`
     problem: str | None = None   # why the session cannot be read (state "unreadable")
 
     @property
@@ -102,7 +104,8 @@ def session_status(session: Session) -> SessionStatus:
         committed_at=latest.committed_at if latest else None,
         last_logged_step=rows[-1].step if rows else None,
         last_loss=rows[-1].loss if rows else None,
-        speed=steps / seconds if seconds > 0 else None, outputs=_outputs(session, state))
+        speed=steps / seconds if seconds > 0 else None, outputs=_outputs(session, state),
+        snapshots=steps_named(session.list(SNAPSHOTS)), exports=steps_named(session.list(EXPORTS)))
 
 
 def _state(state: SessionState | None, committed: list[int], total: int | None) -> str:
@@ -155,8 +158,13 @@ def status_lines(status: SessionStatus) -> list[str]:
         lines.append(f"  loss:        {status.last_loss:.4f} at step {status.last_logged_step}")
     if status.speed:
         lines.append(f"  speed:       {status.speed:.2f} steps/s")
+    if status.snapshots:
+        lines.append(f"  snapshots:   steps {', '.join(map(str, status.snapshots))}")
     for path, size in status.outputs.items():
         lines.append(f"  output:      {path} ({size_text(size)})")
+    if status.exports:
+        lines.append(f"  exported:    steps {', '.join(map(str, status.exports))} in exports/ "
+                     "(dreambooth export --step N)")
     return lines
 
 

@@ -152,6 +152,10 @@ class CheckpointStore:
                 return checkpoint
         return None
 
+    def load(self, step: int) -> Checkpoint | None:
+        """The checkpoint at `step` if it is committed and its files verify, read into memory."""
+        return self._read_verified(step)
+
     def _read_verified(self, step: int) -> Checkpoint | None:
         manifest = self._manifest_if_sizes_match(step)
         if manifest is None:

@@ -224,6 +224,14 @@ class Session:
     def get_file(self, relative: str, local: Path) -> None:
         self.fs.get_file(self.path(relative), str(local))
 
+    def get_folder(self, relative: str, local: Path) -> None:
+        """Copy session folder `relative` to a local folder, file by file."""
+        root = self.path(relative)
+        for remote in sorted(self.fs.find(root)):
+            target = Path(local) / posixpath.relpath(remote, self.fs._strip_protocol(root))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.fs.get_file(remote, str(target))
+
     def remove(self, relative: str) -> None:
         target = self.path(relative)
         if self.fs.exists(target):

@@ -9,11 +9,14 @@
       class_images/manifest.json    CLASS_MANIFEST: the class images training uses
       checkpoints/step-NNNNNN/      checkpoint_folder(): training state + CHECKPOINT_MANIFEST
       snapshots/step-NNNNNN/        snapshot_folder(): small model files every N steps
+      exports/step-NNNNNN/          export_folder(): a step's files, exported on request
       samples/step-NNNNNN.png       samples_grid(): sample images of a checkpoint
       <session>.safetensors ...     the outputs; DIFFUSERS: the diffusers folder
     <storage>/class-images/         CLASS_STORE: class images shared by every session there
     <storage>/.prefect-results/     RESULTS_STORE: Prefect's task results (shared storage only)
 """
+
+import re
 
 SESSION_FILE = "session.json"
 LEASE_FILE = "lease.json"
@@ -33,6 +36,7 @@ CLASS_MANIFEST = "class_images/manifest.json"
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_MANIFEST = "MANIFEST.json"  # inside each checkpoint folder, written last: the commit
 SNAPSHOTS = "snapshots"
+EXPORTS = "exports"
 SAMPLES = "samples"
 DIFFUSERS = "diffusers"
 CLASS_STORE = "class-images"  # beside the sessions, not inside one
@@ -46,12 +50,21 @@ def step_name(step: int) -> str:
     return f"step-{step:06d}"
 
 
+def steps_named(names: list[str]) -> list[int]:
+    """The steps of the step-NNNNNN names among `names`, in order."""
+    return sorted(int(name[5:]) for name in names if re.fullmatch(r"step-\d{6,}", name))
+
+
 def checkpoint_folder(step: int) -> str:
     return f"{CHECKPOINTS}/{step_name(step)}"
 
 
 def snapshot_folder(step: int) -> str:
     return f"{SNAPSHOTS}/{step_name(step)}"
+
+
+def export_folder(step: int) -> str:
+    return f"{EXPORTS}/{step_name(step)}"
 
 
 def samples_grid(step: int) -> str:

@@ -1,0 +1,163 @@
+"""Exporting a chosen step of a session, without training: the final export's files, from a
+committed checkpoint (exact, EMA applied) or else from a snapshot (its fp16 values).
+
+    exports/step-NNNNNN/   <session>-step-NNNNNN.safetensors ... as the method exports them
+
+The folder is assembled locally and placed in the session at once, replacing an earlier
+export of the same step; the final outputs and session.json are left as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import safetensors.torch
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from dreambooth_core.config import TrainingSettings
+from dreambooth_core.errors import SessionError
+from dreambooth_core.export.lora import load_kohya_lora
+from dreambooth_core.export.method_files import embedding_files, write_method
+from dreambooth_core.export.outputs import DTYPES, refuse_non_finite, replace_folder
+from dreambooth_core.export.snapshots import snapshot_steps
+from dreambooth_core.model.family import ModelFamily
+from dreambooth_core.session.checkpoints import CheckpointStore
+from dreambooth_core.session.dataset_manifest import require_dataset_manifest
+from dreambooth_core.session.folder import Session
+from dreambooth_core.session.paths import export_folder, snapshot_folder, step_name
+from dreambooth_core.session.scratch import scratch_folder
+from dreambooth_core.session.state import load_state
+from dreambooth_core.training.methods import set_up_method
+from dreambooth_core.training.model_parts import ModelParts, load_model_parts
+from dreambooth_core.training.restore import restored_parts
+
+Source = Literal["checkpoint", "snapshot"]
+
+
+class TrainedSession(BaseModel):
+    """What an export needs to know of how a session was trained."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    model_path: str
+    family: ModelFamily
+    training: TrainingSettings  # with the memory plan applied, as the chunks trained
+    subjects: list[str]
+
+
+class StepExport(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    step: int
+    source: Source
+    precision: str
+    folder: str  # session-relative
+    files: dict[str, int]  # session-relative path -> bytes
+
+
+def trained_session(session: Session, model_path: str, family: ModelFamily) -> TrainedSession:
+    """The session's training settings and subjects, from session.json and the dataset manifest."""
+    state = load_state(session)
+    if state is None:
+        raise SessionError(f"there is no session {session.name!r} in {session.storage}. Pass the "
+                           "--storage it was trained with, or another --session.")
+    training, runtime = state.config.training, state.config.runtime
+    if state.memory_plan:
+        training, _ = state.memory_plan.apply(training, runtime)
+    return TrainedSession(name=session.name, model_path=model_path, family=family, training=training,
+                          subjects=require_dataset_manifest(session).tokens)
+
+
+def exportable_steps(session: Session) -> dict[int, Source]:
+    """Every step with weights to export: committed checkpoints first, then snapshots."""
+    snapshots: dict[int, Source] = {step: "snapshot" for step in snapshot_steps(session)}
+    return snapshots | {step: "checkpoint" for step in CheckpointStore(session).committed_steps()}
+
+
+def require_step(session: Session, step: int) -> Source:
+    """Where step `step`'s weights are, or an error listing the steps there are."""
+    steps = exportable_steps(session)
+    if step in steps:
+        return steps[step]
+    if not steps:
+        raise SessionError(f"session {session.name!r} has no committed checkpoint or snapshot yet: "
+                           "train it until its first chunk ends (dreambooth train), then export.")
+    listed = ", ".join(f"{s} ({steps[s]})" for s in sorted(steps))
+    raise SessionError(f"session {session.name!r} has no checkpoint or snapshot at step {step}. "
+                       f"Steps there are: {listed}. Pass one of them as --step.")
+
+
+def export_step(session: Session, trained: TrainedSession, step: int, precision: str,
+                log: logging.Logger | None = None) -> StepExport:
+    """Write the method's files for `step` into exports/step-NNNNNN/."""
+    log = log or logging.getLogger("dreambooth")
+    source = require_step(session, step)
+    name, folder, dtype = f"{session.name}-{step_name(step)}", export_folder(step), DTYPES[precision]
+    if source == "snapshot":
+        log.info("Step %d has no committed checkpoint (only the last few are kept); exporting its "
+                 "snapshot, whose weights are fp16", step)
+    with scratch_folder(session, "export") as local:
+        out = local / step_name(step)
+        out.mkdir()
+        if source == "checkpoint":
+            _from_checkpoint(session, trained, step, name, dtype, out)
+        else:
+            _from_snapshot(session, trained, step, name, dtype, out, local)
+        files = {f"{folder}/{f.relative_to(out).as_posix()}": f.stat().st_size
+                 for f in sorted(out.rglob("*")) if f.is_file()}
+        replace_folder(session, out, folder)
+    log.info("Wrote %s/%s/ (step %d from its %s, %s)", session.url, folder, step, source, precision)
+    return StepExport(step=step, source=source, precision=precision, folder=folder, files=files)
+
+
+def _from_checkpoint(session: Session, trained: TrainedSession, step: int, name: str, dtype: torch.dtype,
+                     out: Path) -> None:
+    checkpoint = CheckpointStore(session).load(step)
+    if checkpoint is None:
+        raise SessionError(f"the checkpoint at step {step} of session {session.name!r} is gone or does "
+                           "not verify (a training run may have replaced it). Run `dreambooth status "
+                           f"{session.name}` to see the steps there are, and export one of them.")
+    parts, trainables = restored_parts(trained.model_path, trained.training, trained.subjects, checkpoint,
+                                       torch.device("cpu"))
+    refuse_non_finite(trainables, dtype, step)
+    write_method(trained.training.method, trained.model_path, trained.family, parts, trainables, name, step,
+                 dtype, out)
+
+
+@torch.no_grad()
+def _from_snapshot(session: Session, trained: TrainedSession, step: int, name: str, dtype: torch.dtype,
+                   out: Path, scratch: Path) -> None:
+    snapshot = scratch / "snapshot"
+    session.get_folder(snapshot_folder(step), snapshot)
+    method = trained.training.method
+    if method == "textual-inversion":
+        vectors = {token: _embedding(snapshot, token).to(dtype) for token in trained.subjects}
+        embedding_files(vectors, step, out)
+        return
+    parts = load_model_parts(trained.model_path, torch.device("cpu"))
+    trainables = set_up_method(parts, trained.training, trained.subjects)
+    weights = snapshot / f"{name}.safetensors"
+    if method == "lora":
+        encoder = parts.text_encoder if trainables.text_encoder else None
+        load_kohya_lora(parts.unet, encoder, safetensors.torch.load_file(weights))
+    else:
+        _load_single_file(parts, weights, trained.model_path)  # replaces the modules trainables hold
+    write_method(method, trained.model_path, trained.family, parts, trainables, name, step, dtype, out)
+
+
+def _embedding(snapshot: Path, token: str) -> torch.Tensor:
+    return safetensors.torch.load_file(snapshot / f"{token}.safetensors")["emb_params"]
+
+
+def _load_single_file(parts: ModelParts, weights: Path, model_path: str) -> None:
+    """The UNet and text encoder of an original-layout single file, read with diffusers'
+    own single-file loading against the base model's configs."""
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline.from_single_file(
+        str(weights), config=model_path, local_files_only=True, safety_checker=None,
+        requires_safety_checker=False)
+    parts.unet = pipeline.unet.to(torch.float32)
+    parts.text_encoder = pipeline.text_encoder.to(torch.float32)
