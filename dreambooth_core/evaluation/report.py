@@ -1,0 +1,91 @@
+"""reports/evaluation.csv and its plot: each evaluated step's metrics, per subject.
+
+    step,subject,metric,mean,spread      metric: dino, clip_i or clip_t
+
+Step 0 is the base model, the reference the recommended-step rule compares with.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from statistics import fmean
+from typing import NamedTuple
+
+from dreambooth_core.evaluation.recommend import Recommendation, StepScores
+from dreambooth_core.reports.chart import Chart, padded_range
+from dreambooth_core.session.folder import Session
+from dreambooth_core.session.paths import EVALUATION_CSV
+
+HEADER = ("step", "subject", "metric", "mean", "spread")
+METRICS = {"dino": ("subject fidelity (DINO)", (31, 119, 180)),
+           "clip_i": ("subject fidelity (CLIP-I)", (44, 160, 44)),
+           "clip_t": ("prompt fidelity (CLIP-T)", (214, 39, 40))}
+RECOMMENDED = (255, 127, 14)  # orange: no other line blends into it
+BASE_STEP = 0
+
+
+class MetricRow(NamedTuple):
+    step: int
+    subject: str
+    metric: str
+    mean: float
+    spread: float
+
+
+def evaluation_csv_text(rows: list[MetricRow]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(HEADER)
+    for row in sorted(rows):
+        writer.writerow((row.step, row.subject, row.metric, repr(row.mean), repr(row.spread)))
+    return out.getvalue()
+
+
+def parse_evaluation_csv(text: str) -> list[MetricRow]:
+    rows = []
+    for record in csv.DictReader(io.StringIO(text)):
+        try:
+            rows.append(MetricRow(int(record["step"]), record["subject"], record["metric"],
+                                  float(record["mean"]), float(record["spread"])))
+        except (KeyError, TypeError, ValueError):
+            continue  # a damaged line: that step is evaluated again
+    return rows
+
+
+def read_evaluation(session: Session) -> list[MetricRow]:
+    if not session.exists(EVALUATION_CSV):
+        return []
+    return parse_evaluation_csv(session.read_bytes(EVALUATION_CSV).decode())
+
+
+def step_scores(rows: list[MetricRow], subject: str | None = None) -> dict[int, StepScores]:
+    """Per step, each metric's mean (over subjects, unless one is named); steps missing a
+    metric are left out."""
+    values: dict[tuple[int, str], list[float]] = {}
+    for row in rows:
+        if subject is None or row.subject == subject:
+            values.setdefault((row.step, row.metric), []).append(row.mean)
+    steps = sorted({step for step, _ in values})
+    return {step: StepScores(step=step, **{m: fmean(values[step, m]) for m in METRICS})
+            for step in steps if all((step, m) in values for m in METRICS)}
+
+
+def evaluation_plot_png(rows: list[MetricRow], recommendation: Recommendation | None, title: str) -> bytes:
+    """A 900x450 PNG of the three metrics (averaged over subjects) against step, step 0
+    being the base model; a dashed line at the recommended step."""
+    scores = list(step_scores(rows).values())
+    steps = [s.step for s in scores]
+    series = {m: [getattr(s, m) for s in scores] for m in METRICS}
+    chart = Chart(900, 450, padded_range(steps, (0.0, 1.0)), padded_range(sum(series.values(), [])))
+    chart.axes(title, "step (0: base model)", "cosine similarity", integer_x=True)
+    if recommendation is not None and recommendation.step is not None:
+        chart.dashed_vertical(recommendation.step, RECOMMENDED)
+    for metric, (_, colour) in METRICS.items():
+        chart.points(steps, series[metric], colour, radius=3.5)
+        chart.line(steps, series[metric], colour)
+    legend = [(label, colour) for label, colour in METRICS.values()]
+    if recommendation is not None and recommendation.step is not None:
+        legend.append((f"recommended: step {recommendation.step}", RECOMMENDED))
+    chart.legend(legend)
+    return chart.png()

@@ -1,0 +1,52 @@
+"""reports/evaluation.csv round trip, per-step scores, and the plot as an image."""
+
+import io
+
+from PIL import Image
+
+from dreambooth_core.evaluation.recommend import recommend_step
+from dreambooth_core.evaluation.report import (
+    MetricRow,
+    evaluation_csv_text,
+    evaluation_plot_png,
+    parse_evaluation_csv,
+    step_scores,
+)
+
+
+def rows():
+    out = []
+    for step, dino, clip_t in ((0, 0.10, 0.30), (100, 0.40, 0.29), (200, 0.70, 0.20)):
+        for subject, shift in (("shrk", 0.0), ("zwx", 0.1)):
+            out += [MetricRow(step, subject, "dino", dino + shift, 0.01),
+                    MetricRow(step, subject, "clip_i", dino + shift + 0.2, 0.02),
+                    MetricRow(step, subject, "clip_t", clip_t, 0.03)]
+    return out
+
+
+def test_the_csv_reads_back_exactly_and_skips_a_damaged_line():
+    text = evaluation_csv_text(rows())
+    assert text.splitlines()[0] == "step,subject,metric,mean,spread"
+    assert sorted(parse_evaluation_csv(text)) == sorted(rows())
+    damaged = text + "300,shrk,dino,not-a-number,0.1\n"
+    assert sorted(parse_evaluation_csv(damaged)) == sorted(rows())
+
+
+def test_scores_average_the_subjects_unless_one_is_named():
+    both, one = step_scores(rows()), step_scores(rows(), "zwx")
+    assert list(both) == [0, 100, 200]
+    assert abs(both[100].dino - 0.45) < 1e-12 and abs(one[100].dino - 0.50) < 1e-12
+    assert abs(one[200].clip_i - 1.0) < 1e-12
+
+
+def test_the_plot_marks_the_recommended_step():
+    scores = step_scores(rows())
+    recommendation = recommend_step([s for step, s in scores.items() if step], base_clip_t=scores[0].clip_t)
+    assert recommendation.step == 100
+    png = evaluation_plot_png(rows(), recommendation, "session shrk")
+    image = Image.open(io.BytesIO(png))
+    assert image.size == (900, 450)
+    colours = {colour for _, colour in image.convert("RGB").getcolors(1 << 20)}
+    assert {(31, 119, 180), (44, 160, 44), (214, 39, 40), (255, 127, 14)} <= colours
+    unmarked = Image.open(io.BytesIO(evaluation_plot_png(rows(), None, "session shrk"))).convert("RGB")
+    assert (255, 127, 14) not in {colour for _, colour in unmarked.getcolors(1 << 20)}
