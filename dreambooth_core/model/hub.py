@@ -27,15 +27,24 @@ def looks_like_hub_id(spec: str) -> bool:
 
 def download_hub_model(repo_id: str, hub_cache: Path, revision: str | None = None, token: str | None = None,
                        log: logging.Logger = logging.getLogger("dreambooth")) -> Path:
-    """The local snapshot folder of `repo_id`, downloading it only if it is not cached.
+    """The local snapshot folder of diffusers model `repo_id`, downloading it only if it is not cached."""
+    folder = download_hub_snapshot(repo_id, hub_cache, HUB_FILES, SKIPPED_HUB_FILES, revision, token, log)
+    _check_diffusers_snapshot(folder, repo_id)
+    return folder
+
+
+def download_hub_snapshot(repo_id: str, hub_cache: Path, allow: list[str], ignore: list[str] | None = None,
+                          revision: str | None = None, token: str | None = None,
+                          log: logging.Logger = logging.getLogger("dreambooth")) -> Path:
+    """The files of `repo_id` matching `allow`, downloaded only if they are not cached.
 
     The cache is asked first with no network call at all, so a model fetched
     once keeps working offline. Its folder name is the resolved commit sha.
     """
     from huggingface_hub import snapshot_download
 
-    options = dict(revision=revision, cache_dir=str(hub_cache), token=token,
-                   allow_patterns=HUB_FILES, ignore_patterns=SKIPPED_HUB_FILES)
+    options = dict(revision=revision, cache_dir=str(hub_cache), token=token, allow_patterns=allow,
+                   ignore_patterns=ignore)
     try:
         folder = _cached_snapshot(repo_id, options)
         if folder is None:
@@ -48,7 +57,6 @@ def download_hub_model(repo_id: str, hub_cache: Path, revision: str | None = Non
         if error is None:
             raise
         raise error from exc
-    _check_diffusers_snapshot(folder, repo_id)
     return folder
 
 
