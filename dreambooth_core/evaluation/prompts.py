@@ -49,3 +49,14 @@ def evaluation_prompts(token: str, class_word: str, live: bool, count: int | Non
         templates = [templates[i * len(templates) // count] for i in range(count)]
     return [EvaluationPrompt(generate=t.format(subject=f"{token} {class_word}"),
                              judge=t.format(subject=class_word)) for t in templates]
+
+
+LIVE_CLASSES = {"person", "man", "woman", "boy", "girl", "child", "baby", "dog", "cat", "puppy", "kitten",
+                "horse", "bird", "rabbit"}
+
+
+def is_live(class_word: str | None, subject_type: str = "auto") -> bool:
+    """People and animals get the outfit prompts; anything else the object ones."""
+    if subject_type != "auto":
+        return subject_type == "person"
+    return (class_word or "").strip().lower() in LIVE_CLASSES

@@ -1,0 +1,37 @@
+"""Evaluating the tiny model end to end: fixed-seed renders judged by the tiny judges."""
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dreambooth_core.evaluation.evaluate import EvaluationSpec, Subject, evaluate_pipeline, render_subject
+from dreambooth_core.evaluation.judges import fetch_judges, load_judges
+from dreambooth_core.generation.pipeline import build_pipeline
+
+REPO = Path(__file__).resolve().parents[2]
+SPEC = EvaluationSpec(resolution=32, prompts=2, images_per_prompt=2, inference_steps=2)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_path, tmp_path_factory):
+    judges = load_judges(*fetch_judges("tiny", tmp_path_factory.mktemp("judges")))
+    photos = [Image.open(p).convert("RGB") for p in sorted((REPO / "examples" / "photos").iterdir())[:2]]
+    return build_pipeline(tiny_model_path, "cpu"), judges, Subject("shrk", "man", True, photos)
+
+
+def test_every_subject_gets_the_three_metrics_for_the_step(setup):
+    pipeline, judges, subject = setup
+    rows = evaluate_pipeline(pipeline, judges, [subject, Subject("zwx", "dog", True, subject.photos)], SPEC, 40)
+    assert [(r.step, r.subject, r.metric) for r in rows] == [
+        (40, s, m) for s in ("shrk", "zwx") for m in ("dino", "clip_i", "clip_t")]
+    assert all(-1 <= r.mean <= 1 and r.spread >= 0 for r in rows)
+
+
+def test_the_same_spec_renders_the_same_images_and_prompts_without_the_identifier(setup):
+    pipeline, _, subject = setup
+    first, judged = render_subject(pipeline, subject, SPEC)
+    again, _ = render_subject(pipeline, subject, SPEC)
+    assert len(first) == 4 and [a.tobytes() for a in first] == [b.tobytes() for b in again]
+    assert first[0].tobytes() != first[1].tobytes()  # each image its own noise
+    assert judged[0] == judged[1] and "shrk" not in " ".join(judged) and "man" in judged[0]
