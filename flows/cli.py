@@ -129,7 +129,32 @@ def build_parser() -> argparse.ArgumentParser:
                              "(read from the Prefect server at PREFECT_API_URL; default: none).")
     status.add_argument("--json", action="store_true", help="Print the status as JSON.")
     _add_export_command(commands)
+    _add_evaluate_command(commands)
     return parser
+
+
+def _add_evaluate_command(commands) -> None:
+    evaluate = commands.add_parser(
+        "evaluate", help="Measure subject and prompt fidelity of a session's steps and recommend one.",
+        description="Render the DreamBooth paper's prompts for each subject with fixed seeds, at the "
+                    "base model (step 0) and each step asked for, and measure subject fidelity (DINO, "
+                    "CLIP-I: similarity to the prepared photos) and prompt fidelity (CLIP-T). Writes "
+                    "reports/evaluation.csv, .png and .json (the recommended step and its rule).")
+    evaluate.add_argument("--session", required=True, help="The session to evaluate.")
+    evaluate.add_argument("--steps", default=None, help="Comma-separated steps with a committed checkpoint "
+                          "or snapshot (default: all of them).")
+    evaluate.add_argument("--storage", default=setting("storage").default,
+                          help="Where sessions live, as for train (default: %(default)s).")
+    evaluate.add_argument("--storage-block", default=None, help="A SessionStorage block naming where "
+                          "sessions live, as for train (default: none).")
+    evaluate.add_argument("--judges", choices=("hub", "tiny"), default="hub", help="hub: the paper's "
+                          "facebook/dino-vits16 and openai/clip-vit-large-patch14, fetched once; tiny: "
+                          "small random ones, offline, for trying it out (default: hub).")
+    evaluate.add_argument("--prompts", type=int, default=4, help="Prompts per subject, of the paper's 25 "
+                          "(default: 4).")
+    evaluate.add_argument("--images", type=int, default=2, help="Images per prompt (default: 2).")
+    evaluate.add_argument("--inference-steps", type=int, default=20, help="Denoising steps (default: 20).")
+    evaluate.add_argument("--seed", type=int, default=0, help="Seed of the images' noise (default: 0).")
 
 
 def _add_export_command(commands) -> None:
@@ -408,21 +433,11 @@ def status(args: dict[str, Any]) -> int:
 
 def export(args: dict[str, Any]) -> int:
     from dreambooth_core.export.step_export import export_step, require_step, trained_session
-    from dreambooth_core.model.fetch import fetch_model
-    from tasks.fetch_base_model import model_cache_dir
 
-    session = open_flag_session(args)
-    config = stored_config(session)
-    if config is None:
-        raise SessionError(f"there is no session {session.name!r} in {session.storage}. Pass the "
-                           "--storage it was trained with, or another --session.")
+    session, config = _trained_session_config(args)
     require_step(session, args["step"])  # before the model is loaded
-    quiet_libraries()
-    base = config.base_model
-    model = fetch_model(base.model, model_cache_dir(), base.revision, base.single_file_config,
-                        hf_token=os.environ.get("HF_TOKEN"))
+    model = _base_model(config, session)
     trained = trained_session(session, model.path, model.family)
-    refuse_changed_model(session, model.digest, base.model)
     result = export_step(session, trained, args["step"], args["export_precision"] or config.export.export_precision)
     print(f"Exported step {result.step} of session {session.name!r} from its {result.source} "
           f"({result.precision}) to {session.url}/{result.folder}/:")
@@ -432,6 +447,70 @@ def export(args: dict[str, Any]) -> int:
         sizes[name + ("/" if inside else "")] = sizes.get(name + ("/" if inside else ""), 0) + size
     print("\n".join(f"  {name} ({size / 1e6:.1f} MB)" for name, size in sizes.items()))
     return 0
+
+
+def evaluate(args: dict[str, Any]) -> int:
+    from dreambooth_core.evaluation.evaluate import EvaluationSpec
+    from dreambooth_core.evaluation.judges import fetch_judges, load_judges
+    from dreambooth_core.evaluation.session_evaluation import evaluate_session
+    from dreambooth_core.export.step_export import exportable_steps, trained_session
+    from dreambooth_core.session.dataset_manifest import require_dataset_manifest
+    from dreambooth_core.training.devices import resolve_device
+    from tasks.fetch_base_model import model_cache_dir
+
+    session, config = _trained_session_config(args)
+    steps = _evaluation_steps(args["steps"], exportable_steps(session), session.name)
+    for name in ("prompts", "images", "inference_steps"):
+        if args[name] < 1:
+            raise ConfigError(f"{_flag(name)} {args[name]}: use 1 or more.")
+    device = resolve_device("auto")
+    if device.type != "cuda" and not config.base_model.model.startswith("tiny"):
+        print(f"warning: no CUDA GPU; rendering {args['prompts'] * args['images']} images per subject and "
+              f"step with {config.base_model.model} on the CPU takes minutes each.", file=sys.stderr)
+    model = _base_model(config, session)
+    trained = trained_session(session, model.path, model.family)
+    judges = load_judges(*fetch_judges(args["judges"], model_cache_dir(), os.environ.get("HF_TOKEN")))
+    spec = EvaluationSpec(resolution=require_dataset_manifest(session).resolution, seed=args["seed"],
+                          prompts=args["prompts"], images_per_prompt=args["images"],
+                          inference_steps=args["inference_steps"])
+    report = evaluate_session(session, trained, steps, judges, args["judges"], spec,
+                              config.checks.subject_type, device)
+    print(f"Evaluated steps {', '.join(map(str, report.steps))} of session {session.name!r} "
+          f"(0: the base model): {session.url}/reports/evaluation.csv, .png")
+    print(f"Recommended: {report.recommendation.reason}.\nRule: {report.recommendation.rule}.")
+    return 0
+
+
+def _evaluation_steps(text: str | None, available: dict[int, str], name: str) -> list[int]:
+    if text is None:
+        return sorted(available)
+    try:
+        return sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise ConfigError(f"--steps {text!r}: give steps as numbers separated by commas, e.g. "
+                          f"--steps 200,400 (session {name!r} has {', '.join(map(str, sorted(available)))}).") from None
+
+
+def _trained_session_config(args: dict[str, Any]):
+    session = open_flag_session(args)
+    config = stored_config(session)
+    if config is None:
+        raise SessionError(f"there is no session {session.name!r} in {session.storage}. Pass the "
+                           "--storage it was trained with, or another --session.")
+    return session, config
+
+
+def _base_model(config: DreamBoothConfig, session: Session):
+    """The base model the session was trained on, as train fetches it."""
+    from dreambooth_core.model.fetch import fetch_model
+    from tasks.fetch_base_model import model_cache_dir
+
+    quiet_libraries()
+    base = config.base_model
+    model = fetch_model(base.model, model_cache_dir(), base.revision, base.single_file_config,
+                        hf_token=os.environ.get("HF_TOKEN"))
+    refuse_changed_model(session, model.digest, base.model)
+    return model
 
 
 def refuse_changed_model(session: Session, model_digest: str, model: str) -> None:
@@ -452,7 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     command = args.pop("command")
     try:
         handlers = {"train": train, "plan": plan, "tokens": tokens, "validate": validate, "upload": upload,
-                    "automations": automations, "status": status, "export": export}
+                    "automations": automations, "status": status, "export": export,
+                    "evaluate": evaluate}
         return handlers[command](args)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)

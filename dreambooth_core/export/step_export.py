@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from dreambooth_core.config import TrainingSettings
 from dreambooth_core.errors import SessionError
 from dreambooth_core.export.lora import load_kohya_lora
-from dreambooth_core.export.method_files import embedding_files, write_method
+from dreambooth_core.export.method_files import write_method
 from dreambooth_core.export.outputs import DTYPES, refuse_non_finite, replace_folder
 from dreambooth_core.export.snapshots import snapshot_steps
 from dreambooth_core.model.family import ModelFamily
@@ -30,7 +30,7 @@ from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import export_folder, snapshot_folder, step_name
 from dreambooth_core.session.scratch import scratch_folder
 from dreambooth_core.session.state import load_state
-from dreambooth_core.training.methods import set_up_method
+from dreambooth_core.training.methods import Trainables, set_up_method
 from dreambooth_core.training.model_parts import ModelParts, load_model_parts
 from dreambooth_core.training.restore import restored_parts
 
@@ -101,10 +101,11 @@ def export_step(session: Session, trained: TrainedSession, step: int, precision:
     with scratch_folder(session, "export") as local:
         out = local / step_name(step)
         out.mkdir()
-        if source == "checkpoint":
-            _from_checkpoint(session, trained, step, name, dtype, out)
-        else:
-            _from_snapshot(session, trained, step, name, dtype, out, local)
+        parts, trainables = step_parts(session, trained, step, source, local)
+        if source == "checkpoint":  # a snapshot's fp16 values are finite: it was written from checked weights
+            refuse_non_finite(trainables, dtype, step)
+        write_method(trained.training.method, trained.model_path, trained.family, parts, trainables, name,
+                     step, dtype, out)
         files = {f"{folder}/{f.relative_to(out).as_posix()}": f.stat().st_size
                  for f in sorted(out.rglob("*")) if f.is_file()}
         replace_folder(session, out, folder)
@@ -112,39 +113,44 @@ def export_step(session: Session, trained: TrainedSession, step: int, precision:
     return StepExport(step=step, source=source, precision=precision, folder=folder, files=files)
 
 
-def _from_checkpoint(session: Session, trained: TrainedSession, step: int, name: str, dtype: torch.dtype,
-                     out: Path) -> None:
+def step_parts(session: Session, trained: TrainedSession, step: int, source: Source,
+               scratch: Path) -> tuple[ModelParts, Trainables]:
+    """The base model on the CPU with step `step`'s trained weights in place (`scratch`: a
+    local folder for a snapshot's files)."""
+    if source == "checkpoint":
+        return _checkpoint_parts(session, trained, step)
+    return _snapshot_parts(session, trained, step, scratch)
+
+
+def _checkpoint_parts(session: Session, trained: TrainedSession, step: int) -> tuple[ModelParts, Trainables]:
     checkpoint = CheckpointStore(session).load(step)
     if checkpoint is None:
         raise SessionError(f"the checkpoint at step {step} of session {session.name!r} is gone or does "
                            "not verify (a training run may have replaced it). Run `dreambooth status "
-                           f"{session.name}` to see the steps there are, and export one of them.")
-    parts, trainables = restored_parts(trained.model_path, trained.training, trained.subjects, checkpoint,
-                                       torch.device("cpu"))
-    refuse_non_finite(trainables, dtype, step)
-    write_method(trained.training.method, trained.model_path, trained.family, parts, trainables, name, step,
-                 dtype, out)
+                           f"{session.name}` to see the steps there are, and use one of them.")
+    return restored_parts(trained.model_path, trained.training, trained.subjects, checkpoint, torch.device("cpu"))
 
 
 @torch.no_grad()
-def _from_snapshot(session: Session, trained: TrainedSession, step: int, name: str, dtype: torch.dtype,
-                   out: Path, scratch: Path) -> None:
+def _snapshot_parts(session: Session, trained: TrainedSession, step: int,
+                    scratch: Path) -> tuple[ModelParts, Trainables]:
     snapshot = scratch / "snapshot"
     session.get_folder(snapshot_folder(step), snapshot)
-    method = trained.training.method
-    if method == "textual-inversion":
-        vectors = {token: _embedding(snapshot, token).to(dtype) for token in trained.subjects}
-        embedding_files(vectors, step, out)
-        return
     parts = load_model_parts(trained.model_path, torch.device("cpu"))
     trainables = set_up_method(parts, trained.training, trained.subjects)
-    weights = snapshot / f"{name}.safetensors"
-    if method == "lora":
+    weights = snapshot / f"{session.name}-{step_name(step)}.safetensors"
+    method = trained.training.method
+    if method == "textual-inversion":
+        for row, token in enumerate(trainables.new_tokens):
+            trainables.embeddings[row].copy_(_embedding(snapshot, token).reshape(-1))
+    elif method == "lora":
         encoder = parts.text_encoder if trainables.text_encoder else None
         load_kohya_lora(parts.unet, encoder, safetensors.torch.load_file(weights))
     else:
         _load_single_file(parts, weights, trained.model_path)  # replaces the modules trainables hold
-    write_method(method, trained.model_path, trained.family, parts, trainables, name, step, dtype, out)
+    parts.unet.requires_grad_(False).eval()
+    parts.text_encoder.requires_grad_(False).eval()
+    return parts, trainables
 
 
 def _embedding(snapshot: Path, token: str) -> torch.Tensor:
