@@ -9,6 +9,7 @@ from dreambooth_core.evaluation.evaluate import EvaluationSpec, Subject, evaluat
 from dreambooth_core.evaluation.judges import fetch_judges, load_judges
 from dreambooth_core.generation.pipeline import build_pipeline
 
+pytestmark = pytest.mark.slow  # builds and runs models: the full suite only
 REPO = Path(__file__).resolve().parents[2]
 SPEC = EvaluationSpec(resolution=32, prompts=2, images_per_prompt=2, inference_steps=2)
 

@@ -10,6 +10,7 @@ from web_server import FakeServer, hub_routes
 from dreambooth_core.evaluation.judges import CLIP_REPO, DINO_REPO, fetch_judges, load_judges
 from dreambooth_core.evaluation.metrics import prompt_fidelity, subject_fidelity
 
+pytestmark = pytest.mark.slow  # builds and runs models: the full suite only
 REPO = Path(__file__).resolve().parents[2]
 
 
