@@ -21,20 +21,13 @@ from dreambooth_core.errors import USER_ERRORS, ConfigError, SessionError
 from dreambooth_core.model.family import SMALLEST_SD_RESOLUTION
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.state import stored_config
-from dreambooth_core.session.storage import storage_location
+from flows.cli_flags import flag_name, flag_storage, open_flag_session, setting
 from flows.quiet_libraries import quiet_libraries
+from flows.session_commands import HANDLERS as SESSION_COMMANDS
+from flows.session_commands import add_session_commands
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def setting(name: str) -> FieldInfo:
-    """The declaration of setting `name` in its section of DreamBoothConfig."""
-    return SECTIONS[SECTION_OF[name]].model_fields[name]
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +50,7 @@ def _add_flag(parser, name: str, field: FieldInfo) -> None:
     elif kind is bool:
         options["action"] = argparse.BooleanOptionalAction
     default = "" if field.is_required() or field.default is None else f" (default: {field.default})"
-    parser.add_argument(_flag(name), help=field.description + default, required=field.is_required(), **options)
+    parser.add_argument(flag_name(name), help=field.description + default, required=field.is_required(), **options)
 
 
 def _base_type(annotation: Any) -> Any:
@@ -113,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
             options["choices"] = typing.get_args(kind)
         help_text = ("Training resolution the sizes are judged against" if name == "resolution"
                      else field.description)
-        validate.add_argument(_flag(name), help=f"{help_text} (default: {options['default']})",
+        validate.add_argument(flag_name(name), help=f"{help_text} (default: {options['default']})",
                               **options)
     status = commands.add_parser(
         "status", help="Show sessions: steps done of total, last committed checkpoint, outputs.",
@@ -128,51 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="A SessionStorage block naming where sessions live, as for train "
                              "(read from the Prefect server at PREFECT_API_URL; default: none).")
     status.add_argument("--json", action="store_true", help="Print the status as JSON.")
-    _add_export_command(commands)
-    _add_evaluate_command(commands)
+    add_session_commands(commands)
     return parser
-
-
-def _add_evaluate_command(commands) -> None:
-    evaluate = commands.add_parser(
-        "evaluate", help="Measure subject and prompt fidelity of a session's steps and recommend one.",
-        description="Render the DreamBooth paper's prompts for each subject with fixed seeds, at the "
-                    "base model (step 0) and each step asked for, and measure subject fidelity (DINO, "
-                    "CLIP-I: similarity to the prepared photos) and prompt fidelity (CLIP-T). Writes "
-                    "reports/evaluation.csv, .png and .json (the recommended step and its rule).")
-    evaluate.add_argument("--session", required=True, help="The session to evaluate.")
-    evaluate.add_argument("--steps", default=None, help="Comma-separated steps with a committed checkpoint "
-                          "or snapshot (default: all of them).")
-    evaluate.add_argument("--storage", default=setting("storage").default,
-                          help="Where sessions live, as for train (default: %(default)s).")
-    evaluate.add_argument("--storage-block", default=None, help="A SessionStorage block naming where "
-                          "sessions live, as for train (default: none).")
-    evaluate.add_argument("--judges", choices=("hub", "tiny"), default="hub", help="hub: the paper's "
-                          "facebook/dino-vits16 and openai/clip-vit-large-patch14, fetched once; tiny: "
-                          "small random ones, offline, for trying it out (default: hub).")
-    evaluate.add_argument("--prompts", type=int, default=4, help="Prompts per subject, of the paper's 25 "
-                          "(default: 4).")
-    evaluate.add_argument("--images", type=int, default=2, help="Images per prompt (default: 2).")
-    evaluate.add_argument("--inference-steps", type=int, default=20, help="Denoising steps (default: 20).")
-    evaluate.add_argument("--seed", type=int, default=0, help="Seed of the images' noise (default: 0).")
-
-
-def _add_export_command(commands) -> None:
-    export = commands.add_parser(
-        "export", help="Export the model at any committed checkpoint or snapshot, without training.",
-        description="Write the files the final export writes (full model, LoRA or embedding) for "
-                    "step N into the session's exports/step-NNNNNN/, from its committed checkpoint "
-                    "(exact) or else its snapshot (fp16). No Prefect server is needed.")
-    export.add_argument("--session", required=True, help="The session to export from.")
-    export.add_argument("--step", type=int, required=True,
-                        help="The step: one with a committed checkpoint or a snapshot "
-                             "(dreambooth status SESSION lists the kept checkpoints and snapshots).")
-    export.add_argument("--storage", default=setting("storage").default,
-                        help="Where sessions live, as for train (default: %(default)s).")
-    export.add_argument("--storage-block", default=None, help="A SessionStorage block naming where "
-                        "sessions live, as for train (default: none).")
-    export.add_argument("--export-precision", choices=("fp16", "fp32"), default=None,
-                        help="Precision of the files (default: the session's --export-precision).")
 
 
 def _add_cloud_commands(commands) -> None:
@@ -204,20 +154,6 @@ def _add_cloud_commands(commands) -> None:
                        "twice PREFECT_FLOWS_HEARTBEAT_FREQUENCY plus 30).")
 
 
-def flag_storage(storage: str, storage_block: str | None) -> tuple[str, dict[str, Any]]:
-    """(URL, fsspec options) of the storage the flags name; Prefect is imported only for a
-    --storage-block (its blocks say how a block name opens storage)."""
-    if storage_block:
-        import blocks.session_storage  # noqa: F401 - registers the block storage
-    return storage_location(storage, storage_block)
-
-
-def open_flag_session(flags: dict[str, Any]) -> Session:
-    """The session the flags name."""
-    url, options = flag_storage(flags.get("storage", setting("storage").default), flags.get("storage_block"))
-    return Session(url, flags["session"], options)
-
-
 def config_from_flags(flags: dict[str, Any], session: Session | None = None) -> DreamBoothConfig:
     """The session's stored configuration updated with the flags given now."""
     session = session or open_flag_session(flags)
@@ -228,7 +164,7 @@ def config_from_flags(flags: dict[str, Any], session: Session | None = None) -> 
     try:
         return DreamBoothConfig(**{**stored, **flags})
     except ValidationError as exc:
-        problems = "; ".join(f"{_flag(_setting_at(e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{flag_name(_setting_at(e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"invalid settings: {problems}.") from None
 
 
@@ -431,108 +367,12 @@ def status(args: dict[str, Any]) -> int:
     return 0
 
 
-def export(args: dict[str, Any]) -> int:
-    from dreambooth_core.export.step_export import export_step, require_step, trained_session
-
-    session, config = _trained_session_config(args)
-    require_step(session, args["step"])  # before the model is loaded
-    model = _base_model(config, session)
-    trained = trained_session(session, model.path, model.family)
-    result = export_step(session, trained, args["step"], args["export_precision"] or config.export.export_precision)
-    print(f"Exported step {result.step} of session {session.name!r} from its {result.source} "
-          f"({result.precision}) to {session.url}/{result.folder}/:")
-    sizes: dict[str, int] = {}
-    for path, size in result.files.items():  # a folder's files as one line
-        name, _, inside = path.removeprefix(result.folder + "/").partition("/")
-        sizes[name + ("/" if inside else "")] = sizes.get(name + ("/" if inside else ""), 0) + size
-    print("\n".join(f"  {name} ({size / 1e6:.1f} MB)" for name, size in sizes.items()))
-    return 0
-
-
-def evaluate(args: dict[str, Any]) -> int:
-    from dreambooth_core.evaluation.evaluate import EvaluationSpec
-    from dreambooth_core.evaluation.judges import fetch_judges, load_judges
-    from dreambooth_core.evaluation.session_evaluation import evaluate_session
-    from dreambooth_core.export.step_export import exportable_steps, trained_session
-    from dreambooth_core.session.dataset_manifest import require_dataset_manifest
-    from dreambooth_core.training.devices import resolve_device
-    from tasks.fetch_base_model import model_cache_dir
-
-    session, config = _trained_session_config(args)
-    steps = _evaluation_steps(args["steps"], exportable_steps(session), session.name)
-    for name in ("prompts", "images", "inference_steps"):
-        if args[name] < 1:
-            raise ConfigError(f"{_flag(name)} {args[name]}: use 1 or more.")
-    device = resolve_device("auto")
-    if device.type != "cuda" and not config.base_model.model.startswith("tiny"):
-        print(f"warning: no CUDA GPU; rendering {args['prompts'] * args['images']} images per subject and "
-              f"step with {config.base_model.model} on the CPU takes minutes each.", file=sys.stderr)
-    model = _base_model(config, session)
-    trained = trained_session(session, model.path, model.family)
-    judges = load_judges(*fetch_judges(args["judges"], model_cache_dir(), os.environ.get("HF_TOKEN")))
-    spec = EvaluationSpec(resolution=require_dataset_manifest(session).resolution, seed=args["seed"],
-                          prompts=args["prompts"], images_per_prompt=args["images"],
-                          inference_steps=args["inference_steps"])
-    report = evaluate_session(session, trained, steps, judges, args["judges"], spec,
-                              config.checks.subject_type, device)
-    print(f"Evaluated steps {', '.join(map(str, report.steps))} of session {session.name!r} "
-          f"(0: the base model): {session.url}/reports/evaluation.csv, .png")
-    print(f"Recommended: {report.recommendation.reason}.\nRule: {report.recommendation.rule}.")
-    return 0
-
-
-def _evaluation_steps(text: str | None, available: dict[int, str], name: str) -> list[int]:
-    if text is None:
-        return sorted(available)
-    try:
-        return sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise ConfigError(f"--steps {text!r}: give steps as numbers separated by commas, e.g. "
-                          f"--steps 200,400 (session {name!r} has {', '.join(map(str, sorted(available)))}).") from None
-
-
-def _trained_session_config(args: dict[str, Any]):
-    session = open_flag_session(args)
-    config = stored_config(session)
-    if config is None:
-        raise SessionError(f"there is no session {session.name!r} in {session.storage}. Pass the "
-                           "--storage it was trained with, or another --session.")
-    return session, config
-
-
-def _base_model(config: DreamBoothConfig, session: Session):
-    """The base model the session was trained on, as train fetches it."""
-    from dreambooth_core.model.fetch import fetch_model
-    from tasks.fetch_base_model import model_cache_dir
-
-    quiet_libraries()
-    base = config.base_model
-    model = fetch_model(base.model, model_cache_dir(), base.revision, base.single_file_config,
-                        hf_token=os.environ.get("HF_TOKEN"))
-    refuse_changed_model(session, model.digest, base.model)
-    return model
-
-
-def refuse_changed_model(session: Session, model_digest: str, model: str) -> None:
-    """LoRA and embeddings apply to the model they were trained on: a hub repo updated since
-    (no --revision pinned) would give another model."""
-    from dreambooth_core.session.state import load_state
-
-    recorded = (load_state(session).fingerprint or {}).get("model content")
-    if recorded is not None and recorded != model_digest:
-        raise SessionError(f"the base model {model!r} is not the one session {session.name!r} was "
-                           "trained on: its content changed since (a new hub revision, when no "
-                           "--revision was pinned), and the trained weights belong with the old one. "
-                           "Export on a machine whose model cache holds the model trained on.")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
     try:
         handlers = {"train": train, "plan": plan, "tokens": tokens, "validate": validate, "upload": upload,
-                    "automations": automations, "status": status, "export": export,
-                    "evaluate": evaluate}
+                    "automations": automations, "status": status, **SESSION_COMMANDS}
         return handlers[command](args)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)

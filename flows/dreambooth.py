@@ -12,6 +12,7 @@ from dreambooth_core.export.outputs import ExportResult
 from dreambooth_core.reports.summary import RunFacts
 from dreambooth_core.training.live import LiveTraining
 from flows.session_storage import result_storage, session_lease
+from flows.trained_event import emit_trained
 from tasks.artifacts import publish_summary, start_training_progress
 from tasks.caption_photos import caption_photos
 from tasks.check_tokens import check_tokens
@@ -57,4 +58,6 @@ def dreambooth_train(config: DreamBoothConfig) -> ExportResult:
         get_run_logger().info("Trained %d steps in this run; %d of %d chunks were cached%s", trained,
                               cached, len(chunks), "; export was cached" if exported.name == "Cached" else "")
         publish_summary(ref, RunFacts(time.monotonic() - began, trained, len(chunks), cached), progress)
-        return exported.result()
+        result = exported.result()
+        emit_trained(config, result.step)  # a deployment's trigger may try the model (prefect.yaml)
+        return result

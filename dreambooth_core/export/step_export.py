@@ -33,6 +33,7 @@ from dreambooth_core.session.state import load_state
 from dreambooth_core.training.methods import Trainables, set_up_method
 from dreambooth_core.training.model_parts import ModelParts, load_model_parts
 from dreambooth_core.training.restore import restored_parts
+from dreambooth_core.training.trainer import EMA_FILE, WEIGHTS_FILE
 
 Source = Literal["checkpoint", "snapshot"]
 
@@ -68,6 +69,17 @@ def trained_session(session: Session, model_path: str, family: ModelFamily) -> T
         training, _ = state.memory_plan.apply(training, runtime)
     return TrainedSession(name=session.name, model_path=model_path, family=family, training=training,
                           subjects=require_dataset_manifest(session).tokens)
+
+
+def require_trained_model(session: Session, model_digest: str, model: str) -> None:
+    """LoRA and embeddings apply to the model they were trained on: a hub repo updated since
+    (no --revision pinned) would give another model."""
+    recorded = (load_state(session).fingerprint or {}).get("model content")
+    if recorded is not None and recorded != model_digest:
+        raise SessionError(f"the base model {model!r} is not the one session {session.name!r} was "
+                           "trained on: its content changed since (a new hub revision, when no "
+                           "--revision was pinned), and the trained weights belong with the old one. "
+                           "Use a machine whose model cache holds the model trained on.")
 
 
 def exportable_steps(session: Session) -> dict[int, Source]:
@@ -123,7 +135,7 @@ def step_parts(session: Session, trained: TrainedSession, step: int, source: Sou
 
 
 def _checkpoint_parts(session: Session, trained: TrainedSession, step: int) -> tuple[ModelParts, Trainables]:
-    checkpoint = CheckpointStore(session).load(step)
+    checkpoint = CheckpointStore(session).load(step, only=(WEIGHTS_FILE, EMA_FILE))  # not the optimizer
     if checkpoint is None:
         raise SessionError(f"the checkpoint at step {step} of session {session.name!r} is gone or does "
                            "not verify (a training run may have replaced it). Run `dreambooth status "

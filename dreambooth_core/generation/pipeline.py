@@ -57,14 +57,18 @@ def build_pipeline(model_path: str, device: torch.device | str, unet: torch.nn.M
 
 
 def render(pipeline, prompt: str, generators: list[torch.Generator], resolution: int,
-           steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE) -> list[Image.Image]:
-    """One image per generator (each image's starting noise comes from its own generator)."""
+           steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE,
+           negative_prompt: str | None = None, size: tuple[int, int] | None = None) -> list[Image.Image]:
+    """One image per generator (each image's starting noise comes from its own generator),
+    `resolution` square unless `size` (width, height) is given."""
     device = _device_of(pipeline.unet)
+    width, height = size or (resolution, resolution)
     with _evaluating(pipeline.unet, pipeline.text_encoder), torch.no_grad(), \
             torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
         return pipeline(prompt, num_images_per_prompt=len(generators), generator=generators,
                         num_inference_steps=steps, guidance_scale=guidance_scale,
-                        height=resolution, width=resolution, output_type="pil").images
+                        negative_prompt=negative_prompt or None, height=height, width=width,
+                        output_type="pil").images
 
 
 @contextmanager

@@ -49,12 +49,17 @@ def sample_prompts(subjects: dict[str, SubjectRecord], extra: list[str] = ()) ->
     prompts = [r.instance_prompt or f"photo of {t} {r.class_word or ''}".strip()
                for t, r in sorted(subjects.items())]
     for prompt in extra:
-        if "{token}" in prompt:
-            prompts += [prompt.replace("{token}", t).replace("{class}", r.class_word or "").strip()
-                        for t, r in sorted(subjects.items())]
-        else:
-            prompts.append(prompt)
+        prompts += fill_subjects(prompt, subjects)
     return list(dict.fromkeys(prompts))
+
+
+def fill_subjects(prompt: str, subjects: dict[str, SubjectRecord]) -> list[str]:
+    """A prompt holding {token} (and {class}) once per subject, filled in; any other as it is.
+    A subject without a class word leaves no gap: 'a {token} {class} dog' -> 'a shrk dog'."""
+    if "{token}" not in prompt:
+        return [prompt]
+    return [" ".join(prompt.replace("{token}", t).replace("{class}", r.class_word or "").split())
+            for t, r in sorted(subjects.items())]
 
 
 class SampleSpec(BaseModel):

@@ -15,7 +15,7 @@ from dreambooth_core.reports.timing import training_speed
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.dataset_manifest import load_dataset_manifest
 from dreambooth_core.session.folder import Session
-from dreambooth_core.session.paths import DIFFUSERS, EXPORTS, SESSION_FILE, SNAPSHOTS, steps_named
+from dreambooth_core.session.paths import DIFFUSERS, EXPORTS, GENERATIONS, SESSION_FILE, SNAPSHOTS, steps_named
 from dreambooth_core.session.state import SessionState, load_state
 
 
@@ -36,6 +36,7 @@ class SessionStatus:
     outputs: dict[str, int] = field(default_factory=dict)  # session-relative path -> bytes
     snapshots: list[int] = field(default_factory=list)  # steps with a snapshot, oldest first
     exports: list[int] = field(default_factory=list)  # steps exported with `dreambooth export --step`
+    generations: list[str] = field(default_factory=list)  # folders of `dreambooth generate`, oldest first
     problem: str | None = None   # why the session cannot be read (state "unreadable")
 
     @property
@@ -105,7 +106,8 @@ def session_status(session: Session) -> SessionStatus:
         last_logged_step=rows[-1].step if rows else None,
         last_loss=rows[-1].loss if rows else None,
         speed=steps / seconds if seconds > 0 else None, outputs=_outputs(session, state),
-        snapshots=steps_named(session.list(SNAPSHOTS)), exports=steps_named(session.list(EXPORTS)))
+        snapshots=steps_named(session.list(SNAPSHOTS)), exports=steps_named(session.list(EXPORTS)),
+        generations=session.list(GENERATIONS))
 
 
 def _state(state: SessionState | None, committed: list[int], total: int | None) -> str:
@@ -165,6 +167,9 @@ def status_lines(status: SessionStatus) -> list[str]:
     if status.exports:
         lines.append(f"  exported:    steps {', '.join(map(str, status.exports))} in exports/ "
                      "(dreambooth export --step N)")
+    if status.generations:
+        lines.append(f"  generated:   {len(status.generations)} time(s) in generations/, newest "
+                     f"{status.generations[-1]}/ (dreambooth generate)")
     return lines
 
 

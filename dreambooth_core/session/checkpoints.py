@@ -18,6 +18,7 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable
 
@@ -152,16 +153,19 @@ class CheckpointStore:
                 return checkpoint
         return None
 
-    def load(self, step: int) -> Checkpoint | None:
-        """The checkpoint at `step` if it is committed and its files verify, read into memory."""
-        return self._read_verified(step)
+    def load(self, step: int, only: Collection[str] | None = None) -> Checkpoint | None:
+        """The checkpoint at `step` if it is committed and its files verify, read into memory;
+        `only`: just these of its files (those present), e.g. the weights without the optimizer."""
+        return self._read_verified(step, only)
 
-    def _read_verified(self, step: int) -> Checkpoint | None:
+    def _read_verified(self, step: int, only: Collection[str] | None = None) -> Checkpoint | None:
         manifest = self._manifest_if_sizes_match(step)
         if manifest is None:
             return None
         files = {}
         for name, expected in manifest.files.items():
+            if only is not None and name not in only:
+                continue
             data = self.session.read_bytes(f"{checkpoint_folder(step)}/{name}")
             if hashlib.sha256(data).hexdigest() != expected.sha256:
                 self.log.warning("Checkpoint at step %d is corrupt (%s does not match its "

@@ -39,6 +39,7 @@ CHECKPOINTS = "checkpoints"
 CHECKPOINT_MANIFEST = "MANIFEST.json"  # inside each checkpoint folder, written last: the commit
 SNAPSHOTS = "snapshots"
 EXPORTS = "exports"
+GENERATIONS = "generations"
 SAMPLES = "samples"
 DIFFUSERS = "diffusers"
 CLASS_STORE = "class-images"  # beside the sessions, not inside one

@@ -19,6 +19,7 @@ from flows.upload import UPLOADED
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = yaml.safe_load((REPO / "prefect.yaml").read_text())
 DEPLOYMENTS = {d["name"]: d for d in PROJECT["deployments"]}
+TRAINING = {name: d for name, d in DEPLOYMENTS.items() if d["entrypoint"] == "flows/dreambooth.py:dreambooth_train"}
 K8S_TEMPLATE = REPO / "deploy" / "kubernetes-gpu-job-template.json"
 # The work pool each deployment names, its type, and a base job template option.
 POOLS = {
@@ -42,10 +43,10 @@ def pool_variables(pool_name: str) -> dict:
 
 
 def test_the_four_kinds_of_work_pool_are_deployed():
-    assert {d["work_pool"]["name"] for d in DEPLOYMENTS.values()} == set(POOLS)
+    assert {d["work_pool"]["name"] for d in TRAINING.values()} == set(POOLS)
 
 
-@pytest.mark.parametrize("name", DEPLOYMENTS)
+@pytest.mark.parametrize("name", TRAINING)
 def test_deployment_entrypoint_and_parameters(name):
     deployment = DEPLOYMENTS[name]
     path, function = deployment["entrypoint"].split(":")
@@ -72,7 +73,18 @@ def test_vertex_runs_longer_than_the_one_hour_default_on_a_gpu():
     assert variables["accelerator_count"] >= 1 and variables["accelerator_type"].startswith("NVIDIA")
 
 
-@pytest.mark.parametrize("name", DEPLOYMENTS)
+def test_the_generate_deployment_renders_with_valid_parameters_when_training_finishes():
+    from flows.generate import dreambooth_generate
+    from flows.trained_event import TRAINED
+
+    deployment = DEPLOYMENTS["generate-local"]
+    assert deployment["entrypoint"] == "flows/generate.py:dreambooth_generate"
+    dreambooth_generate.validate_parameters(deployment["parameters"])
+    (trigger,) = deployment["triggers"]
+    assert trigger["expect"] == [TRAINED] and set(trigger["parameters"]) == {"session", "storage", "storage_block"}
+
+
+@pytest.mark.parametrize("name", TRAINING)
 def test_each_deployment_trains_the_uploads_addressed_to_it(name):
     (trigger,) = DEPLOYMENTS[name]["triggers"]
     assert trigger["expect"] == [UPLOADED]
