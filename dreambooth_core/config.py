@@ -212,6 +212,27 @@ class SampleSettings(Section):
         return [p.strip() for p in (self.sample_prompts or "").split(";") if p.strip()]
 
 
+class EvaluationSettings(Section):
+    """Measuring the checkpoints while training (dreambooth evaluate measures them after)."""
+
+    evaluate_every: int = Field(0, ge=0, description="After every N chunks (and the last), measure "
+                                "subject fidelity (DINO, CLIP-I) and prompt fidelity (CLIP-T) of the "
+                                "new checkpoint into reports/evaluation.* and the UI, with the "
+                                "recommended step; 0 is off. Never changes the trained weights.")
+    evaluation_judges: Literal["auto", "hub", "tiny"] = Field(
+        "auto", description="The judging models: hub (facebook/dino-vits16 and "
+        "openai/clip-vit-large-patch14, fetched once), tiny (small random ones, offline: numbers "
+        "without meaning); auto: tiny for the built-in tiny base models, else hub.")
+    evaluation_prompts: int = Field(4, ge=1, le=25, description="Prompts per subject, of the paper's 25.")
+    evaluation_images: int = Field(2, ge=1, description="Images per prompt.")
+    evaluation_inference_steps: int = Field(20, ge=1, description="Denoising steps of each image.")
+
+    def judges_for(self, base_model: str) -> str:
+        if self.evaluation_judges != "auto":
+            return self.evaluation_judges
+        return "tiny" if base_model.startswith("tiny") else "hub"
+
+
 class ExportSettings(Section):
     """The final output files."""
 
@@ -283,6 +304,8 @@ class DreamBoothConfig(BaseModel):
     checks: CheckSettings = Field(CheckSettings(), description="What the checks before training accept.")
     training: TrainingSettings = Field(TrainingSettings(), description="What decides the trained weights.")
     samples: SampleSettings = Field(SampleSettings(), description="Samples and snapshots while training.")
+    evaluation: EvaluationSettings = Field(EvaluationSettings(), description="Measuring the checkpoints "
+                                           "while training.")
     export: ExportSettings = Field(ExportSettings(), description="The final output files.")
     runtime: RuntimeSettings = Field(RuntimeSettings(), description="Device, chunks and other "
                                      "settings that change speed, never the result.")

@@ -21,6 +21,7 @@ from tasks.fetch_base_model import fetch_base_model
 from tasks.generate_class_images import generate_class_images
 from tasks.open_session import open_session
 from tasks.plan_training import plan_training
+from tasks.prepare_evaluation import prepare_evaluation
 from tasks.prepare_photos import prepare_photos
 from tasks.train_chunk import train_chunk
 from tasks.validate_photos import validate_photos
@@ -42,12 +43,13 @@ def dreambooth_train(config: DreamBoothConfig) -> ExportResult:
         class_images = generate_class_images(ref, model, resolution, config.training,
                                              config.captions.class_prompt, config.runtime.device)
         plan = plan_training(ref, config, model, dataset, captions, class_images)
+        evaluation = prepare_evaluation(plan, config)  # None unless --evaluate-every
         progress = start_training_progress(plan)
         chunks = []
         for chunk in plan.chunks:  # a failed chunk ends the run: its error is the one reported
             # A chunk past the last committed checkpoint cannot have a valid cached result.
             chunks.append(train_chunk.with_options(refresh_cache=chunk.end > plan.resume_step, **results)(
-                plan, chunk, config.samples, live, progress, return_state=True))
+                plan, chunk, config.samples, evaluation, live, progress, return_state=True))
             if chunks[-1].is_failed():
                 break
         outcomes = [state.result() for state in chunks]

@@ -5,10 +5,13 @@ from uuid import UUID
 from prefect import get_run_logger, task
 
 from dreambooth_core.config import SampleSettings
+from dreambooth_core.evaluation.session_evaluation import evaluation_markdown
+from dreambooth_core.evaluation.training_evaluation import EvaluationHook, TrainingEvaluation, evaluated_report
 from dreambooth_core.export.snapshots import SnapshotHook
 from dreambooth_core.generation.samples import SampleHook, sample_spec, samples_markdown, saved_samples
 from dreambooth_core.hashing import digest
 from dreambooth_core.session.dataset_manifest import require_dataset_manifest
+from dreambooth_core.session.paths import EVALUATION_PNG
 from dreambooth_core.training.chunk import ChunkHooks, ChunkOutcome
 from dreambooth_core.training.launcher import run_chunk
 from dreambooth_core.training.live import LiveTraining
@@ -23,16 +26,19 @@ def _cache_key(context, p) -> str:
 
 @task(name="train-chunk", task_run_name="train steps {chunk.start}-{chunk.end}",
       cache_key_fn=_cache_key, persist_result=True)
-def train_chunk(plan: TrainingPlan, chunk: Chunk, samples: SampleSettings, live: LiveTraining,
-                progress: UUID | None = None) -> ChunkOutcome:
-    """`live`: the run's trainer and background commits; `progress`: its progress artifact."""
+def train_chunk(plan: TrainingPlan, chunk: Chunk, samples: SampleSettings, evaluation: TrainingEvaluation | None,
+                live: LiveTraining, progress: UUID | None = None) -> ChunkOutcome:
+    """`evaluation`: measure the chunk's end (None: off); `live`: the run's trainer and background
+    commits; `progress`: its progress artifact."""
     log, session = get_run_logger(), plan.session.open()
     spec = sample_spec(samples, require_dataset_manifest(session).subjects, plan.resolution,
                        plan.training.seed)
+    after_chunk = (SampleHook(plan.session, plan.model_path, spec, samples.sample_every) if spec else None,
+                   EvaluationHook(plan.session, plan.model_path, evaluation) if evaluation else None)
     hooks = ChunkHooks(
         after_step=SnapshotHook(plan.session, plan.model_path, plan.family, samples.snapshot_every,
                                 samples.keep_snapshots) if samples.snapshot_every else None,
-        after_chunk=SampleHook(plan.session, plan.model_path, spec, samples.sample_every) if spec else None,
+        after_chunk=tuple(hook for hook in after_chunk if hook),
         on_progress=(progress_updater(progress, session.name),),
         on_chunk_end=(loss_plot_publisher(session),))
     outcome = run_chunk(plan, chunk, live, hooks, log)
@@ -40,4 +46,9 @@ def train_chunk(plan: TrainingPlan, chunk: Chunk, samples: SampleSettings, live:
     if shown is not None:
         publish_image(session, shown.grid, artifact_key("samples", session.name),
                       f"Samples of session {session.name} at step {shown.step}", samples_markdown(session, shown))
+    report = evaluated_report(session, chunk.end) if evaluation and outcome.trained_steps else None
+    if report is not None:
+        publish_image(session, EVALUATION_PNG, artifact_key("evaluation", session.name),
+                      f"Evaluation of session {session.name} to step {chunk.end}",
+                      evaluation_markdown(session.name, report))
     return outcome

@@ -108,3 +108,16 @@ def write_reports(session: Session, rows: list[MetricRow], settings: dict) -> Ev
     session.write_bytes(EVALUATION_PNG, evaluation_plot_png(rows, recommendation, f"session {session.name}"))
     session.write_json(EVALUATION_JSON, report.model_dump(mode="json"))
     return report
+
+
+def evaluation_markdown(session_name: str, report: EvaluationReport) -> str:
+    """The recommendation, its rule and the settings, for the Prefect UI (above the plot)."""
+    settings = ", ".join(f"{name} {value}" for name, value in report.settings.items())
+    return "\n".join([
+        f"# Evaluation of session {session_name}", "",
+        f"Steps measured: {', '.join(map(str, report.steps))} (0: the base model).", "",
+        f"**Recommended: {report.recommendation.reason}.**", "",
+        f"Rule: {report.recommendation.rule}.", "",
+        "Lines: subject fidelity (DINO, CLIP-I: likeness to the prepared photos) and prompt fidelity "
+        "(CLIP-T) against step; dashed: the recommended step. Full figures: reports/evaluation.csv.", "",
+        f"Settings: {settings}.", ""])

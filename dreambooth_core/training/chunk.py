@@ -39,7 +39,7 @@ class ChunkHooks:
     (they travel to spawned processes); the UI callbacks stay in the process that made them."""
 
     after_step: Callable[[Trainer, int], None] | None = None  # with the number of steps done
-    after_chunk: Callable[[Trainer, Chunk, logging.Logger], None] | None = None  # checkpoint handed off
+    after_chunk: tuple[Callable[[Trainer, Chunk, logging.Logger], None], ...] = ()  # checkpoint handed off
     on_progress: tuple[Callable[[Progress], None], ...] = ()
     on_chunk_end: tuple[Callable[[ChunkReport], None], ...] = ()
 
@@ -107,8 +107,8 @@ def _train_chunk(plan: TrainingPlan, chunk: Chunk, live: LiveTraining, hooks: Ch
         raise TrainingStopped(f"training stopped at step {reached} on SIGTERM")
     if lead:
         monitor.chunk_finished()  # timing, loss plot, UI callbacks (loss.csv was written in train_steps)
-        if hooks.after_chunk:
-            hooks.after_chunk(trainer, chunk, log)
+        for hook in hooks.after_chunk:
+            hook(trainer, chunk, log)
     live.keep(key, chunk.end, trainer)
     return ChunkOutcome(end=chunk.end, started_at=start, trained_steps=chunk.end - start, mean_loss=mean_loss)
 

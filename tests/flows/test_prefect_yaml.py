@@ -125,7 +125,8 @@ def test_the_flow_parameter_form_shows_the_configuration_in_its_sections():
     definitions = schema["definitions"]
     config = definitions["DreamBoothConfig"]["properties"]
     sections = [name for name in config if name != "session"]
-    assert sections == ["inputs", "base_model", "captions", "checks", "training", "samples", "export", "runtime"]
+    assert sections == ["inputs", "base_model", "captions", "checks", "training", "samples", "evaluation", "export",
+                        "runtime"]
     kinds = [config[name]["$ref"].rsplit("/", 1)[1] for name in sections]
     assert all(definitions[kind]["description"] for kind in kinds)  # the section's docstring
     training = definitions["TrainingSettings"]["properties"]

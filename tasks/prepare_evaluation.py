@@ -1,0 +1,33 @@
+"""@task: get the judging models and measure the base model, when evaluation while training is on.
+Fetching is retried on network errors only."""
+
+import os
+
+from prefect import get_run_logger, task
+from prefect.tasks import exponential_backoff
+
+from dreambooth_core.config import DreamBoothConfig
+from dreambooth_core.evaluation.judges import fetch_judges
+from dreambooth_core.evaluation.training_evaluation import (
+    TrainingEvaluation,
+    evaluate_base_model,
+    training_evaluation,
+)
+from dreambooth_core.training.devices import resolve_device
+from dreambooth_core.training.plan import TrainingPlan
+from tasks.fetch_base_model import RETRIES, model_cache_dir, retry_on_network_error
+
+
+@task(name="prepare-evaluation", task_run_name="evaluate the base model", retries=RETRIES,
+      retry_delay_seconds=exponential_backoff(backoff_factor=5), retry_condition_fn=retry_on_network_error)
+def prepare_evaluation(plan: TrainingPlan, config: DreamBoothConfig) -> TrainingEvaluation | None:
+    """None when evaluation while training is off (--evaluate-every 0)."""
+    settings = config.evaluation
+    if not settings.evaluate_every:
+        return None
+    log = get_run_logger()
+    judges = settings.judges_for(config.base_model.model)
+    folders = fetch_judges(judges, model_cache_dir(), os.environ.get("HF_TOKEN"), log)
+    evaluation = training_evaluation(settings, judges, folders, plan.resolution, config.checks.subject_type)
+    evaluate_base_model(plan.session.open(), plan.model_path, evaluation, resolve_device(plan.runtime.device), log)
+    return evaluation
