@@ -8,6 +8,7 @@ from prefect.tasks import exponential_backoff
 
 from dreambooth_core.config import DreamBoothConfig
 from dreambooth_core.evaluation.judges import fetch_judges
+from dreambooth_core.evaluation.render_time import cpu_render_warning
 from dreambooth_core.evaluation.training_evaluation import (
     TrainingEvaluation,
     evaluate_base_model,
@@ -29,5 +30,11 @@ def prepare_evaluation(plan: TrainingPlan, config: DreamBoothConfig) -> Training
     judges = settings.judges_for(config.base_model.model)
     folders = fetch_judges(judges, model_cache_dir(), os.environ.get("HF_TOKEN"), log)
     evaluation = training_evaluation(settings, judges, folders, plan.resolution, config.checks.subject_type)
-    evaluate_base_model(plan.session.open(), plan.model_path, evaluation, resolve_device(plan.runtime.device), log)
+    device = resolve_device(plan.runtime.device)
+    images = settings.evaluation_prompts * settings.evaluation_images * len(plan.subjects)
+    warning = cpu_render_warning(config.base_model.model, images, settings.evaluation_inference_steps,
+                                 plan.resolution) if device.type == "cpu" else None
+    if warning:
+        log.warning("Each evaluation: %s", warning)
+    evaluate_base_model(plan.session.open(), plan.model_path, evaluation, device, log)
     return evaluation
