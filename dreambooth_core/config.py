@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 SESSION_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 STEPS_PER_PHOTO = 100
 DEFAULT_LEARNING_RATES = {"dreambooth": 2e-6, "lora": 1e-4, "textual-inversion": 5e-4}
+DEFAULT_INFERENCE_STEPS = 25  # rendering: DPM-Solver++ gives good images in 20-25 steps
+DEFAULT_GUIDANCE_SCALE = 7.5
 Method = Literal["dreambooth", "lora", "textual-inversion"]
 
 
@@ -373,3 +375,20 @@ def parse_class_words(spec: str | None) -> dict[str | None, str]:
                              "('shrk=man,ohwx=dog'), each token once")
         words[token] = word
     return words
+
+
+class GenerationSettings(BaseModel):
+    """How `dreambooth generate` renders its prompts (besides the weights)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    seed: int = Field(0, description="Seed of the starting noise: image m of every prompt starts "
+                      "from the same noise.")
+    count: int = Field(1, ge=1, le=64, description="Images per prompt.")
+    guidance_scale: float = Field(DEFAULT_GUIDANCE_SCALE, ge=0, description="Classifier-free guidance "
+                                  "scale: higher follows the prompt more closely.")
+    inference_steps: int = Field(DEFAULT_INFERENCE_STEPS, ge=1, le=500, description="Denoising steps per image.")
+    negative_prompt: str = Field("", description="What the images should not show (empty: none).")
+    width: int | None = Field(None, ge=64, multiple_of=8, description="Image width in pixels "
+                              "(default: the session's training resolution).")
+    height: int | None = Field(None, ge=64, multiple_of=8, description="Image height in pixels "
+                               "(default: the session's training resolution).")

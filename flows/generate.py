@@ -3,7 +3,8 @@ chosen), into the session's generations/ and the Prefect UI."""
 
 from prefect import flow
 
-from dreambooth_core.evaluation.generations import Generation, GenerationSettings
+from dreambooth_core.config import GenerationSettings
+from dreambooth_core.evaluation.generations import Generation
 from flows.session_storage import use_blocks
 from tasks.fetch_base_model import fetch_base_model
 from tasks.open_trained_session import open_trained_session

@@ -53,7 +53,7 @@ def _add_evaluate_command(commands) -> None:
 
 
 def _add_generate_command(commands) -> None:
-    from dreambooth_core.evaluation.generations import GenerationSettings
+    from dreambooth_core.config import GenerationSettings
 
     fields = GenerationSettings.model_fields
     generate = commands.add_parser(
@@ -131,7 +131,8 @@ def generate(args: dict[str, Any]) -> int:
     run as the dreambooth-generate flow."""
     from pydantic import ValidationError
 
-    from dreambooth_core.evaluation.generations import GenerationSettings, checked_request, chosen_step
+    from dreambooth_core.config import GenerationSettings
+    from dreambooth_core.evaluation.generations import checked_request, chosen_step
     from dreambooth_core.evaluation.render_time import cpu_render_warning
     from dreambooth_core.export.step_export import trained_session
     from dreambooth_core.session.dataset_manifest import require_dataset_manifest

@@ -2,9 +2,9 @@
 
 from prefect import get_run_logger, task
 
+from dreambooth_core.config import GenerationSettings
 from dreambooth_core.evaluation.generations import (
     Generation,
-    GenerationSettings,
     checked_request,
     generate,
     generation_markdown,

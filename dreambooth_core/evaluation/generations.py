@@ -15,14 +15,15 @@ import time
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from dreambooth_core.captions.tokenizer import TextTokenizer
+from dreambooth_core.config import GenerationSettings
 from dreambooth_core.errors import ConfigError, SessionError
 from dreambooth_core.evaluation.session_evaluation import step_pipeline
 from dreambooth_core.export.outputs import replace_folder
 from dreambooth_core.export.step_export import Source, TrainedSession, exportable_steps, require_step
-from dreambooth_core.generation.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, render
+from dreambooth_core.generation.pipeline import render
 from dreambooth_core.generation.samples import fill_subjects, grid_png
 from dreambooth_core.photos.crop import encode_png
 from dreambooth_core.session.dataset_manifest import require_dataset_manifest
@@ -34,23 +35,6 @@ from dreambooth_core.training.randomness import generator_for
 SEED_STREAM = "generate"
 SETTINGS_FILE = "generation.json"
 GRID_FILE = "grid.png"
-
-
-class GenerationSettings(BaseModel):
-    """How the prompts are rendered (besides the weights)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    seed: int = Field(0, description="Seed of the starting noise: image m of every prompt starts "
-                      "from the same noise.")
-    count: int = Field(1, ge=1, le=64, description="Images per prompt.")
-    guidance_scale: float = Field(DEFAULT_GUIDANCE, ge=0, description="Classifier-free guidance "
-                                  "scale: higher follows the prompt more closely.")
-    inference_steps: int = Field(DEFAULT_STEPS, ge=1, le=500, description="Denoising steps per image.")
-    negative_prompt: str = Field("", description="What the images should not show (empty: none).")
-    width: int | None = Field(None, ge=64, multiple_of=8, description="Image width in pixels "
-                              "(default: the session's training resolution).")
-    height: int | None = Field(None, ge=64, multiple_of=8, description="Image height in pixels "
-                               "(default: the session's training resolution).")
 
 
 class GeneratedPrompt(BaseModel):

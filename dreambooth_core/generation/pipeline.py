@@ -18,8 +18,10 @@ from typing import Iterator
 import torch
 from PIL import Image
 
-DEFAULT_STEPS = 25
-DEFAULT_GUIDANCE = 7.5
+from dreambooth_core.config import DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS
+
+DEFAULT_STEPS = DEFAULT_INFERENCE_STEPS
+DEFAULT_GUIDANCE = DEFAULT_GUIDANCE_SCALE
 SCHEDULER = "DPMSolverMultistepScheduler"
 
 

@@ -161,7 +161,7 @@ def test_the_flow_shows_the_images_in_the_prefect_ui(session, prefect_api_url):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from dreambooth_core.evaluation.generations import GenerationSettings
+    from dreambooth_core.config import GenerationSettings
     from flows.generate import dreambooth_generate
 
     result = dreambooth_generate("s", [BEACH], str(session.parent), settings=GenerationSettings(inference_steps=2))

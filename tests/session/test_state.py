@@ -60,7 +60,7 @@ def test_saving_writes_the_current_format_and_keeps_every_field(old_session):
     data = json.loads(old_session.read_bytes(SESSION_FILE))
     assert data["format"] == 2 and "subjects" not in data and data["token_verdicts"] == {"shrk": "good"}
     assert set(data["config"]) == {"session", "inputs", "base_model", "captions", "checks", "training",
-                                   "samples", "export", "runtime"}
+                                   "samples", "evaluation", "export", "runtime"}
     assert load_state(old_session) == state
 
 
