@@ -7,12 +7,16 @@ differs), and the image size it was trained at. Each is read from the folder's
 JSON configs, never guessed from the model's name:
 
 - family: the text encoder's activation. SD 1.x uses OpenAI CLIP ("quick_gelu");
-  SD 2.x uses OpenCLIP converted to a CLIPTextModel ("gelu").
+  SD 2.x uses OpenCLIP converted to a CLIPTextModel ("gelu"). SDXL is told by its pipeline
+  (StableDiffusionXLPipeline: two text encoders, the second an OpenCLIP with a projection)
+  and its UNet's micro-conditioning (addition_embed_type "text_time").
 - prediction type: the scheduler config's `prediction_type` (absent means epsilon).
 - resolution: UNet sample size x VAE downscale factor.
 
-Architectures this tool cannot train (SDXL, inpainting UNets, other pipelines)
-are refused with a ModelError that names the file and field that gave them away.
+Architectures this tool cannot train (the SDXL refiner, inpainting UNets, other pipelines)
+are refused with a ModelError that names the file and field that gave them away. SDXL base
+models are recognised, and refused unless the caller asks for them (`trainable_only=False`):
+training SDXL is not built yet.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from dreambooth_core.errors import ModelError
 # photos are judged against before a downloaded model's own is known.
 SMALLEST_SD_RESOLUTION = 512
 _FAMILY_BY_ACTIVATION = {"quick_gelu": "sd1", "gelu": "sd2"}
+_SDXL_PIPELINE = "StableDiffusionXLPipeline"
+_SDXL_TEXT_ENCODERS = {"text_encoder": ("CLIPTextModel", "quick_gelu"),
+                       "text_encoder_2": ("CLIPTextModelWithProjection", "gelu")}
 _PREDICTION_TYPES = ("epsilon", "v_prediction")
 _SUPPORTED = "Stable Diffusion 1.x and 2.x (512 px epsilon, 768 px v-prediction)"
 
@@ -38,18 +45,24 @@ class ModelFamily(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    family: Literal["sd1", "sd2"] = Field(description="SD 1.x (OpenAI CLIP) or SD 2.x (OpenCLIP).")
+    family: Literal["sd1", "sd2", "sdxl"] = Field(description="SD 1.x (OpenAI CLIP), SD 2.x (OpenCLIP) or "
+                                                  "SDXL (both, and micro-conditioning).")
     prediction_type: Literal["epsilon", "v_prediction"] = Field(description="What the UNet predicts.")
     resolution: int = Field(description="Image size the model was trained at, in pixels.")
 
 
-def detect_family(model_path: str | Path) -> ModelFamily:
-    """The family, prediction type and native resolution of the diffusers folder `model_path`."""
+def detect_family(model_path: str | Path, trainable_only: bool = True) -> ModelFamily:
+    """The family, prediction type and native resolution of the diffusers folder `model_path`
+    (`trainable_only`: SDXL refused, as training it is not built yet)."""
     folder = Path(model_path)
-    _check_pipeline(folder)
+    sdxl = _is_sdxl(folder)
+    if sdxl and trainable_only:
+        raise _unsupported(folder, "model_index.json", f"it is an SDXL model ({_SDXL_PIPELINE}), which this "
+                           "version recognises but does not train yet")
     unet = _read_config(folder, "unet/config.json")
-    _check_unet(folder, unet)
-    return ModelFamily(family=_family(folder), prediction_type=_prediction_type(folder),
+    _check_unet(folder, unet, sdxl)
+    return ModelFamily(family=_sdxl_family(folder) if sdxl else _family(folder),
+                       prediction_type=_prediction_type(folder),
                        resolution=resolution_of(unet, _read_config(folder, "vae/config.json")))
 
 
@@ -77,20 +90,33 @@ def _read_config(folder: Path, relative: str) -> dict:
                          "delete the folder and fetch the model again.") from None
 
 
-def _check_pipeline(folder: Path) -> None:
+def _is_sdxl(folder: Path) -> bool:
+    """Whether the folder holds an SDXL base model; the refiner, SDXL inpainting and pipelines
+    other than Stable Diffusion's are refused here."""
     index = _read_config(folder, "model_index.json")
     pipeline = index.get("_class_name", "")
-    if "text_encoder_2" in index or "XL" in pipeline:
-        raise _unsupported(folder, "model_index.json", f"it is an SDXL model ({pipeline})")
+    if ("Img2Img" in pipeline and "XL" in pipeline) or index.get("requires_aesthetics_score"):
+        raise _unsupported(folder, "model_index.json", f"it is the SDXL refiner ({pipeline}, conditioned on an "
+                           "aesthetic score): it refines the base model's images and is not a base to train; "
+                           "use stabilityai/stable-diffusion-xl-base-1.0")
+    if "XL" in pipeline and "Inpaint" in pipeline:
+        raise _unsupported(folder, "model_index.json", f"it is an SDXL inpainting model ({pipeline})")
+    if pipeline == _SDXL_PIPELINE or "text_encoder_2" in index:
+        return True
     if pipeline not in ("StableDiffusionPipeline", ""):
         raise _unsupported(folder, "model_index.json", f"its pipeline is {pipeline}")
+    return False
 
 
-def _check_unet(folder: Path, unet: dict) -> None:
-    if unet.get("addition_embed_type"):
+def _check_unet(folder: Path, unet: dict, sdxl: bool) -> None:
+    extra = unet.get("addition_embed_type")
+    if extra and not (sdxl and extra == "text_time"):
         raise _unsupported(folder, "unet/config.json",
-                           f"the UNet takes extra embeddings (addition_embed_type={unet['addition_embed_type']!r}, "
-                           "as SDXL does)")
+                           f"the UNet takes extra embeddings (addition_embed_type={extra!r}, as SDXL does) "
+                           f"but the pipeline is not {_SDXL_PIPELINE}")
+    if sdxl and extra != "text_time":
+        raise _unsupported(folder, "unet/config.json", "the UNet of this SDXL pipeline has no text_time "
+                           f"micro-conditioning (addition_embed_type={extra!r})")
     if unet.get("in_channels", 4) != 4:
         raise _unsupported(folder, "unet/config.json",
                            f"the UNet has in_channels={unet['in_channels']} (an inpainting or depth model; "
@@ -106,6 +132,16 @@ def _family(folder: Path) -> str:
                            f"its text encoder is {architectures[0]} with hidden_act={activation!r} "
                            "(SD 1.x: CLIPTextModel with quick_gelu; SD 2.x: CLIPTextModel with gelu)")
     return _FAMILY_BY_ACTIVATION[activation]
+
+
+def _sdxl_family(folder: Path) -> str:
+    for name, (architecture, activation) in _SDXL_TEXT_ENCODERS.items():
+        config = _read_config(folder, f"{name}/config.json")
+        found = ((config.get("architectures") or [architecture])[0], config.get("hidden_act"))
+        if found != (architecture, activation):
+            raise _unsupported(folder, f"{name}/config.json", f"its {name} is {found[0]} with hidden_act="
+                               f"{found[1]!r} (SDXL: {architecture} with {activation})")
+    return "sdxl"
 
 
 def _prediction_type(folder: Path) -> str:

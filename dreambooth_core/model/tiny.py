@@ -17,6 +17,11 @@ TINY_VERSION = "tiny-sd1-v2"
 # SD 2.x: the 768 px v-prediction model is 1.5x the 512 px epsilon one; so are the tiny ones.
 TINY_SD2_RESOLUTIONS = {"epsilon": 64, "v_prediction": 96}
 TINY_SD2_VERSIONS = {"epsilon": "tiny-sd2-v1", "v_prediction": "tiny-sd2-v-v1"}
+TINY_SDXL_RESOLUTION = 64
+TINY_SDXL_VERSION = "tiny-sdxl-v1"
+# SDXL's micro-conditioning: each of its six time ids (original size, crop corner, target size)
+# is embedded in this many channels (256 in SDXL base 1.0).
+TINY_SDXL_TIME_EMBED = 8
 # The text encoder in the folder has 2 layers: it stands for a 3-layer OpenCLIP whose final
 # layer was dropped, as diffusers' SD 2 folders keep 23 of OpenCLIP's 24 (SD 2 conditions on
 # the penultimate layer's output).
@@ -120,7 +125,7 @@ def build_tiny_model(folder: Path) -> Path:
 def tiny_resolution(spec: str) -> int | None:
     """The native resolution of the tiny model named `spec`, or None when `spec` is not one."""
     return {"tiny": TINY_RESOLUTION, "tiny-sd2": TINY_SD2_RESOLUTIONS["epsilon"],
-            "tiny-sd2-v": TINY_SD2_RESOLUTIONS["v_prediction"]}.get(spec)
+            "tiny-sd2-v": TINY_SD2_RESOLUTIONS["v_prediction"], "tiny-sdxl": TINY_SDXL_RESOLUTION}.get(spec)
 
 
 def build_tiny_sd2_model(folder: Path, prediction_type: str = "epsilon") -> Path:
@@ -170,3 +175,57 @@ def build_tiny_sd2_model(folder: Path, prediction_type: str = "epsilon") -> Path
 def build_tiny_sd2_v_model(folder: Path) -> Path:
     """The tiny SD 2.x model with v-prediction (stands for SD 2.1 768 px)."""
     return build_tiny_sd2_model(folder, "v_prediction")
+
+
+def build_tiny_sdxl_model(folder: Path) -> Path:
+    """Write a tiny SDXL in diffusers layout into `folder` and return it.
+
+    The SDXL traits at narrow width: two text encoders (an OpenAI CLIP with quick_gelu, and an
+    OpenCLIP with plain GELU and a text projection, whose pooled output conditions the UNet),
+    their CLIP BPE tokenizers (the second pads with "!"), a UNet whose cross-attention width is
+    the two encoders' widths together, with SDXL's block layout (a plain first block, then
+    cross-attention blocks with more transformer layers, linear projections) and its
+    micro-conditioning (addition_embed_type "text_time": six time ids plus the pooled text
+    embedding), a VAE with SDXL's scaling factor, and SDXL's Euler scheduler config.
+    """
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    folder = Path(folder)
+    write_tiny_tokenizer(folder / "tokenizer", tiny_merges())
+    write_tiny_tokenizer(folder / "tokenizer_2", tiny_merges(), pad_token="!")
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    tokenizer_2 = CLIPTokenizer.from_pretrained(folder / "tokenizer_2")
+
+    def text_config(act: str) -> CLIPTextConfig:
+        return CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=_WIDTH, intermediate_size=64, num_attention_heads=4,
+            num_hidden_layers=2, max_position_embeddings=77, projection_dim=_WIDTH, hidden_act=act,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED + 4)
+        unet = UNet2DConditionModel(
+            sample_size=TINY_SDXL_RESOLUTION // 4, layers_per_block=1, block_out_channels=(32, 64),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2),
+            attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=8,
+            cross_attention_dim=2 * _WIDTH, addition_embed_type="text_time",
+            addition_time_embed_dim=TINY_SDXL_TIME_EMBED,
+            projection_class_embeddings_input_dim=6 * TINY_SDXL_TIME_EMBED + _WIDTH)
+        vae = AutoencoderKL(
+            block_out_channels=(16, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8,
+            down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+            sample_size=TINY_SDXL_RESOLUTION, scaling_factor=0.13025, force_upcast=True)
+        text_encoder = CLIPTextModel(text_config("quick_gelu"))
+        text_encoder_2 = CLIPTextModelWithProjection(text_config("gelu"))
+    scheduler = EulerDiscreteScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        prediction_type="epsilon", steps_offset=1, timestep_spacing="leading", interpolation_type="linear")
+    pipeline = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=True)
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -13,6 +13,7 @@ from dreambooth_core.errors import ModelError
 from dreambooth_core.model.expected import expected_resolution
 from dreambooth_core.model.family import ModelFamily, detect_family
 from dreambooth_core.model.fetch import fetch_model
+from dreambooth_core.model.tiny import TINY_SDXL_RESOLUTION, build_tiny_sdxl_model
 
 
 @pytest.fixture(scope="module")
@@ -76,45 +77,61 @@ def test_missing_config_is_named(sd2_folder, tmp_path):
         detect_family(folder)
 
 
-def _build_tiny_sdxl(folder: Path) -> Path:
-    """A real (random, tiny) SDXL pipeline saved by diffusers."""
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import (
-        CLIPTextConfig,
-        CLIPTextModel,
-        CLIPTextModelWithProjection,
-        CLIPTokenizer,
-    )
-
-    tokenizer = CLIPTokenizer.from_pretrained(fetch_model("tiny", folder.parent / "cache").path, subfolder="tokenizer")
-    torch.manual_seed(0)
-    text = dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_attention_heads=2,
-                num_hidden_layers=1, projection_dim=16, hidden_act="gelu")
-    unet = UNet2DConditionModel(
-        sample_size=8, layers_per_block=1, block_out_channels=(32, 64), norm_num_groups=8,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=(2, 4), use_linear_projection=True,
-        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=16 + 6 * 8)
-    vae = AutoencoderKL(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
-    pipeline = StableDiffusionXLPipeline(
-        vae=vae, text_encoder=CLIPTextModel(CLIPTextConfig(**text)), tokenizer=tokenizer,
-        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text)), tokenizer_2=tokenizer,
-        unet=unet, scheduler=EulerDiscreteScheduler())
-    pipeline.save_pretrained(folder)
-    return folder
+@pytest.fixture(scope="module")
+def sdxl_folder(tmp_path_factory) -> Path:
+    return build_tiny_sdxl_model(tmp_path_factory.mktemp("tiny-sdxl"))
 
 
-def test_sdxl_is_refused_by_name(tmp_path):
-    folder = _build_tiny_sdxl(tmp_path / "sdxl")
+def test_sdxl_is_recognised_and_refused_for_training(sdxl_folder):
     with pytest.raises(ModelError) as caught:
-        detect_family(folder)
+        detect_family(sdxl_folder)
     message = str(caught.value)
-    assert "model_index.json shows it is an SDXL model (StableDiffusionXLPipeline)" in message
+    assert "model_index.json shows it is an SDXL model (StableDiffusionXLPipeline), which this version " \
+           "recognises but does not train yet" in message
     assert "Supported are Stable Diffusion 1.x and 2.x" in message
+
+
+def test_the_tiny_sdxl_is_detected_from_its_configs_and_renders_in_diffusers(sdxl_folder):
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    assert detect_family(sdxl_folder, trainable_only=False) == ModelFamily(
+        family="sdxl", prediction_type="epsilon", resolution=TINY_SDXL_RESOLUTION)
+    pipeline = StableDiffusionXLPipeline.from_pretrained(sdxl_folder)
+    pipeline.set_progress_bar_config(disable=True)
+    (image,) = pipeline("a photo of shrk man", num_inference_steps=2, height=64, width=64,
+                        generator=torch.Generator().manual_seed(0)).images
+    assert image.size == (64, 64)
+    assert pipeline.tokenizer_2.pad_token == "!" and pipeline.tokenizer.pad_token == "<|endoftext|>"
+    assert pipeline.unet.config.cross_attention_dim == (pipeline.text_encoder.config.hidden_size
+                                                        + pipeline.text_encoder_2.config.hidden_size)
+
+
+def test_the_sdxl_refiner_is_refused_with_the_reason(sdxl_folder, tmp_path):
+    folder = _edited_copy(sdxl_folder, tmp_path / "m", "model_index.json", requires_aesthetics_score=True,
+                          _class_name="StableDiffusionXLImg2ImgPipeline", text_encoder=[None, None])
+    with pytest.raises(ModelError, match=r"it is the SDXL refiner \(StableDiffusionXLImg2ImgPipeline.*not a "
+                                         r"base to train; use stabilityai/stable-diffusion-xl-base-1\.0"):
+        detect_family(folder, trainable_only=False)
+
+
+def test_sdxl_inpainting_is_refused(sdxl_folder, tmp_path):
+    folder = _edited_copy(sdxl_folder, tmp_path / "m", "model_index.json",
+                          _class_name="StableDiffusionXLInpaintPipeline")
+    with pytest.raises(ModelError, match=r"it is an SDXL inpainting model"):
+        detect_family(folder, trainable_only=False)
+    folder = _edited_copy(sdxl_folder, tmp_path / "u", "unet/config.json", in_channels=9)
+    with pytest.raises(ModelError, match=r"in_channels=9 \(an inpainting"):
+        detect_family(folder, trainable_only=False)
+
+
+def test_an_sdxl_without_its_second_text_encoder_s_projection_is_named(sdxl_folder, tmp_path):
+    folder = _edited_copy(sdxl_folder, tmp_path / "m", "text_encoder_2/config.json", architectures=["CLIPTextModel"])
+    with pytest.raises(ModelError, match=r"text_encoder_2/config\.json shows its text_encoder_2 is CLIPTextModel"):
+        detect_family(folder, trainable_only=False)
+
+
+def test_text_time_conditioning_outside_sdxl_is_refused(sd2_folder, tmp_path):
+    folder = _edited_copy(sd2_folder, tmp_path / "m", "unet/config.json", addition_embed_type="text_time")
+    with pytest.raises(ModelError, match=r"addition_embed_type='text_time', as SDXL does\) but the pipeline is not"):
+        detect_family(folder)
