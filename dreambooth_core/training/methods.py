@@ -25,10 +25,17 @@ class Trainables:
     text_encoder: dict[str, torch.nn.Parameter] = field(default_factory=dict)
     embeddings: torch.nn.Parameter | None = None
     new_tokens: list[str] = field(default_factory=list)
+    text_encoder_2: dict[str, torch.nn.Parameter] = field(default_factory=dict)  # SDXL's second encoder
+
+    @property
+    def text_side(self) -> dict[str, torch.nn.Parameter]:
+        """The text encoders' trained parameters (both of SDXL's), by their names in named()."""
+        return {f"text_encoder.{n}": p for n, p in self.text_encoder.items()} | {
+            f"text_encoder_2.{n}": p for n, p in self.text_encoder_2.items()}
 
     def named(self) -> dict[str, torch.nn.Parameter]:
         named = {f"unet.{n}": p for n, p in self.unet.items()}
-        named |= {f"text_encoder.{n}": p for n, p in self.text_encoder.items()}
+        named |= self.text_side
         if self.embeddings is not None:
             named["embeddings"] = self.embeddings
         return named
@@ -61,7 +68,11 @@ def set_up_method(parts: ModelParts, settings: TrainingSettings, tokens: list[st
                   initializer_word: str = "person") -> Trainables:
     """`initializer_word`: where textual inversion's new embeddings start."""
     parts.unet.requires_grad_(False)
-    parts.text_encoder.requires_grad_(False)
+    for encoder in parts.text_encoders:
+        encoder.requires_grad_(False)
+    if parts.text_encoder_2 is not None and settings.method != "dreambooth":
+        raise ConfigError(f"--method {settings.method} is not available for SDXL models yet; "
+                          "train them with --method dreambooth.")
     if settings.method == "dreambooth":
         return _full(parts, settings)
     if settings.method == "lora":
@@ -74,6 +85,8 @@ def _full(parts: ModelParts, settings: TrainingSettings) -> Trainables:
     trainables = Trainables(unet=dict(parts.unet.named_parameters()))
     if settings.trains_text_encoder:
         trainables.text_encoder = dict(parts.text_encoder.named_parameters())
+        if parts.text_encoder_2 is not None:
+            trainables.text_encoder_2 = dict(parts.text_encoder_2.named_parameters())
     return trainables
 
 

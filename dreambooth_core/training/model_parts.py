@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -15,6 +16,12 @@ class ModelParts:
     text_encoder: torch.nn.Module
     tokenizer: object
     noise_scheduler: object
+    text_encoder_2: torch.nn.Module | None = None  # SDXL's second (OpenCLIP) encoder
+    tokenizer_2: object | None = None
+
+    @property
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return [e for e in (self.text_encoder, self.text_encoder_2) if e is not None]
 
 
 def import_model_classes() -> Iterator[str]:
@@ -45,9 +52,15 @@ def load_model_parts(model_path: str, device: torch.device) -> ModelParts:
         tokenizer=CLIPTokenizer.from_pretrained(model_path, subfolder="tokenizer"),
         noise_scheduler=DDPMScheduler.from_pretrained(model_path, subfolder="scheduler"),
     )
+    if (Path(model_path) / "text_encoder_2").is_dir():  # SDXL
+        from transformers import CLIPTextModelWithProjection
+
+        parts.text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(model_path, subfolder="text_encoder_2")
+        parts.tokenizer_2 = CLIPTokenizer.from_pretrained(model_path, subfolder="tokenizer_2")
     # fp32 master weights whatever the folder stores (a session's own fp16 export, for one).
-    for module in (parts.unet, parts.vae, parts.text_encoder):
+    for module in (parts.unet, parts.vae, *parts.text_encoders):
         module.to(device=device, dtype=torch.float32)
     parts.vae.requires_grad_(False).eval()
-    parts.text_encoder.requires_grad_(False).eval()
+    for encoder in parts.text_encoders:
+        encoder.requires_grad_(False).eval()
     return parts

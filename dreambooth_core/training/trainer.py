@@ -13,6 +13,7 @@ from dreambooth_core.errors import ConfigError, SessionError
 from dreambooth_core.session.checkpoints import Checkpoint, Writer, read_tensor_file
 from dreambooth_core.session.tensor_files import write_safetensors
 from dreambooth_core.training.batches import draw_micro_batch
+from dreambooth_core.training.conditioning import Condition, encode_captions, sdxl_time_ids
 from dreambooth_core.training.data_parallel import gradients_kept_local, share_gradients
 from dreambooth_core.training.devices import resolve_precision
 from dreambooth_core.training.latents import LatentCache
@@ -32,6 +33,10 @@ class Example:
     pixels: torch.Tensor  # [1, 3, H, W] in [-1, 1]
     caption: str
     subject: str = ""
+    # SDXL's micro-conditioning: the photo's upright (height, width) and the square crop taken from
+    # it (left, top, right, bottom); None: the image as it is, uncropped.
+    original_size: tuple[int, int] | None = None
+    crop_box: tuple[int, int, int, int] | None = None
 
 
 class Trainer:
@@ -53,8 +58,9 @@ class Trainer:
         if runtime.gradient_checkpointing:
             parts.unet.enable_gradient_checkpointing()
             if settings.trains_text_encoder:
-                enable = getattr(parts.text_encoder, "activation_checkpointing_enable", None)
-                (enable or parts.text_encoder.gradient_checkpointing_enable)()
+                for encoder in parts.text_encoders:
+                    enable = getattr(encoder, "activation_checkpointing_enable", None)
+                    (enable or encoder.gradient_checkpointing_enable)()
         self.optimizer = make_optimizer(self.trainables, settings, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.ema = {n: p.detach().clone().float() for n, p in self.trainables.unet.items()} \
@@ -67,12 +73,12 @@ class Trainer:
             parts.unet.to(memory_format=torch.channels_last)
         # What trained forward passes go through: the modules, or with several processes their
         # DDP wrappers, which average the gradients during backward (data_parallel.py).
-        self.unet, self.text_encoder = parts.unet, parts.text_encoder
+        self.unet, self.text_encoder, self.text_encoder_2 = parts.unet, parts.text_encoder, parts.text_encoder_2
         self.shared: list[torch.nn.Module] = []
         if world > 1:
             self._share_gradients()
         self.unet = torch.compile(self.unet) if runtime.compile else self.unet
-        self._frozen_embeddings: dict[str, torch.Tensor] = {}
+        self._frozen_embeddings: dict[str, Condition] = {}
 
     def _share_gradients(self) -> None:
         """Textual inversion trains no UNet weight (its embeddings sit in the text encoder); the
@@ -85,6 +91,11 @@ class Trainer:
                 parameter.requires_grad_(True)  # DDP takes the ones that need a gradient now; see _enter_phase
             self.text_encoder = share_gradients(self.parts.text_encoder, self.device)
             self.shared.append(self.text_encoder)
+        if self.trainables.text_encoder_2:
+            for parameter in self.trainables.text_encoder_2.values():
+                parameter.requires_grad_(True)
+            self.text_encoder_2 = share_gradients(self.parts.text_encoder_2, self.device)
+            self.shared.append(self.text_encoder_2)
 
     # -- one step -------------------------------------------------------------
 
@@ -132,7 +143,9 @@ class Trainer:
             if prediction_type == "v_prediction" else noise
         with self._autocast():
             condition = self._condition([e.caption for _, _, e in chosen], step)
-            prediction = self.unet(noisy, timesteps, condition).sample
+            extra = {} if condition.pooled is None else {"added_cond_kwargs": {
+                "text_embeds": condition.pooled, "time_ids": self._time_ids([e for _, _, e in chosen], draw.flips)}}
+            prediction = self.unet(noisy, timesteps, condition.hidden, **extra).sample
         per_example = per_example_loss(prediction, target, timesteps, scheduler.alphas_cumprod,
                                        prediction_type, o.min_snr_gamma)
         return dreambooth_loss(per_example, len(draw.instances), o.prior_loss_weight)
@@ -140,11 +153,11 @@ class Trainer:
     # -- phases, learning rates, EMA ------------------------------------------
 
     def text_encoder_trains_at(self, step: int) -> bool:
-        return bool(self.trainables.text_encoder) and step < self.settings.text_encoder_phase
+        return bool(self.trainables.text_side) and step < self.settings.text_encoder_phase
 
     def _enter_phase(self, step: int) -> None:
         active = self.text_encoder_trains_at(step)
-        for parameter in self.trainables.text_encoder.values():
+        for parameter in self.trainables.text_side.values():
             parameter.requires_grad_(active)
         if active:
             self._frozen_embeddings.clear()
@@ -166,24 +179,32 @@ class Trainer:
 
     # -- text conditioning ----------------------------------------------------
 
-    def _condition(self, captions: list[str], step: int) -> torch.Tensor:
+    def _condition(self, captions: list[str], step: int) -> Condition:
         """Embeddings with gradients while the text side trains; cached once it is frozen."""
         if self.trainables.embeddings is not None or self.text_encoder_trains_at(step):
-            return self._encode(captions, self.text_encoder)
-        frozen = self.parts.text_encoder
+            return self._encode(captions, self.text_encoder, self.text_encoder_2)
+        frozen = (self.parts.text_encoder, self.parts.text_encoder_2)
         with torch.no_grad():
             if not self.runtime.cache_text_embeddings:
-                return torch.cat([self._encode([c], frozen) for c in captions])
+                return Condition.cat([self._encode([c], *frozen) for c in captions])
             for caption in dict.fromkeys(captions):
                 if caption not in self._frozen_embeddings:
-                    self._frozen_embeddings[caption] = self._encode([caption], frozen)
-        return torch.cat([self._frozen_embeddings[c] for c in captions])
+                    self._frozen_embeddings[caption] = self._encode([caption], *frozen)
+        return Condition.cat([self._frozen_embeddings[c] for c in captions])
 
-    def _encode(self, captions: list[str], encoder: torch.nn.Module) -> torch.Tensor:
-        tokenizer = self.parts.tokenizer
-        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids
-        return encoder(ids.to(self.device))[0]
+    def _encode(self, captions: list[str], encoder: torch.nn.Module,
+                encoder_2: torch.nn.Module | None = None) -> Condition:
+        return encode_captions(captions, self.parts.tokenizer, encoder, self.device, self.parts.tokenizer_2,
+                               encoder_2)
+
+    def _time_ids(self, examples: list[Example], flips: list[bool]) -> torch.Tensor:
+        """SDXL: each image's micro-conditioning, as the photo was cropped (and mirrored)."""
+        rows = []
+        for example, flip in zip(examples, flips):
+            height, width = example.pixels.shape[-2:]
+            rows.append(sdxl_time_ids(example.original_size or (height, width),
+                                      example.crop_box or (0, 0, width, height), width, flip))
+        return torch.tensor(rows, dtype=torch.float32, device=self.device)
 
     def _autocast(self):
         dtype = AUTOCAST.get(self.precision)
@@ -236,8 +257,8 @@ def make_optimizer(trainables: Trainables, settings: TrainingSettings, device: t
         main.append(trainables.embeddings)
     groups = [{"name": "main", "params": main,
                "weight_decay": 0.0 if trainables.embeddings is not None else 1e-2}]
-    if trainables.text_encoder:
-        groups.append({"name": "text_encoder", "params": list(trainables.text_encoder.values()),
+    if trainables.text_side:
+        groups.append({"name": "text_encoder", "params": list(trainables.text_side.values()),
                        "weight_decay": 1e-2})
     if settings.optimizer == "adamw-8bit":
         return _adamw_8bit(groups, settings, device)
