@@ -54,7 +54,7 @@ class BaseModelSettings(Section):
     model: str = Field("stable-diffusion-v1-5/stable-diffusion-v1-5", description="Base model: "
                        "a Hugging Face repo id, a local diffusers folder, a .ckpt/.safetensors file "
                        "or URL, or 'tiny' (a small random SD 1 model for offline demos and tests; "
-                       "'tiny-sd2', 'tiny-sd2-v' for SD 2.x).")
+                       "'tiny-sd2', 'tiny-sd2-v' for SD 2.x, 'tiny-sdxl' for SDXL).")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of --model.")
     single_file_config: str | None = Field(None, description="For a single-file --model: a diffusers "
                                            "folder or repo id describing its architecture.")

@@ -104,7 +104,7 @@ class EvaluationHook:
         parts = trainer.parts
         with averaged_unet(trainer):
             pipeline = build_pipeline(self.model_path, trainer.device, parts.unet, parts.text_encoder,
-                                      parts.tokenizer)
+                                      parts.tokenizer, parts.text_encoder_2)
             rows += evaluate_pipeline(pipeline, judges, session_subjects(session, self.evaluation.subject_type),
                                       self.evaluation.spec, chunk.end)
         report = write_reports(session, rows, self.evaluation.settings)

@@ -17,6 +17,7 @@ from dreambooth_core.model.hub_layout import save_pipeline
 from dreambooth_core.model.inference_config import write_inference_yaml
 from dreambooth_core.model.model_spec import model_spec_metadata
 from dreambooth_core.model.openclip_layout import load_extras
+from dreambooth_core.model.sdxl_single_file import to_sdxl_single_file_state
 from dreambooth_core.model.single_file import save_single_file, to_single_file_state
 from dreambooth_core.session.paths import DIFFUSERS
 from dreambooth_core.training.methods import Trainables
@@ -33,10 +34,13 @@ def write_method(method: str, model_path: str, family: ModelFamily, parts: Model
     return full_model_files(model_path, family, parts, name, step, dtype, out)
 
 
-def original_layout(model_path: str, family: ModelFamily, unet, vae, text_encoder, name: str) -> tuple[dict, dict]:
+def original_layout(model_path: str, family: ModelFamily, unet, vae, text_encoder, name: str,
+                    text_encoder_2=None) -> tuple[dict, dict]:
     """(state dict in the original single-file layout, its model-spec metadata)."""
-    # SD 2.x: the base single file's final text-encoder layer etc. when it was one (else neutral).
-    state = to_single_file_state(unet, vae, text_encoder, load_extras(model_path))
+    if family.family == "sdxl":
+        state = to_sdxl_single_file_state(unet, vae, text_encoder, text_encoder_2)
+    else:  # SD 2.x: the base single file's final text-encoder layer etc. when it was one (else neutral)
+        state = to_single_file_state(unet, vae, text_encoder, load_extras(model_path))
     return state, model_spec_metadata(family, name)
 
 
@@ -44,13 +48,21 @@ def full_model_files(model_path: str, family: ModelFamily, parts: ModelParts, na
                      dtype: torch.dtype, out: Path) -> list[str]:
     """`<name>.safetensors` and `.ckpt` in the original layout (with `<name>.yaml` for SD 2.x), and a
     diffusers folder in the hub's layout."""
-    from diffusers import StableDiffusionPipeline
+    if family.family == "sdxl":
+        from diffusers import StableDiffusionXLPipeline
 
-    pipeline = StableDiffusionPipeline.from_pretrained(
-        model_path, unet=parts.unet, text_encoder=parts.text_encoder,
-        safety_checker=None, requires_safety_checker=False).to(dtype=dtype)
+        pipeline = StableDiffusionXLPipeline.from_pretrained(
+            model_path, unet=parts.unet, text_encoder=parts.text_encoder,
+            text_encoder_2=parts.text_encoder_2).to(dtype=dtype)
+    else:
+        from diffusers import StableDiffusionPipeline
+
+        pipeline = StableDiffusionPipeline.from_pretrained(
+            model_path, unet=parts.unet, text_encoder=parts.text_encoder,
+            safety_checker=None, requires_safety_checker=False).to(dtype=dtype)
     save_pipeline(pipeline, out / DIFFUSERS)
-    state, metadata = original_layout(model_path, family, pipeline.unet, pipeline.vae, pipeline.text_encoder, name)
+    state, metadata = original_layout(model_path, family, pipeline.unet, pipeline.vae, pipeline.text_encoder, name,
+                                      getattr(pipeline, "text_encoder_2", None))
     for fmt in ("safetensors", "ckpt"):
         save_single_file(state, out / f"{name}.{fmt}", fmt, step, metadata)
     if family.family != "sd2":

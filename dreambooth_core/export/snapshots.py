@@ -64,7 +64,8 @@ def _write_local(out: Path, model_path: str, family: ModelFamily, method: str, p
         export_embeddings(trainables.token_vectors(torch.float16), out, step, write_pt=False)
     else:
         # The training modules stay fp32: the snapshot converts a copy of each tensor.
-        state, metadata = original_layout(model_path, family, parts.unet, parts.vae, parts.text_encoder, name)
+        state, metadata = original_layout(model_path, family, parts.unet, parts.vae, parts.text_encoder, name,
+                                          parts.text_encoder_2)
         state = {k: v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.cpu()
                  for k, v in state.items()}
         save_single_file(state, out / f"{name}.safetensors", "safetensors", step, metadata)

@@ -161,7 +161,8 @@ def _snapshot_parts(session: Session, trained: TrainedSession, step: int,
     else:
         _load_single_file(parts, weights, trained.model_path)  # replaces the modules trainables hold
     parts.unet.requires_grad_(False).eval()
-    parts.text_encoder.requires_grad_(False).eval()
+    for encoder in parts.text_encoders:
+        encoder.requires_grad_(False).eval()
     return parts, trainables
 
 
@@ -170,12 +171,16 @@ def _embedding(snapshot: Path, token: str) -> torch.Tensor:
 
 
 def _load_single_file(parts: ModelParts, weights: Path, model_path: str) -> None:
-    """The UNet and text encoder of an original-layout single file, read with diffusers'
+    """The UNet and text encoder(s) of an original-layout single file, read with diffusers'
     own single-file loading against the base model's configs."""
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    pipeline = StableDiffusionPipeline.from_single_file(
-        str(weights), config=model_path, local_files_only=True, safety_checker=None,
-        requires_safety_checker=False)
+    if parts.text_encoder_2 is not None:
+        pipeline = StableDiffusionXLPipeline.from_single_file(str(weights), config=model_path, local_files_only=True)
+        parts.text_encoder_2 = pipeline.text_encoder_2.to(torch.float32)
+    else:
+        pipeline = StableDiffusionPipeline.from_single_file(
+            str(weights), config=model_path, local_files_only=True, safety_checker=None,
+            requires_safety_checker=False)
     parts.unet = pipeline.unet.to(torch.float32)
     parts.text_encoder = pipeline.text_encoder.to(torch.float32)

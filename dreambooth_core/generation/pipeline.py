@@ -13,6 +13,7 @@ the starting noise, and it gives good images in 20-25 steps.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -30,16 +31,18 @@ def inference_dtype(device: torch.device) -> torch.dtype:
 
 
 def build_pipeline(model_path: str, device: torch.device | str, unet: torch.nn.Module | None = None,
-                   text_encoder: torch.nn.Module | None = None, tokenizer=None):
-    """A StableDiffusionPipeline on `device`: safety checker and progress bar off.
+                   text_encoder: torch.nn.Module | None = None, tokenizer=None,
+                   text_encoder_2: torch.nn.Module | None = None):
+    """A StableDiffusionPipeline (StableDiffusionXLPipeline for an SDXL folder) on `device`:
+    safety checker and progress bar off.
 
     Given modules must already be on `device`; the others load from `model_path`."""
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     device = torch.device(device)
     dtype = inference_dtype(device)
-    for name, module in (("unet", unet), ("text_encoder", text_encoder)):
+    for name, module in (("unet", unet), ("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2)):
         if module is not None and _device_of(module).type != device.type:
             raise ValueError(f"the given {name} is on {_device_of(module)}, not on {device}")
 
@@ -47,13 +50,25 @@ def build_pipeline(model_path: str, device: torch.device | str, unet: torch.nn.M
         module = kind.from_pretrained(model_path, subfolder=subfolder, **{dtype_name: dtype})
         return module.to(device).requires_grad_(False).eval()
 
-    pipeline = StableDiffusionPipeline(
+    parts = dict(
         vae=load(AutoencoderKL, "vae", "torch_dtype"),
         text_encoder=text_encoder if text_encoder is not None else load(CLIPTextModel, "text_encoder", "dtype"),
         tokenizer=tokenizer if tokenizer is not None else CLIPTokenizer.from_pretrained(model_path, subfolder="tokenizer"),
         unet=unet if unet is not None else load(UNet2DConditionModel, "unet", "torch_dtype"),
-        scheduler=DPMSolverMultistepScheduler.from_pretrained(model_path, subfolder="scheduler"),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        scheduler=DPMSolverMultistepScheduler.from_pretrained(model_path, subfolder="scheduler"))
+    if (Path(model_path) / "text_encoder_2").is_dir():
+        from diffusers import StableDiffusionXLPipeline
+        from transformers import CLIPTextModelWithProjection
+
+        pipeline = StableDiffusionXLPipeline(
+            **parts, tokenizer_2=CLIPTokenizer.from_pretrained(model_path, subfolder="tokenizer_2"),
+            text_encoder_2=text_encoder_2 if text_encoder_2 is not None else load(
+                CLIPTextModelWithProjection, "text_encoder_2", "dtype"))
+    else:
+        from diffusers import StableDiffusionPipeline
+
+        pipeline = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                           requires_safety_checker=False)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
@@ -65,7 +80,8 @@ def render(pipeline, prompt: str, generators: list[torch.Generator], resolution:
     `resolution` square unless `size` (width, height) is given."""
     device = _device_of(pipeline.unet)
     width, height = size or (resolution, resolution)
-    with _evaluating(pipeline.unet, pipeline.text_encoder), torch.no_grad(), \
+    encoders = [e for e in (pipeline.text_encoder, getattr(pipeline, "text_encoder_2", None)) if e is not None]
+    with _evaluating(pipeline.unet, *encoders), torch.no_grad(), \
             torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
         return pipeline(prompt, num_images_per_prompt=len(generators), generator=generators,
                         num_inference_steps=steps, guidance_scale=guidance_scale,

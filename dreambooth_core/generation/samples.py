@@ -77,10 +77,10 @@ class SampleSpec(BaseModel):
 def render_samples(session: Session, step: int, model_path: str, settings: SampleSpec,
                    device: torch.device | str, unet: torch.nn.Module | None = None,
                    text_encoder: torch.nn.Module | None = None, tokenizer=None,
-                   log: logging.Logger | None = None) -> Samples:
+                   log: logging.Logger | None = None, text_encoder_2: torch.nn.Module | None = None) -> Samples:
     """Render every prompt with the given (trained) modules and save the grid and images."""
     log = log or logging.getLogger("dreambooth")
-    pipeline = build_pipeline(model_path, device, unet, text_encoder, tokenizer)
+    pipeline = build_pipeline(model_path, device, unet, text_encoder, tokenizer, text_encoder_2)
     rows = [render(pipeline, prompt, _column_noise(settings), settings.resolution, settings.steps,
                    settings.guidance_scale) for prompt in settings.prompts]
     folder = samples_folder(step)
@@ -151,7 +151,8 @@ class SampleHook:
             return
         parts = trainer.parts
         render_samples(self.session.open(), chunk.end, self.model_path, self.spec, trainer.device,
-                       unet=parts.unet, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, log=log)
+                       unet=parts.unet, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, log=log,
+                       text_encoder_2=parts.text_encoder_2)
 
 
 def samples_markdown(session: Session, samples: Samples) -> str:

@@ -14,9 +14,7 @@ JSON configs, never guessed from the model's name:
 - resolution: UNet sample size x VAE downscale factor.
 
 Architectures this tool cannot train (the SDXL refiner, inpainting UNets, other pipelines)
-are refused with a ModelError that names the file and field that gave them away. SDXL base
-models are recognised, and refused unless the caller asks for them (`trainable_only=False`):
-training SDXL is not built yet.
+are refused with a ModelError that names the file and field that gave them away.
 """
 
 from __future__ import annotations
@@ -37,7 +35,7 @@ _SDXL_PIPELINE = "StableDiffusionXLPipeline"
 _SDXL_TEXT_ENCODERS = {"text_encoder": ("CLIPTextModel", "quick_gelu"),
                        "text_encoder_2": ("CLIPTextModelWithProjection", "gelu")}
 _PREDICTION_TYPES = ("epsilon", "v_prediction")
-_SUPPORTED = "Stable Diffusion 1.x and 2.x (512 px epsilon, 768 px v-prediction)"
+_SUPPORTED = "Stable Diffusion 1.x and 2.x (512 px epsilon, 768 px v-prediction) and SDXL base"
 
 
 class ModelFamily(BaseModel):
@@ -51,14 +49,10 @@ class ModelFamily(BaseModel):
     resolution: int = Field(description="Image size the model was trained at, in pixels.")
 
 
-def detect_family(model_path: str | Path, trainable_only: bool = True) -> ModelFamily:
-    """The family, prediction type and native resolution of the diffusers folder `model_path`
-    (`trainable_only`: SDXL refused, as training it is not built yet)."""
+def detect_family(model_path: str | Path) -> ModelFamily:
+    """The family, prediction type and native resolution of the diffusers folder `model_path`."""
     folder = Path(model_path)
     sdxl = _is_sdxl(folder)
-    if sdxl and trainable_only:
-        raise _unsupported(folder, "model_index.json", f"it is an SDXL model ({_SDXL_PIPELINE}), which this "
-                           "version recognises but does not train yet")
     unet = _read_config(folder, "unet/config.json")
     _check_unet(folder, unet, sdxl)
     return ModelFamily(family=_sdxl_family(folder) if sdxl else _family(folder),

@@ -3,6 +3,7 @@
 A model spec is one of:
   "tiny"                         a small random SD 1.x built locally (demos, tests)
   "tiny-sd2", "tiny-sd2-v"       the same for SD 2.x, epsilon (64 px) and v-prediction (96 px)
+  "tiny-sdxl"                    the same for SDXL (64 px)
   a local folder                 a diffusers model (it holds model_index.json)
   a local .ckpt / .safetensors   a single-file checkpoint, converted to diffusers once
   an http(s):// URL to one       downloaded once (resumable), then converted
@@ -29,19 +30,21 @@ from dreambooth_core.model.family import ModelFamily, detect_family
 from dreambooth_core.model.hub import download_hub_model, looks_like_hub_id
 from dreambooth_core.model.tiny import (
     TINY_SD2_VERSIONS,
+    TINY_SDXL_VERSION,
     TINY_VERSION,
     build_tiny_model,
     build_tiny_sd2_model,
     build_tiny_sd2_v_model,
+    build_tiny_sdxl_model,
 )
 
 ACCEPTED_SPECS = (
-    '"tiny" (or "tiny-sd2", "tiny-sd2-v"), a local diffusers folder (with model_index.json), '
+    '"tiny" (or "tiny-sd2", "tiny-sd2-v", "tiny-sdxl"), a local diffusers folder (with model_index.json), '
     "a local .ckpt or .safetensors file, "
     "an http(s):// URL to a .ckpt or .safetensors file, or a Hugging Face repo id like "
     "stable-diffusion-v1-5/stable-diffusion-v1-5")
 _TEXT_SUFFIXES = (".json", ".txt")
-TINY_MODELS = ("tiny", "tiny-sd2", "tiny-sd2-v")
+TINY_MODELS = ("tiny", "tiny-sd2", "tiny-sd2-v", "tiny-sdxl")
 WEIGHT_PARTS = ("unet", "vae", "text_encoder")  # the parts of a folder training and export load
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -117,7 +120,8 @@ def _fetch_tiny(spec: str, cache_dir: Path, log: logging.Logger) -> LocalModel:
     # Looked up at call time, so that tests can replace a builder.
     version, build = {"tiny": (TINY_VERSION, build_tiny_model),
                       "tiny-sd2": (TINY_SD2_VERSIONS["epsilon"], build_tiny_sd2_model),
-                      "tiny-sd2-v": (TINY_SD2_VERSIONS["v_prediction"], build_tiny_sd2_v_model)}[spec]
+                      "tiny-sd2-v": (TINY_SD2_VERSIONS["v_prediction"], build_tiny_sd2_v_model),
+                      "tiny-sdxl": (TINY_SDXL_VERSION, build_tiny_sdxl_model)}[spec]
     folder, built = build_once(cache_dir / "tiny" / version, build)
     log.info("%s the %s model in %s", "Built" if built else "Using", spec, folder)
     return LocalModel.at(str(folder.resolve()), version, "tiny", spec)

@@ -24,6 +24,8 @@ def model_spec_metadata(family: ModelFamily, title: str) -> dict[str, str]:
     """The model-spec entries for a single file of `family` (dreambooth_core.model.family.detect_family)."""
     if family.family == "sd1":
         architecture, implementation = "stable-diffusion-v1", "https://github.com/CompVis/stable-diffusion"
+    elif family.family == "sdxl":
+        architecture, implementation = "stable-diffusion-xl-v1-base", "https://github.com/Stability-AI/generative-models"
     else:
         v = family.prediction_type == "v_prediction"
         architecture = "stable-diffusion-v2-768-v" if v else "stable-diffusion-v2-512"

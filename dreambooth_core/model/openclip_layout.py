@@ -61,6 +61,25 @@ def to_openclip_state(text_encoder, extras: Mapping[str, torch.Tensor] | None = 
     return {OPENCLIP_PREFIX + key: tensor.contiguous() for key, tensor in renamed.items()}
 
 
+def sdxl_openclip_state(text_encoder_2, prefix: str) -> dict[str, torch.Tensor]:
+    """SDXL's second text encoder (a CLIPTextModelWithProjection holding all of OpenCLIP
+    ViT-bigG's layers) under original names: fused q/k/v, and `text_projection` as OpenCLIP
+    multiplies by it (the transpose of the diffusers linear layer's weight)."""
+    import torch
+
+    state = {key.removeprefix("text_model."): t.detach() for key, t in text_encoder_2.state_dict().items()}
+    state.pop("embeddings.position_ids", None)
+    projection = state.pop("text_projection.weight").t()
+    renamed = _rename_fixed(state) | _rename_layers(state, text_encoder_2.config.num_hidden_layers)
+    if state:
+        raise ModelError(
+            f"SDXL's second text encoder has {len(state)} weight(s) with no place in the original layout: "
+            f"{', '.join(sorted(state)[:5])}. Merge or remove adapters (e.g. LoRA) before exporting.")
+    renamed |= {"text_projection": projection,
+                "logit_scale": torch.tensor(math.log(1 / 0.07), dtype=projection.dtype)}  # unused by SDXL
+    return {prefix + key: tensor.contiguous() for key, tensor in renamed.items()}
+
+
 def neutral_extras(text_encoder) -> dict[str, torch.Tensor]:
     """Final layer (an exact identity), identity text_projection and OpenCLIP's initial logit_scale."""
     import torch

@@ -22,6 +22,8 @@ TINY_SDXL_VERSION = "tiny-sdxl-v1"
 # SDXL's micro-conditioning: each of its six time ids (original size, crop corner, target size)
 # is embedded in this many channels (256 in SDXL base 1.0).
 TINY_SDXL_TIME_EMBED = 8
+# The two encoders differ in width, as SDXL's (768, 1280) do: single-file loaders tell them apart by it.
+TINY_SDXL_WIDTH_2 = 48
 # The text encoder in the folder has 2 layers: it stands for a 3-layer OpenCLIP whose final
 # layer was dropped, as diffusers' SD 2 folders keep 23 of OpenCLIP's 24 (SD 2 conditions on
 # the penultimate layer's output).
@@ -180,8 +182,9 @@ def build_tiny_sd2_v_model(folder: Path) -> Path:
 def build_tiny_sdxl_model(folder: Path) -> Path:
     """Write a tiny SDXL in diffusers layout into `folder` and return it.
 
-    The SDXL traits at narrow width: two text encoders (an OpenAI CLIP with quick_gelu, and an
-    OpenCLIP with plain GELU and a text projection, whose pooled output conditions the UNet),
+    The SDXL traits at narrow width: two text encoders of different widths (an OpenAI CLIP with
+    quick_gelu, and a wider OpenCLIP with plain GELU and a text projection, whose pooled output
+    conditions the UNet),
     their CLIP BPE tokenizers (the second pads with "!"), a UNet whose cross-attention width is
     the two encoders' widths together, with SDXL's block layout (a plain first block, then
     cross-attention blocks with more transformer layers, linear projections) and its
@@ -198,10 +201,10 @@ def build_tiny_sdxl_model(folder: Path) -> Path:
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     tokenizer_2 = CLIPTokenizer.from_pretrained(folder / "tokenizer_2")
 
-    def text_config(act: str) -> CLIPTextConfig:
+    def text_config(width: int, act: str) -> CLIPTextConfig:
         return CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=_WIDTH, intermediate_size=64, num_attention_heads=4,
-            num_hidden_layers=2, max_position_embeddings=77, projection_dim=_WIDTH, hidden_act=act,
+            vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width, num_attention_heads=4,
+            num_hidden_layers=2, max_position_embeddings=77, projection_dim=width, hidden_act=act,
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id)
 
@@ -212,15 +215,15 @@ def build_tiny_sdxl_model(folder: Path) -> Path:
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2),
             attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=8,
-            cross_attention_dim=2 * _WIDTH, addition_embed_type="text_time",
+            cross_attention_dim=_WIDTH + TINY_SDXL_WIDTH_2, addition_embed_type="text_time",
             addition_time_embed_dim=TINY_SDXL_TIME_EMBED,
-            projection_class_embeddings_input_dim=6 * TINY_SDXL_TIME_EMBED + _WIDTH)
+            projection_class_embeddings_input_dim=6 * TINY_SDXL_TIME_EMBED + TINY_SDXL_WIDTH_2)
         vae = AutoencoderKL(
             block_out_channels=(16, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8,
             down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
             sample_size=TINY_SDXL_RESOLUTION, scaling_factor=0.13025, force_upcast=True)
-        text_encoder = CLIPTextModel(text_config("quick_gelu"))
-        text_encoder_2 = CLIPTextModelWithProjection(text_config("gelu"))
+        text_encoder = CLIPTextModel(text_config(_WIDTH, "quick_gelu"))
+        text_encoder_2 = CLIPTextModelWithProjection(text_config(TINY_SDXL_WIDTH_2, "gelu"))
     scheduler = EulerDiscreteScheduler(
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
         prediction_type="epsilon", steps_offset=1, timestep_spacing="leading", interpolation_type="linear")

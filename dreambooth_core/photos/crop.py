@@ -121,6 +121,17 @@ def prepare_image(image: Image.Image, resolution: int) -> tuple[bytes, Box]:
     return encode_png(square), box
 
 
+def upright_size(name: str, data: bytes) -> tuple[int, int]:
+    """(width, height) of the photo turned upright by its EXIF orientation; only the header is read."""
+    image = open_photo(name, data)
+    try:
+        orientation = image.getexif().get(_ORIENTATION, 1)
+    except Exception:  # as prepare_photo: a broken EXIF block counts as upright
+        orientation = 1
+    width, height = image.size
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
 def prepare_photo(name: str, data: bytes, resolution: int) -> PreparedPhoto:
     """The fast path: reduced JPEG decode, crop box in upright pixels, resize, turn upright."""
     image = open_photo(name, data)

@@ -6,8 +6,9 @@ import io
 
 import torch
 
+from dreambooth_core.photos.crop import upright_size
 from dreambooth_core.session.class_images import ClassImages, read_class_images
-from dreambooth_core.session.dataset_manifest import require_dataset_manifest
+from dreambooth_core.session.dataset_manifest import DatasetItem, require_dataset_manifest
 from dreambooth_core.session.folder import Session
 from dreambooth_core.training.trainer import Example
 
@@ -21,10 +22,17 @@ def pixels_from_png(data: bytes) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0) / 127.5 - 1.0
 
 
-def load_examples(session: Session) -> list[Example]:
+def load_examples(session: Session, crops: bool = False) -> list[Example]:
+    """`crops`: with each photo's upright size and crop box (SDXL's micro-conditioning; the
+    originals are read for their size)."""
     items = require_dataset_manifest(session).items
-    return [Example(pixels=pixels_from_png(session.read_bytes(i.file)), caption=i.caption,
-                    subject=i.token or "") for i in items]
+    return [Example(pixels=pixels_from_png(session.read_bytes(i.file)), caption=i.caption, subject=i.token or "",
+                    **(_crop_of(session, i) if crops else {})) for i in items]
+
+
+def _crop_of(session: Session, item: DatasetItem) -> dict:
+    width, height = upright_size(item.source, session.read_bytes(item.source))
+    return {"original_size": (height, width), "crop_box": tuple(item.crop_box)}
 
 
 def load_class_examples(manifest: ClassImages | None, session: Session) -> list[Example]:

@@ -89,11 +89,18 @@ def build_parts(model_path: str | Path) -> ModelParts:
     unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder, subfolder="unet"))
     vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder, subfolder="vae"))
     text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
+    parts = ModelParts(unet=unet, vae=vae, text_encoder=text_encoder,
+                       tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+                       noise_scheduler=DDPMScheduler.from_pretrained(folder, subfolder="scheduler"))
+    if (folder / "text_encoder_2").is_dir():  # SDXL
+        from transformers import CLIPTextModelWithProjection
+
+        parts.text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(folder / "text_encoder_2"))
+        parts.tokenizer_2 = CLIPTokenizer.from_pretrained(folder / "tokenizer_2")
     vae.requires_grad_(False).eval()
-    text_encoder.requires_grad_(False).eval()
-    return ModelParts(unet=unet, vae=vae, text_encoder=text_encoder,
-                      tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
-                      noise_scheduler=DDPMScheduler.from_pretrained(folder, subfolder="scheduler"))
+    for encoder in parts.text_encoders:
+        encoder.requires_grad_(False).eval()
+    return parts
 
 
 def estimate_training_memory(model: str | Path | Callable[[], ModelParts], settings: TrainingSettings,
@@ -132,7 +139,7 @@ def _checkpoint_bytes(trainer) -> int:
 
 
 def _module_bytes(parts: ModelParts) -> int:
-    modules = (parts.unet, parts.vae, parts.text_encoder)
+    modules = (parts.unet, parts.vae, *parts.text_encoders)
     return sum(p.numel() * 4 for m in modules for p in [*m.parameters(), *m.buffers()])
 
 

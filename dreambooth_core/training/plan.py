@@ -72,6 +72,14 @@ def initializer_word(config: DreamBoothConfig) -> str:
     return config.training.initializer_word or same_word or "person"
 
 
+def check_family(training: TrainingSettings, family: ModelFamily) -> None:
+    """What this version trains on SDXL: the full model (LoRA and textual inversion come later)."""
+    if family.family == "sdxl" and training.method != "dreambooth":
+        raise ConfigError(f"--method {training.method} is not available for SDXL models yet; train "
+                          "them with --method dreambooth (the full UNet and both text encoders), or "
+                          "pick an SD 1.x / 2.x base model.")
+
+
 def check_settings(training: TrainingSettings, device_name: str) -> None:
     device = resolve_device(device_name)
     check_processes(training.gpus, device)
@@ -108,6 +116,7 @@ def make_plan(session: Session, ref: SessionRef, config: DreamBoothConfig, model
                                 dataset.resolution, class_images is not None, detect_gpu(config))
     training, runtime = memory.apply(config.training, config.runtime) if memory else (config.training, config.runtime)
     check_settings(training, runtime.device)
+    check_family(training, model.family)
     config = config.model_copy(update={"training": training, "runtime": runtime})
     values = fingerprint_values(config, total, model.digest, captions.digest, class_images)
     recorded = state.fingerprint

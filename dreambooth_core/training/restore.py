@@ -26,5 +26,6 @@ def restored_parts(model_path: str, settings: TrainingSettings, subjects: list[s
     for name, parameter in trainables.named().items():
         parameter.copy_(weights[name])
     parts.unet.requires_grad_(False).eval()
-    parts.text_encoder.requires_grad_(False).eval()
+    for encoder in parts.text_encoders:
+        encoder.requires_grad_(False).eval()
     return parts, trainables

@@ -82,20 +82,11 @@ def sdxl_folder(tmp_path_factory) -> Path:
     return build_tiny_sdxl_model(tmp_path_factory.mktemp("tiny-sdxl"))
 
 
-def test_sdxl_is_recognised_and_refused_for_training(sdxl_folder):
-    with pytest.raises(ModelError) as caught:
-        detect_family(sdxl_folder)
-    message = str(caught.value)
-    assert "model_index.json shows it is an SDXL model (StableDiffusionXLPipeline), which this version " \
-           "recognises but does not train yet" in message
-    assert "Supported are Stable Diffusion 1.x and 2.x" in message
-
-
 def test_the_tiny_sdxl_is_detected_from_its_configs_and_renders_in_diffusers(sdxl_folder):
     import torch
     from diffusers import StableDiffusionXLPipeline
 
-    assert detect_family(sdxl_folder, trainable_only=False) == ModelFamily(
+    assert detect_family(sdxl_folder) == fetch_model("tiny-sdxl", sdxl_folder.parent / "cache").family == ModelFamily(
         family="sdxl", prediction_type="epsilon", resolution=TINY_SDXL_RESOLUTION)
     pipeline = StableDiffusionXLPipeline.from_pretrained(sdxl_folder)
     pipeline.set_progress_bar_config(disable=True)
@@ -112,23 +103,23 @@ def test_the_sdxl_refiner_is_refused_with_the_reason(sdxl_folder, tmp_path):
                           _class_name="StableDiffusionXLImg2ImgPipeline", text_encoder=[None, None])
     with pytest.raises(ModelError, match=r"it is the SDXL refiner \(StableDiffusionXLImg2ImgPipeline.*not a "
                                          r"base to train; use stabilityai/stable-diffusion-xl-base-1\.0"):
-        detect_family(folder, trainable_only=False)
+        detect_family(folder)
 
 
 def test_sdxl_inpainting_is_refused(sdxl_folder, tmp_path):
     folder = _edited_copy(sdxl_folder, tmp_path / "m", "model_index.json",
                           _class_name="StableDiffusionXLInpaintPipeline")
     with pytest.raises(ModelError, match=r"it is an SDXL inpainting model"):
-        detect_family(folder, trainable_only=False)
+        detect_family(folder)
     folder = _edited_copy(sdxl_folder, tmp_path / "u", "unet/config.json", in_channels=9)
     with pytest.raises(ModelError, match=r"in_channels=9 \(an inpainting"):
-        detect_family(folder, trainable_only=False)
+        detect_family(folder)
 
 
 def test_an_sdxl_without_its_second_text_encoder_s_projection_is_named(sdxl_folder, tmp_path):
     folder = _edited_copy(sdxl_folder, tmp_path / "m", "text_encoder_2/config.json", architectures=["CLIPTextModel"])
     with pytest.raises(ModelError, match=r"text_encoder_2/config\.json shows its text_encoder_2 is CLIPTextModel"):
-        detect_family(folder, trainable_only=False)
+        detect_family(folder)
 
 
 def test_text_time_conditioning_outside_sdxl_is_refused(sd2_folder, tmp_path):

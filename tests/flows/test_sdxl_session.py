@@ -1,0 +1,87 @@
+"""An SDXL session through the CLI on the tiny SDXL: prior preservation, samples and snapshots on;
+a killed run resumes to the uninterrupted model; the single file and the diffusers folder load in
+diffusers' own SDXL pipeline with the trained weights."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from flows.cli import EXIT_USER_ERROR, main
+
+pytestmark = pytest.mark.slow  # CLI training runs: the full suite only
+
+REPO = Path(__file__).resolve().parents[2]
+PHOTOS = REPO / "examples" / "photos"
+
+
+def train_args(storage: Path, *extra: str) -> list[str]:
+    return ["train", "--session", "xl", "--storage", str(storage), "--photos", str(PHOTOS), "--model", "tiny-sdxl",
+            "--steps", "6", "--chunk-steps", "2", "--class-word", "man", "--class-images", "2",
+            "--text-encoder-steps", "4", "--flip", "--learning-rate", "1e-3", "--seed", "3",
+            "--export-precision", "fp32", *extra]
+
+
+def checkpoint_weights(session: Path, step: int = 6) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load_file(session / "checkpoints" / f"step-{step:06d}" / "weights.safetensors")
+
+
+@pytest.fixture(scope="module")
+def reference(prefect_api_url, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sdxl")
+    assert main(train_args(root, "--snapshot-every", "2")) == 0
+    return root / "xl"
+
+
+def test_both_text_encoders_and_the_unet_train(reference):
+    weights = checkpoint_weights(reference)
+    assert {name.split(".", 1)[0] for name in weights} == {"unet", "text_encoder", "text_encoder_2"}
+    assert (reference / "samples" / "step-000006.png").is_file()
+    assert (reference / "snapshots" / "step-000004" / "xl-step-000004.safetensors").is_file()
+
+
+def test_the_single_file_and_the_diffusers_folder_load_in_diffusers_with_the_trained_weights(reference):
+    from diffusers import StableDiffusionXLPipeline
+
+    trained = checkpoint_weights(reference)
+    config = reference / "diffusers"
+    for pipeline in (StableDiffusionXLPipeline.from_pretrained(config),
+                     StableDiffusionXLPipeline.from_single_file(str(reference / "xl.safetensors"), config=str(config),
+                                                                local_files_only=True)):
+        for part in ("unet", "text_encoder", "text_encoder_2"):
+            state = getattr(pipeline, part).state_dict()
+            mine = {k.removeprefix(f"{part}."): v for k, v in trained.items() if k.split(".", 1)[0] == part}
+            different = [k for k, v in mine.items() if not torch.equal(state[k], v)]
+            assert not different, f"{part}: {different[:3]}"
+    metadata = safetensors.safe_open(str(reference / "xl.safetensors"), "pt").metadata()
+    assert metadata["modelspec.architecture"] == "stable-diffusion-xl-v1-base"
+    pipeline.set_progress_bar_config(disable=True)
+    (image,) = pipeline("photo of shrk man", num_inference_steps=2, height=64, width=64).images
+    assert image.size == (64, 64)
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_model(reference, tmp_path, prefect_api_url):
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, str(REPO / "tests" / "run_cli.py")]
+    args = train_args(tmp_path, "--snapshot-every", "2")
+    killed = subprocess.run([*command, "--kill-at", "step:4", "--", *args], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    resumed = subprocess.run([*command, "--", *args], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from committed checkpoint at step 2" in resumed.stderr
+    expected, actual = checkpoint_weights(reference), checkpoint_weights(tmp_path / "xl")
+    assert [k for k in expected if not torch.equal(expected[k], actual[k])] == []
+    assert (tmp_path / "xl" / "xl.safetensors").read_bytes() == (reference / "xl.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("method", ["lora", "textual-inversion"])
+def test_methods_not_built_for_sdxl_yet_stop_before_the_class_images(method, tmp_path, prefect_api_url, capsys):
+    args = train_args(tmp_path, "--method", method, "--token", "zwx", "--class-images", "50")
+    assert main(args) == EXIT_USER_ERROR
+    assert f"--method {method} is not available for SDXL models yet" in capsys.readouterr().err
+    assert not list((tmp_path / "class-images").glob("*/*.png"))
