@@ -21,6 +21,7 @@ from dreambooth_core.model.cache import build_once
 from dreambooth_core.model.hub import caused_by, network_failure_in, root_cause
 from dreambooth_core.model.model_spec import apply_declared_spec
 from dreambooth_core.model.openclip_layout import save_extras
+from dreambooth_core.model.sdxl_single_file import SECOND_TEXT_PREFIX
 
 SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors")
 
@@ -113,16 +114,26 @@ def _without_shared_storage(weights: dict) -> dict:
 
 
 def _load_pipeline(weights: Path, source: Path, model_config: str | None, cache_dir: Path, hf_token: str | None):
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     local_config = model_config is not None and os.path.isdir(model_config)
+    options = dict(config=model_config, local_files_only=local_config, cache_dir=str(Path(cache_dir) / "hub"),
+                   token=hf_token)
     try:
-        return StableDiffusionPipeline.from_single_file(
-            str(weights), config=model_config, local_files_only=local_config,
-            cache_dir=str(Path(cache_dir) / "hub"), token=hf_token,
-            safety_checker=None, requires_safety_checker=False)
+        if is_sdxl_single_file(weights):
+            return StableDiffusionXLPipeline.from_single_file(str(weights), **options)
+        return StableDiffusionPipeline.from_single_file(str(weights), **options, safety_checker=None,
+                                                        requires_safety_checker=False)
     except Exception as exc:
         raise _conversion_error(exc, source, model_config) from exc
+
+
+def is_sdxl_single_file(weights: Path) -> bool:
+    """An SDXL base file holds its second (OpenCLIP) text encoder under conditioner.embedders.1."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as file:
+        return any(key.startswith(SECOND_TEXT_PREFIX) for key in file.keys())
 
 
 def _conversion_error(exc: Exception, source: Path, model_config: str | None) -> Exception:

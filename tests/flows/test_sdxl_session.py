@@ -64,6 +64,17 @@ def test_the_single_file_and_the_diffusers_folder_load_in_diffusers_with_the_tra
     assert image.size == (64, 64)
 
 
+def test_the_exported_single_file_is_a_base_model_for_a_new_session(reference, tmp_path, capsys):
+    """Converted with diffusers' SDXL single-file loading, against the session's own diffusers folder."""
+    assert main(["train", "--session", "again", "--storage", str(tmp_path), "--photos", str(PHOTOS),
+                 "--model", str(reference / "xl.safetensors"), "--single-file-config", str(reference / "diffusers"),
+                 "--steps", "2", "--chunk-steps", "2", "--sample-every", "0", "--text-encoder-steps", "0"]) == 0
+    assert "trained to step 2" in capsys.readouterr().out
+    weights = checkpoint_weights(tmp_path / "again", 2)
+    assert {name.split(".", 1)[0] for name in weights} == {"unet"}
+    assert (tmp_path / "again" / "diffusers" / "text_encoder_2").is_dir()
+
+
 def test_a_killed_run_resumes_to_the_uninterrupted_model(reference, tmp_path, prefect_api_url):
     env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "PYTHONPATH": str(REPO)}
     command = [sys.executable, str(REPO / "tests" / "run_cli.py")]
