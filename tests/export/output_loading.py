@@ -55,8 +55,32 @@ def slow_and_fast_ids(path: str) -> tuple[list[int], list[int]]:
                  for cls in (CLIPTokenizer, CLIPTokenizerFast))
 
 
+def sdxl_outputs(path: str) -> dict:
+    """What SDXL conditions on and predicts: both encoders' penultimate states, the pooled embedding."""
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    pipeline = StableDiffusionXLPipeline.from_pretrained(path, local_files_only=True)
+    ids = [t(PROMPT, padding="max_length", max_length=77, return_tensors="pt").input_ids
+           for t in (pipeline.tokenizer, pipeline.tokenizer_2)]
+    latents, _ = fixed_inputs(pipeline.unet)
+    with torch.no_grad():
+        first = pipeline.text_encoder(ids[0], output_hidden_states=True)
+        second = pipeline.text_encoder_2(ids[1], output_hidden_states=True)
+        context = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)
+        size = pipeline.unet.config.sample_size * 8
+        time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32)
+        unet = pipeline.unet(latents, 10, context, added_cond_kwargs={"text_embeds": second.text_embeds,
+                                                                      "time_ids": time_ids}).sample
+    missing = [sorted(cls.from_pretrained(f"{path}/{name}", output_loading_info=True)[1]["missing_keys"])
+               for cls, name in ((CLIPTextModel, "text_encoder"), (CLIPTextModelWithProjection, "text_encoder_2"))]
+    return {"ids": ids[1], "text": context, "pooled": second.text_embeds, "unet": unet, "missing": missing}
+
+
 def run(job: dict) -> dict:
-    """One job: {"kind": "pipeline" | "lora" | "embedding", "model": folder, "file": ..., "token": ...}."""
+    """One job: {"kind": "pipeline" | "sdxl" | "lora" | "embedding", "model": folder, "file": ..., "token": ...}."""
+    if job["kind"] == "sdxl":
+        return sdxl_outputs(job["model"])
     if job["kind"] == "pipeline":
         result = pipeline_outputs(load_pipeline(job["model"]))
         result["missing"] = text_encoder_missing_keys(job["model"])
@@ -70,6 +94,24 @@ def run(job: dict) -> dict:
     row = pipeline.tokenizer.convert_tokens_to_ids(job["token"])
     return {**pipeline_outputs(pipeline, f"a photo of {job['token']} man"),
             "row": pipeline.text_encoder.get_input_embeddings().weight[row].detach()}
+
+
+def with_transformers4(jobs: list[dict], folder: Path) -> dict:
+    """`run` for each job under the transformers 4 overlay of setup.sh, in a subprocess."""
+    import os
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    overlay = repo / ".venv" / "transformers4"
+    assert (overlay / "transformers").is_dir(), f"{overlay} is missing: run ./setup.sh"
+    (folder / "jobs.json").write_text(json.dumps(jobs))
+    # Online mode, as users run it: diffusers 0.35 offline asks a LoRA folder for its file name.
+    env = {**{k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"},
+           "PYTHONPATH": os.pathsep.join([str(overlay), str(repo)])}
+    done = subprocess.run([sys.executable, __file__, str(folder / "jobs.json"), str(folder / "results.pt")],
+                          env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return torch.load(folder / "results.pt", weights_only=True)
 
 
 def versions() -> dict:

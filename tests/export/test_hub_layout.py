@@ -4,10 +4,7 @@ transformers 4.x (the overlay setup.sh installs) as they do with the installed 5
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import output_loading as loading
@@ -27,7 +24,6 @@ from dreambooth_core.training.methods import TEXT_LORA_TARGETS, UNET_LORA_TARGET
 from dreambooth_core.training.model_parts import load_model_parts
 
 REPO = Path(__file__).resolve().parents[2]
-TRANSFORMERS4 = REPO / ".venv" / "transformers4"
 
 # The files of the hub's stable-diffusion-v1-5/stable-diffusion-v1-5 and stabilityai/stable-diffusion-2-1
 # repos in safetensors form (their .bin, fp16 and .ckpt copies aside); SD 2.1 has no safety_checker.
@@ -117,22 +113,10 @@ def _jobs(outputs) -> list[dict]:
             {"kind": "embedding", "model": outputs["base"], "file": outputs["embedding"], "token": "zorx"}]
 
 
-def _with_transformers4(jobs: list[dict], tmp_path: Path) -> dict:
-    assert (TRANSFORMERS4 / "transformers").is_dir(), f"{TRANSFORMERS4} is missing: run ./setup.sh"
-    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
-    # Online mode, as users run it: diffusers 0.35 offline asks a LoRA folder for its file name.
-    env = {**{k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"},
-           "PYTHONPATH": os.pathsep.join([str(TRANSFORMERS4), str(REPO)])}
-    script = REPO / "tests" / "export" / "output_loading.py"
-    done = subprocess.run([sys.executable, str(script), str(tmp_path / "jobs.json"), str(tmp_path / "results.pt")], env=env, capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return torch.load(tmp_path / "results.pt", weights_only=True)
-
-
 @pytest.mark.slow  # transformers 4 in a subprocess (about 12 s)
 def test_transformers_4_computes_what_transformers_5_does(outputs, tmp_path):
     jobs = _jobs(outputs)
-    old = _with_transformers4(jobs, tmp_path)
+    old = loading.with_transformers4(jobs, tmp_path)
     assert old["versions"]["transformers"].startswith("4.")
     untouched = loading.run({"kind": "pipeline", "model": outputs["base"]})
     for job, got in zip(jobs, old["results"]):

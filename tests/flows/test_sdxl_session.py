@@ -75,6 +75,17 @@ def test_the_exported_single_file_is_a_base_model_for_a_new_session(reference, t
     assert (tmp_path / "again" / "diffusers" / "text_encoder_2").is_dir()
 
 
+def test_transformers_4_computes_from_the_diffusers_folder_what_transformers_5_does(reference, tmp_path):
+    from export import output_loading as loading
+
+    job = {"kind": "sdxl", "model": str(reference / "diffusers")}
+    (old,) = loading.with_transformers4([job], tmp_path)["results"]
+    new = loading.run(job)
+    assert old["missing"] == [[], []]
+    for name in ("ids", "text", "pooled", "unet"):
+        torch.testing.assert_close(old[name], new[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
 def test_a_killed_run_resumes_to_the_uninterrupted_model(reference, tmp_path, prefect_api_url):
     env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "PYTHONPATH": str(REPO)}
     command = [sys.executable, str(REPO / "tests" / "run_cli.py")]
