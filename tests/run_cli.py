@@ -72,6 +72,18 @@ def arm(point: str, n: str) -> None:
         raise SystemExit(f"unknown kill point {point!r}")
 
 
+def run_cli(api_url: str, *args: str, kill_at: str | None = None, cwd=None, timeout: float = 600):
+    """`dreambooth ARGS` in a subprocess of this script (killed at `kill_at`), against the Prefect
+    server at `api_url`; the CompletedProcess, its output captured as text."""
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    command = [sys.executable, __file__, *(["--kill-at", kill_at] if kill_at else []), "--", *args]
+    env = {**os.environ, "PREFECT_API_URL": api_url, "PYTHONPATH": str(repo)}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
     if args[0] == "--kill-at":

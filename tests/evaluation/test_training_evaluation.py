@@ -3,15 +3,13 @@ exactly, and measured as `dreambooth evaluate` measures them afterwards."""
 
 import csv
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import safetensors.torch
 import torch
+from run_cli import run_cli
 
 from flows.cli import main
 
@@ -106,12 +104,9 @@ def test_dreambooth_evaluate_afterwards_measures_the_same_values(evaluated, tmp_
 
 def test_a_killed_run_with_evaluation_resumes_to_the_same_weights_and_report(without, tmp_path, prefect_api_url):
     args = train_args(tmp_path, "--evaluate-every", "1", *SMALL)
-    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "PYTHONPATH": str(REPO)}
-    command = [sys.executable, str(REPO / "tests" / "run_cli.py")]
-    killed = subprocess.run([*command, "--kill-at", "step:4", "--", *args], env=env, capture_output=True,
-                            text=True, timeout=300)
+    killed = run_cli(prefect_api_url, *args, kill_at="step:4")
     assert killed.returncode == -9, killed.stderr[-3000:]
-    resumed = subprocess.run([*command, "--", *args], env=env, capture_output=True, text=True, timeout=300)
+    resumed = run_cli(prefect_api_url, *args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming from committed checkpoint at step 2" in resumed.stderr
     assert_same(weights(tmp_path / "s"), weights(without))

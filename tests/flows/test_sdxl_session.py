@@ -2,14 +2,12 @@
 a killed run resumes to the uninterrupted model; the single file and the diffusers folder load in
 diffusers' own SDXL pipeline with the trained weights."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import safetensors.torch
 import torch
+from run_cli import run_cli
 
 from flows.cli import EXIT_USER_ERROR, main
 
@@ -87,13 +85,10 @@ def test_transformers_4_computes_from_the_diffusers_folder_what_transformers_5_d
 
 
 def test_a_killed_run_resumes_to_the_uninterrupted_model(reference, tmp_path, prefect_api_url):
-    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "PYTHONPATH": str(REPO)}
-    command = [sys.executable, str(REPO / "tests" / "run_cli.py")]
     args = train_args(tmp_path, "--snapshot-every", "2")
-    killed = subprocess.run([*command, "--kill-at", "step:4", "--", *args], env=env, capture_output=True,
-                            text=True, timeout=600)
+    killed = run_cli(prefect_api_url, *args, kill_at="step:4")
     assert killed.returncode == -9, killed.stderr[-3000:]
-    resumed = subprocess.run([*command, "--", *args], env=env, capture_output=True, text=True, timeout=600)
+    resumed = run_cli(prefect_api_url, *args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming from committed checkpoint at step 2" in resumed.stderr
     expected, actual = checkpoint_weights(reference), checkpoint_weights(tmp_path / "xl")

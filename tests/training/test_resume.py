@@ -1,14 +1,13 @@
 """Nothing is lost: a run killed at any instant, rerun, ends with the same model."""
 
 import hashlib
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import safetensors.torch
 import torch
+from run_cli import run_cli as run_killable
 
 pytestmark = pytest.mark.slow  # a CLI or Prefect run each: the full suite only
 
@@ -18,9 +17,7 @@ STEPS, CHUNK = 12, 4
 
 
 def run_cli(api_url, cwd, *args, kill_at=None) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(RUN_CLI)] + (["--kill-at", kill_at] if kill_at else []) + ["--", *args]
-    env = {**os.environ, "PREFECT_API_URL": api_url, "PYTHONPATH": str(REPO)}
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return run_killable(api_url, *args, kill_at=kill_at, cwd=cwd, timeout=300)
 
 
 def train_args(storage, session, photos, steps=STEPS):
