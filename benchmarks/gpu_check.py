@@ -18,6 +18,10 @@ it prints one markdown table:
   with deterministic kernels (`DETERMINISTIC` and gpu_determinism.py), which says
   whether exact resume on CUDA needs those settings;
 then a torch.profiler top-10 of one default step. `--json PATH` writes all of it.
+With `--reference .../examples/dreambooth/train_dreambooth.py` (a diffusers checkout; its
+Python, `--reference-python`, needs torchvision too) it also runs diffusers' script on the
+same model, resolution and steps, with prior preservation and the text encoder, and prints
+its it/s and ours / reference (reference_dreambooth.py).
 
 Not yet run on a GPU: the rows, the 8 minutes and the CUDA-only code paths are unmeasured.
 Needs torch, transformers, accelerate, peft and diffusers, and pydantic (our settings),
@@ -44,6 +48,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from reference_dreambooth import reference_command, run_reference, save_model_folder  # noqa: E402
 from train_speed import sd15_parts, synchronize  # noqa: E402
 
 from dreambooth_core.config import RuntimeSettings, TrainingSettings  # noqa: E402
@@ -287,6 +292,27 @@ def profile_top10(model: Model, device: torch.device) -> str:
         return profiler.key_averages().table(sort_by="self_cuda_time_total", row_limit=10)
 
 
+def reference_row(args: argparse.Namespace, model: Model, device: torch.device, work: Path, ours: Row) -> Row:
+    """diffusers' train_dreambooth.py on the same model, resolution and steps, with prior
+    preservation and the text encoder, in bf16 on a GPU: its it/s beside our prior row's."""
+    folder = Path(model.estimate_source) if args.model == "tiny" else save_model_folder(model.parts, work / "saved")
+    model.parts = None  # our model leaves the GPU before the reference loads its own
+    release(device)
+    command = reference_command(args.reference_python, args.reference, folder, work, model.resolution,
+                                args.warmup + args.steps, prior=True,
+                                precision="bf16" if device.type == "cuda" else "no")
+    row = Row("reference", "prior, train_dreambooth.py")
+    try:
+        reference = run_reference(command, timeout=args.reference_timeout)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        row.note = f"failed: {str(exc)[-300:]}".replace("|", "/").replace("\n", " ")
+        return row
+    row.it_per_s = round(reference.it_per_s, 2)
+    row.note = (f"ours (prior, plain) / reference = {ours.it_per_s / row.it_per_s:.2f}; "
+                f"its whole run {reference.seconds:.0f} s")
+    return row
+
+
 def table(rows: list[Row]) -> str:
     def cell(value) -> str:
         return "" if value is None else str(value)
@@ -310,6 +336,9 @@ def run(args: argparse.Namespace) -> dict:
             print(f"[{time.perf_counter() - began:.0f} s] {rows[-1]}", file=sys.stderr, flush=True)  # a partial result
         profile = profile_top10(model, device)
         rows += [memory_auto_plan(model, limit, device) for limit in MEMORY_LIMITS_GB]
+        if args.reference:
+            rows.append(reference_row(args, model, device, Path(work), next(r for r in rows if r.setting ==
+                                                                              "prior, plain")))
     rows += gpu_tests_rows(device)
     return {"model": args.model, "resolution": model.resolution, "device": str(device),
             "gpu": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
@@ -326,7 +355,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compiling happens here)")
     parser.add_argument("--resolution", type=int, help="image size (default: the model's own)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--reference", type=Path, help="diffusers' examples/dreambooth/train_dreambooth.py: "
+                        "run it on the same model and print its it/s beside ours")
+    parser.add_argument("--reference-python", default=sys.executable, help="the Python that runs it (with "
+                        "diffusers, transformers, accelerate and torchvision; default: this one)")
+    parser.add_argument("--reference-timeout", type=float, default=600, help="seconds (default: 600)")
     args = parser.parse_args(argv)
+    if args.reference and not args.reference.is_file():
+        sys.exit(f"--reference {args.reference}: no such file (diffusers' examples/dreambooth/train_dreambooth.py)")
     args.steps = args.steps or (20 if args.device.startswith("cuda") else 3)
     results = run(args)
     print(f"gpu_check: {results['model']} at {results['resolution']} px on {results['gpu']} ({results['device']}), "
