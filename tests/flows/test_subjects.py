@@ -40,7 +40,7 @@ def test_a_session_with_two_subjects_trains_and_reports_both(prefect_api_url, tm
     photos = two_subjects(tmp_path / "photos")
     assert main(["train", "--session", "duo", "--storage", str(tmp_path / "sessions"), "--model", "tiny",
                  "--photos", str(photos), "--class-word", "shrk=man,ohwx=dog", "--steps", "4",
-                 "--chunk-steps", "4"]) == 0
+                 "--chunk-steps", "4", "--class-images", "4"]) == 0  # prior preservation: 4 per subject, not 200
     session = tmp_path / "sessions" / "duo"
     manifest = json.loads((session / "dataset" / "manifest.json").read_text())
     assert sorted((i["token"], i["caption"]) for i in manifest["items"]) == [
