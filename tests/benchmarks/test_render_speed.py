@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "render_speed.py"
 
 
+@pytest.mark.slow  # builds and renders the tiny model in a new interpreter (about 12 s)
 def test_benchmark_reports_seconds_per_step_and_per_image():
     result = subprocess.run([sys.executable, str(SCRIPT), "--model", "tiny", "--steps", "2"],
                             capture_output=True, text=True, timeout=300)

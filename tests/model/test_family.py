@@ -82,6 +82,7 @@ def sdxl_folder(tmp_path_factory) -> Path:
     return build_tiny_sdxl_model(tmp_path_factory.mktemp("tiny-sdxl"))
 
 
+@pytest.mark.slow  # renders with diffusers' SDXL pipeline
 def test_the_tiny_sdxl_is_detected_from_its_configs_and_renders_in_diffusers(sdxl_folder):
     import torch
     from diffusers import StableDiffusionXLPipeline

@@ -48,6 +48,7 @@ def make_trainer(path: Path, steps: int = 4, **options) -> Trainer:
     return Trainer(load_model_parts(str(path), torch.device("cpu")), examples, settings, total_steps=steps)
 
 
+@pytest.mark.slow  # two tiny SDXLs built and loaded
 @pytest.mark.parametrize("model", ["sdxl", "sdxl_v"])
 def test_the_loss_is_the_written_out_sdxl_objective(model, request):
     path = request.getfixturevalue(model)
@@ -94,6 +95,7 @@ def trained(t: Trainer) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in t.trainables.named().items()}
 
 
+@pytest.mark.slow  # three trainers of four steps
 def test_the_text_encoder_phase_trains_both_encoders_and_resume_is_exact(sdxl, tmp_path):
     options = dict(text_encoder_steps=3, flip=True)
     base = trained(make_trainer(sdxl, **options))
