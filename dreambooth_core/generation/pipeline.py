@@ -13,13 +13,13 @@ the starting noise, and it gives good images in 20-25 steps.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator
 
 import torch
 from PIL import Image
 
 from dreambooth_core.config import DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS
+from dreambooth_core.model.family import has_second_text_encoder
 
 DEFAULT_STEPS = DEFAULT_INFERENCE_STEPS
 DEFAULT_GUIDANCE = DEFAULT_GUIDANCE_SCALE
@@ -56,7 +56,7 @@ def build_pipeline(model_path: str, device: torch.device | str, unet: torch.nn.M
         tokenizer=tokenizer if tokenizer is not None else CLIPTokenizer.from_pretrained(model_path, subfolder="tokenizer"),
         unet=unet if unet is not None else load(UNet2DConditionModel, "unet", "torch_dtype"),
         scheduler=DPMSolverMultistepScheduler.from_pretrained(model_path, subfolder="scheduler"))
-    if (Path(model_path) / "text_encoder_2").is_dir():
+    if has_second_text_encoder(model_path):
         from diffusers import StableDiffusionXLPipeline
         from transformers import CLIPTextModelWithProjection
 

@@ -60,6 +60,12 @@ def detect_family(model_path: str | Path) -> ModelFamily:
                        resolution=resolution_of(unet, _read_config(folder, "vae/config.json")))
 
 
+def has_second_text_encoder(model_path: str | Path) -> bool:
+    """Whether a diffusers folder (detected as SDXL, or a config-only copy of one) holds SDXL's
+    second text encoder: what the loaders check to build SDXL's parts and pipeline."""
+    return (Path(model_path) / "text_encoder_2").is_dir()
+
+
 def resolution_of(unet_config: dict, vae_config: dict) -> int:
     """The image size a model was trained at: UNet sample size x VAE downscale factor."""
     return int(unet_config["sample_size"]) * vae_scale(vae_config)

@@ -158,7 +158,8 @@ def build_trainer(plan: TrainingPlan, session: Session, rank: int = 0, world: in
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", torch.cuda.current_device())  # the launcher set this process's GPU
     parts = load_model_parts(plan.model_path, device)
-    return Trainer(parts, load_examples(session, crops=parts.text_encoder_2 is not None), plan.training, plan.total_steps, plan.runtime,
+    examples = load_examples(session, crops=parts.text_encoder_2 is not None)  # SDXL: with their crops
+    return Trainer(parts, examples, plan.training, plan.total_steps, plan.runtime,
                    load_class_examples(plan.class_images, session), plan.initializer_word, rank, world)
 
 

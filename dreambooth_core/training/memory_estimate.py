@@ -29,6 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from dreambooth_core.config import RuntimeSettings, TrainingSettings
+from dreambooth_core.model.family import has_second_text_encoder
 from dreambooth_core.training import trainer as trainer_module
 from dreambooth_core.training.model_parts import ModelParts
 
@@ -92,7 +93,7 @@ def build_parts(model_path: str | Path) -> ModelParts:
     parts = ModelParts(unet=unet, vae=vae, text_encoder=text_encoder,
                        tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
                        noise_scheduler=DDPMScheduler.from_pretrained(folder, subfolder="scheduler"))
-    if (folder / "text_encoder_2").is_dir():  # SDXL
+    if has_second_text_encoder(folder):  # SDXL
         from transformers import CLIPTextModelWithProjection
 
         parts.text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(folder / "text_encoder_2"))

@@ -64,15 +64,21 @@ class NewTokenEmbedding(torch.nn.Module):
         return torch.where(new.unsqueeze(-1), rows, known)
 
 
+def require_method_for_sdxl(method: str, sdxl: bool) -> None:
+    """What this version trains on SDXL: the full model (LoRA and textual inversion come later)."""
+    if sdxl and method != "dreambooth":
+        raise ConfigError(f"--method {method} is not available for SDXL models yet; train them with "
+                          "--method dreambooth (the full UNet and both text encoders), or pick an "
+                          "SD 1.x / 2.x base model.")
+
+
 def set_up_method(parts: ModelParts, settings: TrainingSettings, tokens: list[str],
                   initializer_word: str = "person") -> Trainables:
     """`initializer_word`: where textual inversion's new embeddings start."""
     parts.unet.requires_grad_(False)
     for encoder in parts.text_encoders:
         encoder.requires_grad_(False)
-    if parts.text_encoder_2 is not None and settings.method != "dreambooth":
-        raise ConfigError(f"--method {settings.method} is not available for SDXL models yet; "
-                          "train them with --method dreambooth.")
+    require_method_for_sdxl(settings.method, parts.text_encoder_2 is not None)
     if settings.method == "dreambooth":
         return _full(parts, settings)
     if settings.method == "lora":

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import torch
+
+from dreambooth_core.model.family import has_second_text_encoder
 
 
 @dataclass
@@ -52,7 +53,7 @@ def load_model_parts(model_path: str, device: torch.device) -> ModelParts:
         tokenizer=CLIPTokenizer.from_pretrained(model_path, subfolder="tokenizer"),
         noise_scheduler=DDPMScheduler.from_pretrained(model_path, subfolder="scheduler"),
     )
-    if (Path(model_path) / "text_encoder_2").is_dir():  # SDXL
+    if has_second_text_encoder(model_path):  # SDXL
         from transformers import CLIPTextModelWithProjection
 
         parts.text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(model_path, subfolder="text_encoder_2")

@@ -20,6 +20,7 @@ from dreambooth_core.session.state import ExportRecord, differing_fields, load_s
 from dreambooth_core.session.storage import SessionRef
 from dreambooth_core.training.devices import check_processes, resolve_device, resolve_precision
 from dreambooth_core.training.memory_plan import detect_gpu, settle_memory_plan
+from dreambooth_core.training.methods import require_method_for_sdxl
 
 
 class Chunk(BaseModel):
@@ -73,11 +74,8 @@ def initializer_word(config: DreamBoothConfig) -> str:
 
 
 def check_family(training: TrainingSettings, family: ModelFamily) -> None:
-    """What this version trains on SDXL: the full model (LoRA and textual inversion come later)."""
-    if family.family == "sdxl" and training.method != "dreambooth":
-        raise ConfigError(f"--method {training.method} is not available for SDXL models yet; train "
-                          "them with --method dreambooth (the full UNet and both text encoders), or "
-                          "pick an SD 1.x / 2.x base model.")
+    """The method is one this version trains on the model's family."""
+    require_method_for_sdxl(training.method, family.family == "sdxl")
 
 
 def check_settings(training: TrainingSettings, device_name: str) -> None:
