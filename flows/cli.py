@@ -292,10 +292,10 @@ def automations(args: dict[str, Any]) -> int:
 
 
 def tokens(args: dict[str, Any]) -> int:
-    from dreambooth_core.captions.analysis import analyse_token
+    from dreambooth_core.captions.analysis import analyse_token, worst
     from dreambooth_core.captions.suggest import suggest_tokens
-    from dreambooth_core.captions.token_report import analysis_lines
-    from dreambooth_core.captions.tokenizer import load_tokenizer
+    from dreambooth_core.captions.token_report import TOKENIZER_ROLES, analysis_lines
+    from dreambooth_core.captions.tokenizer import SECOND_TOKENIZER, load_second_tokenizer, load_tokenizer
     from dreambooth_core.model.fetch import fetch_model
     from tasks.fetch_base_model import model_cache_dir
 
@@ -305,11 +305,15 @@ def tokens(args: dict[str, Any]) -> int:
     quiet_libraries()
     model = fetch_model(args["model"], model_cache_dir(), revision=args["revision"],
                         hf_token=os.environ.get("HF_TOKEN"))
-    tokenizer = load_tokenizer(model.path)
+    tokenizer, second = load_tokenizer(model.path), load_second_tokenizer(model.path)
+    judges = {"tokenizer": tokenizer} | ({SECOND_TOKENIZER: second} if second else {})  # SDXL: both
     if word:
-        analysis = analyse_token(word, tokenizer)
-        print(f"{word} ({args['model']} tokenizer)")
-        print("\n".join(analysis_lines(analysis, markdown=False)))
+        analyses = [analyse_token(word, judge) for judge in judges.values()]
+        for folder, judged in zip(judges, analyses):
+            which = f"{folder}/, {TOKENIZER_ROLES[folder]}" if second else "tokenizer"
+            print(f"{word} ({args['model']} {which})")
+            print("\n".join(analysis_lines(judged, markdown=False)))
+        analysis = worst(analyses)
     if args["suggest"] or (word and analysis.verdict != "good"):
         print("Rare identifiers for this model: " + ", ".join(suggest_tokens(tokenizer, 5, word, {word})))
     return 0

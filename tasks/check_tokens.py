@@ -7,11 +7,12 @@ from dreambooth_core.captions.captioning import Captions
 from dreambooth_core.captions.token_report import (
     bad_token_error,
     build_token_report,
+    per_tokenizer_summary,
     report_markdown,
     stored_token_report,
     write_token_report,
 )
-from dreambooth_core.captions.tokenizer import load_tokenizer
+from dreambooth_core.captions.tokenizer import load_second_tokenizer, load_tokenizer
 from dreambooth_core.model.fetch import LocalModel
 from dreambooth_core.session.state import update_state
 from dreambooth_core.session.storage import SessionRef
@@ -23,13 +24,14 @@ def check_tokens(ref: SessionRef, model: LocalModel, captions: Captions, bad_tok
     """Returns {token: verdict}. `captions` orders this task after the captions are written."""
     session = ref.open()
     report = (stored_token_report(session, model.digest)
-              or build_token_report(session, load_tokenizer(model.path), model.digest))
+              or build_token_report(session, load_tokenizer(model.path), model.digest,
+                                    load_second_tokenizer(model.path)))
     write_token_report(session, report)
     create_markdown_artifact(report_markdown(report), key=artifact_key("tokens", session.name),
                              description=f"Subject tokens of session {session.name}")
     log = get_run_logger()
     for subject in report.subjects:
-        log.info("Token %r: %s (%s)", subject.token, subject.analysis.verdict, subject.analysis.reason)
+        log.info("Token %r: %s (%s)", subject.token, subject.analysis.verdict, per_tokenizer_summary(subject))
     verdicts = {s.token: s.analysis.verdict for s in report.subjects}
     update_state(session, token_verdicts=verdicts)
     error = bad_token_error(report)

@@ -66,6 +66,14 @@ def analyse_token(word: str, tokenizer: TextTokenizer) -> TokenAnalysis:
                          has_digits=digits, verdict=verdict, reason=reason)
 
 
+_SEVERITY = {"good": 0, "risky": 1, "bad": 2}
+
+
+def worst(analyses: list[TokenAnalysis]) -> TokenAnalysis:
+    """The analysis with the worst verdict (the first of equals)."""
+    return max(analyses, key=lambda a: _SEVERITY[a.verdict])
+
+
 def _verdict(word: str, count: int, common: list[str], digits: bool) -> tuple[Verdict, str]:
     if word.lower() in KNOWN_BAD:
         return "bad", f"{KNOWN_BAD[word.lower()]}."

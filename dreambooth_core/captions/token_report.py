@@ -1,11 +1,14 @@
 """The token report: each subject's token analysis, prompts and captions, as
-reports/tokens.json and reports/tokens.md in the session."""
+reports/tokens.json and reports/tokens.md in the session.
+
+SDXL has two tokenizers (CLIP's BPE both, the second padding with "!"): the token is
+judged with each, reported per tokenizer, and the worse verdict decides."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from dreambooth_core.captions.analysis import TokenAnalysis, analyse_token
+from dreambooth_core.captions.analysis import TokenAnalysis, analyse_token, worst
 from dreambooth_core.captions.suggest import suggest_tokens
 from dreambooth_core.captions.tokenizer import TextTokenizer
 from dreambooth_core.errors import DatasetError
@@ -15,6 +18,7 @@ from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import TOKEN_REPORT_JSON, TOKEN_REPORT_MARKDOWN
 
 SHOWN_SOURCES = 3
+TOKENIZER_ROLES = {"tokenizer": "first text encoder", "tokenizer_2": "second text encoder"}
 
 
 class SubjectToken(BaseModel):
@@ -24,9 +28,10 @@ class SubjectToken(BaseModel):
     instance_prompt: str
     class_prompt: str | None
     sources: list[str]  # the file or folder names the token came from
-    analysis: TokenAnalysis
+    analysis: TokenAnalysis  # what decides: with SDXL, the worse of its tokenizers' analyses
     suggestions: list[str]
     captions: dict[str, str]  # session photo -> caption
+    per_tokenizer: dict[str, TokenAnalysis] = {}  # SDXL: tokenizer folder -> its analysis
 
 
 class TokenReport(BaseModel):
@@ -53,18 +58,24 @@ def stored_token_report(session: Session, model_digest: str) -> TokenReport | No
     return report if report.judged == judged_inputs(manifest, model_digest) else None
 
 
-def build_token_report(session: Session, tokenizer: TextTokenizer, model_digest: str | None = None) -> TokenReport:
+def build_token_report(session: Session, tokenizer: TextTokenizer, model_digest: str | None = None,
+                       tokenizer_2: TextTokenizer | None = None) -> TokenReport:
+    """`tokenizer_2`: SDXL's second tokenizer, which judges the tokens too."""
     manifest = require_dataset_manifest(session)
     tokens = set(manifest.subjects)
     subjects = []
     for token, record in sorted(manifest.subjects.items()):
-        analysis = analyse_token(token, tokenizer)
+        per_tokenizer = {"tokenizer": analyse_token(token, tokenizer)}
+        if tokenizer_2 is not None:
+            per_tokenizer["tokenizer_2"] = analyse_token(token, tokenizer_2)
+        analysis = worst(list(per_tokenizer.values()))
         suggestions = [] if analysis.verdict == "good" else suggest_tokens(tokenizer, 5, token, tokens)
         subjects.append(SubjectToken(
             token=token, class_word=record.class_word, instance_prompt=record.instance_prompt,
             class_prompt=record.class_prompt, sources=record.sources, analysis=analysis,
             suggestions=suggestions, captions={i.source: i.caption for i in manifest.items
-                                               if i.token == token}))
+                                               if i.token == token},
+            per_tokenizer=per_tokenizer if tokenizer_2 is not None else {}))
     judged = judged_inputs(manifest, model_digest) if model_digest else None
     return TokenReport(session=session.name, subjects=subjects, judged=judged)
 
@@ -92,7 +103,7 @@ def report_markdown(report: TokenReport) -> str:
         common, digits = ", ".join(a.common_words) or "-", "yes" if a.has_digits else "no"
         lines.append(f"| {s.token} | {s.class_word or '-'} | {a.token_count} | {common} | {digits} | {a.verdict} |")
     for s in report.subjects:
-        lines += ["", f"## {s.token}", "", *analysis_lines(s.analysis),
+        lines += ["", f"## {s.token}", "", *_subject_analysis_lines(s),
                   f"- instance prompt: `{s.instance_prompt}`",
                   f"- class prompt: `{s.class_prompt}`" if s.class_prompt
                   else "- class prompt: none (no class word)"]
@@ -101,6 +112,23 @@ def report_markdown(report: TokenReport) -> str:
         lines += ["", "| photo | caption |", "|---|---|"]
         lines += [f"| {photo} | {caption} |" for photo, caption in s.captions.items()]
     return "\n".join(lines) + "\n"
+
+
+def _subject_analysis_lines(subject: SubjectToken) -> list[str]:
+    if not subject.per_tokenizer:
+        return analysis_lines(subject.analysis)
+    lines = []
+    for folder, analysis in subject.per_tokenizer.items():
+        lines += [f"- {folder}/ ({TOKENIZER_ROLES.get(folder, folder)}):",
+                  *(f"  {line}" for line in analysis_lines(analysis))]
+    return lines
+
+
+def per_tokenizer_summary(subject: SubjectToken) -> str:
+    """One line: each tokenizer's verdict and token count (SDXL), or the one analysis's reason."""
+    if not subject.per_tokenizer:
+        return subject.analysis.reason
+    return "; ".join(f"{folder}: {a.verdict}, {a.token_count} token(s)" for folder, a in subject.per_tokenizer.items())
 
 
 def bad_token_error(report: TokenReport) -> DatasetError | None:

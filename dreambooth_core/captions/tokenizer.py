@@ -8,6 +8,8 @@ from pathlib import Path
 
 from dreambooth_core.errors import ModelError
 
+SECOND_TOKENIZER = "tokenizer_2"
+
 
 @dataclass(frozen=True)
 class TextTokenizer:
@@ -70,11 +72,17 @@ def tokenizer_merge_ranks(folder: Path) -> dict[str, int]:
     return merge_ranks(merges)
 
 
-def load_tokenizer(model_path: str | Path) -> TextTokenizer:
+def load_tokenizer(model_path: str | Path, subfolder: str = "tokenizer") -> TextTokenizer:
     """The tokenizer of a diffusers model folder (its tokenizer/ sub-folder), in any of its saved forms:
     vocab.json + merges.txt, tokenizer.json, or both."""
     from transformers import CLIPTokenizer
 
-    folder = Path(model_path) / "tokenizer"
+    folder = Path(model_path) / subfolder
     ranks = tokenizer_merge_ranks(folder)
     return TextTokenizer(CLIPTokenizer.from_pretrained(folder), ranks)
+
+
+def load_second_tokenizer(model_path: str | Path) -> TextTokenizer | None:
+    """SDXL's second tokenizer (tokenizer_2/: CLIP's BPE, padding with "!"); None for a model with one."""
+    folder = Path(model_path) / SECOND_TOKENIZER
+    return load_tokenizer(model_path, SECOND_TOKENIZER) if folder.is_dir() else None

@@ -58,3 +58,18 @@ def test_a_rerun_reuses_the_report_only_for_the_same_model_and_captions(prepared
     assert stored_token_report(session, "model-b") is None  # another tokenizer may judge otherwise
     caption_dataset(session, small_tokenizer, CaptionSettings(class_word="man"))  # the captions change
     assert stored_token_report(session, "model-a") is None
+
+
+def test_sdxl_judges_with_both_tokenizers_and_the_worse_verdict_decides(prepared, small_tokenizer, clip_tokenizer):
+    """Two tokenizers that judge 'kax' differently (good / bad) stand in for SDXL's pair."""
+    session = prepared({"kax (1).jpg": None, "shrk (1).jpg": None})
+    caption_dataset(session, small_tokenizer, CaptionSettings())
+    report = build_token_report(session, small_tokenizer, tokenizer_2=clip_tokenizer)
+    kax = next(s for s in report.subjects if s.token == "kax")
+    assert {k: a.verdict for k, a in kax.per_tokenizer.items()} == {"tokenizer": "good", "tokenizer_2": "bad"}
+    assert kax.analysis.verdict == "bad" and "kax (1).jpg: the token 'kax' is bad" in str(bad_token_error(report))
+    write_token_report(session, report)
+    markdown = session.read_bytes(TOKEN_REPORT_MARKDOWN).decode()
+    assert "- tokenizer/ (first text encoder):\n  - verdict: **good**" in markdown
+    assert "- tokenizer_2/ (second text encoder):\n  - verdict: **bad**" in markdown
+    assert "tokenizer_2" not in str(build_token_report(session, small_tokenizer).model_dump())  # one tokenizer

@@ -86,6 +86,14 @@ def test_tokens_command_judges_a_word_with_the_model_tokenizer(capsys):
     assert len(suggested) == 5
 
 
+def test_tokens_command_judges_with_both_sdxl_tokenizers(capsys):
+    assert main(["tokens", "shrk", "--model", "tiny-sdxl"]) == 0
+    out = capsys.readouterr().out
+    assert "shrk (tiny-sdxl tokenizer/, first text encoder)" in out
+    assert "shrk (tiny-sdxl tokenizer_2/, second text encoder)" in out
+    assert out.count("- verdict: good") == 2
+
+
 def test_two_subjects_resume_to_exactly_the_uninterrupted_model(prefect_api_url, tmp_path):
     import safetensors.torch
     import torch
