@@ -21,11 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dreambooth_core.config import RuntimeSettings, TrainingSettings  # noqa: E402
-from dreambooth_core.errors import ConfigError  # noqa: E402
 from dreambooth_core.model.family import detect_family  # noqa: E402
 from dreambooth_core.model.published import ARCHITECTURES, write_config_folder  # noqa: E402
 from dreambooth_core.training.memory_estimate import estimate_training_memory  # noqa: E402
-from dreambooth_core.training.plan import check_family  # noqa: E402
 
 PLANS = {  # name: (training options, runtime options, class images)
     "dreambooth, text encoder phase, prior": ({"method": "dreambooth", "text_encoder_steps": 1}, {}, True),
@@ -65,11 +63,6 @@ def main() -> None:
             for plan in args.plans:
                 training, runtime, prior = PLANS[plan]
                 settings = TrainingSettings(steps=10, mixed_precision=args.precision, **training)
-                try:
-                    check_family(settings, family)
-                except ConfigError:
-                    print(f"| {name} ({resolution} px) | {plan} | | | | not trained on {family.family} yet |")
-                    continue
                 estimate = estimate_training_memory(build, settings, resolution, RuntimeSettings(**runtime), prior)
                 print(f"| {name} ({resolution} px) | {plan} | {estimate.peak_gib:.2f} | "
                       f"{estimate.between_steps / 2**30:.2f} | {estimate.checkpoint_bytes / 2**30:.2f} | {estimate.seconds:.1f} |", flush=True)

@@ -11,7 +11,6 @@ from dreambooth_core.session.class_images import ClassImages
 from dreambooth_core.session.dataset_manifest import require_dataset_manifest
 from dreambooth_core.session.storage import SessionRef
 from dreambooth_core.training.devices import resolve_device
-from dreambooth_core.training.plan import check_family
 from tasks.artifacts import artifact_key
 
 
@@ -20,7 +19,6 @@ def generate_class_images(ref: SessionRef, model: LocalModel, resolution: int, t
                           class_prompt: str, device: str = "auto") -> ClassImages | None:
     """No Prefect cache: the store is the cache, and a rerun that finds every image makes none."""
     session, log = ref.open(), get_run_logger()
-    check_family(training, model.family)  # before rendering class images for a run that cannot train
     reason = prior_applies(require_dataset_manifest(session).subjects, training, class_prompt)
     if reason:
         log.info("Prior preservation off: %s", reason)

@@ -10,6 +10,12 @@ For each token, into one folder:
 - `<token>-diffusers/learned_embeds.safetensors`: `{token: vectors}`, what
   diffusers' textual-inversion training writes and `load_textual_inversion(folder)`
   reads (a token with several vectors becomes token, token_1, token_2...).
+
+SDXL has a vector set per text encoder: `<token>.safetensors` holds `clip_l` (the
+first encoder's) and `clip_g` (the second's), the form AUTOMATIC1111 and ComfyUI read
+for SDXL; the diffusers folder holds `learned_embeds.safetensors` for the first and
+`learned_embeds_2.safetensors` for the second (load each with the matching
+`text_encoder=` / `tokenizer=`); AUTOMATIC1111's .pt has no SDXL form and is not written.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ if TYPE_CHECKING:
     import torch
 
 DIFFUSERS_FILE = "learned_embeds.safetensors"
+DIFFUSERS_FILE_2 = "learned_embeds_2.safetensors"
 # AUTOMATIC1111 stores the id of "*" in CLIP's vocabulary here; its loader reads only string_to_param.
 _A1111_PLACEHOLDER_ID = 265
 _FILE_SAFE_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -42,12 +49,34 @@ class EmbeddingFiles(BaseModel):
 
 
 def export_embeddings(embeddings: Mapping[str, torch.Tensor], out_dir: Path, step: int | None = None,
-                      write_pt: bool = True) -> EmbeddingFiles:
-    """Write every token's learned vectors (token -> tensor of shape (vectors, width) or (width,))."""
+                      write_pt: bool = True,
+                      second: Mapping[str, torch.Tensor] | None = None) -> EmbeddingFiles:
+    """Write every token's learned vectors (token -> tensor of shape (vectors, width) or (width,));
+    `second`: SDXL's vectors for its second text encoder, by the same tokens."""
     sizes: dict[str, int] = {}
     for token, vectors in embeddings.items():
-        sizes |= export_embedding(token, vectors, out_dir, step, write_pt).sizes
+        if second is None:
+            sizes |= export_embedding(token, vectors, out_dir, step, write_pt).sizes
+        else:
+            sizes |= export_sdxl_embedding(token, vectors, second[token], out_dir).sizes
     return EmbeddingFiles(sizes=sizes)
+
+
+def export_sdxl_embedding(token: str, clip_l: torch.Tensor, clip_g: torch.Tensor,
+                          out_dir: Path) -> EmbeddingFiles:
+    """Write one token's SDXL embedding (both encoders' vectors), as the module doc says."""
+    clip_l, clip_g = _checked_vectors(token, clip_l), _checked_vectors(token, clip_g)
+    if clip_l.shape[0] != clip_g.shape[0]:
+        raise ConfigError(f"The SDXL embedding for {token!r} has {clip_l.shape[0]} vector(s) for the first "
+                          f"text encoder but {clip_g.shape[0]} for the second; both need the same number.")
+    out_dir = Path(out_dir)
+    (out_dir / f"{token}-diffusers").mkdir(parents=True, exist_ok=True)
+    files = [out_dir / f"{token}.safetensors", out_dir / f"{token}-diffusers" / DIFFUSERS_FILE,
+             out_dir / f"{token}-diffusers" / DIFFUSERS_FILE_2]
+    save_safetensors({"clip_l": clip_l, "clip_g": clip_g}, files[0])
+    save_safetensors({token: clip_l}, files[1])
+    save_safetensors({token: clip_g}, files[2])
+    return EmbeddingFiles(sizes={str(file): file.stat().st_size for file in files})
 
 
 def export_embedding(token: str, vectors: torch.Tensor, out_dir: Path, step: int | None = None,

@@ -20,7 +20,7 @@ from dreambooth_core.model.openclip_layout import load_extras
 from dreambooth_core.model.sdxl_single_file import to_sdxl_single_file_state
 from dreambooth_core.model.single_file import save_single_file, to_single_file_state
 from dreambooth_core.session.paths import DIFFUSERS
-from dreambooth_core.training.methods import Trainables
+from dreambooth_core.training.methods import Trainables, adapted_encoders
 from dreambooth_core.training.model_parts import ModelParts
 
 
@@ -30,7 +30,7 @@ def write_method(method: str, model_path: str, family: ModelFamily, parts: Model
     if method == "lora":
         return lora_files(parts, trainables, name, dtype, out)
     if method == "textual-inversion":
-        return embedding_files(trainables.token_vectors(dtype), step, out)
+        return embedding_files(trainables, dtype, step, out)
     return full_model_files(model_path, family, parts, name, step, dtype, out)
 
 
@@ -75,12 +75,11 @@ def full_model_files(model_path: str, family: ModelFamily, parts: ModelParts, na
 
 def lora_files(parts: ModelParts, trainables: Trainables, name: str, dtype: torch.dtype,
                out: Path) -> list[str]:
-    text_encoder = parts.text_encoder if trainables.text_encoder else None
-    export_lora(parts.unet, text_encoder, out, name, dtype=dtype)
+    text_encoder, text_encoder_2 = adapted_encoders(parts, trainables)
+    export_lora(parts.unet, text_encoder, out, name, dtype=dtype, text_encoder_2=text_encoder_2)
     return [f"{name}.safetensors", f"{name}-diffusers"]
 
 
-def embedding_files(vectors: dict[str, torch.Tensor], step: int, out: Path) -> list[str]:
-    """`vectors`: token -> its learned vectors, in the export's dtype."""
-    export_embeddings(vectors, out, step)
+def embedding_files(trainables: Trainables, dtype: torch.dtype, step: int, out: Path) -> list[str]:
+    export_embeddings(trainables.token_vectors(dtype), out, step, second=trainables.token_vectors_2(dtype))
     return sorted(p.name for p in out.iterdir())

@@ -19,7 +19,7 @@ from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import SNAPSHOTS, snapshot_folder, steps_named
 from dreambooth_core.session.scratch import scratch_folder
 from dreambooth_core.session.storage import SessionRef
-from dreambooth_core.training.methods import Trainables
+from dreambooth_core.training.methods import Trainables, adapted_encoders
 from dreambooth_core.training.model_parts import ModelParts
 from dreambooth_core.training.trainer import Trainer
 
@@ -58,10 +58,12 @@ def write_snapshot(session: Session, model_path: str, family: ModelFamily, metho
 def _write_local(out: Path, model_path: str, family: ModelFamily, method: str, parts: ModelParts,
                  trainables: Trainables, name: str, step: int) -> None:
     if method == "lora":
-        text_encoder = parts.text_encoder if trainables.text_encoder else None
-        save_kohya_lora(parts.unet, text_encoder, out / f"{name}.safetensors", dtype=torch.float16)
+        text_encoder, text_encoder_2 = adapted_encoders(parts, trainables)
+        save_kohya_lora(parts.unet, text_encoder, out / f"{name}.safetensors", dtype=torch.float16,
+                        text_encoder_2=text_encoder_2)
     elif method == "textual-inversion":
-        export_embeddings(trainables.token_vectors(torch.float16), out, step, write_pt=False)
+        export_embeddings(trainables.token_vectors(torch.float16), out, step, write_pt=False,
+                          second=trainables.token_vectors_2(torch.float16))
     else:
         # The training modules stay fp32: the snapshot converts a copy of each tensor.
         state, metadata = original_layout(model_path, family, parts.unet, parts.vae, parts.text_encoder, name,

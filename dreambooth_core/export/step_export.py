@@ -30,7 +30,7 @@ from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import export_folder, snapshot_folder, step_name
 from dreambooth_core.session.scratch import scratch_folder
 from dreambooth_core.session.state import load_state
-from dreambooth_core.training.methods import Trainables, set_up_method
+from dreambooth_core.training.methods import Trainables, adapted_encoders, set_up_method
 from dreambooth_core.training.model_parts import ModelParts, load_model_parts
 from dreambooth_core.training.restore import restored_parts
 from dreambooth_core.training.trainer import EMA_FILE, WEIGHTS_FILE
@@ -153,21 +153,21 @@ def _snapshot_parts(session: Session, trained: TrainedSession, step: int,
     weights = snapshot / f"{session.name}-{step_name(step)}.safetensors"
     method = trained.training.method
     if method == "textual-inversion":
+        keys = ("clip_l", "clip_g") if trainables.embeddings_2 is not None else ("emb_params",)
         for row, token in enumerate(trainables.new_tokens):
-            trainables.embeddings[row].copy_(_embedding(snapshot, token).reshape(-1))
+            stored = safetensors.torch.load_file(snapshot / f"{token}.safetensors")
+            for vectors, key in zip(trainables.new_vectors, keys):
+                vectors[row].copy_(stored[key].reshape(-1))
     elif method == "lora":
-        encoder = parts.text_encoder if trainables.text_encoder else None
-        load_kohya_lora(parts.unet, encoder, safetensors.torch.load_file(weights))
+        text_encoder, text_encoder_2 = adapted_encoders(parts, trainables)
+        load_kohya_lora(parts.unet, text_encoder, safetensors.torch.load_file(weights),
+                        text_encoder_2=text_encoder_2)
     else:
         _load_single_file(parts, weights, trained.model_path)  # replaces the modules trainables hold
     parts.unet.requires_grad_(False).eval()
     for encoder in parts.text_encoders:
         encoder.requires_grad_(False).eval()
     return parts, trainables
-
-
-def _embedding(snapshot: Path, token: str) -> torch.Tensor:
-    return safetensors.torch.load_file(snapshot / f"{token}.safetensors")["emb_params"]
 
 
 def _load_single_file(parts: ModelParts, weights: Path, model_path: str) -> None:

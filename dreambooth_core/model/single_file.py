@@ -145,6 +145,15 @@ def _rename(state: Mapping[str, torch.Tensor], rules: list[tuple[str, str, Rule]
     return renamed
 
 
+def original_unet_module(config, module: str) -> str:
+    """The original-layout path of a UNet module (`down_blocks.1.attentions.0.proj_in` ->
+    `input_blocks.4.1.proj_in`), for a module holding a weight."""
+    key = _original_key(f"{module}.weight", _unet_rules(config))
+    if key is None:
+        raise _unknown_keys_error("UNet", [f"{module}.weight"])
+    return key.removesuffix(".weight")
+
+
 def _original_key(key: str, rules: list[tuple[str, str, Rule]]) -> str | None:
     for diffusers_prefix, original_prefix, rule in rules:
         if key.startswith(diffusers_prefix):

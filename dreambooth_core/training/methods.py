@@ -26,6 +26,7 @@ class Trainables:
     embeddings: torch.nn.Parameter | None = None
     new_tokens: list[str] = field(default_factory=list)
     text_encoder_2: dict[str, torch.nn.Parameter] = field(default_factory=dict)  # SDXL's second encoder
+    embeddings_2: torch.nn.Parameter | None = None  # SDXL: the new tokens' rows in the second encoder
 
     @property
     def text_side(self) -> dict[str, torch.nn.Parameter]:
@@ -38,12 +39,25 @@ class Trainables:
         named |= self.text_side
         if self.embeddings is not None:
             named["embeddings"] = self.embeddings
+        if self.embeddings_2 is not None:
+            named["embeddings_2"] = self.embeddings_2
         return named
+
+    @property
+    def new_vectors(self) -> list[torch.nn.Parameter]:
+        """Textual inversion's trained rows, one parameter per text encoder."""
+        return [e for e in (self.embeddings, self.embeddings_2) if e is not None]
 
     def token_vectors(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """Textual inversion: each new token's learned embedding, shape (1, width), on the CPU."""
-        return {token: self.embeddings[i:i + 1].detach().to("cpu", dtype)
-                for i, token in enumerate(self.new_tokens)}
+        return self._rows(self.embeddings, dtype)
+
+    def token_vectors_2(self, dtype: torch.dtype) -> dict[str, torch.Tensor] | None:
+        """The same in SDXL's second text encoder; None for a model with one."""
+        return None if self.embeddings_2 is None else self._rows(self.embeddings_2, dtype)
+
+    def _rows(self, vectors: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        return {token: vectors[i:i + 1].detach().to("cpu", dtype) for i, token in enumerate(self.new_tokens)}
 
 
 class NewTokenEmbedding(torch.nn.Module):
@@ -64,12 +78,10 @@ class NewTokenEmbedding(torch.nn.Module):
         return torch.where(new.unsqueeze(-1), rows, known)
 
 
-def require_method_for_sdxl(method: str, sdxl: bool) -> None:
-    """What this version trains on SDXL: the full model (LoRA and textual inversion come later)."""
-    if sdxl and method != "dreambooth":
-        raise ConfigError(f"--method {method} is not available for SDXL models yet; train them with "
-                          "--method dreambooth (the full UNet and both text encoders), or pick an "
-                          "SD 1.x / 2.x base model.")
+def adapted_encoders(parts: ModelParts, trainables: Trainables) -> tuple:
+    """LoRA: the text encoders that carry adapters (None for one that does not)."""
+    return (parts.text_encoder if trainables.text_encoder else None,
+            parts.text_encoder_2 if trainables.text_encoder_2 else None)
 
 
 def set_up_method(parts: ModelParts, settings: TrainingSettings, tokens: list[str],
@@ -78,7 +90,6 @@ def set_up_method(parts: ModelParts, settings: TrainingSettings, tokens: list[st
     parts.unet.requires_grad_(False)
     for encoder in parts.text_encoders:
         encoder.requires_grad_(False)
-    require_method_for_sdxl(settings.method, parts.text_encoder_2 is not None)
     if settings.method == "dreambooth":
         return _full(parts, settings)
     if settings.method == "lora":
@@ -105,10 +116,13 @@ def _lora(parts: ModelParts, settings: TrainingSettings) -> Trainables:
         parts.unet.add_adapter(_lora_config(settings, UNET_LORA_TARGETS))
         if settings.trains_text_encoder:
             # transformers' own add_adapter wants a newer peft than the registry has.
-            inject_adapter_in_model(_lora_config(settings, TEXT_LORA_TARGETS), parts.text_encoder)
+            for encoder in parts.text_encoders:
+                inject_adapter_in_model(_lora_config(settings, TEXT_LORA_TARGETS), encoder)
     trainables = Trainables(unet=_lora_parameters(parts.unet))
     if settings.trains_text_encoder:
         trainables.text_encoder = _lora_parameters(parts.text_encoder)
+        if parts.text_encoder_2 is not None:
+            trainables.text_encoder_2 = _lora_parameters(parts.text_encoder_2)
     return trainables
 
 
@@ -127,7 +141,16 @@ def _lora_parameters(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 
 
 def _textual_inversion(parts: ModelParts, tokens: list[str], initializer_word: str) -> Trainables:
-    tokenizer, encoder = parts.tokenizer, parts.text_encoder
+    """One new vector per token in each text encoder (SDXL: both)."""
+    vectors = [_new_token_rows(tokenizer, encoder, tokens, initializer_word)
+               for tokenizer, encoder in ((parts.tokenizer, parts.text_encoder),
+                                          (parts.tokenizer_2, parts.text_encoder_2)) if encoder is not None]
+    return Trainables(embeddings=vectors[0], embeddings_2=vectors[1] if len(vectors) > 1 else None,
+                      new_tokens=list(tokens))
+
+
+def _new_token_rows(tokenizer, encoder: torch.nn.Module, tokens: list[str],
+                    initializer_word: str) -> torch.nn.Parameter:
     if tokenizer.add_tokens(tokens) != len(tokens):
         raise ConfigError(f"a token among {tokens} already is a single token of the model's "
                           "vocabulary; textual inversion needs new words. Pick another --token.")
@@ -137,4 +160,4 @@ def _textual_inversion(parts: ModelParts, tokens: list[str], initializer_word: s
         start = embedding.weight[init_ids].mean(dim=0).float()
     vectors = torch.nn.Parameter(start.repeat(len(tokens), 1))
     encoder.set_input_embeddings(NewTokenEmbedding(embedding, vectors))
-    return Trainables(embeddings=vectors, new_tokens=list(tokens))
+    return vectors

@@ -20,7 +20,6 @@ from dreambooth_core.session.state import ExportRecord, differing_fields, load_s
 from dreambooth_core.session.storage import SessionRef
 from dreambooth_core.training.devices import check_processes, resolve_device, resolve_precision
 from dreambooth_core.training.memory_plan import detect_gpu, settle_memory_plan
-from dreambooth_core.training.methods import require_method_for_sdxl
 
 
 class Chunk(BaseModel):
@@ -73,11 +72,6 @@ def initializer_word(config: DreamBoothConfig) -> str:
     return config.training.initializer_word or same_word or "person"
 
 
-def check_family(training: TrainingSettings, family: ModelFamily) -> None:
-    """The method is one this version trains on the model's family."""
-    require_method_for_sdxl(training.method, family.family == "sdxl")
-
-
 def check_settings(training: TrainingSettings, device_name: str) -> None:
     device = resolve_device(device_name)
     check_processes(training.gpus, device)
@@ -114,7 +108,6 @@ def make_plan(session: Session, ref: SessionRef, config: DreamBoothConfig, model
                                 dataset.resolution, class_images is not None, detect_gpu(config))
     training, runtime = memory.apply(config.training, config.runtime) if memory else (config.training, config.runtime)
     check_settings(training, runtime.device)
-    check_family(training, model.family)
     config = config.model_copy(update={"training": training, "runtime": runtime})
     values = fingerprint_values(config, total, model.digest, captions.digest, class_images)
     recorded = state.fingerprint

@@ -91,7 +91,7 @@ class Trainer:
                 parameter.requires_grad_(True)  # DDP takes the ones that need a gradient now; see _enter_phase
             self.text_encoder = share_gradients(self.parts.text_encoder, self.device)
             self.shared.append(self.text_encoder)
-        if self.trainables.text_encoder_2:
+        if self.trainables.text_encoder_2 or self.trainables.embeddings_2 is not None:
             for parameter in self.trainables.text_encoder_2.values():
                 parameter.requires_grad_(True)
             self.text_encoder_2 = share_gradients(self.parts.text_encoder_2, self.device)
@@ -181,7 +181,7 @@ class Trainer:
 
     def _condition(self, captions: list[str], step: int) -> Condition:
         """Embeddings with gradients while the text side trains; cached once it is frozen."""
-        if self.trainables.embeddings is not None or self.text_encoder_trains_at(step):
+        if self.trainables.new_vectors or self.text_encoder_trains_at(step):
             return self._encode(captions, self.text_encoder, self.text_encoder_2)
         frozen = (self.parts.text_encoder, self.parts.text_encoder_2)
         with torch.no_grad():
@@ -252,11 +252,8 @@ class Trainer:
 
 
 def make_optimizer(trainables: Trainables, settings: TrainingSettings, device: torch.device):
-    main = list(trainables.unet.values())
-    if trainables.embeddings is not None:
-        main.append(trainables.embeddings)
-    groups = [{"name": "main", "params": main,
-               "weight_decay": 0.0 if trainables.embeddings is not None else 1e-2}]
+    main = list(trainables.unet.values()) + trainables.new_vectors
+    groups = [{"name": "main", "params": main, "weight_decay": 0.0 if trainables.new_vectors else 1e-2}]
     if trainables.text_side:
         groups.append({"name": "text_encoder", "params": list(trainables.text_side.values()),
                        "weight_decay": 1e-2})

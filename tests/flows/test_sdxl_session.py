@@ -2,6 +2,7 @@
 a killed run resumes to the uninterrupted model; the single file and the diffusers folder load in
 diffusers' own SDXL pipeline with the trained weights."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,8 @@ import safetensors.torch
 import torch
 from run_cli import run_cli
 
-from flows.cli import EXIT_USER_ERROR, main
+from dreambooth_core.model.fetch import fetch_model
+from flows.cli import main
 
 pytestmark = pytest.mark.slow  # CLI training runs: the full suite only
 
@@ -96,9 +98,29 @@ def test_a_killed_run_resumes_to_the_uninterrupted_model(reference, tmp_path, pr
     assert (tmp_path / "xl" / "xl.safetensors").read_bytes() == (reference / "xl.safetensors").read_bytes()
 
 
+def _lora_loads(session: Path, pipeline) -> None:
+    pipeline.load_lora_weights(str(session / "xl.safetensors"), adapter_name="kohya")
+    pipeline.load_lora_weights(str(session / "xl-diffusers"), adapter_name="diffusers")
+    adapted = {"unet", "text_encoder", "text_encoder_2"}
+    assert {part for part in adapted if "kohya" in getattr(pipeline, part).peft_config} == adapted
+
+
+def _embedding_loads(session: Path, pipeline) -> None:
+    single = safetensors.torch.load_file(session / "zwx.safetensors")
+    for key, encoder, tokenizer in (("clip_l", pipeline.text_encoder, pipeline.tokenizer),
+                                    ("clip_g", pipeline.text_encoder_2, pipeline.tokenizer_2)):
+        pipeline.load_textual_inversion(single[key], token="zwx", text_encoder=encoder, tokenizer=tokenizer)
+        (row,) = tokenizer("zwx", add_special_tokens=False).input_ids
+        assert torch.equal(encoder.get_input_embeddings().weight[row], single[key][0])
+
+
 @pytest.mark.parametrize("method", ["lora", "textual-inversion"])
-def test_methods_not_built_for_sdxl_yet_stop_before_the_class_images(method, tmp_path, prefect_api_url, capsys):
-    args = train_args(tmp_path, "--method", method, "--token", "zwx", "--class-images", "50")
-    assert main(args) == EXIT_USER_ERROR
-    assert f"--method {method} is not available for SDXL models yet" in capsys.readouterr().err
-    assert not list((tmp_path / "class-images").glob("*/*.png"))
+def test_lora_and_embedding_sessions_export_what_the_sdxl_pipeline_loads(method, tmp_path, prefect_api_url):
+    """Kill/resume of both methods on SDXL: tests/training/test_resume_methods.py."""
+    from diffusers import StableDiffusionXLPipeline
+
+    extra = ["--lora-text-encoder"] if method == "lora" else ["--token", "zwx"]
+    assert main([*train_args(tmp_path, "--method", method, "--steps", "2", "--sample-every", "0"), *extra]) == 0
+    session = tmp_path / "xl"
+    pipeline = StableDiffusionXLPipeline.from_pretrained(fetch_model("tiny-sdxl", Path(os.environ["DREAMBOOTH_CACHE"])).path)
+    (_lora_loads if method == "lora" else _embedding_loads)(session, pipeline)

@@ -27,12 +27,17 @@ CASES = {
         "--method", "lora", "--lora-text-encoder", "--text-encoder-steps", "6", "--lora-rank", "4",
         "--class-word", "man", "--class-images", "2", "--learning-rate", "1e-3"],
     "textual inversion": ["--method", "textual-inversion", "--token", "zwx", "--learning-rate", "1e-2"],
+    "SDXL lora on the UNet and both text encoders": [
+        "--model", "tiny-sdxl", "--method", "lora", "--lora-text-encoder", "--text-encoder-steps", "6",
+        "--class-word", "man", "--class-images", "2", "--flip", "--learning-rate", "1e-3"],
+    "SDXL textual inversion": ["--model", "tiny-sdxl", "--method", "textual-inversion", "--token", "zwx",
+                               "--learning-rate", "1e-2"],
 }
 
 
 def train(api_url, root: Path, options: list[str], kill_at=None):
     root.mkdir(exist_ok=True)
-    args = ["train", "--session", "s", "--storage", str(root / "sessions"), "--model", "tiny",
+    args = ["train", "--session", "s", "--storage", str(root / "sessions"), "--model", "tiny",  # options may override
             "--photos", str(REPO / "examples" / "photos"), "--steps", str(STEPS),
             "--chunk-steps", str(CHUNK), "--sample-steps", "2", "--seed", "3", *options]
     return run_cli(api_url, root, *args, kill_at=kill_at)

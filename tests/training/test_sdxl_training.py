@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from dreambooth_core.config import TrainingSettings
-from dreambooth_core.errors import ConfigError
 from dreambooth_core.model.tiny import build_tiny_sdxl_model
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.folder import Session
@@ -95,9 +94,16 @@ def trained(t: Trainer) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in t.trainables.named().items()}
 
 
+# What each method trains on SDXL, by the prefix of its names in Trainables.named().
+TRAINED = {"dreambooth": ("unet.", "text_encoder.", "text_encoder_2."),
+           "lora": ("unet.", "text_encoder.", "text_encoder_2."),
+           "textual-inversion": ("embeddings", "embeddings_2")}
+
+
 @pytest.mark.slow  # three trainers of four steps
-def test_the_text_encoder_phase_trains_both_encoders_and_resume_is_exact(sdxl, tmp_path):
-    options = dict(text_encoder_steps=3, flip=True)
+@pytest.mark.parametrize("method", TRAINED)
+def test_each_method_trains_both_encoders_and_resume_is_exact(sdxl, method, tmp_path):
+    options = dict(method=method, text_encoder_steps=3, flip=True, lora_text_encoder=method == "lora")
     base = trained(make_trainer(sdxl, **options))
     straight = make_trainer(sdxl, **options)
     for step in range(4):
@@ -113,13 +119,18 @@ def test_the_text_encoder_phase_trains_both_encoders_and_resume_is_exact(sdxl, t
         resumed.step(step)
 
     expected, actual = trained(straight), trained(resumed)
-    for prefix in ("unet.", "text_encoder.", "text_encoder_2."):
+    assert {k.split(".")[0] + ("." if "." in k else "") for k in expected} == set(TRAINED[method])
+    for prefix in TRAINED[method]:
         names = [k for k in expected if k.startswith(prefix)]
         assert names and any(not torch.equal(expected[k], base[k]) for k in names), f"{prefix} did not train"
     assert [k for k in expected if not torch.equal(expected[k], actual[k])] == []
 
 
-@pytest.mark.parametrize("method", ["lora", "textual-inversion"])
-def test_methods_not_built_for_sdxl_yet_are_refused_by_name(sdxl, method):
-    with pytest.raises(ConfigError, match=f"--method {method} is not available for SDXL models yet"):
-        make_trainer(sdxl, method=method)
+def test_textual_inversion_adds_the_token_to_both_tokenizers_with_one_vector_per_encoder(sdxl):
+    trainer = make_trainer(sdxl, method="textual-inversion")
+    parts, trainables = trainer.parts, trainer.trainables
+    for tokenizer in (parts.tokenizer, parts.tokenizer_2):
+        assert len(tokenizer("shrk", add_special_tokens=False).input_ids) == 1
+    widths = [e.get_input_embeddings().base.embedding_dim for e in parts.text_encoders]
+    assert widths[0] != widths[1]  # the tiny SDXL's encoders differ in width, as SDXL's do
+    assert [tuple(v.shape) for v in trainables.new_vectors] == [(1, widths[0]), (1, widths[1])]
