@@ -17,6 +17,8 @@ METHODS = {
     "lora": ["--method", "lora", "--lora-text-encoder", "--text-encoder-steps", "6", "--lora-rank", "4"],
     "textual-inversion": ["--method", "textual-inversion", "--token", "zwx", "--learning-rate", "1e-2"],
 }
+# The same on SDXL (the later --model wins): adapters on both encoders, clip_l / clip_g embeddings.
+METHODS |= {f"sdxl-{method}": ["--model", "tiny-sdxl", *METHODS[method]] for method in ("lora", "textual-inversion")}
 
 
 @pytest.fixture(scope="module", params=list(METHODS))
@@ -26,7 +28,7 @@ def trained(request, prefect_api_url, tmp_path_factory) -> tuple[str, Path]:
                  "--model", "tiny", "--steps", str(STEPS), "--chunk-steps", str(CHUNK), "--sample-every", "0",
                  "--snapshot-every", str(SNAPSHOT_EVERY), "--keep-snapshots", "5", "--learning-rate", "1e-3",
                  "--export-precision", "fp32", *METHODS[request.param]]) == 0
-    return request.param, root / "s"
+    return request.param.removeprefix("sdxl-"), root / "s"
 
 
 def export(session: Path, step: int, *flags: str) -> int:
