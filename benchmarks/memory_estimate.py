@@ -41,6 +41,7 @@ PLANS = {  # name: (training options, runtime options, class images)
     "dreambooth, UNet only, prior, EMA": ({"method": "dreambooth", "text_encoder_steps": 0, "ema_decay": 0.999},
                                           {}, True),
     "lora rank 8, prior": ({"method": "lora"}, {}, True),
+    "lora rank 8, prior, checkpointing": ({"method": "lora"}, {"gradient_checkpointing": True}, True),
     "lora rank 8, text encoder too, prior, checkpointing": ({"method": "lora", "lora_text_encoder": True},
                                                             {"gradient_checkpointing": True}, True),
     "textual inversion": ({"method": "textual-inversion"}, {}, False),

@@ -1,6 +1,6 @@
 """An SDXL session through the CLI on the tiny SDXL: prior preservation, samples and snapshots on;
 a killed run resumes to the uninterrupted model; the single file and the diffusers folder load in
-diffusers' own SDXL pipeline with the trained weights."""
+diffusers' own SDXL pipeline with the trained weights; LoRA and embedding sessions' files load too."""
 
 import os
 from pathlib import Path

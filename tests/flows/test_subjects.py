@@ -94,14 +94,15 @@ def test_tokens_command_judges_with_both_sdxl_tokenizers(capsys):
     assert out.count("- verdict: good") == 2
 
 
-def test_two_subjects_resume_to_exactly_the_uninterrupted_model(prefect_api_url, tmp_path):
+@pytest.mark.parametrize("model", ["tiny", "tiny-sdxl"])
+def test_two_subjects_resume_to_exactly_the_uninterrupted_model(model, prefect_api_url, tmp_path):
     import safetensors.torch
     import torch
 
     photos = two_subjects(tmp_path / "photos")
 
     def train(storage: str, steps: int) -> None:
-        assert main(["train", "--session", "duo", "--storage", str(tmp_path / storage), "--model", "tiny",
+        assert main(["train", "--session", "duo", "--storage", str(tmp_path / storage), "--model", model,
                      "--photos", str(photos), "--steps", str(steps), "--chunk-steps", "3",
                      "--learning-rate", "1e-4"]) == 0
 
@@ -111,3 +112,6 @@ def test_two_subjects_resume_to_exactly_the_uninterrupted_model(prefect_api_url,
     whole, resumed = (safetensors.torch.load_file(tmp_path / s / "duo" / "checkpoints" / "step-000006" /
                                                   "weights.safetensors") for s in ("whole", "resumed"))
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    report = json.loads((tmp_path / "whole" / "duo" / "reports" / "tokens.json").read_text())
+    judged = {s["token"]: sorted(s["per_tokenizer"]) for s in report["subjects"]}
+    assert judged == {t: ["tokenizer", "tokenizer_2"] if model == "tiny-sdxl" else [] for t in ("ohwx", "shrk")}

@@ -1,5 +1,5 @@
 """SDXL at the trainer level: the loss written out with both text encoders, the pooled embedding
-and the micro-conditioning time ids; the text-encoder phase trains both encoders; resume is exact."""
+and the micro-conditioning time ids; each method trains both encoders' side; resume is exact."""
 
 import json
 import shutil
