@@ -24,12 +24,23 @@ EXAMPLE_PHOTOS = REPO / "examples" / "photos"
 
 @pytest.fixture(scope="session")
 def prefect_api_url():
-    """Prefect's own temporary server, started once for the whole test run."""
+    """Prefect's own temporary server, started once for the whole test run. Its address goes into
+    the environment too: the harness sets it only in Prefect's settings, and an in-process
+    `dreambooth train` that finds no PREFECT_API_URL starts (and waits ~9 s for) a server of its own."""
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=60):
-        yield PREFECT_API_URL.value()
+        url = PREFECT_API_URL.value()
+        previous = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = url
+        try:
+            yield url
+        finally:
+            if previous is None:
+                os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = previous
 
 
 @pytest.fixture(scope="session")
