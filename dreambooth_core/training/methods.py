@@ -74,8 +74,9 @@ class NewTokenEmbedding(torch.nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         known = self.base(ids.clamp(max=self.first_new - 1))
         new = ids >= self.first_new
-        rows = self.vectors[(ids - self.first_new).clamp(min=0)].to(known.dtype)
-        return torch.where(new.unsqueeze(-1), rows, known)
+        rows = self.vectors[(ids - self.first_new).clamp(min=0)]
+        dtype = torch.promote_types(known.dtype, rows.dtype)  # a base held in half: the rows stay fp32
+        return torch.where(new.unsqueeze(-1), rows.to(dtype), known.to(dtype))
 
 
 def adapted_encoders(parts: ModelParts, trainables: Trainables) -> tuple:

@@ -16,6 +16,7 @@ from dreambooth_core.training.batches import draw_micro_batch
 from dreambooth_core.training.conditioning import Condition, encode_captions, sdxl_time_ids
 from dreambooth_core.training.data_parallel import gradients_kept_local, share_gradients
 from dreambooth_core.training.devices import resolve_precision
+from dreambooth_core.training.frozen_weights import frozen_dtype, hold_frozen
 from dreambooth_core.training.latents import LatentCache
 from dreambooth_core.training.loss import dreambooth_loss, per_example_loss
 from dreambooth_core.training.methods import Trainables, set_up_method
@@ -55,6 +56,8 @@ class Trainer:
         self.precision = resolve_precision(settings.mixed_precision, self.device)
         subjects = sorted({e.subject for e in examples})
         self.trainables = set_up_method(parts, settings, subjects, initializer_word)
+        hold_frozen([parts.unet, *parts.text_encoders], self.trainables.named().values(),
+                    frozen_dtype(settings.method, self.precision))
         if runtime.gradient_checkpointing:
             parts.unet.enable_gradient_checkpointing()
             if settings.trains_text_encoder:
