@@ -157,10 +157,10 @@ def build_trainer(plan: TrainingPlan, session: Session, rank: int = 0, world: in
     device = resolve_device(plan.runtime.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", torch.cuda.current_device())  # the launcher set this process's GPU
-    parts = load_model_parts(plan.model_path, device)
+    parts = load_model_parts(plan.model_path, torch.device("cpu"))  # the Trainer moves them, once cast
     examples = load_examples(session, crops=parts.text_encoder_2 is not None)  # SDXL: with their crops
     return Trainer(parts, examples, plan.training, plan.total_steps, plan.runtime,
-                   load_class_examples(plan.class_images, session), plan.initializer_word, rank, world)
+                   load_class_examples(plan.class_images, session), plan.initializer_word, rank, world, device)
 
 
 def restore(plan: TrainingPlan, session: Session, store: CheckpointStore, chunk: Chunk,

@@ -121,6 +121,9 @@ def estimate_training_memory(model: str | Path | Callable[[], ModelParts], setti
         trainer = trainer_module.Trainer(parts, _examples(resolution, "shrk"), settings, total_steps=2,
                                          runtime=runtime, class_examples=_examples(resolution, "") if prior else ())
         trainer.scaler = torch.amp.GradScaler(enabled=False)  # fp16 loss scaling reads values; it holds ~no memory
+        # Parts are built in fp32 and cast by the Trainer, which a real run does on the CPU before
+        # moving them to the GPU: the GPU holds what the Trainer holds from here.
+        tracker.reset_peak()
         steps = [0, settings.text_encoder_phase] if trainer.text_encoder_trains_at(0) else [0]
         for step in steps:
             trainer.step(step)

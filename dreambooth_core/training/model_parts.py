@@ -24,6 +24,12 @@ class ModelParts:
     def text_encoders(self) -> list[torch.nn.Module]:
         return [e for e in (self.text_encoder, self.text_encoder_2) if e is not None]
 
+    def to(self, device: torch.device) -> None:
+        """Moves every module that is not on `device` yet (one already there is left alone)."""
+        for module in (self.unet, self.vae, *self.text_encoders):
+            if next(module.parameters()).device != device:
+                module.to(device)
+
 
 def import_model_classes() -> Iterator[str]:
     """Import what load_model_parts needs, a library at a time (seconds in all, on a CPU):

@@ -48,16 +48,19 @@ class Trainer:
     def __init__(self, parts: ModelParts, examples: list[Example], settings: TrainingSettings,
                  total_steps: int, runtime: RuntimeSettings = RuntimeSettings(),
                  class_examples: list[Example] = (), initializer_word: str = "person",
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, device: torch.device | None = None):
+        """`device`: where to train, when the parts are loaded elsewhere (on the CPU: then the
+        frozen model reaches the GPU already in the precision it is held in)."""
         self.parts, self.examples, self.settings, self.runtime = parts, examples, settings, runtime
         self.total_steps, self.rank, self.world = total_steps, rank, world
         self.class_examples = list(class_examples)
-        self.device = next(parts.unet.parameters()).device
+        self.device = device or next(parts.unet.parameters()).device
         self.precision = resolve_precision(settings.mixed_precision, self.device)
         subjects = sorted({e.subject for e in examples})
         self.trainables = set_up_method(parts, settings, subjects, initializer_word)
         hold_frozen([parts.unet, *parts.text_encoders], self.trainables.named().values(),
                     frozen_dtype(settings.method, self.precision))
+        parts.to(self.device)
         if runtime.gradient_checkpointing:
             parts.unet.enable_gradient_checkpointing()
             if settings.trains_text_encoder:
