@@ -1,12 +1,13 @@
-"""The weights an adapter method never trains, held in the autocast precision.
+"""The weights a run never trains, held in the autocast precision.
 
 LoRA and textual inversion train a few million numbers beside a model that stays
-as it is. Under autocast its matrix products (linear, convolution) run in fp16/bf16
-whatever their weights are stored in, so holding those weights, and the embedding
-tables, in that precision halves the model's memory (SDXL: 13 GiB -> 6.5 GiB)
-without changing what is computed, as diffusers' and kohya's LoRA scripts do.
-Norm layers keep their few fp32 parameters: autocast runs them in fp32. What
-trains stays fp32.
+as it is; UNet-only DreamBooth leaves the text encoders as they are. Under
+autocast the matrix products (linear, convolution) run in fp16/bf16 whatever
+their weights are stored in, so holding those weights, and the embedding tables,
+in that precision halves their memory (SDXL LoRA: 13 GiB -> 6.5 GiB) without
+changing what is computed, as diffusers' and kohya's LoRA scripts do. Norm
+layers keep their few fp32 parameters: autocast runs them in fp32. What trains
+stays fp32, and exports start again from the base model's own weights.
 
 The VAE is left in fp32: SDXL's overflows in fp16, and it only encodes each
 training image once (latents are cached).
@@ -22,11 +23,8 @@ HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
 HELD_IN_HALF = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Embedding)
 
 
-def frozen_dtype(method: str, precision: str) -> torch.dtype:
-    """What the untrained weights of `method` are held in under autocast `precision`
-    ("no", "fp16", "bf16"): full DreamBooth trains the UNet, so its weights stay fp32."""
-    if method == "dreambooth":
-        return torch.float32
+def frozen_dtype(precision: str) -> torch.dtype:
+    """What untrained weights are held in under autocast `precision` ("no", "fp16", "bf16")."""
     return HALF.get(precision, torch.float32)
 
 

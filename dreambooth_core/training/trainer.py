@@ -59,7 +59,7 @@ class Trainer:
         subjects = sorted({e.subject for e in examples})
         self.trainables = set_up_method(parts, settings, subjects, initializer_word)
         hold_frozen([parts.unet, *parts.text_encoders], self.trainables.named().values(),
-                    frozen_dtype(settings.method, self.precision))
+                    frozen_dtype(self.precision))
         parts.to(self.device)
         if runtime.gradient_checkpointing:
             parts.unet.enable_gradient_checkpointing()

@@ -1,5 +1,5 @@
-"""LoRA and textual inversion under mixed precision hold the frozen model in half precision:
-less memory, the same training up to rounding, and what trains stays fp32."""
+"""Under mixed precision the weights a run never trains are held in half precision: less
+memory, the same training up to rounding, and what trains stays fp32."""
 
 from pathlib import Path
 
@@ -74,10 +74,16 @@ def test_under_bf16_the_frozen_model_is_bf16_and_trains_as_the_fp32_one_does(sdx
     assert torch.nn.functional.cosine_similarity(step_half, step_full, dim=0) > 0.98
 
 
-def test_full_dreambooth_keeps_its_weights_in_fp32_under_bf16(tiny_model_path):
-    trainer = make_trainer(tiny_model_path, "dreambooth", "bf16")
-    assert frozen_dtypes(trainer) == {"matrices": {torch.float32}, "others": {torch.float32}}
-    assert {p.dtype for p in trainer.parts.unet.parameters()} == {torch.float32}
+def test_dreambooth_keeps_what_it_trains_in_fp32_and_holds_an_untrained_text_encoder_in_bf16(tiny_model_path):
+    with_phase = Trainer(load_model_parts(tiny_model_path, torch.device("cpu")), [], TrainingSettings(
+        method="dreambooth", text_encoder_steps=2, mixed_precision="bf16"), total_steps=4)
+    assert frozen_dtypes(with_phase) == {"matrices": set(), "others": set()}  # everything trains
+    assert {p.dtype for p in with_phase.trainables.named().values()} == {torch.float32}
+    unet_only = make_trainer(tiny_model_path, "dreambooth", "bf16")
+    assert {p.dtype for p in unet_only.parts.unet.parameters()} == {torch.float32}
+    encoder = unet_only.parts.text_encoder
+    assert encoder.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert frozen_dtypes(unet_only) == {"matrices": {torch.bfloat16}, "others": {torch.float32}}
 
 
 def test_the_estimate_drops_by_half_the_frozen_matrices(sdxl):
