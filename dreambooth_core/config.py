@@ -58,6 +58,10 @@ class BaseModelSettings(Section):
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of --model.")
     single_file_config: str | None = Field(None, description="For a single-file --model: a diffusers "
                                            "folder or repo id describing its architecture.")
+    vae: str | None = Field(None, description="A VAE in place of the model's own, for training, samples "
+                            "and exports: a Hugging Face repo id (e.g. madebyollin/sdxl-vae-fp16-fix, "
+                            "SDXL's VAE fixed to run in fp16) or a local diffusers VAE folder. It must "
+                            "have the architecture of the model's own VAE.")
 
 
 class CaptionSettings(Section):

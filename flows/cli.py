@@ -183,6 +183,10 @@ def check_before_run(flags: dict[str, Any]) -> DreamBoothConfig:
     config = config_from_flags(flags, session)
     session.check_writable()
     require_photos(session, config.inputs.photos)
+    if config.base_model.vae:
+        from dreambooth_core.model.vae import check_vae_spec
+
+        check_vae_spec(config.base_model.vae)
     return config
 
 

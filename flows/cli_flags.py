@@ -68,5 +68,9 @@ def trained_base_model(config: DreamBoothConfig, session: Session):
     base = config.base_model
     model = fetch_model(base.model, model_cache_dir(), base.revision, base.single_file_config,
                         hf_token=os.environ.get("HF_TOKEN"))
+    if base.vae:
+        from dreambooth_core.model.vae import with_vae
+
+        model = with_vae(model, base.vae, model_cache_dir(), os.environ.get("HF_TOKEN"))
     require_trained_model(session, model.digest, base.model)
     return model
