@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -17,17 +18,25 @@ def train(storage: Path, photos: Path | None = None, *extra: str) -> int:
     return main(args + (["--photos", str(photos)] if photos else []))
 
 
-def flow_runs_of(session: str):
-    """Flow runs and their task runs as the Prefect UI shows them, newest run first."""
+def flow_runs_of(session: str, settle_s: float = 30):
+    """Flow runs and their task runs as the Prefect UI shows them, newest run first. The server
+    records task-run states from events, a moment after the run: wait (up to `settle_s`) until
+    every task run of the newest flow run is recorded as final."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
     from prefect.client.schemas.sorting import FlowRunSort
 
+    deadline = time.monotonic() + settle_s
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[session])),
-                                     sort=FlowRunSort.START_TIME_DESC)
-        return [(run, client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [run.id]})))
-                for run in runs]
+        while True:
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[session])),
+                                         sort=FlowRunSort.START_TIME_DESC)
+            found = [(run, client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [run.id]})))
+                     for run in runs]
+            settled = found and all(t.state is not None and t.state.is_final() for t in found[0][1])
+            if settled or time.monotonic() > deadline:
+                return found
+            time.sleep(0.5)
 
 
 def logs_of(flow_run) -> str:
