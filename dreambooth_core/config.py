@@ -336,6 +336,8 @@ class DreamBoothConfig(BaseModel):
         for name in self.TRAINING_SECTIONS:
             section = getattr(self, name)
             values |= section.fingerprint_values() if name == "training" else section.model_dump()
+        if values.get("vae") is None:
+            values.pop("vae", None)  # as sessions from before --vae recorded it (the model digest covers it)
         return values
 
     def flat(self) -> dict[str, Any]:
