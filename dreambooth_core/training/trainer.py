@@ -16,7 +16,7 @@ from dreambooth_core.training.batches import draw_micro_batch
 from dreambooth_core.training.conditioning import Condition, encode_captions, sdxl_time_ids
 from dreambooth_core.training.data_parallel import gradients_kept_local, share_gradients
 from dreambooth_core.training.devices import resolve_precision
-from dreambooth_core.training.frozen_weights import frozen_dtype, hold_frozen
+from dreambooth_core.training.frozen_weights import HALF, frozen_dtype, hold_frozen
 from dreambooth_core.training.latents import LatentCache
 from dreambooth_core.training.loss import dreambooth_loss, per_example_loss
 from dreambooth_core.training.methods import Trainables, set_up_method
@@ -26,7 +26,7 @@ from dreambooth_core.training.schedule import lr_factor
 WEIGHTS_FILE = "weights.safetensors"
 EMA_FILE = "ema.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
-AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+AUTOCAST = HALF  # the dtype autocast computes in, per --mixed-precision
 
 
 @dataclass(frozen=True)
