@@ -61,16 +61,11 @@ def trained_session_config(flags: dict[str, Any]) -> tuple[Session, DreamBoothCo
 def trained_base_model(config: DreamBoothConfig, session: Session):
     """The base model the session was trained on, as train fetches it (a LocalModel)."""
     from dreambooth_core.export.step_export import require_trained_model
-    from dreambooth_core.model.fetch import fetch_model
+    from dreambooth_core.model.vae import fetch_base
     from tasks.fetch_base_model import model_cache_dir
 
     quiet_libraries()
     base = config.base_model
-    model = fetch_model(base.model, model_cache_dir(), base.revision, base.single_file_config,
-                        hf_token=os.environ.get("HF_TOKEN"))
-    if base.vae:
-        from dreambooth_core.model.vae import with_vae
-
-        model = with_vae(model, base.vae, model_cache_dir(), os.environ.get("HF_TOKEN"))
+    model = fetch_base(base, model_cache_dir(), hf_token=os.environ.get("HF_TOKEN"))
     require_trained_model(session, model.digest, base.model)
     return model

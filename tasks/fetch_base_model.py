@@ -7,8 +7,8 @@ from prefect import get_run_logger, task
 from prefect.tasks import exponential_backoff
 
 from dreambooth_core.config import BaseModelSettings
-from dreambooth_core.model.fetch import LocalModel, fetch_model, is_transient
-from dreambooth_core.model.vae import with_vae
+from dreambooth_core.model.fetch import LocalModel, is_transient
+from dreambooth_core.model.vae import fetch_base
 
 RETRIES = 4
 
@@ -25,10 +25,7 @@ def retry_on_network_error(task, task_run, state) -> bool:
 @task(name="fetch-base-model", task_run_name="fetch model {base.model}", retries=RETRIES,
       retry_delay_seconds=exponential_backoff(backoff_factor=5), retry_condition_fn=retry_on_network_error)
 def fetch_base_model(base: BaseModelSettings, hf_credentials_block: str | None = None) -> LocalModel:
-    token, log = hugging_face_token(hf_credentials_block), get_run_logger()
-    model = fetch_model(base.model, model_cache_dir(), revision=base.revision,
-                        model_config=base.single_file_config, hf_token=token, log=log)
-    return with_vae(model, base.vae, model_cache_dir(), token, log) if base.vae else model
+    return fetch_base(base, model_cache_dir(), hugging_face_token(hf_credentials_block), get_run_logger())
 
 
 def hugging_face_token(block_name: str | None) -> str | None:

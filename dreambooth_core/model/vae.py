@@ -20,15 +20,24 @@ import json
 import logging
 from pathlib import Path
 
+from dreambooth_core.config import BaseModelSettings
 from dreambooth_core.errors import ModelError
 from dreambooth_core.model.cache import build_once, file_sha256
-from dreambooth_core.model.fetch import LocalModel
+from dreambooth_core.model.fetch import LocalModel, fetch_model
 from dreambooth_core.model.hub import download_hub_snapshot, looks_like_hub_id
 
 VAE_FILES = ["config.json", "diffusion_pytorch_model.safetensors"]
 # What decides the latent space; a VAE that differs here encodes latents the UNet never saw.
 ARCHITECTURE = ("latent_channels", "block_out_channels", "layers_per_block", "down_block_types",
                 "up_block_types", "in_channels", "out_channels")
+
+
+def fetch_base(base: BaseModelSettings, cache_dir: Path, hf_token: str | None = None,
+                     log: logging.Logger = logging.getLogger("dreambooth")) -> LocalModel:
+    """The model the settings name, with their --vae in place of its own when one is given."""
+    model = fetch_model(base.model, cache_dir, revision=base.revision, model_config=base.single_file_config,
+                        hf_token=hf_token, log=log)
+    return with_vae(model, base.vae, cache_dir, hf_token, log) if base.vae else model
 
 
 def with_vae(model: LocalModel, spec: str, cache_dir: Path, hf_token: str | None = None,

@@ -29,14 +29,13 @@ def frozen_dtype(precision: str) -> torch.dtype:
 
 
 def hold_frozen(modules: Iterable[torch.nn.Module], trained: Iterable[torch.nn.Parameter],
-                dtype: torch.dtype) -> int:
+                dtype: torch.dtype) -> None:
     """Casts, in place, the weights of the linear, convolution and embedding layers of `modules`
     that are not in `trained` to `dtype` (the Parameter objects stay, so optimizers and adapters
-    keep theirs); returns how many."""
+    keep theirs)."""
     if dtype == torch.float32:
-        return 0
+        return
     keep = {id(p) for p in trained}
-    cast = 0
     for module in modules:
         for layer in module.modules():
             if not isinstance(layer, HELD_IN_HALF):
@@ -44,5 +43,3 @@ def hold_frozen(modules: Iterable[torch.nn.Module], trained: Iterable[torch.nn.P
             for parameter in layer.parameters(recurse=False):
                 if id(parameter) not in keep and parameter.is_floating_point() and parameter.dtype != dtype:
                     parameter.data = parameter.data.to(dtype)
-                    cast += 1
-    return cast
