@@ -24,21 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dreambooth_core.generation.pipeline import build_pipeline, render  # noqa: E402
-from dreambooth_core.model.published import ARCHITECTURES, write_config_folder  # noqa: E402
+from dreambooth_core.model.published import ARCHITECTURES  # noqa: E402
 from dreambooth_core.model.tiny import build_tiny_model  # noqa: E402
-
-
-def random_model(architecture: str, folder: Path) -> Path:
-    """A diffusers folder of `architecture` with random weights."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    write_config_folder(architecture, folder)
-    unet, vae, text, _ = ARCHITECTURES[architecture]
-    UNet2DConditionModel(**unet).save_pretrained(folder / "unet")
-    AutoencoderKL(**vae).save_pretrained(folder / "vae")
-    CLIPTextModel(CLIPTextConfig(**text)).save_pretrained(folder / "text_encoder")
-    return folder
+from dreambooth_core.training.memory_estimate import write_random_model  # noqa: E402
 
 
 def seconds_of(pipeline, steps: int, resolution: int, device: torch.device) -> float:
@@ -55,7 +43,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
     if args.model == "tiny":
         path = build_tiny_model(work / "model")
     else:
-        path = random_model(args.model, work / "model")
+        path = write_random_model(args.model, work / "model")
     pipeline = build_pipeline(str(path), device)
     seconds_of(pipeline, 1, args.resolution, device)  # warm-up
     short = seconds_of(pipeline, 1, args.resolution, device)

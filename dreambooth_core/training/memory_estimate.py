@@ -30,6 +30,7 @@ from torch.utils._pytree import tree_leaves
 
 from dreambooth_core.config import RuntimeSettings, TrainingSettings
 from dreambooth_core.model.family import has_second_text_encoder
+from dreambooth_core.model.published import write_config_folder
 from dreambooth_core.training import trainer as trainer_module
 from dreambooth_core.training.model_parts import ModelParts
 
@@ -102,6 +103,18 @@ def build_parts(model_path: str | Path) -> ModelParts:
     for encoder in parts.text_encoders:
         encoder.requires_grad_(False).eval()
     return parts
+
+
+def write_random_model(architecture: str, folder: Path) -> Path:
+    """A diffusers folder of `architecture` (a key of published.ARCHITECTURES) with random weights:
+    the full-size model to benchmark, without a download."""
+    write_config_folder(architecture, folder)
+    parts = build_parts(folder)
+    with torch.no_grad():
+        for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+            if getattr(parts, name) is not None:
+                getattr(parts, name).save_pretrained(folder / name)
+    return folder
 
 
 def estimate_training_memory(model: str | Path | Callable[[], ModelParts], settings: TrainingSettings,
