@@ -36,6 +36,12 @@ PLANS = {  # name: (training options, runtime options, class images)
     "dreambooth, UNet only, prior, 8-bit AdamW, checkpointing": (
         {"method": "dreambooth", "text_encoder_steps": 0, "optimizer": "adamw-8bit"},
         {"gradient_checkpointing": True}, True),
+    "dreambooth, UNet only, prior, 8-bit AdamW, checkpointing, step in backward": (
+        {"method": "dreambooth", "text_encoder_steps": 0, "optimizer": "adamw-8bit", "step_in_backward": True},
+        {"gradient_checkpointing": True}, True),
+    "dreambooth, text encoder phase, prior, 8-bit AdamW, checkpointing, step in backward": (
+        {"method": "dreambooth", "text_encoder_steps": 1, "optimizer": "adamw-8bit", "step_in_backward": True},
+        {"gradient_checkpointing": True}, True),
     "dreambooth, UNet only, prior, checkpointing": ({"method": "dreambooth", "text_encoder_steps": 0},
                                                     {"gradient_checkpointing": True}, True),
     "dreambooth, UNet only, prior, EMA": ({"method": "dreambooth", "text_encoder_steps": 0, "ema_decay": 0.999},

@@ -157,6 +157,11 @@ class TrainingSettings(Section):
                                          "embedding the new token starts from (default: the class "
                                          "word, else 'person').")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clipping threshold.")
+    step_in_backward: bool = Field(False, description="Update each weight as soon as its gradient "
+                                   "is computed and free that gradient: no memory for the whole "
+                                   "model's gradients (SDXL DreamBooth: 9.6 GiB less). Each weight's "
+                                   "gradient is then clipped on its own; needs --gradient-accumulation "
+                                   "1, one GPU, and bf16 or no mixed precision.")
     gpus: int = Field(1, ge=1, description="Data-parallel processes, one per GPU (with --device cpu: "
                       "CPU processes); the effective batch is batch size x accumulation x gpus.")
 
@@ -166,6 +171,19 @@ class TrainingSettings(Section):
         if value is not None and value % 8:
             raise ValueError(f"resolution {value} is not a multiple of 8; try {value - value % 8}")
         return value
+
+    @model_validator(mode="after")
+    def _step_in_backward_needs_whole_steps(self) -> "TrainingSettings":
+        if self.step_in_backward:
+            for wrong, why in ((self.gradient_accumulation > 1, "--gradient-accumulation 1: the weights "
+                                "are updated in every backward pass"),
+                               (self.gpus > 1, "--gpus 1: with several processes gradients are averaged "
+                                "after they are computed"),
+                               (self.mixed_precision == "fp16", "--mixed-precision bf16 or no, not fp16: "
+                                "loss scaling checks every gradient before any update")):
+                if wrong:
+                    raise ValueError(f"--step-in-backward needs {why}")
+        return self
 
     @property
     def base_learning_rate(self) -> float:
@@ -271,7 +289,8 @@ class RuntimeSettings(Section):
                               "the same session, before giving up.")
     memory: Literal["auto", "none"] = Field("auto", description="auto: on a GPU, estimate the peak "
                                             "memory and train with the fastest plan that fits (8-bit "
-                                            "AdamW, then gradient checkpointing), chosen once per "
+                                            "AdamW, then gradient checkpointing, then the optimizer "
+                                            "step in backward), chosen once per "
                                             "session; none: the settings as given.")
 
 
@@ -281,16 +300,19 @@ class MemoryPlan(BaseModel):
     model_config = ConfigDict(frozen=True)
     optimizer: Literal["adamw", "adamw-8bit"]
     gradient_checkpointing: bool
+    step_in_backward: bool = False  # absent from plans recorded before it existed
     estimated_peak_bytes: int | None = None  # None: not estimated (training on the CPU)
     budget_bytes: int | None = None          # what the GPU had usable when it was chosen
 
     def apply(self, training: TrainingSettings, runtime: RuntimeSettings) -> tuple[TrainingSettings, RuntimeSettings]:
-        return (training.model_copy(update={"optimizer": self.optimizer}),
+        return (training.model_copy(update={"optimizer": self.optimizer,
+                                            "step_in_backward": self.step_in_backward}),
                 runtime.model_copy(update={"gradient_checkpointing": self.gradient_checkpointing}))
 
     def describe(self) -> str:
         made = [name for name, on in (("8-bit AdamW", self.optimizer == "adamw-8bit"),
-                                      ("gradient checkpointing", self.gradient_checkpointing)) if on]
+                                      ("gradient checkpointing", self.gradient_checkpointing),
+                                      ("optimizer step in backward", self.step_in_backward)) if on]
         return " + ".join(made) or "no concessions"
 
 

@@ -164,14 +164,16 @@ def config_from_flags(flags: dict[str, Any], session: Session | None = None) -> 
     try:
         return DreamBoothConfig(**{**stored, **flags})
     except ValidationError as exc:
-        problems = "; ".join(f"{flag_name(_setting_at(e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"invalid settings: {problems}.") from None
+        raise ConfigError(f"invalid settings: {'; '.join(map(_problem, exc.errors()))}.") from None
 
 
-def _setting_at(location: tuple) -> str:
-    """The setting a validation error is about: ('training', 'resolution') -> 'resolution'."""
-    names = [str(part) for part in location]
-    return next((n for n in reversed(names) if n in SECTION_OF or n == "session"), names[-1])
+def _problem(error: dict) -> str:
+    """One validation error, led by the flag it is about; one about several settings of a
+    section (its own message names their flags) without."""
+    message = error["msg"].removeprefix("Value error, ")
+    names = [str(part) for part in error["loc"]]
+    setting = next((n for n in reversed(names) if n in SECTION_OF or n == "session"), None)
+    return f"{flag_name(setting)}: {message}" if setting else message
 
 
 def check_before_run(flags: dict[str, Any]) -> DreamBoothConfig:

@@ -5,10 +5,14 @@ before; the first plan that fits wins):
 1. none: the settings as given;
 2. 8-bit AdamW (bitsandbytes): a quarter of the optimizer's memory, a few percent slower;
 3. gradient checkpointing: activations recomputed in the backward pass, about a third slower;
-4. both.
+4. both;
+5. then 1-4 with the optimizer step in the backward pass (step_in_backward.py): no memory for
+   the model's gradients, slower optimizer steps (a weight at a time), each gradient clipped on
+   its own. Tried only where it can run: bf16 or fp32, no gradient accumulation, one process.
 A concession the settings already make is not tried again. The plan is decided once
 per session and recorded in session.json, so that a resume elsewhere trains the same
-way; 8-bit AdamW changes the trained weights slightly, checkpointing does not.
+way; 8-bit AdamW and the step in backward change the trained weights slightly,
+checkpointing does not.
 """
 
 from __future__ import annotations
@@ -32,16 +36,23 @@ RESERVE_BYTES = GIB // 2
 
 
 def as_given(training: TrainingSettings, runtime: RuntimeSettings) -> MemoryPlan:
-    return MemoryPlan(optimizer=training.optimizer, gradient_checkpointing=runtime.gradient_checkpointing)
+    return MemoryPlan(optimizer=training.optimizer, gradient_checkpointing=runtime.gradient_checkpointing,
+                      step_in_backward=training.step_in_backward)
 
 
 def candidates(training: TrainingSettings, runtime: RuntimeSettings, eight_bit: bool) -> list[MemoryPlan]:
-    """The plans to try, fastest first (see the module's docstring)."""
+    """The plans to try, fastest first (see the module's docstring). `training.mixed_precision`:
+    what it resolves to on the GPU planned for."""
     given = as_given(training, runtime)
     optimizers = [given.optimizer] + (["adamw-8bit"] if eight_bit else [])
-    plans = [MemoryPlan(optimizer=o, gradient_checkpointing=c)
-             for c in dict.fromkeys([given.gradient_checkpointing, True]) for o in dict.fromkeys(optimizers)]
-    return plans
+    in_backward = [given.step_in_backward] + ([True] if can_step_in_backward(training) else [])
+    return [MemoryPlan(optimizer=o, gradient_checkpointing=c, step_in_backward=b)
+            for b in dict.fromkeys(in_backward) for c in dict.fromkeys([given.gradient_checkpointing, True])
+            for o in dict.fromkeys(optimizers)]
+
+
+def can_step_in_backward(training: TrainingSettings) -> bool:
+    return training.mixed_precision != "fp16" and training.gradient_accumulation == 1 and training.gpus == 1
 
 
 def usable_bytes(free_bytes: int) -> int:
@@ -124,7 +135,8 @@ def settle_memory_plan(config: DreamBoothConfig, recorded: MemoryPlan | None, st
         check_fits(recorded, recorded.estimated_peak_bytes or estimate(*recorded.apply(training, runtime)),
                    budget, config.session)
         return recorded
-    return choose_plan(estimate, training, runtime, budget, eight_bit_available())
+    on_this_gpu = training.model_copy(update={"mixed_precision": gpu.precision})
+    return choose_plan(estimate, on_this_gpu, runtime, budget, eight_bit_available())
 
 
 def out_of_memory_advice(training: TrainingSettings, runtime: RuntimeSettings, plan: MemoryPlan | None,
@@ -133,6 +145,8 @@ def out_of_memory_advice(training: TrainingSettings, runtime: RuntimeSettings, p
     where = f"at step {step}" if step is not None else "while loading the model"
     tries = [c for c, on in (("--optimizer adamw-8bit", training.optimizer != "adamw-8bit"),
                              ("--gradient-checkpointing", not runtime.gradient_checkpointing),
+                             ("--step-in-backward", training.method == "dreambooth" and not training.step_in_backward
+                              and can_step_in_backward(training)),
                              ("--text-encoder-steps 0", training.trains_text_encoder),
                              ("--method lora", training.method == "dreambooth"),
                              ("--batch-size 1", training.batch_size > 1),

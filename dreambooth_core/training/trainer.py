@@ -22,6 +22,7 @@ from dreambooth_core.training.loss import dreambooth_loss, per_example_loss
 from dreambooth_core.training.methods import Trainables, set_up_method
 from dreambooth_core.training.model_parts import ModelParts
 from dreambooth_core.training.schedule import lr_factor
+from dreambooth_core.training.step_in_backward import StepInBackward, refuse_fp16
 
 WEIGHTS_FILE = "weights.safetensors"
 EMA_FILE = "ema.safetensors"
@@ -56,6 +57,8 @@ class Trainer:
         self.class_examples = list(class_examples)
         self.device = device or next(parts.unet.parameters()).device
         self.precision = resolve_precision(settings.mixed_precision, self.device)
+        if settings.step_in_backward:
+            refuse_fp16(self.precision)
         subjects = sorted({e.subject for e in examples})
         self.trainables = set_up_method(parts, settings, subjects, initializer_word)
         hold_frozen([parts.unet, *parts.text_encoders], self.trainables.named().values(),
@@ -117,14 +120,18 @@ class Trainer:
                 loss = self.loss(step, micro) / micro_batches
                 self.scaler.scale(loss).backward()
             total += loss.detach()
+        if not self.settings.step_in_backward:  # else each weight was updated during backward
+            self._optimizer_step()
+        self._update_ema(step)
+        return total
+
+    def _optimizer_step(self) -> None:
         self.scaler.unscale_(self.optimizer)
         trained = [p for p in self.trainables.named().values() if p.grad is not None]
         torch.nn.utils.clip_grad_norm_(trained, self.settings.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self._update_ema(step)
-        return total
 
     def loss(self, step: int, micro: int = 0) -> torch.Tensor:
         o = self.settings
@@ -228,7 +235,8 @@ class Trainer:
         weights = snapshot(self.trainables.named())
         optimizer = {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
         optimizer = _cpu_copy(optimizer) if copy else optimizer
-        writers = {WEIGHTS_FILE: lambda f: write_safetensors(f, weights), OPTIMIZER_FILE: lambda f: torch.save(optimizer, f)}
+        writers = {WEIGHTS_FILE: lambda f: write_safetensors(f, weights),
+                   OPTIMIZER_FILE: lambda f: torch.save(optimizer, f)}
         if self.ema is not None:
             ema = snapshot(self.ema)
             writers[EMA_FILE] = lambda f: write_safetensors(f, ema)
@@ -264,8 +272,10 @@ def make_optimizer(trainables: Trainables, settings: TrainingSettings, device: t
         groups.append({"name": "text_encoder", "params": list(trainables.text_side.values()),
                        "weight_decay": 1e-2})
     if settings.optimizer == "adamw-8bit":
-        return _adamw_8bit(groups, settings, device)
-    return torch.optim.AdamW(groups, lr=settings.base_learning_rate, fused=device.type == "cuda")
+        def make(g): return _adamw_8bit(g, settings, device)
+    else:
+        def make(g): return torch.optim.AdamW(g, lr=settings.base_learning_rate, fused=device.type == "cuda")
+    return StepInBackward(groups, make, settings.max_grad_norm) if settings.step_in_backward else make(groups)
 
 
 def _adamw_8bit(groups: list[dict], settings: TrainingSettings, device: torch.device):

@@ -59,5 +59,5 @@ def test_out_of_memory_ends_with_advice_and_exit_2_and_the_rerun_resumes(prefect
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming from committed checkpoint at step 4" in resumed.stderr
     state = json.loads((root / "s" / "session.json").read_text())
-    assert state["memory_plan"] == {"optimizer": "adamw", "gradient_checkpointing": False,
+    assert state["memory_plan"] == {"optimizer": "adamw", "gradient_checkpointing": False, "step_in_backward": False,
                                     "estimated_peak_bytes": None, "budget_bytes": None}

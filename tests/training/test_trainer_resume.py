@@ -31,6 +31,10 @@ CASES = {
                                    text_encoder_steps=4),
     "lora": dict(method="lora", learning_rate=1e-3, lora_rank=4, lora_text_encoder=True, text_encoder_steps=4),
     "textual inversion": dict(method="textual-inversion", learning_rate=1e-2),
+    # one optimizer per weight, stepped during backward; with checkpointing's recomputation too
+    "step in backward": dict(learning_rate=1e-4, step_in_backward=True, text_encoder_steps=2, ema_decay=0.9),
+    "step in backward, checkpointing, bf16": dict(learning_rate=1e-4, step_in_backward=True, mixed_precision="bf16",
+                                                  runtime=RuntimeSettings(gradient_checkpointing=True)),
 }
 SLOW_ON_CPU = {"fp16 with grad scaler"}  # CPU fp16 autocast: about 9 s
 
