@@ -93,3 +93,7 @@ def test_kohya_sdxl_names_are_the_single_file_paths(trained):
     assert (len(unet), len(first), len(second)) == (64, 8, 8)
     assert state["lora_te2_text_model_encoder_layers_0_self_attn_q_proj.alpha"].item() == 3
     assert modules == unet | first | second
+    # AUTOMATIC1111 applies a second-encoder adapter to an attention layer only when q, k, v and out
+    # are all there (it fuses them into OpenCLIP's in_proj); a layer with fewer loses them silently.
+    layers = {m.rsplit("_", 2)[0] for m in second}
+    assert {f"{layer}_{p}_proj" for layer in layers for p in ("q", "k", "v", "out")} == second
