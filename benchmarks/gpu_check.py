@@ -71,10 +71,12 @@ class Case:
     channels_last: bool = False
     compile: bool = False
     optimizer: str = "adamw"
+    step_in_backward: bool = False
 
     @property
     def options(self) -> str:
-        flags = [f for f, on in (("--compile", self.compile), ("--channels-last", self.channels_last)) if on]
+        flags = [f for f, on in (("--compile", self.compile), ("--channels-last", self.channels_last),
+                                 ("--step-in-backward", self.step_in_backward)) if on]
         if self.optimizer != "adamw":
             flags.append(f"--optimizer {self.optimizer}")
         return " ".join(flags) or "plain"
@@ -82,6 +84,7 @@ class Case:
 
 CASES = [Case(w, cl, c) for w in ("defaults", "prior") for cl, c in ((False, False), (True, False), (True, True))]
 CASES.append(Case("defaults", optimizer="adamw-8bit"))
+CASES.append(Case("defaults", step_in_backward=True))
 
 
 @dataclass
@@ -113,7 +116,8 @@ def build_model(name: str, device: torch.device, folder: Path) -> Model:
 
 
 def settings_for(case: Case) -> TrainingSettings:
-    return TrainingSettings(mixed_precision="bf16", optimizer=case.optimizer)  # the defaults otherwise
+    return TrainingSettings(mixed_precision="bf16", optimizer=case.optimizer,  # the defaults otherwise
+                            step_in_backward=case.step_in_backward)
 
 
 def runtime_for(case: Case) -> RuntimeSettings:
@@ -164,6 +168,8 @@ def speed_row(model: Model, case: Case, device: torch.device, steps: int, warmup
         row.peak_gib = round(torch.cuda.max_memory_allocated() / GIB, 3)
     else:
         row.note = "peak GPU memory: no GPU"
+    if case.step_in_backward:
+        trainer.optimizer.remove_hooks()  # the next rows train the same modules
     del trainer
     row.estimate_gib = estimate_for(model, case)
     if case.optimizer != "adamw":
@@ -172,15 +178,15 @@ def speed_row(model: Model, case: Case, device: torch.device, steps: int, warmup
 
 
 def estimate_for(model: Model, case: Case) -> float:
-    """The memory estimate (fake tensors, on the CPU) of the case's workload, plain: 8-bit
-    AdamW counts as AdamW, and neither compiling nor channels-last enters it (the estimator
-    cannot move fake weights to another memory format; the layout changes no size)."""
+    """The memory estimate (fake tensors, on the CPU) of the case's workload and optimizer
+    settings: neither compiling nor channels-last enters it (the estimator cannot move fake
+    weights to another memory format; the layout changes no size)."""
     if case.workload not in model.estimates:
         plain = Case(case.workload)
         estimate = estimate_training_memory(model.estimate_source, settings_for(plain), model.resolution,
                                             runtime_for(plain), prior=case.workload == "prior")
         model.estimates[case.workload] = round(estimate.peak_gib, 4)
-    if case.optimizer != "adamw":
+    if case.optimizer != "adamw" or case.step_in_backward:
         eight_bit = estimate_training_memory(model.estimate_source, settings_for(case), model.resolution,
                                              runtime_for(case), prior=case.workload == "prior")
         return round(eight_bit.peak_gib, 4)

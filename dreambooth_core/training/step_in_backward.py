@@ -39,11 +39,12 @@ class StepInBackward:
     def __init__(self, groups: list[dict], make: MakeOptimizer, max_grad_norm: float):
         self.optimizers = [make([{**group, "params": [p]}]) for group in groups for p in group["params"]]
         self.max_grad_norm = max_grad_norm
+        self._hooks = []
         for optimizer in self.optimizers:
             parameter = optimizer.param_groups[0]["params"][0]
             frozen_now = not parameter.requires_grad  # e.g. the text encoder after its phase
             parameter.requires_grad_(True)  # torch hooks only tensors that take gradients
-            parameter.register_post_accumulate_grad_hook(self._stepper(optimizer))
+            self._hooks.append(parameter.register_post_accumulate_grad_hook(self._stepper(optimizer)))
             parameter.requires_grad_(not frozen_now)
 
     def _stepper(self, optimizer: torch.optim.Optimizer):
@@ -53,6 +54,12 @@ class StepInBackward:
                 optimizer.step()
             parameter.grad = None
         return step
+
+    def remove_hooks(self) -> None:
+        """For a model trained on by another Trainer later (benchmarks): its weights stop being
+        stepped by these optimizers."""
+        for hook in self._hooks:
+            hook.remove()
 
     @property
     def param_groups(self) -> list[dict]:

@@ -50,6 +50,9 @@ def test_gpu_check_on_a_cpu_prints_speed_estimates_a_profile_and_what_it_skipped
     # prior preservation doubles the batch: more memory
     assert rows["it/s", "prior, plain"]["estimate_gib"] > rows["it/s", "defaults, plain"]["estimate_gib"]
     assert "needs a CUDA GPU" in rows["it/s", "defaults, --optimizer adamw-8bit"]["note"]
+    in_backward = rows["it/s", "defaults, --step-in-backward"]
+    # estimated with its own settings (on the tiny model activations, not gradients, set the peak)
+    assert in_backward["it_per_s"] > 0 and 0 < in_backward["estimate_gib"] <= rows["it/s", "defaults, plain"]["estimate_gib"]
     plans = [row for (check, _), row in rows.items() if check == "--memory auto plan"]
     assert [row["setting"] for row in plans] == ["limit 16 GB, prior", "limit 24 GB, prior"]
     assert all(row["note"] == "no concessions" and 0 < row["estimate_gib"] < 1 for row in plans)  # tiny fits
