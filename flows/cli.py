@@ -230,15 +230,19 @@ def plan(flags: dict[str, Any]) -> int:
     with _model_configs(config) as (model_path, resolution):
         training = config.training
         prior = bool(training.class_images and (config.captions.class_word or training.class_images_folder))
+        text = f"text encoder for {training.text_encoder_phase} steps" if training.trains_text_encoder \
+            else "text encoder frozen"
         print(f"Session {config.session!r}: {training.method} of {config.base_model.model} at {resolution} px, "
-              f"batch {training.batch_size}, text encoder for {training.text_encoder_phase} steps, "
-              f"{'with' if prior else 'without'} prior preservation. Estimating...", flush=True)
+              f"batch {training.batch_size}, {text}, {'with' if prior else 'without'} prior preservation. "
+              "Estimating...", flush=True)
         rows = plans_on_common_gpus(model_path, training, config.runtime, resolution, prior)
     print("\n".join(plan_table(rows)))
     if state and state.memory_plan and state.memory_plan.budget_bytes:
         print(f"This session trains with {state.memory_plan.describe()} (chosen when it started).")
     print("GPU peak: estimated tensors at their most (with what is usable in brackets: free memory "
-          "less a margin). Expected time: no it/s has been measured on these GPUs yet; "
+          "less a margin). Host needs: the process and the model before it moves to the GPU; a "
+          "checkpoint commit adds a host copy of the state only when free RAM has room (the peak in "
+          "brackets), else writes without one. Expected time: no it/s has been measured on these GPUs yet; "
           "benchmarks/gpu_check.py measures it on yours.")
     return 0
 

@@ -2,11 +2,13 @@
 estimated peak GPU and host memory and the checkpoint size, before any GPU is rented.
 
 GPU memory is what such a card shows free once CUDA has started (total less the
-context, about 0.4-0.9 GiB); host memory is the process's own baseline (1.2 GiB: torch,
-diffusers, transformers and Prefect imported measure 0.46 GiB on the CPU build, and
-CUDA's libraries add about 0.7 GiB, not measured here) plus the larger of
-the model as loaded (fp32, before it moves to the GPU) and the host copy a background
-checkpoint commit keeps while training goes on.
+context, about 0.4-0.9 GiB). Host memory is what the run needs: the process's own
+baseline (1.2 GiB: torch, diffusers, transformers and Prefect imported measure 0.46 GiB
+on the CPU build, and CUDA's libraries add about 0.7 GiB, not measured here) plus the
+model as the Trainer holds it before it moves to the GPU (frozen weights already in half;
+weights loaded from safetensors are mapped from the file, so this is an upper bound). A
+background checkpoint commit keeps a host copy of the state on top only where the free RAM
+has room for it, else it writes without one: "with copy" is the peak then.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ class GpuPlan:
 
     @property
     def host_bytes(self) -> int:
+        return HOST_BASELINE_BYTES + self.estimate.model_bytes if self.estimate else 0
+
+    @property
+    def host_bytes_with_copy(self) -> int:
         e = self.estimate
         return HOST_BASELINE_BYTES + max(e.model_bytes, e.checkpoint_bytes) if e else 0
 
@@ -70,12 +76,14 @@ def plans_on_common_gpus(model_path: str, training: TrainingSettings, runtime: R
 
 
 def plan_table(rows: list[GpuPlan]) -> list[str]:
-    lines = ["| GPU | --memory auto plan | GPU peak (usable) | host peak | checkpoint |", "|---|---|---|---|---|"]
+    lines = ["| GPU | --memory auto plan | GPU peak (usable) | host needs (with copy) | checkpoint |",
+             "|---|---|---|---|---|"]
     for row in rows:
         if row.plan is None:
             lines.append(f"| {row.gpu.name} | does not fit | - | - | - |")
             continue
         lines.append(f"| {row.gpu.name} | {row.plan.describe()} | {row.plan.estimated_peak_bytes / GIB:.1f} GiB "
-                     f"({row.plan.budget_bytes / GIB:.1f}) | {row.host_bytes / GIB:.1f} GiB | "
+                     f"({row.plan.budget_bytes / GIB:.1f}) | {row.host_bytes / GIB:.1f} GiB "
+                     f"({row.host_bytes_with_copy / GIB:.1f}) | "
                      f"{row.estimate.checkpoint_bytes / GIB:.2f} GiB |")
     return lines

@@ -41,7 +41,7 @@ class MemoryEstimate:
     between_steps: int     # held after a step: weights, gradients kept, optimizer state, caches
     seconds: float         # how long the estimate took
     checkpoint_bytes: int = 0  # what a checkpoint holds: trained weights, optimizer state, EMA
-    model_bytes: int = 0       # every weight of the model in fp32, as loaded
+    model_bytes: int = 0       # the model's weights as the Trainer holds them (frozen ones in half under autocast)
 
 
     @property
@@ -137,11 +137,12 @@ def estimate_training_memory(model: str | Path | Callable[[], ModelParts], setti
         # Parts are built in fp32 and cast by the Trainer, which a real run does on the CPU before
         # moving them to the GPU: the GPU holds what the Trainer holds from here.
         tracker.reset_peak()
+        model_bytes = _module_bytes(parts)
         steps = [0, settings.text_encoder_phase] if trainer.text_encoder_trains_at(0) else [0]
         for step in steps:
             trainer.step(step)
         between = tracker.current
-        saved, model_bytes = _checkpoint_bytes(trainer), _module_bytes(parts)
+        saved = _checkpoint_bytes(trainer)
     return MemoryEstimate(peak_bytes=tracker.peak, between_steps=between, seconds=time.perf_counter() - start,
                           checkpoint_bytes=saved, model_bytes=model_bytes)
 
@@ -157,7 +158,7 @@ def _checkpoint_bytes(trainer) -> int:
 
 def _module_bytes(parts: ModelParts) -> int:
     modules = (parts.unet, parts.vae, *parts.text_encoders)
-    return sum(p.numel() * 4 for m in modules for p in [*m.parameters(), *m.buffers()])
+    return sum(p.numel() * p.element_size() for m in modules for p in [*m.parameters(), *m.buffers()])
 
 
 class EightBitAdamWState(torch.optim.Optimizer):

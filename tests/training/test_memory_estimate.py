@@ -36,3 +36,14 @@ def test_what_trains_and_what_is_kept_decide_the_peak(tiny):
     assert peak(ema_decay=0.999) > peak()  # an fp32 copy of the UNet
     # at a resolution where activations dominate, checkpointing them lowers the peak
     assert peak("lora", 256, RuntimeSettings(gradient_checkpointing=True)) < peak("lora", 256)
+
+
+@pytest.mark.slow  # three estimates
+def test_the_model_is_counted_as_the_trainer_holds_it_before_the_move(tiny):
+    """What `dreambooth plan` counts on the host: under bf16 LoRA the frozen model is already in half."""
+    def held(precision: str, fake: bool = True) -> int:
+        settings = TrainingSettings(steps=4, method="lora", mixed_precision=precision)
+        return estimate_training_memory(tiny, settings, 64, fake=fake).model_bytes
+
+    assert held("bf16") == held("bf16", fake=False)
+    assert held("no") * 0.45 < held("bf16") < held("no") * 0.75  # the VAE and the norms stay fp32
