@@ -323,6 +323,9 @@ class DreamBoothConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     # The sections that decide the trained weights: the training fingerprint.
     TRAINING_SECTIONS: ClassVar[tuple[str, ...]] = ("base_model", "captions", "training")
+    # Training settings added after sessions were recorded, with what those sessions trained as: left
+    # out of the fingerprint at that value, so the sessions resume (a --vae's digest is in the model's).
+    ADDED_LATER: ClassVar[dict[str, Any]] = {"vae": None, "step_in_backward": False}
 
     session: str = Field(description="Session name: letters, digits, '.', '_' or '-' (at most 64). "
                          "The session holds photos, progress and outputs; rerun it to resume.")
@@ -358,8 +361,9 @@ class DreamBoothConfig(BaseModel):
         for name in self.TRAINING_SECTIONS:
             section = getattr(self, name)
             values |= section.fingerprint_values() if name == "training" else section.model_dump()
-        if values.get("vae") is None:
-            values.pop("vae", None)  # as sessions from before --vae recorded it (the model digest covers it)
+        for name, before in self.ADDED_LATER.items():
+            if values.get(name) == before:
+                values.pop(name, None)  # as sessions from before the setting recorded it
         return values
 
     def flat(self) -> dict[str, Any]:
