@@ -18,7 +18,7 @@ training size) with the tiny tokenizer, and reports for the run's processes toge
   to create cgroups, e.g. root).
 
 On a CPU the training state and activations live in host memory; on a GPU they do not, so
-these figures are an upper bound for the host side of a GPU run. `--method` picks what
+these figures are an upper bound for the host side of a GPU run (`--device cuda` measures it). `--method` picks what
 trains; DreamBooth of SD 1.5 needs about 20 GB: run nothing heavy beside it.
 """
 
@@ -115,7 +115,7 @@ def train_command(args: argparse.Namespace, model: Path, photos: Path, storage: 
     command = [sys.executable, "-m", "flows.cli", "train", "--session", "host", "--storage", storage,
                "--model", str(model), "--photos", str(photos), "--steps", str(args.steps),
                "--chunk-steps", str(args.chunk_steps), "--method", args.method, "--sample-every", "0",
-               "--text-encoder-steps", str(args.text_encoder_steps), "--device", "cpu"]
+               "--text-encoder-steps", str(args.text_encoder_steps), "--device", args.device]
     if args.resolution:
         command += ["--resolution", str(args.resolution)]
     if args.mixed_precision:
@@ -131,6 +131,8 @@ def main() -> None:
     parser.add_argument("--method", default="dreambooth")
     parser.add_argument("--text-encoder-steps", type=int, default=1)
     parser.add_argument("--resolution", type=int, default=None, help="default: the model's own (SDXL 1024)")
+    parser.add_argument("--device", default="cpu", help="cuda: the host side of a GPU run (the [fit] goal: "
+                        "a full SD 1.5 run under 12 GB)")
     parser.add_argument("--mixed-precision", default=None, help="e.g. bf16 (CPU autocast; frozen weights in half)")
     parser.add_argument("--memory-limit", type=float, default=None, metavar="GB",
                         help="run inside a memory cgroup of this many GB (1e9 bytes)")
