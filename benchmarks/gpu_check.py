@@ -187,9 +187,9 @@ def estimate_for(model: Model, case: Case) -> float:
                                             runtime_for(plain), prior=case.workload == "prior")
         model.estimates[case.workload] = round(estimate.peak_gib, 4)
     if case.optimizer != "adamw" or case.step_in_backward:
-        eight_bit = estimate_training_memory(model.estimate_source, settings_for(case), model.resolution,
-                                             runtime_for(case), prior=case.workload == "prior")
-        return round(eight_bit.peak_gib, 4)
+        own = estimate_training_memory(model.estimate_source, settings_for(case), model.resolution,
+                                       runtime_for(case), prior=case.workload == "prior")
+        return round(own.peak_gib, 4)
     return model.estimates[case.workload]
 
 

@@ -174,16 +174,18 @@ class TrainingSettings(Section):
 
     @model_validator(mode="after")
     def _step_in_backward_needs_whole_steps(self) -> "TrainingSettings":
-        if self.step_in_backward:
-            for wrong, why in ((self.gradient_accumulation > 1, "--gradient-accumulation 1: the weights "
-                                "are updated in every backward pass"),
-                               (self.gpus > 1, "--gpus 1: with several processes gradients are averaged "
-                                "after they are computed"),
-                               (self.mixed_precision == "fp16", "--mixed-precision bf16 or no, not fp16: "
-                                "loss scaling checks every gradient before any update")):
-                if wrong:
-                    raise ValueError(f"--step-in-backward needs {why}")
+        if self.step_in_backward and (needs := self.step_in_backward_needs()):
+            raise ValueError(f"--step-in-backward needs {needs[0]}")
         return self
+
+    def step_in_backward_needs(self) -> list[str]:
+        """What these settings would have to change for --step-in-backward to train; [] if nothing."""
+        return [why for wrong, why in (
+            (self.gradient_accumulation > 1, "--gradient-accumulation 1: the weights are updated in every "
+             "backward pass"),
+            (self.gpus > 1, "--gpus 1: with several processes gradients are averaged after they are computed"),
+            (self.mixed_precision == "fp16", "--mixed-precision bf16 or no, not fp16: loss scaling checks "
+             "every gradient before any update")) if wrong]
 
     @property
     def base_learning_rate(self) -> float:

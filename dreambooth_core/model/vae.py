@@ -33,7 +33,7 @@ ARCHITECTURE = ("latent_channels", "block_out_channels", "layers_per_block", "do
 
 
 def fetch_base(base: BaseModelSettings, cache_dir: Path, hf_token: str | None = None,
-                     log: logging.Logger = logging.getLogger("dreambooth")) -> LocalModel:
+               log: logging.Logger = logging.getLogger("dreambooth")) -> LocalModel:
     """The model the settings name, with their --vae in place of its own when one is given."""
     model = fetch_model(base.model, cache_dir, revision=base.revision, model_config=base.single_file_config,
                         hf_token=hf_token, log=log)

@@ -52,7 +52,7 @@ def candidates(training: TrainingSettings, runtime: RuntimeSettings, eight_bit: 
 
 
 def can_step_in_backward(training: TrainingSettings) -> bool:
-    return training.mixed_precision != "fp16" and training.gradient_accumulation == 1 and training.gpus == 1
+    return not training.step_in_backward_needs()
 
 
 def usable_bytes(free_bytes: int) -> int:
