@@ -119,15 +119,16 @@ def _decoding_in_own_precision(vae):
 
 @contextmanager
 def _evaluating(*modules: torch.nn.Module) -> Iterator[None]:
-    """eval() while rendering (no dropout), each module's own mode restored after."""
-    modes = [module.training for module in modules]
+    """eval() while rendering (no dropout), the mode of each module and sub-module restored after
+    (a text encoder trains with only its checkpointed layers in training mode)."""
+    modes = [(m, m.training) for module in modules for m in module.modules()]
     for module in modules:
         module.eval()
     try:
         yield
     finally:
-        for module, mode in zip(modules, modes):
-            module.train(mode)
+        for module, mode in modes:
+            module.training = mode
 
 
 def _device_of(module: torch.nn.Module) -> torch.device:

@@ -12,6 +12,7 @@ from dreambooth_core.config import RuntimeSettings, TrainingSettings
 from dreambooth_core.errors import ConfigError, SessionError
 from dreambooth_core.session.checkpoints import Checkpoint, Writer, read_tensor_file
 from dreambooth_core.session.tensor_files import write_safetensors
+from dreambooth_core.training.activation_checkpointing import checkpoint_activations
 from dreambooth_core.training.batches import draw_micro_batch
 from dreambooth_core.training.conditioning import Condition, encode_captions, sdxl_time_ids
 from dreambooth_core.training.data_parallel import gradients_kept_local, share_gradients
@@ -65,11 +66,7 @@ class Trainer:
                     frozen_dtype(self.precision))
         parts.to(self.device)
         if runtime.gradient_checkpointing:
-            parts.unet.enable_gradient_checkpointing()
-            if settings.trains_text_encoder:
-                for encoder in parts.text_encoders:
-                    enable = getattr(encoder, "activation_checkpointing_enable", None)
-                    (enable or encoder.gradient_checkpointing_enable)()
+            checkpoint_activations(parts, settings.trains_text_encoder)
         self.optimizer = make_optimizer(self.trainables, settings, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.ema = {n: p.detach().clone().float() for n, p in self.trainables.unet.items()} \
