@@ -178,6 +178,13 @@ class TrainingSettings(Section):
             raise ValueError(f"--step-in-backward needs {needs[0]}")
         return self
 
+    @model_validator(mode="after")
+    def _ema_averages_unet_weights(self) -> "TrainingSettings":
+        if self.ema_decay and self.method == "textual-inversion":
+            raise ValueError("--ema-decay averages UNet weights, which textual inversion does not train. "
+                             "Drop --ema-decay, or use --method dreambooth or lora")
+        return self
+
     def step_in_backward_needs(self) -> list[str]:
         """What these settings would have to change for --step-in-backward to train; [] if nothing."""
         return [why for wrong, why in (

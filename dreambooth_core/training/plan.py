@@ -78,9 +78,6 @@ def check_settings(training: TrainingSettings, device_name: str) -> None:
     if training.optimizer == "adamw-8bit" and device.type != "cuda":
         raise ConfigError(f"--optimizer adamw-8bit needs a CUDA GPU (bitsandbytes); this run trains "
                           f"on {device.type}. Use --optimizer adamw.")
-    if training.ema_decay and training.method == "textual-inversion":
-        raise ConfigError("--ema-decay averages UNet weights, which textual inversion does not "
-                          "train. Drop --ema-decay or use --method dreambooth or lora.")
 
 
 def fingerprint_values(config: DreamBoothConfig, total: int, model_digest: str, dataset_digest: str,

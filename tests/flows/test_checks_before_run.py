@@ -57,6 +57,8 @@ def train(tmp_path: Path, photos: Path, *extra: str) -> list[str]:
     (["--step-in-backward", "--gradient-accumulation", "2"], ["--step-in-backward needs --gradient-accumulation 1"]),
     (["--step-in-backward", "--gpus", "2"], ["--step-in-backward needs --gpus 1"]),
     (["--step-in-backward", "--mixed-precision", "fp16"], ["--step-in-backward needs --mixed-precision bf16 or no"]),
+    (["--method", "textual-inversion", "--ema-decay", "0.99"], ["--ema-decay averages UNet weights",
+                                                              "--method dreambooth or lora"]),
 ])
 def test_invalid_values(tmp_path, photos, flags, phrases):
     result, facts = dreambooth(tmp_path, *train(tmp_path, photos, *flags))
