@@ -21,7 +21,8 @@ COPY flows flows
 COPY dreambooth_core dreambooth_core
 COPY tasks tasks
 COPY blocks blocks
-RUN pip install --no-cache-dir . && python -c "import torch, flows.dreambooth"
+# The [gpu] extra: bitsandbytes, for the 8-bit AdamW that `dreambooth plan` and --memory auto count on.
+RUN pip install --no-cache-dir ".[gpu]" && python -c "import torch, flows.dreambooth, bitsandbytes"
 
 ENTRYPOINT ["tini", "--"]
 CMD ["python", "-m", "prefect.engine"]

@@ -222,6 +222,7 @@ def train(flags: dict[str, Any]) -> int:
 def plan(flags: dict[str, Any]) -> int:
     from dreambooth_core.session.state import load_state
     from dreambooth_core.training.gpu_plans import plan_table, plans_on_common_gpus
+    from dreambooth_core.training.memory_plan import eight_bit_problem
 
     session = open_flag_session(flags)
     config = config_from_flags(flags, session)
@@ -235,8 +236,11 @@ def plan(flags: dict[str, Any]) -> int:
         print(f"Session {config.session!r}: {training.method} of {config.base_model.model} at {resolution} px, "
               f"batch {training.batch_size}, {text}, {'with' if prior else 'without'} prior preservation. "
               "Estimating...", flush=True)
-        rows = plans_on_common_gpus(model_path, training, config.runtime, resolution, prior)
+        left_out = eight_bit_problem()
+        rows = plans_on_common_gpus(model_path, training, config.runtime, resolution, prior, left_out is None)
     print("\n".join(plan_table(rows)))
+    if left_out:
+        print(left_out)
     if state and state.memory_plan and state.memory_plan.budget_bytes:
         print(f"This session trains with {state.memory_plan.describe()} (chosen when it started).")
     print("GPU peak: estimated tensors at their most (with what is usable in brackets: free memory "

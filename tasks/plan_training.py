@@ -8,6 +8,7 @@ from dreambooth_core.model.fetch import LocalModel
 from dreambooth_core.photos.prepare import PreparedDataset
 from dreambooth_core.session.class_images import ClassImages
 from dreambooth_core.session.storage import SessionRef
+from dreambooth_core.training.memory_plan import eight_bit_problem
 from dreambooth_core.training.plan import TrainingPlan, make_plan
 
 
@@ -16,6 +17,8 @@ def plan_training(ref: SessionRef, config: DreamBoothConfig, model: LocalModel, 
                   captions: Captions, class_images: ClassImages | None = None) -> TrainingPlan:
     plan = make_plan(ref.open(), ref, config, model, dataset, captions, class_images)
     log = get_run_logger()
+    if plan.memory_plan and plan.memory_plan.budget_bytes and (left_out := eight_bit_problem()):
+        log.warning("--memory auto: %s", left_out)
     log.info("%s: %d steps in %d chunk(s) of up to %d", plan.training.method, plan.total_steps,
              len(plan.chunks), plan.runtime.chunk_steps)
     if plan.resume_step >= plan.total_steps:

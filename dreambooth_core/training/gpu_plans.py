@@ -51,8 +51,8 @@ class GpuPlan:
 
 
 def plans_on_common_gpus(model_path: str, training: TrainingSettings, runtime: RuntimeSettings,
-                         resolution: int, prior: bool) -> list[GpuPlan]:
-    """The plan --memory auto picks on each of COMMON_GPUS (8-bit AdamW assumed installable)."""
+                         resolution: int, prior: bool, eight_bit: bool) -> list[GpuPlan]:
+    """The plan --memory auto picks on each of COMMON_GPUS (with 8-bit AdamW where `eight_bit`)."""
     estimates: dict[str, MemoryEstimate] = {}
 
     def estimate(t: TrainingSettings, r: RuntimeSettings) -> MemoryEstimate:
@@ -67,7 +67,7 @@ def plans_on_common_gpus(model_path: str, training: TrainingSettings, runtime: R
             if training.mixed_precision == "auto" else training
         try:
             plan = choose_plan(lambda a, b: estimate(a, b).peak_bytes, t, runtime,
-                               usable_bytes(int(gpu.free_gib * GIB)), eight_bit=True)
+                               usable_bytes(int(gpu.free_gib * GIB)), eight_bit)
         except ConfigError as exc:
             rows.append(GpuPlan(gpu, None, None, str(exc)))
             continue

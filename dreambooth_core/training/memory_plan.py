@@ -17,7 +17,7 @@ checkpointing does not.
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -97,8 +97,20 @@ def check_fits(plan: MemoryPlan, peak_bytes: int, budget_bytes: int, session: st
             "chooses a plan for this GPU.")
 
 
+@functools.cache
+def eight_bit_problem() -> str | None:
+    """Why 8-bit AdamW cannot be planned with here (None: it can): bitsandbytes missing, or failing
+    to load. Plans leave out a concession whose library is missing, and say so with this."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as exc:  # ImportError, or a library that fails to load
+        return (f"8-bit AdamW left out: bitsandbytes does not import here ({type(exc).__name__}). Install it "
+                "(pip install bitsandbytes, or this project's [gpu] extra, which the Docker image has) to plan with it.")
+    return None
+
+
 def eight_bit_available() -> bool:
-    return importlib.util.find_spec("bitsandbytes") is not None
+    return eight_bit_problem() is None
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,25 @@ def test_plan_prints_every_common_gpu_for_the_tiny_model(tmp_path, capsys):
     assert not any(tmp_path.iterdir())  # planning writes no session
 
 
+@pytest.mark.slow  # the CLI estimates four plans (about 8 s)
+def test_without_bitsandbytes_plans_leave_8_bit_adamw_out_and_say_so(tmp_path, capsys):
+    from dreambooth_core.training.memory_plan import eight_bit_problem
+
+    if eight_bit_problem() is None:
+        pytest.skip("bitsandbytes imports here")
+    assert main(["plan", "--session", "p", "--storage", str(tmp_path), "--model", "tiny",
+                 "--mixed-precision", "bf16", "--optimizer", "adamw"]) == 0
+    output = capsys.readouterr().out
+    assert "8-bit AdamW left out: bitsandbytes does not import here" in output
+    assert "pip install bitsandbytes" in output and "8-bit AdamW |" not in output
+
+
 @pytest.mark.slow  # estimates the full SD 1.5 architecture (about 30 s)
-def test_the_default_sd15_dreambooth_run_fits_a_t4_with_8_bit_adamw(tmp_path, capsys):
+def test_the_default_sd15_dreambooth_run_fits_a_t4_with_8_bit_adamw(tmp_path, capsys, monkeypatch):
+    """Planned where bitsandbytes imports, as in the project's Docker image."""
+    from dreambooth_core.training import memory_plan
+
+    monkeypatch.setattr(memory_plan, "eight_bit_problem", lambda: None)
     assert main(["plan", "--session", "p", "--storage", str(tmp_path), "--class-word", "man"]) == 0
     output = capsys.readouterr().out
     assert "dreambooth of stable-diffusion-v1-5/stable-diffusion-v1-5 at 512 px" in output

@@ -137,3 +137,15 @@ def test_memory_none_and_sessions_older_than_plans_train_as_given(tiny_path):
     assert settle(tiny_path, memory="none") is None
     assert settle(tiny_path, started=True) is None
     assert settle(tiny_path, free=None) == MemoryPlan(optimizer="adamw", gradient_checkpointing=False)
+
+
+def test_the_docker_image_installs_the_library_every_concession_needs():
+    """--memory auto on the image may choose 8-bit AdamW: the image installs bitsandbytes (the [gpu] extra)."""
+    import tomllib
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    extras = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(requirement.startswith("bitsandbytes") for requirement in extras["gpu"])
+    installs = [line for line in (repo / "Dockerfile").read_text().splitlines() if "pip install" in line]
+    assert any('".[gpu]"' in line and "import" in line and "bitsandbytes" in line for line in installs), installs
