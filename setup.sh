@@ -14,4 +14,14 @@ PYTHON=${PYTHON:-python3}
 [ -d .venv/transformers4/transformers ] || .venv/bin/python -m pip install --quiet --no-deps \
     --target .venv/transformers4 "transformers==4.57.*" "diffusers==0.35.*" "huggingface_hub>=0.34,<1.0" \
     "tokenizers>=0.22,<0.23"
+# ./setup.sh --cuda-dry-run also makes .cuda-venv: PyPI's CUDA build of torch (about 5.5 GB; it runs
+# without a GPU), this project and bitsandbytes, for benchmarks/cuda_dry_run.py (see README).
+if [ "${1:-}" = "--cuda-dry-run" ]; then
+    [ -x .cuda-venv/bin/python ] || "$PYTHON" -m venv .cuda-venv
+    .cuda-venv/bin/python -m pip install --quiet --upgrade pip
+    .cuda-venv/bin/python -c "import torch; assert torch.version.cuda" 2>/dev/null ||
+        .cuda-venv/bin/python -m pip install --quiet "torch==2.14.1"
+    .cuda-venv/bin/python -m pip install --quiet -e ".[gpu]"
+    echo "Set up .cuda-venv. Try: .cuda-venv/bin/python benchmarks/cuda_dry_run.py --tiny"
+fi
 echo "Set up. Try: .venv/bin/dreambooth train --help"
