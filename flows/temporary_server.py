@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Iterator
 
 from dreambooth_core.errors import ConfigError
+from dreambooth_core.session.processes import end_with_parent
 
 # What Prefect's own temporary server runs with: no UI, the ephemeral server's services.
 _SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
                "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-_PR_SET_PDEATHSIG = 1
 _ADVICE = ("Run again, or start a server (prefect server start) and set PREFECT_API_URL to it "
            "(e.g. http://127.0.0.1:4200/api).")
 
@@ -161,12 +161,7 @@ def _free_port() -> int:
 # --- the server process -----------------------------------------------------------------
 
 def _die_with(parent: int) -> None:
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # it died before the line above
-        os._exit(0)
+    end_with_parent(parent, signal.SIGTERM)  # SIGTERM: uvicorn shuts down cleanly
 
     def watch() -> None:
         while os.getppid() == parent:
