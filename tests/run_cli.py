@@ -22,7 +22,8 @@ def _die() -> None:
 
     import psutil
 
-    children = [child.as_dict(["pid", "create_time", "cmdline"]) for child in psutil.Process().children(recursive=True)]
+    children = [child.as_dict(["pid", "create_time", "cmdline"])
+                for child in psutil.Process().children(recursive=True)]
     print("kill-at: children " + json.dumps([{"pid": c["pid"], "started": c["create_time"],
                                               "command": " ".join(c["cmdline"] or [])} for c in children]),
           file=sys.stderr)

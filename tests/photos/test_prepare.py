@@ -79,7 +79,8 @@ def test_a_run_killed_during_preparation_leaves_no_process_behind(tmp_path, phot
     """SIGKILL of the run while its preparation workers (and its temporary Prefect server) run:
     every one of them ends with it, none is left re-parented to init."""
     for photo in photos.iterdir():  # large enough for the worker pool (prepare.PARALLEL_BYTES)
-        Image.open(photo).convert("RGB").resize((1400, 1400)).save(photo.with_suffix(".png"), compress_level=0)
+        large = Image.open(photo).convert("RGB").resize((1400, 1400))
+        large.save(photo.with_suffix(".png"), compress_level=0)
         photo.unlink()
     # No PREFECT_API_URL: the run starts its own temporary server, a process of the run too.
     killed = run_cli("", "train", "--session", "k", "--storage", str(tmp_path / "sessions"), "--photos",
@@ -88,7 +89,7 @@ def test_a_run_killed_during_preparation_leaves_no_process_behind(tmp_path, phot
     line = next(line for line in killed.stderr.splitlines() if line.startswith("kill-at: children"))
     children = json.loads(line.removeprefix("kill-at: children"))
     workers = [child for child in children if "flows.temporary_server" not in child["command"]]
-    assert len(workers) >= 2 and len(children) > len(workers), f"not killed among its workers and server: {line}"
+    assert len(workers) >= 2 and len(children) > len(workers), f"not killed among workers and server: {line}"
     left = wait_for_gone(children, 30)
     assert not left, f"processes of the killed run still running: {left}"
 
