@@ -71,15 +71,21 @@ class TemporaryServer:
 
     @contextmanager
     def run_settings(self) -> Iterator[None]:
-        """Prefect settings for runs on this server: no flow-run heartbeats. Nothing could act on
-        them (the server ends with the run), and Prefect waits up to a second for its heartbeat
-        thread at the end of every flow run."""
-        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+        """Prefect settings for runs on this server: no flow-run heartbeats (nothing could act on
+        them: the server ends with the run, and Prefect waits up to a second for its heartbeat
+        thread at the end of every flow run), and no client retries: this server does not come
+        back once it stops answering (killed by the out-of-memory killer, say), so a retried
+        call, the report of the run's end among them, would only wait about a minute for nothing."""
+        from prefect.settings import PREFECT_CLIENT_MAX_RETRIES as RETRIES
+        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY as HEARTBEATS
+        from prefect.settings import temporary_settings
 
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        with temporary_settings(updates={HEARTBEATS: None, RETRIES: 0}):
             yield
 
     def stop(self) -> None:
+        if self.process.poll() is not None:
+            return  # it died during the run: nothing can be sent to it
         _send_pending_logs_and_events()
         if self.process.poll() is None:
             self.process.terminate()
