@@ -213,10 +213,29 @@ def train(flags: dict[str, Any]) -> int:
         server.wait_ready(meanwhile=import_model_classes())  # imported now if the server is slower
         # torchrun's other processes train each chunk with this one
         with leading_followers(), server.run_settings():
-            result = dreambooth_train(config)
+            result = _train_reporting_lost_end(dreambooth_train, config)
     files = ", ".join(result.files) + (", diffusers/" if config.training.method == "dreambooth" else "")
     print(f"Done: session {config.session!r} trained to step {result.step}; outputs: {files}")
     return 0
+
+
+def _train_reporting_lost_end(flow, config: DreamBoothConfig):
+    """The flow's result; when the Prefect API stopped answering and Prefect could not report the
+    end of the flow run, the body's own outcome (its result, or its error), with a warning."""
+    from tasks.prefect_api import API, is_api_failure
+
+    try:
+        return flow(config)
+    except Exception as exc:
+        if not (is_api_failure(exc) and API.outcome.ended) or exc is API.outcome.error:
+            raise  # the run's own error (reported), or the run could not start
+        _ending["skip_prefect_queues"] = True  # they would wait for the API at exit
+        where = (f"--storage-block {config.inputs.storage_block}" if config.inputs.storage_block
+                 else f"--storage {config.inputs.storage}")
+        print(f"warning: the Prefect UI lost this run's end: its API did not answer when the run ended, "
+              f"so flow run {config.session!r} may stay Running there. The session holds everything: "
+              f"dreambooth status {config.session} {where}", file=sys.stderr)
+        return API.outcome.get()
 
 
 def plan(flags: dict[str, Any]) -> int:
@@ -410,10 +429,13 @@ def run() -> None:
     except SystemExit as exc:  # argparse's usage errors
         code = exc.code
     _ending["code"] = code
+    if _ending["skip_prefect_queues"]:
+        _end_process()  # now: Prefect's log and event queues would wait for the lost API at exit
     sys.exit(code)
 
 
-_ending: dict[str, Any] = {"code": 1}  # stays 1 when main() ends in an exception
+_ending: dict[str, Any] = {"code": 1,  # stays 1 when main() ends in an exception
+                           "skip_prefect_queues": False}
 
 
 def _end_process() -> None:

@@ -21,6 +21,7 @@ from tasks.fetch_base_model import fetch_base_model
 from tasks.generate_class_images import generate_class_images
 from tasks.open_session import open_session
 from tasks.plan_training import plan_training
+from tasks.prefect_api import API
 from tasks.prepare_evaluation import prepare_evaluation
 from tasks.prepare_photos import prepare_photos
 from tasks.train_chunk import train_chunk
@@ -31,7 +32,10 @@ from tasks.validate_photos import validate_photos
 def dreambooth_train(config: DreamBoothConfig) -> ExportResult:
     """Fine-tune a Stable Diffusion model on a session's photos, resumably."""
     began = time.monotonic()
-    with session_lease(config), LiveTraining() as live:  # one writer per session; its trainer and commits
+    # The API may stop answering at any point: training goes on (tasks/prefect_api.py); the body's
+    # outcome is kept for the CLI, in case the engine cannot report the run's end. The lease: one
+    # writer per session; `live`: its trainer and commits.
+    with API.run() as outcome, session_lease(config), LiveTraining() as live:
         results = result_storage(config.inputs)  # task results beside the sessions
         ref = open_session(config)
         photos = validate_photos(ref, config)  # before the model download: bad photos stop the run here
@@ -62,4 +66,4 @@ def dreambooth_train(config: DreamBoothConfig) -> ExportResult:
         publish_summary(ref, RunFacts(time.monotonic() - began, trained, len(chunks), cached), progress)
         result = exported.result()
         emit_trained(config, result.step)  # a deployment's trigger may try the model (prefect.yaml)
-        return result
+        return outcome.returns(result)

@@ -2,17 +2,20 @@
 
 Prefect logs every failed task and flow run with its traceback. For a
 user's error (USER_ERRORS) the message already says what is wrong and how to fix it, so
-the traceback is dropped; bugs keep theirs.
+the traceback is dropped; so it is for a Prefect API that stopped answering (training goes on
+without it, and the run says so: tasks/prefect_api.py). Bugs keep theirs.
 """
 
 import logging
 
 from dreambooth_core.errors import USER_ERRORS
+from tasks.prefect_api import is_api_failure
 
 
 class HideUserErrorTracebacks(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], USER_ERRORS):
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and (isinstance(error, USER_ERRORS) or is_api_failure(error)):
             record.exc_info = None
             record.exc_text = None
         return True

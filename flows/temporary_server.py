@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Iterator
 
 from dreambooth_core.errors import ConfigError
+from dreambooth_core.session.processes import end_with_parent
 
 # What Prefect's own temporary server runs with: no UI, the ephemeral server's services.
 _SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
                "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-_PR_SET_PDEATHSIG = 1
 _ADVICE = ("Run again, or start a server (prefect server start) and set PREFECT_API_URL to it "
            "(e.g. http://127.0.0.1:4200/api).")
 
@@ -71,15 +71,21 @@ class TemporaryServer:
 
     @contextmanager
     def run_settings(self) -> Iterator[None]:
-        """Prefect settings for runs on this server: no flow-run heartbeats. Nothing could act on
-        them (the server ends with the run), and Prefect waits up to a second for its heartbeat
-        thread at the end of every flow run."""
-        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+        """Prefect settings for runs on this server: no flow-run heartbeats (nothing could act on
+        them: the server ends with the run, and Prefect waits up to a second for its heartbeat
+        thread at the end of every flow run), and no client retries: this server does not come
+        back once it stops answering (killed by the out-of-memory killer, say), so a retried
+        call, the report of the run's end among them, would only wait about a minute for nothing."""
+        from prefect.settings import PREFECT_CLIENT_MAX_RETRIES as RETRIES
+        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY as HEARTBEATS
+        from prefect.settings import temporary_settings
 
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        with temporary_settings(updates={HEARTBEATS: None, RETRIES: 0}):
             yield
 
     def stop(self) -> None:
+        if self.process.poll() is not None:
+            return  # it died during the run: nothing can be sent to it
         _send_pending_logs_and_events()
         if self.process.poll() is None:
             self.process.terminate()
@@ -161,12 +167,7 @@ def _free_port() -> int:
 # --- the server process -----------------------------------------------------------------
 
 def _die_with(parent: int) -> None:
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # it died before the line above
-        os._exit(0)
+    end_with_parent(parent, signal.SIGTERM)  # SIGTERM: uvicorn shuts down cleanly
 
     def watch() -> None:
         while os.getppid() == parent:

@@ -1,7 +1,6 @@
 """@task: judge each subject's token with the model's tokenizer; report it; stop on a bad one."""
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 
 from dreambooth_core.captions.captioning import Captions
 from dreambooth_core.captions.token_report import (
@@ -16,7 +15,7 @@ from dreambooth_core.captions.tokenizer import load_second_tokenizer, load_token
 from dreambooth_core.model.fetch import LocalModel
 from dreambooth_core.session.state import update_state
 from dreambooth_core.session.storage import SessionRef
-from tasks.artifacts import artifact_key
+from tasks.artifacts import artifact_key, publish_markdown
 
 
 @task(name="check-tokens", task_run_name="check tokens")
@@ -27,8 +26,8 @@ def check_tokens(ref: SessionRef, model: LocalModel, captions: Captions, bad_tok
               or build_token_report(session, load_tokenizer(model.path), model.digest,
                                     load_second_tokenizer(model.path)))
     write_token_report(session, report)
-    create_markdown_artifact(report_markdown(report), key=artifact_key("tokens", session.name),
-                             description=f"Subject tokens of session {session.name}")
+    publish_markdown(report_markdown(report), artifact_key("tokens", session.name),
+                     f"Subject tokens of session {session.name}")
     log = get_run_logger()
     for subject in report.subjects:
         log.info("Token %r: %s (%s)", subject.token, subject.analysis.verdict, per_tokenizer_summary(subject))

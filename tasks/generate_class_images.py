@@ -1,7 +1,6 @@
 """@task: class images for prior preservation, generated once per (model, prompt, settings) and shared."""
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 
 from dreambooth_core.config import TrainingSettings
 from dreambooth_core.generation.class_images import build_class_images, class_images_markdown, prior_applies
@@ -11,7 +10,7 @@ from dreambooth_core.session.class_images import ClassImages
 from dreambooth_core.session.dataset_manifest import require_dataset_manifest
 from dreambooth_core.session.storage import SessionRef
 from dreambooth_core.training.devices import resolve_device
-from tasks.artifacts import artifact_key
+from tasks.artifacts import artifact_key, publish_markdown
 
 
 @task(name="generate-class-images", task_run_name="class images")
@@ -28,8 +27,8 @@ def generate_class_images(ref: SessionRef, model: LocalModel, resolution: int, t
                                   resolve_device(device), training.class_images, class_prompt,
                                   training.class_images_folder, log=log, on_image=lambda index: bar.update())
     bar.close()
-    create_markdown_artifact(class_images_markdown(manifest), key=artifact_key("class-images", session.name),
-                             description=f"Class images of session {session.name}")
+    publish_markdown(class_images_markdown(manifest), artifact_key("class-images", session.name),
+                     f"Class images of session {session.name}")
     log.info("Class images ready: %s (%d generated now)",
              ", ".join(f"{s.subject} {len(s.files)}" for s in manifest.sets), manifest.generated)
     return manifest

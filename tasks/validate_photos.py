@@ -4,7 +4,6 @@ The photos are read once: the given folder is checked and, when usable, imported
 into the session in the same pass."""
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 
 from dreambooth_core.config import DreamBoothConfig
 from dreambooth_core.model.expected import expected_resolution
@@ -19,7 +18,7 @@ from dreambooth_core.photos.validate import (
     write_dataset_report,
 )
 from dreambooth_core.session.storage import SessionRef
-from tasks.artifacts import artifact_key
+from tasks.artifacts import artifact_key, publish_markdown
 
 
 @task(name="validate-photos", task_run_name="validate photos")
@@ -31,8 +30,8 @@ def validate_photos(ref: SessionRef, config: DreamBoothConfig) -> PhotoSet:
     settings = ValidationSettings.of(config.captions, config.checks, resolution, source)
     report, photos = check_session_photos(session, config.inputs.photos, settings)
     write_dataset_report(session, report)
-    create_markdown_artifact(report_markdown(report), key=artifact_key("dataset", session.name),
-                             description=f"Photo check of session {session.name}")
+    publish_markdown(report_markdown(report), artifact_key("dataset", session.name),
+                     f"Photo check of session {session.name}")
     log = get_run_logger()
     log.info("Photo check: %s (reports/dataset.md)", summary_line(report))
     for line in warning_lines(report):

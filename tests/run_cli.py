@@ -7,6 +7,9 @@ POINTs (N counts calls in this process, from 1):
   write     halfway through the Nth write into a checkpoint file
   manifest  just before the Nth checkpoint manifest is written
   export    halfway through copying the output file named N into the session
+  prepare   once the Nth prepared photo reaches the run, its preparation workers still running
+
+Before it dies it prints its processes then on stderr: `kill-at: children [{"pid", "started", "command"}]`.
 """
 
 import os
@@ -15,6 +18,15 @@ import sys
 
 
 def _die() -> None:
+    import json
+
+    import psutil
+
+    children = [child.as_dict(["pid", "create_time", "cmdline"])
+                for child in psutil.Process().children(recursive=True)]
+    print("kill-at: children " + json.dumps([{"pid": c["pid"], "started": c["create_time"],
+                                              "command": " ".join(c["cmdline"] or [])} for c in children]),
+          file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
     os.kill(os.getpid(), signal.SIGKILL)
@@ -68,6 +80,17 @@ def arm(point: str, n: str) -> None:
             data = open(local, "rb").read()
             self.write_with(relative, lambda f: (f.write(data[: len(data) // 2]), f.flush(), _die()))
         session.Session.put_file = put_file
+    elif point == "prepare":
+        from dreambooth_core.photos import prepare
+
+        original = prepare.prepare_many
+
+        def prepare_many(*args, **kwargs):
+            for count, result in enumerate(original(*args, **kwargs), 1):
+                if count == int(n):
+                    _die()  # inside the pool's `with`: its workers are alive
+                yield result
+        prepare.prepare_many = prepare_many
     else:
         raise SystemExit(f"unknown kill point {point!r}")
 

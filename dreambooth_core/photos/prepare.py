@@ -32,6 +32,7 @@ from dreambooth_core.session.dataset_manifest import (
 )
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import CONTACT_SHEET, DATASET, DATASET_MANIFEST, PHOTOS
+from dreambooth_core.session.processes import end_with_parent
 from dreambooth_core.session.state import load_state
 
 PARALLEL_BYTES = 4 << 20  # below this much photo data a process pool costs more than it saves
@@ -74,9 +75,12 @@ def prepare_many(photos: list[tuple[str, bytes]], resolution: int,
     # included (forkserver and spawn would re-import the caller's __main__: the CLI,
     # prefect, ~2 s a worker). A worker runs only prepare_or_error: Pillow and OpenCV,
     # none of the locks the parent's threads hold. (Calling cv2.setNumThreads in a forked
-    # worker hangs: leave OpenCV's pool alone.)
+    # worker hangs: leave OpenCV's pool alone.) Each worker ends with this process, however it
+    # ends (a forked worker of a SIGKILLed run would wait for work forever, holding its pipes):
+    # the pool forks them from this thread, which outlives them.
     context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=end_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         pending: list[Future] = []
         for name, data in photos:  # a sliding window keeps only a few photos in memory
             pending.append(pool.submit(prepare_or_error, name, data, resolution))

@@ -135,3 +135,57 @@ def test_library_chatter_is_quieted_when_the_libraries_are_imported():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["40", "40", "False", "False"]  # logging.ERROR, no progress bars
+
+
+STEPS, CHUNK = 12, 4
+
+
+def train_command(storage: Path, photos: Path) -> list[str]:
+    return ["train", "--session", "s", "--storage", str(storage), "--photos", str(photos), "--model", "tiny",
+            "--steps", str(STEPS), "--chunk-steps", str(CHUNK), "--learning-rate", "1e-4", "--seed", "7"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
+def test_a_run_whose_server_dies_trains_on_to_the_same_model(prefect_api_url, tmp_path, photos):
+    """The run's temporary server is killed (as by the out-of-memory killer) once the first chunk
+    has committed: the run trains on, ends as usual with the model an uninterrupted run makes,
+    says once that the UI is lost, and that the UI lost the run's end."""
+    import safetensors.torch
+    import torch
+    from run_cli import run_cli
+
+    reference = run_cli(prefect_api_url, *train_command(tmp_path / "reference", photos), timeout=300)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PYTHONPATH=str(REPO), PREFECT_HOME=str(tmp_path / "prefect"))
+    run = subprocess.Popen([sys.executable, "-m", "flows.cli", *train_command(tmp_path / "sessions", photos)],
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        server = wait_for(lambda: next((p for p in children(run.pid)
+                                        if "flows.temporary_server" in command_line(p)), None), 120)
+        assert server, "the run started no temporary server"
+        first = tmp_path / "sessions" / "s" / "checkpoints" / f"step-{CHUNK:06d}" / "MANIFEST.json"
+        assert wait_for(lambda: first.exists() or run.poll() is not None, 240) and run.poll() is None, \
+            "the run ended before its first checkpoint"
+        os.kill(server, signal.SIGKILL)  # the server alone, as the out-of-memory killer would
+        stdout, stderr = run.communicate(timeout=300)  # a hung run fails here
+    finally:
+        run.kill()
+        run.wait()
+
+    assert run.returncode == 0, stderr[-3000:]
+    assert f"trained to step {STEPS}" in stdout
+    assert stderr.count("stopped answering") == 1, stderr[-3000:]  # one warning
+    assert "the Prefect UI lost this run's end" in stderr
+    assert "Traceback" not in stderr, stderr[-3000:]
+
+    def weights(storage: Path) -> dict[str, torch.Tensor]:
+        return safetensors.torch.load_file(storage / "s" / "checkpoints" / f"step-{STEPS:06d}"
+                                           / "weights.safetensors")
+    trained, uninterrupted = weights(tmp_path / "sessions"), weights(tmp_path / "reference")
+    assert trained.keys() == uninterrupted.keys()
+    assert all(torch.equal(trained[k], uninterrupted[k]) for k in trained)
+    exported, reference_export = ((tmp_path / storage / "s" / "s.safetensors").read_bytes()
+                                  for storage in ("sessions", "reference"))
+    assert exported == reference_export

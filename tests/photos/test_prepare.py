@@ -2,9 +2,14 @@
 
 import io
 import json
+import os
+import sys
+import time
 
+import psutil
 import pytest
 from PIL import Image
+from run_cli import run_cli
 from sessions import opened_session, prepare_folder
 
 from dreambooth_core.errors import DatasetError
@@ -65,3 +70,41 @@ def test_every_unreadable_photo_is_reported_at_once(tmp_path, photos):
     with pytest.raises(DatasetError) as error:
         prepare_folder(opened_session(tmp_path), photos, 64)
     assert "broken (1).jpg" in str(error.value) and "broken (2).png" in str(error.value)
+
+
+@pytest.mark.slow  # a CLI run
+@pytest.mark.skipif(sys.platform != "linux" or (os.cpu_count() or 1) < 2,
+                    reason="photos are prepared in worker processes on Linux with 2 or more cores")
+def test_a_run_killed_during_preparation_leaves_no_process_behind(tmp_path, photos):
+    """SIGKILL of the run while its preparation workers (and its temporary Prefect server) run:
+    every one of them ends with it, none is left re-parented to init."""
+    for photo in photos.iterdir():  # large enough for the worker pool (prepare.PARALLEL_BYTES)
+        large = Image.open(photo).convert("RGB").resize((1400, 1400))
+        large.save(photo.with_suffix(".png"), compress_level=0)
+        photo.unlink()
+    # No PREFECT_API_URL: the run starts its own temporary server, a process of the run too.
+    killed = run_cli("", "train", "--session", "k", "--storage", str(tmp_path / "sessions"), "--photos",
+                     str(photos), "--model", "tiny", "--steps", "4", kill_at="prepare:1", timeout=120)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    line = next(line for line in killed.stderr.splitlines() if line.startswith("kill-at: children"))
+    children = json.loads(line.removeprefix("kill-at: children"))
+    workers = [child for child in children if "flows.temporary_server" not in child["command"]]
+    assert len(workers) >= 2 and len(children) > len(workers), f"not killed among workers and server: {line}"
+    left = wait_for_gone(children, 30)
+    assert not left, f"processes of the killed run still running: {left}"
+
+
+def wait_for_gone(processes: list[dict], seconds: float) -> list[dict]:
+    """Those of `processes` ({pid, started}) still running after up to `seconds` (not ended, not
+    a zombie, and not another process that got the same pid)."""
+    def running(process: dict) -> bool:
+        try:
+            found = psutil.Process(process["pid"])
+            return found.create_time() == process["started"] and found.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + seconds
+    while any(map(running, processes)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return [process for process in processes if running(process)]
