@@ -37,6 +37,7 @@ from dreambooth_core.model.tiny import (
     build_tiny_sd2_v_model,
     build_tiny_sdxl_model,
 )
+from dreambooth_core.model.weights_file import weights_file_problem
 
 ACCEPTED_SPECS = (
     '"tiny" (or "tiny-sd2", "tiny-sd2-v", "tiny-sdxl"), a local diffusers folder (with model_index.json), '
@@ -88,6 +89,7 @@ def fetch_model(spec: str, cache_dir: Path, revision: str | None = None, model_c
         return _from_local_folder(local, spec)
     if local.is_file():
         _check_single_file_name(local.name, spec)
+        _check_single_file(local, spec)
         return _from_single_file(local, spec, cache_dir, model_config, hf_token, log)
     if _looks_like_path(spec):
         raise ModelError(f"Model {spec!r}: no such file or folder. Check the path; accepted are {ACCEPTED_SPECS}.")
@@ -162,7 +164,16 @@ def _from_single_file(file: Path, spec: str, cache_dir: Path, model_config: str 
 
 def _download_single_file(url: str, cache_dir: Path, hf_token: str | None, log: logging.Logger) -> Path:
     _check_single_file_name(url_filename(url), url)
-    return download_file(url, download_path(url, cache_dir / "downloads"), hf_token, log)
+    target = download_path(url, cache_dir / "downloads")
+    return download_file(url, target, hf_token, log, check=lambda file: weights_file_problem(file, target.suffix))
+
+
+def _check_single_file(file: Path, spec: str) -> None:
+    """Before any reader sees it: a web page saved under a model's name is named as such."""
+    problem = weights_file_problem(file)
+    if problem is not None:
+        raise ModelError(f"Model {spec!r} is {problem}. Download the file again (its direct download "
+                         "link; a site may answer with a login or error page), and pass its path.")
 
 
 def _check_single_file_name(name: str, spec: str) -> None:
