@@ -27,6 +27,7 @@ from dreambooth_core.model.cache import build_once, file_sha256
 from dreambooth_core.model.conversion import SINGLE_FILE_SUFFIXES, convert_single_file
 from dreambooth_core.model.download import download_file, download_path, is_connection_failure, url_filename
 from dreambooth_core.model.family import ModelFamily, detect_family
+from dreambooth_core.model.folder_weights import check_folder_weights
 from dreambooth_core.model.hub import download_hub_model, looks_like_hub_id
 from dreambooth_core.model.tiny import (
     TINY_SD2_VERSIONS,
@@ -94,8 +95,7 @@ def fetch_model(spec: str, cache_dir: Path, revision: str | None = None, model_c
     if _looks_like_path(spec):
         raise ModelError(f"Model {spec!r}: no such file or folder. Check the path; accepted are {ACCEPTED_SPECS}.")
     if looks_like_hub_id(spec):
-        folder = download_hub_model(spec, cache_dir / "hub", revision, hf_token, log)
-        return LocalModel.at(str(folder), folder.name, "hub", spec)
+        return _from_hub(spec, cache_dir, revision, hf_token, log)
     raise ModelError(f"Model {spec!r} is not a model this tool can find. Accepted are {ACCEPTED_SPECS}.")
 
 
@@ -129,6 +129,16 @@ def _fetch_tiny(spec: str, cache_dir: Path, log: logging.Logger) -> LocalModel:
     return LocalModel.at(str(folder.resolve()), version, "tiny", spec)
 
 
+def _from_hub(spec: str, cache_dir: Path, revision: str | None, hf_token: str | None,
+              log: logging.Logger) -> LocalModel:
+    folder = download_hub_model(spec, cache_dir / "hub", revision, hf_token, log)
+    model = LocalModel.at(str(folder), folder.name, "hub", spec)
+    check_folder_weights(folder, spec, f"The repo's files do not belong together as they are in the "
+                         f"model cache: delete {folder.parents[1]} to download them again, or pass "
+                         "another --revision.")
+    return model
+
+
 def _from_local_folder(folder: Path, spec: str) -> LocalModel:
     if not (folder / "model_index.json").is_file():
         raise ModelError(
@@ -137,6 +147,9 @@ def _from_local_folder(folder: Path, spec: str) -> LocalModel:
     model = LocalModel.at(str(folder.resolve()), folder_digest(folder), "local", spec)
     for part in WEIGHT_PARTS:
         _require_safetensors(folder, part, spec)
+    check_folder_weights(folder, spec, "The folder mixes files of two models, or a copy of it stopped "
+                         "halfway: copy the whole model folder again from its source (each part's "
+                         "config.json with its weights), or point --model at the original folder.")
     return model
 
 
