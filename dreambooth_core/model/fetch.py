@@ -178,7 +178,8 @@ def _from_single_file(file: Path, spec: str, cache_dir: Path, model_config: str 
 def _download_single_file(url: str, cache_dir: Path, hf_token: str | None, log: logging.Logger) -> Path:
     _check_single_file_name(url_filename(url), url)
     target = download_path(url, cache_dir / "downloads")
-    return download_file(url, target, hf_token, log, check=lambda file: weights_file_problem(file, target.suffix))
+    return download_file(url, target, hf_token, log,
+                         check=lambda file: weights_file_problem(file, target.suffix))
 
 
 def _check_single_file(file: Path, spec: str) -> None:

@@ -21,7 +21,8 @@ from dreambooth_core.model.weights_file import WeightsFileProblem, safetensors_s
 _WEIGHTS = {"diffusers": "diffusion_pytorch_model.safetensors", "transformers": "model.safetensors"}
 # Names diffusers still accepts from before its attention blocks were renamed (its
 # `_fix_state_dict_keys_on_load`), and the prefix transformers before 5.0 gave CLIP's weights.
-_OLD_ATTENTION_NAMES = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.", ".proj_attn.": ".to_out.0."}
+_OLD_ATTENTION_NAMES = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.",
+                        ".proj_attn.": ".to_out.0."}
 _OLD_PREFIX = "text_model."
 _SHOWN = 3  # differences quoted in the message; the rest are counted
 

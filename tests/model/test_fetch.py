@@ -282,7 +282,8 @@ def test_a_web_page_sent_as_the_file_is_not_cached_and_the_next_run_asks_again(s
 
     message = str(caught.value)
     assert "not a safetensors file but an HTML page" in message and "header too large" not in message
-    assert str(download_path(url, tmp_path / "downloads").parent) in message and "next run downloads" in message
+    assert str(download_path(url, tmp_path / "downloads").parent) in message
+    assert "next run downloads" in message
     assert len(server.requests) == 2  # the second run asked the server again
     assert model.digest == hashlib.sha256(single_files["safetensors"].read_bytes()).hexdigest()
 
@@ -298,7 +299,8 @@ def test_a_bad_file_an_older_run_left_in_the_cache_is_discarded_and_fetched_agai
             model = fetch_model(url, tmp_path, model_config=tiny.path)
 
     assert len(server.requests) == 1
-    assert f"{cached}, downloaded before from {url}, is not a safetensors file but an HTML page" in caplog.text
+    assert f"{cached}, downloaded before from {url}, is not a safetensors file but an HTML page" \
+        in caplog.text
     assert model.digest == hashlib.sha256(single_files["safetensors"].read_bytes()).hexdigest()
 
 

@@ -70,8 +70,9 @@ def test_a_text_encoder_from_another_model_and_a_missing_tensor_are_reported_tog
         fetch_model(str(copy), tmp_path / "cache")
 
     message = str(caught.value)
-    assert "the text_encoder's weights (text_encoder/model.safetensors) do not match text_encoder/config.json: " \
-           "tensor embeddings.token_embedding.weight is [1000, 32] where the config makes [547, 32]" in message
+    assert ("the text_encoder's weights (text_encoder/model.safetensors) do not match text_encoder/"
+            "config.json: tensor embeddings.token_embedding.weight is [1000, 32] where the config makes "
+            "[547, 32]") in message
     assert f"the vae's weights ({VAE}) do not match vae/config.json: 1 tensor(s) the config needs are " \
            "missing (decoder.conv_out.bias)" in message
 
@@ -114,8 +115,8 @@ def test_train_with_a_mixed_folder_ends_in_one_error_paragraph(copy, prefect_api
     edit_config(copy, "unet", block_out_channels=[64, 128])
     env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "PYTHONPATH": str(REPO)}
     result = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "train", "--session", "s", "--storage", str(tmp_path / "sessions"),
-         "--model", str(copy), "--photos", str(photos), "--steps", "2"],
+        [sys.executable, "-m", "flows.cli", "train", "--session", "s", "--storage",
+         str(tmp_path / "sessions"), "--model", str(copy), "--photos", str(photos), "--steps", "2"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
     assert result.returncode == 2, result.stderr[-3000:]

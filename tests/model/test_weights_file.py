@@ -48,7 +48,8 @@ def test_text_and_random_bytes_are_told_apart(tmp_path):
     (tmp_path / "empty.ckpt").write_bytes(b"")
     assert weights_file_problem(tmp_path / "error.ckpt") == \
         "not a PyTorch checkpoint but text (it starts with '{\"error\": \"Repository not found\"}')"
-    assert "neither a zip archive (what torch.save writes) nor a pickle" in weights_file_problem(tmp_path / "noise.ckpt")
+    assert "neither a zip archive (what torch.save writes) nor a pickle" in \
+        weights_file_problem(tmp_path / "noise.ckpt")
     assert weights_file_problem(tmp_path / "empty.ckpt") == "not a PyTorch checkpoint but an empty file"
 
 
