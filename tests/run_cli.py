@@ -7,11 +7,14 @@ POINTs (N counts calls in this process, from 1):
   write     halfway through the Nth write into a checkpoint file
   manifest  just before the Nth checkpoint manifest is written
   export    halfway through copying the output file named N into the session
+  sample    inside the Nth render of a sample prompt, once pending checkpoint commits are written
+  evaluate  inside the Nth render of an evaluation prompt (the base model's count too), likewise
 """
 
 import os
 import signal
 import sys
+import threading
 
 
 def _die() -> None:
@@ -68,8 +71,22 @@ def arm(point: str, n: str) -> None:
             data = open(local, "rb").read()
             self.write_with(relative, lambda f: (f.write(data[: len(data) // 2]), f.flush(), _die()))
         session.Session.put_file = put_file
+    elif point in ("sample", "evaluate"):
+        # Samples and evaluations render after the chunk's checkpoint commits in the background:
+        # the kill comes once it is written, as it would in a render that takes its time.
+        from dreambooth_core.evaluation import evaluate
+        from dreambooth_core.generation import samples
+
+        module = samples if point == "sample" else evaluate
+        module.render = _counting(module.render, int(n), partial=_wait_for_commits)
     else:
         raise SystemExit(f"unknown kill point {point!r}")
+
+
+def _wait_for_commits(*args) -> None:
+    for thread in threading.enumerate():
+        if thread.name.startswith("checkpoint-"):  # LiveTraining's background commit
+            thread.join()
 
 
 def run_cli(api_url: str, *args: str, kill_at: str | None = None, cwd=None, timeout: float = 600):
