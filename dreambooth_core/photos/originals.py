@@ -208,16 +208,31 @@ def refuse_changed_photos(session: Session, state: SessionState,
     return files
 
 
-def checked_copies(session: Session, state: SessionState, copies: dict[str, Reader],
+def hashing_readers(files: dict[str, Reader]) -> tuple[dict[str, Reader], dict[str, str]]:
+    """The same readers, and the sha256 of what each one read, filled in as they are called
+    (so a file is hashed where it is read anyway, and its bytes are not kept)."""
+    hashes: dict[str, str] = {}
+
+    def hashing(name: str, read: Reader) -> Reader:
+        def read_and_hash() -> bytes:
+            data = read()
+            hashes[name] = hashlib.sha256(data).hexdigest()
+            return data
+        return read_and_hash
+    return {name: hashing(name, read) for name, read in files.items()}, hashes
+
+
+def checked_copies(session: Session, state: SessionState, copies: dict[str, Reader], hashes: dict[str, str],
                    originals: dict[str, Reader] | None, log: logging.Logger) -> PhotoSet:
-    """The session's photo set once its copies in photos/ (`copies`) are checked against the
-    sha256s recorded at the import. A copy edited (or a caption file removed) by hand since:
+    """The session's photo set once its copies in photos/ (`copies`; `hashes`: those already
+    read) are checked against the sha256s recorded at the import. A copy edited (or a caption
+    file removed) by hand since:
     - before training started, is taken as it is now: recorded again, so its training image is
       prepared again (the same as passing the edited folder with --photos);
     - after, is put back from `originals` (the --photos folder the session started with) when
       given, else refused: the session's fingerprint covers the dataset it trains on, and the
       old crop must not go on standing in for a photo that is no longer there."""
-    found = {name: _sha256_of(copies[name]) for name in state.photos}
+    found = {name: hashes.get(name) or _sha256_of(copies[name]) for name in state.photos}
     changed = sorted(name for name in state.photos if found[name] != state.photos[name])
     if not changed:
         return PhotoSet(files=state.photos)

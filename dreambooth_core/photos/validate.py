@@ -32,6 +32,7 @@ from dreambooth_core.photos.originals import (
     Reader,
     checked_copies,
     folder_files,
+    hashing_readers,
     import_files,
     import_names,
     read_once,
@@ -145,12 +146,12 @@ def check_session_photos(session: Session, folder: str | None, settings: Validat
         report = validate_files(files, settings, str(folder))
         return report, import_files(session, files, str(folder)) if report.usable else None
     originals = refuse_changed_photos(session, state, folder)
-    names = sorted(state.photos)
-    files = read_once(session_files(session, names), keep=names)
-    report = validate_files(files, settings, f"session {session.name!r}")
+    copies, hashes = hashing_readers(session_files(session, sorted(state.photos)))
+    report = validate_files(copies, settings, f"session {session.name!r}")
     if not report.usable:
         return report, None
-    return report, checked_copies(session, state, files, originals, log or logging.getLogger("dreambooth"))
+    return report, checked_copies(session, state, copies, hashes, originals,
+                                  log or logging.getLogger("dreambooth"))
 
 
 def warning_lines(report: DatasetReport) -> list[str]:
