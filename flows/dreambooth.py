@@ -24,6 +24,7 @@ from tasks.plan_training import plan_training
 from tasks.prefect_api import API
 from tasks.prepare_evaluation import prepare_evaluation
 from tasks.prepare_photos import prepare_photos
+from tasks.rebuild_missed_steps import rebuild_missed_steps
 from tasks.train_chunk import train_chunk
 from tasks.validate_photos import validate_photos
 
@@ -48,6 +49,7 @@ def dreambooth_train(config: DreamBoothConfig) -> ExportResult:
                                              config.captions.class_prompt, config.runtime.device)
         plan = plan_training(ref, config, model, dataset, captions, class_images)
         evaluation = prepare_evaluation(plan, config)  # None unless --evaluate-every
+        rebuild_missed_steps(plan, config.samples, evaluation)  # what a stopped run did not render
         progress = start_training_progress(plan)
         chunks = []
         for chunk in plan.chunks:  # a failed chunk ends the run: its error is the one reported

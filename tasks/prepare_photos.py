@@ -2,22 +2,17 @@
 
 from prefect import get_run_logger, task
 
-from dreambooth_core.hashing import digest
 from dreambooth_core.photos.originals import PhotoSet
-from dreambooth_core.photos.prepare import PreparedDataset, build_dataset, method
+from dreambooth_core.photos.prepare import PreparedDataset, build_dataset
 from dreambooth_core.session.paths import CONTACT_SHEET
 from dreambooth_core.session.storage import SessionRef
-from tasks import RESULTS
 from tasks.artifacts import artifact_key, publish_image
 
 
-def _cache_key(context, p) -> str:
-    # The photos' content and every setting that changes a prepared image. Correctness does
-    # not depend on it: build_dataset reuses what the session already holds.
-    return digest(["prepare", RESULTS, p["ref"].uid, p["photos"].digest, p["resolution"], method()])
-
-
-@task(name="prepare-photos", task_run_name="prepare photos", cache_key_fn=_cache_key, persist_result=True)
+# No Prefect cache: build_dataset reuses what the session holds (a rerun prepares nothing), and
+# it checks every prepared image, which a cached result would skip: one deleted or edited by
+# hand is made again.
+@task(name="prepare-photos", task_run_name="prepare photos")
 def prepare_photos(ref: SessionRef, photos: PhotoSet, resolution: int) -> PreparedDataset:
     """`resolution`: the training resolution (the run decides it once, from the model's family)."""
     session = ref.open()

@@ -28,11 +28,11 @@ def validate_photos(ref: SessionRef, config: DreamBoothConfig) -> PhotoSet:
     # The model is not fetched yet: sizes are judged against the resolution it is expected to have.
     resolution, source = expected_resolution(config.base_model.model, config.training.resolution)
     settings = ValidationSettings.of(config.captions, config.checks, resolution, source)
-    report, photos = check_session_photos(session, config.inputs.photos, settings)
+    log = get_run_logger()
+    report, photos = check_session_photos(session, config.inputs.photos, settings, log)
     write_dataset_report(session, report)
     publish_markdown(report_markdown(report), artifact_key("dataset", session.name),
                      f"Photo check of session {session.name}")
-    log = get_run_logger()
     log.info("Photo check: %s (reports/dataset.md)", summary_line(report))
     for line in warning_lines(report):
         log.warning(line)

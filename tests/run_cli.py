@@ -8,6 +8,8 @@ POINTs (N counts calls in this process, from 1):
   manifest  just before the Nth checkpoint manifest is written
   export    halfway through copying the output file named N into the session
   prepare   once the Nth prepared photo reaches the run, its preparation workers still running
+  sample    inside the Nth render of a sample prompt, once pending checkpoint commits are written
+  evaluate  inside the Nth render of an evaluation prompt (the base model's count too), likewise
 
 Before it dies it prints its processes then on stderr: `kill-at: children [{"pid", "started", "command"}]`.
 """
@@ -15,6 +17,7 @@ Before it dies it prints its processes then on stderr: `kill-at: children [{"pid
 import os
 import signal
 import sys
+import threading
 
 
 def _die() -> None:
@@ -91,8 +94,22 @@ def arm(point: str, n: str) -> None:
                     _die()  # inside the pool's `with`: its workers are alive
                 yield result
         prepare.prepare_many = prepare_many
+    elif point in ("sample", "evaluate"):
+        # Samples and evaluations render after the chunk's checkpoint commits in the background:
+        # the kill comes once it is written, as it would in a render that takes its time.
+        from dreambooth_core.evaluation import evaluate
+        from dreambooth_core.generation import samples
+
+        module = samples if point == "sample" else evaluate
+        module.render = _counting(module.render, int(n), partial=_wait_for_commits)
     else:
         raise SystemExit(f"unknown kill point {point!r}")
+
+
+def _wait_for_commits(*args) -> None:
+    for thread in threading.enumerate():
+        if thread.name.startswith("checkpoint-"):  # LiveTraining's background commit
+            thread.join()
 
 
 def run_cli(api_url: str, *args: str, kill_at: str | None = None, cwd=None, timeout: float = 600):

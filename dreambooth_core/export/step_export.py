@@ -126,21 +126,24 @@ def export_step(session: Session, trained: TrainedSession, step: int, precision:
 
 
 def step_parts(session: Session, trained: TrainedSession, step: int, source: Source,
-               scratch: Path) -> tuple[ModelParts, Trainables]:
+               scratch: Path, use_ema: bool = True) -> tuple[ModelParts, Trainables]:
     """The base model on the CPU with step `step`'s trained weights in place (`scratch`: a
-    local folder for a snapshot's files)."""
+    local folder for a snapshot's files). `use_ema=False`: a checkpoint's UNet as trained, not
+    averaged (what the samples during training show)."""
     if source == "checkpoint":
-        return _checkpoint_parts(session, trained, step)
+        return _checkpoint_parts(session, trained, step, use_ema)
     return _snapshot_parts(session, trained, step, scratch)
 
 
-def _checkpoint_parts(session: Session, trained: TrainedSession, step: int) -> tuple[ModelParts, Trainables]:
+def _checkpoint_parts(session: Session, trained: TrainedSession, step: int,
+                      use_ema: bool = True) -> tuple[ModelParts, Trainables]:
     checkpoint = CheckpointStore(session).load(step, only=(WEIGHTS_FILE, EMA_FILE))  # not the optimizer
     if checkpoint is None:
         raise SessionError(f"the checkpoint at step {step} of session {session.name!r} is gone or does "
                            "not verify (a training run may have replaced it). Run `dreambooth status "
                            f"{session.name}` to see the steps there are, and use one of them.")
-    return restored_parts(trained.model_path, trained.training, trained.subjects, checkpoint, torch.device("cpu"))
+    return restored_parts(trained.model_path, trained.training, trained.subjects, checkpoint,
+                          torch.device("cpu"), use_ema)
 
 
 @torch.no_grad()

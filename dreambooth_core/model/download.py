@@ -2,7 +2,9 @@
 
 The file is streamed into `<name>.part` and renamed when complete, so a file
 under its final name is always whole. A later run continues a `.part` with a
-Range request; a server that ignores Range sends the whole file again.
+Range request; a server that ignores Range sends the whole file again. A file that
+fails the caller's check (a web page sent in place of a model) is never kept: not
+when it arrives, and not when an earlier version left it in the cache.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -37,14 +40,33 @@ def download_path(url: str, downloads_dir: Path) -> Path:
 
 
 def download_file(url: str, target: Path, token: str | None = None,
-                  log: logging.Logger = logging.getLogger("dreambooth")) -> Path:
-    """Download `url` to `target` unless it is already there; return `target`."""
+                  log: logging.Logger = logging.getLogger("dreambooth"),
+                  check: Callable[[Path], str | None] = lambda path: None) -> Path:
+    """Download `url` to `target` unless it is already there; return `target`.
+
+    `check(file)` says what is wrong with a file (None: nothing). A cached file that fails it
+    is discarded and downloaded again; a downloaded one that fails it is discarded and refused
+    (ModelError naming the cache folder), so the next run asks the server again."""
     target = Path(target)
     with file_lock(target.with_name(target.name + ".lock")):  # two runs must not append to one .part
         if target.is_file():
-            log.info("Using %s, downloaded before from %s", target, url)
-            return target
-        _download_to_part(url, target.with_name(target.name + ".part"), token, log).replace(target)
+            problem = check(target)
+            if problem is None:
+                log.info("Using %s, downloaded before from %s", target, url)
+                return target
+            log.warning("%s, downloaded before from %s, is %s; discarded, downloading it again",
+                        target, url, problem)
+            target.unlink()
+        part = _download_to_part(url, target.with_name(target.name + ".part"), token, log)
+        problem = check(part)
+        if problem is not None:
+            part.unlink()
+            raise ModelError(
+                f"{url} sent a file that is {problem}. It was not kept in the download cache "
+                f"({target.parent}), so the next run downloads it again. Check that the link is the "
+                "file's direct download link (a site may answer with a login or error page), or "
+                "download the file in a browser and pass its local path.")
+        part.replace(target)
     log.info("Downloaded %s (%.1f MB)", target, target.stat().st_size / 1e6)
     return target
 

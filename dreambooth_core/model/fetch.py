@@ -27,6 +27,7 @@ from dreambooth_core.model.cache import build_once, file_sha256
 from dreambooth_core.model.conversion import SINGLE_FILE_SUFFIXES, convert_single_file
 from dreambooth_core.model.download import download_file, download_path, is_connection_failure, url_filename
 from dreambooth_core.model.family import ModelFamily, detect_family
+from dreambooth_core.model.folder_weights import check_folder_weights
 from dreambooth_core.model.hub import download_hub_model, looks_like_hub_id
 from dreambooth_core.model.tiny import (
     TINY_SD2_VERSIONS,
@@ -37,6 +38,7 @@ from dreambooth_core.model.tiny import (
     build_tiny_sd2_v_model,
     build_tiny_sdxl_model,
 )
+from dreambooth_core.model.weights_file import weights_file_problem
 
 ACCEPTED_SPECS = (
     '"tiny" (or "tiny-sd2", "tiny-sd2-v", "tiny-sdxl"), a local diffusers folder (with model_index.json), '
@@ -88,12 +90,12 @@ def fetch_model(spec: str, cache_dir: Path, revision: str | None = None, model_c
         return _from_local_folder(local, spec)
     if local.is_file():
         _check_single_file_name(local.name, spec)
+        _check_single_file(local, spec)
         return _from_single_file(local, spec, cache_dir, model_config, hf_token, log)
     if _looks_like_path(spec):
         raise ModelError(f"Model {spec!r}: no such file or folder. Check the path; accepted are {ACCEPTED_SPECS}.")
     if looks_like_hub_id(spec):
-        folder = download_hub_model(spec, cache_dir / "hub", revision, hf_token, log)
-        return LocalModel.at(str(folder), folder.name, "hub", spec)
+        return _from_hub(spec, cache_dir, revision, hf_token, log)
     raise ModelError(f"Model {spec!r} is not a model this tool can find. Accepted are {ACCEPTED_SPECS}.")
 
 
@@ -127,6 +129,16 @@ def _fetch_tiny(spec: str, cache_dir: Path, log: logging.Logger) -> LocalModel:
     return LocalModel.at(str(folder.resolve()), version, "tiny", spec)
 
 
+def _from_hub(spec: str, cache_dir: Path, revision: str | None, hf_token: str | None,
+              log: logging.Logger) -> LocalModel:
+    folder = download_hub_model(spec, cache_dir / "hub", revision, hf_token, log)
+    model = LocalModel.at(str(folder), folder.name, "hub", spec)
+    check_folder_weights(folder, spec, f"The repo's files do not belong together as they are in the "
+                         f"model cache: delete {folder.parents[1]} to download them again, or pass "
+                         "another --revision.")
+    return model
+
+
 def _from_local_folder(folder: Path, spec: str) -> LocalModel:
     if not (folder / "model_index.json").is_file():
         raise ModelError(
@@ -135,6 +147,9 @@ def _from_local_folder(folder: Path, spec: str) -> LocalModel:
     model = LocalModel.at(str(folder.resolve()), folder_digest(folder), "local", spec)
     for part in WEIGHT_PARTS:
         _require_safetensors(folder, part, spec)
+    check_folder_weights(folder, spec, "The folder mixes files of two models, or a copy of it stopped "
+                         "halfway: copy the whole model folder again from its source (each part's "
+                         "config.json with its weights), or point --model at the original folder.")
     return model
 
 
@@ -162,7 +177,17 @@ def _from_single_file(file: Path, spec: str, cache_dir: Path, model_config: str 
 
 def _download_single_file(url: str, cache_dir: Path, hf_token: str | None, log: logging.Logger) -> Path:
     _check_single_file_name(url_filename(url), url)
-    return download_file(url, download_path(url, cache_dir / "downloads"), hf_token, log)
+    target = download_path(url, cache_dir / "downloads")
+    return download_file(url, target, hf_token, log,
+                         check=lambda file: weights_file_problem(file, target.suffix))
+
+
+def _check_single_file(file: Path, spec: str) -> None:
+    """Before any reader sees it: a web page saved under a model's name is named as such."""
+    problem = weights_file_problem(file)
+    if problem is not None:
+        raise ModelError(f"Model {spec!r} is {problem}. Download the file again (its direct download "
+                         "link; a site may answer with a login or error page), and pass its path.")
 
 
 def _check_single_file_name(name: str, spec: str) -> None:

@@ -132,8 +132,11 @@ def upright_size(name: str, data: bytes) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
-def prepare_photo(name: str, data: bytes, resolution: int) -> PreparedPhoto:
-    """The fast path: reduced JPEG decode, crop box in upright pixels, resize, turn upright."""
+def prepare_photo(name: str, data: bytes, resolution: int, box: Box | None = None) -> PreparedPhoto:
+    """The fast path: reduced JPEG decode, crop box in upright pixels, resize, turn upright.
+
+    `box`: crop there (upright pixels, as a manifest records it) instead of around the face
+    found; the same photo and box give the same image."""
     image = open_photo(name, data)
     try:
         orientation = image.getexif().get(_ORIENTATION, 1)
@@ -154,10 +157,11 @@ def prepare_photo(name: str, data: bytes, resolution: int) -> PreparedPhoto:
         pixels = image.convert("RGB")
     except (OSError, ValueError, SyntaxError) as exc:
         raise unreadable(name, exc) from exc
-    upright = pixels.transpose(turn) if turn is not None else pixels
-    found = faces.find_faces(upright)
-    face = tuple(round(v * scale) for v in found[0]) if found else None
-    box = square_around(upright_size, face)
+    face = None
+    if box is None:
+        found = faces.find_faces(pixels.transpose(turn) if turn is not None else pixels)
+        face = tuple(round(v * scale) for v in found[0]) if found else None
+        box = square_around(upright_size, face)
     raw_box = _to_raw(box, orientation, raw_width, raw_height)
     square = pixels.resize((resolution, resolution), Image.Resampling.LANCZOS,
                            box=tuple(v / scale for v in raw_box), reducing_gap=3.0)

@@ -10,6 +10,7 @@ the import recorded (`PhotoSet`: each file's sha256) travels to the later steps.
 from __future__ import annotations
 
 import hashlib
+import logging
 import posixpath
 import threading
 from collections.abc import Callable
@@ -189,11 +190,14 @@ def require_photos(session: Session, folder: str | Path | None) -> None:
         find_photos(folder)
 
 
-def refuse_changed_photos(session: Session, state: SessionState, folder: str | Path | None) -> None:
+def refuse_changed_photos(session: Session, state: SessionState,
+                          folder: str | Path | None) -> dict[str, Reader] | None:
     """A session that has started training keeps its photos: a different folder is refused
-    (an unreachable one is not: the session has its own copies, perhaps on another machine)."""
+    (an unreachable one is not: the session has its own copies, perhaps on another machine).
+    Returns the folder's files when it holds the session's photos (they can put back a copy
+    edited since), else None."""
     if folder is None or not state.training_started or not reachable(folder):
-        return
+        return None
     files = folder_files(folder)
     given = {name: hashlib.sha256(files[name]()).hexdigest() for name in import_names(files)}
     if given != state.photos:
@@ -201,6 +205,63 @@ def refuse_changed_photos(session: Session, state: SessionState, folder: str | P
             f"the photos in {str(folder)!r} differ from those session {session.name!r} was "
             "started with. Run without --photos to continue the session, or choose a new "
             "--session name for the new photos.")
+    return files
+
+
+def hashing_readers(files: dict[str, Reader]) -> tuple[dict[str, Reader], dict[str, str]]:
+    """The same readers, and the sha256 of what each one read, filled in as they are called
+    (so a file is hashed where it is read anyway, and its bytes are not kept)."""
+    hashes: dict[str, str] = {}
+
+    def hashing(name: str, read: Reader) -> Reader:
+        def read_and_hash() -> bytes:
+            data = read()
+            hashes[name] = hashlib.sha256(data).hexdigest()
+            return data
+        return read_and_hash
+    return {name: hashing(name, read) for name, read in files.items()}, hashes
+
+
+def checked_copies(session: Session, state: SessionState, copies: dict[str, Reader], hashes: dict[str, str],
+                   originals: dict[str, Reader] | None, log: logging.Logger) -> PhotoSet:
+    """The session's photo set once its copies in photos/ (`copies`; `hashes`: those already
+    read) are checked against the sha256s recorded at the import. A copy edited (or a caption
+    file removed) by hand since:
+    - before training started, is taken as it is now: recorded again, so its training image is
+      prepared again (the same as passing the edited folder with --photos);
+    - after, is put back from `originals` (the --photos folder the session started with) when
+      given, else refused: the session's fingerprint covers the dataset it trains on, and the
+      old crop must not go on standing in for a photo that is no longer there."""
+    found = {name: hashes.get(name) or _sha256_of(copies[name]) for name in state.photos}
+    changed = sorted(name for name in state.photos if found[name] != state.photos[name])
+    if not changed:
+        return PhotoSet(files=state.photos)
+    shown = ", ".join(f"{PHOTOS}/{name}" for name in changed)
+    if not state.training_started:
+        log.warning("%s changed in session %r since it was imported; training uses it as it is now (its "
+                    "image is prepared again)", shown, session.name)
+        hashes = {name: sha for name, sha in found.items() if sha is not None}
+        update_state(session, photos=hashes)
+        return PhotoSet(files=hashes)
+    if originals is not None:
+        for name in changed:
+            session.write_bytes(f"{PHOTOS}/{name}", originals[name]())
+        log.warning("%s changed in session %r after training started; put back from the photos folder "
+                    "given", shown, session.name)
+        return PhotoSet(files=state.photos)
+    raise DatasetError(
+        f"{shown} in session {session.name!r} changed (or went missing) after training started: the "
+        "session has trained on the photo as it was imported, and its training fingerprint covers that "
+        "dataset. Either put the original back (run again with --photos and the folder the session was "
+        f"started with, which copies it back, or copy it to {session.url}/{PHOTOS}/ yourself), or train on "
+        "the edited photo in a new session (--session NEW_NAME --photos FOLDER).")
+
+
+def _sha256_of(read: Reader) -> str | None:
+    try:
+        return hashlib.sha256(read()).hexdigest()
+    except FileNotFoundError:
+        return None
 
 
 def import_files(session: Session, files: dict[str, Reader], source: str) -> PhotoSet:

@@ -4,10 +4,15 @@ Preparation is cached per photo: a prepared image is named after the key of what
 made it (source sha256, resolution, PREPARE_VERSION, face detector), so a rerun,
 or a photo set that gained one photo, prepares only the photos whose key has no
 image yet. Photos are prepared in a process pool (one worker per core).
+
+Prepared images are derived files: every run checks each against the sha256 the manifest
+records, and one that is missing or changed (deleted or edited by hand) is made again from
+its photo, at the recorded crop, with a warning naming it. A damaged manifest is rebuilt.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import multiprocessing
 import os
@@ -17,11 +22,11 @@ from concurrent.futures import Future, ProcessPoolExecutor
 
 from pydantic import BaseModel, ConfigDict
 
-from dreambooth_core.errors import DatasetError
+from dreambooth_core.errors import DatasetError, SessionError
 from dreambooth_core.hashing import digest
 from dreambooth_core.photos import faces
 from dreambooth_core.photos.contact_sheet import contact_sheet
-from dreambooth_core.photos.crop import PREPARE_VERSION, PreparedPhoto, prepare_or_error
+from dreambooth_core.photos.crop import PREPARE_VERSION, PreparedPhoto, prepare_or_error, prepare_photo
 from dreambooth_core.photos.originals import PhotoSet
 from dreambooth_core.reports.terminal import progress_bar
 from dreambooth_core.session.dataset_manifest import (
@@ -98,13 +103,16 @@ def prepare_dataset(session: Session, photos: dict[str, str], resolution: int,
     Every unreadable photo is collected and reported at once."""
     log = log or logging.getLogger("dreambooth")
     names = sorted(photos)
-    known = {item.file: item for item in reuse if session.exists(item.file)}
+    wanted = {prepared_file(photos[name], resolution) for name in names}
+    intact = [_intact(session, item, log) for item in reuse if item.file in wanted]
+    known = {item.file: item for item in intact if item is not None}
     items: dict[str, DatasetItem] = {}
     for name in names:
         file = prepared_file(photos[name], resolution)
         if file in known:
             items[name] = DatasetItem(file=file, source=f"{PHOTOS}/{name}", source_sha256=photos[name],
-                                      crop_box=known[file].crop_box, face_box=known[file].face_box)
+                                      crop_box=known[file].crop_box, face_box=known[file].face_box,
+                                      sha256=known[file].sha256)
     todo = [name for name in names if name not in items]
     problems = []
     results = prepare_many([(name, session.read_bytes(f"{PHOTOS}/{name}")) for name in todo], resolution, workers)
@@ -118,7 +126,8 @@ def prepare_dataset(session: Session, photos: dict[str, str], resolution: int,
         session.write_bytes(file, result.png)
         items[name] = DatasetItem(file=file, source=f"{PHOTOS}/{name}", source_sha256=photos[name],
                                   crop_box=list(result.crop_box),
-                                  face_box=list(result.face_box) if result.face_box else None)
+                                  face_box=list(result.face_box) if result.face_box else None,
+                                  sha256=_sha256(result.png))
     bar.close()
     if problems:
         raise DatasetError("some photos cannot be used:\n  " + "\n  ".join(problems))
@@ -135,15 +144,18 @@ def build_dataset(session: Session, photos: PhotoSet, resolution: int,
     reports/contact_sheet.png."""
     log = log or logging.getLogger("dreambooth")
     state = load_state(session)
-    old = load_dataset_manifest(session)
+    old = _readable_manifest(session, log)
     # Once training has started the prepared images are part of its fingerprint: a new
     # PREPARE_VERSION or detector applies to new sessions only.
     if (old and old.photos_digest == photos.digest and old.resolution == resolution
             and (old.method == method() or (state and state.training_started))):
-        if not session.exists(CONTACT_SHEET):
-            session.write_bytes(CONTACT_SHEET, contact_sheet([session.read_bytes(i.file) for i in old.items]))
-        log.info("Dataset already prepared (%d photos)", len(old.items))
-        return _summary(old, 0)
+        manifest, remade = _heal(session, old, log)
+        if remade or not session.exists(CONTACT_SHEET):
+            images = [session.read_bytes(i.file) for i in manifest.items]
+            session.write_bytes(CONTACT_SHEET, contact_sheet(images))
+        log.info("Dataset already prepared (%d photos%s)", len(manifest.items),
+                 f"; {remade} made again" if remade else "")
+        return _summary(manifest, remade)
     images = {name: photos.files[name] for name in photos.photos}
     items = prepare_dataset(session, images, resolution, log, old.items if old else (), workers)
     manifest = DatasetManifest(resolution=resolution, photos_digest=photos.digest, method=method(), items=items,
@@ -153,6 +165,60 @@ def build_dataset(session: Session, photos: PhotoSet, resolution: int,
     _remove_unlisted(session, {i.file for i in items})
     before = {o.file for o in old.items} if old else set()
     return _summary(manifest, sum(1 for i in items if i.file not in before))
+
+
+def _heal(session: Session, manifest: DatasetManifest, log: logging.Logger) -> tuple[DatasetManifest, int]:
+    """The manifest with every prepared image intact: one missing or changed is made again from
+    its photo at the recorded crop (the same image), with a warning; sha256s an older manifest
+    lacks are recorded. Returns it and how many images were made again."""
+    items, remade = [], 0
+    for item in manifest.items:
+        intact = _intact(session, item, log)
+        if intact is None:
+            intact, remade = _remake(session, item, manifest.resolution), remade + 1
+        items.append(intact)
+    if items != manifest.items:
+        manifest = manifest.model_copy(update={"items": items})
+        save_dataset_manifest(session, manifest)
+    return manifest, remade
+
+
+def _remake(session: Session, item: DatasetItem, resolution: int) -> DatasetItem:
+    photo = session.read_bytes(item.source)
+    if _sha256(photo) != item.source_sha256:
+        raise DatasetError(
+            f"{session.url}/{item.source} changed since {item.file} was prepared from it, so the image "
+            "cannot be made again. Put the photo back (run with --photos and the folder the session was "
+            "started with), or start a new --session.")
+    png = prepare_photo(item.source, photo, resolution, tuple(item.crop_box)).png
+    session.write_bytes(item.file, png)
+    return item.model_copy(update={"sha256": _sha256(png)})
+
+
+def _intact(session: Session, item: DatasetItem, log: logging.Logger) -> DatasetItem | None:
+    """`item` with its image's sha256 recorded, or None (with a warning) when the image is
+    missing or differs from the sha256 recorded."""
+    data = session.read_bytes(item.file) if session.exists(item.file) else None
+    found = _sha256(data) if data is not None else None
+    if found is not None and item.sha256 in (None, found):
+        return item.model_copy(update={"sha256": found})
+    why = "missing" if data is None else "not the image that was prepared (its sha256 differs)"
+    log.warning("%s/%s (prepared from %s) is %s; preparing it again from the photo", session.url, item.file,
+                item.source, why)
+    return None
+
+
+def _readable_manifest(session: Session, log: logging.Logger) -> DatasetManifest | None:
+    """The dataset manifest, or None when there is none or it is damaged (it is rebuilt)."""
+    try:
+        return load_dataset_manifest(session)
+    except SessionError:
+        log.warning("%s/%s is damaged; preparing the photos again", session.url, DATASET_MANIFEST)
+        return None
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _remove_unlisted(session: Session, files: set[str]) -> None:

@@ -9,6 +9,7 @@ Verdicts: `error` (the set cannot be trained on until it is fixed), `warning`
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 from collections import Counter
@@ -29,7 +30,9 @@ from dreambooth_core.photos.originals import (
     IMAGE_EXTENSIONS,
     PhotoSet,
     Reader,
+    checked_copies,
     folder_files,
+    hashing_readers,
     import_files,
     import_names,
     read_once,
@@ -130,20 +133,25 @@ def session_files(session: Session, names: list[str]) -> dict[str, Reader]:
     return {name: (lambda n=name: session.read_bytes(f"{PHOTOS}/{n}")) for name in names}
 
 
-def check_session_photos(session: Session, folder: str | None,
-                         settings: ValidationSettings) -> tuple[DatasetReport, PhotoSet | None]:
+def check_session_photos(session: Session, folder: str | None, settings: ValidationSettings,
+                         log: logging.Logger | None = None) -> tuple[DatasetReport, PhotoSet | None]:
     """Check the photos this run will use, each read once: the given folder, imported into the
     session when it is usable (so a fixed folder can simply be passed again), else the session's
-    own copies. Returns the report and the session's photo set (None when not usable)."""
+    own copies, which must still be the photos recorded (checked_copies). Returns the report and
+    the session's photo set (None when not usable)."""
     state = load_state(session)
     if uses_given_photos(state, folder):
         listed = folder_files(folder)
         files = read_once(listed, keep=import_names(listed))
         report = validate_files(files, settings, str(folder))
         return report, import_files(session, files, str(folder)) if report.usable else None
-    refuse_changed_photos(session, state, folder)
-    report = validate_files(session_files(session, sorted(state.photos)), settings, f"session {session.name!r}")
-    return report, PhotoSet(files=state.photos) if report.usable else None
+    originals = refuse_changed_photos(session, state, folder)
+    copies, hashes = hashing_readers(session_files(session, sorted(state.photos)))
+    report = validate_files(copies, settings, f"session {session.name!r}")
+    if not report.usable:
+        return report, None
+    return report, checked_copies(session, state, copies, hashes, originals,
+                                  log or logging.getLogger("dreambooth"))
 
 
 def warning_lines(report: DatasetReport) -> list[str]:

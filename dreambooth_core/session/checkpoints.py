@@ -187,19 +187,26 @@ class CheckpointStore:
             self.session.read_json(f"{checkpoint_folder(step)}/{CHECKPOINT_MANIFEST}"))
 
     def _manifest_if_sizes_match(self, step: int) -> CheckpointManifest | None:
-        folder = checkpoint_folder(step)
+        """The manifest of `step`, or None: quietly when there is none (never committed), with a
+        warning naming what is wrong when it is damaged or a file it lists is gone or resized."""
         try:
             manifest = self._read_manifest(step)
-            for name, expected in manifest.files.items():
-                if self.session.size(f"{folder}/{name}") != expected.size:
-                    raise ValueError(f"{name} has the wrong size")
         except FileNotFoundError:
             return None
         except ValueError as exc:  # unreadable JSON, or not a manifest (a ValidationError)
-            self.log.warning("Checkpoint at step %d is unusable (%s); falling back to the "
-                             "previous one", step, exc)
-            return None
+            return self._unusable(step, f"its {CHECKPOINT_MANIFEST} is damaged: {exc}")
+        for name, expected in manifest.files.items():
+            try:
+                size = self.session.size(f"{checkpoint_folder(step)}/{name}")
+            except FileNotFoundError:
+                return self._unusable(step, f"{name} is missing")
+            if size != expected.size:
+                return self._unusable(step, f"{name} has the wrong size")
         return manifest
+
+    def _unusable(self, step: int, why: str) -> None:
+        self.log.warning("Checkpoint at step %d is unusable (%s); falling back to the previous one",
+                         step, why)
 
     def _step_dirs(self) -> list[int]:
         names = self.session.list(CHECKPOINTS)

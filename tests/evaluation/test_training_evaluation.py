@@ -111,3 +111,33 @@ def test_a_killed_run_with_evaluation_resumes_to_the_same_weights_and_report(wit
     assert "Resuming from committed checkpoint at step 2" in resumed.stderr
     assert_same(weights(tmp_path / "s"), weights(without))
     assert {int(r["step"]) for r in rows(tmp_path / "s")} == {0, 2, 4, 6}
+
+
+def test_renders_a_kill_cut_short_are_made_by_the_next_run_from_the_step_checkpoint(evaluated, tmp_path,
+                                                                                  prefect_api_url):
+    """Killed inside step 4's evaluation, then (another session) inside step 4's samples, each
+    once the checkpoint is committed: the rerun finds step 4 trained and renders what is
+    missing from its checkpoint, the same rows and the same grid an unbroken run makes."""
+    both, samples_only = tmp_path / "both", tmp_path / "samples"
+    evaluating = train_args(both, "--evaluate-every", "1", *SMALL, "--sample-every", "1")
+    killed = run_cli(prefect_api_url, *evaluating, kill_at="evaluate:5")  # base: 1-2, step 2: 3-4
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert {int(r["step"]) for r in rows(both / "s")} == {0, 2}
+    resumed = run_cli(prefect_api_url, *evaluating)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Step 4: its rows in reports/evaluation.csv missing" in resumed.stderr
+    made_up = {(r["step"], r["metric"]): float(r["mean"]) for r in rows(both / "s")}
+    unbroken = {(r["step"], r["metric"]): float(r["mean"]) for r in rows(evaluated)}
+    assert made_up.keys() == unbroken.keys()
+    assert all(abs(made_up[k] - unbroken[k]) < 1e-4 for k in unbroken), (made_up, unbroken)
+
+    sampling = train_args(samples_only, "--sample-every", "1")
+    killed = run_cli(prefect_api_url, *sampling, kill_at="sample:2")  # step 2's grid is render 1
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert not (samples_only / "s" / "samples" / "step-000004.png").exists()
+    resumed = run_cli(prefect_api_url, *sampling)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Step 4: samples/step-000004.png missing" in resumed.stderr
+    for step in (2, 4, 6):
+        grid = f"samples/step-{step:06d}.png"
+        assert (samples_only / "s" / grid).read_bytes() == (both / "s" / grid).read_bytes(), grid

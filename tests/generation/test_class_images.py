@@ -164,3 +164,20 @@ def test_the_store_works_on_object_storage(session, tiny_model_path):
     again = make(session, storage, tiny_model_path, 2)
     assert first.generated >= 2 and again.generated == 0
     assert [len(data) > 0 for _, data in read_class_images(again)] == [True, True]
+
+
+def test_a_deleted_class_image_and_a_damaged_manifest_are_made_again_the_same(session, tmp_path,
+                                                                              tiny_model_path):
+    """Derived files: the manifest is written by every run, and a missing image is rendered
+    again from its own seed, to the same bytes."""
+    storage = tmp_path / "sessions"
+    first = make(session, storage, tiny_model_path, 3)
+    images = files_of(storage, first)
+    store = open_class_store(str(storage))
+    store.remove(first.sets[0].files[1])
+    session.write_bytes(CLASS_MANIFEST, b'{"storage": ')
+
+    again = make(session, storage, tiny_model_path, 3)
+
+    assert again.generated >= 1 and files_of(storage, again) == images
+    assert session.read_json(CLASS_MANIFEST) == first.model_dump(exclude={"generated"})

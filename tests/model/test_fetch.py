@@ -267,6 +267,62 @@ def test_web_page_instead_of_a_file_is_refused(tmp_path):
     assert not list((tmp_path / "downloads").rglob("model.safetensors"))
 
 
+PAGE = b"<!DOCTYPE html>\n<html><body>Please log in to download this model</body></html>"
+
+
+def test_a_web_page_sent_as_the_file_is_not_cached_and_the_next_run_asks_again(single_files, tiny, tmp_path):
+    """A site that sends its login page without saying it is HTML: refused, and not kept."""
+    page = (200, {"Content-Type": "application/octet-stream"}, PAGE)
+    with FakeServer({"/model.safetensors": page}) as server:
+        url = server.url("/model.safetensors")
+        with pytest.raises(ModelError) as caught:
+            fetch_model(url, tmp_path, model_config=tiny.path)
+        server.routes["/model.safetensors"] = single_files["safetensors"].read_bytes()  # the site is fixed
+        model = fetch_model(url, tmp_path, model_config=tiny.path)
+
+    message = str(caught.value)
+    assert "not a safetensors file but an HTML page" in message and "header too large" not in message
+    assert str(download_path(url, tmp_path / "downloads").parent) in message
+    assert "next run downloads" in message
+    assert len(server.requests) == 2  # the second run asked the server again
+    assert model.digest == hashlib.sha256(single_files["safetensors"].read_bytes()).hexdigest()
+
+
+def test_a_bad_file_an_older_run_left_in_the_cache_is_discarded_and_fetched_again(single_files, tiny,
+                                                                                  tmp_path, caplog):
+    with FakeServer({"/model.safetensors": single_files["safetensors"].read_bytes()}) as server:
+        url = server.url("/model.safetensors")
+        cached = download_path(url, tmp_path / "downloads")
+        cached.parent.mkdir(parents=True)
+        cached.write_bytes(PAGE)
+        with caplog.at_level("WARNING", logger="dreambooth"):
+            model = fetch_model(url, tmp_path, model_config=tiny.path)
+
+    assert len(server.requests) == 1
+    assert f"{cached}, downloaded before from {url}, is not a safetensors file but an HTML page" \
+        in caplog.text
+    assert model.digest == hashlib.sha256(single_files["safetensors"].read_bytes()).hexdigest()
+
+
+def test_a_web_page_sent_as_a_ckpt_is_named_as_such_not_as_hidden_code(tiny, tmp_path):
+    with FakeServer({"/model.ckpt": (200, {"Content-Type": "application/octet-stream"}, PAGE)}) as server:
+        with pytest.raises(ModelError) as caught:
+            fetch_model(server.url("/model.ckpt"), tmp_path, model_config=tiny.path)
+    message = str(caught.value)
+    assert "not a PyTorch checkpoint but an HTML page (it starts with '<!DOCTYPE html> <html>" in message
+    assert "code" not in message
+    assert {p.name for p in (tmp_path / "downloads").rglob("model.ckpt*")} == {"model.ckpt.lock"}
+
+
+@pytest.mark.parametrize("name", ["model.ckpt", "model.safetensors"])
+def test_a_local_web_page_saved_as_a_model_is_named_as_such(name, tiny, tmp_path):
+    (tmp_path / name).write_bytes(PAGE)
+    with pytest.raises(ModelError, match="but an HTML page") as caught:
+        fetch_model(str(tmp_path / name), tmp_path / "cache", model_config=tiny.path)
+    assert str(tmp_path / name) in str(caught.value) and "code" not in str(caught.value)
+    assert (tmp_path / name).read_bytes() == PAGE  # the user's own file is left alone
+
+
 def test_refused_connection_is_transient(tmp_path):
     url = closed_port_url("/m.safetensors")
 

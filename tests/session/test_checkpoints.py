@@ -63,3 +63,24 @@ def test_load_latest_respects_max_step(session):
     for step in (4, 8, 12):
         save(store, step)
     assert store.load_latest(max_step=10).step == 8
+
+
+@pytest.mark.parametrize(("damage", "says"), [
+    (lambda s: s.remove(f"{step_folder(2)}/state.bin"), "state.bin is missing"),
+    (lambda s: s.write_bytes(f"{step_folder(2)}/weights.bin", b"short"), "weights.bin has the wrong size"),
+    (lambda s: s.write_bytes(f"{step_folder(2)}/{MANIFEST}", b'{"step": 2, "files": {'),
+     "its MANIFEST.json is damaged"),
+])
+def test_a_damaged_latest_checkpoint_is_named_and_the_previous_one_used(damage, says, session, caplog):
+    """A checkpoint cannot be rebuilt from the session's originals: the previous one is used,
+    with a warning naming the step and what is wrong."""
+    store = CheckpointStore(session)
+    save(store, 1)
+    save(store, 2)
+    damage(session)
+    with caplog.at_level(logging.WARNING, logger="dreambooth"):
+        assert store.latest_step() == 1
+        assert store.load_latest().step == 1
+    assert f"Checkpoint at step 2 is unusable ({says}" in caplog.text
+    save(store, 3)  # the next commit cleans the damaged one up
+    assert session.list("checkpoints") == ["step-000001", "step-000003"]

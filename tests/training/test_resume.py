@@ -103,3 +103,37 @@ def test_bit_flipped_checkpoint_is_detected_by_its_hash(prefect_api_url, referen
     assert "Checkpoint at step 8 is corrupt" in log
     assert "Resuming from committed checkpoint at step 4" in log
     assert_same_weights(final_unet(tmp_path / "sessions" / "ref"), final_unet(reference))
+
+
+def test_damaged_derived_files_heal_and_an_edited_photo_is_not_trained_as_its_old_crop(
+        prefect_api_url, reference, tmp_path, photos):
+    """Prepared images deleted or edited by hand are made again, a damaged dataset manifest is
+    rebuilt, and a photo edited in the session after training started is refused until it is
+    put back: the run then ends with the uninterrupted model."""
+    storage, session = tmp_path / "sessions", tmp_path / "sessions" / "ref"
+    assert run_cli(prefect_api_url, tmp_path, *train_args(storage, "ref", photos, steps=4)).returncode == 0
+    items = sorted(session.glob("dataset/*.png"))
+    items[0].unlink()
+    items[1].write_bytes(items[2].read_bytes())
+    edited = sorted((session / "photos").iterdir())[0]
+    edited.write_bytes(sorted((session / "photos").iterdir())[1].read_bytes())
+    without_photos = [a for a in train_args(storage, "ref", photos, steps=8) if a != str(photos)]
+    without_photos.remove("--photos")
+
+    refused = run_cli(prefect_api_url, tmp_path, *without_photos)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    error = refused.stderr[refused.stderr.index("error: "):]
+    assert f"photos/{edited.name} in session 'ref' changed" in error and "Traceback" not in refused.stderr
+
+    healed = run_cli(prefect_api_url, tmp_path, *train_args(storage, "ref", photos, steps=8))
+    assert healed.returncode == 0, healed.stderr[-3000:]
+    assert f"photos/{edited.name} changed in session 'ref' after training started; put back" in healed.stderr
+    assert f"{items[0].name} (prepared from" in healed.stderr and "is missing" in healed.stderr
+    assert f"{items[1].name} (prepared from" in healed.stderr
+    assert "not the image that was prepared" in healed.stderr
+
+    (session / "dataset" / "manifest.json").write_text("{")
+    last = run_cli(prefect_api_url, tmp_path, *train_args(storage, "ref", photos))
+    assert last.returncode == 0, last.stderr[-3000:]
+    assert "dataset/manifest.json is damaged; preparing the photos again" in last.stderr
+    assert_same_weights(final_unet(session), final_unet(reference))
