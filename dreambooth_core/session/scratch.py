@@ -31,12 +31,12 @@ def scratch_folder(session: Session, purpose: str) -> Iterator[Path]:
     remove_abandoned(session, purpose)
     if session.is_local:
         folder = Path(temporary_name(session.path(purpose)))
-        with storage_writes(session.storage, f"the {purpose} files", session.root, inside=session.root):
-            folder.mkdir(parents=True)
-            try:
+        try:  # the error is judged while the folder still takes the space it filled
+            with storage_writes(session.storage, f"the {purpose} files", session.root, inside=session.root):
+                folder.mkdir(parents=True)
                 yield folder
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
         return
     folder = Path(tempfile.gettempdir()) / f"dreambooth-{purpose}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     folder.mkdir(parents=True)
