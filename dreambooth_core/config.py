@@ -23,6 +23,18 @@ STEPS_PER_PHOTO = 100
 DEFAULT_LEARNING_RATES = {"dreambooth": 2e-6, "lora": 1e-4, "textual-inversion": 5e-4}
 DEFAULT_INFERENCE_STEPS = 25  # rendering: DPM-Solver++ gives good images in 20-25 steps
 DEFAULT_GUIDANCE_SCALE = 7.5
+# Upper bounds no real use comes near, so a typo is refused before it costs memory or days:
+# 100-200 steps per photo train a subject; 10^6 steps are over a day on the fastest GPU.
+MAX_STEPS = 1_000_000
+# Each chunk commits a checkpoint and is a task run, and the plan lists every chunk.
+MAX_CHUNKS = 10_000
+# Prior preservation uses 200-1,000 class images per subject (the paper: 1,000).
+MAX_CLASS_IMAGES = 10_000
+# SDXL renders 1024 px; 4x that is past what any family renders whole (subjects repeat), and
+# attention memory grows with the square of the pixels.
+MAX_IMAGE_SIDE = 4096
+MAX_IMAGES_PER_PROMPT = 64
+MAX_INFERENCE_STEPS = 500  # schedulers converge in 20-50
 Method = Literal["dreambooth", "lora", "textual-inversion"]
 
 
@@ -108,7 +120,7 @@ class TrainingSettings(Section):
 
     resolution: int | None = Field(None, ge=64, description="Training size in pixels, a multiple "
                                    "of 8 (default: the base model's own, 512 for SD 1.x).")
-    steps: int | None = Field(None, ge=1, description=f"Total UNet training steps (default: "
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS, description=f"Total UNet training steps (default: "
                               f"{STEPS_PER_PHOTO} x number of photos).")
     seed: int = Field(0, ge=0, description="Seed of all training randomness.")
     method: Method = Field(
@@ -141,9 +153,9 @@ class TrainingSettings(Section):
     text_encoder_steps: int = Field(350, ge=0, description="Train the text encoder with the UNet "
                                     "for the first N steps, then freeze it; 0 is off.")
     text_encoder_learning_rate: float = Field(1e-6, gt=0, description="Text encoder learning rate.")
-    class_images: int = Field(200, ge=0, description="Prior preservation: class images per "
-                              "subject, generated once with the base model and reused; used when "
-                              "a class word is set; 0 is off.")
+    class_images: int = Field(200, ge=0, le=MAX_CLASS_IMAGES, description="Prior preservation: class "
+                              "images per subject, generated once with the base model and reused; "
+                              "used when a class word is set; 0 is off.")
     class_images_folder: str | None = Field(None, description="Your own class images instead of "
                                             "generated ones (sub-folders per subject token when "
                                             "subjects differ in class).")
@@ -257,8 +269,9 @@ class EvaluationSettings(Section):
         "openai/clip-vit-large-patch14, fetched once), tiny (small random ones, offline: numbers "
         "without meaning); auto: tiny for the built-in tiny base models, else hub.")
     evaluation_prompts: int = Field(4, ge=1, le=25, description="Prompts per subject, of the paper's 25.")
-    evaluation_images: int = Field(2, ge=1, description="Images per prompt.")
-    evaluation_inference_steps: int = Field(20, ge=1, description="Denoising steps of each image.")
+    evaluation_images: int = Field(2, ge=1, le=MAX_IMAGES_PER_PROMPT, description="Images per prompt.")
+    evaluation_inference_steps: int = Field(20, ge=1, le=MAX_INFERENCE_STEPS,
+                                            description="Denoising steps of each image.")
 
     def judges_for(self, base_model: str) -> str:
         if self.evaluation_judges != "auto":
@@ -364,6 +377,13 @@ class DreamBoothConfig(BaseModel):
                              "digits, '.', '_' or '-' (no slashes, no '..')")
         return name
 
+    @model_validator(mode="after")
+    def _chunk_count(self) -> "DreamBoothConfig":
+        steps = self.training.steps
+        if steps and (problem := too_many_chunks(steps, self.runtime.chunk_steps)):
+            raise ValueError(problem)
+        return self
+
     def training_values(self) -> dict[str, Any]:
         """The settings whose change would change the trained weights, flat."""
         values: dict[str, Any] = {}
@@ -386,6 +406,16 @@ SECTIONS: dict[str, type[Section]] = {
 # Setting name -> the section that holds it (names are unique across sections).
 SECTION_OF: dict[str, str] = {name: section for section, kind in SECTIONS.items() for name in kind.model_fields}
 assert len(SECTION_OF) == sum(len(kind.model_fields) for kind in SECTIONS.values()), "a setting is in two sections"
+
+
+def too_many_chunks(total: int, chunk_steps: int) -> str | None:
+    """Why `total` steps cannot be cut into chunks of `chunk_steps`, or None when they can."""
+    chunks = -(-total // chunk_steps)
+    if chunks <= MAX_CHUNKS:
+        return None
+    return (f"--chunk-steps {chunk_steps} cuts {total} steps into {chunks} chunks, each committing a "
+            f"checkpoint; at most {MAX_CHUNKS} are allowed: pass --chunk-steps {-(-total // MAX_CHUNKS)} "
+            "or more")
 
 
 def nest_settings(data: dict[str, Any]) -> dict[str, Any]:
@@ -424,12 +454,13 @@ class GenerationSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     seed: int = Field(0, description="Seed of the starting noise: image m of every prompt starts "
                       "from the same noise.")
-    count: int = Field(1, ge=1, le=64, description="Images per prompt.")
+    count: int = Field(1, ge=1, le=MAX_IMAGES_PER_PROMPT, description="Images per prompt.")
     guidance_scale: float = Field(DEFAULT_GUIDANCE_SCALE, ge=0, description="Classifier-free guidance "
                                   "scale: higher follows the prompt more closely.")
-    inference_steps: int = Field(DEFAULT_INFERENCE_STEPS, ge=1, le=500, description="Denoising steps per image.")
+    inference_steps: int = Field(DEFAULT_INFERENCE_STEPS, ge=1, le=MAX_INFERENCE_STEPS,
+                                 description="Denoising steps per image.")
     negative_prompt: str = Field("", description="What the images should not show (empty: none).")
-    width: int | None = Field(None, ge=64, multiple_of=8, description="Image width in pixels "
-                              "(default: the session's training resolution).")
-    height: int | None = Field(None, ge=64, multiple_of=8, description="Image height in pixels "
-                               "(default: the session's training resolution).")
+    width: int | None = Field(None, ge=64, le=MAX_IMAGE_SIDE, multiple_of=8, description="Image width "
+                              "in pixels (default: the session's training resolution).")
+    height: int | None = Field(None, ge=64, le=MAX_IMAGE_SIDE, multiple_of=8, description="Image height "
+                               "in pixels (default: the session's training resolution).")

@@ -21,7 +21,15 @@ from dreambooth_core.errors import USER_ERRORS, ConfigError, SessionError
 from dreambooth_core.model.family import SMALLEST_SD_RESOLUTION
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.state import stored_config
-from flows.cli_flags import flag_name, flag_storage, open_flag_session, setting
+from flows.cli_flags import (
+    check_device,
+    flag_name,
+    flag_storage,
+    open_flag_session,
+    refuse_process_local_storage,
+    setting,
+    warn_if_process_local,
+)
 from flows.quiet_libraries import quiet_libraries
 from flows.session_commands import HANDLERS as SESSION_COMMANDS
 from flows.session_commands import add_session_commands
@@ -178,11 +186,16 @@ def _problem(error: dict) -> str:
 
 def check_before_run(flags: dict[str, Any]) -> DreamBoothConfig:
     """What needs no Prefect server, checked before one starts (about a second): the settings,
-    the session name, that the storage takes files, and that the photos folder can be listed."""
+    the session name, the device, that the model cache and the storage take files, and that the
+    photos folder can be listed."""
+    from dreambooth_core.model.cache import model_cache_dir
     from dreambooth_core.photos.originals import require_photos
 
     session = open_flag_session(flags)
     config = config_from_flags(flags, session)
+    check_device(config.runtime.device)
+    model_cache_dir()  # a ConfigError if it cannot hold the model
+    warn_if_process_local(session.storage)
     session.check_writable()
     require_photos(session, config.inputs.photos)
     if config.base_model.vae:
@@ -276,10 +289,10 @@ def _model_configs(config: DreamBoothConfig):
     configs (nothing downloaded), anything else as train would fetch it."""
     import tempfile
 
+    from dreambooth_core.model.cache import model_cache_dir
     from dreambooth_core.model.family import detect_family
     from dreambooth_core.model.fetch import fetch_model
     from dreambooth_core.model.published import HUB_REPOS, write_config_folder
-    from tasks.fetch_base_model import model_cache_dir
 
     base = config.base_model
     with tempfile.TemporaryDirectory(prefix="dreambooth-plan-") as tmp:
@@ -291,24 +304,39 @@ def _model_configs(config: DreamBoothConfig):
 
 
 def upload(flags: dict[str, Any]) -> int:
+    """Checked before anything is copied: the settings, the storage, the photos folder, the server."""
+    from dreambooth_core.photos.originals import require_photos
+    from flows.temporary_server import configured_api_url, require_configured_server
     from flows.upload import emit_uploaded, upload_photos
 
     deployment = flags.pop("deployment")
     if not flags.get("photos"):
         raise ConfigError("upload needs --photos: the folder whose photos go into the session.")
-    config, count = upload_photos(config_from_flags(flags))
+    session = open_flag_session(flags)
+    config = config_from_flags(flags, session)
+    refuse_process_local_storage(config.inputs.storage, "upload")
+    session.check_writable()
+    require_photos(session, config.inputs.photos)
+    api_url = configured_api_url()
+    require_configured_server("the photos are then copied into the session, and no training run is "
+                              "triggered")
+    config, count = upload_photos(config)
     print(f"Uploaded {count} photos to session {config.session!r} ({config.inputs.storage})")
-    if emit_uploaded(config, deployment) is None:
+    if api_url is None:
         print("No Prefect server is set (PREFECT_API_URL), so no training run was triggered. "
               f"Train with: dreambooth train --session {config.session} --storage {config.inputs.storage}",
               file=sys.stderr)
         return 0
+    emit_uploaded(config, deployment, api_url)
     print(f"Sent the upload event: deployment {deployment!r} starts training it "
           "(if its trigger is deployed and a worker is running)")
     return 0
 
 
 def automations(args: dict[str, Any]) -> int:
+    from flows.temporary_server import require_configured_server
+
+    require_configured_server(without=None)  # before Prefect is imported: it reads the URL then
     from prefect.settings import PREFECT_API_URL
 
     from flows.automations import apply_automations, default_heartbeat_timeout
@@ -329,8 +357,8 @@ def tokens(args: dict[str, Any]) -> int:
     from dreambooth_core.captions.suggest import suggest_tokens
     from dreambooth_core.captions.token_report import TOKENIZER_ROLES, analysis_lines
     from dreambooth_core.captions.tokenizer import SECOND_TOKENIZER, load_second_tokenizer, load_tokenizer
+    from dreambooth_core.model.cache import model_cache_dir
     from dreambooth_core.model.fetch import fetch_model
-    from tasks.fetch_base_model import model_cache_dir
 
     word = (args["word"] or "").strip()
     if not word and not args["suggest"]:

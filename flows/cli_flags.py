@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 from pydantic.fields import FieldInfo
 
 from dreambooth_core.config import SECTION_OF, SECTIONS, DreamBoothConfig
-from dreambooth_core.errors import SessionError
+from dreambooth_core.errors import ConfigError, SessionError
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.state import stored_config
 from dreambooth_core.session.storage import storage_location
@@ -38,8 +39,30 @@ def flag_storage(storage: str, storage_block: str | None) -> tuple[str, dict[str
     """(URL, fsspec options) of the storage the flags name; Prefect is imported only for a
     --storage-block (its blocks say how a block name opens storage)."""
     if storage_block:
+        from flows.temporary_server import require_configured_server
+
+        require_configured_server("blocks are then read from Prefect's own database in PREFECT_HOME")
         import blocks.session_storage  # noqa: F401 - registers the block storage
     return storage_location(storage, storage_block)
+
+
+def process_local(storage: str) -> bool:
+    """Whether sessions in `storage` live in this process's memory only (fsspec's memory://)."""
+    return storage.startswith("memory:")
+
+
+def warn_if_process_local(storage: str) -> None:
+    if process_local(storage):
+        print(f"warning: --storage {storage} keeps the session in this process's memory: its checkpoints "
+              "and outputs end when the command does. Pass a folder or a gs:// bucket to keep them.",
+              file=sys.stderr)
+
+
+def refuse_process_local_storage(storage: str, command: str) -> None:
+    if process_local(storage):
+        raise ConfigError(f"--storage {storage} lives in this process's memory only: the run that "
+                          f"{command} starts (another process) would not find the session. Pass a "
+                          "folder or a gs:// bucket that it can reach too.")
 
 
 def open_flag_session(flags: dict[str, Any]) -> Session:
@@ -48,21 +71,35 @@ def open_flag_session(flags: dict[str, Any]) -> Session:
     return Session(url, flags["session"], options)
 
 
+def check_device(name: str) -> None:
+    """--device against what torch can use on this machine, before any server starts (`upload`
+    leaves it to the worker that trains). auto and cpu always exist: torch, a second or two to
+    import, is loaded only to check another name."""
+    if name not in ("auto", "cpu"):
+        from dreambooth_core.training.devices import resolve_device
+
+        resolve_device(name)
+
+
 def trained_session_config(flags: dict[str, Any]) -> tuple[Session, DreamBoothConfig]:
-    """The session the flags name and its stored configuration; an error if there is none."""
+    """The session the flags name and its stored configuration; an error if there is none, or if
+    the session cannot take the files the command writes into it."""
     session = open_flag_session(flags)
     config = stored_config(session)
     if config is None:
-        raise SessionError(f"there is no session {session.name!r} in {session.storage}. Pass the "
+        gone = (f" ({session.storage} holds sessions only while the command that made them runs)"
+                if process_local(session.storage) else "")
+        raise SessionError(f"there is no session {session.name!r} in {session.storage}{gone}. Pass the "
                            "--storage it was trained with, or another --session.")
+    session.check_writable()
     return session, config
 
 
 def trained_base_model(config: DreamBoothConfig, session: Session):
     """The base model the session was trained on, as train fetches it (a LocalModel)."""
     from dreambooth_core.export.step_export import require_trained_model
+    from dreambooth_core.model.cache import model_cache_dir
     from dreambooth_core.model.vae import fetch_base
-    from tasks.fetch_base_model import model_cache_dir
 
     quiet_libraries()
     base = config.base_model

@@ -7,7 +7,13 @@ import sys
 from typing import Any
 
 from dreambooth_core.errors import ConfigError
-from flows.cli_flags import add_storage_flags, flag_name, trained_base_model, trained_session_config
+from flows.cli_flags import (
+    add_storage_flags,
+    check_device,
+    flag_name,
+    trained_base_model,
+    trained_session_config,
+)
 
 
 def add_session_commands(commands) -> None:
@@ -99,16 +105,16 @@ def evaluate(args: dict[str, Any]) -> int:
     from dreambooth_core.evaluation.judges import fetch_judges, load_judges
     from dreambooth_core.evaluation.render_time import cpu_render_warning
     from dreambooth_core.evaluation.session_evaluation import evaluate_session
-    from dreambooth_core.export.step_export import exportable_steps, trained_session
+    from dreambooth_core.export.step_export import exportable_steps, require_step, trained_session
+    from dreambooth_core.model.cache import model_cache_dir
     from dreambooth_core.session.dataset_manifest import require_dataset_manifest
     from dreambooth_core.training.devices import resolve_device
-    from tasks.fetch_base_model import model_cache_dir
 
     session, config = trained_session_config(args)
     steps = _evaluation_steps(args["steps"], exportable_steps(session), session.name)
-    for name in ("prompts", "images", "inference_steps"):
-        if args[name] < 1:
-            raise ConfigError(f"{flag_name(name)} {args[name]}: use 1 or more.")
+    for step in steps:  # before the judges are fetched
+        require_step(session, step, "--steps")
+    _check_evaluation_flags(args)
     manifest = require_dataset_manifest(session)
     images = args["prompts"] * args["images"] * len(manifest.subjects) * (len(steps) + 1)
     _warn_on_cpu(resolve_device("auto"), config.base_model.model, images, args["inference_steps"],
@@ -124,6 +130,22 @@ def evaluate(args: dict[str, Any]) -> int:
           f"(0: the base model): {session.url}/reports/evaluation.csv, .png")
     print(f"Recommended: {report.recommendation.reason}.\nRule: {report.recommendation.rule}.")
     return 0
+
+
+def _check_evaluation_flags(args: dict[str, Any]) -> None:
+    """--prompts, --images and --inference-steps within the bounds of the settings they stand for."""
+    from pydantic import ValidationError
+
+    from dreambooth_core.config import EvaluationSettings
+
+    flags = {"evaluation_prompts": "prompts", "evaluation_images": "images",
+             "evaluation_inference_steps": "inference_steps"}
+    try:
+        EvaluationSettings(**{setting: args[flag] for setting, flag in flags.items()})
+    except ValidationError as exc:
+        named = [(flags[str(e["loc"][0])], e["msg"]) for e in exc.errors()]
+        problems = "; ".join(f"{flag_name(flag)} {args[flag]}: {message}" for flag, message in named)
+        raise ConfigError(f"invalid settings: {problems}.") from None
 
 
 def generate(args: dict[str, Any]) -> int:
@@ -145,6 +167,7 @@ def generate(args: dict[str, Any]) -> int:
     except ValidationError as exc:
         problems = "; ".join(f"{flag_name(str(e['loc'][0]))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"invalid settings: {problems}.") from None
+    check_device(args["device"])
     chosen_step(session, args["step"])  # before the model is fetched
     model = trained_base_model(config, session)
     trained = trained_session(session, model.path, model.family)

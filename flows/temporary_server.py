@@ -31,6 +31,7 @@ from dreambooth_core.session.processes import end_with_parent
 # What Prefect's own temporary server runs with: no UI, the ephemeral server's services.
 _SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
                "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+API_CHECK_SECONDS = 5.0  # a server that is up answers /health in milliseconds
 _ADVICE = ("Run again, or start a server (prefect server start) and set PREFECT_API_URL to it "
            "(e.g. http://127.0.0.1:4200/api).")
 
@@ -113,6 +114,7 @@ def temporary_server() -> Iterator[TemporaryServer | ConfiguredServer]:
 
     Must be entered before Prefect is imported: Prefect reads PREFECT_API_URL once, at import."""
     if configured_api_url():
+        require_configured_server("dreambooth then starts a temporary server of its own for the run")
         yield ConfiguredServer()
         return
     server = TemporaryServer()
@@ -135,19 +137,50 @@ def _send_pending_logs_and_events() -> None:
     EventsWorker.drain_all(timeout=10)
 
 
+def require_configured_server(without: str | None) -> None:
+    """A ConfigError now when PREFECT_API_URL is set but no Prefect server answers there (one that
+    was stopped, a stale profile): Prefect would end in a traceback later, after its retries.
+    `without` says what the command does when no server is set (None: it needs one)."""
+    import httpx
+
+    url, origin = _configured_api_url_and_origin()
+    if url is None:
+        return
+    try:
+        # verify=False: only whether the server is there is asked, and nothing secret is sent
+        answer = httpx.get(f"{url.rstrip('/')}/health", timeout=API_CHECK_SECONDS, verify=False)
+    except httpx.HTTPError as exc:
+        problem = f"no Prefect server answers ({type(exc).__name__}: {exc or 'no answer'})"
+    else:
+        # A server that wants a key (Prefect Cloud) is there; its key is Prefect's to check.
+        if answer.status_code in (200, 401, 403) or "/accounts/" in url:
+            return
+        problem = f"what answers is not a Prefect server (HTTP {answer.status_code} for /health)"
+    unset = ("unset PREFECT_API_URL" if origin == "the environment"
+             else "remove it from the profile (prefect config unset PREFECT_API_URL)")
+    raise ConfigError(f"PREFECT_API_URL is {url} (set in {origin}), but {problem}. Start that server "
+                      f"(prefect server start) or correct the address" +
+                      (f", or {unset}: {without}." if without else "."))
+
+
 def configured_api_url() -> str | None:
     """PREFECT_API_URL from the environment or the active Prefect profile (`prefect config set`),
     read without importing Prefect."""
+    return _configured_api_url_and_origin()[0]
+
+
+def _configured_api_url_and_origin() -> tuple[str | None, str]:
     if os.environ.get("PREFECT_API_URL"):
-        return os.environ["PREFECT_API_URL"]
+        return os.environ["PREFECT_API_URL"], "the environment"
     home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
     path = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser()
     try:
         profiles = _read_toml(path)
     except (OSError, ValueError):  # no profiles file, or one that is not TOML
-        return None
+        return None, ""
     active = os.environ.get("PREFECT_PROFILE") or profiles.get("active", "ephemeral")
-    return profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL") or None
+    url = profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL") or None
+    return url, f"the Prefect profile {active!r} ({path})"
 
 
 def _read_toml(path: Path) -> dict:

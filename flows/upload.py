@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dreambooth_core.config import DreamBoothConfig
+from dreambooth_core.errors import ConfigError
 from dreambooth_core.photos.originals import import_photos
 from dreambooth_core.session.state import open_or_create
 from dreambooth_core.session.storage import open_named_session
@@ -34,15 +35,17 @@ def upload_photos(config: DreamBoothConfig) -> tuple[DreamBoothConfig, int]:
     return config.model_copy(update={"inputs": inputs.model_copy(update={"photos": None})}), len(photos.photos)
 
 
-def emit_uploaded(config: DreamBoothConfig, deployment: str) -> str | None:
-    """Send the event to the Prefect server; returns its id, or None when no server is set."""
-    from prefect.events import emit_event
-    from prefect.events.worker import EventsWorker
-    from prefect.settings import PREFECT_API_URL
+def emit_uploaded(config: DreamBoothConfig, deployment: str, api_url: str) -> str:
+    """Send the event to the Prefect server at `api_url` and return its id once the server has
+    accepted it; a ConfigError when it has not. Sent in one HTTP request, not through Prefect's
+    events worker (emit_event): the worker sends in the background and drops what fails with a
+    log line, so a lost event would look sent."""
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.events import Event
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    if not PREFECT_API_URL.value():
-        return None
-    event = emit_event(
+    event = Event(
         event=UPLOADED,
         resource={"prefect.resource.id": f"dreambooth.session.{config.session}",
                   "prefect.resource.name": config.session,
@@ -50,5 +53,14 @@ def emit_uploaded(config: DreamBoothConfig, deployment: str) -> str | None:
                   "dreambooth.deployment": deployment},
         payload={"config": config.model_dump(mode="json")},
     )
-    EventsWorker.drain_all()  # the process may end right after: send it now
-    return str(event.id) if event else None
+    try:  # to the server that was checked, whatever Prefect read when it was imported
+        with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+            client.request("POST", "/events", json=[event.model_dump(mode="json")])
+    except (httpx.HTTPError, RuntimeError) as exc:  # RuntimeError: Prefect's "Failed to reach API"
+        raise ConfigError(
+            f"the photos are in session {config.session!r}, but the Prefect server at {api_url} did not "
+            f"accept the event that starts its training ({type(exc).__name__}: {exc}), so no run was "
+            "triggered. Once the server answers, run the same upload again (the photos are not copied "
+            f"twice), or train it here: dreambooth train --session {config.session} --storage "
+            f"{config.inputs.storage}") from None
+    return str(event.id)

@@ -1,21 +1,16 @@
 """@task: the base model as a local diffusers folder. Retried on network errors only."""
 
 import os
-from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.tasks import exponential_backoff
 
 from dreambooth_core.config import BaseModelSettings
+from dreambooth_core.model.cache import model_cache_dir
 from dreambooth_core.model.fetch import LocalModel, is_transient
 from dreambooth_core.model.vae import fetch_base
 
 RETRIES = 4
-
-
-def model_cache_dir() -> Path:
-    default = Path.home() / ".cache" / "dreambooth"
-    return Path(os.environ.get("DREAMBOOTH_CACHE", default))
 
 
 def retry_on_network_error(task, task_run, state) -> bool:

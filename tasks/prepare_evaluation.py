@@ -14,9 +14,10 @@ from dreambooth_core.evaluation.training_evaluation import (
     evaluate_base_model,
     training_evaluation,
 )
+from dreambooth_core.model.cache import model_cache_dir
 from dreambooth_core.training.devices import resolve_device
 from dreambooth_core.training.plan import TrainingPlan
-from tasks.fetch_base_model import RETRIES, model_cache_dir, retry_on_network_error
+from tasks.fetch_base_model import RETRIES, retry_on_network_error
 
 
 @task(name="prepare-evaluation", task_run_name="evaluate the base model", retries=RETRIES,

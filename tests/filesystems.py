@@ -30,6 +30,11 @@ def resize(path: Path, size: str) -> None:
     subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True)
 
 
+def set_read_only(path: Path, read_only: bool) -> None:
+    """Remount the filesystem at `path` read-only (writes fail with EROFS), or read-write again."""
+    subprocess.run(["mount", "-o", f"remount,{'ro' if read_only else 'rw'}", str(path)], check=True)
+
+
 def fill(path: Path, leave: int = 0) -> Path:
     """Take all but `leave` bytes of the filesystem at `path` with one file."""
     filler = path / "filler"

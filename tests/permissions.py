@@ -35,12 +35,23 @@ def deny_reading(path: Path) -> None:
     """chmod 000 `path`, and skip the test if a subprocess can still read it (no way to drop
     root's overrides here, e.g. without CAP_SETPCAP)."""
     path.chmod(0)
-    probe = "import os, sys; p = sys.argv[1]; os.listdir(p) if os.path.isdir(p) else open(p, 'rb')"
+    _skip_unless_denied(path, "import os, sys; p = sys.argv[1]; "
+                              "os.listdir(p) if os.path.isdir(p) else open(p, 'rb')")
+
+
+def deny_writing(folder: Path) -> None:
+    """chmod 555 `folder` (readable, nothing can be created in it), and skip the test if a
+    subprocess can still create a file there."""
+    folder.chmod(0o555)
+    _skip_unless_denied(folder, "import os, sys; open(os.path.join(sys.argv[1], '.probe'), 'wb')")
+
+
+def _skip_unless_denied(path: Path, probe: str) -> None:
     try:
         result = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True,
                                 text=True, preexec_fn=bound_by_permissions())
     except subprocess.SubprocessError as exc:
         pytest.skip(f"cannot start a process bound by file permissions: {exc}")
     if "PermissionError" not in result.stderr:
-        pytest.skip("this process reads files whatever their mode (root without a way to drop "
-                    "its capabilities), so a permission error cannot be made here")
+        pytest.skip("this process reads and writes files whatever their mode (root without a way to "
+                    "drop its capabilities), so a permission error cannot be made here")

@@ -70,11 +70,16 @@ def assign_tokens(items: list[DatasetItem], override: str | None,
     """({photo: its subject's token}, {token: the file and folder names it came from})."""
     tokens: dict[str, str] = {}
     origins: dict[str, set[str]] = defaultdict(set)
+    unnamed: set[str] = set()  # names without a letter or digit ('🐶 (1).jpg'): fine with --token
     for item in items:
         try:
             token, where = token_of_photo(item.source)
         except DatasetError as exc:
-            problems.append(str(exc))
+            if not override:
+                problems.append(str(exc))
+                continue
+            tokens[item.source] = override
+            unnamed.add(item.source.split("/", 1)[1])
             continue
         tokens[item.source] = override or token
         origins[token].add(where)
@@ -82,7 +87,7 @@ def assign_tokens(items: list[DatasetItem], override: str | None,
         problems.append(f"--token {override!r} names one subject, but the photos hold {len(origins)} "
                         f"({', '.join(sorted(origins))}). Drop --token to train each under its own.")
     if override:
-        return tokens, {override: set().union(*origins.values())}
+        return tokens, {override: unnamed.union(*origins.values())}
     problems.extend(same_token_problems(origins))
     return tokens, dict(origins)
 

@@ -8,6 +8,8 @@ and the VAE decode 15 s more. Larger images cost about in proportion to their pi
 
 from __future__ import annotations
 
+from dreambooth_core.reports.timing import duration_text
+
 CPU_SECONDS_PER_STEP_512 = 13.8
 CPU_SECONDS_PER_IMAGE_512 = 15.0
 MEASURED_ON = "a 2-core CPU"
@@ -25,14 +27,7 @@ def cpu_render_warning(model: str, images: int, inference_steps: int, resolution
         return None
     seconds = cpu_render_seconds(images, inference_steps, resolution)
     return (f"no CUDA GPU: rendering {images} image(s) of {inference_steps} steps at {resolution} px with "
-            f"{model} on the CPU takes about {_duration(seconds)} (measured on {MEASURED_ON}: "
+            f"{model} on the CPU takes about {duration_text(seconds)} (measured on {MEASURED_ON}: "
             f"{CPU_SECONDS_PER_STEP_512:.1f} s per step at 512 px; benchmarks/render_speed.py). "
             "A GPU renders each image in seconds; fewer images or --inference-steps shorten it.")
 
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} minutes"
-    return f"{seconds / 3600:.1f} hours"

@@ -88,8 +88,8 @@ def exportable_steps(session: Session) -> dict[int, Source]:
     return snapshots | {step: "checkpoint" for step in CheckpointStore(session).committed_steps()}
 
 
-def require_step(session: Session, step: int) -> Source:
-    """Where step `step`'s weights are, or an error listing the steps there are."""
+def require_step(session: Session, step: int, flag: str = "--step") -> Source:
+    """Where step `step`'s weights are, or an error listing the steps there are (to pass as `flag`)."""
     steps = exportable_steps(session)
     if step in steps:
         return steps[step]
@@ -98,7 +98,7 @@ def require_step(session: Session, step: int) -> Source:
                            "train it until its first chunk ends (dreambooth train), then export.")
     listed = ", ".join(f"{s} ({steps[s]})" for s in sorted(steps))
     raise SessionError(f"session {session.name!r} has no checkpoint or snapshot at step {step}. "
-                       f"Steps there are: {listed}. Pass one of them as --step.")
+                       f"Steps there are: {listed}. Pass one of them as {flag}.")
 
 
 def export_step(session: Session, trained: TrainedSession, step: int, precision: str,

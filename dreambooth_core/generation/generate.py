@@ -20,6 +20,7 @@ import torch
 from dreambooth_core.generation.class_store import SEED_STREAM, generated_key, image_name
 from dreambooth_core.generation.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, SCHEDULER, build_pipeline, render
 from dreambooth_core.photos.crop import encode_png
+from dreambooth_core.reports.timing import duration_text
 from dreambooth_core.session.folder import Session
 from dreambooth_core.training.randomness import generator_for
 
@@ -80,8 +81,9 @@ def generate_images(store: Session, request: GenerationRequest, count: int, devi
             if on_image:
                 on_image(index)
         done = sum(image_name(i) in present for i in range(count))
-        log.info("Class images for %r: %d/%d (%.2f images/s)", request.prompt, done, count,
-                 made / (time.perf_counter() - began))
+        rate = made / (time.perf_counter() - began)
+        log.info("Class images for %r: %d/%d (%.2f images/s%s)", request.prompt, done, count, rate,
+                 f", about {duration_text((count - done) / rate)} left" if done < count and rate else "")
     return files, made
 
 

@@ -16,7 +16,30 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from dreambooth_core.errors import ConfigError
+
 _HASH_BLOCK = 1 << 20
+CACHE_VARIABLE = "DREAMBOOTH_CACHE"
+
+
+def model_cache_dir() -> Path:
+    """The folder downloaded and converted models are kept in ($DREAMBOOTH_CACHE, else
+    ~/.cache/dreambooth), created if missing; a ConfigError naming it if it cannot hold files."""
+    given = os.environ.get(CACHE_VARIABLE)
+    folder = Path(given or Path.home() / ".cache" / "dreambooth").expanduser()
+    probe = folder / f".write-check-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        where = f"{CACHE_VARIABLE}={given}" if given else f"the model cache {folder}"
+        file = next((p for p in (folder, *folder.parents) if p.is_file()), None)
+        what = ("is a file, not a folder" if file == folder else f"is not a folder ({file} is a file)"
+                if file else f"cannot hold files ({exc.strerror or exc})")
+        raise ConfigError(f"{where} {what}. Set {CACHE_VARIABLE} to a folder this user can write to "
+                          f"(it is made if missing), or unset it to use ~/.cache/dreambooth.") from None
+    return folder
 
 
 def build_once(target: Path, build: Callable[[Path], None]) -> tuple[Path, bool]:

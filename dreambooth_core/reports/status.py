@@ -51,6 +51,8 @@ def list_sessions(storage: str, options: dict | None = None) -> list[str]:
         fs, root = fsspec.core.url_to_fs(storage, **(options or {}))
         root = root.rstrip("/")
         if not fs.isdir(root):
+            if fs.isfile(root):
+                raise NotADirectoryError(f"{root} is a file, not a folder")
             return []
         folders = [p for p in fs.ls(root, detail=True) if p["type"] == "directory"]
         names = (posixpath.basename(p["name"].rstrip("/")) for p in folders)

@@ -43,3 +43,12 @@ def training_speed(session: Session) -> tuple[int, float]:
     """(steps, seconds) over every recorded chunk."""
     chunks = read_chunk_times(session).chunks.values()
     return sum(c.end - c.start for c in chunks), sum(c.seconds for c in chunks)
+
+
+def duration_text(seconds: float) -> str:
+    """'40 s', '12 minutes', '3.5 hours': a duration as an estimate is told."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} minutes"
+    return f"{seconds / 3600:.1f} hours"

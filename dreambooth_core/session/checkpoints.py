@@ -10,6 +10,7 @@ anything else is ignored and, after the next commit, deleted.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -26,7 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from dreambooth_core.errors import StorageError
-from dreambooth_core.session.folder import Session
+from dreambooth_core.session.folder import Session, storage_writes
 from dreambooth_core.session.lease import check_lease
 from dreambooth_core.session.paths import CHECKPOINT_MANIFEST, CHECKPOINTS, checkpoint_folder
 
@@ -93,10 +94,13 @@ class CheckpointStore:
         self.session.remove(final)  # an uncommitted or corrupt leftover at this step
         staging = f"{CHECKPOINTS}/.tmp-step-{step:06d}-{uuid.uuid4().hex[:8]}" if self.session.is_local else final
         try:
-            files = self._commit(step, staging, writers, meta)
+            with storage_writes(self.session.storage, f"the checkpoint at step {step}",
+                                inside=self.session.root if self.session.is_local else None):
+                files = self._commit(step, staging, writers, meta)
         except Exception as exc:
             if self.session.is_local:
-                self.session.remove(staging)  # a full disk gets its space back at once
+                with contextlib.suppress(StorageError):  # a read-only one: the next run removes it
+                    self.session.remove(staging)  # a full disk gets its space back at once
             if isinstance(exc, StorageError):
                 latest = self.latest_step()
                 raise StorageError(f"the checkpoint at step {step} was not committed (the latest "

@@ -7,6 +7,7 @@ object stores an object only becomes visible once its upload completes.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -15,7 +16,7 @@ import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -28,6 +29,7 @@ from dreambooth_core.session.paths import SHARED_FOLDERS
 
 _TEMPORARY = re.compile(r"\.tmp-[0-9a-f]{8}$")
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+_REFUSED = {errno.EROFS, errno.EACCES, errno.EPERM}
 _LOW_SPACE = 1 << 20  # bytes free below which a failed local write is taken for a full disk
 
 
@@ -93,6 +95,49 @@ def no_space_error(storage: str, what: str) -> StorageError:
         "committed before is kept, and training continues from the latest checkpoint.")
 
 
+def refused_write(exc: BaseException, inside: str | None = None) -> OSError | None:
+    """The error in `exc`'s chain by which the filesystem refused a write: read-only (a storage
+    mounted or turned read-only) or no permission; with `inside`, only one about a path there
+    (not, say, an unreadable model file). None if there is none."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain is short; never follow a cycle
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno in _REFUSED and (
+                inside is None or str(seen.filename or "").startswith(inside)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def not_writable_error(storage: str, where: str, refusal: OSError) -> StorageError:
+    fix = ("it was mounted or has turned read-only: remount it read-write" if refusal.errno == errno.EROFS
+           else "this user may not write there: chmod -R u+w the session folder, or run as its owner")
+    return StorageError(
+        f"cannot write to the session storage {storage!r}: writing {where} failed ({refusal.strerror}); "
+        f"{fix}, or copy the session to a --storage you can write to. Then run the same command again: "
+        "everything committed before is kept.")
+
+
+@contextlib.contextmanager
+def storage_writes(storage: str, what: str, local_folder: str | None = None,
+                   inside: str | None = None) -> Iterator[None]:
+    """Writes that fail because the storage is full or refuses them (read-only, no permission;
+    with `inside`, about a path there) end as the StorageError that says what to do; other
+    errors pass unchanged."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as exc:
+        if out_of_space(exc, local_folder):
+            raise no_space_error(storage, what) from exc
+        if (refusal := refused_write(exc, inside)) is not None:
+            where = _TEMPORARY.sub("", str(refusal.filename)) if refusal.filename else what
+            raise not_writable_error(storage, where, refusal) from exc
+        raise
+
+
 def _error_text(exc: Exception) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
@@ -122,7 +167,8 @@ class Session:
 
     def check_writable(self) -> None:
         """A StorageError now, before any work, if the storage cannot take a file (read-only,
-        not a real folder such as /proc/1, no permission or credentials to write)."""
+        not a real folder such as /proc/1, no permission or credentials to write), or the
+        session's own folder, where it exists, cannot."""
         probe = temporary_name(f"{self.root.rsplit('/', 1)[0]}/.write-check")
         try:
             self.fs.pipe_file(probe, b"ok")
@@ -132,6 +178,16 @@ class Session:
                 f"cannot write to session storage {self.storage!r}: creating a file there failed "
                 f"({_error_text(exc)}). Pass a --storage folder or bucket this user can write "
                 "to.") from exc
+        if self.is_local and os.path.isdir(self.root):  # object stores have no folder to refuse
+            probe = temporary_name(f"{self.root}/.write-check")
+            try:
+                with open(probe, "wb"):
+                    pass
+                os.remove(probe)
+            except OSError as exc:
+                if refused_write(exc) is None:
+                    raise
+                raise not_writable_error(self.storage, f"into the session folder {self.root}", exc) from exc
 
     def sibling(self, name: str) -> "Session":
         """Folder `name` beside this session, on the same (already opened) storage."""
@@ -192,24 +248,23 @@ class Session:
     def write_with(self, relative: str, write: Callable[[BinaryIO], Any]) -> None:
         """Atomically create `relative` with the bytes `write(file)` produces."""
         target = self.path(relative)
-        self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
-        if not self.is_local:
-            _write_object(self.fs, target, write)
-            return
-        temporary = temporary_name(target)
-        try:
-            with open(temporary, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temporary, target)
-        except Exception as exc:
-            if out_of_space(exc, posixpath.dirname(target)):
-                raise no_space_error(self.storage, relative) from exc
-            raise
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
+        local = (posixpath.dirname(target), self.root) if self.is_local else (None, None)
+        with storage_writes(self.storage, relative, *local):
+            self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+            if not self.is_local:
+                _write_object(self.fs, target, write)
+                return
+            temporary = temporary_name(target)
+            try:
+                with open(temporary, "wb") as f:
+                    write(f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(temporary, target)
+            finally:
+                if os.path.exists(temporary):
+                    with contextlib.suppress(OSError):  # a storage turned read-only keeps it
+                        os.remove(temporary)
 
     def put_file(self, local: Path, relative: str) -> None:
         with open(local, "rb") as source:
@@ -235,10 +290,12 @@ class Session:
     def remove(self, relative: str) -> None:
         target = self.path(relative)
         if self.fs.exists(target):
-            self.fs.rm(target, recursive=True)
+            with storage_writes(self.storage, f"the removal of {relative}", inside=self.root):
+                self.fs.rm(target, recursive=True)
 
     def rename(self, source: str, target: str) -> None:
-        self.fs.mv(self.path(source), self.path(target), recursive=True)
+        with storage_writes(self.storage, f"the rename of {source} to {target}", inside=self.root):
+            self.fs.mv(self.path(source), self.path(target), recursive=True)
 
 
 def _write_object(fs: fsspec.AbstractFileSystem, target: str, write: Callable[[BinaryIO], Any]) -> None:

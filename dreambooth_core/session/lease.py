@@ -72,7 +72,11 @@ class SessionLease:
         self._stop.set()
         if self._thread:
             self._thread.join()
-        self.release()
+        try:
+            self.release()
+        except OSError as error:  # e.g. the storage turned read-only: the run's own error says so
+            self.log.warning("Could not release the lease on session %s (%s); it expires in %.0f s",
+                             self.session.name, error, self.ttl)
 
     def _mine(self) -> bytes:
         holder = Holder(id=self.id, host=socket.gethostname(), pid=os.getpid(),

@@ -19,37 +19,38 @@ from pathlib import Path
 from typing import Iterator
 
 from dreambooth_core.errors import StorageError
-from dreambooth_core.session.folder import Session, no_space_error, out_of_space, temporary_name
+from dreambooth_core.session.folder import Session, out_of_space, storage_writes, temporary_name
 from dreambooth_core.session.processes import pid_alive
 
 
 @contextmanager
 def scratch_folder(session: Session, purpose: str) -> Iterator[Path]:
     """A new empty local folder for `purpose` ('export', 'snapshot'), removed afterwards;
-    a write that fails for want of space there is a StorageError saying where."""
+    a write that fails for want of space there, or that the session's storage refuses, is a
+    StorageError saying where."""
     remove_abandoned(session, purpose)
     if session.is_local:
         folder = Path(temporary_name(session.path(purpose)))
-    else:
-        folder = Path(tempfile.gettempdir()) / f"dreambooth-{purpose}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:  # the error is judged while the folder still takes the space it filled
+            with storage_writes(session.storage, f"the {purpose} files", session.root, inside=session.root):
+                folder.mkdir(parents=True)
+                yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
+    folder = Path(tempfile.gettempdir()) / f"dreambooth-{purpose}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     folder.mkdir(parents=True)
     try:
         yield folder
     except Exception as exc:
         if not isinstance(exc, StorageError) and out_of_space(exc, str(folder)):
-            raise _full(session, folder, purpose) from exc
+            raise StorageError(
+                f"no space left in the temporary folder {folder.parent} while writing the {purpose} "
+                "files. Free space there, or set TMPDIR to a folder with room, and run the same "
+                "command again: everything committed before is kept.") from exc
         raise
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _full(session: Session, folder: Path, purpose: str) -> StorageError:
-    if session.is_local:
-        return no_space_error(session.storage, f"the {purpose} files")
-    return StorageError(
-        f"no space left in the temporary folder {folder.parent} while writing the {purpose} files. "
-        "Free space there, or set TMPDIR to a folder with room, and run the same command again: "
-        "everything committed before is kept.")
 
 
 def remove_abandoned(session: Session, purpose: str) -> None:

@@ -7,7 +7,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from dreambooth_core.captions.captioning import Captions
-from dreambooth_core.config import DreamBoothConfig, MemoryPlan, RuntimeSettings, TrainingSettings, parse_class_words
+from dreambooth_core.config import (
+    DreamBoothConfig,
+    MemoryPlan,
+    RuntimeSettings,
+    TrainingSettings,
+    parse_class_words,
+    too_many_chunks,
+)
 from dreambooth_core.errors import ConfigError
 from dreambooth_core.hashing import digest
 from dreambooth_core.model.family import ModelFamily
@@ -34,6 +41,8 @@ class Chunk(BaseModel):
 
 def plan_chunks(total: int, chunk_steps: int) -> list[Chunk]:
     """Chunks end on multiples of chunk_steps, so extending a run keeps earlier ones."""
+    if problem := too_many_chunks(total, chunk_steps):  # a total from the photo count, not --steps
+        raise ConfigError(f"{problem}.")
     ends = list(range(chunk_steps, total, chunk_steps)) + [total]
     starts = [0] + ends[:-1]
     return [Chunk(index=i + 1, count=len(ends), start=s, end=e)

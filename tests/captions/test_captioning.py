@@ -38,6 +38,15 @@ def test_the_token_flag_names_a_single_subject(prepared, small_tokenizer):
     assert [item["caption"] for item in manifest["items"]] == ["photo of zork person"]
 
 
+def test_photos_named_without_letters_are_the_token_flag_s_subject(prepared, small_tokenizer):
+    files = {"🐶 (1).jpg": None, "🐶 (2).jpg": None, "ohwx (3).jpg": None}
+    manifest = captioned(prepared, small_tokenizer, files, token="ohwx", class_word="dog")
+    assert {item["token"] for item in manifest["items"]} == {"ohwx"}
+    assert manifest["subjects"]["ohwx"]["from"] == ["ohwx (3).jpg", "🐶 (1).jpg", "🐶 (2).jpg"]
+    with pytest.raises(DatasetError, match="no identifier in the file name"):  # without --token: no subject
+        captioned(prepared, small_tokenizer, {"🐶 (1).jpg": None}, class_word="dog")
+
+
 def test_every_bad_input_is_named_in_one_error(prepared, small_tokenizer):
     with pytest.raises(DatasetError) as error:
         captioned(prepared, small_tokenizer, {
