@@ -102,8 +102,8 @@ def main() -> None:
     parser.add_argument("--plans", nargs="+", default=list(DEFAULT_PLANS), choices=list(PLANS), metavar="PLAN")
     parser.add_argument("--resolution", type=int, help="default: the model's own")
     args = parser.parse_args()
-    from dreambooth_core.model.family import detect_family
-    from dreambooth_core.model.published import write_config_folder
+    from dreambooth_core.families import detect_family
+    from dreambooth_core.families import write_config_folder
     from dreambooth_core.training.memory_estimate import estimate_training_memory
 
     print("| model | plan (fp32, batch 1) | estimate GiB | estimator on real tensors GiB | allocator GiB "

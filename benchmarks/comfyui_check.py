@@ -32,12 +32,12 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dreambooth_core.export.embedding import export_sdxl_embedding  # noqa: E402
-from dreambooth_core.export.lora import kohya_lora_state  # noqa: E402
-from dreambooth_core.model.published import write_config_folder  # noqa: E402
-from dreambooth_core.model.sdxl_single_file import to_sdxl_single_file_state  # noqa: E402
+from dreambooth_core.families.sd_embedding import export_sdxl_embedding  # noqa: E402
+from dreambooth_core.families.sd_lora import kohya_lora_state  # noqa: E402
+from dreambooth_core.families import write_config_folder  # noqa: E402
+from dreambooth_core.families.sdxl_single_file import to_sdxl_single_file_state  # noqa: E402
 from dreambooth_core.training.memory_estimate import build_parts  # noqa: E402
-from dreambooth_core.training.methods import TEXT_LORA_TARGETS, UNET_LORA_TARGETS  # noqa: E402
+from dreambooth_core.families.stable_diffusion import STABLE_DIFFUSION  # noqa: E402
 
 META, CPU = torch.device("meta"), torch.device("cpu")
 # ComfyUI leaves these out of the SDXL CLIP on purpose (it warns about no other missing key).
@@ -107,7 +107,7 @@ def comfy_sdxl(comfy, state: dict):
 
 def check_single_file(comfy, work: Path) -> list[str]:
     parts = sdxl_parts(work, real_vae=True)
-    state = to_sdxl_single_file_state(parts.unet, parts.vae, parts.text_encoder, parts.text_encoder_2)
+    state = to_sdxl_single_file_state(parts.denoiser, parts.vae, parts.text_encoder, parts.text_encoder_2)
     prefix, config, model, clip = comfy_sdxl(comfy, dict(state))
     problems = [] if type(config).__name__ == "SDXL" else [f"detected as {type(config).__name__}, not SDXL"]
     problems += [] if len(vae_keys := [k for k in state if k.startswith("first_stage_model.")]) else ["no VAE keys"]
@@ -130,9 +130,9 @@ def check_lora(comfy, work: Path) -> list[str]:
 
     trained = sdxl_parts(work)
     with META:
-        trained.unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=UNET_LORA_TARGETS))
+        trained.unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=list(STABLE_DIFFUSION.lora_targets)))
         for encoder in (trained.text_encoder, trained.text_encoder_2):
-            inject_adapter_in_model(LoraConfig(r=2, lora_alpha=3, target_modules=TEXT_LORA_TARGETS), encoder)
+            inject_adapter_in_model(LoraConfig(r=2, lora_alpha=3, target_modules=list(STABLE_DIFFUSION.text_lora_targets)), encoder)
     lora = kohya_lora_state(trained.unet, trained.text_encoder, text_encoder_2=trained.text_encoder_2)
     base = sdxl_parts(work)
     _, _, model, clip = comfy_sdxl(comfy, to_sdxl_single_file_state(base.unet, base.vae, base.text_encoder,

@@ -169,12 +169,12 @@ def state_checks(trainer) -> list[str]:
                 assert value.device.type == "cuda", f"optimizer state {key} is on {value.device}"
     if trainer.settings.ema_decay:
         assert trainer.ema, "EMA is on but averages nothing"
-        assert trainer.ema.keys() == trainer.trainables.unet.keys(), "EMA does not cover the trained UNet weights"
+        assert trainer.ema.keys() == trainer.trainables.denoiser.keys(), "EMA does not cover the trained UNet weights"
         assert all(v.device.type == "cuda" and v.dtype == torch.float32 for v in trainer.ema.values()), \
             "EMA copies are not fp32 on the GPU"
     held = frozen_dtype(trainer.precision)
     trained = {id(p) for p in named.values()}
-    for module in (trainer.parts.unet, *trainer.parts.text_encoders):
+    for module in (trainer.parts.denoiser, *trainer.parts.text_encoders):
         for layer_name, layer in module.named_modules():
             if isinstance(layer, HELD_IN_HALF):
                 for parameter in layer.parameters(recurse=False):
@@ -241,8 +241,8 @@ class _project_patches:
 
 
 def model_folder(family: str, work: Path) -> Path:
-    from dreambooth_core.model.published import write_config_folder
-    from dreambooth_core.model.tiny import build_tiny_model, build_tiny_sdxl_model
+    from dreambooth_core.families import write_config_folder
+    from dreambooth_core.families.sd_tiny import build_tiny_model, build_tiny_sdxl_model
 
     folder = work / family
     if not folder.exists():
@@ -270,7 +270,7 @@ def run(args: argparse.Namespace) -> list[Result]:
     for replacement in args.replace_module:
         name, _, path = replacement.partition("=")
         fake_cuda.replace_module(name, Path(path))
-    from dreambooth_core.training.model_parts import import_model_classes
+    from dreambooth_core.families.family import import_model_classes
 
     list(import_model_classes())
     families = tuple(TINY) if args.tiny else tuple(FAMILIES)

@@ -52,10 +52,11 @@ from reference_dreambooth import reference_command, run_reference, save_model_fo
 from train_speed import sd15_parts, synchronize  # noqa: E402
 
 from dreambooth_core.config import RuntimeSettings, TrainingSettings  # noqa: E402
-from dreambooth_core.model.published import write_config_folder  # noqa: E402
-from dreambooth_core.model.tiny import build_tiny_model  # noqa: E402
+from dreambooth_core.families import write_config_folder  # noqa: E402
+from dreambooth_core.families.sd_tiny import build_tiny_model  # noqa: E402
 from dreambooth_core.training.memory_estimate import estimate_training_memory  # noqa: E402
-from dreambooth_core.training.model_parts import ModelParts, load_model_parts  # noqa: E402
+from dreambooth_core.families.family import ModelParts  # noqa: E402
+from dreambooth_core.families import load_model_parts  # noqa: E402
 from dreambooth_core.training.trainer import Example, Trainer  # noqa: E402
 
 GIB = 2**30
@@ -109,7 +110,7 @@ def build_model(name: str, device: torch.device, folder: Path) -> Model:
     if name == "sd15":
         parts, resolution = sd15_parts(device, folder)  # writes the tokenizer into `folder`
         return Model(parts, resolution, str(write_config_folder("sd15", folder / "configs")))
-    from dreambooth_core.model.tiny import TINY_RESOLUTION
+    from dreambooth_core.families.sd_tiny import TINY_RESOLUTION
 
     path = build_tiny_model(folder)
     return Model(load_model_parts(str(path), device), TINY_RESOLUTION, str(path))
@@ -131,7 +132,7 @@ def examples(resolution: int, prior: bool) -> tuple[list[Example], list[Example]
 
 
 def make_trainer(model: Model, case: Case, total_steps: int) -> Trainer:
-    model.parts.unet.to(memory_format=torch.contiguous_format)  # an earlier row may have changed it
+    model.parts.denoiser.to(memory_format=torch.contiguous_format)  # an earlier row may have changed it
     instances, classes = examples(model.resolution, case.workload == "prior")
     return Trainer(model.parts, instances, settings_for(case), total_steps, runtime_for(case), classes)
 
@@ -248,7 +249,7 @@ def run_capped(model: Model, plan, limit_gb: float, device: torch.device) -> tup
     finally:
         del trainer
         torch.cuda.set_per_process_memory_fraction(1.0, device)
-        model.parts.unet.disable_gradient_checkpointing()
+        model.parts.denoiser.disable_gradient_checkpointing()
         model.parts.text_encoder.gradient_checkpointing_disable()
         release(device)
 

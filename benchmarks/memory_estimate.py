@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dreambooth_core.config import RuntimeSettings, TrainingSettings  # noqa: E402
-from dreambooth_core.model.family import detect_family  # noqa: E402
-from dreambooth_core.model.published import ARCHITECTURES, write_config_folder  # noqa: E402
+from dreambooth_core.families import detect_family  # noqa: E402
+from dreambooth_core.families import ARCHITECTURES, write_config_folder  # noqa: E402
 from dreambooth_core.training.memory_estimate import estimate_training_memory  # noqa: E402
 
 PLANS = {  # name: (training options, runtime options, class images)

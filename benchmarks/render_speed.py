@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dreambooth_core.generation.pipeline import build_pipeline, render  # noqa: E402
-from dreambooth_core.model.published import ARCHITECTURES  # noqa: E402
-from dreambooth_core.model.tiny import build_tiny_model  # noqa: E402
+from dreambooth_core.families import ARCHITECTURES  # noqa: E402
+from dreambooth_core.families.sd_tiny import build_tiny_model  # noqa: E402
 from dreambooth_core.training.memory_estimate import write_random_model  # noqa: E402
 
 

@@ -116,7 +116,7 @@ class Bench:
 
 def build_model(name: str, cache: Path) -> str:
     """A local diffusers folder of `name` (the tiny model is built here, once)."""
-    from dreambooth_core.model.fetch import fetch_model
+    from dreambooth_core.families.base_model import fetch_model
 
     return str(fetch_model(name, cache).path)
 

@@ -25,11 +25,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dreambooth_core.config import RuntimeSettings, TrainingSettings  # noqa: E402
-from dreambooth_core.model.published import SD15_SCHEDULER, SD15_TEXT, SD15_UNET, SD15_VAE  # noqa: E402
-from dreambooth_core.model.tiny import build_tiny_model, write_tiny_tokenizer  # noqa: E402
+from dreambooth_core.families.sd_configs import SD15_SCHEDULER, SD15_TEXT, SD15_UNET, SD15_VAE  # noqa: E402
+from dreambooth_core.families.sd_tiny import build_tiny_model  # noqa: E402
+from dreambooth_core.model.tiny import write_tiny_tokenizer  # noqa: E402
 from dreambooth_core.session.checkpoints import CheckpointStore  # noqa: E402
 from dreambooth_core.session.folder import Session  # noqa: E402
-from dreambooth_core.training.model_parts import ModelParts, load_model_parts  # noqa: E402
+from dreambooth_core.families.family import ModelParts  # noqa: E402
+from dreambooth_core.families import load_model_parts  # noqa: E402
 from dreambooth_core.training.trainer import Example, Trainer  # noqa: E402
 
 
@@ -42,7 +44,7 @@ def sd15_parts(device: torch.device, folder: Path) -> tuple[ModelParts, int]:
         unet=UNet2DConditionModel(**SD15_UNET), vae=AutoencoderKL(**SD15_VAE),
         text_encoder=CLIPTextModel(CLIPTextConfig(**SD15_TEXT)),
         tokenizer=CLIPTokenizer.from_pretrained(folder), noise_scheduler=DDPMScheduler(**SD15_SCHEDULER))
-    for module in (parts.unet, parts.vae, parts.text_encoder):
+    for module in (parts.denoiser, parts.vae, parts.text_encoder):
         module.to(device)
     parts.vae.requires_grad_(False).eval()
     parts.text_encoder.requires_grad_(False).eval()
@@ -50,7 +52,7 @@ def sd15_parts(device: torch.device, folder: Path) -> tuple[ModelParts, int]:
 
 
 def tiny_parts(device: torch.device, folder: Path) -> tuple[ModelParts, int]:
-    from dreambooth_core.model.tiny import TINY_RESOLUTION
+    from dreambooth_core.families.sd_tiny import TINY_RESOLUTION
 
     return load_model_parts(str(build_tiny_model(folder)), device), TINY_RESOLUTION
 

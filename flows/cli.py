@@ -18,7 +18,7 @@ from pydantic.fields import FieldInfo
 
 from dreambooth_core.config import SECTION_OF, SECTIONS, DreamBoothConfig
 from dreambooth_core.errors import USER_ERRORS, ConfigError, SessionError
-from dreambooth_core.model.family import SMALLEST_SD_RESOLUTION
+from dreambooth_core.families.expected import SMALLEST_RESOLUTION
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.state import stored_config
 from flows.cli_flags import (
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         kind = _base_type(field.annotation)
         options: dict[str, Any] = {"dest": name, "default": field.default}
         if name == "resolution":
-            options.update(type=int, default=SMALLEST_SD_RESOLUTION)
+            options.update(type=int, default=SMALLEST_RESOLUTION)
         elif kind is bool:
             options["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is Literal:
@@ -217,7 +217,7 @@ def train(flags: dict[str, Any]) -> int:
     config = check_before_run(flags)
     with temporary_server() as server:  # starts while the libraries below are imported
         quiet_libraries()
-        from dreambooth_core.training.model_parts import import_model_classes
+        from dreambooth_core.families.family import import_model_classes
         from dreambooth_core.training.torchrun import leading_followers
         from flows.dreambooth import dreambooth_train
         from flows.quiet_errors import hide_user_error_tracebacks
@@ -290,9 +290,9 @@ def _model_configs(config: DreamBoothConfig):
     import tempfile
 
     from dreambooth_core.model.cache import model_cache_dir
-    from dreambooth_core.model.family import detect_family
-    from dreambooth_core.model.fetch import fetch_model
-    from dreambooth_core.model.published import HUB_REPOS, write_config_folder
+    from dreambooth_core.families import detect_family
+    from dreambooth_core.families.base_model import fetch_model
+    from dreambooth_core.families import HUB_REPOS, write_config_folder
 
     base = config.base_model
     with tempfile.TemporaryDirectory(prefix="dreambooth-plan-") as tmp:
@@ -358,7 +358,7 @@ def tokens(args: dict[str, Any]) -> int:
     from dreambooth_core.captions.token_report import TOKENIZER_ROLES, analysis_lines
     from dreambooth_core.captions.tokenizer import SECOND_TOKENIZER, load_second_tokenizer, load_tokenizer
     from dreambooth_core.model.cache import model_cache_dir
-    from dreambooth_core.model.fetch import fetch_model
+    from dreambooth_core.families.base_model import fetch_model
 
     word = (args["word"] or "").strip()
     if not word and not args["suggest"]:
@@ -393,7 +393,7 @@ def validate(args: dict[str, Any]) -> int:
         raise ConfigError(f"--class-word: {exc}.") from None
     settings = ValidationSettings(
         resolution=resolution, resolution_from="--resolution" if resolution !=
-        SMALLEST_SD_RESOLUTION else "default; pass --resolution for another model",
+        SMALLEST_RESOLUTION else "default; pass --resolution for another model",
         token=args["token"], class_word=args["class_word"],
         subject_type=args["subject_type"], allow_several_faces=args["allow_several_faces"])
     report = validate_folder(args["photos"], settings)

@@ -99,7 +99,7 @@ def trained_base_model(config: DreamBoothConfig, session: Session):
     """The base model the session was trained on, as train fetches it (a LocalModel)."""
     from dreambooth_core.export.step_export import require_trained_model
     from dreambooth_core.model.cache import model_cache_dir
-    from dreambooth_core.model.vae import fetch_base
+    from dreambooth_core.families.base_model import fetch_base
 
     quiet_libraries()
     base = config.base_model

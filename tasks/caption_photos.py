@@ -5,7 +5,7 @@ from prefect import get_run_logger, task
 from dreambooth_core.captions.captioning import Captions, caption_dataset
 from dreambooth_core.captions.tokenizer import load_tokenizer
 from dreambooth_core.config import CaptionSettings
-from dreambooth_core.model.fetch import LocalModel
+from dreambooth_core.families.base_model import LocalModel
 from dreambooth_core.photos.prepare import PreparedDataset
 from dreambooth_core.session.storage import SessionRef
 

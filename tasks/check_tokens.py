@@ -12,7 +12,7 @@ from dreambooth_core.captions.token_report import (
     write_token_report,
 )
 from dreambooth_core.captions.tokenizer import load_second_tokenizer, load_tokenizer
-from dreambooth_core.model.fetch import LocalModel
+from dreambooth_core.families.base_model import LocalModel
 from dreambooth_core.session.state import update_state
 from dreambooth_core.session.storage import SessionRef
 from tasks.artifacts import artifact_key, publish_markdown

@@ -7,8 +7,9 @@ from prefect.tasks import exponential_backoff
 
 from dreambooth_core.config import BaseModelSettings
 from dreambooth_core.model.cache import model_cache_dir
-from dreambooth_core.model.fetch import LocalModel, is_transient
-from dreambooth_core.model.vae import fetch_base
+from dreambooth_core.families.base_model import LocalModel
+from dreambooth_core.model.fetch import is_transient
+from dreambooth_core.families.base_model import fetch_base
 
 RETRIES = 4
 

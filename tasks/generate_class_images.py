@@ -4,7 +4,7 @@ from prefect import get_run_logger, task
 
 from dreambooth_core.config import TrainingSettings
 from dreambooth_core.generation.class_images import build_class_images, class_images_markdown, prior_applies
-from dreambooth_core.model.fetch import LocalModel
+from dreambooth_core.families.base_model import LocalModel
 from dreambooth_core.reports.terminal import progress_bar
 from dreambooth_core.session.class_images import ClassImages
 from dreambooth_core.session.dataset_manifest import require_dataset_manifest

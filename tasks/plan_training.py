@@ -4,7 +4,7 @@ from prefect import get_run_logger, task
 
 from dreambooth_core.captions.captioning import Captions
 from dreambooth_core.config import DreamBoothConfig
-from dreambooth_core.model.fetch import LocalModel
+from dreambooth_core.families.base_model import LocalModel
 from dreambooth_core.photos.prepare import PreparedDataset
 from dreambooth_core.session.class_images import ClassImages
 from dreambooth_core.session.storage import SessionRef

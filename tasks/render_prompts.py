@@ -10,7 +10,7 @@ from dreambooth_core.evaluation.generations import (
     generation_markdown,
 )
 from dreambooth_core.export.step_export import require_trained_model, trained_session
-from dreambooth_core.model.fetch import LocalModel
+from dreambooth_core.families.base_model import LocalModel
 from dreambooth_core.session.storage import SessionRef
 from dreambooth_core.training.devices import resolve_device
 from tasks.artifacts import artifact_key, publish_image

@@ -6,7 +6,7 @@ into the session in the same pass."""
 from prefect import get_run_logger, task
 
 from dreambooth_core.config import DreamBoothConfig
-from dreambooth_core.model.expected import expected_resolution
+from dreambooth_core.families.expected import expected_resolution
 from dreambooth_core.photos.originals import PhotoSet
 from dreambooth_core.photos.validate import (
     ValidationSettings,

@@ -45,7 +45,7 @@ def prefect_api_url():
 
 @pytest.fixture(scope="session")
 def tiny_model_path() -> str:
-    from dreambooth_core.model.fetch import fetch_model
+    from dreambooth_core.families.base_model import fetch_model
 
     return fetch_model("tiny", Path(os.environ["DREAMBOOTH_CACHE"])).path
 

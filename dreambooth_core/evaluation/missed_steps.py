@@ -68,10 +68,8 @@ def _render_samples(session: Session, trained: TrainedSession, step: int, source
                     device: torch.device, log: logging.Logger) -> None:
     with tempfile.TemporaryDirectory(prefix="dreambooth-samples-") as scratch:
         parts, _ = step_parts(session, trained, step, source, Path(scratch), use_ema=False)
-        second = parts.text_encoder_2.to(device) if parts.text_encoder_2 is not None else None
-        render_samples(session, step, trained.model_path, spec, device, unet=parts.unet.to(device),
-                       text_encoder=parts.text_encoder.to(device), tokenizer=parts.tokenizer, log=log,
-                       text_encoder_2=second)
+        parts.to(device)
+        render_samples(session, step, trained.model_path, spec, device, parts, log)
 
 
 def _evaluate(session: Session, trained: TrainedSession, step: int, source: str,

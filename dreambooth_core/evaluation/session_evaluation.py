@@ -85,9 +85,8 @@ def step_pipeline(session: Session, trained: TrainedSession, step: int, source: 
     if step == BASE_STEP:
         return build_pipeline(trained.model_path, device)
     parts, _ = step_parts(session, trained, step, source, scratch)
-    second = parts.text_encoder_2.to(device) if parts.text_encoder_2 is not None else None
-    return build_pipeline(trained.model_path, device, parts.unet.to(device), parts.text_encoder.to(device),
-                          parts.tokenizer, second)
+    parts.to(device)
+    return build_pipeline(trained.model_path, device, parts)
 
 
 def kept_rows(session: Session, settings: dict) -> list[MetricRow]:

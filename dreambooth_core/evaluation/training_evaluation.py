@@ -101,10 +101,8 @@ class EvaluationHook:
             return
         log.info("Evaluating step %d", chunk.end)
         judges = load_judges(*map(Path, self.evaluation.judge_folders))
-        parts = trainer.parts
-        with averaged_unet(trainer):
-            pipeline = build_pipeline(self.model_path, trainer.device, parts.unet, parts.text_encoder,
-                                      parts.tokenizer, parts.text_encoder_2)
+        with averaged_denoiser(trainer):
+            pipeline = build_pipeline(self.model_path, trainer.device, trainer.parts)
             rows += evaluate_pipeline(pipeline, judges, session_subjects(session, self.evaluation.subject_type),
                                       self.evaluation.spec, chunk.end)
         report = write_reports(session, rows, self.evaluation.settings)
@@ -112,13 +110,13 @@ class EvaluationHook:
 
 
 @contextmanager
-def averaged_unet(trainer: Trainer) -> Iterator[None]:
-    """With EMA on, the UNet's trained weights are their average inside (as checkpoints export
+def averaged_denoiser(trainer: Trainer) -> Iterator[None]:
+    """With EMA on, the denoiser's trained weights are their average inside (as checkpoints export
     them), and exactly what they were after."""
     if trainer.ema is None:
         yield
         return
-    parameters = trainer.trainables.unet
+    parameters = trainer.trainables.denoiser
     kept = {name: p.detach().to("cpu", copy=True) for name, p in parameters.items()}
     with torch.no_grad():
         for name, p in parameters.items():

@@ -24,7 +24,7 @@ from dreambooth_core.session.state import ExportRecord, load_state, outputs_curr
 from dreambooth_core.training.finite import weights_finite
 from dreambooth_core.training.live import LiveTraining
 from dreambooth_core.training.methods import Trainables
-from dreambooth_core.training.model_parts import ModelParts
+from dreambooth_core.families.family import ModelParts
 from dreambooth_core.training.plan import TrainingPlan
 from dreambooth_core.training.restore import restored_parts
 

@@ -10,17 +10,13 @@ from pathlib import Path
 
 import torch
 
-from dreambooth_core.export.embedding import export_embeddings
-from dreambooth_core.export.lora import save_kohya_lora
-from dreambooth_core.export.method_files import original_layout
-from dreambooth_core.model.family import ModelFamily
-from dreambooth_core.model.single_file import save_single_file
+from dreambooth_core.export.method_files import token_vectors
+from dreambooth_core.families import ModelFamily, ModelParts
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import SNAPSHOTS, snapshot_folder, steps_named
 from dreambooth_core.session.scratch import scratch_folder
 from dreambooth_core.session.storage import SessionRef
 from dreambooth_core.training.methods import Trainables, adapted_encoders
-from dreambooth_core.training.model_parts import ModelParts
 from dreambooth_core.training.trainer import Trainer
 
 
@@ -58,19 +54,12 @@ def write_snapshot(session: Session, model_path: str, family: ModelFamily, metho
 def _write_local(out: Path, model_path: str, family: ModelFamily, method: str, parts: ModelParts,
                  trainables: Trainables, name: str, step: int) -> None:
     if method == "lora":
-        text_encoder, text_encoder_2 = adapted_encoders(parts, trainables)
-        save_kohya_lora(parts.unet, text_encoder, out / f"{name}.safetensors", dtype=torch.float16,
-                        text_encoder_2=text_encoder_2)
+        parts.family.write_lora_file(parts.denoiser, adapted_encoders(parts, trainables), out / f"{name}.safetensors",
+                                     torch.float16)
     elif method == "textual-inversion":
-        export_embeddings(trainables.token_vectors(torch.float16), out, step, write_pt=False,
-                          second=trainables.token_vectors_2(torch.float16))
-    else:
-        # The training modules stay fp32: the snapshot converts a copy of each tensor.
-        state, metadata = original_layout(model_path, family, parts.unet, parts.vae, parts.text_encoder, name,
-                                          parts.text_encoder_2)
-        state = {k: v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.cpu()
-                 for k, v in state.items()}
-        save_single_file(state, out / f"{name}.safetensors", "safetensors", step, metadata)
+        parts.family.write_embeddings(token_vectors(trainables, torch.float16), step, out, full=False)
+    else:  # the training modules stay fp32: the snapshot converts a copy of each tensor
+        parts.family.write_full_snapshot(family, model_path, parts, name, step, out / f"{name}.safetensors")
 
 
 def snapshot_steps(session: Session) -> list[int]:

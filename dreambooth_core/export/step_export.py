@@ -19,11 +19,10 @@ from pydantic import BaseModel, ConfigDict
 
 from dreambooth_core.config import TrainingSettings
 from dreambooth_core.errors import SessionError
-from dreambooth_core.export.lora import load_kohya_lora
 from dreambooth_core.export.method_files import write_method
 from dreambooth_core.export.outputs import DTYPES, refuse_non_finite, replace_folder
 from dreambooth_core.export.snapshots import snapshot_steps
-from dreambooth_core.model.family import ModelFamily
+from dreambooth_core.families import ModelFamily, ModelParts, load_model_parts
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.dataset_manifest import require_dataset_manifest
 from dreambooth_core.session.folder import Session
@@ -31,7 +30,6 @@ from dreambooth_core.session.paths import export_folder, snapshot_folder, step_n
 from dreambooth_core.session.scratch import scratch_folder
 from dreambooth_core.session.state import load_state
 from dreambooth_core.training.methods import Trainables, adapted_encoders, set_up_method
-from dreambooth_core.training.model_parts import ModelParts, load_model_parts
 from dreambooth_core.training.restore import restored_parts
 from dreambooth_core.training.trainer import EMA_FILE, WEIGHTS_FILE
 
@@ -154,36 +152,19 @@ def _snapshot_parts(session: Session, trained: TrainedSession, step: int,
     parts = load_model_parts(trained.model_path, torch.device("cpu"))
     trainables = set_up_method(parts, trained.training, trained.subjects)
     weights = snapshot / f"{session.name}-{step_name(step)}.safetensors"
-    method = trained.training.method
+    method, family = trained.training.method, parts.family
     if method == "textual-inversion":
-        keys = ("clip_l", "clip_g") if trainables.embeddings_2 is not None else ("emb_params",)
+        keys = family.embedding_keys(len(trainables.new_vectors))
         for row, token in enumerate(trainables.new_tokens):
             stored = safetensors.torch.load_file(snapshot / f"{token}.safetensors")
             for vectors, key in zip(trainables.new_vectors, keys):
                 vectors[row].copy_(stored[key].reshape(-1))
     elif method == "lora":
-        text_encoder, text_encoder_2 = adapted_encoders(parts, trainables)
-        load_kohya_lora(parts.unet, text_encoder, safetensors.torch.load_file(weights),
-                        text_encoder_2=text_encoder_2)
+        family.read_lora_file(parts.denoiser, adapted_encoders(parts, trainables), safetensors.torch.load_file(weights))
     else:
-        _load_single_file(parts, weights, trained.model_path)  # replaces the modules trainables hold
-    parts.unet.requires_grad_(False).eval()
+        family.read_full_snapshot(parts, weights, trained.model_path)  # replaces the modules trainables hold
+    parts.denoiser.requires_grad_(False).eval()
     for encoder in parts.text_encoders:
         encoder.requires_grad_(False).eval()
     return parts, trainables
 
-
-def _load_single_file(parts: ModelParts, weights: Path, model_path: str) -> None:
-    """The UNet and text encoder(s) of an original-layout single file, read with diffusers'
-    own single-file loading against the base model's configs."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    if parts.text_encoder_2 is not None:
-        pipeline = StableDiffusionXLPipeline.from_single_file(str(weights), config=model_path, local_files_only=True)
-        parts.text_encoder_2 = pipeline.text_encoder_2.to(torch.float32)
-    else:
-        pipeline = StableDiffusionPipeline.from_single_file(
-            str(weights), config=model_path, local_files_only=True, safety_checker=None,
-            requires_safety_checker=False)
-    parts.unet = pipeline.unet.to(torch.float32)
-    parts.text_encoder = pipeline.text_encoder.to(torch.float32)

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from dreambooth_core.generation.class_store import SEED_STREAM, generated_key, image_name
-from dreambooth_core.generation.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, SCHEDULER, build_pipeline, render
+from dreambooth_core.families import family_of_folder
+from dreambooth_core.generation.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, build_pipeline, render
 from dreambooth_core.photos.crop import encode_png
 from dreambooth_core.reports.timing import duration_text
 from dreambooth_core.session.folder import Session
@@ -44,7 +45,11 @@ class GenerationRequest:
     @property
     def key(self) -> str:
         return generated_key(self.model_digest, self.prompt, self.seed, self.resolution, self.steps,
-                             self.guidance_scale, SCHEDULER)
+                             self.guidance_scale, self.scheduler)
+
+    @property
+    def scheduler(self) -> str:
+        return family_of_folder(self.model_path).render_scheduler
 
 
 def generate_images(store: Session, request: GenerationRequest, count: int, device: torch.device,
@@ -91,5 +96,5 @@ def _description(request: GenerationRequest) -> dict:
     """What made the images, for people browsing the store."""
     return {"prompt": request.prompt, "model_digest": request.model_digest, "seed": request.seed,
             "resolution": request.resolution, "steps": request.steps,
-            "guidance_scale": request.guidance_scale, "scheduler": SCHEDULER,
+            "guidance_scale": request.guidance_scale, "scheduler": request.scheduler,
             "image_seed": f"generator_for(seed, index, {SEED_STREAM!r})"}

@@ -18,6 +18,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 from dreambooth_core.config import SampleSettings
+from dreambooth_core.families import ModelParts
 from dreambooth_core.generation.pipeline import DEFAULT_GUIDANCE, build_pipeline, render
 from dreambooth_core.photos.crop import encode_png
 from dreambooth_core.session.dataset_manifest import SubjectRecord
@@ -75,12 +76,11 @@ class SampleSpec(BaseModel):
 
 
 def render_samples(session: Session, step: int, model_path: str, settings: SampleSpec,
-                   device: torch.device | str, unet: torch.nn.Module | None = None,
-                   text_encoder: torch.nn.Module | None = None, tokenizer=None,
-                   log: logging.Logger | None = None, text_encoder_2: torch.nn.Module | None = None) -> Samples:
-    """Render every prompt with the given (trained) modules and save the grid and images."""
+                   device: torch.device | str, trained: ModelParts | None = None,
+                   log: logging.Logger | None = None) -> Samples:
+    """Render every prompt with the trained parts (the base model's without) and save the grid and images."""
     log = log or logging.getLogger("dreambooth")
-    pipeline = build_pipeline(model_path, device, unet, text_encoder, tokenizer, text_encoder_2)
+    pipeline = build_pipeline(model_path, device, trained)
     rows = [render(pipeline, prompt, _column_noise(settings), settings.resolution, settings.steps,
                    settings.guidance_scale) for prompt in settings.prompts]
     folder = samples_folder(step)
@@ -149,10 +149,7 @@ class SampleHook:
     def __call__(self, trainer: Trainer, chunk: Chunk, log: logging.Logger) -> None:
         if not samples_due(self.every, chunk):
             return
-        parts = trainer.parts
-        render_samples(self.session.open(), chunk.end, self.model_path, self.spec, trainer.device,
-                       unet=parts.unet, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, log=log,
-                       text_encoder_2=parts.text_encoder_2)
+        render_samples(self.session.open(), chunk.end, self.model_path, self.spec, trainer.device, trainer.parts, log)
 
 
 def samples_markdown(session: Session, samples: Samples) -> str:

@@ -1,9 +1,10 @@
-"""Turning a single-file Stable Diffusion checkpoint (.ckpt or .safetensors) into a diffusers folder.
+"""Turning a single-file checkpoint (.ckpt or .safetensors) into a diffusers folder.
 
 A `.ckpt` is a pickle, and unpickling can run any code the file's author chose.
 It is read only with torch's weights-only loader, which accepts tensors and
 plain containers and refuses everything else, then copied to `.safetensors`
-before diffusers sees it.
+before diffusers sees it. Which family's converter writes the folder is decided
+from the weights' key names (`choose`, given by dreambooth_core.families).
 """
 
 from __future__ import annotations
@@ -15,32 +16,38 @@ import pickle
 import re
 import tempfile
 from pathlib import Path
+from typing import Callable
 
-from dreambooth_core.errors import ModelError, NetworkError
+from dreambooth_core.errors import DreamBoothError, ModelError, NetworkError
 from dreambooth_core.model.cache import build_once
 from dreambooth_core.model.hub import caused_by, network_failure_in, root_cause
-from dreambooth_core.model.model_spec import apply_declared_spec
-from dreambooth_core.model.openclip_layout import save_extras
-from dreambooth_core.model.sdxl_single_file import SECOND_TEXT_PREFIX
 
 SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors")
+# Writes the diffusers folder of the .safetensors weights, with diffusers' from_single_file options.
+Converter = Callable[[Path, dict, Path, logging.Logger], None]
 
 
-def convert_single_file(path: Path, sha256: str, cache_dir: Path, model_config: str | None = None,
-                        hf_token: str | None = None,
+def convert_single_file(path: Path, sha256: str, cache_dir: Path, choose: Callable[[Path, Path], Converter],
+                        model_config: str | None = None, hf_token: str | None = None,
                         log: logging.Logger = logging.getLogger("dreambooth")) -> Path:
-    """The diffusers folder for the checkpoint at `path`, converted once per file content."""
+    """The diffusers folder for the checkpoint at `path`, converted once per file content;
+    `choose(weights, path)` names the converter for the weights (a ModelError when no family takes them)."""
     path = Path(path)
 
     def build(folder: Path) -> None:
         log.info("Converting %s to diffusers form", path)
         with tempfile.TemporaryDirectory(prefix=".weights-", dir=folder.parent) as scratch:
             weights = _as_safetensors(path, Path(scratch))
-            pipeline = _load_pipeline(weights, path, model_config, cache_dir, hf_token)
-            pipeline.save_pretrained(folder, safe_serialization=True)
-            # SD 2.x: the text-encoder weights diffusers drops, for a faithful single-file export.
-            save_extras(weights, folder)
-            apply_declared_spec(weights, folder, log)
+            convert = choose(weights, path)
+            local_config = model_config is not None and os.path.isdir(model_config)
+            options = dict(config=model_config, local_files_only=local_config,
+                           cache_dir=str(Path(cache_dir) / "hub"), token=hf_token)
+            try:
+                convert(weights, options, folder, log)
+            except DreamBoothError:
+                raise
+            except Exception as exc:
+                raise _conversion_error(exc, path, model_config) from exc
 
     folder, built = build_once(Path(cache_dir) / "converted" / converted_name(sha256, model_config), build)
     if not built:
@@ -91,7 +98,7 @@ def read_ckpt_weights(ckpt: Path) -> dict:
     if not weights:
         raise ModelError(
             f"{ckpt} holds no tensors (expected a dict of weights, or one under 'state_dict'). "
-            "Check that it is a Stable Diffusion checkpoint.")
+            "Check that it is a model checkpoint.")
     return weights
 
 
@@ -113,27 +120,11 @@ def _without_shared_storage(weights: dict) -> dict:
     return result
 
 
-def _load_pipeline(weights: Path, source: Path, model_config: str | None, cache_dir: Path, hf_token: str | None):
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    local_config = model_config is not None and os.path.isdir(model_config)
-    options = dict(config=model_config, local_files_only=local_config, cache_dir=str(Path(cache_dir) / "hub"),
-                   token=hf_token)
-    try:
-        if is_sdxl_single_file(weights):
-            return StableDiffusionXLPipeline.from_single_file(str(weights), **options)
-        return StableDiffusionPipeline.from_single_file(str(weights), **options, safety_checker=None,
-                                                        requires_safety_checker=False)
-    except Exception as exc:
-        raise _conversion_error(exc, source, model_config) from exc
-
-
-def is_sdxl_single_file(weights: Path) -> bool:
-    """An SDXL base file holds its second (OpenCLIP) text encoder under conditioner.embedders.1."""
+def weight_names(weights: Path) -> set[str]:
     from safetensors import safe_open
 
     with safe_open(str(weights), framework="pt") as file:
-        return any(key.startswith(SECOND_TEXT_PREFIX) for key in file.keys())
+        return set(file.keys())
 
 
 def _conversion_error(exc: Exception, source: Path, model_config: str | None) -> Exception:
@@ -145,8 +136,8 @@ def _conversion_error(exc: Exception, source: Path, model_config: str | None) ->
     if not (offline or unreachable):
         return ModelError(
             f"Cannot convert {source} to diffusers form with {config} ({root_cause(exc)}). "
-            "Check that the file is a Stable Diffusion checkpoint and that --single-file-config names a diffusers "
-            "model of the same architecture (SD 1.x, 2.x or XL).")
+            "Check that the file is a whole checkpoint of a supported model and that --single-file-config names "
+            "a diffusers model of the same architecture.")
     why = (f"Cannot convert {source}: with {config}, diffusers fetches the architecture's config files "
            f"from the Hugging Face hub, which failed ({root_cause(exc)}).")
     fix = ("pass --single-file-config (single_file_config in a deployment) as a local diffusers folder of the "

@@ -1,9 +1,7 @@
-"""The base model a run starts from, made available as a local diffusers folder.
+"""The files of the base model a run starts from, made available as a local diffusers folder.
 
 A model spec is one of:
-  "tiny"                         a small random SD 1.x built locally (demos, tests)
-  "tiny-sd2", "tiny-sd2-v"       the same for SD 2.x, epsilon (64 px) and v-prediction (96 px)
-  "tiny-sdxl"                    the same for SDXL (64 px)
+  a tiny model's name            built locally (dreambooth_core.families lists them: "tiny", ...)
   a local folder                 a diffusers model (it holds model_index.json)
   a local .ckpt / .safetensors   a single-file checkpoint, converted to diffusers once
   an http(s):// URL to one       downloaded once (resumable), then converted
@@ -16,87 +14,80 @@ no network call and no conversion.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from dreambooth_core.errors import DreamBoothError, ModelError, NetworkError
 from dreambooth_core.model.cache import build_once, file_sha256
-from dreambooth_core.model.conversion import SINGLE_FILE_SUFFIXES, convert_single_file
+from dreambooth_core.model.conversion import SINGLE_FILE_SUFFIXES, Converter, convert_single_file
 from dreambooth_core.model.download import download_file, download_path, is_connection_failure, url_filename
-from dreambooth_core.model.family import ModelFamily, detect_family
 from dreambooth_core.model.folder_weights import check_folder_weights
 from dreambooth_core.model.hub import download_hub_model, looks_like_hub_id
-from dreambooth_core.model.tiny import (
-    TINY_SD2_VERSIONS,
-    TINY_SDXL_VERSION,
-    TINY_VERSION,
-    build_tiny_model,
-    build_tiny_sd2_model,
-    build_tiny_sd2_v_model,
-    build_tiny_sdxl_model,
-)
 from dreambooth_core.model.weights_file import weights_file_problem
 
-ACCEPTED_SPECS = (
-    '"tiny" (or "tiny-sd2", "tiny-sd2-v", "tiny-sdxl"), a local diffusers folder (with model_index.json), '
-    "a local .ckpt or .safetensors file, "
-    "an http(s):// URL to a .ckpt or .safetensors file, or a Hugging Face repo id like "
-    "stable-diffusion-v1-5/stable-diffusion-v1-5")
 _TEXT_SUFFIXES = (".json", ".txt")
-TINY_MODELS = ("tiny", "tiny-sd2", "tiny-sd2-v", "tiny-sdxl")
-WEIGHT_PARTS = ("unet", "vae", "text_encoder")  # the parts of a folder training and export load
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+Kind = Literal["tiny", "hub", "local", "single_file"]
 
 
-class LocalModel(BaseModel):
-    """A base model ready to load from local disk."""
+class FetchedModel(BaseModel):
+    """A base model's diffusers folder on local disk, before its family is read."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     path: str = Field(description="Local diffusers folder (holds model_index.json).")
     digest: str = Field(description="Identifies the model's content; the same on every run.")
-    kind: Literal["tiny", "hub", "local", "single_file"] = Field(description="What the spec named.")
+    kind: Kind = Field(description="What the spec named.")
     source: str = Field(description="The spec as given.")
-    family: ModelFamily = Field(description="Read from the folder's configs: family, prediction "
-                                "type and native resolution.")
-
-    @classmethod
-    def at(cls, path: str | Path, digest: str, kind: str, source: str) -> "LocalModel":
-        """The model in diffusers folder `path`; refused (ModelError) when it is not one this tool trains."""
-        return cls(path=str(path), digest=digest, kind=kind, source=source, family=detect_family(path))
 
 
-def fetch_model(spec: str, cache_dir: Path, revision: str | None = None, model_config: str | None = None,
-                hf_token: str | None = None, log: logging.Logger = logging.getLogger("dreambooth")) -> LocalModel:
+@dataclass(frozen=True)
+class ModelSources:
+    """What fetching needs from the families: the tiny models' builders (spec -> (version, build)),
+    the check of a folder's architecture (raises ModelError for one the tool cannot train), the
+    converter of a single file's weights, and what to tell users they may pass."""
+
+    tiny: Mapping[str, tuple[str, Callable[[Path], Path]]]
+    recognise: Callable[[Path], object]
+    choose_converter: Callable[[Path, Path], Converter]
+    accepted: str
+
+
+def fetch_model_files(spec: str, cache_dir: Path, sources: ModelSources, revision: str | None = None,
+                      model_config: str | None = None, hf_token: str | None = None,
+                      log: logging.Logger = logging.getLogger("dreambooth")) -> FetchedModel:
     """Make the model named by `spec` available locally, fetching or converting it only once.
 
     `revision` applies to hub repos; `model_config` (a local diffusers folder or a
     hub repo id of the same architecture) to single-file checkpoints.
     """
     if not spec.strip():
-        raise ModelError(f"No model given (the model spec {spec!r} is empty). Pass one of: {ACCEPTED_SPECS}.")
+        raise ModelError(f"No model given (the model spec {spec!r} is empty). Pass one of: {sources.accepted}.")
     cache_dir = Path(cache_dir).expanduser()
-    _warn_unused_options(spec, revision, model_config, log)
-    if spec in TINY_MODELS:
-        return _fetch_tiny(spec, cache_dir, log)
+    _warn_unused_options(spec, revision, model_config, sources, log)
+    if spec in sources.tiny:
+        return _fetch_tiny(spec, cache_dir, sources, log)
     if spec.lower().startswith(("http://", "https://")):
-        file = _download_single_file(spec, cache_dir, hf_token, log)
-        return _from_single_file(file, spec, cache_dir, model_config, hf_token, log)
+        file = _download_single_file(spec, cache_dir, hf_token, sources, log)
+        return _from_single_file(file, spec, cache_dir, model_config, hf_token, sources, log)
     local = Path(spec).expanduser()
     if local.is_dir():
-        return _from_local_folder(local, spec)
+        return _from_local_folder(local, spec, sources)
     if local.is_file():
-        _check_single_file_name(local.name, spec)
+        _check_single_file_name(local.name, spec, sources)
         _check_single_file(local, spec)
-        return _from_single_file(local, spec, cache_dir, model_config, hf_token, log)
+        return _from_single_file(local, spec, cache_dir, model_config, hf_token, sources, log)
     if _looks_like_path(spec):
-        raise ModelError(f"Model {spec!r}: no such file or folder. Check the path; accepted are {ACCEPTED_SPECS}.")
+        raise ModelError(f"Model {spec!r}: no such file or folder. Check the path; accepted are {sources.accepted}.")
     if looks_like_hub_id(spec):
-        return _from_hub(spec, cache_dir, revision, hf_token, log)
-    raise ModelError(f"Model {spec!r} is not a model this tool can find. Accepted are {ACCEPTED_SPECS}.")
+        return _from_hub(spec, cache_dir, revision, hf_token, sources, log)
+    raise ModelError(f"Model {spec!r} is not a model this tool can find. Accepted are {sources.accepted}.")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -118,39 +109,43 @@ def folder_digest(folder: Path) -> str:
     return sha.hexdigest()
 
 
-def _fetch_tiny(spec: str, cache_dir: Path, log: logging.Logger) -> LocalModel:
-    # Looked up at call time, so that tests can replace a builder.
-    version, build = {"tiny": (TINY_VERSION, build_tiny_model),
-                      "tiny-sd2": (TINY_SD2_VERSIONS["epsilon"], build_tiny_sd2_model),
-                      "tiny-sd2-v": (TINY_SD2_VERSIONS["v_prediction"], build_tiny_sd2_v_model),
-                      "tiny-sdxl": (TINY_SDXL_VERSION, build_tiny_sdxl_model)}[spec]
+def _fetch_tiny(spec: str, cache_dir: Path, sources: ModelSources, log: logging.Logger) -> FetchedModel:
+    version, build = sources.tiny[spec]
     folder, built = build_once(cache_dir / "tiny" / version, build)
     log.info("%s the %s model in %s", "Built" if built else "Using", spec, folder)
-    return LocalModel.at(str(folder.resolve()), version, "tiny", spec)
+    return FetchedModel(path=str(folder.resolve()), digest=version, kind="tiny", source=spec)
 
 
-def _from_hub(spec: str, cache_dir: Path, revision: str | None, hf_token: str | None,
-              log: logging.Logger) -> LocalModel:
+def _from_hub(spec: str, cache_dir: Path, revision: str | None, hf_token: str | None, sources: ModelSources,
+              log: logging.Logger) -> FetchedModel:
     folder = download_hub_model(spec, cache_dir / "hub", revision, hf_token, log)
-    model = LocalModel.at(str(folder), folder.name, "hub", spec)
+    sources.recognise(folder)
     check_folder_weights(folder, spec, f"The repo's files do not belong together as they are in the "
                          f"model cache: delete {folder.parents[1]} to download them again, or pass "
                          "another --revision.")
-    return model
+    return FetchedModel(path=str(folder), digest=folder.name, kind="hub", source=spec)
 
 
-def _from_local_folder(folder: Path, spec: str) -> LocalModel:
+def _from_local_folder(folder: Path, spec: str, sources: ModelSources) -> FetchedModel:
     if not (folder / "model_index.json").is_file():
         raise ModelError(
             f"Model folder {spec!r} is not a diffusers model: it has no model_index.json. Point at the folder "
-            "that holds model_index.json next to unet/, vae/ and text_encoder/, or at a .safetensors/.ckpt file.")
-    model = LocalModel.at(str(folder.resolve()), folder_digest(folder), "local", spec)
-    for part in WEIGHT_PARTS:
+            "that holds model_index.json beside each part's folder, or at a .safetensors/.ckpt file.")
+    sources.recognise(folder)
+    for part in weight_parts(folder):
         _require_safetensors(folder, part, spec)
     check_folder_weights(folder, spec, "The folder mixes files of two models, or a copy of it stopped "
                          "halfway: copy the whole model folder again from its source (each part's "
                          "config.json with its weights), or point --model at the original folder.")
-    return model
+    return FetchedModel(path=str(folder.resolve()), digest=folder_digest(folder), kind="local", source=spec)
+
+
+def weight_parts(folder: Path) -> list[str]:
+    """The parts of a diffusers folder that hold weights: the denoiser, the VAE, the text encoders
+    (model_index.json's diffusers and transformers components with a config.json)."""
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    return sorted(name for name, entry in index.items() if isinstance(entry, list) and len(entry) == 2
+                  and entry[0] in ("diffusers", "transformers") and (folder / name / "config.json").is_file())
 
 
 def _require_safetensors(folder: Path, part: str, spec: str) -> None:
@@ -169,14 +164,16 @@ def _require_safetensors(folder: Path, part: str, spec: str) -> None:
 
 
 def _from_single_file(file: Path, spec: str, cache_dir: Path, model_config: str | None, hf_token: str | None,
-                      log: logging.Logger) -> LocalModel:
+                      sources: ModelSources, log: logging.Logger) -> FetchedModel:
     sha256 = file_sha256(file, cache_dir)
-    folder = convert_single_file(file, sha256, cache_dir, model_config, hf_token, log)
-    return LocalModel.at(str(folder.resolve()), sha256, "single_file", spec)
+    folder = convert_single_file(file, sha256, cache_dir, sources.choose_converter, model_config, hf_token, log)
+    sources.recognise(folder)
+    return FetchedModel(path=str(folder.resolve()), digest=sha256, kind="single_file", source=spec)
 
 
-def _download_single_file(url: str, cache_dir: Path, hf_token: str | None, log: logging.Logger) -> Path:
-    _check_single_file_name(url_filename(url), url)
+def _download_single_file(url: str, cache_dir: Path, hf_token: str | None, sources: ModelSources,
+                          log: logging.Logger) -> Path:
+    _check_single_file_name(url_filename(url), url, sources)
     target = download_path(url, cache_dir / "downloads")
     return download_file(url, target, hf_token, log,
                          check=lambda file: weights_file_problem(file, target.suffix))
@@ -190,10 +187,10 @@ def _check_single_file(file: Path, spec: str) -> None:
                          "link; a site may answer with a login or error page), and pass its path.")
 
 
-def _check_single_file_name(name: str, spec: str) -> None:
+def _check_single_file_name(name: str, spec: str, sources: ModelSources) -> None:
     if not name.lower().endswith(SINGLE_FILE_SUFFIXES):
         raise ModelError(
-            f"Model {spec!r} is not a .ckpt or .safetensors file. Accepted are {ACCEPTED_SPECS}. "
+            f"Model {spec!r} is not a .ckpt or .safetensors file. Accepted are {sources.accepted}. "
             "For a download link without the file name in it, download the file and pass its local path.")
 
 
@@ -206,9 +203,10 @@ def _is_hidden(file: Path, folder: Path) -> bool:
     return any(part.startswith(".") for part in file.relative_to(folder).parts)
 
 
-def _warn_unused_options(spec: str, revision: str | None, model_config: str | None, log: logging.Logger) -> None:
+def _warn_unused_options(spec: str, revision: str | None, model_config: str | None, sources: ModelSources,
+                         log: logging.Logger) -> None:
     is_url = spec.lower().startswith(("http://", "https://"))
-    if revision and (spec in TINY_MODELS or is_url or Path(spec).expanduser().exists()):
+    if revision and (spec in sources.tiny or is_url or Path(spec).expanduser().exists()):
         log.warning("revision %r is ignored: it applies only to Hugging Face repo ids, not %r", revision, spec)
     name = url_filename(spec) if is_url else spec
     if model_config and not name.lower().endswith(SINGLE_FILE_SUFFIXES):

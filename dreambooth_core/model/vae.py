@@ -20,28 +20,19 @@ import json
 import logging
 from pathlib import Path
 
-from dreambooth_core.config import BaseModelSettings
 from dreambooth_core.errors import ModelError
 from dreambooth_core.model.cache import build_once, file_sha256
-from dreambooth_core.model.fetch import LocalModel, fetch_model
+from dreambooth_core.model.fetch import FetchedModel
 from dreambooth_core.model.hub import download_hub_snapshot, looks_like_hub_id
 
 VAE_FILES = ["config.json", "diffusion_pytorch_model.safetensors"]
 # What decides the latent space; a VAE that differs here encodes latents the UNet never saw.
-ARCHITECTURE = ("latent_channels", "block_out_channels", "layers_per_block", "down_block_types",
+ARCHITECTURE = ("_class_name", "latent_channels", "block_out_channels", "layers_per_block", "down_block_types",
                 "up_block_types", "in_channels", "out_channels")
 
 
-def fetch_base(base: BaseModelSettings, cache_dir: Path, hf_token: str | None = None,
-               log: logging.Logger = logging.getLogger("dreambooth")) -> LocalModel:
-    """The model the settings name, with their --vae in place of its own when one is given."""
-    model = fetch_model(base.model, cache_dir, revision=base.revision, model_config=base.single_file_config,
-                        hf_token=hf_token, log=log)
-    return with_vae(model, base.vae, cache_dir, hf_token, log) if base.vae else model
-
-
-def with_vae(model: LocalModel, spec: str, cache_dir: Path, hf_token: str | None = None,
-             log: logging.Logger = logging.getLogger("dreambooth")) -> LocalModel:
+def with_vae(model: FetchedModel, spec: str, cache_dir: Path, hf_token: str | None = None,
+             log: logging.Logger = logging.getLogger("dreambooth")) -> FetchedModel:
     """`model` with the VAE named by `spec` in place of its own."""
     folder, vae_digest = _fetch_vae(spec, Path(cache_dir), hf_token, log)
     _check_same_architecture(folder, Path(model.path) / "vae", spec, model.source)
@@ -49,7 +40,7 @@ def with_vae(model: LocalModel, spec: str, cache_dir: Path, hf_token: str | None
     composed, built = build_once(Path(cache_dir) / "with-vae" / digest[:24],
                                  lambda temp: _link_parts(Path(model.path), folder, temp))
     log.info("%s %s with the VAE %s (%s)", "Combined" if built else "Using", model.source, spec, composed)
-    return LocalModel.at(str(composed), digest, model.kind, model.source)
+    return model.model_copy(update={"path": str(composed), "digest": digest})
 
 
 def _fetch_vae(spec: str, cache_dir: Path, hf_token: str | None, log: logging.Logger) -> tuple[Path, str]:
@@ -91,9 +82,9 @@ def _check_vae_folder(folder: Path, spec: str) -> None:
         raise ModelError(f"--vae {spec!r} holds no diffusers VAE: {folder} needs config.json and "
                          "diffusion_pytorch_model.safetensors. Point at the folder that holds them.")
     kind = _read_config(config, spec).get("_class_name")
-    if kind != "AutoencoderKL":
+    if not str(kind).startswith("AutoencoderKL"):
         raise ModelError(f"--vae {spec!r}: {config} describes a {kind or 'model of no class'}, "
-                         "not an AutoencoderKL. Give a Stable Diffusion VAE.")
+                         "not an AutoencoderKL (a diffusers VAE). Give a VAE made for the model.")
 
 
 def _check_same_architecture(folder: Path, own: Path, spec: str, model: str) -> None:

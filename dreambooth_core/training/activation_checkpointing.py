@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from dreambooth_core.training.model_parts import ModelParts
+from dreambooth_core.families.family import ModelParts
 
 # Non-reentrant checkpointing computes gradients for weights inside a layer even when the layer's
 # input needs none (LoRA adapters behind a frozen embedding); the reentrant kind would not.
@@ -20,7 +20,7 @@ CHECKPOINT_KWARGS = {"use_reentrant": False}
 
 
 def checkpoint_activations(parts: ModelParts, text_encoders_train: bool) -> None:
-    parts.unet.enable_gradient_checkpointing()
+    parts.denoiser.enable_gradient_checkpointing()
     if text_encoders_train:
         for encoder in parts.text_encoders:
             checkpoint_text_encoder(encoder)

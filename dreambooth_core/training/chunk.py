@@ -25,7 +25,7 @@ from dreambooth_core.training.examples import load_class_examples, load_examples
 from dreambooth_core.training.finite import check_training_finite, divergence_advice
 from dreambooth_core.training.live import LiveTraining
 from dreambooth_core.training.memory_plan import out_of_memory_advice
-from dreambooth_core.training.model_parts import load_model_parts
+from dreambooth_core.families import load_model_parts
 from dreambooth_core.training.plan import Chunk, TrainingPlan
 from dreambooth_core.training.preemption import StopRequest, TrainingStopped, save_on_stop, stop_requests
 from dreambooth_core.training.trainer import Trainer
@@ -158,7 +158,7 @@ def build_trainer(plan: TrainingPlan, session: Session, rank: int = 0, world: in
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", torch.cuda.current_device())  # the launcher set this process's GPU
     parts = load_model_parts(plan.model_path, torch.device("cpu"))  # the Trainer moves them, once cast
-    examples = load_examples(session, crops=parts.text_encoder_2 is not None)  # SDXL: with their crops
+    examples = load_examples(session, crops=parts.family.uses_crop_boxes)
     return Trainer(parts, examples, plan.training, plan.total_steps, plan.runtime,
                    load_class_examples(plan.class_images, session), plan.initializer_word, rank, world, device)
 

@@ -29,10 +29,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from dreambooth_core.config import RuntimeSettings, TrainingSettings
-from dreambooth_core.model.family import has_second_text_encoder
-from dreambooth_core.model.published import write_config_folder
+from dreambooth_core.families import ModelParts, load_model_parts, write_config_folder
 from dreambooth_core.training import trainer as trainer_module
-from dreambooth_core.training.model_parts import ModelParts
 
 
 @dataclass(frozen=True)
@@ -84,36 +82,20 @@ class LiveTensorBytes(TorchDispatchMode):
 
 def build_parts(model_path: str | Path) -> ModelParts:
     """The model's parts from its configs, with freshly initialised (not loaded) weights."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    folder = Path(model_path)
-    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder, subfolder="unet"))
-    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder, subfolder="vae"))
-    text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
-    parts = ModelParts(unet=unet, vae=vae, text_encoder=text_encoder,
-                       tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
-                       noise_scheduler=DDPMScheduler.from_pretrained(folder, subfolder="scheduler"))
-    if has_second_text_encoder(folder):  # SDXL
-        from transformers import CLIPTextModelWithProjection
-
-        parts.text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(folder / "text_encoder_2"))
-        parts.tokenizer_2 = CLIPTokenizer.from_pretrained(folder / "tokenizer_2")
-    vae.requires_grad_(False).eval()
-    for encoder in parts.text_encoders:
-        encoder.requires_grad_(False).eval()
-    return parts
+    return load_model_parts(model_path, torch.device("cpu"), weights=False)
 
 
 def write_random_model(architecture: str, folder: Path) -> Path:
-    """A diffusers folder of `architecture` (a key of published.ARCHITECTURES) with random weights:
-    the full-size model to benchmark, without a download."""
+    """A diffusers folder of a published architecture (dreambooth_core.families.ARCHITECTURES) with
+    random weights: the full-size model to benchmark, without a download."""
     write_config_folder(architecture, folder)
     parts = build_parts(folder)
+    modules = {parts.family.denoiser: parts.denoiser, "vae": parts.vae, "text_encoder": parts.text_encoder,
+               "text_encoder_2": parts.text_encoder_2}
     with torch.no_grad():
-        for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
-            if getattr(parts, name) is not None:
-                getattr(parts, name).save_pretrained(folder / name)
+        for name, module in modules.items():
+            if module is not None:
+                module.save_pretrained(folder / name)
     return folder
 
 
@@ -157,7 +139,7 @@ def _checkpoint_bytes(trainer) -> int:
 
 
 def _module_bytes(parts: ModelParts) -> int:
-    modules = (parts.unet, parts.vae, *parts.text_encoders)
+    modules = (parts.denoiser, parts.vae, *parts.text_encoders)
     return sum(p.numel() * p.element_size() for m in modules for p in [*m.parameters(), *m.buffers()])
 
 

@@ -1,7 +1,8 @@
 """What each method trains: the whole UNet (DreamBooth), LoRA adapters, or new token embeddings.
 
 `Trainables` names every tensor the method changes, so checkpoints and exports
-hold exactly those, under stable names ("unet.<param>", "text_encoder.<param>",
+hold exactly those, under stable names ("unet.<param>" or "transformer.<param>", as the family
+names its denoiser; "text_encoder.<param>",
 "embeddings").
 """
 
@@ -13,20 +14,18 @@ import torch
 
 from dreambooth_core.config import TrainingSettings
 from dreambooth_core.errors import ConfigError
-from dreambooth_core.training.model_parts import ModelParts
-
-UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+from dreambooth_core.families.family import ModelParts
 
 
 @dataclass
 class Trainables:
-    unet: dict[str, torch.nn.Parameter] = field(default_factory=dict)
+    denoiser: dict[str, torch.nn.Parameter] = field(default_factory=dict)
     text_encoder: dict[str, torch.nn.Parameter] = field(default_factory=dict)
     embeddings: torch.nn.Parameter | None = None
     new_tokens: list[str] = field(default_factory=list)
-    text_encoder_2: dict[str, torch.nn.Parameter] = field(default_factory=dict)  # SDXL's second encoder
+    text_encoder_2: dict[str, torch.nn.Parameter] = field(default_factory=dict)  # a second encoder's
     embeddings_2: torch.nn.Parameter | None = None  # SDXL: the new tokens' rows in the second encoder
+    denoiser_name: str = "unet"  # the family's name for its denoiser: the prefix of its weights' names
 
     @property
     def text_side(self) -> dict[str, torch.nn.Parameter]:
@@ -35,7 +34,7 @@ class Trainables:
             f"text_encoder_2.{n}": p for n, p in self.text_encoder_2.items()}
 
     def named(self) -> dict[str, torch.nn.Parameter]:
-        named = {f"unet.{n}": p for n, p in self.unet.items()}
+        named = {f"{self.denoiser_name}.{n}": p for n, p in self.denoiser.items()}
         named |= self.text_side
         if self.embeddings is not None:
             named["embeddings"] = self.embeddings
@@ -79,33 +78,45 @@ class NewTokenEmbedding(torch.nn.Module):
         return torch.where(new.unsqueeze(-1), rows.to(dtype), known.to(dtype))
 
 
-def adapted_encoders(parts: ModelParts, trainables: Trainables) -> tuple:
-    """LoRA: the text encoders that carry adapters (None for one that does not)."""
-    return (parts.text_encoder if trainables.text_encoder else None,
-            parts.text_encoder_2 if trainables.text_encoder_2 else None)
+def adapted_encoders(parts: ModelParts, trainables: Trainables) -> list:
+    """LoRA: each text encoder, where it carries adapters (None for one that does not)."""
+    trained = (trainables.text_encoder, trainables.text_encoder_2)
+    return [encoder if weights else None for encoder, weights in zip(parts.text_encoders, trained)]
 
 
 def set_up_method(parts: ModelParts, settings: TrainingSettings, tokens: list[str],
                   initializer_word: str = "person") -> Trainables:
     """`initializer_word`: where textual inversion's new embeddings start."""
-    parts.unet.requires_grad_(False)
+    parts.denoiser.requires_grad_(False)
     for encoder in parts.text_encoders:
         encoder.requires_grad_(False)
     if settings.method == "dreambooth":
-        return _full(parts, settings)
-    if settings.method == "lora":
-        return _lora(parts, settings)
-    return _textual_inversion(parts, tokens, initializer_word)
+        trainables = _full(parts, settings)
+    elif settings.method == "lora":
+        trainables = _lora(parts, settings)
+    else:
+        trainables = _textual_inversion(parts, tokens, initializer_word)
+    trainables.denoiser_name = parts.family.denoiser
+    return trainables
 
 
 def _full(parts: ModelParts, settings: TrainingSettings) -> Trainables:
-    parts.unet.requires_grad_(True)
-    trainables = Trainables(unet=dict(parts.unet.named_parameters()))
+    parts.denoiser.requires_grad_(True)
+    trainables = Trainables(denoiser=dict(parts.denoiser.named_parameters()))
     if settings.trains_text_encoder:
-        trainables.text_encoder = dict(parts.text_encoder.named_parameters())
-        if parts.text_encoder_2 is not None:
-            trainables.text_encoder_2 = dict(parts.text_encoder_2.named_parameters())
+        _train_text_encoders(trainables, [dict(e.named_parameters()) for e in trained_text_encoders(parts)])
     return trainables
+
+
+def trained_text_encoders(parts: ModelParts) -> list[torch.nn.Module]:
+    """The text encoders the text-encoder phase trains: those of them the family lets train."""
+    return parts.text_encoders[:parts.family.trainable_text_encoders]
+
+
+def _train_text_encoders(trainables: Trainables, weights: list[dict[str, torch.nn.Parameter]]) -> None:
+    trainables.text_encoder = weights[0]
+    if len(weights) > 1:
+        trainables.text_encoder_2 = weights[1]
 
 
 def _lora(parts: ModelParts, settings: TrainingSettings) -> Trainables:
@@ -114,24 +125,22 @@ def _lora(parts: ModelParts, settings: TrainingSettings) -> Trainables:
     # Adapter initialisation draws from torch's global generator: pin it to the seed.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
-        parts.unet.add_adapter(_lora_config(settings, UNET_LORA_TARGETS))
+        parts.denoiser.add_adapter(_lora_config(settings, parts.family.lora_targets))
         if settings.trains_text_encoder:
             # transformers' own add_adapter wants a newer peft than the registry has.
-            for encoder in parts.text_encoders:
-                inject_adapter_in_model(_lora_config(settings, TEXT_LORA_TARGETS), encoder)
-    trainables = Trainables(unet=_lora_parameters(parts.unet))
+            for encoder in trained_text_encoders(parts):
+                inject_adapter_in_model(_lora_config(settings, parts.family.text_lora_targets), encoder)
+    trainables = Trainables(denoiser=_lora_parameters(parts.denoiser))
     if settings.trains_text_encoder:
-        trainables.text_encoder = _lora_parameters(parts.text_encoder)
-        if parts.text_encoder_2 is not None:
-            trainables.text_encoder_2 = _lora_parameters(parts.text_encoder_2)
+        _train_text_encoders(trainables, [_lora_parameters(e) for e in trained_text_encoders(parts)])
     return trainables
 
 
-def _lora_config(settings: TrainingSettings, targets: list[str]):
+def _lora_config(settings: TrainingSettings, targets: tuple[str, ...]):
     from peft import LoraConfig
 
     return LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_scale_alpha,
-                      init_lora_weights="gaussian", target_modules=targets)
+                      init_lora_weights="gaussian", target_modules=list(targets))
 
 
 def _lora_parameters(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -142,10 +151,11 @@ def _lora_parameters(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 
 
 def _textual_inversion(parts: ModelParts, tokens: list[str], initializer_word: str) -> Trainables:
-    """One new vector per token in each text encoder (SDXL: both)."""
+    """One new vector per token in each text encoder (a family with two: both)."""
+    if parts.family.textual_inversion:
+        raise ConfigError(parts.family.textual_inversion)
     vectors = [_new_token_rows(tokenizer, encoder, tokens, initializer_word)
-               for tokenizer, encoder in ((parts.tokenizer, parts.text_encoder),
-                                          (parts.tokenizer_2, parts.text_encoder_2)) if encoder is not None]
+               for tokenizer, encoder in zip(parts.tokenizers, parts.text_encoders)]
     return Trainables(embeddings=vectors[0], embeddings_2=vectors[1] if len(vectors) > 1 else None,
                       new_tokens=list(tokens))
 

@@ -17,8 +17,8 @@ from dreambooth_core.config import (
 )
 from dreambooth_core.errors import ConfigError
 from dreambooth_core.hashing import digest
-from dreambooth_core.model.family import ModelFamily
-from dreambooth_core.model.fetch import LocalModel
+from dreambooth_core.families import ModelFamily
+from dreambooth_core.families.base_model import LocalModel
 from dreambooth_core.photos.prepare import PreparedDataset
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.class_images import ClassImages

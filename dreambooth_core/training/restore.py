@@ -8,7 +8,8 @@ import torch
 from dreambooth_core.config import TrainingSettings
 from dreambooth_core.session.checkpoints import Checkpoint
 from dreambooth_core.training.methods import Trainables, set_up_method
-from dreambooth_core.training.model_parts import ModelParts, load_model_parts
+from dreambooth_core.families.family import ModelParts
+from dreambooth_core.families import load_model_parts
 from dreambooth_core.training.trainer import EMA_FILE, WEIGHTS_FILE
 
 
@@ -22,10 +23,10 @@ def restored_parts(model_path: str, settings: TrainingSettings, subjects: list[s
     weights = safetensors.torch.load(checkpoint.files[WEIGHTS_FILE])
     if use_ema and EMA_FILE in checkpoint.files:
         averaged = safetensors.torch.load(checkpoint.files[EMA_FILE])
-        weights |= {f"unet.{name}": value for name, value in averaged.items()}
+        weights |= {f"{trainables.denoiser_name}.{name}": value for name, value in averaged.items()}
     for name, parameter in trainables.named().items():
         parameter.copy_(weights[name])
-    parts.unet.requires_grad_(False).eval()
+    parts.denoiser.requires_grad_(False).eval()
     for encoder in parts.text_encoders:
         encoder.requires_grad_(False).eval()
     return parts, trainables

@@ -10,18 +10,18 @@ import torch
 
 from dreambooth_core.config import RuntimeSettings, TrainingSettings
 from dreambooth_core.errors import ConfigError, SessionError
+from dreambooth_core.families.family import Condition, ImageGeometry, ModelParts
+from dreambooth_core.families.objectives import per_example_loss, randn
 from dreambooth_core.session.checkpoints import Checkpoint, Writer, read_tensor_file
 from dreambooth_core.session.tensor_files import write_safetensors
 from dreambooth_core.training.activation_checkpointing import checkpoint_activations
 from dreambooth_core.training.batches import draw_micro_batch
-from dreambooth_core.training.conditioning import Condition, encode_captions, sdxl_time_ids
 from dreambooth_core.training.data_parallel import gradients_kept_local, share_gradients
 from dreambooth_core.training.devices import resolve_precision
 from dreambooth_core.training.frozen_weights import HALF, frozen_dtype, hold_frozen
 from dreambooth_core.training.latents import LatentCache
-from dreambooth_core.training.loss import dreambooth_loss, per_example_loss
+from dreambooth_core.training.loss import dreambooth_loss
 from dreambooth_core.training.methods import Trainables, set_up_method
-from dreambooth_core.training.model_parts import ModelParts
 from dreambooth_core.training.schedule import lr_factor
 from dreambooth_core.training.step_in_backward import StepInBackward, refuse_fp16
 
@@ -56,52 +56,52 @@ class Trainer:
         self.parts, self.examples, self.settings, self.runtime = parts, examples, settings, runtime
         self.total_steps, self.rank, self.world = total_steps, rank, world
         self.class_examples = list(class_examples)
-        self.device = device or next(parts.unet.parameters()).device
+        self.device = device or next(parts.denoiser.parameters()).device
         self.precision = resolve_precision(settings.mixed_precision, self.device)
+        self.family = parts.family
+        self.objective = self.family.objective(parts, settings)
         if settings.step_in_backward:
             refuse_fp16(self.precision)
         subjects = sorted({e.subject for e in examples})
         self.trainables = set_up_method(parts, settings, subjects, initializer_word)
-        hold_frozen([parts.unet, *parts.text_encoders], self.trainables.named().values(),
+        hold_frozen([parts.denoiser, *parts.text_encoders], self.trainables.named().values(),
                     frozen_dtype(self.precision))
         parts.to(self.device)
         if runtime.gradient_checkpointing:
             checkpoint_activations(parts, settings.trains_text_encoder)
         self.optimizer = make_optimizer(self.trainables, settings, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.ema = {n: p.detach().clone().float() for n, p in self.trainables.unet.items()} \
+        self.ema = {n: p.detach().clone().float() for n, p in self.trainables.denoiser.items()} \
             if settings.ema_decay > 0 else None
         self.groups = [[i for i, e in enumerate(examples) if e.subject == s] for s in subjects]
         self.class_groups = [[i for i, e in enumerate(self.class_examples) if e.subject == s]
                              for s in subjects] if self.class_examples else []
         self.latents = LatentCache(parts.vae, runtime.cache_latents)
         if runtime.channels_last:
-            parts.unet.to(memory_format=torch.channels_last)
+            parts.denoiser.to(memory_format=torch.channels_last)
         # What trained forward passes go through: the modules, or with several processes their
         # DDP wrappers, which average the gradients during backward (data_parallel.py).
-        self.unet, self.text_encoder, self.text_encoder_2 = parts.unet, parts.text_encoder, parts.text_encoder_2
+        self.denoiser, self.encoders = parts.denoiser, list(parts.text_encoders)
         self.shared: list[torch.nn.Module] = []
         if world > 1:
             self._share_gradients()
-        self.unet = torch.compile(self.unet) if runtime.compile else self.unet
+        self.denoiser = torch.compile(self.denoiser) if runtime.compile else self.denoiser
         self._frozen_embeddings: dict[str, Condition] = {}
 
     def _share_gradients(self) -> None:
         """Textual inversion trains no UNet weight (its embeddings sit in the text encoder); the
         text encoder's wrapper serves only its training phase, after which it is called plain."""
-        if self.trainables.unet:
-            self.unet = share_gradients(self.parts.unet, self.device)
-            self.shared.append(self.unet)
-        if self.trainables.text_encoder or self.trainables.embeddings is not None:
-            for parameter in self.trainables.text_encoder.values():
-                parameter.requires_grad_(True)  # DDP takes the ones that need a gradient now; see _enter_phase
-            self.text_encoder = share_gradients(self.parts.text_encoder, self.device)
-            self.shared.append(self.text_encoder)
-        if self.trainables.text_encoder_2 or self.trainables.embeddings_2 is not None:
-            for parameter in self.trainables.text_encoder_2.values():
-                parameter.requires_grad_(True)
-            self.text_encoder_2 = share_gradients(self.parts.text_encoder_2, self.device)
-            self.shared.append(self.text_encoder_2)
+        if self.trainables.denoiser:
+            self.denoiser = share_gradients(self.parts.denoiser, self.device)
+            self.shared.append(self.denoiser)
+        trained = [(self.trainables.text_encoder, self.trainables.embeddings),
+                   (self.trainables.text_encoder_2, self.trainables.embeddings_2)]
+        for index, (weights, vectors) in enumerate(trained[:len(self.encoders)]):
+            if weights or vectors is not None:
+                for parameter in weights.values():
+                    parameter.requires_grad_(True)  # DDP takes the ones that need a gradient now; see _enter_phase
+                self.encoders[index] = share_gradients(self.parts.text_encoders[index], self.device)
+                self.shared.append(self.encoders[index])
 
     # -- one step -------------------------------------------------------------
 
@@ -140,25 +140,16 @@ class Trainer:
                       for (kind, i, e), flip in zip(chosen, draw.flips)]
         mean, std = (torch.cat(t) for t in zip(*posteriors))
         g = draw.generator
-        latents = (mean + std * _randn(mean.shape, g, self.device)) * self.parts.vae.config.scaling_factor
-        noise = _randn(latents.shape, g, self.device)
+        latents = self.objective.latents(mean, std, g, self.device)
+        noise = randn(latents.shape, g, self.device)
         if o.offset_noise:
-            noise = noise + o.offset_noise * _randn((*latents.shape[:2], 1, 1), g, self.device)
-        scheduler = self.parts.noise_scheduler
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],),
-                                  generator=g).to(self.device)
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        prediction_type = scheduler.config.prediction_type
-        target = scheduler.get_velocity(latents, noise, timesteps) \
-            if prediction_type == "v_prediction" else noise
+            noise = noise + o.offset_noise * randn((*latents.shape[:2], 1, 1), g, self.device)
+        batch = self.objective.noisy_batch(latents, noise, g, self.device)
+        images = [geometry(e, flip) for (_, _, e), flip in zip(chosen, draw.flips)]
         with self._autocast():
             condition = self._condition([e.caption for _, _, e in chosen], step)
-            extra = {} if condition.pooled is None else {"added_cond_kwargs": {
-                "text_embeds": condition.pooled, "time_ids": self._time_ids([e for _, _, e in chosen], draw.flips)}}
-            prediction = self.unet(noisy, timesteps, condition.hidden, **extra).sample
-        per_example = per_example_loss(prediction, target, timesteps, scheduler.alphas_cumprod,
-                                       prediction_type, o.min_snr_gamma)
-        return dreambooth_loss(per_example, len(draw.instances), o.prior_loss_weight)
+            prediction = self.family.predict(self.denoiser, batch, condition, images)
+        return dreambooth_loss(per_example_loss(prediction, batch), len(draw.instances), o.prior_loss_weight)
 
     # -- phases, learning rates, EMA ------------------------------------------
 
@@ -184,7 +175,7 @@ class Trainer:
         if self.ema is None:
             return
         decay = min(self.settings.ema_decay, (1 + step) / (10 + step))
-        for name, parameter in self.trainables.unet.items():
+        for name, parameter in self.trainables.denoiser.items():
             self.ema[name].mul_(decay).add_(parameter.detach().float(), alpha=1 - decay)
 
     # -- text conditioning ----------------------------------------------------
@@ -192,29 +183,18 @@ class Trainer:
     def _condition(self, captions: list[str], step: int) -> Condition:
         """Embeddings with gradients while the text side trains; cached once it is frozen."""
         if self.trainables.new_vectors or self.text_encoder_trains_at(step):
-            return self._encode(captions, self.text_encoder, self.text_encoder_2)
-        frozen = (self.parts.text_encoder, self.parts.text_encoder_2)
+            return self._encode(captions, self.encoders)
+        frozen = self.parts.text_encoders
         with torch.no_grad():
             if not self.runtime.cache_text_embeddings:
-                return Condition.cat([self._encode([c], *frozen) for c in captions])
+                return Condition.cat([self._encode([c], frozen) for c in captions])
             for caption in dict.fromkeys(captions):
                 if caption not in self._frozen_embeddings:
-                    self._frozen_embeddings[caption] = self._encode([caption], *frozen)
+                    self._frozen_embeddings[caption] = self._encode([caption], frozen)
         return Condition.cat([self._frozen_embeddings[c] for c in captions])
 
-    def _encode(self, captions: list[str], encoder: torch.nn.Module,
-                encoder_2: torch.nn.Module | None = None) -> Condition:
-        return encode_captions(captions, self.parts.tokenizer, encoder, self.device, self.parts.tokenizer_2,
-                               encoder_2)
-
-    def _time_ids(self, examples: list[Example], flips: list[bool]) -> torch.Tensor:
-        """SDXL: each image's micro-conditioning, as the photo was cropped (and mirrored)."""
-        rows = []
-        for example, flip in zip(examples, flips):
-            height, width = example.pixels.shape[-2:]
-            rows.append(sdxl_time_ids(example.original_size or (height, width),
-                                      example.crop_box or (0, 0, width, height), width, flip))
-        return torch.tensor(rows, dtype=torch.float32, device=self.device)
+    def _encode(self, captions: list[str], encoders: list[torch.nn.Module]) -> Condition:
+        return self.family.encode(self.parts, captions, encoders, self.device)
 
     def _autocast(self):
         dtype = AUTOCAST.get(self.precision)
@@ -263,7 +243,7 @@ class Trainer:
 
 
 def make_optimizer(trainables: Trainables, settings: TrainingSettings, device: torch.device):
-    main = list(trainables.unet.values()) + trainables.new_vectors
+    main = list(trainables.denoiser.values()) + trainables.new_vectors
     groups = [{"name": "main", "params": main, "weight_decay": 0.0 if trainables.new_vectors else 1e-2}]
     if trainables.text_side:
         groups.append({"name": "text_encoder", "params": list(trainables.text_side.values()),
@@ -287,8 +267,9 @@ def _adamw_8bit(groups: list[dict], settings: TrainingSettings, device: torch.de
     return bitsandbytes.optim.AdamW8bit(groups, lr=settings.base_learning_rate)
 
 
-def _randn(shape, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    return torch.randn(shape, generator=generator).to(device)
+def geometry(example: Example, flip: bool) -> ImageGeometry:
+    height, width = example.pixels.shape[-2:]
+    return ImageGeometry(height, width, example.original_size, example.crop_box, flip)
 
 
 def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -35,7 +35,7 @@ FAULTS = [
     ("a copy to the host in the step", "dreambooth_core.training.trainer",
      "        return dreambooth_loss(", "        per_example.cpu()\n        return dreambooth_loss(",
      ["tiny", "lora", "bf16", "prior"], "host sync", "in loss"),
-    ("a CUDA index into a CPU tensor", "dreambooth_core.training.loss",
+    ("a CUDA index into a CPU tensor", "dreambooth_core.families.objectives",
      "alphas_cumprod.to(timesteps.device)[timesteps]", "torch.ones(1000)[timesteps]",
      ["tiny", "textual-inversion", "min-snr+offset+flip"], "CUDA index into a CPU tensor", "in signal_to_noise"),
     ("a frozen weight left in fp32", "dreambooth_core.training.frozen_weights",

@@ -11,8 +11,8 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
 from dreambooth_core.errors import ConfigError
-from dreambooth_core.export.embedding import DIFFUSERS_FILE, export_embedding, export_embeddings
-from dreambooth_core.model.fetch import fetch_model
+from dreambooth_core.families.sd_embedding import DIFFUSERS_FILE, export_embedding, export_embeddings
+from dreambooth_core.families.base_model import fetch_model
 
 
 @pytest.fixture(scope="module")

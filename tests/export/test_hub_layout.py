@@ -15,13 +15,12 @@ from safetensors import safe_open
 
 from dreambooth_core.captions.tokenizer import load_tokenizer
 from dreambooth_core.errors import ModelError
-from dreambooth_core.export.embedding import export_embedding
-from dreambooth_core.export.lora import DIFFUSERS_FILE, export_lora
-from dreambooth_core.export.method_files import full_model_files
-from dreambooth_core.model.fetch import fetch_model
+from dreambooth_core.families.sd_embedding import export_embedding
+from dreambooth_core.families.sd_lora import DIFFUSERS_FILE, export_lora
+from dreambooth_core.families.base_model import fetch_model
 from dreambooth_core.model.hub_layout import save_pipeline
-from dreambooth_core.training.methods import TEXT_LORA_TARGETS, UNET_LORA_TARGETS
-from dreambooth_core.training.model_parts import load_model_parts
+from dreambooth_core.families.stable_diffusion import STABLE_DIFFUSION
+from dreambooth_core.families import load_model_parts
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -69,12 +68,12 @@ def outputs(request, tmp_path_factory) -> dict:
     base = loading.load_pipeline(model.path)
     save_pipeline(base, out / "base")
     parts = load_model_parts(model.path, torch.device("cpu"))
-    _perturb(parts.unet, 1)
+    _perturb(parts.denoiser, 1)
     _perturb(parts.text_encoder, 2)
-    full_model_files(model.path, model.family, parts, "shrk", 3, torch.float32, out / "full")
+    parts.family.write_full_model(model.family, model.path, parts, "shrk", 3, torch.float32, out / "full")
     lora = loading.load_pipeline(model.path)
-    lora.unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=UNET_LORA_TARGETS))
-    text_encoder = get_peft_model(lora.text_encoder, LoraConfig(r=4, lora_alpha=8, target_modules=TEXT_LORA_TARGETS))
+    lora.unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=list(STABLE_DIFFUSION.lora_targets)))
+    text_encoder = get_peft_model(lora.text_encoder, LoraConfig(r=4, lora_alpha=8, target_modules=list(STABLE_DIFFUSION.text_lora_targets)))
     _perturb(lora.unet, 3, only="lora_")
     _perturb(text_encoder, 4, only="lora_")
     export_lora(lora.unet, text_encoder, out / "lora", "shrk")

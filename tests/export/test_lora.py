@@ -12,8 +12,8 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 
 from dreambooth_core.errors import ModelError
-from dreambooth_core.export.lora import DIFFUSERS_FILE, export_lora, kohya_lora_state
-from dreambooth_core.model.fetch import fetch_model
+from dreambooth_core.families.sd_lora import DIFFUSERS_FILE, export_lora, kohya_lora_state
+from dreambooth_core.families.base_model import fetch_model
 
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]

@@ -10,9 +10,9 @@ from diffusers import StableDiffusionXLPipeline
 from safetensors.torch import load_file
 
 from dreambooth_core.errors import ConfigError
-from dreambooth_core.export.embedding import DIFFUSERS_FILE, DIFFUSERS_FILE_2, export_embeddings
-from dreambooth_core.model.fetch import fetch_model
-from dreambooth_core.model.tiny import TINY_SDXL_WIDTH_2
+from dreambooth_core.families.sd_embedding import DIFFUSERS_FILE, DIFFUSERS_FILE_2, export_embeddings
+from dreambooth_core.families.base_model import fetch_model
+from dreambooth_core.families.sd_tiny import TINY_SDXL_WIDTH_2
 
 WIDTH = 32  # the tiny SDXL's first encoder
 

@@ -10,10 +10,10 @@ from diffusers import StableDiffusionXLPipeline
 from peft import LoraConfig, inject_adapter_in_model
 from safetensors.torch import load_file
 
-from dreambooth_core.export.lora import export_lora
-from dreambooth_core.model.fetch import fetch_model
-from dreambooth_core.model.sdxl_single_file import to_sdxl_single_file_state
-from dreambooth_core.training.methods import TEXT_LORA_TARGETS, UNET_LORA_TARGETS
+from dreambooth_core.families.sd_lora import export_lora
+from dreambooth_core.families.base_model import fetch_model
+from dreambooth_core.families.sdxl_single_file import to_sdxl_single_file_state
+from dreambooth_core.families.stable_diffusion import STABLE_DIFFUSION
 
 
 def _fresh(path) -> StableDiffusionXLPipeline:
@@ -34,9 +34,9 @@ def trained(tmp_path_factory):
     """A tiny SDXL with random adapters on the UNet and both encoders, added as training adds them."""
     path = fetch_model("tiny-sdxl", tmp_path_factory.mktemp("cache")).path
     pipeline = _fresh(path)
-    pipeline.unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=UNET_LORA_TARGETS))
+    pipeline.unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=list(STABLE_DIFFUSION.lora_targets)))
     for seed, encoder in enumerate((pipeline.text_encoder, pipeline.text_encoder_2), start=2):
-        inject_adapter_in_model(LoraConfig(r=2, lora_alpha=3, target_modules=TEXT_LORA_TARGETS), encoder)
+        inject_adapter_in_model(LoraConfig(r=2, lora_alpha=3, target_modules=list(STABLE_DIFFUSION.text_lora_targets)), encoder)
         _randomise_lora(encoder, seed)
     _randomise_lora(pipeline.unet, 1)
     files = export_lora(pipeline.unet, pipeline.text_encoder, tmp_path_factory.mktemp("lora"), "shrk",

@@ -10,7 +10,7 @@ import safetensors.torch
 import torch
 from run_cli import run_cli
 
-from dreambooth_core.model.fetch import fetch_model
+from dreambooth_core.families.base_model import fetch_model
 from flows.cli import main
 
 pytestmark = pytest.mark.slow  # CLI training runs: the full suite only

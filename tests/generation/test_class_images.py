@@ -12,7 +12,7 @@ from PIL import Image
 
 from dreambooth_core.errors import ConfigError, DatasetError
 from dreambooth_core.generation.class_images import build_class_images
-from dreambooth_core.model.tiny import TINY_VERSION
+from dreambooth_core.families.sd_tiny import TINY_VERSION
 from dreambooth_core.session.class_images import open_class_store, read_class_images
 from dreambooth_core.session.paths import CLASS_MANIFEST
 

@@ -3,8 +3,8 @@
 import pytest
 
 from dreambooth_core.config import DreamBoothConfig
-from dreambooth_core.model.fetch import LocalModel
-from dreambooth_core.model.tiny import TINY_VERSION
+from dreambooth_core.families.base_model import LocalModel
+from dreambooth_core.families.sd_tiny import TINY_VERSION
 from dreambooth_core.session.storage import SessionRef
 
 

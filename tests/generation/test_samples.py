@@ -6,14 +6,13 @@ import pytest
 import torch
 from PIL import Image
 
+from dreambooth_core.families import load_model_parts
 from dreambooth_core.generation.samples import SampleSpec, render_samples, sample_prompts, saved_samples
 from dreambooth_core.session.dataset_manifest import require_dataset_manifest
 
 
-def load_unet(model_path: str):
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel.from_pretrained(model_path, subfolder="unet")
+def load_parts(model_path: str):
+    return load_model_parts(model_path, torch.device("cpu"))
 
 
 def settings_for(session, extra=(), images=3) -> SampleSpec:
@@ -28,15 +27,16 @@ def test_default_prompts_then_the_users_own(session):
 
 def test_the_grid_depends_on_the_weights_alone(session, tiny_model_path):
     settings = settings_for(session, ["a painting of {token}"])
-    unet = load_unet(tiny_model_path)
-    first = render_samples(session, 100, tiny_model_path, settings, "cpu", unet=unet)
-    second = render_samples(session, 200, tiny_model_path, settings, "cpu", unet=unet)
+    parts = load_parts(tiny_model_path)
+    unet = parts.denoiser
+    first = render_samples(session, 100, tiny_model_path, settings, "cpu", trained=parts)
+    second = render_samples(session, 200, tiny_model_path, settings, "cpu", trained=parts)
     assert session.read_bytes(first.grid) == session.read_bytes(second.grid)
     assert first.grid == "samples/step-000100.png"
 
     with torch.no_grad():
         unet.conv_out.bias.add_(0.5)
-    changed = render_samples(session, 300, tiny_model_path, settings, "cpu", unet=unet)
+    changed = render_samples(session, 300, tiny_model_path, settings, "cpu", trained=parts)
     assert session.read_bytes(changed.grid) != session.read_bytes(first.grid)
 
 
@@ -56,9 +56,10 @@ def test_the_grid_holds_a_row_per_prompt_and_a_column_per_image(session, tiny_mo
 
 
 def test_trained_modules_are_used_as_they_are_and_left_as_they_were(session, tiny_model_path):
-    unet = load_unet(tiny_model_path).train()
+    parts = load_parts(tiny_model_path)
+    unet = parts.denoiser.train()
     before = {k: v.clone() for k, v in unet.state_dict().items()}
-    render_samples(session, 1, tiny_model_path, settings_for(session, images=1), "cpu", unet=unet)
+    render_samples(session, 1, tiny_model_path, settings_for(session, images=1), "cpu", trained=parts)
     assert unet.training and next(unet.parameters()).dtype == torch.float32
     assert all(torch.equal(before[k], v) for k, v in unet.state_dict().items())
 
@@ -66,10 +67,12 @@ def test_trained_modules_are_used_as_they_are_and_left_as_they_were(session, tin
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_fp32_trained_weights_render_beside_the_fp16_base_on_cuda(session, tiny_model_path):
-    unet = load_unet(tiny_model_path).to("cuda")
+    parts = load_parts(tiny_model_path)
+    parts.to(torch.device("cuda"))
+    unet = parts.denoiser
     settings = settings_for(session, images=2)
-    first = render_samples(session, 1, tiny_model_path, settings, "cuda", unet=unet)
-    second = render_samples(session, 2, tiny_model_path, settings, "cuda", unet=unet)
+    first = render_samples(session, 1, tiny_model_path, settings, "cuda", trained=parts)
+    second = render_samples(session, 2, tiny_model_path, settings, "cuda", trained=parts)
     grid = session.read_bytes(first.grid)
     assert grid == session.read_bytes(second.grid)
     assert next(unet.parameters()).dtype == torch.float32

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from dreambooth_core.errors import ModelError
-from dreambooth_core.model.expected import expected_resolution
-from dreambooth_core.model.family import ModelFamily, detect_family
-from dreambooth_core.model.fetch import fetch_model
-from dreambooth_core.model.tiny import TINY_SDXL_RESOLUTION, build_tiny_sdxl_model
+from dreambooth_core.families.expected import expected_resolution
+from dreambooth_core.families import ModelFamily, detect_family
+from dreambooth_core.families.base_model import fetch_model
+from dreambooth_core.families.sd_tiny import TINY_SDXL_RESOLUTION, build_tiny_sdxl_model
 
 
 @pytest.fixture(scope="module")

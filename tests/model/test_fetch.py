@@ -16,11 +16,16 @@ import torch
 from web_server import COMMIT, FakeServer, closed_port_url, hub_routes
 
 from dreambooth_core.errors import ModelError, NetworkError
-from dreambooth_core.model import fetch as fetch_module
+import dataclasses
+
+from dreambooth_core.families import TINY_MODELS
+from dreambooth_core.families.stable_diffusion import StableDiffusion
 from dreambooth_core.model.download import download_path
-from dreambooth_core.model.fetch import LocalModel, fetch_model, is_transient
-from dreambooth_core.model.single_file import save_single_file, to_single_file_state
-from dreambooth_core.model.tiny import TINY_VERSION
+from dreambooth_core.families.base_model import LocalModel, fetch_model
+from dreambooth_core.model.fetch import is_transient
+from dreambooth_core.model.safetensors_files import save_single_file
+from dreambooth_core.families.sd_single_file import to_single_file_state
+from dreambooth_core.families.sd_tiny import TINY_VERSION
 
 
 def load_unet_state(folder: str) -> dict:
@@ -60,7 +65,8 @@ def single_files(tiny, tmp_path_factory) -> dict[str, Path]:
 def test_tiny_is_built_once_then_reused(tiny, monkeypatch):
     index = Path(tiny.path) / "model_index.json"
     built_at = index.stat().st_mtime_ns
-    monkeypatch.setattr(fetch_module, "build_tiny_model", lambda folder: pytest.fail("rebuilt the tiny model"))
+    monkeypatch.setitem(TINY_MODELS, "tiny", dataclasses.replace(
+        TINY_MODELS["tiny"], build=lambda folder: pytest.fail("rebuilt the tiny model")))
 
     again = fetch_model("tiny", Path(tiny.path).parents[1])
 
@@ -139,7 +145,7 @@ def test_single_file_converts_to_the_same_weights(form, tiny, single_files, tmp_
     assert model.digest == hashlib.sha256(file.read_bytes()).hexdigest()
     assert (Path(model.path) / "model_index.json").is_file()
     assert_same_weights(load_unet_state(tiny.path), load_unet_state(model.path))
-    monkeypatch.setattr("dreambooth_core.model.conversion._load_pipeline", lambda *a: pytest.fail("converted again"))
+    monkeypatch.setattr(StableDiffusion, "convert_single_file", lambda *a: pytest.fail("converted again"))
     assert fetch_model(str(file), tmp_path, model_config=tiny.path) == model
 
 

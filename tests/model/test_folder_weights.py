@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dreambooth_core.errors import ModelError
-from dreambooth_core.model.fetch import fetch_model
+from dreambooth_core.families.base_model import fetch_model
 from dreambooth_core.model.folder_weights import check_folder_weights
 
 REPO = Path(__file__).resolve().parents[2]

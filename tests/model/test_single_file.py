@@ -12,14 +12,15 @@ from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from dreambooth_core.errors import ConfigError, ModelError
-from dreambooth_core.model.single_file import (
+from dreambooth_core.families.sd_single_file import (
     TEXT_ENCODER_PREFIX,
     UNET_PREFIX,
     VAE_PREFIX,
-    save_single_file,
     to_single_file_state,
 )
-from dreambooth_core.model.tiny import build_tiny_model, tiny_merges
+from dreambooth_core.model.safetensors_files import save_single_file
+from dreambooth_core.families.sd_tiny import build_tiny_model
+from dreambooth_core.model.tiny import tiny_merges
 
 # 256 byte characters, the same 256 ending a word, the merged pieces, 2 special tokens.
 TINY_VOCABULARY = 2 * 256 + len(tiny_merges()) + 2

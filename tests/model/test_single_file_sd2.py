@@ -17,11 +17,12 @@ from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from dreambooth_core.errors import ModelError
-from dreambooth_core.model.family import ModelFamily, detect_family
-from dreambooth_core.model.fetch import fetch_model
-from dreambooth_core.model.model_spec import model_spec_metadata
-from dreambooth_core.model.openclip_layout import EXTRAS_FILE, OPENCLIP_PREFIX, load_extras, neutral_extras
-from dreambooth_core.model.single_file import save_single_file, to_single_file_state
+from dreambooth_core.families import ModelFamily, detect_family
+from dreambooth_core.families.base_model import fetch_model
+from dreambooth_core.families.sd_model_spec import model_spec_metadata
+from dreambooth_core.families.sd_openclip_layout import EXTRAS_FILE, OPENCLIP_PREFIX, load_extras, neutral_extras
+from dreambooth_core.model.safetensors_files import save_single_file
+from dreambooth_core.families.sd_single_file import to_single_file_state
 
 P = OPENCLIP_PREFIX
 
@@ -296,7 +297,7 @@ PUBLISHED_V2_INFERENCE_V = {"model": {
 def test_full_sd21_architecture_gets_the_published_inference_config(prediction):
     from diffusers import DDPMScheduler
 
-    from dreambooth_core.model.inference_config import inference_config
+    from dreambooth_core.families.sd_inference_config import inference_config
 
     unet, vae, _ = _sd21_on_meta()
     scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -312,12 +313,11 @@ def test_full_sd21_architecture_gets_the_published_inference_config(prediction):
 def test_sd2_export_has_its_inference_yaml_beside_it(spec, parameterization, cache, tmp_path):
     import yaml
 
-    from dreambooth_core.export.method_files import full_model_files
-    from dreambooth_core.training.model_parts import load_model_parts
+    from dreambooth_core.families import load_model_parts
 
     model = fetch_model(spec, cache)
-    written = full_model_files(model.path, model.family, load_model_parts(model.path, torch.device("cpu")),
-                               "shrk", 1, torch.float16, tmp_path)
+    parts = load_model_parts(model.path, torch.device("cpu"))
+    written = parts.family.write_full_model(model.family, model.path, parts, "shrk", 1, torch.float16, tmp_path)
     if parameterization == "no file":
         assert "shrk.yaml" not in written and not (tmp_path / "shrk.yaml").exists()
         return

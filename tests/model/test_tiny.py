@@ -9,8 +9,9 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from dreambooth_core.model.fetch import fetch_model
-from dreambooth_core.model.tiny import TINY_SD2_TEXT_LAYERS, build_tiny_sd2_model, tiny_resolution
+from dreambooth_core.families.base_model import fetch_model
+from dreambooth_core.families.sd_tiny import TINY_SD2_TEXT_LAYERS, build_tiny_sd2_model
+from dreambooth_core.families import TINY_MODELS
 
 
 @pytest.fixture(scope="module", params=["tiny-sd2", "tiny-sd2-v"])
@@ -31,7 +32,7 @@ def test_sd2_traits(model):
     expected = "v_prediction" if spec == "tiny-sd2-v" else "epsilon"
     assert pipeline.scheduler.config.prediction_type == expected
     assert (local.kind, local.source) == ("tiny", spec)
-    assert unet.config.sample_size * 4 == tiny_resolution(spec)
+    assert unet.config.sample_size * 4 == TINY_MODELS[spec].resolution
 
 
 def test_sd2_text_encoder_pads_with_exclamation_mark(model):

@@ -12,7 +12,7 @@ import torch
 from web_server import FakeServer, hub_routes
 
 from dreambooth_core.errors import ModelError
-from dreambooth_core.model.fetch import LocalModel, fetch_model
+from dreambooth_core.families.base_model import LocalModel, fetch_model
 from dreambooth_core.model.vae import with_vae
 from flows.cli import main
 

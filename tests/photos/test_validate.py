@@ -358,19 +358,15 @@ def test_a_file_name_that_is_not_utf8_is_refused(tmp_path):
 
 def test_resolution_checked_in_the_flow(tmp_path):
     """The check runs before the model is fetched: the resolution comes from what is known then."""
-    import json
-
     from dreambooth_core.config import DreamBoothConfig
-    from dreambooth_core.model.expected import expected_resolution
+    from dreambooth_core.families import write_config_folder
+    from dreambooth_core.families.expected import expected_resolution
 
     def resolution(**fields) -> int:
         config = DreamBoothConfig(session="s", **fields)
         return expected_resolution(config.base_model.model, config.training.resolution)[0]
 
-    (tmp_path / "unet").mkdir()
-    (tmp_path / "vae").mkdir()
-    (tmp_path / "unet" / "config.json").write_text(json.dumps({"sample_size": 96}))
-    (tmp_path / "vae" / "config.json").write_text(json.dumps({"block_out_channels": [1, 2, 3, 4]}))
+    write_config_folder("sd21-768-v", tmp_path)  # a local diffusers folder of a 768 px model (configs)
     assert resolution() == 512
     assert resolution(model="tiny") == 64
     assert resolution(model=str(tmp_path)) == 768

@@ -15,7 +15,7 @@ from dreambooth_core.reports.timing import training_speed
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import LOSS_CSV, LOSS_PNG, TIMING_JSON
-from dreambooth_core.training.model_parts import load_model_parts
+from dreambooth_core.families import load_model_parts
 from dreambooth_core.training.trainer import Example, Trainer
 
 # A warm-up, so the learning rate differs between steps.

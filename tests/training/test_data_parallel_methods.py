@@ -12,7 +12,7 @@ from test_trainer_resume import CASES, KILLED_AT, STEPS, examples, trained_value
 from dreambooth_core.config import RuntimeSettings, TrainingSettings
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.folder import Session
-from dreambooth_core.training.model_parts import load_model_parts
+from dreambooth_core.families import load_model_parts
 from dreambooth_core.training.trainer import Trainer
 
 pytestmark = pytest.mark.slow  # two spawned processes per case

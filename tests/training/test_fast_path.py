@@ -3,7 +3,7 @@
 import torch
 
 from dreambooth_core.config import RuntimeSettings, TrainingSettings
-from dreambooth_core.training.model_parts import load_model_parts
+from dreambooth_core.families import load_model_parts
 from dreambooth_core.training.trainer import Example, Trainer
 
 

@@ -9,7 +9,7 @@ from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.folder import Session
 from dreambooth_core.training.chunk import train_steps
 from dreambooth_core.training.finite import check_training_finite, first_bad_step
-from dreambooth_core.training.model_parts import load_model_parts
+from dreambooth_core.families import load_model_parts
 from dreambooth_core.training.trainer import Example, Trainer
 
 # Finite, so accepted up front, but so large that the first update throws the weights to
@@ -60,7 +60,7 @@ def test_the_export_refuses_weights_that_are_not_finite_in_its_precision(tiny_mo
 
     trainables = trainer(tiny_model_path, 1e-4).trainables
     refuse_non_finite(trainables, torch.float16, 4)
-    weight = next(iter(trainables.unet.values()))
+    weight = next(iter(trainables.denoiser.values()))
     with torch.no_grad():
         weight.view(-1)[0] = 1e5  # finite in fp32, beyond fp16's 65504
     refuse_non_finite(trainables, torch.float32, 4)

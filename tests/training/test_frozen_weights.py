@@ -9,11 +9,11 @@ import torch
 
 from dreambooth_core.config import TrainingSettings
 from dreambooth_core.generation.pipeline import build_pipeline, render
-from dreambooth_core.model.tiny import build_tiny_sdxl_model
+from dreambooth_core.families.sd_tiny import build_tiny_sdxl_model
 from dreambooth_core.training import frozen_weights
 from dreambooth_core.training.frozen_weights import HELD_IN_HALF
 from dreambooth_core.training.memory_estimate import estimate_training_memory
-from dreambooth_core.training.model_parts import load_model_parts
+from dreambooth_core.families import load_model_parts
 from dreambooth_core.training.trainer import Example, Trainer
 
 
@@ -38,7 +38,7 @@ def frozen_dtypes(trainer: Trainer) -> dict[str, set[torch.dtype]]:
     """The dtypes of the untrained parameters: of matrix and embedding layers, and of the rest."""
     trained = {id(p) for p in trainer.trainables.named().values()}
     found = {"matrices": set(), "others": set()}
-    for module in (trainer.parts.unet, *trainer.parts.text_encoders):
+    for module in (trainer.parts.denoiser, *trainer.parts.text_encoders):
         for layer in module.modules():
             kind = "matrices" if isinstance(layer, HELD_IN_HALF) else "others"
             found[kind] |= {p.dtype for p in layer.parameters(recurse=False) if id(p) not in trained}
@@ -80,7 +80,7 @@ def test_dreambooth_keeps_what_it_trains_in_fp32_and_holds_an_untrained_text_enc
     assert frozen_dtypes(with_phase) == {"matrices": set(), "others": set()}  # everything trains
     assert {p.dtype for p in with_phase.trainables.named().values()} == {torch.float32}
     unet_only = make_trainer(tiny_model_path, "dreambooth", "bf16")
-    assert {p.dtype for p in unet_only.parts.unet.parameters()} == {torch.float32}
+    assert {p.dtype for p in unet_only.parts.denoiser.parameters()} == {torch.float32}
     encoder = unet_only.parts.text_encoder
     assert encoder.get_input_embeddings().weight.dtype == torch.bfloat16
     assert frozen_dtypes(unet_only) == {"matrices": {torch.bfloat16}, "others": {torch.float32}}
@@ -91,7 +91,7 @@ def test_the_estimate_drops_by_half_the_frozen_matrices(sdxl):
     full = estimate_training_memory(sdxl, settings("lora", "no"), 64)
     trainer = make_trainer(sdxl, "lora", "no")
     trained = {id(p) for p in trainer.trainables.named().values()}
-    frozen_matrix_bytes = sum(p.numel() * 4 for m in (trainer.parts.unet, *trainer.parts.text_encoders)
+    frozen_matrix_bytes = sum(p.numel() * 4 for m in (trainer.parts.denoiser, *trainer.parts.text_encoders)
                               for layer in m.modules() if isinstance(layer, HELD_IN_HALF)
                               for p in layer.parameters(recurse=False) if id(p) not in trained)
     saved = full.between_steps - half.between_steps
@@ -103,8 +103,7 @@ def test_samples_render_from_a_model_held_in_bf16_and_the_vae_decodes_outside_au
     trainer = make_trainer(sdxl, "lora", "bf16")
     trainer.step(0)
     parts = trainer.parts
-    pipeline = build_pipeline(str(sdxl), "cpu", parts.unet, parts.text_encoder, parts.tokenizer,
-                              parts.text_encoder_2)
+    pipeline = build_pipeline(str(sdxl), "cpu", parts)
     image = np.asarray(render(pipeline, "photo of shrk man", [torch.Generator().manual_seed(0)], 64, steps=3)[0])
     assert image.shape == (64, 64, 3) and image.std() > 0
     # An fp32 VAE called inside someone's half autocast still decodes in fp32 (SDXL's overflows

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from dreambooth_core.config import TrainingSettings
-from dreambooth_core.model.fetch import fetch_model
+from dreambooth_core.families.base_model import fetch_model
 from dreambooth_core.training.batches import draw_micro_batch
-from dreambooth_core.training.model_parts import load_model_parts
+from dreambooth_core.families import load_model_parts
 from dreambooth_core.training.trainer import Example, Trainer
 
 PRIOR_WEIGHT = 0.7
@@ -46,7 +46,7 @@ def by_hand(trainer: Trainer, step: int, gamma: float, prediction_type: str) -> 
         ids = parts.tokenizer([e.caption for e in chosen], padding="max_length",
                               max_length=parts.tokenizer.model_max_length, truncation=True,
                               return_tensors="pt").input_ids
-        prediction = parts.unet(xt, t, parts.text_encoder(ids)[0]).sample
+        prediction = parts.denoiser(xt, t, parts.text_encoder(ids)[0]).sample
     errors = [((prediction[i] - target[i]) ** 2).mean().item() for i in range(len(chosen))]
     if gamma:
         snr = [(a / (1 - a)).item() for a in abar.flatten()]
@@ -65,7 +65,7 @@ def test_loss_matches_the_written_out_objective(model, gamma):
     parts = load_model_parts(path, torch.device("cpu"))
     prediction_type = parts.noise_scheduler.config.prediction_type
     assert prediction_type == ("v_prediction" if model.endswith("-v") else "epsilon")
-    size = parts.unet.config.sample_size * 8
+    size = parts.denoiser.config.sample_size * 8
     instances = [Example(p[..., :size, :size], "photo of shrk man", "shrk") for p in images(3, 0)]
     classes = [Example(p[..., :size, :size], "photo of man", "shrk") for p in images(4, 10)]
     settings = TrainingSettings(seed=5, batch_size=2, min_snr_gamma=gamma, prior_loss_weight=PRIOR_WEIGHT,

@@ -3,7 +3,7 @@
 import pytest
 
 from dreambooth_core.config import RuntimeSettings, TrainingSettings
-from dreambooth_core.model.fetch import fetch_model
+from dreambooth_core.families.base_model import fetch_model
 from dreambooth_core.training.memory_estimate import estimate_training_memory
 
 METHODS = {"dreambooth": {"text_encoder_steps": 1}, "lora": {"lora_text_encoder": True},

@@ -4,7 +4,7 @@ import pytest
 
 from dreambooth_core.config import DreamBoothConfig, MemoryPlan, RuntimeSettings, TrainingSettings
 from dreambooth_core.errors import ConfigError
-from dreambooth_core.model.fetch import fetch_model
+from dreambooth_core.families.base_model import fetch_model
 from dreambooth_core.training.memory_estimate import estimate_training_memory
 from dreambooth_core.training.memory_plan import (
     RESERVE_BYTES,

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from dreambooth_core.config import TrainingSettings
-from dreambooth_core.model.tiny import build_tiny_sdxl_model
+from dreambooth_core.families.sd_tiny import build_tiny_sdxl_model
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.folder import Session
 from dreambooth_core.training.batches import draw_micro_batch
-from dreambooth_core.training.model_parts import load_model_parts
+from dreambooth_core.families import load_model_parts
 from dreambooth_core.training.trainer import Example, Trainer
 
 CAPTION = "photo of shrk man"
@@ -75,14 +75,14 @@ def test_the_loss_is_the_written_out_sdxl_objective(model, request):
         second = parts.text_encoder_2(ids(parts.tokenizer_2), output_hidden_states=True)
         hidden = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)  # penultimate layers
         conditioning = {"text_embeds": second.text_embeds, "time_ids": torch.tensor([TIME_IDS])}
-        prediction = parts.unet(noisy, t, hidden, added_cond_kwargs=conditioning).sample
+        prediction = parts.denoiser(noisy, t, hidden, added_cond_kwargs=conditioning).sample
         expected = (prediction - target).pow(2).mean()
-    assert hidden.shape[-1] == parts.unet.config.cross_attention_dim
+    assert hidden.shape[-1] == parts.denoiser.config.cross_attention_dim
     assert torch.allclose(loss, expected, atol=1e-6), (loss, expected)
 
 
 def test_a_mirrored_photo_has_its_crop_mirrored():
-    from dreambooth_core.training.conditioning import sdxl_time_ids
+    from dreambooth_core.families.sd_conditioning import sdxl_time_ids
 
     assert sdxl_time_ids((100, 80), (10, 20, 70, 80), 64, flip=False) == (100.0, 80.0, 21, 11, 64.0, 64.0)
     # mirrored, the crop's left edge is 80 - 70 = 10 px from the left

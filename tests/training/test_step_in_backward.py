@@ -5,9 +5,9 @@ import torch
 
 from dreambooth_core.config import RuntimeSettings, TrainingSettings
 from dreambooth_core.errors import ConfigError
-from dreambooth_core.model.published import write_config_folder
+from dreambooth_core.families import write_config_folder
 from dreambooth_core.training.memory_estimate import estimate_training_memory
-from dreambooth_core.training.model_parts import load_model_parts
+from dreambooth_core.families import load_model_parts
 from dreambooth_core.training.trainer import Example, Trainer
 
 STEPS = 4
@@ -56,7 +56,7 @@ def test_each_gradient_is_clipped_on_its_own_before_its_update(tiny_model_path, 
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording)
     trainer = trained(tiny_model_path, max_grad_norm=1e-3, step_in_backward=True)
-    trained_count = len(trainer.trainables.unet)
+    trained_count = len(trainer.trainables.denoiser)
     assert len(norms) >= STEPS * trained_count  # once per weight and step (text encoder too, in its phase)
     assert all(count == 1 and norm <= 1e-3 * 1.001 for count, norm in norms)
 

@@ -15,13 +15,13 @@ import json
 import logging
 from pathlib import Path
 
-from dreambooth_core.model.family import ModelFamily, vae_scale
+from dreambooth_core.families.family import ModelFamily, vae_scale
 
 _PREDICTION_NAMES = {"epsilon": "epsilon", "v_prediction": "v"}
 
 
 def model_spec_metadata(family: ModelFamily, title: str) -> dict[str, str]:
-    """The model-spec entries for a single file of `family` (dreambooth_core.model.family.detect_family)."""
+    """The model-spec entries for a single file of `family` (dreambooth_core.families.detect_family)."""
     if family.family == "sd1":
         architecture, implementation = "stable-diffusion-v1", "https://github.com/CompVis/stable-diffusion"
     elif family.family == "sdxl":

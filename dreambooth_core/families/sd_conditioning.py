@@ -11,21 +11,9 @@ for SDXL its pooled embedding and the micro-conditioning time ids.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass(frozen=True)
-class Condition:
-    hidden: torch.Tensor  # [batch, 77, width]
-    pooled: torch.Tensor | None = None  # SDXL: [batch, projection width]
-
-    @staticmethod
-    def cat(conditions: list[Condition]) -> Condition:
-        pooled = [c.pooled for c in conditions]
-        return Condition(torch.cat([c.hidden for c in conditions]),
-                         None if pooled[0] is None else torch.cat(pooled))
+from dreambooth_core.families.family import Condition, ImageGeometry
 
 
 def token_ids(tokenizer, captions: list[str], device: torch.device) -> torch.Tensor:
@@ -33,15 +21,23 @@ def token_ids(tokenizer, captions: list[str], device: torch.device) -> torch.Ten
                      return_tensors="pt").input_ids.to(device)
 
 
-def encode_captions(captions: list[str], tokenizer, encoder: torch.nn.Module, device: torch.device,
-                    tokenizer_2=None, encoder_2: torch.nn.Module | None = None) -> Condition:
-    """SD 1.x / 2.x with one encoder; SDXL when the second is given."""
-    if encoder_2 is None:
-        return Condition(encoder(token_ids(tokenizer, captions, device))[0])
-    first = encoder(token_ids(tokenizer, captions, device), output_hidden_states=True)
-    second = encoder_2(token_ids(tokenizer_2, captions, device), output_hidden_states=True)
+def encode_captions(captions: list[str], tokenizers: list, encoders: list[torch.nn.Module],
+                    device: torch.device) -> Condition:
+    """SD 1.x / 2.x with one encoder; SDXL with two."""
+    if len(encoders) == 1:
+        return Condition(encoders[0](token_ids(tokenizers[0], captions, device))[0])
+    first, second = (encoder(token_ids(tokenizer, captions, device), output_hidden_states=True)
+                     for tokenizer, encoder in zip(tokenizers, encoders))
     hidden = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)
     return Condition(hidden, second.text_embeds)
+
+
+def time_ids(images: list[ImageGeometry], device: torch.device) -> torch.Tensor:
+    """SDXL: each image's micro-conditioning, as the photo was cropped (and mirrored)."""
+    rows = [sdxl_time_ids(image.original_size or (image.height, image.width),
+                          image.crop_box or (0, 0, image.width, image.height), image.width, image.flip)
+            for image in images]
+    return torch.tensor(rows, dtype=torch.float32, device=device)
 
 
 def sdxl_time_ids(original_hw: tuple[int, int], crop_box: tuple[int, int, int, int], target: int,

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field
 
 from dreambooth_core.errors import ConfigError
-from dreambooth_core.model.single_file import save_safetensors
+from dreambooth_core.model.safetensors_files import save_safetensors
 
 if TYPE_CHECKING:
     import torch

@@ -30,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dreambooth_core.errors import ModelError
 from dreambooth_core.model.hub_layout import nested_key
-from dreambooth_core.model.single_file import original_unet_module, save_safetensors, sort_metadata
+from dreambooth_core.model.safetensors_files import save_safetensors, sort_metadata
+from dreambooth_core.families.sd_single_file import original_unet_module
 
 if TYPE_CHECKING:
     import torch

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dreambooth_core.model.openclip_layout import sdxl_openclip_state
-from dreambooth_core.model.single_file import (
+from dreambooth_core.families.sd_openclip_layout import sdxl_openclip_state
+from dreambooth_core.families.sd_single_file import (
     UNET_PREFIX,
     VAE_PREFIX,
     _as_conv_1x1,

@@ -1,0 +1,104 @@
+"""What a denoiser is trained to predict, from clean latents and noise: the training objective.
+
+- `DiffusionObjective` (DDPM: SD 1.x, 2.x, SDXL): an integer timestep t drawn uniformly, the
+  scheduler's noisy latents, and the target the model predicts: the noise (epsilon) or the
+  velocity (v-prediction). Optional min-SNR weighting (Hang et al., 2023): min(SNR, gamma) / SNR
+  for an epsilon target, min(SNR, gamma) / (SNR + 1) for a v target.
+- `FlowMatchingObjective` (rectified flow: FLUX and later families): a noise level sigma in (0, 1],
+  the noisy latents (1 - sigma) x0 + sigma noise, and the target noise - x0 (the flow's velocity).
+
+Every random draw comes from the step's generator, in a fixed order, so a resumed step draws
+what an uninterrupted one drew (dreambooth_core/training/randomness.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class NoisyBatch:
+    noisy: torch.Tensor      # what the denoiser sees
+    timesteps: torch.Tensor  # the noise level, in the units the denoiser takes it
+    target: torch.Tensor     # what it should predict
+    weights: torch.Tensor | None = None  # per example: the loss weighting, where there is one
+
+
+class Objective(Protocol):
+    def latents(self, mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator,
+                device: torch.device) -> torch.Tensor:
+        """The clean latents the denoiser works in, from the VAE's posterior (mean, std)."""
+
+    def noisy_batch(self, latents: torch.Tensor, noise: torch.Tensor, generator: torch.Generator,
+                    device: torch.device) -> NoisyBatch: ...
+
+
+def randn(shape, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Normal noise drawn on the CPU from the step's generator (the same on every device), then moved."""
+    return torch.randn(shape, generator=generator).to(device)
+
+
+def per_example_loss(prediction: torch.Tensor, batch: NoisyBatch) -> torch.Tensor:
+    """Mean squared error per example, weighted where the objective weights it."""
+    error = (prediction.float() - batch.target.float()).pow(2).mean(dim=tuple(range(1, prediction.dim())))
+    return error if batch.weights is None else error * batch.weights
+
+
+@dataclass(frozen=True)
+class DiffusionObjective:
+    scheduler: object            # diffusers' DDPMScheduler (add_noise, get_velocity, alphas_cumprod)
+    scaling_factor: float        # the VAE's
+    prediction_type: Literal["epsilon", "v_prediction"]
+    min_snr_gamma: float = 0.0
+
+    def latents(self, mean, std, generator, device):
+        return (mean + std * randn(mean.shape, generator, device)) * self.scaling_factor
+
+    def noisy_batch(self, latents, noise, generator, device):
+        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (latents.shape[0],),
+                                  generator=generator).to(device)
+        noisy = self.scheduler.add_noise(latents, noise, timesteps)
+        target = self.scheduler.get_velocity(latents, noise, timesteps) \
+            if self.prediction_type == "v_prediction" else noise
+        return NoisyBatch(noisy, timesteps, target, self._weights(timesteps))
+
+    def _weights(self, timesteps: torch.Tensor) -> torch.Tensor | None:
+        if self.min_snr_gamma <= 0:
+            return None
+        snr = signal_to_noise(self.scheduler.alphas_cumprod, timesteps)
+        clipped = torch.clamp(snr, max=self.min_snr_gamma)
+        return clipped / (snr + 1.0) if self.prediction_type == "v_prediction" else clipped / snr
+
+
+def signal_to_noise(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    alpha_bar = alphas_cumprod.to(timesteps.device)[timesteps].float()
+    return alpha_bar / (1.0 - alpha_bar)
+
+
+@dataclass(frozen=True)
+class FlowMatchingObjective:
+    """Noise levels drawn logit-normal (sigmoid of a standard normal, the references' default for
+    fine-tuning FLUX), then shifted by the scheduler's static shift where it has one
+    (sigma' = s sigma / (1 + (s - 1) sigma)); the denoiser is told sigma as its timestep."""
+
+    shift: float = 1.0
+    scaling_factor: float = 1.0
+    shift_factor: float = 0.0
+    sample_latents: bool = True  # FLUX.1 samples the posterior; others take its mean
+
+    def latents(self, mean, std, generator, device):
+        sampled = mean + std * randn(mean.shape, generator, device) if self.sample_latents else mean
+        return (sampled - self.shift_factor) * self.scaling_factor
+
+    def noisy_batch(self, latents, noise, generator, device):
+        sigma = torch.sigmoid(torch.randn(latents.shape[0], generator=generator))
+        if self.shift != 1.0:
+            sigma = self.shift * sigma / (1 + (self.shift - 1) * sigma)
+        sigma = sigma.to(device)
+        expanded = sigma.view(-1, *([1] * (latents.dim() - 1)))
+        noisy = (1 - expanded) * latents + expanded * noise
+        return NoisyBatch(noisy.to(latents.dtype), sigma, noise - latents)
+
