@@ -2,6 +2,7 @@
 Prefect, imports that only go downward, and no import circle."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -146,3 +147,38 @@ def test_prefect_yaml_deployments_load_the_flow_with_valid_parameters():
         flow.validate_parameters(deployment["parameters"])
         if flow.name == "dreambooth-train":
             DreamBoothConfig(**deployment["parameters"]["config"])
+
+
+# A family's name in code: an identifier, module or family key (docstrings and messages may name them).
+FAMILY_NAMES = re.compile(r"(?i)(sd1|sd2|sd15|sd21|sdxl|flux|klein|stable_?diffusion|text_time)")
+
+
+def family_names_in(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    keys = set(family_of_keys())
+    found = []
+    for node in ast.walk(tree):
+        names = [getattr(node, field) for field in ("id", "attr", "name", "module", "arg")
+                 if isinstance(getattr(node, field, None), str)]
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings \
+                and node.value in keys:
+            names.append(node.value)
+        found += [f"{path.relative_to(REPO)}:{getattr(node, 'lineno', '?')}: {name}"
+                  for name in names if FAMILY_NAMES.search(name) or name in keys]
+    return found
+
+
+def family_of_keys() -> list[str]:
+    from dreambooth_core.families import FAMILIES
+
+    return [key for family in FAMILIES for key in family.keys]
+
+
+def test_no_code_names_a_family_outside_the_families_package():
+    """What differs between families lives in dreambooth_core/families, one module each."""
+    found = [line for package in (LIBRARY, "flows", "tasks") for name, path in modules(package).items()
+             if not name.startswith(f"{LIBRARY}.families") for line in family_names_in(path)]
+    assert not found
