@@ -125,3 +125,18 @@ def test_each_kind_has_its_own_common_word_threshold(unigram_tokenizer, byte_lev
     assert (COMMON_RANKS["unigram"], COMMON_RANKS["byte-level-bpe"]) == (COMMON_UNIGRAM_PIECES,
                                                                          COMMON_BYTE_LEVEL_MERGES)
 
+
+def test_suggestions_suit_every_tokenizer_of_a_model(small_tokenizer, unigram_tokenizer, byte_level_tokenizer):
+    judges = [small_tokenizer, unigram_tokenizer, byte_level_tokenizer]
+    suggestions = suggest_tokens(judges, 3, seed="budidoremi")
+    assert len(suggestions) == 3
+    for word in suggestions:
+        assert [analyse_token(word, judge).verdict for judge in judges] == ["good"] * 3
+    assert suggestions == suggest_tokens(judges[::-1], 3, seed="budidoremi")  # the order given does not matter
+    # Words CLIP alone would have proposed first, left out because another kind judges them otherwise.
+    only_clip = suggest_tokens(small_tokenizer, 20, seed="budidoremi")
+    passed_over = only_clip[:only_clip.index(suggestions[-1])]
+    passed_over = [word for word in passed_over if word not in suggestions]
+    assert passed_over
+    for word in passed_over:
+        assert any(analyse_token(word, judge).verdict != "good" for judge in judges[1:])
