@@ -126,13 +126,14 @@ def test_each_kind_has_its_own_common_word_threshold(unigram_tokenizer, byte_lev
                                                                          COMMON_BYTE_LEVEL_MERGES)
 
 
-def test_suggestions_suit_every_tokenizer_of_a_model(small_tokenizer, unigram_tokenizer, byte_level_tokenizer):
+def test_suggestions_suit_every_tokenizer_of_a_model(small_tokenizer, unigram_tokenizer,
+                                                     byte_level_tokenizer):
     judges = [small_tokenizer, unigram_tokenizer, byte_level_tokenizer]
     suggestions = suggest_tokens(judges, 3, seed="budidoremi")
     assert len(suggestions) == 3
     for word in suggestions:
         assert [analyse_token(word, judge).verdict for judge in judges] == ["good"] * 3
-    assert suggestions == suggest_tokens(judges[::-1], 3, seed="budidoremi")  # the order given does not matter
+    assert suggestions == suggest_tokens(judges[::-1], 3, seed="budidoremi")  # in any order
     # Words CLIP alone would have proposed first, left out because another kind judges them otherwise.
     only_clip = suggest_tokens(small_tokenizer, 20, seed="budidoremi")
     passed_over = only_clip[:only_clip.index(suggestions[-1])]

@@ -31,7 +31,8 @@ def test_flux_like_model_has_clip_then_t5(unigram_model, tmp_path):
     assert isinstance(load_second_tokenizer(model), UnigramTokenizer)
 
 
-def test_byte_level_reads_vocab_and_merges_without_tokenizer_json(byte_level_model, byte_level_tokenizer, tmp_path):
+def test_byte_level_reads_vocab_and_merges_without_tokenizer_json(byte_level_model, byte_level_tokenizer,
+                                                                  tmp_path):
     """Qwen's hub repos also hold vocab.json + merges.txt; a folder with only those is byte-level BPE
     (no piece ends in '</w>'), with the same ranks and pieces."""
     folder = tmp_path / "tokenizer"
@@ -83,7 +84,8 @@ def test_bpe_that_is_neither_clip_nor_byte_level_is_named(byte_level_model, tmp_
     folder = tmp_path / "tokenizer"
     shutil.copytree(byte_level_model / "tokenizer", folder)
     data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
-    data["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": False}
+    data["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first",
+                             "split": False}
     (folder / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(ModelError, match=r"tokenizer\.json holds a BPE tokenizer that is neither CLIP's "
                                          r"\(its end_of_word_suffix is ''.*Metaspace"):
