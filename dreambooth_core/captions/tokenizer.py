@@ -132,8 +132,11 @@ def _byte_level(text: str) -> str:
 
 def _readable(piece: str) -> str:
     """A byte-level piece as text, its leading space as '▁' ('Ġshr' -> '▁shr'); a byte that is
-    only part of a character shows as an escape ('\\xc3')."""
+    only part of a character shows as an escape ('\\xc3'). An added token written in other
+    characters ('<｜x｜>') stays as it is."""
     byte_of = _byte_of()
+    if not all(c in byte_of for c in piece):
+        return piece
     text = bytes(byte_of[c] for c in piece).decode("utf-8", errors="backslashreplace")
     return WORD_START + text[1:] if text.startswith(" ") else text
 
@@ -166,7 +169,7 @@ def score_ranks(vocab: list) -> dict[str, int]:
     return {vocab[index][0]: position for position, index in enumerate(order)}
 
 
-def load_tokenizer(model_path: str | Path, subfolder: str = "tokenizer",
+def load_tokenizer(model_path: str | Path, subfolder: str = "tokenizer", *,
                    context_length: int | None = None) -> TextTokenizer:
     """The tokenizer in a diffusers model's `subfolder`, of the kind its files say, read from disk only.
 
@@ -195,7 +198,7 @@ def load_second_tokenizer(model_path: str | Path) -> TextTokenizer | None:
 def tokenizer_kind(folder: Path, data: dict | None) -> type[TextTokenizer]:
     """Which kind the tokenizer in `folder` is; `data`: its parsed tokenizer.json, if it has one."""
     if data is not None:
-        return _kind_of_tokenizer_json(folder / "tokenizer.json", data.get("model") or {}, data)
+        return _kind_of_tokenizer_json(folder / "tokenizer.json", data)
     found = _files_found(folder)
     if (folder / "merges.txt").is_file():
         if not (folder / "vocab.json").is_file():
@@ -212,7 +215,8 @@ def tokenizer_kind(folder: Path, data: dict | None) -> type[TextTokenizer]:
                      "the hub's diffusers repos hold them.")
 
 
-def _kind_of_tokenizer_json(file: Path, model: dict, data: dict) -> type[TextTokenizer]:
+def _kind_of_tokenizer_json(file: Path, data: dict) -> type[TextTokenizer]:
+    model = data.get("model") or {}
     if model.get("type") == "Unigram":
         return UnigramTokenizer
     if model.get("type") != "BPE":

@@ -62,6 +62,12 @@ def test_byte_level_pieces_are_decoded_text(byte_level_tokenizer):
     assert byte_level_tokenizer.pieces("über") == ["▁", "\\xc3", "\\xbc", "b", "e", "r"]
 
 
+def test_an_added_token_outside_the_byte_alphabet_is_shown_as_added(byte_level_model):
+    tokenizer = load_tokenizer(byte_level_model)
+    tokenizer.tokenizer.add_tokens(["<｜x｜>"])  # as textual inversion adds its word
+    assert tokenizer.pieces("<｜x｜>") == ["▁", "<｜x｜>"]
+
+
 def test_token_counts_and_context_length(unigram_model, unigram_tokenizer, byte_level_tokenizer):
     assert unigram_tokenizer.length("shrk") == 3  # '▁sh' 'rk' and T5's end marker </s>
     assert byte_level_tokenizer.length(" shrk") == 2  # Qwen adds no markers
