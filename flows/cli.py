@@ -367,16 +367,18 @@ def tokens(args: dict[str, Any]) -> int:
     model = fetch_model(args["model"], model_cache_dir(), revision=args["revision"],
                         hf_token=os.environ.get("HF_TOKEN"))
     tokenizer, second = load_tokenizer(model.path), load_second_tokenizer(model.path)
-    judges = {"tokenizer": tokenizer} | ({SECOND_TOKENIZER: second} if second else {})  # SDXL: both
+    judges = {"tokenizer": tokenizer} | ({SECOND_TOKENIZER: second} if second else {})  # SDXL, FLUX.1: both
     if word:
         analyses = [analyse_token(word, judge) for judge in judges.values()]
-        for folder, judged in zip(judges, analyses):
+        for (folder, judge), judged in zip(judges.items(), analyses):
             which = f"{folder}/, {TOKENIZER_ROLES[folder]}" if second else "tokenizer"
-            print(f"{word} ({args['model']} {which})")
+            kind = f", {judge.description}" if judge.kind != "clip-bpe" else ""  # T5's, Qwen's
+            print(f"{word} ({args['model']} {which}{kind})")
             print("\n".join(analysis_lines(judged, markdown=False)))
         analysis = worst(analyses)
     if args["suggest"] or (word and analysis.verdict != "good"):
-        print("Rare identifiers for this model: " + ", ".join(suggest_tokens(tokenizer, 5, word, {word})))
+        suggestions = suggest_tokens(list(judges.values()), 5, word, {word})  # good with each tokenizer
+        print("Rare identifiers for this model: " + (", ".join(suggestions) or "none among the words tried"))
     return 0
 
 

@@ -2,7 +2,8 @@
 
 A DreamBooth identifier should be a word the model has no meaning for yet:
 few tokens, none of them a word it already knows. Everything here is judged
-with the model's own BPE, so the verdicts hold for that model.
+with the model's own tokenizer (CLIP's BPE, byte-level BPE or SentencePiece
+Unigram: see tokenizer.py), so the verdicts hold for that model.
 """
 
 from __future__ import annotations
@@ -11,20 +12,39 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from dreambooth_core.captions.tokenizer import TextTokenizer
+from dreambooth_core.captions.tokenizer import TextTokenizer, TokenizerKind
 
-END_OF_WORD = "</w>"
-
-# A piece is a "common word" when the same letters, as a whole word, come from
-# one of the first COMMON_MERGES merges. BPE merges in order of frequency, and
-# in CLIP's 48,894 merges (learnt from web captions) the first 10,000 whole-word
-# tokens are everyday words ('do', 'coffee', 'weekend', 'laptop') the text
-# encoder has a strong meaning for; later ones are mostly names, rare words and
-# fragments. Rare identifiers people use ('ohwx', 'sks') are themselves late
-# merges (rank ~47,500). Two letters are the shortest piece that counts: single
-# letters are the byte alphabet, not merges. In a small tokenizer every
-# whole-word merge is within the threshold, so each one counts as common.
+# A piece is a "common word" when the same letters, as a whole word, have a rank
+# (tokenizer.py) under the threshold of the tokenizer's kind.
+#
+# CLIP's BPE: one of the first COMMON_MERGES merges. BPE merges in order of
+# frequency, and in CLIP's 48,894 merges (learnt from web captions) the first
+# 10,000 whole-word tokens are everyday words ('do', 'coffee', 'weekend',
+# 'laptop') the text encoder has a strong meaning for; later ones are mostly
+# names, rare words and fragments. Rare identifiers people use ('ohwx', 'sks')
+# are themselves late merges (rank ~47,500). Two letters are the shortest piece
+# that counts: single letters are the byte alphabet, not merges. In a small
+# tokenizer every whole-word merge is within the threshold, so each one counts
+# as common.
 COMMON_MERGES = 10_000
+# Byte-level BPE (Qwen2's 151,387 merges, which Qwen3 shares: FLUX.2 [klein]): the
+# same everyday words as CLIP's threshold, not the same share of the merges. CLIP's
+# first 10,000 merges make 6,202 whole lowercase words; Qwen2's merges have made as
+# many ('Ġ' + letters) by rank 21,600, and 'laptop', CLIP's 9,952nd merge, is
+# Qwen2's 20,382nd (the words at CLIP's 9,000-11,000 sit at a median Qwen2 rank of
+# 23,600). The same share (20.5%, rank ~31,000) would count more words as known,
+# since most of Qwen2's merges are code, whitespace runs and other scripts.
+# (Measured by hand on Qwen2.5's merges.txt, the same merges; no test has it offline.)
+COMMON_BYTE_LEVEL_MERGES = 21_600
+# SentencePiece Unigram (T5's 32,000 pieces: FLUX.1): a '▁word' piece among the
+# COMMON_UNIGRAM_PIECES best-scored pieces. That is CLIP's share of its vocabulary
+# (10,000 of 48,894 merges, 20.5%; of 32,000 pieces, 6,545), and it is where T5's
+# English words are the ones at CLIP's threshold: the whole words near T5's piece
+# 6,200 ('vegetables', 'yoga', 'factory', 'lawyer') have a median CLIP merge rank of
+# 10,544. (Checked by hand against T5's tokenizer.json, which no test has offline.)
+COMMON_UNIGRAM_PIECES = 6_500
+COMMON_RANKS: dict[TokenizerKind, int] = {
+    "clip-bpe": COMMON_MERGES, "byte-level-bpe": COMMON_BYTE_LEVEL_MERGES, "unigram": COMMON_UNIGRAM_PIECES}
 MIN_WORD_LETTERS = 2
 MAX_GOOD_TOKENS = 2
 MIN_LETTERS = 3
@@ -48,18 +68,16 @@ class TokenAnalysis(BaseModel):
     reason: str
 
 
-def piece_text(piece: str) -> str:
-    return piece.removesuffix(END_OF_WORD)
-
-
 def is_common_word(text: str, tokenizer: TextTokenizer) -> bool:
-    rank = tokenizer.ranks.get(text.lower() + END_OF_WORD)
-    return len(text) >= MIN_WORD_LETTERS and rank is not None and rank < COMMON_MERGES
+    """Whether `text`, as a whole word, is one the model knows well (see COMMON_RANKS)."""
+    rank = tokenizer.word_rank(text)
+    return len(text) >= MIN_WORD_LETTERS and rank is not None and rank < COMMON_RANKS[tokenizer.kind]
 
 
 def analyse_token(word: str, tokenizer: TextTokenizer) -> TokenAnalysis:
     pieces = tokenizer.pieces(word)
-    common = [piece_text(p) for p in pieces if is_common_word(piece_text(p), tokenizer)]
+    texts = [tokenizer.piece_text(p) for p in pieces]
+    common = [text for text in texts if is_common_word(text, tokenizer)]
     digits = any(c.isdigit() for c in word)
     verdict, reason = _verdict(word, len(pieces), common, digits)
     return TokenAnalysis(word=word, pieces=pieces, token_count=len(pieces), common_words=common,

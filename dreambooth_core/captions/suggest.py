@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Sequence
 
 from dreambooth_core.captions.analysis import KNOWN_BAD, analyse_token
 from dreambooth_core.captions.tokenizer import TextTokenizer
@@ -21,13 +22,15 @@ def candidate_words(seed: str) -> list[str]:
     return words
 
 
-def suggest_tokens(tokenizer: TextTokenizer, count: int = 5, seed: str = "",
+def suggest_tokens(tokenizers: TextTokenizer | Sequence[TextTokenizer], count: int = 5, seed: str = "",
                    avoid: set[str] = frozenset()) -> list[str]:
-    """Up to `count` words whose verdict is good: 1-2 tokens, no common word, not known-bad."""
+    """Up to `count` words whose verdict is good with each of the model's `tokenizers` (SDXL's two,
+    FLUX.1's CLIP and T5): 1-2 tokens, no common word, not known-bad."""
+    judges = [tokenizers] if isinstance(tokenizers, TextTokenizer) else list(tokenizers)
     taken = {w.lower() for w in avoid} | set(KNOWN_BAD)
     found = []
     for word in candidate_words(seed):
-        if word not in taken and analyse_token(word, tokenizer).verdict == "good":
+        if word not in taken and all(analyse_token(word, judge).verdict == "good" for judge in judges):
             found.append(word)
             if len(found) == count:
                 break

@@ -1,10 +1,13 @@
 """The token report: each subject's token analysis, prompts and captions, as
 reports/tokens.json and reports/tokens.md in the session.
 
-SDXL has two tokenizers (CLIP's BPE both, the second padding with "!"): the token is
-judged with each, reported per tokenizer, and the worse verdict decides."""
+A model with several tokenizers (SDXL: CLIP's BPE twice, the second padding with "!";
+FLUX.1: CLIP's BPE and T5's SentencePiece) has the token judged with each, reported per
+tokenizer under the name its caller gives it, and the worst verdict decides."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict
 
@@ -18,6 +21,8 @@ from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import TOKEN_REPORT_JSON, TOKEN_REPORT_MARKDOWN
 
 SHOWN_SOURCES = 3
+# The names reports gave SDXL's two tokenizers (their folders) before callers named them; a report
+# shows them as "tokenizer/ (first text encoder)".
 TOKENIZER_ROLES = {"tokenizer": "first text encoder", "tokenizer_2": "second text encoder"}
 
 
@@ -28,10 +33,12 @@ class SubjectToken(BaseModel):
     instance_prompt: str
     class_prompt: str | None
     sources: list[str]  # the file or folder names the token came from
-    analysis: TokenAnalysis  # what decides: with SDXL, the worse of its tokenizers' analyses
+    analysis: TokenAnalysis  # what decides: with several tokenizers, the worst of their analyses
     suggestions: list[str]
     captions: dict[str, str]  # session photo -> caption
-    per_tokenizer: dict[str, TokenAnalysis] = {}  # SDXL: tokenizer folder -> its analysis
+    # With several tokenizers: each one's name ("CLIP", "T5"; SDXL's "tokenizer", "tokenizer_2") ->
+    # its analysis; empty with one.
+    per_tokenizer: dict[str, TokenAnalysis] = {}
 
 
 class TokenReport(BaseModel):
@@ -58,26 +65,42 @@ def stored_token_report(session: Session, model_digest: str) -> TokenReport | No
     return report if report.judged == judged_inputs(manifest, model_digest) else None
 
 
-def build_token_report(session: Session, tokenizer: TextTokenizer, model_digest: str | None = None,
+def build_token_report(session: Session, tokenizers: TextTokenizer | Mapping[str, TextTokenizer],
+                       model_digest: str | None = None,
                        tokenizer_2: TextTokenizer | None = None) -> TokenReport:
-    """`tokenizer_2`: SDXL's second tokenizer, which judges the tokens too."""
+    """`tokenizers`: the model's tokenizer, or each of its tokenizers under the name the report
+    gives it ({"CLIP": ..., "T5": ...}). `tokenizer_2`: SDXL's second tokenizer beside the first,
+    reported as "tokenizer" and "tokenizer_2"."""
+    judges = _named(tokenizers, tokenizer_2)
     manifest = require_dataset_manifest(session)
     tokens = set(manifest.subjects)
     subjects = []
     for token, record in sorted(manifest.subjects.items()):
-        per_tokenizer = {"tokenizer": analyse_token(token, tokenizer)}
-        if tokenizer_2 is not None:
-            per_tokenizer["tokenizer_2"] = analyse_token(token, tokenizer_2)
+        per_tokenizer = {name: analyse_token(token, judge) for name, judge in judges.items()}
         analysis = worst(list(per_tokenizer.values()))
-        suggestions = [] if analysis.verdict == "good" else suggest_tokens(tokenizer, 5, token, tokens)
+        suggestions = ([] if analysis.verdict == "good"
+                       else suggest_tokens(list(judges.values()), 5, token, tokens))
         subjects.append(SubjectToken(
             token=token, class_word=record.class_word, instance_prompt=record.instance_prompt,
             class_prompt=record.class_prompt, sources=record.sources, analysis=analysis,
             suggestions=suggestions, captions={i.source: i.caption for i in manifest.items
                                                if i.token == token},
-            per_tokenizer=per_tokenizer if tokenizer_2 is not None else {}))
+            per_tokenizer=per_tokenizer if len(judges) > 1 else {}))
     judged = judged_inputs(manifest, model_digest) if model_digest else None
     return TokenReport(session=session.name, subjects=subjects, judged=judged)
+
+
+def _named(tokenizers: TextTokenizer | Mapping[str, TextTokenizer],
+           tokenizer_2: TextTokenizer | None) -> dict[str, TextTokenizer]:
+    if isinstance(tokenizers, Mapping):
+        assert tokenizer_2 is None and tokenizers, "name every tokenizer in the mapping"
+        return dict(tokenizers)
+    return {"tokenizer": tokenizers} | ({"tokenizer_2": tokenizer_2} if tokenizer_2 is not None else {})
+
+
+def tokenizer_title(name: str) -> str:
+    """How a report names a tokenizer: as its caller did, SDXL's folders with their role."""
+    return f"{name}/ ({TOKENIZER_ROLES[name]})" if name in TOKENIZER_ROLES else name
 
 
 def write_token_report(session: Session, report: TokenReport) -> None:
@@ -118,17 +141,17 @@ def _subject_analysis_lines(subject: SubjectToken) -> list[str]:
     if not subject.per_tokenizer:
         return analysis_lines(subject.analysis)
     lines = []
-    for folder, analysis in subject.per_tokenizer.items():
-        lines += [f"- {folder}/ ({TOKENIZER_ROLES.get(folder, folder)}):",
-                  *(f"  {line}" for line in analysis_lines(analysis))]
+    for name, analysis in subject.per_tokenizer.items():
+        lines += [f"- {tokenizer_title(name)}:", *(f"  {line}" for line in analysis_lines(analysis))]
     return lines
 
 
 def per_tokenizer_summary(subject: SubjectToken) -> str:
-    """One line: each tokenizer's verdict and token count (SDXL), or the one analysis's reason."""
+    """One line: each tokenizer's verdict and token count, or the one analysis's reason."""
     if not subject.per_tokenizer:
         return subject.analysis.reason
-    return "; ".join(f"{folder}: {a.verdict}, {a.token_count} token(s)" for folder, a in subject.per_tokenizer.items())
+    return "; ".join(f"{name}: {a.verdict}, {a.token_count} token(s)"
+                     for name, a in subject.per_tokenizer.items())
 
 
 def bad_token_error(report: TokenReport) -> DatasetError | None:
@@ -136,13 +159,19 @@ def bad_token_error(report: TokenReport) -> DatasetError | None:
     bad = [s for s in report.subjects if s.analysis.verdict == "bad"]
     if not bad:
         return None
-    lines = [f"{_sources(s)}: the token {s.token!r} is bad: {s.analysis.reason} Rarer identifiers: "
-             f"{', '.join(s.suggestions)}." for s in bad]
+    lines = [f"{_sources(s)}: the token {s.token!r} is bad: {s.analysis.reason} {suggested(s.suggestions)}"
+             for s in bad]
     example = f" (e.g. '{bad[0].suggestions[0]} (1).jpg')" if bad[0].suggestions else ""
     return DatasetError(
         "\n  ".join(["bad subject tokens (see reports/tokens.md in the session):", *lines]) +
         f"\nRename the photos or folders{example} and start a new --session, pass --token for a "
         "single subject, or pass --bad-token warn to train anyway.")
+
+
+def suggested(suggestions: list[str]) -> str:
+    if not suggestions:
+        return "No rarer identifier among the words this tool tries suits every tokenizer: choose one."
+    return f"Rarer identifiers: {', '.join(suggestions)}."
 
 
 def _sources(subject: SubjectToken) -> str:

@@ -1,36 +1,23 @@
-"""Tokenizers for the token tests: a small one whose vocabulary we choose, and CLIP's own."""
+"""Tokenizers for the token tests: small ones of each kind whose vocabularies we choose, and CLIP's own."""
 
 import gzip
-import itertools
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from small_tokenizers import (
+    byte_level_merges,
+    small_merges,
+    unigram_vocab,
+    write_byte_level_tokenizer,
+    write_unigram_tokenizer,
+)
 
-from dreambooth_core.captions.analysis import COMMON_MERGES
 from dreambooth_core.captions.tokenizer import load_tokenizer
-from dreambooth_core.model.tiny import byte_alphabet, word_merges, write_tiny_tokenizer
+from dreambooth_core.model.tiny import write_tiny_tokenizer
 
 CLIP_VOCAB = Path(__file__).resolve().parents[1] / "data" / "bpe_simple_vocab_16e6.txt.gz"
 CLIP_MERGES = 49152 - 256 - 2  # the merges CLIP's tokenizer uses (the file holds more)
-
-COMMON_WORDS = ["photo", "of", "the", "man", "dog", "do", "re", "mi"]
-EARLY_PIECES = [("s", "h"), ("sh", "r")]
-# Merged after COMMON_MERGES merges, as rare words are in CLIP ('ohwx' is rank ~47,500):
-# two rare whole words, and pieces that make some pronounceable words 2 tokens long.
-LATE_WORDS = ["ohwx", "sks"]
-LATE_PIECES = [("z", "o"), ("k", "a"), ("b", "e"), ("r", "k</w>"), ("n", "d</w>")]
-
-
-def filler_merges(count: int) -> list[tuple[str, str]]:
-    """Merges of two characters that no word in the tests contains (no ASCII letters)."""
-    symbols = [c for c in byte_alphabet() if not ("a" <= c.lower() <= "z")]
-    return list(itertools.islice(itertools.product(symbols, symbols), count))
-
-
-def small_merges() -> list[tuple[str, str]]:
-    early = word_merges(COMMON_WORDS) + EARLY_PIECES
-    return early + filler_merges(COMMON_MERGES - len(early)) + word_merges(LATE_WORDS) + LATE_PIECES
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +25,31 @@ def small_tokenizer(tmp_path_factory):
     model = tmp_path_factory.mktemp("small-model")
     write_tiny_tokenizer(model / "tokenizer", small_merges())
     return load_tokenizer(model)
+
+
+@pytest.fixture(scope="session")
+def unigram_model(tmp_path_factory):
+    """A model folder whose tokenizer_2/ is the small Unigram tokenizer (FLUX.1's T5 place)."""
+    model = tmp_path_factory.mktemp("unigram-model")
+    write_unigram_tokenizer(model / "tokenizer_2", unigram_vocab())
+    return model
+
+
+@pytest.fixture(scope="session")
+def unigram_tokenizer(unigram_model):
+    return load_tokenizer(unigram_model, "tokenizer_2")
+
+
+@pytest.fixture(scope="session")
+def byte_level_model(tmp_path_factory):
+    model = tmp_path_factory.mktemp("byte-level-model")
+    write_byte_level_tokenizer(model / "tokenizer", byte_level_merges())
+    return model
+
+
+@pytest.fixture(scope="session")
+def byte_level_tokenizer(byte_level_model):
+    return load_tokenizer(byte_level_model)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,15 @@
 
 import pytest
 
-from dreambooth_core.captions.analysis import COMMON_MERGES, KNOWN_BAD, analyse_token, is_common_word
+from dreambooth_core.captions.analysis import (
+    COMMON_BYTE_LEVEL_MERGES,
+    COMMON_MERGES,
+    COMMON_RANKS,
+    COMMON_UNIGRAM_PIECES,
+    KNOWN_BAD,
+    analyse_token,
+    is_common_word,
+)
 from dreambooth_core.captions.suggest import suggest_tokens
 
 
@@ -74,3 +82,62 @@ def test_clip_suggestions_are_rare(clip_tokenizer):
         assert word not in KNOWN_BAD
         whole = clip_tokenizer.ranks.get(word + "</w>")
         assert whole is None or whole >= COMMON_MERGES  # not a word CLIP learnt early
+
+
+# The other kinds: T5's SentencePiece Unigram (FLUX.1) and Qwen's byte-level BPE (FLUX.2 [klein]),
+# small ones with the same common words (small_tokenizers.py).
+
+@pytest.mark.parametrize("word, pieces, common, verdict", [
+    ("budidoremi", ["▁bu", "di", "do", "re", "mi"], ["do", "re", "mi"], "bad"),
+    ("shrk", ["▁sh", "rk"], [], "good"),
+    ("ohwx", ["▁ohwx"], [], "good"),
+    ("dog", ["▁dog"], ["dog"], "bad"),
+    ("Dog", ["▁Dog"], ["Dog"], "bad"),  # T5 keeps case; '▁Dog' is a rare piece but 'dog' a common word
+    ("sks", ["▁sks"], [], "bad"),
+    ("zwq", ["▁", "z", "w", "q"], [], "risky"),
+    ("r2d2", ["▁", "r", "2", "d", "2"], [], "risky"),
+])
+def test_unigram_splits_and_verdicts(unigram_tokenizer, word, pieces, common, verdict):
+    analysis = analyse_token(word, unigram_tokenizer)
+    assert (analysis.pieces, analysis.common_words, analysis.verdict) == (pieces, common, verdict)
+
+
+@pytest.mark.parametrize("word, pieces, common, verdict", [
+    ("budidoremi", ["▁", "b", "u", "d", "i", "do", "re", "mi"], ["do", "re", "mi"], "bad"),
+    ("shrk", ["▁sh", "rk"], [], "good"),
+    ("ohwx", ["▁ohwx"], [], "good"),
+    ("Dog", ["▁Dog"], ["Dog"], "bad"),
+    ("sks", ["▁sks"], [], "bad"),
+    ("zwq", ["▁z", "w", "q"], [], "risky"),
+    ("r2d2", ["▁r", "2", "d", "2"], [], "risky"),  # Qwen splits every digit off
+])
+def test_byte_level_splits_and_verdicts(byte_level_tokenizer, word, pieces, common, verdict):
+    analysis = analyse_token(word, byte_level_tokenizer)
+    assert (analysis.pieces, analysis.common_words, analysis.verdict) == (pieces, common, verdict)
+
+
+def test_each_kind_has_its_own_common_word_threshold(unigram_tokenizer, byte_level_tokenizer):
+    """A whole word learnt just after the kind's threshold is not common; 'dog', learnt early, is."""
+    for tokenizer, whole_word in ((unigram_tokenizer, "▁ohwx"), (byte_level_tokenizer, "Ġohwx")):
+        assert 0 <= tokenizer.ranks[whole_word] - COMMON_RANKS[tokenizer.kind] < 20
+        assert not is_common_word("ohwx", tokenizer) and is_common_word("dog", tokenizer)
+    assert not is_common_word("sh", unigram_tokenizer)  # '▁sh' is a piece, but a rare one
+    assert (COMMON_RANKS["unigram"], COMMON_RANKS["byte-level-bpe"]) == (COMMON_UNIGRAM_PIECES,
+                                                                         COMMON_BYTE_LEVEL_MERGES)
+
+
+def test_suggestions_suit_every_tokenizer_of_a_model(small_tokenizer, unigram_tokenizer,
+                                                     byte_level_tokenizer):
+    judges = [small_tokenizer, unigram_tokenizer, byte_level_tokenizer]
+    suggestions = suggest_tokens(judges, 3, seed="budidoremi")
+    assert len(suggestions) == 3
+    for word in suggestions:
+        assert [analyse_token(word, judge).verdict for judge in judges] == ["good"] * 3
+    assert suggestions == suggest_tokens(judges[::-1], 3, seed="budidoremi")  # in any order
+    # Words CLIP alone would have proposed first, left out because another kind judges them otherwise.
+    only_clip = suggest_tokens(small_tokenizer, 20, seed="budidoremi")
+    passed_over = only_clip[:only_clip.index(suggestions[-1])]
+    passed_over = [word for word in passed_over if word not in suggestions]
+    assert passed_over
+    for word in passed_over:
+        assert any(analyse_token(word, judge).verdict != "good" for judge in judges[1:])
