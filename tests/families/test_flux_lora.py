@@ -8,6 +8,7 @@ import logging
 import warnings
 from pathlib import Path
 
+import flux_loading as loading
 import pytest
 import torch
 from diffusers import FluxPipeline
@@ -67,21 +68,9 @@ def trained(base, tmp_path_factory):
 
 
 def _outputs(pipeline: FluxPipeline) -> tuple[torch.Tensor, torch.Tensor]:
-    """The transformer's prediction for fixed inputs, and CLIP's pooled output for fixed ids."""
-    generator = torch.Generator().manual_seed(0)
-    tokens, context = 16, 8  # a 4 x 4 grid of packed latents, 8 text tokens
-    rows, columns = torch.arange(tokens) // 4, torch.arange(tokens) % 4
-    image_ids = torch.stack([torch.zeros(tokens), rows.float(), columns.float()], dim=1)
-    with torch.no_grad():
-        prediction = pipeline.transformer(
-            hidden_states=torch.randn(1, tokens, 64, generator=generator),
-            encoder_hidden_states=torch.randn(1, context, TINY_FLUX_WIDTHS["t5"], generator=generator),
-            pooled_projections=torch.randn(1, TINY_FLUX_WIDTHS["clip"], generator=generator),
-            timestep=torch.tensor([0.6]), img_ids=image_ids, txt_ids=torch.zeros(context, 3),
-            guidance=torch.tensor([3.5])).sample
-        ids = pipeline.tokenizer("a photo of shrk dog", padding="max_length", return_tensors="pt").input_ids
-        pooled = pipeline.text_encoder(ids).pooler_output
-    return prediction, pooled
+    """The transformer's prediction for fixed inputs, and CLIP's pooled output for a fixed prompt."""
+    result = loading.outputs(pipeline)
+    return result["prediction"], result["pooled"]
 
 
 class _Messages(logging.Handler):
@@ -185,6 +174,26 @@ def test_half_precision_keeps_alpha_exact(trained):
     state = flux_lora_state(pipeline.transformer, pipeline.text_encoder, dtype=torch.bfloat16)
     assert {t.dtype for k, t in state.items() if not k.endswith(".alpha")} == {torch.bfloat16}
     assert {t.dtype for k, t in state.items() if k.endswith(".alpha")} == {torch.float32}
+
+
+def test_both_forms_load_with_transformers4(base, trained, tmp_path):
+    """diffusers 0.35 with transformers 4.57 (the overlay setup.sh installs) loads the tiny FLUX
+    folder as 5.x does and applies both LoRA forms to the same result."""
+    pipeline, files = trained
+    jobs = [{"model": str(base), "lora": source}
+            for source in (None, files.single_file, files.diffusers_folder)]
+    old = loading.with_transformers4(jobs, tmp_path)
+    assert old["versions"]["transformers"].startswith("4.")
+    base_then, *loaded = old["results"]
+    base_now = loading.run(jobs[0])
+    assert torch.equal(base_then["clip_ids"], base_now["clip_ids"])
+    assert torch.equal(base_then["t5_ids"], base_now["t5_ids"])
+    for key in ("prediction", "pooled", "t5"):  # T5's attention is computed a little differently in 4.x
+        torch.testing.assert_close(base_then[key], base_now[key], atol=1e-5, rtol=0)
+    expected = loading.outputs(pipeline)
+    for result in loaded:
+        for key in ("prediction", "pooled"):
+            torch.testing.assert_close(result[key], expected[key], atol=1e-5, rtol=0)
 
 
 def test_model_without_adapters_is_refused(base, tmp_path):

@@ -4,6 +4,7 @@ tokenize the demo's words, and are the same on every build."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -63,10 +64,15 @@ def test_tokenizers_know_the_demo_words_and_split_any_other(tiny):
     assert max(t5("a photo of a quokka").input_ids) < pipeline.text_encoder_2.config.vocab_size
 
 
-def test_clip_weights_have_the_hub_layout(tiny):
+def test_hub_layout_that_transformers4_reads_too(tiny):
+    """As the hub's FLUX.1 repos (loading with 4.x: tests/families/test_flux_lora.py)."""
     _, folder, _ = tiny
     with safe_open(str(folder / "text_encoder" / "model.safetensors"), "pt") as file:
-        assert all(key.startswith("text_model.") for key in file.keys())  # transformers 4.x loads it too
+        assert all(key.startswith("text_model.") for key in file.keys())
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["tokenizer_2"] == ["transformers", "T5TokenizerFast"]
+    config = json.loads((folder / "tokenizer_2" / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "T5TokenizerFast" and "extra_special_tokens" not in config
 
 
 def _weights_digest(folder: Path) -> str:
