@@ -62,7 +62,7 @@ _BLOCKS = {"double": ("double_blocks", "transformer_blocks"),
            "single": ("single_blocks", "single_transformer_blocks")}
 
 
-class Rule(NamedTuple):
+class _Rule(NamedTuple):
     """One BFL tensor and the diffusers tensors it holds, rows in order."""
 
     bfl: str
@@ -114,8 +114,8 @@ def from_bfl_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return converted
 
 
-def _rules(blocks: Mapping[str, list[int]]) -> list[Rule]:
-    rules = [Rule(f"{_SWAPPED[0]}.{end}", (f"{_SWAPPED[1]}.{end}",), True) for end in ("weight", "bias")]
+def _rules(blocks: Mapping[str, list[int]]) -> list[_Rule]:
+    rules = [_Rule(f"{_SWAPPED[0]}.{end}", (f"{_SWAPPED[1]}.{end}",), True) for end in ("weight", "bias")]
     rules += _linear_rules("", "", _GLOBAL_LINEARS, {})
     for kind, (linears, fused, norms) in (("double", (_DOUBLE_LINEARS, _DOUBLE_FUSED, _DOUBLE_NORMS)),
                                           ("single", (_SINGLE_LINEARS, _SINGLE_FUSED, _SINGLE_NORMS))):
@@ -123,21 +123,21 @@ def _rules(blocks: Mapping[str, list[int]]) -> list[Rule]:
         for index in blocks[kind]:
             bfl, diffusers = f"{bfl_name}.{index}.", f"{diffusers_name}.{index}."
             rules += _linear_rules(bfl, diffusers, linears, fused)
-            rules += [Rule(f"{bfl}{b}.scale", (f"{diffusers}{d}.weight",)) for b, d in norms.items()]
+            rules += [_Rule(f"{bfl}{b}.scale", (f"{diffusers}{d}.weight",)) for b, d in norms.items()]
     return rules
 
 
 def _linear_rules(bfl: str, diffusers: str, linears: dict[str, str],
-                  fused: dict[str, tuple[str, ...]]) -> list[Rule]:
+                  fused: dict[str, tuple[str, ...]]) -> list[_Rule]:
     rules = []
     for end in ("weight", "bias"):
-        rules += [Rule(f"{bfl}{b}.{end}", (f"{diffusers}{d}.{end}",)) for b, d in linears.items()]
-        rules += [Rule(f"{bfl}{b}.{end}", tuple(f"{diffusers}{d}.{end}" for d in parts))
+        rules += [_Rule(f"{bfl}{b}.{end}", (f"{diffusers}{d}.{end}",)) for b, d in linears.items()]
+        rules += [_Rule(f"{bfl}{b}.{end}", tuple(f"{diffusers}{d}.{end}" for d in parts))
                   for b, parts in fused.items()]
     return rules
 
 
-def _row_sizes(rule: Rule, state: Mapping[str, torch.Tensor]) -> list[int]:
+def _row_sizes(rule: _Rule, state: Mapping[str, torch.Tensor]) -> list[int]:
     rows = state[rule.bfl].shape[0]
     if len(rule.diffusers) == 1:
         return [rows]
