@@ -13,8 +13,8 @@ REPO = Path(__file__).resolve().parent.parent
 LIBRARY = "dreambooth_core"
 EDGE = {"prefect", "flows", "tasks", "blocks"}
 # The library's packages from the bottom up: a package imports only from earlier levels.
-LEVELS = [{"errors", "hashing"}, {"config"}, {"session"}, {"reports"}, {"captions"}, {"photos", "model"}, {"families"},
-          {"training"}, {"generation", "export"}, {"evaluation"}]
+LEVELS = [{"errors", "hashing"}, {"config"}, {"session"}, {"reports"}, {"captions"}, {"photos", "model"},
+          {"families"}, {"training"}, {"generation", "export"}, {"evaluation"}]
 
 
 def modules(package: str) -> dict[str, Path]:

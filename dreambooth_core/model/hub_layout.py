@@ -6,6 +6,9 @@ text encoder (every key "newly initialised") and no tokenizer at all. The hub's
 SD 1.5 / 2.1 repos hold `text_model.*` keys, `vocab.json` + `merges.txt` and a
 `torch_dtype` config entry, which both major versions read. A folder saved by
 `save_pipeline` has that layout (plus `tokenizer.json`, which fast tokenizers use).
+A T5 tokenizer (FLUX.1's tokenizer_2) is saved by transformers 5 as class `T5Tokenizer`,
+which in 4.x is the sentencepiece one that needs a `spiece.model`; the hub's FLUX.1 repos
+name it `T5TokenizerFast`, which both read from `tokenizer.json`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ TEXT_MODEL = "text_model."
 _TOKENIZER_RUNTIME_KEYS = ("backend", "is_local", "local_files_only")
 _TEXT_ENCODER_CLASSES = ("CLIPTextModel", "CLIPTextModelWithProjection")
 _TOKENIZER_CLASSES = ("CLIPTokenizer", "CLIPTokenizerFast")
+_T5_TOKENIZER_CLASSES = ("T5Tokenizer", "T5TokenizerFast")
+# transformers 5 writes a list here; 4.x expects a dict and fails on a list.
+_EMPTY_LIST_KEYS = ("extra_special_tokens",)
 
 
 def save_pipeline(pipeline, folder: Path) -> None:
@@ -34,8 +40,12 @@ def to_hub_layout(folder: Path) -> None:
         if class_name in _TEXT_ENCODER_CLASSES:
             nest_text_model_keys(folder / name)
             add_torch_dtype(folder / name / "config.json")
+        elif class_name == "T5EncoderModel":
+            add_torch_dtype(folder / name / "config.json")
         elif class_name in _TOKENIZER_CLASSES:
             write_slow_tokenizer_files(folder / name)
+        elif class_name in _T5_TOKENIZER_CLASSES:
+            name_t5_tokenizer_fast(folder, name)
 
 
 def _components(folder: Path) -> dict[str, str]:
@@ -99,6 +109,20 @@ def write_slow_tokenizer_files(folder: Path) -> None:
     _clean_tokenizer_config(folder)
 
 
+def name_t5_tokenizer_fast(folder: Path, name: str) -> None:
+    """Call the T5 tokenizer in sub-folder `name` of a diffusers folder `T5TokenizerFast`."""
+    index = folder / "model_index.json"
+    data = json.loads(index.read_text())
+    if data[name] != ["transformers", "T5TokenizerFast"]:
+        index.write_text(json.dumps({**data, name: ["transformers", "T5TokenizerFast"]}, indent=2,
+                                    sort_keys=True) + "\n")
+    config = folder / name / "tokenizer_config.json"
+    if config.is_file():
+        config.write_text(json.dumps({**json.loads(config.read_text(encoding="utf-8")),
+                                      "tokenizer_class": "T5TokenizerFast"}, indent=2, sort_keys=True) + "\n")
+    _clean_tokenizer_config(folder / name)
+
+
 def _clean_tokenizer_config(folder: Path) -> None:
     config = folder / "tokenizer_config.json"
     if not config.is_file():
@@ -108,6 +132,7 @@ def _clean_tokenizer_config(folder: Path) -> None:
     if not special.is_file():
         names = ("bos_token", "eos_token", "unk_token", "pad_token")
         special.write_text(json.dumps({k: data[k] for k in names if k in data}, indent=2) + "\n")
-    cleaned = {k: v for k, v in data.items() if k not in _TOKENIZER_RUNTIME_KEYS}
+    cleaned = {k: v for k, v in data.items()
+               if k not in _TOKENIZER_RUNTIME_KEYS and not (k in _EMPTY_LIST_KEYS and v == [])}
     if cleaned != data:
         config.write_text(json.dumps(cleaned, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
