@@ -79,6 +79,15 @@ def _load_in_fresh_pipeline(folder: Path, source: Path) -> tuple[Flux2KleinPipel
     return pipeline, warnings
 
 
+def test_default_targets_are_diffusers_klein_defaults_on_every_block(tiny_klein):
+    transformer = _adapted(tiny_klein, KLEIN_LORA_TARGETS)
+    double = {f"transformer_blocks.{i}.attn.{m}" for i in range(2)
+              for m in ("to_q", "to_k", "to_v", "to_out.0")}
+    single = {f"single_transformer_blocks.{i}.attn.{m}" for i in range(2)
+              for m in ("to_qkv_mlp_proj", "to_out")}
+    assert _adapted_modules(transformer) == double | single
+
+
 @pytest.mark.parametrize("form", ["kohya", "diffusers"])
 def test_file_reproduces_the_adapted_transformer(tiny_klein, tmp_path, form):
     transformer = _adapted(tiny_klein, KLEIN_LORA_TARGETS)
