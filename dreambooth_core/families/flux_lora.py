@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dreambooth_core.errors import ModelError
 from dreambooth_core.model.hub_layout import nested_key
-from dreambooth_core.model.single_file import save_safetensors, sort_metadata
+from dreambooth_core.model.safetensors_files import save_safetensors, sort_metadata
 
 if TYPE_CHECKING:
     import torch

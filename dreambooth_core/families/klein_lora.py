@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dreambooth_core.errors import ModelError
 from dreambooth_core.families.klein_layout import BflModule, bfl_module
-from dreambooth_core.model.single_file import save_safetensors
+from dreambooth_core.model.safetensors_files import save_safetensors
 
 if TYPE_CHECKING:
     import torch

@@ -14,7 +14,7 @@ from dreambooth_core.errors import ModelError
 from dreambooth_core.families.flux_configs import write_flux_config_folder
 from dreambooth_core.families.flux_layout import CHECKPOINT_PREFIX, from_bfl_state, to_bfl_state
 from dreambooth_core.families.flux_tiny import TINY_FLUX_WIDTHS, build_tiny_flux_model
-from dreambooth_core.model.single_file import save_safetensors
+from dreambooth_core.model.safetensors_files import save_safetensors
 
 WIDTH = TINY_FLUX_WIDTHS["transformer"]
 
