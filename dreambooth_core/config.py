@@ -455,8 +455,9 @@ class GenerationSettings(BaseModel):
     seed: int = Field(0, description="Seed of the starting noise: image m of every prompt starts "
                       "from the same noise.")
     count: int = Field(1, ge=1, le=MAX_IMAGES_PER_PROMPT, description="Images per prompt.")
-    guidance_scale: float = Field(DEFAULT_GUIDANCE_SCALE, ge=0, description="Classifier-free guidance "
-                                  "scale: higher follows the prompt more closely.")
+    guidance_scale: float | None = Field(None, ge=0, description="Guidance scale: higher follows the prompt "
+                                         f"more closely (default: the model family's; {DEFAULT_GUIDANCE_SCALE} "
+                                         "for Stable Diffusion).")
     inference_steps: int = Field(DEFAULT_INFERENCE_STEPS, ge=1, le=MAX_INFERENCE_STEPS,
                                  description="Denoising steps per image.")
     negative_prompt: str = Field("", description="What the images should not show (empty: none).")

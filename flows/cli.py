@@ -355,10 +355,10 @@ def automations(args: dict[str, Any]) -> int:
 def tokens(args: dict[str, Any]) -> int:
     from dreambooth_core.captions.analysis import analyse_token, worst
     from dreambooth_core.captions.suggest import suggest_tokens
-    from dreambooth_core.captions.token_report import TOKENIZER_ROLES, analysis_lines
-    from dreambooth_core.captions.tokenizer import SECOND_TOKENIZER, load_second_tokenizer, load_tokenizer
-    from dreambooth_core.model.cache import model_cache_dir
+    from dreambooth_core.captions.token_report import analysis_lines, tokenizer_title
+    from dreambooth_core.families import family_of
     from dreambooth_core.families.base_model import fetch_model
+    from dreambooth_core.model.cache import model_cache_dir
 
     word = (args["word"] or "").strip()
     if not word and not args["suggest"]:
@@ -366,12 +366,11 @@ def tokens(args: dict[str, Any]) -> int:
     quiet_libraries()
     model = fetch_model(args["model"], model_cache_dir(), revision=args["revision"],
                         hf_token=os.environ.get("HF_TOKEN"))
-    tokenizer, second = load_tokenizer(model.path), load_second_tokenizer(model.path)
-    judges = {"tokenizer": tokenizer} | ({SECOND_TOKENIZER: second} if second else {})  # SDXL, FLUX.1: both
+    judges = family_of(model.family).token_judges(model.path)
     if word:
         analyses = [analyse_token(word, judge) for judge in judges.values()]
-        for (folder, judge), judged in zip(judges.items(), analyses):
-            which = f"{folder}/, {TOKENIZER_ROLES[folder]}" if second else "tokenizer"
+        for (name, judge), judged in zip(judges.items(), analyses):
+            which = tokenizer_title(name, ", ") if len(judges) > 1 else "tokenizer"
             kind = f", {judge.description}" if judge.kind != "clip-bpe" else ""  # T5's, Qwen's
             print(f"{word} ({args['model']} {which}{kind})")
             print("\n".join(analysis_lines(judged, markdown=False)))

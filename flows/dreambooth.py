@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger
 
 from dreambooth_core.config import DreamBoothConfig
 from dreambooth_core.export.outputs import ExportResult
+from dreambooth_core.families import family_of
 from dreambooth_core.reports.summary import RunFacts
 from dreambooth_core.training.live import LiveTraining
 from flows.session_storage import result_storage, session_lease
@@ -41,6 +42,7 @@ def dreambooth_train(config: DreamBoothConfig) -> ExportResult:
         ref = open_session(config)
         photos = validate_photos(ref, config)  # before the model download: bad photos stop the run here
         model = fetch_base_model(config.base_model, config.inputs.hf_credentials_block)
+        family_of(model.family).check_settings(config.training)  # what the family cannot train stops here
         resolution = config.training.resolution_for(model.family.resolution)  # decided once, here
         dataset = prepare_photos(ref, photos, resolution)
         captions = caption_photos(ref, dataset, model, config.captions)

@@ -105,6 +105,7 @@ def evaluate(args: dict[str, Any]) -> int:
     from dreambooth_core.evaluation.judges import fetch_judges, load_judges
     from dreambooth_core.evaluation.render_time import cpu_render_warning
     from dreambooth_core.evaluation.session_evaluation import evaluate_session
+    from dreambooth_core.families import family_of
     from dreambooth_core.export.step_export import exportable_steps, require_step, trained_session
     from dreambooth_core.model.cache import model_cache_dir
     from dreambooth_core.session.dataset_manifest import require_dataset_manifest
@@ -123,7 +124,8 @@ def evaluate(args: dict[str, Any]) -> int:
     trained = trained_session(session, model.path, model.family)
     judges = load_judges(*fetch_judges(args["judges"], model_cache_dir(), os.environ.get("HF_TOKEN")))
     spec = EvaluationSpec(resolution=manifest.resolution, seed=args["seed"], prompts=args["prompts"],
-                          images_per_prompt=args["images"], inference_steps=args["inference_steps"])
+                          images_per_prompt=args["images"], inference_steps=args["inference_steps"],
+                          guidance_scale=family_of(model.family).default_guidance)
     report = evaluate_session(session, trained, steps, judges, args["judges"], spec,
                               config.checks.subject_type, resolve_device("auto"))
     print(f"Evaluated steps {', '.join(map(str, report.steps))} of session {session.name!r} "

@@ -3,8 +3,8 @@
 from prefect import get_run_logger, task
 
 from dreambooth_core.captions.captioning import Captions, caption_dataset
-from dreambooth_core.captions.tokenizer import load_tokenizer
 from dreambooth_core.config import CaptionSettings
+from dreambooth_core.families import family_of
 from dreambooth_core.families.base_model import LocalModel
 from dreambooth_core.photos.prepare import PreparedDataset
 from dreambooth_core.session.storage import SessionRef
@@ -15,4 +15,5 @@ from dreambooth_core.session.storage import SessionRef
 @task(name="caption-photos", task_run_name="caption photos")
 def caption_photos(ref: SessionRef, dataset: PreparedDataset, model: LocalModel,
                    settings: CaptionSettings) -> Captions:
-    return caption_dataset(ref.open(), load_tokenizer(model.path), settings, get_run_logger())
+    judges = family_of(model.family).token_judges(model.path)
+    return caption_dataset(ref.open(), next(iter(judges.values())), settings, get_run_logger())

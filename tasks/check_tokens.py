@@ -11,7 +11,7 @@ from dreambooth_core.captions.token_report import (
     stored_token_report,
     write_token_report,
 )
-from dreambooth_core.captions.tokenizer import load_second_tokenizer, load_tokenizer
+from dreambooth_core.families import family_of
 from dreambooth_core.families.base_model import LocalModel
 from dreambooth_core.session.state import update_state
 from dreambooth_core.session.storage import SessionRef
@@ -23,8 +23,7 @@ def check_tokens(ref: SessionRef, model: LocalModel, captions: Captions, bad_tok
     """Returns {token: verdict}. `captions` orders this task after the captions are written."""
     session = ref.open()
     report = (stored_token_report(session, model.digest)
-              or build_token_report(session, load_tokenizer(model.path), model.digest,
-                                    load_second_tokenizer(model.path)))
+              or build_token_report(session, family_of(model.family).token_judges(model.path), model.digest))
     write_token_report(session, report)
     publish_markdown(report_markdown(report), artifact_key("tokens", session.name),
                      f"Subject tokens of session {session.name}")

@@ -14,6 +14,7 @@ from dreambooth_core.evaluation.training_evaluation import (
     evaluate_base_model,
     training_evaluation,
 )
+from dreambooth_core.families import family_of
 from dreambooth_core.model.cache import model_cache_dir
 from dreambooth_core.training.devices import resolve_device
 from dreambooth_core.training.plan import TrainingPlan
@@ -30,7 +31,8 @@ def prepare_evaluation(plan: TrainingPlan, config: DreamBoothConfig) -> Training
     log = get_run_logger()
     judges = settings.judges_for(config.base_model.model)
     folders = fetch_judges(judges, model_cache_dir(), os.environ.get("HF_TOKEN"), log)
-    evaluation = training_evaluation(settings, judges, folders, plan.resolution, config.checks.subject_type)
+    evaluation = training_evaluation(settings, judges, folders, plan.resolution, config.checks.subject_type,
+                                     family_of(plan.family).default_guidance)
     device = resolve_device(plan.runtime.device)
     images = settings.evaluation_prompts * settings.evaluation_images * len(plan.subjects)
     warning = cpu_render_warning(config.base_model.model, images, settings.evaluation_inference_steps,

@@ -6,6 +6,7 @@ from prefect import get_run_logger, task
 
 from dreambooth_core.config import SampleSettings
 from dreambooth_core.evaluation.session_evaluation import evaluation_markdown
+from dreambooth_core.families import family_of
 from dreambooth_core.evaluation.training_evaluation import EvaluationHook, TrainingEvaluation, evaluated_report
 from dreambooth_core.export.snapshots import SnapshotHook
 from dreambooth_core.generation.samples import SampleHook, sample_spec, samples_markdown, saved_samples
@@ -32,7 +33,7 @@ def train_chunk(plan: TrainingPlan, chunk: Chunk, samples: SampleSettings, evalu
     commits; `progress`: its progress artifact."""
     log, session = get_run_logger(), plan.session.open()
     spec = sample_spec(samples, require_dataset_manifest(session).subjects, plan.resolution,
-                       plan.training.seed)
+                       plan.training.seed, family_of(plan.family).default_guidance)
     after_chunk = (SampleHook(plan.session, plan.model_path, spec, samples.sample_every) if spec else None,
                    EvaluationHook(plan.session, plan.model_path, evaluation) if evaluation else None)
     hooks = ChunkHooks(

@@ -72,3 +72,11 @@ def hub_at(monkeypatch):
         monkeypatch.setattr(constants, "ENDPOINT", endpoint)
         monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
     return point
+
+
+@pytest.fixture(scope="session")
+def tiny_klein(tmp_path_factory) -> Path:
+    """The tiny FLUX.2 [klein], built once for the family tests."""
+    from dreambooth_core.families.klein_tiny import build_tiny_klein_model
+
+    return build_tiny_klein_model(tmp_path_factory.mktemp("tiny-klein") / "model")

@@ -76,7 +76,7 @@ def is_common_word(text: str, tokenizer: TextTokenizer) -> bool:
 
 def analyse_token(word: str, tokenizer: TextTokenizer) -> TokenAnalysis:
     pieces = tokenizer.pieces(word)
-    texts = [tokenizer.piece_text(p) for p in pieces]
+    texts = [tokenizer.piece_text(p) for i, p in enumerate(pieces) if not tokenizer.is_prefix(pieces, i)]
     common = [text for text in texts if is_common_word(text, tokenizer)]
     digits = any(c.isdigit() for c in word)
     verdict, reason = _verdict(word, len(pieces), common, digits)

@@ -98,9 +98,11 @@ def _named(tokenizers: TextTokenizer | Mapping[str, TextTokenizer],
     return {"tokenizer": tokenizers} | ({"tokenizer_2": tokenizer_2} if tokenizer_2 is not None else {})
 
 
-def tokenizer_title(name: str) -> str:
-    """How a report names a tokenizer: as its caller did, SDXL's folders with their role."""
-    return f"{name}/ ({TOKENIZER_ROLES[name]})" if name in TOKENIZER_ROLES else name
+def tokenizer_title(name: str, role_after: str = " (") -> str:
+    """How a report names a tokenizer: as its caller did, a model's tokenizer folders with their role."""
+    if name not in TOKENIZER_ROLES:
+        return name
+    return f"{name}/{role_after}{TOKENIZER_ROLES[name]}" + (")" if role_after.endswith("(") else "")
 
 
 def write_token_report(session: Session, report: TokenReport) -> None:

@@ -64,6 +64,12 @@ class TextTokenizer(ABC):
     def word_forms(self, text: str) -> list[str]:
         """The pieces that would stand for `text` as a whole word."""
 
+    def is_prefix(self, pieces: list[str], index: int) -> bool:
+        """Whether piece `index` of a word's split only starts it: where a marker starts words, a
+        word-start piece followed by more of the word ('▁shr' + 'k'), which the vocabulary holds for
+        prefixes as much as for words. (CLIP's whole words end in '</w>': word_forms asks for that.)"""
+        return False
+
     def word_rank(self, text: str) -> int | None:
         """The rank of `text` as a whole word; None when the tokenizer has no such piece."""
         return min((self.ranks[form] for form in self.word_forms(text) if form in self.ranks), default=None)
@@ -93,6 +99,10 @@ class ByteLevelBpeTokenizer(TextTokenizer):
     def piece_text(self, piece: str) -> str:
         return piece.removeprefix(WORD_START)
 
+    def is_prefix(self, pieces: list[str], index: int) -> bool:
+        return (pieces[index].startswith(WORD_START) and index < len(pieces) - 1
+                and not pieces[index + 1].startswith(WORD_START))
+
     def word_forms(self, text: str) -> list[str]:
         # Qwen keeps case: 'Dog' starting a sentence is the word 'dog' all the same.
         return list(dict.fromkeys(SPACE_BYTE + _byte_level(t) for t in (text, text.lower())))
@@ -105,6 +115,10 @@ class UnigramTokenizer(TextTokenizer):
 
     def piece_text(self, piece: str) -> str:
         return piece.removeprefix(WORD_START)
+
+    def is_prefix(self, pieces: list[str], index: int) -> bool:
+        return (pieces[index].startswith(WORD_START) and index < len(pieces) - 1
+                and not pieces[index + 1].startswith(WORD_START))
 
     def word_forms(self, text: str) -> list[str]:
         # T5 keeps case: 'Dog' starting a sentence is the word 'dog' all the same.

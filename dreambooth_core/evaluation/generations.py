@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from dreambooth_core.families import family_of
 from dreambooth_core.captions.tokenizer import TextTokenizer
 from dreambooth_core.config import GenerationSettings
 from dreambooth_core.errors import ConfigError, SessionError
@@ -100,12 +101,11 @@ def checked_request(session: Session, trained: TrainedSession, prompts: list[str
                     step: int | None) -> tuple[list[str], int, Source]:
     """(the prompts filled in per subject, the step, where its weights are), or the error
     naming what is wrong; nothing heavy is loaded."""
-    from dreambooth_core.captions.tokenizer import load_tokenizer
-
     chosen, source = chosen_step(session, step)
     filled = expanded_prompts(session, prompts)
     learnt = trained.subjects if trained.training.method == "textual-inversion" else []
-    require_prompt_lengths(filled, load_tokenizer(trained.model_path), learnt)
+    judges = family_of(trained.family).token_judges(trained.model_path)
+    require_prompt_lengths(filled, next(iter(judges.values())), learnt)
     return filled, chosen, source
 
 
@@ -118,6 +118,8 @@ def generate(session: Session, trained: TrainedSession, prompts: list[str], step
     folder = _new_folder(session, step)
     log.info("Rendering %d prompt(s) x %d image(s) at %dx%d with step %d (from its %s)", len(prompts),
              settings.count, width, height, step, source)
+    guidance = settings.guidance_scale if settings.guidance_scale is not None else \
+        family_of(trained.family).default_guidance
     with scratch_folder(session, "generate") as local:
         out = local / "generation"
         out.mkdir()
@@ -126,7 +128,7 @@ def generate(session: Session, trained: TrainedSession, prompts: list[str], step
         for row, prompt in enumerate(prompts):
             generators = [generator_for(settings.seed, m, SEED_STREAM) for m in range(settings.count)]
             images = render(pipeline, prompt, generators, resolution, settings.inference_steps,
-                            settings.guidance_scale, settings.negative_prompt, (width, height))
+                            guidance, settings.negative_prompt, (width, height))
             names = [f"{row:02d}-{m:02d}.png" for m in range(len(images))]
             for image, name in zip(images, names):
                 (out / name).write_bytes(encode_png(image))

@@ -55,10 +55,10 @@ class TrainingEvaluation(BaseModel):
 
 
 def training_evaluation(settings: EvaluationSettings, judges: str, judge_folders: tuple[Path, Path],
-                        resolution: int, subject_type: str) -> TrainingEvaluation:
+                        resolution: int, subject_type: str, guidance_scale: float) -> TrainingEvaluation:
     spec = EvaluationSpec(resolution=resolution, prompts=settings.evaluation_prompts,
                           images_per_prompt=settings.evaluation_images,
-                          inference_steps=settings.evaluation_inference_steps)
+                          inference_steps=settings.evaluation_inference_steps, guidance_scale=guidance_scale)
     return TrainingEvaluation(every=settings.evaluate_every, judges=judges, spec=spec, subject_type=subject_type,
                               judge_folders=(str(judge_folders[0]), str(judge_folders[1])))
 

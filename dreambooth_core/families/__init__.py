@@ -21,6 +21,8 @@ from dreambooth_core.families.family import (
     supported,
     unsupported,
 )
+from dreambooth_core.families.flux import FLUX
+from dreambooth_core.families.flux2_klein import FLUX2_KLEIN
 from dreambooth_core.families.sdxl import SDXL
 from dreambooth_core.families.stable_diffusion import STABLE_DIFFUSION
 
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
     import torch
 
 # In the order they are tried: a family that refuses look-alikes of itself comes first.
-FAMILIES: tuple[Family, ...] = (SDXL, STABLE_DIFFUSION)
+FAMILIES: tuple[Family, ...] = (SDXL, STABLE_DIFFUSION, FLUX, FLUX2_KLEIN)
 SUPPORTED = supported()
 TINY_MODELS: dict[str, TinyModel] = {tiny.spec: tiny for family in FAMILIES for tiny in family.tiny_models}
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for family in FAMILIES for a in family.architectures}

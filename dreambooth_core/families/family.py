@@ -28,6 +28,8 @@ from dreambooth_core.errors import ModelError
 if TYPE_CHECKING:  # torch and the libraries load where a family first needs them: not for `detect_family`
     import torch
 
+    from dreambooth_core.captions.tokenizer import TextTokenizer
+
     from dreambooth_core.config import TrainingSettings
     from dreambooth_core.families.objectives import NoisyBatch, Objective
 
@@ -128,12 +130,14 @@ class Family:
     keys: ClassVar[tuple[str, ...]]  # the ModelFamily.family values it serves
     title: ClassVar[str]
     denoiser: ClassVar[str] = "unet"  # its folder, and its weights' prefix in checkpoints
-    lora_targets: ClassVar[tuple[str, ...]]  # the denoiser's modules LoRA adapts (peft's target_modules)
+    # The denoiser's modules LoRA adapts (peft's target_modules: name endings, or one whole-name regex).
+    lora_targets: ClassVar[tuple[str, ...] | str]
     text_lora_targets: ClassVar[tuple[str, ...]] = ("q_proj", "k_proj", "v_proj", "out_proj")
     trainable_text_encoders: ClassVar[int] = 2  # how many of its text encoders, first first, may train
     textual_inversion: ClassVar[str | None] = None  # why textual inversion cannot train (None: it can)
     uses_crop_boxes: ClassVar[bool] = False  # whether predict() reads ImageGeometry's photo and crop
     render_scheduler: ClassVar[str]  # the scheduler its pipeline renders with (it keys stored class images)
+    default_guidance: ClassVar[float] = 7.5  # the guidance scale it renders with unless told another
     tiny_models: ClassVar[tuple[TinyModel, ...]] = ()
     architectures: ClassVar[tuple[Architecture, ...]] = ()
 
@@ -157,6 +161,13 @@ class Family:
 
     # -- components -------------------------------------------------------------
 
+    def check_settings(self, settings: TrainingSettings) -> None:
+        """Refuse, with the reason, what this family cannot train (ConfigError)."""
+        if settings.method == "textual-inversion" and self.textual_inversion:
+            from dreambooth_core.errors import ConfigError
+
+            raise ConfigError(self.textual_inversion)
+
     def load_parts(self, model_path: str | Path, device: torch.device, weights: bool = True) -> ModelParts:
         """The parts training needs; without `weights`, built from the configs (fake-tensor estimates)."""
         raise NotImplementedError
@@ -165,6 +176,13 @@ class Family:
                device: torch.device) -> Condition:
         """The captions' conditioning through `encoders` (the parts' own, or wrappers of them)."""
         raise NotImplementedError
+
+    def token_judges(self, model_path: str | Path) -> dict[str, TextTokenizer]:
+        """The tokenizers that judge a subject's token, by the name its report shows (the first is the
+        one captions are measured with)."""
+        from dreambooth_core.captions.tokenizer import load_tokenizer
+
+        return {"tokenizer": load_tokenizer(model_path)}
 
     def objective(self, parts: ModelParts, settings: TrainingSettings) -> Objective:
         raise NotImplementedError

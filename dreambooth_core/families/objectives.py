@@ -13,6 +13,7 @@ what an uninterrupted one drew (dreambooth_core/training/randomness.py).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -80,11 +81,16 @@ def signal_to_noise(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> to
 
 @dataclass(frozen=True)
 class FlowMatchingObjective:
-    """Noise levels drawn logit-normal (sigmoid of a standard normal, the references' default for
-    fine-tuning FLUX), then shifted by the scheduler's static shift where it has one
-    (sigma' = s sigma / (1 + (s - 1) sigma)); the denoiser is told sigma as its timestep."""
+    """Noise levels drawn logit-normal (the sigmoid of a standard normal: the reference trainers'
+    choice for fine-tuning), then shifted as the model's scheduler shifts them when it renders:
+    by a static `shift` (sigma' = s sigma / (1 + (s - 1) sigma)), or, where the scheduler shifts by
+    image size (`dynamic`), by mu interpolated between (base_seq_len, base_shift) and (max_seq_len,
+    max_shift) in the image's token count (sigma' = e^mu / (e^mu + 1/sigma - 1)). The denoiser is
+    told sigma as its timestep. `patch`: latent pixels per side of one token."""
 
     shift: float = 1.0
+    dynamic: tuple[int, int, float, float] | None = None  # base_seq_len, max_seq_len, base_shift, max_shift
+    patch: int = 1
     scaling_factor: float = 1.0
     shift_factor: float = 0.0
     sample_latents: bool = True  # FLUX.1 samples the posterior; others take its mean
@@ -94,11 +100,26 @@ class FlowMatchingObjective:
         return (sampled - self.shift_factor) * self.scaling_factor
 
     def noisy_batch(self, latents, noise, generator, device):
-        sigma = torch.sigmoid(torch.randn(latents.shape[0], generator=generator))
-        if self.shift != 1.0:
-            sigma = self.shift * sigma / (1 + (self.shift - 1) * sigma)
-        sigma = sigma.to(device)
+        sigma = self.shifted(torch.sigmoid(torch.randn(latents.shape[0], generator=generator)),
+                             latents.shape[-2] * latents.shape[-1] // self.patch ** 2).to(device)
         expanded = sigma.view(-1, *([1] * (latents.dim() - 1)))
         noisy = (1 - expanded) * latents + expanded * noise
         return NoisyBatch(noisy.to(latents.dtype), sigma, noise - latents)
 
+    def shifted(self, sigma: torch.Tensor, tokens: int) -> torch.Tensor:
+        if self.dynamic is not None:
+            base_len, max_len, base_shift, max_shift = self.dynamic
+            mu = base_shift + (max_shift - base_shift) * (tokens - base_len) / (max_len - base_len)
+            return math.exp(mu) / (math.exp(mu) + 1 / sigma - 1)
+        return self.shift * sigma / (1 + (self.shift - 1) * sigma) if self.shift != 1.0 else sigma
+
+
+def flow_objective(scheduler_config, patch: int, scaling_factor: float = 1.0, shift_factor: float = 0.0,
+                   sample_latents: bool = True) -> FlowMatchingObjective:
+    """The flow objective for a FlowMatchEulerDiscreteScheduler's config (its shift, static or by size)."""
+    dynamic = None
+    if scheduler_config.get("use_dynamic_shifting"):
+        dynamic = (scheduler_config.get("base_image_seq_len", 256), scheduler_config.get("max_image_seq_len", 4096),
+                   scheduler_config.get("base_shift", 0.5), scheduler_config.get("max_shift", 1.15))
+    return FlowMatchingObjective(float(scheduler_config.get("shift", 1.0)), dynamic, patch, scaling_factor,
+                                 shift_factor, sample_latents)

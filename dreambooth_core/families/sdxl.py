@@ -42,6 +42,8 @@ from dreambooth_core.families.stable_diffusion import (
 if TYPE_CHECKING:
     import torch
 
+    from dreambooth_core.captions.tokenizer import TextTokenizer
+
     from dreambooth_core.families.objectives import NoisyBatch
 
 PIPELINE = "StableDiffusionXLPipeline"
@@ -65,7 +67,7 @@ class Sdxl(StableDiffusion):
                               "use stabilityai/stable-diffusion-xl-base-1.0")
         if "XL" in pipeline and "Inpaint" in pipeline:
             raise unsupported(folder, "model_index.json", f"it is an SDXL inpainting model ({pipeline})")
-        if pipeline != PIPELINE and "text_encoder_2" not in index:
+        if pipeline != PIPELINE and not ("text_encoder_2" in index and "unet" in index):
             return None
         unet = read_config(folder, "unet/config.json")
         check_unet(folder, unet, "text_time", PIPELINE)
@@ -84,6 +86,11 @@ class Sdxl(StableDiffusion):
         parts.text_encoder_2 = load_component(CLIPTextModelWithProjection, model_path, "text_encoder_2", weights)
         parts.tokenizer_2 = CLIPTokenizer.from_pretrained(model_path, subfolder="tokenizer_2")
         return as_training_parts(parts, device)
+
+    def token_judges(self, model_path: str | Path) -> dict[str, TextTokenizer]:
+        from dreambooth_core.captions.tokenizer import load_tokenizer
+
+        return {"tokenizer": load_tokenizer(model_path), "tokenizer_2": load_tokenizer(model_path, "tokenizer_2")}
 
     def predict(self, denoiser: torch.nn.Module, batch: NoisyBatch, condition: Condition,
                 images: list[ImageGeometry]) -> torch.Tensor:

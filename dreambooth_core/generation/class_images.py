@@ -16,9 +16,10 @@ import torch
 from dreambooth_core.captions.classes import CLASS_PROMPT
 from dreambooth_core.config import TrainingSettings
 from dreambooth_core.errors import ConfigError
+from dreambooth_core.families import family_of_folder
 from dreambooth_core.generation.generate import DEFAULT_BATCH, GenerationRequest, generate_images
 from dreambooth_core.generation.own_images import prepare_own_images
-from dreambooth_core.generation.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from dreambooth_core.generation.pipeline import DEFAULT_STEPS
 from dreambooth_core.hashing import digest
 from dreambooth_core.session.class_images import ClassImages, ClassImageSet, open_class_store, save_class_manifest
 from dreambooth_core.session.dataset_manifest import SubjectRecord, require_dataset_manifest
@@ -64,11 +65,14 @@ def prior_applies(subjects: dict[str, SubjectRecord], training: TrainingSettings
 def build_class_images(session: Session, storage: str, model_path: str, model_digest: str,
                        resolution: int, device: torch.device | str, count: int = DEFAULT_COUNT,
                        class_prompt: str | None = None, own_folder: str | None = None, seed: int = 0,
-                       steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE,
+                       steps: int = DEFAULT_STEPS, guidance_scale: float | None = None,
                        batch_size: int = DEFAULT_BATCH, log: logging.Logger | None = None,
                        on_image: Callable[[int], None] | None = None) -> ClassImages:
-    """Class images for every subject of the session's dataset manifest; writes CLASS_MANIFEST."""
+    """Class images for every subject of the session's dataset manifest; writes CLASS_MANIFEST.
+    `guidance_scale`: the model's family's unless given."""
     log = log or logging.getLogger("dreambooth")
+    if guidance_scale is None:
+        guidance_scale = family_of_folder(model_path).default_guidance
     subjects = require_dataset_manifest(session).subjects
     prompts = class_prompts(subjects, class_prompt)
     # Beside the session: its storage, opened with its credentials.

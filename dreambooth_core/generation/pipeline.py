@@ -9,6 +9,7 @@ and the starting noise.
 
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -50,9 +51,16 @@ def render(pipeline, prompt: str, generators: list[torch.Generator], resolution:
     with _evaluating(denoiser, *encoders), torch.no_grad(), \
             torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
         return pipeline(prompt=prompt, num_images_per_prompt=len(generators), generator=generators,
-                        num_inference_steps=steps, guidance_scale=guidance_scale,
-                        negative_prompt=negative_prompt or None, height=height, width=width,
-                        output_type="pil").images
+                        num_inference_steps=steps, guidance_scale=guidance_scale, height=height, width=width,
+                        output_type="pil", **_negative(pipeline, negative_prompt)).images
+
+
+def _negative(pipeline, negative_prompt: str | None) -> dict:
+    """The negative prompt where the pipeline takes one (FLUX.2 [klein]'s guides away from the empty
+    prompt only)."""
+    if "negative_prompt" in inspect.signature(pipeline.__call__).parameters:
+        return {"negative_prompt": negative_prompt or None}
+    return {}
 
 
 def denoiser_of(pipeline) -> torch.nn.Module:

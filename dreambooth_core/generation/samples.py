@@ -124,12 +124,12 @@ def saved_samples(session: Session, step: int, settings: SampleSpec) -> Samples 
 
 
 def sample_spec(settings: SampleSettings, subjects: dict[str, SubjectRecord], resolution: int,
-                seed: int) -> SampleSpec | None:
+                seed: int, guidance_scale: float) -> SampleSpec | None:
     """What to render after a chunk, or None when samples are off."""
     if not settings.sample_every:
         return None
     return SampleSpec(prompts=sample_prompts(subjects, settings.own_prompts), resolution=resolution,
-                      seed=seed, steps=settings.sample_steps)
+                      seed=seed, steps=settings.sample_steps, guidance_scale=guidance_scale)
 
 
 def samples_due(every: int, chunk: Chunk) -> bool:

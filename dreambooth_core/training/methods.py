@@ -114,7 +114,8 @@ def trained_text_encoders(parts: ModelParts) -> list[torch.nn.Module]:
 
 
 def _train_text_encoders(trainables: Trainables, weights: list[dict[str, torch.nn.Parameter]]) -> None:
-    trainables.text_encoder = weights[0]
+    if weights:
+        trainables.text_encoder = weights[0]
     if len(weights) > 1:
         trainables.text_encoder_2 = weights[1]
 
@@ -136,11 +137,12 @@ def _lora(parts: ModelParts, settings: TrainingSettings) -> Trainables:
     return trainables
 
 
-def _lora_config(settings: TrainingSettings, targets: tuple[str, ...]):
+def _lora_config(settings: TrainingSettings, targets: tuple[str, ...] | str):
+    """`targets`: module-name endings, or one regular expression that names must match whole (peft)."""
     from peft import LoraConfig
 
-    return LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_scale_alpha,
-                      init_lora_weights="gaussian", target_modules=list(targets))
+    return LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_scale_alpha, init_lora_weights="gaussian",
+                      target_modules=targets if isinstance(targets, str) else list(targets))
 
 
 def _lora_parameters(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:

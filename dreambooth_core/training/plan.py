@@ -17,7 +17,7 @@ from dreambooth_core.config import (
 )
 from dreambooth_core.errors import ConfigError
 from dreambooth_core.hashing import digest
-from dreambooth_core.families import ModelFamily
+from dreambooth_core.families import ModelFamily, family_of
 from dreambooth_core.families.base_model import LocalModel
 from dreambooth_core.photos.prepare import PreparedDataset
 from dreambooth_core.session.checkpoints import CheckpointStore
@@ -114,6 +114,7 @@ def make_plan(session: Session, ref: SessionRef, config: DreamBoothConfig, model
                                 dataset.resolution, class_images is not None, detect_gpu(config))
     training, runtime = memory.apply(config.training, config.runtime) if memory else (config.training, config.runtime)
     check_settings(training, runtime.device)
+    family_of(model.family).check_settings(training)
     config = config.model_copy(update={"training": training, "runtime": runtime})
     values = fingerprint_values(config, total, model.digest, captions.digest, class_images)
     recorded = state.fingerprint

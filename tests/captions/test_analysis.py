@@ -141,3 +141,17 @@ def test_suggestions_suit_every_tokenizer_of_a_model(small_tokenizer, unigram_to
     assert passed_over
     for word in passed_over:
         assert any(analyse_token(word, judge).verdict != "good" for judge in judges[1:])
+
+
+def test_a_word_start_piece_that_only_begins_the_word_is_no_known_word(tmp_path):
+    """T5's vocabulary holds '▁shr' for 'shrimp' and 'shrug': 'shrk' starting with it is no known word,
+    while a whole word among its pieces is."""
+    from dreambooth_core.captions.tokenizer import load_tokenizer
+    from dreambooth_core.families.t5_tokenizer import write_tiny_t5_tokenizer
+
+    write_tiny_t5_tokenizer(tmp_path / "tokenizer", ["photo", "dog"], 512, pieces=["shr"])
+    t5 = load_tokenizer(tmp_path)
+    shrk = analyse_token("shrk", t5)
+    assert shrk.pieces == ["▁shr", "k"] and shrk.common_words == [] and shrk.verdict == "good"
+    assert analyse_token("shr", t5).common_words == ["shr"]  # alone, the piece is the whole word
+    assert analyse_token("dog", t5).verdict == "bad"
