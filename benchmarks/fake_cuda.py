@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import inspect
 import os
 import shutil
 import subprocess
@@ -205,14 +206,26 @@ def project_frame(exc: BaseException) -> str:
 
 def replace_module(name: str, path: Path) -> None:
     """Import `path` as module `name` before anything else imports it (a copy with a fault
-    injected, for the dry run's own tests)."""
+    injected, for the dry run's own tests). Its package is imported first: a package that imports
+    the module itself (dreambooth_core.families' registry of family instances) would otherwise meet
+    the copy half-run. Where the package took objects from the original, it is run again, so it
+    holds the copy's."""
+    parent, _, child = name.rpartition(".")
+    package = importlib.import_module(parent) if parent else None
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
-    parent, _, child = name.rpartition(".")
-    if parent:
-        setattr(importlib.import_module(parent), child, module)
+    if package is not None:
+        setattr(package, child, module)
+        if any(_defined_in(value, name) for key, value in vars(package).items() if key != child):
+            importlib.reload(package)
+
+
+def _defined_in(value, module: str) -> bool:
+    """Whether `value` is a class or function of `module`, or an instance of one of its classes."""
+    owner = value if inspect.isclass(value) or inspect.isfunction(value) else type(value)
+    return getattr(owner, "__module__", None) == module
 
 
 def on_fake_cuda() -> bool:
