@@ -1,18 +1,22 @@
 """The GPU training path, proven on a machine without a GPU: every family x method x precision.
 
-    python benchmarks/cuda_dry_run.py                       # every case (a few minutes on 2 cores)
+    python benchmarks/cuda_dry_run.py                       # every case (about half an hour on 2 cores)
     python benchmarks/cuda_dry_run.py --cases sdxl lora     # the cases whose name holds every word
+    python benchmarks/cuda_dry_run.py --cases flux1-dev     # one model's cases
 
 Run it with PyPI's CUDA build of torch (`./setup.sh --cuda-dry-run` makes `.cuda-venv`); it
 builds the fake CUDA runtime of ../shared/fakecuda (FAKECUDA_SOURCE) and restarts itself on it.
 
 Each case builds the full-size model from its published configs on fake tensors (no weights, no
-download), hands it to the project's own `Trainer` on device `cuda` as a chunk does (parts on the
-CPU, cast and moved by the Trainer), and trains two steps with `train_steps`, the loop every
-chunk runs. It fails on a tensor on the wrong device, a dtype a real kernel refuses, a CUDA index
-into a CPU tensor and any host sync inside a step (fake_cuda.py), and then checks what a step
-leaves: trained weights as fp32 masters on the GPU, gradients freed, optimizer state and EMA on
-the GPU, frozen weights in the precision they are held in, and a checkpoint's host copy.
+download): SD 1.5, SD 2.1 768 px v-prediction, SDXL, FLUX.1 [dev] and [schnell] and FLUX.2
+[klein] base 4B, each at the resolution its configs give, with the methods its family trains
+(what it refuses, e.g. textual inversion or min-SNR for the flow families, is no case). It hands
+it to the project's own `Trainer` on device `cuda` as a chunk does (parts on the CPU, cast and
+moved by the Trainer), and trains two steps with `train_steps`, the loop every chunk runs. It
+fails on a tensor on the wrong device, a dtype a real kernel refuses, a CUDA index into a CPU
+tensor and any host sync inside a step (fake_cuda.py), and then checks what a step leaves: trained
+weights as fp32 masters on the GPU, gradients freed, optimizer state and EMA on the GPU, frozen
+weights in the precision they are held in, and a checkpoint's host copy.
 It prints one row per case (passed, or the fault with the project frame that raised it, and the
 seconds it took) and exits 1 on any fault.
 
@@ -38,8 +42,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import fake_cuda  # noqa: E402
 
-FAMILIES = {"sd15": 512, "sd21-768-v": 768, "sdxl": 1024}  # published configs, at their resolution
-TINY = {"tiny": 64, "tiny-sdxl": 64}  # the built-in tiny models: for the dry run's own tests
+# The models of the matrix: published architectures (dreambooth_core.families.ARCHITECTURES), built
+# from their configs and trained at the resolution their configs give (detect_family), and for
+# --tiny the built-in tiny models (TINY_MODELS): for the dry run's own tests.
 METHODS = ("dreambooth", "lora", "textual-inversion")
 PRECISIONS = ("no", "fp16", "bf16")
 # Each option: (training settings, runtime settings) it changes.
@@ -51,23 +56,62 @@ OPTIONS = {
     "ema": ({"ema_decay": 0.999}, {}),
     "text-encoder": ({"lora_text_encoder": True}, {}),  # LoRA: adapters on the encoders (dreambooth: always)
     "no-text-encoder": ({"text_encoder_steps": 0}, {}),
-    "min-snr+offset+flip": ({"min_snr_gamma": 5.0, "offset_noise": 0.1, "flip": True}, {}),
+    "min-snr": ({"min_snr_gamma": 5.0}, {}),
+    "offset+flip": ({"offset_noise": 0.1, "flip": True}, {}),
     "batch-2x2": ({"batch_size": 2, "gradient_accumulation": 2}, {}),
     "channels-last": ({}, {"channels_last": True}),
     "t4": ({}, {}),  # --mixed-precision auto on a GPU without bf16 (sm_75)
 }
+# (method, precision, options): each memory and training option, beside the method x precision matrix.
+OPTION_CASES = (
+    ("dreambooth", "bf16", ("prior", "checkpointing")),
+    ("dreambooth", "fp16", ("prior", "checkpointing", "adamw-8bit")),
+    ("dreambooth", "bf16", ("prior", "checkpointing", "adamw-8bit", "step-in-backward")),
+    ("dreambooth", "bf16", ("no-text-encoder", "step-in-backward", "ema")),
+    ("dreambooth", "auto", ("prior", "t4")),
+    ("lora", "bf16", ("prior", "checkpointing", "text-encoder")),
+    ("lora", "fp16", ("text-encoder", "ema", "adamw-8bit")),
+    ("textual-inversion", "bf16", ("checkpointing", "min-snr", "offset+flip")),
+    ("dreambooth", "bf16", ("prior", "batch-2x2", "min-snr", "offset+flip", "channels-last")),
+)
+# The 1024 px transformers take a minute or more a case on 2 cores: fewer cases, each with more options.
+FEW_OPTION_CASES = (
+    ("dreambooth", "bf16", ("prior", "checkpointing", "adamw-8bit", "step-in-backward")),
+    ("dreambooth", "auto", ("prior", "t4")),
+    ("lora", "bf16", ("prior", "checkpointing", "text-encoder")),
+    ("lora", "fp16", ("text-encoder", "ema", "adamw-8bit")),
+    ("lora", "bf16", ("prior", "batch-2x2", "min-snr", "offset+flip")),
+)
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model of the matrix: its methods (those its family trains) at `precisions`, with prior
+    preservation, then `option_cases` (an option its family refuses or has no use for is left out)."""
+
+    name: str  # a key of ARCHITECTURES or of TINY_MODELS
+    precisions: tuple[str, ...] = PRECISIONS
+    option_cases: tuple = OPTION_CASES
+
+
+FULL_SIZE = (Model("sd15"), Model("sd21-768-v"), Model("sdxl"),
+             Model("flux1-dev", option_cases=FEW_OPTION_CASES),
+             Model("flux1-schnell", precisions=("bf16",), option_cases=()),  # [dev] less its guidance input
+             Model("flux2-klein-base-4b", option_cases=FEW_OPTION_CASES))
+TINY = (Model("tiny"), Model("tiny-sdxl"), Model("tiny-flux"),
+        Model("tiny-flux-schnell", precisions=("bf16",), option_cases=()), Model("tiny-klein"))
 
 
 @dataclass(frozen=True)
 class Case:
-    family: str
+    model: str  # a key of ARCHITECTURES or TINY_MODELS
     method: str
     precision: str
     options: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
-        return " ".join([self.family, self.method, self.precision, *self.options])
+        return " ".join([self.model, self.method, self.precision, *self.options])
 
     def settings(self):
         from dreambooth_core.config import RuntimeSettings, TrainingSettings
@@ -80,21 +124,49 @@ class Case:
         return TrainingSettings(**training), RuntimeSettings(device="cuda", **runtime)
 
 
-def all_cases(families=tuple(FAMILIES)) -> list[Case]:
-    """The family x method x precision matrix with prior preservation (the defaults otherwise,
-    the text encoder trained for the first step), then each memory and training option."""
-    cases = [Case(f, m, p, ("prior",)) for f in families for m in METHODS for p in PRECISIONS]
-    for family in families:
-        cases += [Case(family, "dreambooth", "bf16", ("prior", "checkpointing")),
-                  Case(family, "dreambooth", "fp16", ("prior", "checkpointing", "adamw-8bit")),
-                  Case(family, "dreambooth", "bf16", ("prior", "checkpointing", "adamw-8bit", "step-in-backward")),
-                  Case(family, "dreambooth", "bf16", ("no-text-encoder", "step-in-backward", "ema")),
-                  Case(family, "dreambooth", "auto", ("prior", "t4")),
-                  Case(family, "lora", "bf16", ("prior", "checkpointing", "text-encoder")),
-                  Case(family, "lora", "fp16", ("text-encoder", "ema", "adamw-8bit")),
-                  Case(family, "textual-inversion", "bf16", ("checkpointing", "min-snr+offset+flip")),
-                  Case(family, "dreambooth", "bf16", ("prior", "batch-2x2", "min-snr+offset+flip", "channels-last"))]
+def all_cases(models=FULL_SIZE) -> list[Case]:
+    """The method x precision matrix with prior preservation (the defaults otherwise, the text
+    encoder trained for the first step), then each memory and training option."""
+    cases = [Case(m.name, method, p, ("prior",)) for m in models for method in METHODS
+             if trains(m.name, method) for p in m.precisions]
+    for model in models:
+        for method, precision, options in model.option_cases:
+            kept = tuple(o for o in options if applies(model.name, method, o))
+            case = Case(model.name, method, precision, kept)
+            if trains(model.name, method) and case not in cases:
+                cases.append(case)
     return cases
+
+
+def family_of_model(name: str):
+    """The family of a published architecture or a tiny model, from the registry."""
+    from dreambooth_core.families import FAMILIES
+
+    return next(family for family in FAMILIES
+                if name in {a.name for a in family.architectures} | {t.spec for t in family.tiny_models})
+
+
+def trains(model: str, method: str) -> bool:
+    return _accepted(model, {"method": method})
+
+
+def applies(model: str, method: str, option: str) -> bool:
+    """Whether the family takes the option: it does not refuse it, and a LoRA on the text encoders
+    has a text encoder that trains."""
+    if option == "text-encoder" and not family_of_model(model).trainable_text_encoders:
+        return False
+    return _accepted(model, {"method": method, **OPTIONS[option][0]})
+
+
+def _accepted(model: str, training: dict) -> bool:
+    from dreambooth_core.config import TrainingSettings
+    from dreambooth_core.errors import ConfigError
+
+    try:
+        family_of_model(model).check_settings(TrainingSettings(**training))
+    except ConfigError:
+        return False
+    return True
 
 
 @dataclass
@@ -136,8 +208,10 @@ def _build_trainer(case: Case, folder: Path):
     from dreambooth_core.training.memory_estimate import build_parts
     from dreambooth_core.training.trainer import Example, Trainer
 
+    from dreambooth_core.families import detect_family
+
     training, runtime = case.settings()
-    resolution = {**FAMILIES, **TINY}[case.family]
+    resolution = detect_family(folder).resolution
     pixels = torch.zeros(1, 3, resolution, resolution)
     examples = [Example(pixels, f"a photo of shrk{i} person", f"shrk{i}") for i in range(2)]
     classes = [Example(pixels, "a photo of a person", f"shrk{i}") for i in range(2)] if "prior" in case.options else []
@@ -240,16 +314,16 @@ class _project_patches:
         return False
 
 
-def model_folder(family: str, work: Path) -> Path:
-    from dreambooth_core.families import write_config_folder
-    from dreambooth_core.families.sd_tiny import build_tiny_model, build_tiny_sdxl_model
+def model_folder(model: str, work: Path) -> Path:
+    """The diffusers folder of a tiny model (built) or of a published architecture (its configs)."""
+    from dreambooth_core.families import TINY_MODELS, write_config_folder
 
-    folder = work / family
+    folder = work / model
     if not folder.exists():
-        if family in TINY:
-            (build_tiny_model if family == "tiny" else build_tiny_sdxl_model)(folder)
+        if model in TINY_MODELS:
+            TINY_MODELS[model].build(folder)
         else:
-            write_config_folder(family, folder)
+            write_config_folder(model, folder)
     return folder
 
 
@@ -273,14 +347,15 @@ def run(args: argparse.Namespace) -> list[Result]:
     from dreambooth_core.families.family import import_model_classes
 
     list(import_model_classes())
-    families = tuple(TINY) if args.tiny else tuple(FAMILIES)
-    cases = select(all_cases(families), args.cases)
+    models = TINY if args.tiny else FULL_SIZE
+    cases = select(all_cases(models), args.cases)
     if not cases:
-        raise SystemExit(f"no case has every word of {args.cases}; cases look like {all_cases(families)[0].name!r}")
+        raise SystemExit(f"no case has every word of {args.cases}; cases look like "
+                         f"{all_cases(models)[0].name!r}")
     results = []
     with tempfile.TemporaryDirectory(prefix="dreambooth-dry-run-") as work:
         for case in cases:
-            results.append(run_case(case, model_folder(case.family, Path(work))))
+            results.append(run_case(case, model_folder(case.model, Path(work))))
             r = results[-1]
             print(f"[{r.seconds:5.1f} s] {r.case}: " + ("passed" if r.passed else f"{r.kind}: {r.fault} at {r.frame}"),
                   file=sys.stderr, flush=True)
