@@ -65,8 +65,8 @@ def no_download(monkeypatch):
 
 @pytest.mark.slow  # estimates the full FLUX.1 [dev] architecture, four plans (about 1.5 min)
 def test_a_flux_lora_is_planned_on_every_common_gpu_from_published_configs(tmp_path, capsys, no_download):
-    assert main(["plan", "--session", "p", "--storage", str(tmp_path), "--model", "black-forest-labs/FLUX.1-dev",
-                 "--method", "lora", "--class-word", "man", "--mixed-precision", "bf16"]) == 0
+    assert main(["plan", "--session", "p", "--storage", str(tmp_path),
+                 "--model", "black-forest-labs/FLUX.1-dev", "--method", "lora", "--class-word", "man", "--mixed-precision", "bf16"]) == 0
     output = capsys.readouterr().out
     assert "lora of black-forest-labs/FLUX.1-dev at 1024 px" in output and "text encoder frozen" in output
     found = rows(output)
