@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="For the session's settings (and the flags given now, as for train): the plan "
                     "--memory auto picks on a T4, L4, A100 and H100, its estimated peak GPU and host "
                     "memory and the checkpoint size, from one real training step on fake tensors "
-                    "(seconds to a minute on a CPU).")
+                    "(seconds to a minute on a CPU; FLUX.1 about two).")
     _add_config_flags(plan)
     tokens = commands.add_parser(
         "tokens", help="Check an identifier with the base model's tokenizer; suggest rare ones.",
