@@ -47,8 +47,8 @@ if TYPE_CHECKING:
 PIPELINE = "FluxPipeline"
 NATIVE_RESOLUTION = 1024
 TRAINING_GUIDANCE = 1.0
-# What told a variant's single file apart (diffusers' and ComfyUI's detection key).
-_SINGLE_FILE_KEY = "double_blocks.0.img_attn.norm.key_norm.scale"
+# What tells a FLUX.1 single file apart: each double block's own modulation (FLUX.2's is shared).
+_SINGLE_FILE_KEY = "double_blocks.0.img_mod.lin.weight"
 _CHECKPOINT_PREFIX = "model.diffusion_model."
 TEXTUAL_INVERSION = (
     "--method textual-inversion cannot train FLUX.1: the transformer attends only to T5-XXL's token "

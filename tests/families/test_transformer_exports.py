@@ -71,3 +71,17 @@ def test_diffusers_reads_the_klein_file_back_exactly(exported):
     expected = parts.denoiser.state_dict()
     for name, value in loaded.state_dict().items():
         assert torch.equal(value, expected[name].to(torch.bfloat16)), name
+
+
+def test_the_transformer_file_is_a_model_with_its_single_file_config(exported, tmp_path):
+    """As model sites ship FLUX: the transformer alone, the rest from --single-file-config."""
+    from dreambooth_core.errors import ModelError
+
+    spec, model_path, parts, out, _ = exported
+    with pytest.raises(ModelError, match="transformer alone.*--single-file-config"):
+        fetch_model(str(out / "shrk.safetensors"), tmp_path / "cache")
+    model = fetch_model(str(out / "shrk.safetensors"), tmp_path / "cache", model_config=model_path)
+    assert model.kind == "single_file" and model.family == detect_family(model_path)
+    converted = load_model_parts(model.path, torch.device("cpu")).denoiser.state_dict()
+    for name, value in parts.denoiser.state_dict().items():
+        assert torch.equal(converted[name], value.to(torch.bfloat16).float()), name
