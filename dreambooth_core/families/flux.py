@@ -31,6 +31,7 @@ from dreambooth_core.families.family import (
     as_training_parts,
     load_component,
     read_config,
+    token_ids,
     unsupported,
 )
 from dreambooth_core.families.flux_configs import FLUX_MAX_SEQUENCE_LENGTH, write_flux_config_folder
@@ -147,8 +148,6 @@ class Flux(Family):
 
     def encode(self, parts: ModelParts, captions: list[str], encoders: list[torch.nn.Module],
                device: torch.device) -> Condition:
-        from dreambooth_core.families.sd_conditioning import token_ids
-
         pooled = encoders[0](token_ids(parts.tokenizer, captions, device)).pooler_output
         t5 = parts.tokenizer_2(captions, padding="max_length", max_length=t5_length(parts), truncation=True,
                                return_tensors="pt").input_ids.to(device)
