@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from memory_estimate import PLANS  # noqa: E402
+from memory_estimate import PLANS, plan_name  # noqa: E402
 
 GIB = 2**30
 ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(64 * 1024), "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_TOP_PAD_": "0"}
@@ -99,7 +99,8 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="sd15", choices=["sd15", "sd21-512", "sd21-768-v", "sdxl"])
-    parser.add_argument("--plans", nargs="+", default=list(DEFAULT_PLANS), choices=list(PLANS), metavar="PLAN")
+    parser.add_argument("--plans", nargs="+", default=list(DEFAULT_PLANS), type=plan_name, choices=list(PLANS),
+                        metavar="PLAN")
     parser.add_argument("--resolution", type=int, help="default: the model's own")
     args = parser.parse_args()
     from dreambooth_core.families import detect_family

@@ -66,10 +66,13 @@ class BaseModelSettings(Section):
     model: str = Field("stable-diffusion-v1-5/stable-diffusion-v1-5", description="Base model: "
                        "a Hugging Face repo id, a local diffusers folder, a .ckpt/.safetensors file "
                        "or URL, or 'tiny' (a small random SD 1 model for offline demos and tests; "
-                       "'tiny-sd2', 'tiny-sd2-v' for SD 2.x, 'tiny-sdxl' for SDXL).")
+                       "'tiny-sd2', 'tiny-sd2-v' for SD 2.x, 'tiny-sdxl' for SDXL, 'tiny-flux', "
+                       "'tiny-flux-schnell' for FLUX.1, 'tiny-klein' for FLUX.2 [klein]).")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of --model.")
     single_file_config: str | None = Field(None, description="For a single-file --model: a diffusers "
-                                           "folder or repo id describing its architecture.")
+                                           "folder or repo id describing its architecture (for a FLUX "
+                                           "transformer file: the model it belongs to, for its VAE and "
+                                           "text encoders).")
     vae: str | None = Field(None, description="A VAE in place of the model's own, for training, samples "
                             "and exports: a Hugging Face repo id (e.g. madebyollin/sdxl-vae-fp16-fix, "
                             "SDXL's VAE fixed to run in fp16) or a local diffusers VAE folder. It must "
@@ -283,7 +286,9 @@ class ExportSettings(Section):
     """The final output files."""
 
     export_precision: Literal["fp16", "fp32"] = Field("fp16", description="Precision of the "
-                                                      "exported .ckpt/.safetensors files.")
+                                                      "exported .ckpt/.safetensors files (FLUX's full "
+                                                      "models: bf16 for fp16, which their activations "
+                                                      "overflow).")
 
 
 class RuntimeSettings(Section):

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="For the session's settings (and the flags given now, as for train): the plan "
                     "--memory auto picks on a T4, L4, A100 and H100, its estimated peak GPU and host "
                     "memory and the checkpoint size, from one real training step on fake tensors "
-                    "(seconds to a minute on a CPU).")
+                    "(seconds to a minute on a CPU; FLUX.1 about two).")
     _add_config_flags(plan)
     tokens = commands.add_parser(
         "tokens", help="Check an identifier with the base model's tokenizer; suggest rare ones.",
@@ -252,6 +252,7 @@ def _train_reporting_lost_end(flow, config: DreamBoothConfig):
 
 
 def plan(flags: dict[str, Any]) -> int:
+    from dreambooth_core.families import family_of_folder
     from dreambooth_core.session.state import load_state
     from dreambooth_core.training.gpu_plans import plan_table, plans_on_common_gpus
     from dreambooth_core.training.memory_plan import eight_bit_problem
@@ -262,9 +263,11 @@ def plan(flags: dict[str, Any]) -> int:
     quiet_libraries()
     with _model_configs(config) as (model_path, resolution):
         training = config.training
+        family = family_of_folder(model_path)
+        family.check_settings(training)  # what the family cannot train is refused before any estimate
         prior = bool(training.class_images and (config.captions.class_word or training.class_images_folder))
-        text = f"text encoder for {training.text_encoder_phase} steps" if training.trains_text_encoder \
-            else "text encoder frozen"
+        text = f"text encoder for {training.text_encoder_phase} steps" \
+            if training.trains_text_encoder and family.trainable_text_encoders else "text encoder frozen"
         print(f"Session {config.session!r}: {training.method} of {config.base_model.model} at {resolution} px, "
               f"batch {training.batch_size}, {text}, {'with' if prior else 'without'} prior preservation. "
               "Estimating...", flush=True)

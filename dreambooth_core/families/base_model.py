@@ -31,6 +31,11 @@ class LocalModel(FetchedModel):
     def of(cls, fetched: FetchedModel) -> "LocalModel":
         return cls(**fetched.model_dump(), family=detect_family(fetched.path))
 
+    @classmethod
+    def at(cls, path: str | Path, digest: str, kind: str, source: str) -> "LocalModel":
+        """The model in diffusers folder `path`; refused (ModelError) when no family takes it."""
+        return cls.of(FetchedModel(path=str(path), digest=digest, kind=kind, source=source))
+
 
 def fetch_model(spec: str, cache_dir: Path, revision: str | None = None, model_config: str | None = None,
                 hf_token: str | None = None, log: logging.Logger = logging.getLogger("dreambooth")) -> LocalModel:

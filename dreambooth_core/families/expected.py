@@ -29,10 +29,14 @@ def expected_resolution(spec: str, override: int | None) -> tuple[int, str]:
 
 
 def _local_resolution(path: Path) -> tuple[int, str] | None:
+    """A local folder no family takes is refused here (ModelError), before the photos are judged
+    against a resolution it does not have."""
+    if path.is_dir() and (path / "model_index.json").is_file():
+        return detect_family(path).resolution, "the local model's resolution"
     try:
         if path.is_file():
             _, declared = declared_spec(path)
             return (declared, "the resolution the single file declares") if declared else None
-        return detect_family(path).resolution, "the local model's resolution"
-    except (OSError, ValueError, KeyError, TypeError):  # ModelError is a ValueError
+    except (OSError, ValueError, KeyError, TypeError):
         return None
+    return None

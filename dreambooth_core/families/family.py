@@ -236,6 +236,12 @@ class Family:
         raise NotImplementedError
 
 
+def token_ids(tokenizer, captions: list[str], device: torch.device) -> torch.Tensor:
+    """Captions as token ids, padded (or cut) to the tokenizer's length, on `device`."""
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids.to(device)
+
+
 def load_component(kind, model_path: str | Path, subfolder: str, weights: bool) -> torch.nn.Module:
     """A diffusers or transformers model from its sub-folder: with its weights, or built from its
     config alone (random weights: what fake-tensor estimates run on)."""

@@ -31,6 +31,7 @@ from dreambooth_core.families.family import (
     as_training_parts,
     load_component,
     read_config,
+    token_ids,
     unsupported,
 )
 from dreambooth_core.families.flux_configs import FLUX_MAX_SEQUENCE_LENGTH, write_flux_config_folder
@@ -47,8 +48,8 @@ if TYPE_CHECKING:
 PIPELINE = "FluxPipeline"
 NATIVE_RESOLUTION = 1024
 TRAINING_GUIDANCE = 1.0
-# What told a variant's single file apart (diffusers' and ComfyUI's detection key).
-_SINGLE_FILE_KEY = "double_blocks.0.img_attn.norm.key_norm.scale"
+# What tells a FLUX.1 single file apart: each double block's own modulation (FLUX.2's is shared).
+_SINGLE_FILE_KEY = "double_blocks.0.img_mod.lin.weight"
 _CHECKPOINT_PREFIX = "model.diffusion_model."
 TEXTUAL_INVERSION = (
     "--method textual-inversion cannot train FLUX.1: the transformer attends only to T5-XXL's token "
@@ -147,8 +148,6 @@ class Flux(Family):
 
     def encode(self, parts: ModelParts, captions: list[str], encoders: list[torch.nn.Module],
                device: torch.device) -> Condition:
-        from dreambooth_core.families.sd_conditioning import token_ids
-
         pooled = encoders[0](token_ids(parts.tokenizer, captions, device)).pooler_output
         t5 = parts.tokenizer_2(captions, padding="max_length", max_length=t5_length(parts), truncation=True,
                                return_tensors="pt").input_ids.to(device)

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field
 
 from dreambooth_core.errors import ModelError
+from dreambooth_core.families.peft_layers import lora_layers, network_metadata, peft_config, peft_state
 from dreambooth_core.model.hub_layout import nested_key
 from dreambooth_core.model.safetensors_files import save_safetensors, sort_metadata
 
@@ -56,7 +57,6 @@ FLUX_TEXT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 TRANSFORMER_PREFIX, TEXT_ENCODER_PREFIX = "transformer.", "text_encoder."
 NETWORK_MODULE = "networks.lora_flux"  # what kohya's FLUX.1 LoRAs carry
-_PEFT_WRAPPER = "base_model.model."
 
 
 class FluxLoraFiles(BaseModel):
@@ -103,10 +103,7 @@ def flux_lora_state(transformer, text_encoder=None, adapter: str = "default",
 def save_flux_lora_file(transformer, text_encoder, path: Path, adapter: str = "default",
                         dtype: torch.dtype | None = None) -> Path:
     """Write the single .safetensors (see module doc) with kohya's network metadata."""
-    layer = next(iter(flux_lora_layers(transformer, None, adapter).values()))
-    rank = layer.r[adapter]
-    metadata = {"ss_network_module": NETWORK_MODULE, "ss_network_dim": str(rank),
-                "ss_network_alpha": _number(layer.scaling[adapter] * rank)}
+    metadata = network_metadata(NETWORK_MODULE, next(iter(lora_layers(transformer, adapter).values())), adapter)
     save_safetensors(flux_lora_state(transformer, text_encoder, adapter, dtype), Path(path), metadata)
     return Path(path)
 
@@ -116,13 +113,13 @@ def save_flux_diffusers_lora(transformer, text_encoder, folder: Path, adapter: s
     """Write the folder diffusers' `load_lora_weights` reads, the LoraConfigs in its metadata."""
     from diffusers import FluxPipeline
 
-    layers = {"transformer_lora_layers": _peft_state(transformer, adapter, dtype),
-              "transformer_lora_adapter_metadata": _config_dict(transformer, adapter)}
+    layers = {"transformer_lora_layers": peft_state(transformer, adapter, dtype),
+              "transformer_lora_adapter_metadata": peft_config(transformer, adapter)}
     if text_encoder is not None:
         # The transformers 4.x module names (text_model.*), which diffusers with 4.x and 5.x both load.
         layers |= {"text_encoder_lora_layers": {nested_key(k): t for k, t in
-                                                _peft_state(text_encoder, adapter, dtype).items()},
-                   "text_encoder_lora_adapter_metadata": _config_dict(text_encoder, adapter)}
+                                                peft_state(text_encoder, adapter, dtype).items()},
+                   "text_encoder_lora_adapter_metadata": peft_config(text_encoder, adapter)}
     folder = Path(folder)
     FluxPipeline.save_lora_weights(str(folder), safe_serialization=True, **layers)
     sort_metadata(folder / DIFFUSERS_FILE)
@@ -131,49 +128,8 @@ def save_flux_diffusers_lora(transformer, text_encoder, folder: Path, adapter: s
 
 def flux_lora_layers(transformer, text_encoder=None, adapter: str = "default") -> dict:
     """The peft LoRA layers holding `adapter`, by their name in the files (without .lora_A etc.)."""
-    layers = {TRANSFORMER_PREFIX + name: layer for name, layer in _lora_layers(transformer, adapter).items()}
+    layers = {TRANSFORMER_PREFIX + name: layer for name, layer in lora_layers(transformer, adapter).items()}
     if text_encoder is not None:
         layers |= {TEXT_ENCODER_PREFIX + nested_key(name): layer
-                   for name, layer in _lora_layers(text_encoder, adapter).items()}
+                   for name, layer in lora_layers(text_encoder, adapter).items()}
     return layers
-
-
-def _lora_layers(model, adapter: str) -> dict:
-    """Like export.lora.lora_layers, which this level may not import: the model's plain-LoRA
-    layers by module path, without peft's wrapper prefix."""
-    from peft.tuners.lora import LoraLayer
-
-    layers = {name.removeprefix(_PEFT_WRAPPER): module for name, module in model.named_modules()
-              if isinstance(module, LoraLayer) and adapter in module.lora_A}
-    if not layers:
-        raise ModelError(
-            f"The {type(model).__name__} has no LoRA adapter named {adapter!r}, so there is nothing to "
-            "export. Add adapters with peft (LoraConfig) before training, or export the full model instead.")
-    for name, layer in layers.items():
-        if layer.use_dora.get(adapter) or getattr(layer, "lora_bias", {}).get(adapter):
-            raise ModelError(
-                f"The LoRA layer {name} uses DoRA or a LoRA bias, which ComfyUI's and Forge's LoRA "
-                "loaders cannot hold. Train with plain LoRA (use_dora=False, lora_bias=False).")
-    return layers
-
-
-def _peft_state(model, adapter: str, dtype) -> dict[str, torch.Tensor]:
-    state = {}
-    for name, layer in _lora_layers(model, adapter).items():
-        for part in ("lora_A", "lora_B"):
-            tensor = getattr(layer, part)[adapter].weight.detach()
-            state[f"{name}.{part}.weight"] = (tensor.to(dtype) if dtype else tensor).contiguous()
-    return state
-
-
-def _config_dict(model, adapter: str) -> dict:
-    configs = getattr(model, "peft_config", None) or {}
-    if adapter not in configs:
-        raise ModelError(f"The {type(model).__name__} carries no peft LoraConfig for adapter {adapter!r}; "
-                         "add adapters with peft (add_adapter, inject_adapter_in_model or get_peft_model).")
-    # Sets (target_modules) iterate in a per-process order: sort them for equal files.
-    return {k: sorted(v) if isinstance(v, set) else v for k, v in configs[adapter].to_dict().items()}
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else str(value)

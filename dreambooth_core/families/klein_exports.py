@@ -18,7 +18,8 @@ import torch
 from dreambooth_core.errors import ModelError
 from dreambooth_core.families.family import ModelParts
 from dreambooth_core.families.klein_layout import from_bfl_state, to_bfl_state
-from dreambooth_core.families.klein_lora import KOHYA_PREFIX, bfl_module_for_lora, klein_lora_layers
+from dreambooth_core.families.klein_lora import KOHYA_PREFIX, bfl_module_for_lora
+from dreambooth_core.families.peft_layers import lora_layers
 from dreambooth_core.families.objectives import FlowMatchingObjective, flow_objective
 from dreambooth_core.model.hub_layout import save_pipeline
 from dreambooth_core.model.safetensors_files import save_safetensors
@@ -116,7 +117,7 @@ def transformer_into_folder(weights: Path, options: dict, folder: Path, log: log
 def read_kohya_lora(transformer, state: dict[str, torch.Tensor]) -> None:
     """A kohya-layout klein LoRA (q, k and v fused into qkv: stacked downs, block-diagonal ups) back
     into the transformer's peft layers of the same rank."""
-    for name, layer in klein_lora_layers(transformer).items():
+    for name, layer in lora_layers(transformer).items():
         module = bfl_module_for_lora(name)
         key = KOHYA_PREFIX + module.name.replace(".", "_")
         if f"{key}.lora_down.weight" not in state:

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dreambooth_core.errors import ModelError
 from dreambooth_core.families.klein_layout import BflModule, bfl_module
+from dreambooth_core.families.peft_layers import lora_layers, network_metadata
 from dreambooth_core.model.safetensors_files import save_safetensors
 
 if TYPE_CHECKING:
@@ -46,7 +47,6 @@ DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 _NOT_IN_KOHYA = ("double_stream_modulation_img.lin", "double_stream_modulation_txt.lin",
                  "single_stream_modulation.lin", "final_layer.adaLN_modulation.1", "guidance_in.in_layer",
                  "guidance_in.out_layer")
-_PEFT_WRAPPER = "base_model.model."
 
 
 class KleinLoraFiles(BaseModel):
@@ -77,7 +77,7 @@ def kohya_klein_lora_state(transformer, adapter: str = "default",
     """The adapters under kohya names in the BFL layout, q/k/v fused (see module doc)."""
     fused: dict[str, dict[int, object]] = {}
     state = {}
-    for module, layer in klein_lora_layers(transformer, adapter).items():
+    for module, layer in lora_layers(transformer, adapter).items():
         target = bfl_module_for_lora(module)
         if target.third is None:
             down, up = _weights(layer, adapter)
@@ -94,10 +94,8 @@ def save_kohya_klein_lora(transformer, path: Path, adapter: str = "default",
                           dtype: torch.dtype | None = None) -> None:
     """Write the kohya-layout .safetensors, with kohya's network metadata (rank and alpha of one
     unfused module: the fused qkv modules hold 3x both)."""
-    first = next(iter(klein_lora_layers(transformer, adapter).values()))
-    rank = first.r[adapter]
-    metadata = {"ss_network_module": KOHYA_NETWORK_MODULE, "ss_network_dim": str(rank),
-                "ss_network_alpha": _number(first.scaling[adapter] * rank)}
+    metadata = network_metadata(KOHYA_NETWORK_MODULE, next(iter(lora_layers(transformer, adapter).values())),
+                                adapter)
     save_safetensors(kohya_klein_lora_state(transformer, adapter, dtype), Path(path), metadata)
 
 
@@ -105,7 +103,7 @@ def diffusers_klein_lora_state(transformer, adapter: str = "default",
                                dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """The adapters under diffusers module names (no `transformer.` prefix), scale baked into lora_B."""
     state = {}
-    for module, layer in klein_lora_layers(transformer, adapter).items():
+    for module, layer in lora_layers(transformer, adapter).items():
         down, up = _weights(layer, adapter)
         state[f"{module}.lora_A.weight"] = down
         state[f"{module}.lora_B.weight"] = (up * layer.scaling[adapter]).contiguous()
@@ -120,24 +118,6 @@ def save_diffusers_klein_lora(transformer, folder: Path, adapter: str = "default
     # No adapter metadata: its lora_alpha would be applied on top of the baked scale.
     Flux2KleinPipeline.save_lora_weights(str(folder), transformer_lora_layers=diffusers_klein_lora_state(
         transformer, adapter, dtype), safe_serialization=True)
-
-
-def klein_lora_layers(transformer, adapter: str = "default") -> dict:
-    """The transformer's peft LoRA layers holding `adapter`, by diffusers module path."""
-    from peft.tuners.lora import LoraLayer
-
-    layers = {name.removeprefix(_PEFT_WRAPPER): module for name, module in transformer.named_modules()
-              if isinstance(module, LoraLayer) and adapter in module.lora_A}
-    if not layers:
-        raise ModelError(
-            f"The {type(transformer).__name__} has no LoRA adapter named {adapter!r}, so there is nothing "
-            "to export. Add adapters with peft (LoraConfig) before training, or export the full model.")
-    for name, layer in layers.items():
-        if layer.use_dora.get(adapter) or getattr(layer, "lora_bias", {}).get(adapter):
-            raise ModelError(f"The LoRA layer {name} uses DoRA or a LoRA bias, which the kohya and diffusers "
-                             "LoRA files cannot hold. Train with plain LoRA (use_dora=False, "
-                             "lora_bias=False).")
-    return layers
 
 
 def bfl_module_for_lora(module: str) -> BflModule:
@@ -189,6 +169,3 @@ def _kohya_entry(bfl: str, down: torch.Tensor, up: torch.Tensor, alpha: float) -
     return {f"{key}.lora_down.weight": down.contiguous(), f"{key}.lora_up.weight": up.contiguous(),
             f"{key}.alpha": torch.tensor(alpha, dtype=down.dtype)}
 
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else str(value)

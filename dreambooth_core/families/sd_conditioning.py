@@ -13,12 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from dreambooth_core.families.family import Condition, ImageGeometry
-
-
-def token_ids(tokenizer, captions: list[str], device: torch.device) -> torch.Tensor:
-    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids.to(device)
+from dreambooth_core.families.family import Condition, ImageGeometry, token_ids
 
 
 def encode_captions(captions: list[str], tokenizers: list, encoders: list[torch.nn.Module],

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field
 
 from dreambooth_core.errors import ModelError
+from dreambooth_core.families.peft_layers import lora_layers, network_metadata, peft_config, peft_state
 from dreambooth_core.model.hub_layout import nested_key
 from dreambooth_core.model.safetensors_files import save_safetensors, sort_metadata
 from dreambooth_core.families.sd_single_file import original_unet_module
@@ -40,7 +41,6 @@ UNET_PREFIX = "lora_unet_"
 TEXT_ENCODER_PREFIX = "lora_te_"
 SDXL_TEXT_ENCODER_PREFIXES = ("lora_te1_", "lora_te2_")
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
-_PEFT_WRAPPER = "base_model.model."
 
 
 class LoraFiles(BaseModel):
@@ -132,11 +132,7 @@ def load_kohya_lora(unet, text_encoder, state: dict[str, torch.Tensor], adapter:
 def save_kohya_lora(unet, text_encoder, path: Path, adapter: str = "default",
                     dtype: torch.dtype | None = None, text_encoder_2=None) -> None:
     """Write the kohya-layout .safetensors, with kohya's network metadata."""
-    layers = lora_layers(unet, adapter)
-    first = next(iter(layers.values()))
-    rank = first.r[adapter]
-    metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank),
-                "ss_network_alpha": _number(first.scaling[adapter] * rank)}
+    metadata = network_metadata("networks.lora", next(iter(lora_layers(unet, adapter).values())), adapter)
     save_safetensors(kohya_lora_state(unet, text_encoder, adapter, dtype, text_encoder_2), path, metadata)
 
 
@@ -148,10 +144,7 @@ def save_diffusers_lora(unet, text_encoder, folder: Path, adapter: str = "defaul
     def part(model, key=lambda k: k):
         if model is None:
             return None, None
-        config = _peft_config(model, adapter).to_dict()
-        # Sets (target_modules) iterate in a per-process order: sort them for equal files.
-        return ({key(k): t for k, t in _peft_state(model, adapter, dtype).items()},
-                {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()})
+        return {key(k): t for k, t in peft_state(model, adapter, dtype).items()}, peft_config(model, adapter)
 
     unet_state, unet_config = part(unet)
     # The transformers 4.x module names (text_model.*), which diffusers with 4.x and 5.x both load.
@@ -164,41 +157,3 @@ def save_diffusers_lora(unet, text_encoder, folder: Path, adapter: str = "defaul
     pipeline = StableDiffusionXLPipeline if is_sdxl_unet(unet) else StableDiffusionPipeline
     pipeline.save_lora_weights(str(folder), safe_serialization=True, **layers)
     sort_metadata(folder / DIFFUSERS_FILE)
-
-
-def lora_layers(model, adapter: str = "default") -> dict:
-    """The model's peft LoRA layers holding `adapter`, by module path (without peft's wrapper prefix)."""
-    from peft.tuners.lora import LoraLayer
-
-    layers = {name.removeprefix(_PEFT_WRAPPER): module for name, module in model.named_modules()
-              if isinstance(module, LoraLayer) and adapter in module.lora_A}
-    if not layers:
-        raise ModelError(
-            f"The {type(model).__name__} has no LoRA adapter named {adapter!r}, so there is nothing to "
-            "export. Add adapters with peft (LoraConfig) before training, or export the full model instead.")
-    for name, layer in layers.items():
-        if layer.use_dora.get(adapter) or getattr(layer, "lora_bias", {}).get(adapter):
-            raise ModelError(
-                f"The LoRA layer {name} uses DoRA or a LoRA bias, which the kohya/AUTOMATIC1111 format "
-                "cannot hold. Train with plain LoRA (use_dora=False, lora_bias=False).")
-    return layers
-
-
-def _peft_state(model, adapter: str, dtype) -> dict[str, torch.Tensor]:
-    from peft import get_peft_model_state_dict
-
-    state = get_peft_model_state_dict(model, adapter_name=adapter)
-    return {key.removeprefix(_PEFT_WRAPPER): (t.to(dtype) if dtype else t).detach().contiguous()
-            for key, t in state.items()}
-
-
-def _peft_config(model, adapter: str):
-    configs = getattr(model, "peft_config", None) or {}
-    if adapter not in configs:
-        raise ModelError(f"The {type(model).__name__} carries no peft LoraConfig for adapter {adapter!r}; "
-                         "add adapters with peft (add_adapter, inject_adapter_in_model or get_peft_model).")
-    return configs[adapter]
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else str(value)

@@ -16,9 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dreambooth_core.config import MemoryPlan, RuntimeSettings, TrainingSettings
-from dreambooth_core.errors import ConfigError
 from dreambooth_core.training.memory_estimate import MemoryEstimate, estimate_training_memory
-from dreambooth_core.training.memory_plan import GIB, choose_plan, usable_bytes
+from dreambooth_core.training.memory_plan import GIB, NoPlanFits, choose_plan, usable_bytes
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,8 @@ class GpuPlan:
 
 def plans_on_common_gpus(model_path: str, training: TrainingSettings, runtime: RuntimeSettings,
                          resolution: int, prior: bool, eight_bit: bool) -> list[GpuPlan]:
-    """The plan --memory auto picks on each of COMMON_GPUS (with 8-bit AdamW where `eight_bit`)."""
+    """The plan --memory auto picks on each of COMMON_GPUS (with 8-bit AdamW where `eight_bit`); the
+    estimate's ConfigError for settings the model's family cannot train."""
     estimates: dict[str, MemoryEstimate] = {}
 
     def estimate(t: TrainingSettings, r: RuntimeSettings) -> MemoryEstimate:
@@ -68,7 +68,7 @@ def plans_on_common_gpus(model_path: str, training: TrainingSettings, runtime: R
         try:
             plan = choose_plan(lambda a, b: estimate(a, b).peak_bytes, t, runtime,
                                usable_bytes(int(gpu.free_gib * GIB)), eight_bit)
-        except ConfigError as exc:
+        except NoPlanFits as exc:
             rows.append(GpuPlan(gpu, None, None, str(exc)))
             continue
         rows.append(GpuPlan(gpu, plan, estimate(*plan.apply(t, runtime))))

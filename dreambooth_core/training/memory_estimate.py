@@ -1,12 +1,17 @@
 """Peak memory of training, measured by running real training steps on fake tensors.
 
 The model is built from its configs inside torch's FakeTensorMode: every tensor
-has its shape, dtype and device but no storage, so the full SD 1.5 architecture
-"trains" on a CPU in seconds without a byte of weights. `LiveTensorBytes` sees
-every tensor an operation creates and keeps the sum of the storages still alive:
-its high-water mark over a step of each phase (text encoder training, then
-UNet only) is the estimate. The same tracker on real tensors (`fake=False`)
-measures what a small model really allocates, which is how the estimate is checked.
+has its shape, dtype and device but no storage, so a full-size architecture of any
+family (SD 1.5 in seconds, FLUX.1 in about 20 s) "trains" on a CPU without a byte of
+weights. `LiveTensorBytes` sees every tensor an operation creates and keeps the sum
+of the storages still alive: its high-water mark over a step of each phase (text
+encoder training, then the denoiser only) is the estimate. The same tracker on real
+tensors (`fake=False`) measures what a small model really allocates, which is how
+the estimate is checked.
+
+Every part counts, as the Trainer holds it on the GPU: it moves the denoiser, the VAE
+and all text encoders there, so the frozen ones (FLUX.1's T5-XXL, klein's Qwen3) stay
+beside the denoiser through its steps although their embeddings are cached.
 
 Not counted: the CUDA context and allocator caching (a few hundred MB on a GPU),
 and kernels' workspaces, which differ between CPU and GPU kernels. 8-bit AdamW
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,8 +117,9 @@ def estimate_training_memory(model: str | Path | Callable[[], ModelParts], setti
     tracker = LiveTensorBytes()
     mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
     runtime = runtime.model_copy(update={"compile": False})
-    with mode, tracker, _fake_friendly(fake):
+    with mode, tracker, _fake_friendly(fake), _cpu_kernel_notices_hidden():
         parts = model() if callable(model) else build_parts(model)
+        parts.family.check_settings(settings)  # what the family cannot train: its reason, not an estimate
         trainer = trainer_module.Trainer(parts, _examples(resolution, "shrk"), settings, total_steps=2,
                                          runtime=runtime, class_examples=_examples(resolution, "") if prior else ())
         trainer.scaler = torch.amp.GradScaler(enabled=False)  # fp16 loss scaling reads values; it holds ~no memory
@@ -176,10 +183,21 @@ def _examples(resolution: int, word: str) -> list:
 
 
 @contextlib.contextmanager
+def _cpu_kernel_notices_hidden():
+    """The steps run the CPU's kernels in place of the GPU's: torch's notice that a CPU kernel has no
+    fused path for a half input beside an fp32 norm weight says nothing about the run estimated."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
+        yield
+
+
+@contextlib.contextmanager
 def _fake_friendly(fake: bool):
-    """8-bit AdamW as its stand-in; and two things fake tensors cannot do, done otherwise:
+    """8-bit AdamW as its stand-in; and three things fake tensors cannot do, done otherwise:
     - which example a step trains on is read from a random draw's values: the draw runs on
       real tensors;
+    - a noise scheduler reads values of the tables it builds (a flow-matching one, its smallest
+      sigma): schedulers are built on real tensors (a few kB, never on the GPU);
     - a module of fake parameters cannot be moved with `.to()` (torch swaps the tensors, and
       the fake mode holds weak references to them): a move to the device and dtype the module
       has already (peft's, for new LoRA weights) returns the module as it is."""
@@ -199,11 +217,18 @@ def _fake_moves(fake: bool):
         return
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
     draw, move = trainer_module.draw_micro_batch, torch.nn.Module.to
+    scheduler = SchedulerMixin.__dict__["from_pretrained"]
 
     def real_draw(*args, **kwargs):
         with unset_fake_temporarily():
             return draw(*args, **kwargs)
+
+    def real_scheduler(cls, *args, **kwargs):
+        with unset_fake_temporarily():
+            return scheduler.__func__(cls, *args, **kwargs)
 
     def move_unless_there(module, *args, **kwargs):
         device, dtype, _, memory_format = torch._C._nn._parse_to(*args, **kwargs)
@@ -212,7 +237,9 @@ def _fake_moves(fake: bool):
         return module if here and memory_format is None else move(module, *args, **kwargs)
 
     trainer_module.draw_micro_batch, torch.nn.Module.to = real_draw, move_unless_there
+    SchedulerMixin.from_pretrained = classmethod(real_scheduler)
     try:
         yield
     finally:
         trainer_module.draw_micro_batch, torch.nn.Module.to = draw, move
+        SchedulerMixin.from_pretrained = scheduler

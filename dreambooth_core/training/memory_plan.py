@@ -59,6 +59,10 @@ def usable_bytes(free_bytes: int) -> int:
     return int(free_bytes * USABLE_FRACTION) - RESERVE_BYTES
 
 
+class NoPlanFits(ConfigError):
+    """No candidate's estimate is within the GPU's budget (an estimate's own error is not this)."""
+
+
 Estimator = Callable[[TrainingSettings, RuntimeSettings], int]  # peak bytes of one plan's settings
 
 
@@ -71,7 +75,7 @@ def choose_plan(estimate: Estimator, training: TrainingSettings, runtime: Runtim
         tried.append((plan, peak))
         if peak <= budget_bytes:
             return plan.model_copy(update={"estimated_peak_bytes": peak, "budget_bytes": budget_bytes})
-    raise ConfigError(nothing_fits(tried, training, budget_bytes, eight_bit))
+    raise NoPlanFits(nothing_fits(tried, training, budget_bytes, eight_bit))
 
 
 def nothing_fits(tried: list[tuple[MemoryPlan, int]], training: TrainingSettings, budget_bytes: int,

@@ -110,11 +110,11 @@ def make_plan(session: Session, ref: SessionRef, config: DreamBoothConfig, model
     """Record the fingerprint on first use; refuse a session trained with another."""
     total = config.training.total_steps(dataset.count)
     state = load_state(session)
+    family_of(model.family).check_settings(config.training)  # before estimating what it cannot train
     memory = settle_memory_plan(config, state.memory_plan, state.training_started, model.path,
                                 dataset.resolution, class_images is not None, detect_gpu(config))
     training, runtime = memory.apply(config.training, config.runtime) if memory else (config.training, config.runtime)
     check_settings(training, runtime.device)
-    family_of(model.family).check_settings(training)
     config = config.model_copy(update={"training": training, "runtime": runtime})
     values = fingerprint_values(config, total, model.digest, captions.digest, class_images)
     recorded = state.fingerprint

@@ -88,15 +88,18 @@ def _load(pipeline: FluxPipeline, source: str) -> list[str]:
     """load_lora_weights, returning every warning logged or raised on the way."""
     messages = _Messages()
     loggers = [logging.getLogger(name) for name in ("diffusers", "peft", "transformers")]
+    levels = [logger.level for logger in loggers]  # the CLI quiets them: a test before may have run it
     for logger in loggers:
         logger.addHandler(messages)
+        logger.setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings(record=True) as raised:
             warnings.simplefilter("always")
             pipeline.load_lora_weights(source)
     finally:
-        for logger in loggers:
+        for logger, level in zip(loggers, levels):
             logger.removeHandler(messages)
+            logger.setLevel(level)
     return messages.lines + [str(w.message) for w in raised]
 
 

@@ -32,6 +32,17 @@ CASES = {
         "--class-word", "man", "--class-images", "2", "--flip", "--learning-rate", "1e-3"],
     "SDXL textual inversion": ["--model", "tiny-sdxl", "--method", "textual-inversion", "--token", "zwx",
                                "--learning-rate", "1e-2"],
+    # Flow matching: noise levels and the latent sample drawn per step; FLUX trains CLIP-L in its phase.
+    "FLUX.1 lora on the transformer and CLIP-L, prior, flip": [
+        "--model", "tiny-flux", "--method", "lora", "--lora-text-encoder", "--text-encoder-steps", "6",
+        "--class-word", "man", "--class-images", "2", "--flip", "--learning-rate", "1e-3"],
+    "FLUX.1 dreambooth, CLIP-L phase, EMA, offset noise": [
+        "--model", "tiny-flux", "--text-encoder-steps", "6", "--ema-decay", "0.9", "--offset-noise", "0.05",
+        "--learning-rate", "1e-4"],
+    "FLUX.2 [klein] lora, prior": ["--model", "tiny-klein", "--method", "lora", "--class-word", "man",
+                                   "--class-images", "2", "--learning-rate", "1e-3"],
+    "FLUX.2 [klein] dreambooth, EMA, flip": ["--model", "tiny-klein", "--ema-decay", "0.9", "--flip",
+                                             "--learning-rate", "1e-4"],
 }
 
 
