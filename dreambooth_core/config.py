@@ -177,6 +177,10 @@ class TrainingSettings(Section):
                                    "model's gradients (SDXL DreamBooth: 9.6 GiB less). Each weight's "
                                    "gradient is then clipped on its own; needs --gradient-accumulation "
                                    "1, one GPU, and bf16 or no mixed precision.")
+    base_precision: Literal["auto", "bf16", "fp16", "fp8", "int8", "nf4"] = Field(
+        "auto", description="How the frozen base weights are held: auto (the mixed precision, or a "
+        "quantised base when --memory auto needs one to fit), bf16, fp16, or quantised: fp8, int8 "
+        "(8-bit) or nf4 (4-bit, QLoRA); the trained weights stay bf16/fp32.")
     gpus: int = Field(1, ge=1, description="Data-parallel processes, one per GPU (with --device cpu: "
                       "CPU processes); the effective batch is batch size x accumulation x gpus.")
 
@@ -304,6 +308,9 @@ class RuntimeSettings(Section):
                                 "the VAE once, not at every step; same result, faster.")
     cache_text_embeddings: bool = Field(True, description="Encode each caption once while the "
                                         "text encoder is frozen; same result, faster.")
+    offload: bool = Field(False, description="Keep the trained model's blocks in host memory and "
+                          "stream each to the GPU as it is needed (full fine-tunes on small GPUs): "
+                          "much less GPU memory, slower.")
     channels_last: bool = Field(False, description="UNet in channels-last memory layout (can be "
                                 "faster with mixed precision on GPUs).")
     compile: bool = Field(False, description="torch.compile the UNet: slower start, faster "
@@ -328,6 +335,8 @@ class MemoryPlan(BaseModel):
     optimizer: Literal["adamw", "adamw-8bit"]
     gradient_checkpointing: bool
     step_in_backward: bool = False  # absent from plans recorded before it existed
+    base_precision: str = "auto"    # what the frozen base is held in ([lowvram]); absent before
+    offload: bool = False
     estimated_peak_bytes: int | None = None  # None: not estimated (training on the CPU)
     budget_bytes: int | None = None          # what the GPU had usable when it was chosen
 
@@ -352,7 +361,7 @@ class DreamBoothConfig(BaseModel):
     TRAINING_SECTIONS: ClassVar[tuple[str, ...]] = ("base_model", "captions", "training")
     # Training settings added after sessions were recorded, with what those sessions trained as: left
     # out of the fingerprint at that value, so the sessions resume (a --vae's digest is in the model's).
-    ADDED_LATER: ClassVar[dict[str, Any]] = {"vae": None, "step_in_backward": False}
+    ADDED_LATER: ClassVar[dict[str, Any]] = {"vae": None, "step_in_backward": False, "base_precision": "auto"}
 
     session: str = Field(description="Session name: letters, digits, '.', '_' or '-' (at most 64). "
                          "The session holds photos, progress and outputs; rerun it to resume.")

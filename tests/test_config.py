@@ -41,13 +41,16 @@ def test_the_fingerprint_is_the_training_sections_whole_except_steps():
     config = DreamBoothConfig(session="s", model="tiny", token="shrk", steps=8, chunk_steps=4, seed=2)
     values = config.training_values()
     assert set(values) == (set(config.base_model.model_dump()) | set(config.captions.model_dump())
-                           | set(config.training.model_dump())) - {"steps", "vae", "step_in_backward"}
+                           | set(config.training.model_dump())) - {"steps", "vae", "step_in_backward",
+                                                                         "base_precision"}
     assert values["seed"] == 2 and values["model"] == "tiny" and values["token"] == "shrk"
     # --vae counts once given; unset it is left out, as sessions from before it recorded it.
     with_vae = DreamBoothConfig(**{**config.flat(), "vae": "owner/vae"})
     assert with_vae.training_values() == values | {"vae": "owner/vae"}
     in_backward = DreamBoothConfig(**{**config.flat(), "step_in_backward": True})  # likewise
     assert in_backward.training_values() == values | {"step_in_backward": True}
+    quantised = DreamBoothConfig(**{**config.flat(), "base_precision": "nf4"})
+    assert quantised.training_values() == values | {"base_precision": "nf4"}
     # Settings that change speed, samples or outputs never change it.
     faster = DreamBoothConfig(**{**config.flat(), "chunk_steps": 2, "gradient_checkpointing": True,
                                  "sample_every": 0, "export_precision": "fp32", "device": "cpu", "steps": 16})
