@@ -42,7 +42,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dreambooth_core.families import write_config_folder  # noqa: E402
+from dreambooth_core.families import load_model_parts, write_config_folder  # noqa: E402
 from dreambooth_core.families.flux_configs import write_flux_config_folder  # noqa: E402
 from dreambooth_core.families.flux_layout import to_bfl_state  # noqa: E402
 from dreambooth_core.families.flux_lora import (  # noqa: E402
@@ -50,7 +50,6 @@ from dreambooth_core.families.flux_lora import (  # noqa: E402
 from dreambooth_core.families.sd_embedding import export_sdxl_embedding  # noqa: E402
 from dreambooth_core.families.sd_lora import kohya_lora_state  # noqa: E402
 from dreambooth_core.families.sdxl_single_file import to_sdxl_single_file_state  # noqa: E402
-from dreambooth_core.training.memory_estimate import build_parts  # noqa: E402
 from dreambooth_core.families.stable_diffusion import STABLE_DIFFUSION  # noqa: E402
 
 META, CPU = torch.device("meta"), torch.device("cpu")
@@ -100,7 +99,7 @@ class Messages(logging.Handler):
 def sdxl_parts(work: Path, real_vae: bool = False):
     folder = write_config_folder("sdxl", Path(tempfile.mkdtemp(dir=work)))
     with META:
-        parts = build_parts(folder)
+        parts = load_model_parts(folder, META, weights=False)
     if real_vae:
         from diffusers import AutoencoderKL
 
