@@ -27,11 +27,16 @@ def main(argv: list[str]) -> int:
         run(args)
     except ChildFailedError as exc:
         ControlFolder(folder).record_failures([
-            ProcessFailure(rank=rank, exitcode=failure.exitcode, message=failure.message,
+            ProcessFailure(rank=rank, exitcode=failure.exitcode, message=_message(failure.message),
                            signal=failure.signal_name() if failure.exitcode < 0 else None)
             for rank, failure in exc.failures.items()])
         return 1
     return 0
+
+
+def _message(message: str | dict) -> str:
+    """A process's error as its error file has it ({"message": ..., "extraInfo": ...}), or a signal's."""
+    return str(message.get("message", "")) if isinstance(message, dict) else message
 
 
 if __name__ == "__main__":

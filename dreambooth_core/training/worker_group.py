@@ -139,19 +139,20 @@ def user_error(error: WorkerError) -> errors.DreamBoothError | errors.NetworkErr
 
 
 def describe_failure(failures: list[ProcessFailure], world: int, timeout: float) -> str:
-    """The cause, ranked: a rank killed by a signal (the others fail only because it vanished), a rank
-    that stopped answering (the others' collectives timed out), else the first rank's own error."""
+    """The cause, ranked: ranks whose collectives timed out (another stopped answering, and torchrun
+    then killed that one), a rank killed by a signal (the others fail only because it vanished),
+    else the first rank's own error."""
     if not failures:
         return "torchrun's agent ended without naming a failed process (it was killed, or the rendezvous failed)"
+    timed_out = [f for f in failures if "timed out" in f.message.lower() or "timeout" in f.message.lower()]
+    if timed_out:
+        silent = sorted(set(range(world)) - {f.rank for f in timed_out})
+        who = f"rank {', '.join(map(str, silent))}" if silent else "a rank on another machine"
+        return (f"rank {timed_out[0].rank} of {world} waited {timeout:.0f} s (--rank-timeout) for the others, and "
+                f"{who} stopped answering (a hung process, or its machine was lost)")
     killed = [f for f in failures if f.signal]
     if killed:
         return (f"training process rank {killed[0].rank} of {world} was killed by {killed[0].signal} (out of "
                 "host memory, or stopped from outside); torchrun ended the other ranks")
-    timed_out = [f for f in failures if "timed out" in f.message.lower() or "timeout" in f.message.lower()]
-    if timed_out:
-        silent = sorted(set(range(world)) - {f.rank for f in failures})
-        who = f"rank {', '.join(map(str, silent))}" if silent else "a rank on another machine"
-        return (f"rank {timed_out[0].rank} of {world} waited {timeout:.0f} s (--rank-timeout) for the others, and "
-                f"{who} stopped answering (a hung process, or its machine was lost)")
     first = failures[0]
     return f"training process rank {first.rank} of {world} failed: {first.message.strip().splitlines()[-1]}"

@@ -191,7 +191,28 @@ def local_copy(plan: TrainingPlan, log) -> TrainingPlan:
     return plan.model_copy(update={"model_path": model.path, "model_digest": model.digest})
 
 
-if __name__ == "__main__":
-    from torch.distributed.elastic.multiprocessing.errors import record
+def run(folder: str) -> int:
+    """main, with a failure told as torchrun expects (its error file, which agent.py hands on) and
+    in one line of this rank's log: a traceback only for what looks like a bug, not for a rank that
+    failed because another vanished or stopped answering, nor for a user's error."""
+    import traceback
 
-    sys.exit(record(main)(sys.argv[1]))
+    import torch.distributed as dist
+    from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+
+    handler = get_error_handler()
+    handler.initialize()
+    try:
+        return main(folder)
+    except Exception as exc:
+        handler.record_exception(exc)
+        expected = isinstance(exc, (dist.DistError, *USER_ERRORS)) or "gloo" in str(exc).lower()
+        if not expected:
+            traceback.print_exc()
+        rank_log(int(os.environ["RANK"])).error("failed: %s: %s", type(exc).__name__,
+                                                (str(exc).strip().splitlines() or [""])[0])
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1]))
