@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -36,15 +36,13 @@ CHECK_EVERY = 50  # steps between checks that the loss is finite (a sync each)
 @dataclass(frozen=True)
 class ChunkHooks:
     """What a chunk does besides training, all on rank 0. The first two must be picklable
-    (they travel to the training processes); the UI callbacks stay in the process that made them."""
+    (they travel to the training processes); the UI callbacks run in the pipeline's process, relayed
+    from rank 0 (worker_group.py)."""
 
     after_step: Callable[[Trainer, int], None] | None = None  # with the number of steps done
     after_chunk: tuple[Callable[[Trainer, Chunk, logging.Logger], None], ...] = ()  # checkpoint handed off
     on_progress: tuple[Callable[[Progress], None], ...] = ()
     on_chunk_end: tuple[Callable[[ChunkReport], None], ...] = ()
-
-    def for_workers(self) -> ChunkHooks:
-        return replace(self, on_progress=(), on_chunk_end=())
 
 
 class ChunkOutcome(BaseModel):

@@ -63,6 +63,17 @@ class Launch(BaseModel):
     rank_timeout: float
 
 
+class Relay:
+    """A UI callback of rank 0 (progress, the loss plot) that hands its argument to the pipeline, where
+    the callbacks that reach Prefect run."""
+
+    def __init__(self, folder: Path | str, n: int, kind: str):
+        self.folder, self.n, self.kind = str(folder), n, kind
+
+    def __call__(self, value: object) -> None:
+        ControlFolder(self.folder).post_event(self.n, self.kind, value)
+
+
 class ControlFolder:
     def __init__(self, folder: Path | str):
         self.folder = Path(folder)
@@ -102,9 +113,24 @@ class ControlFolder:
     def report(self, n: int, report: Report) -> None:
         self._write(f"report-{n}.json", report.model_dump_json().encode())
 
-    def wait_report(self, n: int, alive: Callable[[], bool]) -> Report | None:
-        path = self._wait_for(f"report-{n}.json", alive)
+    def wait_report(self, n: int, alive: Callable[[], bool],
+                    on_event: Callable[[str, object], None] = lambda kind, value: None) -> Report | None:
+        """Report n, passing on rank 0's events (relayed UI callbacks) meanwhile."""
+        seen: set[str] = set()
+
+        def alive_and_relaying() -> bool:
+            for path in sorted(self.folder.glob(f"event-{n}-*.pkl")):
+                if path.name not in seen:
+                    seen.add(path.name)
+                    on_event(*pickle.loads(path.read_bytes()))
+            return alive()
+
+        path = self._wait_for(f"report-{n}.json", alive_and_relaying)
+        alive_and_relaying()  # the events written before the report
         return None if path is None else Report.model_validate_json(path.read_text())
+
+    def post_event(self, n: int, kind: str, value: object) -> None:
+        self._write(f"event-{n}-{time.time_ns():020d}.pkl", pickle.dumps((kind, value)))
 
     # -- what the processes leave for whoever explains their end ----------------------------
 

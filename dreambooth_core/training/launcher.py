@@ -27,4 +27,4 @@ def run_chunk(plan: TrainingPlan, chunk: Chunk, live: LiveTraining, hooks: Chunk
         return train_chunk(plan, chunk, live, hooks, log)
     group = live.workers(trainer_key(plan), lambda: WorkerGroup(plan.runtime, plan.training.gpus, log))
     log.info("Training steps %d-%d on %d processes", chunk.start, chunk.end, plan.training.gpus)
-    return group.train(plan, chunk, hooks.for_workers())
+    return group.train(plan, chunk, hooks)

@@ -21,13 +21,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from dreambooth_core import errors
 from dreambooth_core.config import RuntimeSettings
 from dreambooth_core.session.storage import block_storage_loader
 from dreambooth_core.training.chunk import ChunkHooks, ChunkOutcome
-from dreambooth_core.training.control import ControlFolder, Launch, ProcessFailure, Report, WorkerError
+from dreambooth_core.training.control import ControlFolder, Launch, ProcessFailure, Relay, Report, WorkerError
 from dreambooth_core.training.plan import Chunk, TrainingPlan
 from dreambooth_core.training.preemption import stop_requests
 from dreambooth_core.training.workers import Order
@@ -58,22 +59,36 @@ class WorkerGroup:
         per_machine = gpus // runtime.nnodes
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_PACKAGE_ROOT),
                                                                          os.environ.get("PYTHONPATH")]))}
+        # Each rank's share of the CPU cores (torch reads it as it starts). CPU kernels sum in an order that
+        # depends on their thread count: runs compared bit for bit give each rank the same number.
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // per_machine)))
         env.setdefault("LOGLEVEL", "CRITICAL")  # torchrun's own account of a failure: the pipeline tells it
+        for name, value in (("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error"),
+                            ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):  # as the pipeline quiets them for itself
+            env.setdefault(name, value)
         log.info("Starting %d training processes on this machine (torchrun; %d in all)", per_machine, gpus)
         self.agent = subprocess.Popen(
             [sys.executable, "-m", "dreambooth_core.training.agent", self._folder.name,
              *torchrun_flags(runtime, gpus)], env=env)
 
     def train(self, plan: TrainingPlan, chunk: Chunk, hooks: ChunkHooks) -> ChunkOutcome:
-        """Chunk `chunk`, trained by every rank. A SIGTERM to this process goes on to the ranks of this
+        """Chunk `chunk`, trained by every rank; rank 0's UI callbacks (`hooks.on_progress`,
+        `on_chunk_end`) run here, from the events it relays. A SIGTERM to this process goes on to the ranks of this
         machine (preemption), which stop together, commit, and end the run as one process would."""
         loader = block_storage_loader() if plan.session.storage_block else None
         n, self._orders = self._orders, self._orders + 1
+        relayed = replace(hooks, on_progress=(Relay(self.control.folder, n, "progress"),),
+                          on_chunk_end=(Relay(self.control.folder, n, "chunk_end"),))
+        callbacks = {"progress": hooks.on_progress, "chunk_end": hooks.on_chunk_end}
+
+        def on_event(kind: str, value: object) -> None:
+            for callback in callbacks[kind]:
+                callback(value)
+
         with stop_requests(plan.runtime.preemption_grace) as stop:
             stop.on_request = self._signal_ranks
-            self.control.send_order(n, Order(plan, chunk, hooks, loader))
-            report = self.control.wait_report(n, lambda: self.agent.poll() is None)
+            self.control.send_order(n, Order(plan, chunk, relayed, loader))
+            report = self.control.wait_report(n, lambda: self.agent.poll() is None, on_event)
         if report is None:
             self.agent.wait()
             raise self.failure_error(plan)
@@ -127,8 +142,8 @@ class WorkerGroup:
         own = self.control.errors()
         if own:  # a user's error on a rank other than 0 (rank 0 reports its own)
             return user_error(own[min(own)])
-        return errors.TrainingError(
-            f"training stopped: {describe_failure(self.control.failures(), self.world, self.rank_timeout)}.{latest}")
+        cause = describe_failure(self.control.failures(), self.world, self.rank_timeout)
+        return errors.TrainingError(f"training stopped: {cause}.{latest}")
 
 
 def user_error(error: WorkerError) -> errors.DreamBoothError | errors.NetworkError:
@@ -143,13 +158,14 @@ def describe_failure(failures: list[ProcessFailure], world: int, timeout: float)
     then killed that one), a rank killed by a signal (the others fail only because it vanished),
     else the first rank's own error."""
     if not failures:
-        return "torchrun's agent ended without naming a failed process (it was killed, or the rendezvous failed)"
+        return ("torchrun's agent ended without naming a failed process (it was killed, or the rendezvous "
+                "failed)")
     timed_out = [f for f in failures if "timed out" in f.message.lower() or "timeout" in f.message.lower()]
     if timed_out:
         silent = sorted(set(range(world)) - {f.rank for f in timed_out})
         who = f"rank {', '.join(map(str, silent))}" if silent else "a rank on another machine"
-        return (f"rank {timed_out[0].rank} of {world} waited {timeout:.0f} s (--rank-timeout) for the others, and "
-                f"{who} stopped answering (a hung process, or its machine was lost)")
+        return (f"rank {timed_out[0].rank} of {world} waited {timeout:.0f} s (--rank-timeout) for the others, "
+                f"and {who} stopped answering (a hung process, or its machine was lost)")
     killed = [f for f in failures if f.signal]
     if killed:
         return (f"training process rank {killed[0].rank} of {world} was killed by {killed[0].signal} (out of "

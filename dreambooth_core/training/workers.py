@@ -71,8 +71,7 @@ class Ranks:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
             backend = "cpu:gloo,cuda:nccl"  # training on GPUs through NCCL, with --device cpu through gloo
-        else:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["LOCAL_WORLD_SIZE"])))
+        # CPU threads: OMP_NUM_THREADS, which worker_group.py sets to this machine's share.
         dist.init_process_group(backend, timeout=timedelta(seconds=rank_timeout))
         self.orders = dist.new_group(backend="gloo", timeout=ORDERS_TIMEOUT)
 
@@ -114,7 +113,8 @@ def main(folder: str) -> int:
     return 0
 
 
-def follow_orders(control: ControlFolder, ranks: Ranks, live: LiveTraining, pipeline: int | None, log) -> None:
+def follow_orders(control: ControlFolder, ranks: Ranks, live: LiveTraining, pipeline: int | None,
+                  log) -> None:
     """Train the chunks the pipeline orders until it orders none."""
     copies: dict[tuple, TrainingPlan] = {}  # the base model on this machine, fetched once per run
     n, lead = 0, ranks.rank == 0
@@ -171,7 +171,8 @@ def agreed_plan(plan: TrainingPlan, ranks: Ranks, copies: dict[tuple, TrainingPl
     answers = ranks.gather((socket.gethostname(), digest, problem))
     for rank, (host, their_digest, their_problem) in enumerate(answers):
         if their_problem:
-            raise errors.ModelError(f"rank {rank} (machine {host}) could not fetch the base model: {their_problem}")
+            raise errors.ModelError(f"rank {rank} (machine {host}) could not fetch the base model: "
+                                    f"{their_problem}")
         if their_digest != plan.model_digest:
             raise errors.ModelError(
                 f"rank {rank} (machine {host}) has another copy of base model {plan.base_model.model!r} "
@@ -182,9 +183,11 @@ def agreed_plan(plan: TrainingPlan, ranks: Ranks, copies: dict[tuple, TrainingPl
 
 
 def local_copy(plan: TrainingPlan, log) -> TrainingPlan:
-    """The plan with the base model in this machine's cache, fetched from the spec rank 0 used (with
-    this machine's HF_TOKEN: Prefect's blocks are read on machine 0 only). A plan that does not
-    name its spec (recorded before it did) uses rank 0's path as it is."""
+    """The plan with the base model in this machine's cache, from the spec rank 0 used (with this
+    machine's HF_TOKEN: Prefect's blocks are read on machine 0 only). The machine's command fetched
+    it before the ranks started (flows/cli.py): here it is found, as building one inside a process
+    group would write nothing on ranks above 0 (transformers saves on global rank 0 only). A plan
+    that does not name its spec (recorded before it did) uses rank 0's path as it is."""
     if plan.base_model is None:
         return plan
     model = fetch_base(plan.base_model, model_cache_dir(), os.environ.get("HF_TOKEN"), log)

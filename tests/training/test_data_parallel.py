@@ -20,16 +20,20 @@ FAULT = Path(__file__).resolve().parent / "rank_fault"
 FAULTS = ("DREAMBOOTH_KILL_RANK", "DREAMBOOTH_HANG_RANK", "DREAMBOOTH_PAUSE_RANK")
 
 
-def command(root: Path, *extra: str, steps: int = 8, learning_rate: str = "1e-4") -> list[str]:
+def command(root: Path, *extra: str) -> list[str]:
+    """(A diverging run with two processes: tests/flows/test_bad_input.py.)"""
     return [sys.executable, "-m", "flows.cli", "train", "--session", "s", "--storage", str(root / "sessions"),
-            "--model", "tiny", "--photos", str(REPO / "examples" / "photos"), "--steps", str(steps),
-            "--chunk-steps", str(steps // 2), "--gpus", "2", "--device", "cpu", "--batch-size", "2",
-            "--learning-rate", learning_rate, "--sample-every", "0", "--seed", "4", *extra]
+            "--model", "tiny", "--photos", str(REPO / "examples" / "photos"), "--steps", "8", "--chunk-steps",
+            "4", "--gpus", "2", "--device", "cpu", "--batch-size", "2", "--learning-rate", "1e-4",
+            "--sample-every", "0", "--seed", "4", *extra]
 
 
 def environment(api_url: str, **faults: str) -> dict[str, str]:
+    """One CPU thread per process in every run: CPU kernels sum in an order that depends on the thread
+    count, and a machine with one rank would otherwise give it two."""
     env = {k: v for k, v in os.environ.items() if k not in FAULTS}
-    return {**env, "PREFECT_API_URL": api_url, "PYTHONPATH": f"{FAULT}{os.pathsep}{REPO}", **faults}
+    return {**env, "PREFECT_API_URL": api_url, "PYTHONPATH": f"{FAULT}{os.pathsep}{REPO}",
+            "OMP_NUM_THREADS": "1", **faults}
 
 
 def train(api_url, root: Path, *extra: str, **faults: str) -> subprocess.CompletedProcess:
@@ -40,7 +44,8 @@ def train(api_url, root: Path, *extra: str, **faults: str) -> subprocess.Complet
 
 
 def weights(root: Path) -> dict[str, torch.Tensor]:
-    return safetensors.torch.load_file(root / "sessions" / "s" / "checkpoints" / "step-000008" / "weights.safetensors")
+    return safetensors.torch.load_file(root / "sessions" / "s" / "checkpoints" / "step-000008" /
+                                       "weights.safetensors")
 
 
 def assert_same_weights(expected: Path, actual: Path) -> None:
@@ -80,7 +85,8 @@ def test_each_process_loads_the_model_once_per_run_and_continues_the_next_chunk_
     assert committed(whole) == ["step-000004", "step-000008"]
 
 
-def test_two_machines_train_the_model_of_one_machine_each_with_its_own_model_cache(prefect_api_url, whole, tmp_path):
+def test_two_machines_train_the_model_of_one_machine_each_with_its_own_model_cache(prefect_api_url, whole,
+                                                                                    tmp_path):
     """Two torchrun agents meeting at a rendezvous endpoint, as two machines do: machine 1 has its own
     model cache and working folder (it builds the model itself) and shares only the session storage."""
     with socket.socket() as s:
@@ -100,13 +106,15 @@ def test_two_machines_train_the_model_of_one_machine_each_with_its_own_model_cac
         assert process.returncode == 0, stderr[-3000:]
     first, second = (stderr for _, stderr in results)
     assert "Starting 1 training processes on this machine (torchrun; 2 in all)" in first
-    assert f"rank 1 | Built the tiny model in {machines[1] / 'cache'}" in second
+    assert f"Built the tiny model in {machines[1] / 'cache'}" in second
+    assert f"rank 1 | Using the tiny model in {machines[1] / 'cache'}" in second
     assert second.count("rank 1 | Loading the base model") == 1
     assert "rank 1 | Continuing from step 4 in memory" in second
     assert_same_weights(whole, tmp_path)
 
 
-def test_a_rank_killed_after_a_commit_ends_in_an_error_and_the_rerun_resumes_exactly(prefect_api_url, whole, tmp_path):
+def test_a_rank_killed_after_a_commit_ends_in_an_error_and_the_rerun_resumes_exactly(prefect_api_url, whole,
+                                                                                      tmp_path):
     manifest = tmp_path / "sessions" / "s" / "checkpoints" / "step-000004" / "MANIFEST.json"
     crashed = train(prefect_api_url, tmp_path, DREAMBOOTH_KILL_RANK=f"1:5:{manifest}")  # in the second chunk
     assert crashed.returncode == 2, crashed.stderr[-3000:]
@@ -121,7 +129,8 @@ def test_a_rank_killed_after_a_commit_ends_in_an_error_and_the_rerun_resumes_exa
     assert_same_weights(whole, tmp_path)
 
 
-def test_a_sigterm_to_one_rank_stops_every_rank_at_the_same_step_which_commits(prefect_api_url, whole, tmp_path):
+def test_a_sigterm_to_one_rank_stops_every_rank_at_the_same_step_which_commits(prefect_api_url, whole,
+                                                                                tmp_path):
     """Preemption of one process (its machine): all stop after the step they are in, rank 0 commits."""
     marker = tmp_path / "in-step"
     tmp_path.mkdir(exist_ok=True)
@@ -129,7 +138,8 @@ def test_a_sigterm_to_one_rank_stops_every_rank_at_the_same_step_which_commits(p
                                stderr=subprocess.PIPE,
                                env=environment(prefect_api_url, DREAMBOOTH_PAUSE_RANK=f"1:5:{marker}"))
     deadline = time.monotonic() + 300
-    while not (marker.exists() and marker.read_text()) and process.poll() is None and time.monotonic() < deadline:
+    while not (marker.exists() and marker.read_text()) and process.poll() is None \
+            and time.monotonic() < deadline:
         time.sleep(0.05)
     assert marker.exists(), process.communicate()[1][-3000:]
     os.kill(int(marker.read_text()), signal.SIGTERM)  # rank 1 itself, not the command
@@ -153,13 +163,3 @@ def test_a_rank_that_stops_answering_ends_the_run_after_the_rank_timeout(prefect
         "error: training stopped: rank 0 of 2 waited 10 s (--rank-timeout) for the others, and rank 1 "
         "stopped answering")
     assert committed(tmp_path) == ["step-000004"]
-
-
-def test_a_diverging_run_ends_in_rank_0s_error_paragraph(prefect_api_url, tmp_path):
-    """Every rank stops at the same check; rank 0 tells the user, the other ends quietly."""
-    result = subprocess.run(command(tmp_path, steps=4, learning_rate="1e30"), cwd=tmp_path,
-                            env=environment(prefect_api_url), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 2
-    assert error_paragraph(result.stderr).startswith("error: training stopped: the loss became NaN at step 2")
-    assert "rank 1 | stopped with rank 0: training stopped" in result.stderr
-    assert not list((tmp_path / "sessions" / "s").glob("checkpoints/step-*"))

@@ -1,4 +1,5 @@
-"""What the pipeline tells the user when torchrun's agent reports failed ranks, and the flags it starts it with."""
+"""What the pipeline tells the user when torchrun's agent reports failed ranks, and the flags it
+starts the agent with."""
 
 from dreambooth_core.config import RuntimeSettings
 from dreambooth_core.training.control import ProcessFailure
@@ -18,7 +19,8 @@ def test_a_killed_rank_is_the_cause_not_the_rank_that_lost_its_connection_to_it(
 def test_a_timeout_names_the_rank_that_did_not_time_out_even_when_torchrun_then_killed_it():
     said = describe_failure([failure(0, "DistBackendError: [gloo] Timed out waiting 10000ms for recv"),
                              failure(1, "Signal 9 (SIGKILL) received by PID 7", "SIGKILL")], 2, 10)
-    assert said.startswith("rank 0 of 2 waited 10 s (--rank-timeout) for the others, and rank 1 stopped answering")
+    assert said.startswith("rank 0 of 2 waited 10 s (--rank-timeout) for the others, and rank 1 "
+                           "stopped answering")
 
 
 def test_another_error_is_the_first_ranks_last_line():
