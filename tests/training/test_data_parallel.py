@@ -129,11 +129,11 @@ def test_a_rank_killed_after_a_commit_ends_in_an_error_and_the_rerun_resumes_exa
     assert_same_weights(whole, tmp_path)
 
 
-def test_a_sigterm_to_one_rank_stops_every_rank_at_the_same_step_which_commits(prefect_api_url, whole,
-                                                                                tmp_path):
-    """Preemption of one process (its machine): all stop after the step they are in, rank 0 commits."""
+@pytest.mark.parametrize("target", ["rank 1", "the command"])
+def test_a_sigterm_stops_every_rank_at_the_same_step_which_commits(prefect_api_url, whole, tmp_path, target):
+    """Preemption of one process's machine (a SIGTERM to rank 1), or of the machine the command runs on
+    (it passes the signal on): all ranks stop after the step they are in, and rank 0 commits."""
     marker = tmp_path / "in-step"
-    tmp_path.mkdir(exist_ok=True)
     process = subprocess.Popen(command(tmp_path), cwd=tmp_path, text=True, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE,
                                env=environment(prefect_api_url, DREAMBOOTH_PAUSE_RANK=f"1:5:{marker}"))
@@ -142,13 +142,16 @@ def test_a_sigterm_to_one_rank_stops_every_rank_at_the_same_step_which_commits(p
             and time.monotonic() < deadline:
         time.sleep(0.05)
     assert marker.exists(), process.communicate()[1][-3000:]
-    os.kill(int(marker.read_text()), signal.SIGTERM)  # rank 1 itself, not the command
+    os.kill(int(marker.read_text()) if target == "rank 1" else process.pid, signal.SIGTERM)
     marker.unlink()
     _, stderr = process.communicate(timeout=600)
-    assert process.returncode == 2, stderr[-3000:]
-    assert "rank 0 | SIGTERM: stopping at step 6; committing a checkpoint first" in stderr
-    assert "step 6 is committed. Run the same command again to resume from it." in error_paragraph(stderr)
+    assert "rank 0 | SIGTERM: stopping at step 6; committing a checkpoint first" in stderr, stderr[-3000:]
     assert committed(tmp_path) == ["step-000004", "step-000006"]
+    if target == "the command":  # ends as one process does: killed by the signal it passed on
+        assert process.returncode == -signal.SIGTERM, stderr[-3000:]
+        return
+    assert process.returncode == 2, stderr[-3000:]
+    assert "step 6 is committed. Run the same command again to resume from it." in error_paragraph(stderr)
 
     resumed = train(prefect_api_url, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
