@@ -228,11 +228,19 @@ def train(flags: dict[str, Any]) -> int:
 
 def _train_on_this_machine(config: DreamBoothConfig) -> int:
     """--node-rank above 0: this machine's training processes, until machine 0's run ends."""
+    from dreambooth_core.families.base_model import fetch_base
+    from dreambooth_core.model.cache import model_cache_dir
     from dreambooth_core.training.worker_group import WorkerGroup
 
     quiet_libraries()
     runtime = config.runtime
-    log = logging.getLogger("dreambooth")
+    log = logging.getLogger("dreambooth.machine")
+    if not log.handlers:
+        log.addHandler(logging.StreamHandler())
+        log.setLevel(logging.INFO)
+    # This machine's own copy of the base model, fetched before any rank starts: a rank can only find it
+    # (in a process group, transformers writes a model's files on global rank 0 alone).
+    fetch_base(config.base_model, model_cache_dir(), os.environ.get("HF_TOKEN"), log)
     group = WorkerGroup(runtime, config.training.gpus, log, pipeline=False)
     try:
         group.wait()

@@ -51,6 +51,10 @@ class Order(NamedTuple):
     storage: BlockLoader | None  # how blocks open storage, for a session on a storage block
 
 
+class CopiesDiffer(errors.ModelError):
+    """Raised alike on every rank (each compares all ranks' answers), so they stop together."""
+
+
 class Stopped(Exception):
     """SIGTERM reached this process (handed on by stop_requests once training has stopped)."""
 
@@ -104,7 +108,7 @@ def main(folder: str) -> int:
     except Stopped:
         log.info("stopped on SIGTERM")
     except USER_ERRORS as exc:  # this rank's alone (rank 0 reports its own): the pipeline reads it
-        control.record_error(ranks.rank, WorkerError(kind=type(exc).__name__, message=str(exc)))
+        control.record_error(ranks.rank, worker_error(exc))
         raise
     finally:
         import torch.distributed as dist
@@ -148,17 +152,23 @@ def follow_orders(control: ControlFolder, ranks: Ranks, live: LiveTraining, pipe
             raise
         except USER_ERRORS as exc:
             if lead:
-                control.report(n, Report(error=WorkerError(kind=type(exc).__name__, message=str(exc))))
-            elif not isinstance(exc, errors.TrainingError):
+                control.report(n, Report(error=worker_error(exc)))
+            elif not isinstance(exc, (errors.TrainingError, CopiesDiffer)):
                 raise
-            else:  # every rank stops at the same check (finite.py); rank 0 tells the user
+            else:  # every rank stops at the same check (finite.py, agreed_plan); rank 0 tells the user
                 log.info("stopped with rank 0: %s", str(exc).split(".")[0])
         n += 1
 
 
+def worker_error(exc: Exception) -> WorkerError:
+    """The error as the pipeline raises it again: its class of dreambooth_core.errors, and its message."""
+    kind = next(k for k in type(exc).__mro__ if getattr(errors, k.__name__, None) is k)
+    return WorkerError(kind=kind.__name__, message=str(exc))
+
+
 def agreed_plan(plan: TrainingPlan, ranks: Ranks, copies: dict[tuple, TrainingPlan], log) -> TrainingPlan:
     """`plan` with this machine's copy of the base model, once every rank has one with rank 0's
-    digest; a ModelError on every rank otherwise (the same one, so they stop together)."""
+    digest; the same ModelError on every rank otherwise (CopiesDiffer, so they stop together)."""
     key = (plan.base_model, plan.model_digest)
     problem = None
     if key not in copies:
@@ -171,10 +181,10 @@ def agreed_plan(plan: TrainingPlan, ranks: Ranks, copies: dict[tuple, TrainingPl
     answers = ranks.gather((socket.gethostname(), digest, problem))
     for rank, (host, their_digest, their_problem) in enumerate(answers):
         if their_problem:
-            raise errors.ModelError(f"rank {rank} (machine {host}) could not fetch the base model: "
+            raise CopiesDiffer(f"rank {rank} (machine {host}) could not fetch the base model: "
                                     f"{their_problem}")
         if their_digest != plan.model_digest:
-            raise errors.ModelError(
+            raise CopiesDiffer(
                 f"rank {rank} (machine {host}) has another copy of base model {plan.base_model.model!r} "
                 f"(digest {their_digest[:12]}, rank 0's is {plan.model_digest[:12]}): a hub repo that moved "
                 "on, or a local folder that differs between machines. Pin --revision, or give every machine "
