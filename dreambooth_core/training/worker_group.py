@@ -34,6 +34,9 @@ from dreambooth_core.training.preemption import stop_requests
 from dreambooth_core.training.workers import Order
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # where `-m dreambooth_core...` imports from
+# How long the other machines wait for machine 0 at the rendezvous: its pipeline starts its ranks at the
+# first chunk, after photos, the model download and class images (torchrun's default: 10 minutes).
+RENDEZVOUS_SECONDS = 6 * 3600
 
 
 def torchrun_flags(runtime: RuntimeSettings, gpus: int) -> list[str]:
@@ -43,7 +46,8 @@ def torchrun_flags(runtime: RuntimeSettings, gpus: int) -> list[str]:
     if runtime.nnodes == 1:
         return ["--standalone", "--nproc-per-node", per_machine]
     return ["--nnodes", str(runtime.nnodes), "--node-rank", str(runtime.node_rank), "--nproc-per-node",
-            per_machine, "--rdzv-backend", "static", "--rdzv-endpoint", str(runtime.rdzv_endpoint)]
+            per_machine, "--rdzv-backend", "static", "--rdzv-endpoint", str(runtime.rdzv_endpoint),
+            "--rdzv-conf", f"timeout={RENDEZVOUS_SECONDS}"]
 
 
 class WorkerGroup:

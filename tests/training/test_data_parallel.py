@@ -166,3 +166,32 @@ def test_a_rank_that_stops_answering_ends_the_run_after_the_rank_timeout(prefect
         "error: training stopped: rank 0 of 2 waited 10 s (--rank-timeout) for the others, and rank 1 "
         "stopped answering")
     assert committed(tmp_path) == ["step-000004"]
+
+
+def test_a_deployment_flow_run_starts_its_training_processes_as_the_command_does(prefect_api_url, whole,
+                                                                                  tmp_path):
+    """A work pool runs a flow run as `python -m prefect.engine` (a pod with several GPUs: no torchrun in
+    its command); `training.gpus` starts the ranks the same way."""
+    import uuid
+
+    from prefect.client.orchestration import get_client
+
+    from dreambooth_core.config import DreamBoothConfig
+
+    config = DreamBoothConfig(session="s", storage=str(tmp_path / "sessions"), model="tiny",
+                              photos=str(REPO / "examples" / "photos"), steps=8, chunk_steps=4, gpus=2,
+                              device="cpu", batch_size=2, learning_rate=1e-4, sample_every=0, seed=4)
+    with get_client(sync_client=True) as client:
+        deployment = client.create_deployment(flow_id=client.create_flow_from_name("dreambooth-train"),
+                                              name=f"gpus-{uuid.uuid4().hex[:6]}",
+                                              entrypoint="flows/dreambooth.py:dreambooth_train")
+        run = client.create_flow_run_from_deployment(deployment,
+                                                     parameters={"config": config.model_dump(mode="json")})
+    env = {**environment(prefect_api_url), "PREFECT__FLOW_RUN_ID": str(run.id)}
+    result = subprocess.run([sys.executable, "-m", "prefect.engine"], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 1 | Continuing from step 4 in memory" in result.stderr
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(run.id).state.name == "Completed"
+    assert_same_weights(whole, tmp_path)

@@ -32,4 +32,5 @@ def test_one_machine_uses_the_standalone_rendezvous_several_the_static_one_with_
     assert torchrun_flags(RuntimeSettings(), 4) == ["--standalone", "--nproc-per-node", "4"]
     several = RuntimeSettings(nnodes=2, node_rank=1, rdzv_endpoint="head:29500")
     assert torchrun_flags(several, 8) == ["--nnodes", "2", "--node-rank", "1", "--nproc-per-node", "4",
-                                          "--rdzv-backend", "static", "--rdzv-endpoint", "head:29500"]
+                                          "--rdzv-backend", "static", "--rdzv-endpoint", "head:29500",
+                                          "--rdzv-conf", "timeout=21600"]
