@@ -77,8 +77,9 @@ class WorkerGroup:
 
     def train(self, plan: TrainingPlan, chunk: Chunk, hooks: ChunkHooks) -> ChunkOutcome:
         """Chunk `chunk`, trained by every rank; rank 0's UI callbacks (`hooks.on_progress`,
-        `on_chunk_end`) run here, from the events it relays. A SIGTERM to this process goes on to the ranks of this
-        machine (preemption), which stop together, commit, and end the run as one process would."""
+        `on_chunk_end`) run here, from the events it relays. A SIGTERM to this process goes on to the
+        ranks of this machine (preemption), which stop together, commit, and end the run as one
+        process would."""
         loader = block_storage_loader() if plan.session.storage_block else None
         n, self._orders = self._orders, self._orders + 1
         relayed = replace(hooks, on_progress=(Relay(self.control.folder, n, "progress"),),
@@ -170,6 +171,11 @@ def describe_failure(failures: list[ProcessFailure], world: int, timeout: float)
         who = f"rank {', '.join(map(str, silent))}" if silent else "a rank on another machine"
         return (f"rank {timed_out[0].rank} of {world} waited {timeout:.0f} s (--rank-timeout) for the others, "
                 f"and {who} stopped answering (a hung process, or its machine was lost)")
+    aborted = [f for f in failures if f.signal == "SIGABRT"]
+    if aborted:  # not run on GPUs yet: how NCCL's watchdog ends a rank whose collective timed out
+        return (f"training process rank {aborted[0].rank} of {world} aborted (on GPUs, NCCL aborts a rank "
+                f"whose collective waited --rank-timeout, {timeout:.0f} s: another rank may have stopped "
+                "answering); torchrun ended the other ranks")
     killed = [f for f in failures if f.signal]
     if killed:
         return (f"training process rank {killed[0].rank} of {world} was killed by {killed[0].signal} (out of "

@@ -23,6 +23,12 @@ def test_a_timeout_names_the_rank_that_did_not_time_out_even_when_torchrun_then_
                            "stopped answering")
 
 
+def test_an_aborted_rank_is_told_as_a_possible_timeout_of_nccl():
+    said = describe_failure([failure(0, "Signal 6 (SIGABRT) received by PID 7", "SIGABRT")], 2, 60)
+    assert said.startswith("training process rank 0 of 2 aborted (on GPUs, NCCL aborts a rank whose "
+                           "collective waited --rank-timeout, 60 s")
+
+
 def test_another_error_is_the_first_ranks_last_line():
     said = describe_failure([failure(1, "Traceback...\nValueError: something odd")], 4, 1800)
     assert said == "training process rank 1 of 4 failed: ValueError: something odd"
