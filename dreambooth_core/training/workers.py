@@ -71,9 +71,9 @@ class Ranks:
         import torch.distributed as dist
 
         self.rank, self.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        backend = "gloo"
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        backend, local = "gloo", int(os.environ["LOCAL_RANK"])
+        if torch.cuda.device_count() >= int(os.environ["LOCAL_WORLD_SIZE"]):  # else --device cpu: gloo alone
+            torch.cuda.set_device(local)
             backend = "cpu:gloo,cuda:nccl"  # training on GPUs through NCCL, with --device cpu through gloo
         # CPU threads: OMP_NUM_THREADS, which worker_group.py sets to this machine's share.
         dist.init_process_group(backend, timeout=timedelta(seconds=rank_timeout))
