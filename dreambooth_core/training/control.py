@@ -6,7 +6,10 @@ group, and writes report n (the chunk's outcome, a user's error, or a stop on SI
 Files rather than a socket: no port to find or guard, nothing to reconnect, and what a
 crashed process left is there to read (each rank's pid, its error). The pipeline looks
 for the report a few times a second, nothing beside minutes of training. Every file is
-written beside its name and renamed, so a reader never sees half of one.
+written beside its name and renamed, so a reader never sees half of one. The folder is a
+temporary one on machine 0's local disk, where rank 0 runs beside the pipeline (torchrun's
+static rendezvous puts it there), not in the session: a session on gs:// would turn each
+look into a request.
 
 The session stays the truth: an order names a chunk of the plan, and training it means
 what it means in one process, a committed checkpoint at its end (chunk.py); the folder
