@@ -66,6 +66,21 @@ def error_paragraph(stderr: str) -> str:
     return errors[0]
 
 
+def start_machines(api_url: str, root: Path, machines: list[Path], *extra: str) -> list[subprocess.Popen]:
+    """The command on two "machines": one rank each, meeting at a free port of this host; machine 1 has
+    its own working folder and model cache, and shares the session storage in `root`."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"127.0.0.1:{s.getsockname()[1]}"
+    processes = []
+    for rank, folder in enumerate(machines):
+        env = environment(api_url, DREAMBOOTH_CACHE=str(folder / "cache")) if rank else environment(api_url)
+        flags = ("--nnodes", "2", "--node-rank", str(rank), "--rdzv-endpoint", endpoint, *extra)
+        processes.append(subprocess.Popen(command(root, *flags), cwd=folder, env=env, text=True,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    return processes
+
+
 @pytest.fixture(scope="module")
 def whole(prefect_api_url, tmp_path_factory) -> Path:
     """The uninterrupted two-process run the others compare with."""
@@ -89,18 +104,10 @@ def test_two_machines_train_the_model_of_one_machine_each_with_its_own_model_cac
                                                                                     tmp_path):
     """Two torchrun agents meeting at a rendezvous endpoint, as two machines do: machine 1 has its own
     model cache and working folder (it builds the model itself) and shares only the session storage."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        endpoint = f"127.0.0.1:{s.getsockname()[1]}"
     machines = [tmp_path / "machine0", tmp_path / "machine1"]
-    processes = []
-    for rank, folder in enumerate(machines):
+    for folder in machines:
         folder.mkdir()
-        env = environment(prefect_api_url, DREAMBOOTH_CACHE=str(folder / "cache")) if rank else \
-            environment(prefect_api_url)
-        flags = ("--nnodes", "2", "--node-rank", str(rank), "--rdzv-endpoint", endpoint)
-        processes.append(subprocess.Popen(command(tmp_path, *flags), cwd=folder, env=env, text=True,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    processes = start_machines(prefect_api_url, tmp_path, machines)
     results = [p.communicate(timeout=600) for p in processes]
     for process, (_, stderr) in zip(processes, results):
         assert process.returncode == 0, stderr[-3000:]
@@ -111,6 +118,27 @@ def test_two_machines_train_the_model_of_one_machine_each_with_its_own_model_cac
     assert second.count("rank 1 | Loading the base model") == 1
     assert "rank 1 | Continuing from step 4 in memory" in second
     assert_same_weights(whole, tmp_path)
+
+
+def test_a_machine_whose_copy_of_the_base_model_differs_stops_the_run_before_the_first_step(
+        prefect_api_url, tiny_model_path, tmp_path):
+    """`--model ./model` names each machine's own folder (relative to its working folder): machine 1's
+    copy has another scheduler config, so its digest differs from rank 0's."""
+    import json
+    import shutil
+
+    machines = [tmp_path / "machine0", tmp_path / "machine1"]
+    for folder in machines:
+        shutil.copytree(tiny_model_path, folder / "model")
+    config = machines[1] / "model" / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "steps_offset": 7}))
+    processes = start_machines(prefect_api_url, tmp_path, machines, "--model", "./model")
+    (_, first), (_, second) = [p.communicate(timeout=600) for p in processes]
+    assert processes[0].returncode == 2, first[-3000:]
+    assert error_paragraph(first).startswith(
+        "error: rank 1 (machine ") and "has another copy of base model './model'" in first
+    assert "rank 1 | stopped with rank 0: rank 1 (machine" in second
+    assert committed(tmp_path) == []
 
 
 def test_a_rank_killed_after_a_commit_ends_in_an_error_and_the_rerun_resumes_exactly(prefect_api_url, whole,
