@@ -321,6 +321,15 @@ class RuntimeSettings(Section):
                                     "saving fits in this time.")
     lease_wait: float = Field(0, ge=0, description="Seconds to wait when another run is training "
                               "the same session, before giving up.")
+    nnodes: int = Field(1, ge=1, description="Machines the --gpus processes are spread over, the same "
+                        "number on each; every machine runs the same command with its own --node-rank.")
+    node_rank: int = Field(0, ge=0, description="This machine's place among --nnodes: 0 runs the "
+                           "pipeline and trains; the others only train.")
+    rdzv_endpoint: str | None = Field(None, description="host:port on machine 0 where the machines meet "
+                                      "(torchrun's static rendezvous); needed with --nnodes above 1.")
+    rank_timeout: float = Field(1800, gt=0, description="Seconds a training process waits for the others "
+                                "in a collective before the run ends naming the rank that stopped "
+                                "answering (a hung process, a lost machine).")
     memory: Literal["auto", "none"] = Field("auto", description="auto: on a GPU, estimate the peak "
                                             "memory and train with the fastest plan that fits (8-bit "
                                             "AdamW, then gradient checkpointing, then the optimizer "
@@ -390,6 +399,19 @@ class DreamBoothConfig(BaseModel):
             raise ValueError(f"session name {name!r} is not allowed: use at most 64 letters, "
                              "digits, '.', '_' or '-' (no slashes, no '..')")
         return name
+
+    @model_validator(mode="after")
+    def _machines(self) -> "DreamBoothConfig":
+        nodes, gpus, runtime = self.runtime.nnodes, self.training.gpus, self.runtime
+        if gpus % nodes:
+            raise ValueError(f"--gpus {gpus} is the total over --nnodes {nodes} machines, the same number "
+                             f"on each: pass a multiple of {nodes}")
+        if runtime.node_rank >= nodes:
+            raise ValueError(f"--node-rank {runtime.node_rank} is not one of the {nodes} machines (0 to {nodes - 1})")
+        if nodes > 1 and not runtime.rdzv_endpoint:
+            raise ValueError(f"--nnodes {nodes} needs --rdzv-endpoint HOST:PORT, an address of machine 0 "
+                             "that every machine reaches")
+        return self
 
     @model_validator(mode="after")
     def _chunk_count(self) -> "DreamBoothConfig":

@@ -206,29 +206,47 @@ def check_before_run(flags: dict[str, Any]) -> DreamBoothConfig:
 
 
 def train(flags: dict[str, Any]) -> int:
-    from dreambooth_core.training.torchrun_env import torchrun_rank
     from flows.temporary_server import temporary_server
 
-    if torchrun_rank():  # torchrun started this process, and not as rank 0: it trains what rank 0 sends
-        from dreambooth_core.training.torchrun import follow_chunks
-
-        follow_chunks()
-        return 0
     config = check_before_run(flags)
+    if config.runtime.node_rank:  # a machine above 0 only trains what machine 0's pipeline orders
+        return _train_on_this_machine(config)
     with temporary_server() as server:  # starts while the libraries below are imported
         quiet_libraries()
         from dreambooth_core.families.family import import_model_classes
-        from dreambooth_core.training.torchrun import leading_followers
         from flows.dreambooth import dreambooth_train
         from flows.quiet_errors import hide_user_error_tracebacks
 
         hide_user_error_tracebacks()
         server.wait_ready(meanwhile=import_model_classes())  # imported now if the server is slower
-        # torchrun's other processes train each chunk with this one
-        with leading_followers(), server.run_settings():
+        with server.run_settings():
             result = _train_reporting_lost_end(dreambooth_train, config)
     files = ", ".join(result.files) + (", diffusers/" if config.training.method == "dreambooth" else "")
     print(f"Done: session {config.session!r} trained to step {result.step}; outputs: {files}")
+    return 0
+
+
+def _train_on_this_machine(config: DreamBoothConfig) -> int:
+    """--node-rank above 0: this machine's training processes, until machine 0's run ends."""
+    from dreambooth_core.families.base_model import fetch_base
+    from dreambooth_core.model.cache import model_cache_dir
+    from dreambooth_core.training.worker_group import WorkerGroup
+
+    quiet_libraries()
+    runtime = config.runtime
+    log = logging.getLogger("dreambooth.machine")
+    if not log.handlers:
+        log.addHandler(logging.StreamHandler())
+        log.setLevel(logging.INFO)
+    # This machine's own copy of the base model, fetched before any rank starts: a rank can only find it
+    # (in a process group, transformers writes a model's files on global rank 0 alone).
+    fetch_base(config.base_model, model_cache_dir(), os.environ.get("HF_TOKEN"), log)
+    group = WorkerGroup(runtime, config.training.gpus, log, pipeline=False)
+    try:
+        group.wait()
+    finally:
+        group.close()
+    print(f"Done: machine {runtime.node_rank} of {runtime.nnodes} trained with machine 0 until its run ended")
     return 0
 
 

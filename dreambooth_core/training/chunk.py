@@ -2,7 +2,7 @@
 
 With one process the trainer of the previous chunk is taken from memory when it
 stands at this chunk's start, and the checkpoint commits in the background while
-the next chunk trains (live.py). With several (launcher.py), every rank runs this
+the next chunk trains (live.py). With several (workers.py), every rank runs this
 same body on its share of each batch; rank 0 commits, reports and renders.
 Samples and snapshots reach it as hooks, so training knows nothing of them.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -36,15 +36,13 @@ CHECK_EVERY = 50  # steps between checks that the loss is finite (a sync each)
 @dataclass(frozen=True)
 class ChunkHooks:
     """What a chunk does besides training, all on rank 0. The first two must be picklable
-    (they travel to spawned processes); the UI callbacks stay in the process that made them."""
+    (they travel to the training processes); the UI callbacks run in the pipeline's process, relayed
+    from rank 0 (worker_group.py)."""
 
     after_step: Callable[[Trainer, int], None] | None = None  # with the number of steps done
     after_chunk: tuple[Callable[[Trainer, Chunk, logging.Logger], None], ...] = ()  # checkpoint handed off
     on_progress: tuple[Callable[[Progress], None], ...] = ()
     on_chunk_end: tuple[Callable[[ChunkReport], None], ...] = ()
-
-    def for_workers(self) -> ChunkHooks:
-        return replace(self, on_progress=(), on_chunk_end=())
 
 
 class ChunkOutcome(BaseModel):
@@ -156,7 +154,7 @@ def resume_point(store: CheckpointStore, plan: TrainingPlan, end: int) -> Checkp
 def build_trainer(plan: TrainingPlan, session: Session, rank: int = 0, world: int = 1) -> Trainer:
     device = resolve_device(plan.runtime.device)
     if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", torch.cuda.current_device())  # the launcher set this process's GPU
+        device = torch.device("cuda", torch.cuda.current_device())  # workers.py set this process's GPU
     parts = load_model_parts(plan.model_path, torch.device("cpu"))  # the Trainer moves them, once cast
     examples = load_examples(session, crops=parts.family.uses_crop_boxes)
     return Trainer(parts, examples, plan.training, plan.total_steps, plan.runtime,
@@ -166,6 +164,7 @@ def build_trainer(plan: TrainingPlan, session: Session, rank: int = 0, world: in
 def restore(plan: TrainingPlan, session: Session, store: CheckpointStore, chunk: Chunk,
             log: logging.Logger, rank: int = 0, world: int = 1) -> tuple[Trainer, int]:
     checkpoint = resume_point(store, plan, chunk.end)
+    log.info("Loading the base model from %s", plan.model_path)
     trainer = build_trainer(plan, session, rank, world)
     if checkpoint is None:
         return trainer, 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from dreambooth_core.errors import ConfigError
-from dreambooth_core.training.torchrun_env import torchrun_rank, torchrun_world
 
 
 def resolve_device(name: str) -> torch.device:
@@ -52,11 +51,7 @@ def resolve_precision(requested: str, device: torch.device) -> str:
 
 
 def check_processes(gpus: int, device: torch.device) -> None:
-    if torchrun_rank() is not None:  # torchrun decided the processes, on one node or several
-        if gpus != torchrun_world():
-            raise ConfigError(f"--gpus {gpus}: torchrun started {torchrun_world()} training processes; "
-                              f"pass --gpus {torchrun_world()}.")
-        return
+    """`gpus`: the processes of this machine."""
     if gpus > 1 and device.type == "cuda" and torch.cuda.device_count() < gpus:
         raise ConfigError(f"--gpus {gpus} needs {gpus} GPUs; this machine has "
                           f"{torch.cuda.device_count()}. Pass --gpus {max(1, torch.cuda.device_count())}.")

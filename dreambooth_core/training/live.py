@@ -8,6 +8,10 @@ checkpoint being written holds, without reading it back. Anything else (a new
 process, a cached chunk, another session) waits for pending writes and loads
 the latest committed checkpoint.
 
+With several training processes (--gpus N), they keep all of this themselves, for
+the whole run; here the run then holds only its worker group (worker_group.py),
+which releasing ends (the ranks finish their commits first).
+
 One `LiveTraining` per run and process holds all of this; leaving it (`with`)
 waits for the last commit.
 """
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 from dreambooth_core.session.checkpoints import CheckpointStore, Writer
 
@@ -24,6 +28,7 @@ from dreambooth_core.session.checkpoints import CheckpointStore, Writer
 class LiveTraining:
     def __init__(self) -> None:
         self._kept: tuple[Hashable, int, object] | None = None  # (key, step, trainer)
+        self._workers: tuple[Hashable, object] | None = None  # (key, worker group)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.last_save_seconds: float | None = None  # how long the last commit took
@@ -54,6 +59,17 @@ class LiveTraining:
 
     def release(self) -> None:
         self._kept = None
+        workers, self._workers = self._workers, None
+        if workers is not None:
+            workers[1].close()
+
+    def workers(self, key: Hashable, start: Callable[[], object]):
+        """The run's training processes for `key` (a WorkerGroup), started by `start()` on first use."""
+        if self._workers is not None and self._workers[0] != key:
+            self.release()
+        if self._workers is None:
+            self._workers = (key, start())
+        return self._workers[1]
 
     # -- commits ----------------------------------------------------------------
 

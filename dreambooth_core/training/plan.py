@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict
 
 from dreambooth_core.captions.captioning import Captions
 from dreambooth_core.config import (
+    BaseModelSettings,
     DreamBoothConfig,
     MemoryPlan,
     RuntimeSettings,
@@ -67,6 +68,9 @@ class TrainingPlan(BaseModel):
     runtime: RuntimeSettings
     class_images: ClassImages | None = None
     memory_plan: MemoryPlan | None = None  # what --memory auto chose (training and runtime include it)
+    # What another machine fetches the base model from, and the digest its copy must have.
+    base_model: BaseModelSettings | None = None
+    model_digest: str | None = None
     exported: bool = False  # outputs of exactly this plan (and export precision) are in the session
 
     @property
@@ -81,9 +85,9 @@ def initializer_word(config: DreamBoothConfig) -> str:
     return config.training.initializer_word or same_word or "person"
 
 
-def check_settings(training: TrainingSettings, device_name: str) -> None:
+def check_settings(training: TrainingSettings, device_name: str, machines: int = 1) -> None:
     device = resolve_device(device_name)
-    check_processes(training.gpus, device)
+    check_processes(training.gpus // machines, device)
     if training.optimizer == "adamw-8bit" and device.type != "cuda":
         raise ConfigError(f"--optimizer adamw-8bit needs a CUDA GPU (bitsandbytes); this run trains "
                           f"on {device.type}. Use --optimizer adamw.")
@@ -114,7 +118,7 @@ def make_plan(session: Session, ref: SessionRef, config: DreamBoothConfig, model
     memory = settle_memory_plan(config, state.memory_plan, state.training_started, model.path,
                                 dataset.resolution, class_images is not None, detect_gpu(config))
     training, runtime = memory.apply(config.training, config.runtime) if memory else (config.training, config.runtime)
-    check_settings(training, runtime.device)
+    check_settings(training, runtime.device, runtime.nnodes)
     config = config.model_copy(update={"training": training, "runtime": runtime})
     values = fingerprint_values(config, total, model.digest, captions.digest, class_images)
     recorded = state.fingerprint
@@ -134,4 +138,4 @@ def make_plan(session: Session, ref: SessionRef, config: DreamBoothConfig, model
         total_steps=total, chunks=plan_chunks(total, config.runtime.chunk_steps), resume_step=resume,
         resolution=dataset.resolution, subjects=captions.tokens, initializer_word=initializer_word(config),
         training=config.training, runtime=config.runtime, class_images=class_images, memory_plan=memory,
-        exported=outputs_current(session, record))
+        exported=outputs_current(session, record), base_model=config.base_model, model_digest=model.digest)
