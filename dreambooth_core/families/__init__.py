@@ -64,10 +64,12 @@ def family_of_folder(model_path: str | Path) -> Family:
     return family_of(detect_family(model_path))
 
 
-def load_model_parts(model_path: str | Path, device: torch.device, weights: bool = True) -> ModelParts:
+def load_model_parts(model_path: str | Path, device: torch.device, weights: bool = True,
+                     base_precision: str = "auto") -> ModelParts:
     """The parts of the model in a diffusers folder, as its family loads them (fp32, on `device`);
-    without `weights`, built from the configs alone."""
-    return family_of_folder(model_path).load_parts(model_path, device, weights)
+    without `weights`, built from the configs alone; with a quantised `base_precision`, the denoiser
+    and text encoders quantised (quantised.py)."""
+    return family_of_folder(model_path).load_parts(model_path, device, weights, base_precision)
 
 
 def single_file_family(keys: set[str], source: str) -> Family:

@@ -168,8 +168,10 @@ class Family:
 
             raise ConfigError(self.textual_inversion)
 
-    def load_parts(self, model_path: str | Path, device: torch.device, weights: bool = True) -> ModelParts:
-        """The parts training needs; without `weights`, built from the configs (fake-tensor estimates)."""
+    def load_parts(self, model_path: str | Path, device: torch.device, weights: bool = True,
+                   base_precision: str = "auto") -> ModelParts:
+        """The parts training needs; without `weights`, built from the configs (fake-tensor estimates).
+        `base_precision` quantised (quantised.py): the denoiser and text encoders load quantised."""
         raise NotImplementedError
 
     def encode(self, parts: ModelParts, captions: list[str], encoders: list[torch.nn.Module],
@@ -242,23 +244,40 @@ def token_ids(tokenizer, captions: list[str], device: torch.device) -> torch.Ten
                      return_tensors="pt").input_ids.to(device)
 
 
-def load_component(kind, model_path: str | Path, subfolder: str, weights: bool) -> torch.nn.Module:
+def load_component(kind, model_path: str | Path, subfolder: str, weights: bool,
+                   base_precision: str = "auto") -> torch.nn.Module:
     """A diffusers or transformers model from its sub-folder: with its weights, or built from its
-    config alone (random weights: what fake-tensor estimates run on)."""
+    config alone (random weights: what fake-tensor estimates run on); quantised when `base_precision`
+    is one of quantised.QUANTISED (a frozen part: the denoiser or a text encoder)."""
+    from dreambooth_core.families.quantised import load_frozen, quantise_built, quantises
+
     if weights:
+        if quantises(base_precision):
+            return load_frozen(kind, model_path, subfolder, base_precision)
         return kind.from_pretrained(model_path, subfolder=subfolder)
     if hasattr(kind, "load_config"):  # diffusers
-        return kind.from_config(kind.load_config(model_path, subfolder=subfolder))
-    return kind(kind.config_class.from_pretrained(Path(model_path) / subfolder))
+        module = kind.from_config(kind.load_config(model_path, subfolder=subfolder))
+    else:
+        module = kind(kind.config_class.from_pretrained(Path(model_path) / subfolder))
+    if base_precision in ("int8", "fp8"):  # bitsandbytes' nf4 quantises only on a real GPU
+        quantise_built(module, base_precision)
+    return module
 
 
 def as_training_parts(parts: ModelParts, device: torch.device) -> ModelParts:
     """fp32 master weights whatever the folder stores (a session's own fp16 export, for one), on
-    `device`; the VAE and the text encoders frozen and in eval mode until a method trains them."""
+    `device`; the VAE and the text encoders frozen and in eval mode until a method trains them. A
+    quantised part is only moved: it was loaded with its other layers in fp32 already."""
     import torch
 
+    from dreambooth_core.families.quantised import is_quantised
+
     for module in (parts.denoiser, parts.vae, *parts.text_encoders):
-        module.to(device=device, dtype=torch.float32)
+        if is_quantised(module):
+            if next(module.parameters()).device != device:
+                module.to(device)
+        else:
+            module.to(device=device, dtype=torch.float32)
     parts.vae.requires_grad_(False).eval()
     for encoder in parts.text_encoders:
         encoder.requires_grad_(False).eval()

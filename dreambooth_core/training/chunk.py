@@ -157,7 +157,8 @@ def build_trainer(plan: TrainingPlan, session: Session, rank: int = 0, world: in
     device = resolve_device(plan.runtime.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", torch.cuda.current_device())  # the launcher set this process's GPU
-    parts = load_model_parts(plan.model_path, torch.device("cpu"))  # the Trainer moves them, once cast
+    # On the CPU: the Trainer moves them, once cast (nf4 loads onto the GPU: bitsandbytes quantises there).
+    parts = load_model_parts(plan.model_path, torch.device("cpu"), base_precision=plan.training.base_precision)
     examples = load_examples(session, crops=parts.family.uses_crop_boxes)
     return Trainer(parts, examples, plan.training, plan.total_steps, plan.runtime,
                    load_class_examples(plan.class_images, session), plan.initializer_word, rank, world, device)

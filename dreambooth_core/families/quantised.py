@@ -1,0 +1,148 @@
+"""The frozen base held in another precision (--base-precision): half, or quantised (QLoRA).
+
+The denoiser and the text encoders load quantised through the libraries made for it, by the
+quantization configs diffusers' and transformers' `from_pretrained` take: each weight is quantised as
+it is read from the file (their low_cpu_mem_usage path), so a quantised 12 B model is never held in
+fp32 on the host first. The VAE stays as it is: it is small and encodes each image once. LoRA
+adapters (peft) sit on the quantised layers and train in fp32; exports start again from the base
+model's own weights, so the LoRA applies to the unquantised model.
+
+Which library holds each precision, and why:
+- int8: torchao's int8 weight-only (Int8WeightOnlyConfig, one scale per output row). It runs on the
+  CPU as on CUDA, so the CPU tests run the code path a GPU run takes, and peft adapts its layers
+  (TorchaoLoraLinear). bitsandbytes' LLM.int8 is not used: diffusers refuses to load it without a GPU,
+  and its outlier split makes a training step slower.
+- fp8: torchao's float8 weight-only (Float8WeightOnlyConfig, e4m3): on CUDA it needs compute
+  capability 8.9 (Ada, Hopper) for float8, as torchao's float8 kernels do; on the CPU it runs dequantised.
+- nf4: bitsandbytes' 4-bit NormalFloat with double quantisation, QLoRA's format (diffusers' and
+  transformers' BitsAndBytesConfig). CUDA only: its loader refuses without a GPU.
+- bf16, fp16: no library; the frozen layers are held in that dtype (training/frozen_weights.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dreambooth_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+QUANTISED = ("fp8", "int8", "nf4")
+HALF_BASES = ("bf16", "fp16")
+LIBRARY = {"fp8": "torchao", "int8": "torchao", "nf4": "bitsandbytes"}
+FP8_CAPABILITY = (8, 9)
+
+
+def quantises(base_precision: str) -> bool:
+    return base_precision in QUANTISED
+
+
+def check_base_precision(base_precision: str, method: str, device: str, precision: str) -> None:
+    """Refuse, with the reason and what to pass instead, a base precision this run cannot hold.
+    `device`: where it trains ("cpu", "cuda", "cuda:1"); `precision`: its resolved --mixed-precision
+    ("no", "fp16", "bf16"). Torch is imported only to ask a GPU what it has."""
+    if base_precision == "auto":
+        return
+    flag, on_gpu = f"--base-precision {base_precision}", device.startswith("cuda")
+    if base_precision in HALF_BASES:
+        _check_half(flag, base_precision, device, precision)
+        return
+    if method == "dreambooth":
+        # The text encoders alone are not quantised for DreamBooth either: they train in its first
+        # --text-encoder-steps, and what dominates its memory is the trained denoiser's fp32 weights,
+        # gradients and optimizer state, which quantisation cannot touch (--offload, --memory auto can).
+        raise ConfigError(f"{flag} quantises the frozen base, but --method dreambooth trains the "
+                          "denoiser's own weights, which cannot be trained quantised. Use --method lora "
+                          "(QLoRA) or textual-inversion, or --base-precision auto/bf16 for DreamBooth.")
+    library = LIBRARY[base_precision]
+    if importlib.util.find_spec(library) is None:
+        raise ConfigError(f"{flag} needs the {library} package, which is not installed: "
+                          f"pip install {library}, or pass --base-precision auto.")
+    if base_precision == "nf4" and not on_gpu:
+        raise ConfigError(f"{flag} (bitsandbytes 4-bit) needs a CUDA GPU; this run trains on {device}. "
+                          "Pass --base-precision int8 (torchao, which runs on the CPU) or auto.")
+    if base_precision == "fp8" and on_gpu:
+        import torch
+
+        capability = torch.cuda.get_device_capability(device)
+        if capability < FP8_CAPABILITY:
+            raise ConfigError(f"{flag} needs a GPU with float8 (compute capability 8.9: Ada or Hopper, e.g. "
+                              f"L4, RTX 4090, H100); {torch.cuda.get_device_name(device)} has "
+                              f"{capability[0]}.{capability[1]}. Pass --base-precision int8 or nf4.")
+
+
+def _check_half(flag: str, base_precision: str, device: str, precision: str) -> None:
+    if precision == "no":
+        raise ConfigError(f"{flag} holds the frozen weights in {base_precision}, which only matrix products "
+                          "in half precision can use; this run has no mixed precision. Pass "
+                          f"--mixed-precision {base_precision}, or --base-precision auto.")
+    if base_precision == "bf16" and device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_bf16_supported(including_emulation=False):
+            raise ConfigError(f"{flag}: {torch.cuda.get_device_name(device)} has no bf16 (it came with "
+                              "Ampere, compute capability 8.0). Pass --base-precision fp16 or int8.")
+
+
+def load_frozen(kind, model_path: str | Path, subfolder: str, base_precision: str) -> torch.nn.Module:
+    """A diffusers or transformers model from its sub-folder, quantised as its weights are read; its
+    other layers in fp32 (what the trainer casts on, like an unquantised model's)."""
+    import torch
+
+    config = quantisation_config(kind, base_precision)
+    dtype = {("dtype" if _transformers(kind) else "torch_dtype"): torch.float32}
+    return kind.from_pretrained(model_path, subfolder=subfolder, quantization_config=config, **dtype)
+
+
+def quantisation_config(kind, base_precision: str):
+    """The diffusers or transformers quantization config of `base_precision` for the model class `kind`."""
+    if base_precision == "nf4":
+        import torch
+
+        compute = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+        options = dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                       bnb_4bit_compute_dtype=compute)
+        if _transformers(kind):
+            from transformers import BitsAndBytesConfig
+        else:
+            from diffusers import BitsAndBytesConfig
+        return BitsAndBytesConfig(**options)
+    if _transformers(kind):
+        from transformers import TorchAoConfig
+    else:
+        from diffusers import TorchAoConfig
+    return TorchAoConfig(torchao_config(base_precision))
+
+
+def torchao_config(base_precision: str):
+    from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig
+
+    return {"int8": Int8WeightOnlyConfig, "fp8": Float8WeightOnlyConfig}[base_precision]()
+
+
+def quantise_built(module: torch.nn.Module, base_precision: str) -> None:
+    """Quantise, in place, a model built from its config alone (fake-tensor estimates, the dry run):
+    torchao's precisions only, since bitsandbytes quantises on a real GPU as it loads."""
+    from torchao.quantization import quantize_
+
+    quantize_(module, torchao_config(base_precision))
+
+
+def _transformers(kind) -> bool:
+    return not hasattr(kind, "load_config")  # diffusers' models have it (see load_component)
+
+
+def is_quantised(module: torch.nn.Module) -> bool:
+    """Whether a model was loaded quantised (diffusers and transformers both mark it)."""
+    return bool(getattr(module, "is_quantized", False))
+
+
+def is_quantised_weight(parameter: torch.Tensor) -> bool:
+    """A weight a quantisation library holds: bitsandbytes' integer storage, or a torchao tensor
+    subclass (which reports the dtype it dequantises to); such weights are never cast."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    return not parameter.is_floating_point() or is_traceable_wrapper_subclass(parameter.data)
