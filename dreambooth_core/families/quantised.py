@@ -57,13 +57,13 @@ def check_base_precision(base_precision: str, method: str, device: str, precisio
         raise ConfigError(f"{flag} quantises the frozen base, but --method dreambooth trains the "
                           "denoiser's own weights, which cannot be trained quantised. Use --method lora "
                           "(QLoRA) or textual-inversion, or --base-precision auto/bf16 for DreamBooth.")
+    if base_precision == "nf4" and not on_gpu:
+        raise ConfigError(f"{flag} (bitsandbytes 4-bit) needs a CUDA GPU; this run trains on {device}. "
+                          "Pass --base-precision int8 (torchao, which runs on the CPU) or auto.")
     library = LIBRARY[base_precision]
     if importlib.util.find_spec(library) is None:
         raise ConfigError(f"{flag} needs the {library} package, which is not installed: "
                           f"pip install {library}, or pass --base-precision auto.")
-    if base_precision == "nf4" and not on_gpu:
-        raise ConfigError(f"{flag} (bitsandbytes 4-bit) needs a CUDA GPU; this run trains on {device}. "
-                          "Pass --base-precision int8 (torchao, which runs on the CPU) or auto.")
     if base_precision == "fp8" and on_gpu:
         import torch
 

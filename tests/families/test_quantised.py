@@ -132,7 +132,6 @@ def test_dreambooth_on_a_quantised_base_is_refused(precision):
 
 
 def test_nf4_on_the_cpu_is_refused_naming_int8():
-    pytest.importorskip("bitsandbytes")
     with pytest.raises(ConfigError, match=r"nf4 \(bitsandbytes 4-bit\) needs a CUDA GPU.*--base-precision int8"):
         check_base_precision("nf4", "lora", "cpu", "no")
 
