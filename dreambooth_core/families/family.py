@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # torch and the libraries load where a family first needs the
 
     from dreambooth_core.config import TrainingSettings
     from dreambooth_core.families.objectives import NoisyBatch, Objective
+    from dreambooth_core.families.quantised import BasePrecision
 
 PredictionType = Literal["epsilon", "v_prediction", "flow_matching"]
 
@@ -169,9 +170,9 @@ class Family:
             raise ConfigError(self.textual_inversion)
 
     def load_parts(self, model_path: str | Path, device: torch.device, weights: bool = True,
-                   base_precision: str = "auto") -> ModelParts:
+                   base: BasePrecision | None = None) -> ModelParts:
         """The parts training needs; without `weights`, built from the configs (fake-tensor estimates).
-        `base_precision` quantised (quantised.py): the denoiser and text encoders load quantised."""
+        `base` quantised (quantised.py): the denoiser and text encoders load quantised."""
         raise NotImplementedError
 
     def encode(self, parts: ModelParts, captions: list[str], encoders: list[torch.nn.Module],
@@ -245,35 +246,37 @@ def token_ids(tokenizer, captions: list[str], device: torch.device) -> torch.Ten
 
 
 def load_component(kind, model_path: str | Path, subfolder: str, weights: bool,
-                   base_precision: str = "auto") -> torch.nn.Module:
+                   base: BasePrecision | None = None) -> torch.nn.Module:
     """A diffusers or transformers model from its sub-folder: with its weights, or built from its
-    config alone (random weights: what fake-tensor estimates run on); quantised when `base_precision`
-    is one of quantised.QUANTISED (a frozen part: the denoiser or a text encoder)."""
-    from dreambooth_core.families.quantised import load_frozen, quantise_built, quantises
+    config alone (random weights: what fake-tensor estimates run on); quantised when `base` is
+    (a frozen part: the denoiser or a text encoder; quantised.py)."""
+    from dreambooth_core.families.quantised import load_frozen, quantise_built
 
+    quantised = base is not None and base.quantised
     if weights:
-        if quantises(base_precision):
-            return load_frozen(kind, model_path, subfolder, base_precision)
+        if quantised:
+            return load_frozen(kind, model_path, subfolder, base)
         return kind.from_pretrained(model_path, subfolder=subfolder)
     if hasattr(kind, "load_config"):  # diffusers
         module = kind.from_config(kind.load_config(model_path, subfolder=subfolder))
     else:
         module = kind(kind.config_class.from_pretrained(Path(model_path) / subfolder))
-    if base_precision in ("int8", "fp8"):  # bitsandbytes' nf4 quantises only on a real GPU
-        quantise_built(module, base_precision)
+    if quantised and base.name != "nf4":  # bitsandbytes quantises only as it loads onto a real GPU
+        quantise_built(module, base)
     return module
 
 
 def as_training_parts(parts: ModelParts, device: torch.device) -> ModelParts:
     """fp32 master weights whatever the folder stores (a session's own fp16 export, for one), on
     `device`; the VAE and the text encoders frozen and in eval mode until a method trains them. A
-    quantised part is only moved: it was loaded with its other layers in fp32 already."""
+    quantised part keeps its quantised weights as the library holds them (never re-cast)."""
     import torch
 
-    from dreambooth_core.families.quantised import is_quantised
+    from dreambooth_core.families.quantised import is_quantised, unquantised_to
 
     for module in (parts.denoiser, parts.vae, *parts.text_encoders):
         if is_quantised(module):
+            unquantised_to(module, torch.float32)
             if next(module.parameters()).device != device:
                 module.to(device)
         else:

@@ -12,8 +12,10 @@ Which library holds each precision, and why:
   CPU as on CUDA, so the CPU tests run the code path a GPU run takes, and peft adapts its layers
   (TorchaoLoraLinear). bitsandbytes' LLM.int8 is not used: diffusers refuses to load it without a GPU,
   and its outlier split makes a training step slower.
-- fp8: torchao's float8 weight-only (Float8WeightOnlyConfig, e4m3): on CUDA it needs compute
-  capability 8.9 (Ada, Hopper) for float8, as torchao's float8 kernels do; on the CPU it runs dequantised.
+- fp8: torchao's float8 weight-only (Float8WeightOnlyConfig, e4m3, one scale per row). On CUDA it is
+  taken only from compute capability 8.9 (Ada, Hopper), the GPUs with float8 in hardware (torchao's
+  float8 matmuls need it too); an older GPU is pointed to int8, which holds the same byte a weight in
+  a format it has. On the CPU it runs dequantised.
 - nf4: bitsandbytes' 4-bit NormalFloat with double quantisation, QLoRA's format (diffusers' and
   transformers' BitsAndBytesConfig). CUDA only: its loader refuses without a GPU.
 - bf16, fp16: no library; the frozen layers are held in that dtype (training/frozen_weights.py).
@@ -22,6 +24,7 @@ Which library holds each precision, and why:
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,8 +39,24 @@ LIBRARY = {"fp8": "torchao", "int8": "torchao", "nf4": "bitsandbytes"}
 FP8_CAPABILITY = (8, 9)
 
 
-def quantises(base_precision: str) -> bool:
-    return base_precision in QUANTISED
+@dataclass(frozen=True)
+class BasePrecision:
+    """How a family's load_parts holds the frozen base: `name` (--base-precision), and `compute`, the
+    run's resolved --mixed-precision ("no", "fp16", "bf16"): the dtype the matrix products run in, which a
+    quantised weight dequantises to (torchao's dequantise to the dtype the model loads in, and a
+    CUDA matmul refuses bf16 activations against fp32 weights; bitsandbytes computes in it)."""
+
+    name: str = "auto"
+    compute: str = "no"
+
+    @property
+    def quantised(self) -> bool:
+        return self.name in QUANTISED
+
+    def dtype(self) -> torch.dtype:
+        import torch
+
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.compute, torch.float32)
 
 
 def check_base_precision(base_precision: str, method: str, device: str, precision: str) -> None:
@@ -87,24 +106,20 @@ def _check_half(flag: str, base_precision: str, device: str, precision: str) -> 
                               "Ampere, compute capability 8.0). Pass --base-precision fp16 or int8.")
 
 
-def load_frozen(kind, model_path: str | Path, subfolder: str, base_precision: str) -> torch.nn.Module:
-    """A diffusers or transformers model from its sub-folder, quantised as its weights are read; its
-    other layers in fp32 (what the trainer casts on, like an unquantised model's)."""
-    import torch
-
-    config = quantisation_config(kind, base_precision)
-    dtype = {("dtype" if _transformers(kind) else "torch_dtype"): torch.float32}
+def load_frozen(kind, model_path: str | Path, subfolder: str, base: BasePrecision) -> torch.nn.Module:
+    """A diffusers or transformers model from its sub-folder, quantised as its weights are read in the
+    compute dtype (what the quantised weights dequantise to); as_training_parts puts the layers the
+    library does not hold back in fp32 (unquantised_to), as it does an unquantised model's."""
+    config = quantisation_config(kind, base)
+    dtype = {("dtype" if _transformers(kind) else "torch_dtype"): base.dtype()}
     return kind.from_pretrained(model_path, subfolder=subfolder, quantization_config=config, **dtype)
 
 
-def quantisation_config(kind, base_precision: str):
-    """The diffusers or transformers quantization config of `base_precision` for the model class `kind`."""
-    if base_precision == "nf4":
-        import torch
-
-        compute = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+def quantisation_config(kind, base: BasePrecision):
+    """The diffusers or transformers quantization config of `base` for the model class `kind`."""
+    if base.name == "nf4":
         options = dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                       bnb_4bit_compute_dtype=compute)
+                       bnb_4bit_compute_dtype=base.dtype())
         if _transformers(kind):
             from transformers import BitsAndBytesConfig
         else:
@@ -114,7 +129,7 @@ def quantisation_config(kind, base_precision: str):
         from transformers import TorchAoConfig
     else:
         from diffusers import TorchAoConfig
-    return TorchAoConfig(torchao_config(base_precision))
+    return TorchAoConfig(torchao_config(base.name))
 
 
 def torchao_config(base_precision: str):
@@ -123,26 +138,39 @@ def torchao_config(base_precision: str):
     return {"int8": Int8WeightOnlyConfig, "fp8": Float8WeightOnlyConfig}[base_precision]()
 
 
-def quantise_built(module: torch.nn.Module, base_precision: str) -> None:
+def quantise_built(module: torch.nn.Module, base: BasePrecision) -> None:
     """Quantise, in place, a model built from its config alone (fake-tensor estimates, the dry run):
     torchao's precisions only, since bitsandbytes quantises on a real GPU as it loads."""
     from torchao.quantization import quantize_
 
-    quantize_(module, torchao_config(base_precision))
+    module.to(base.dtype())
+    quantize_(module, torchao_config(base.name))
 
 
 def _transformers(kind) -> bool:
     return not hasattr(kind, "load_config")  # diffusers' models have it (see load_component)
 
 
+def unquantised_to(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Casts, in place, the floating weights and buffers of a quantised model that the library does not
+    hold (norms, biases, convolutions, embeddings) to `dtype`; the quantised ones stay as they are."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.is_floating_point() and not is_quantised_weight(tensor) and tensor.dtype != dtype:
+            tensor.data = tensor.data.to(dtype)
+
+
 def is_quantised(module: torch.nn.Module) -> bool:
-    """Whether a model was loaded quantised (diffusers and transformers both mark it)."""
-    return bool(getattr(module, "is_quantized", False))
+    """Whether a model holds quantised weights: loaded so (diffusers and transformers mark it), or
+    quantised after it was built (quantise_built)."""
+    marked = bool(getattr(module, "is_quantized", False))
+    return marked or any(is_quantised_weight(p) for p in module.parameters())
 
 
 def is_quantised_weight(parameter: torch.Tensor) -> bool:
-    """A weight a quantisation library holds: bitsandbytes' integer storage, or a torchao tensor
-    subclass (which reports the dtype it dequantises to); such weights are never cast."""
+    """A weight a quantisation library holds: bitsandbytes' (Params4bit, Int8Params: integer storage
+    once on the GPU), or a torchao tensor subclass (which reports the dtype it dequantises to); such
+    weights are never cast."""
     from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
-    return not parameter.is_floating_point() or is_traceable_wrapper_subclass(parameter.data)
+    return (not parameter.is_floating_point() or type(parameter).__module__.startswith("bitsandbytes")
+            or is_traceable_wrapper_subclass(parameter.data))

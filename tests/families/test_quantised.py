@@ -15,7 +15,12 @@ from dreambooth_core.families import load_model_parts
 from dreambooth_core.families.base_model import fetch_model
 from dreambooth_core.families.family import ImageGeometry
 from dreambooth_core.families.objectives import randn
-from dreambooth_core.families.quantised import check_base_precision, is_quantised, is_quantised_weight
+from dreambooth_core.families.quantised import (
+    BasePrecision,
+    check_base_precision,
+    is_quantised,
+    is_quantised_weight,
+)
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.folder import Session
 from dreambooth_core.training.methods import adapted_encoders
@@ -38,7 +43,7 @@ def linear_weights(module: torch.nn.Module) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("spec", ["tiny", "tiny-flux"])
 def test_int8_loads_denoiser_and_text_encoders_quantised_and_training_keeps_them(models, spec):
-    parts = load_model_parts(models[spec].path, CPU, base_precision="int8")
+    parts = load_model_parts(models[spec].path, CPU, base=BasePrecision("int8", "bf16"))
     for frozen in (parts.denoiser, *parts.text_encoders):
         assert is_quantised(frozen)
         assert all(is_quantised_weight(w) for w in linear_weights(frozen))
@@ -82,8 +87,8 @@ def test_lora_trained_on_int8_base_moves_the_unquantised_model_as_it_moved_the_q
     model = models[spec]
     settings = TrainingSettings(method="lora", base_precision="int8", lora_rank=4, learning_rate=2e-2,
                                 text_encoder_steps=0, seed=3)
-    trainer = Trainer(load_model_parts(model.path, CPU, base_precision="int8"), examples(model.family.resolution),
-                      settings, total_steps=6)
+    trainer = Trainer(load_model_parts(model.path, CPU, base=BasePrecision("int8")),
+                      examples(model.family.resolution), settings, total_steps=6)
     for step in range(6):
         trainer.step(step)
     store = CheckpointStore(Session(str(tmp_path), "s"))

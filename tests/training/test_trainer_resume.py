@@ -9,6 +9,8 @@ from dreambooth_core.config import RuntimeSettings, TrainingSettings
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.folder import Session
 from dreambooth_core.families import load_model_parts
+from dreambooth_core.families.quantised import BasePrecision
+from dreambooth_core.training.devices import resolve_precision
 from dreambooth_core.training.trainer import Example, Trainer
 
 CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
@@ -34,6 +36,8 @@ CASES = {
     # QLoRA: the adapters on an int8 base (torchao), UNet and text encoder; textual inversion beside it
     "lora on an int8 base": dict(method="lora", base_precision="int8", learning_rate=1e-3, lora_rank=4,
                                  lora_text_encoder=True, text_encoder_steps=4),
+    "lora on an fp8 base, bf16": dict(method="lora", base_precision="fp8", mixed_precision="bf16",
+                                      learning_rate=1e-3, lora_rank=4),
     "textual inversion on an int8 base": dict(method="textual-inversion", base_precision="int8",
                                               learning_rate=1e-2),
     # one optimizer per weight, stepped during backward; with checkpointing's recomputation too
@@ -56,7 +60,8 @@ def trainer(model_path: str, device: str, case: dict) -> Trainer:
     runtime = case.get("runtime", RuntimeSettings())
     settings = TrainingSettings(seed=3, **{"text_encoder_steps": 0, **{k: v for k, v in case.items() if k != "runtime"}})
     instances, classes = examples(prior=settings.batch_size > 1)
-    parts = load_model_parts(model_path, torch.device(device), base_precision=settings.base_precision)
+    base = BasePrecision(settings.base_precision, resolve_precision(settings.mixed_precision, torch.device(device)))
+    parts = load_model_parts(model_path, torch.device(device), base=base)
     return Trainer(parts, instances, settings, total_steps=STEPS,
                    runtime=runtime, class_examples=classes)
 
