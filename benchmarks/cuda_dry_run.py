@@ -61,6 +61,10 @@ OPTIONS = {
     "batch-2x2": ({"batch_size": 2, "gradient_accumulation": 2}, {}),
     "channels-last": ({}, {"channels_last": True}),
     "t4": ({}, {}),  # --mixed-precision auto on a GPU without bf16 (sm_75)
+    # A quantised frozen base (torchao weight-only, quantised on the fake tensors as they are built).
+    # nf4 (bitsandbytes) is no case: it quantises as it loads onto a real GPU, with its own kernels.
+    "int8-base": ({"base_precision": "int8"}, {}),
+    "fp8-base": ({"base_precision": "fp8"}, {}),
 }
 # (method, precision, options): each memory and training option, beside the method x precision matrix.
 OPTION_CASES = (
@@ -73,6 +77,8 @@ OPTION_CASES = (
     ("lora", "fp16", ("text-encoder", "ema", "adamw-8bit")),
     ("textual-inversion", "bf16", ("checkpointing", "min-snr", "offset+flip")),
     ("dreambooth", "bf16", ("prior", "batch-2x2", "min-snr", "offset+flip", "channels-last")),
+    ("lora", "bf16", ("int8-base", "prior", "checkpointing", "text-encoder")),
+    ("textual-inversion", "fp16", ("fp8-base", "offset+flip")),
 )
 # The 1024 px transformers take a minute or more a case on 2 cores: fewer cases, each with more options.
 FEW_OPTION_CASES = (
@@ -81,6 +87,8 @@ FEW_OPTION_CASES = (
     ("lora", "bf16", ("prior", "checkpointing", "text-encoder")),
     ("lora", "fp16", ("text-encoder", "ema", "adamw-8bit")),
     ("lora", "bf16", ("prior", "batch-2x2", "min-snr", "offset+flip")),
+    ("lora", "bf16", ("int8-base", "prior", "checkpointing")),
+    ("lora", "bf16", ("fp8-base", "text-encoder")),
 )
 
 
@@ -205,17 +213,20 @@ def _build_trainer(case: Case, folder: Path):
     """As chunk.build_trainer does: parts loaded on the CPU, the Trainer told the device."""
     import torch
 
-    from dreambooth_core.training.memory_estimate import build_parts
     from dreambooth_core.training.trainer import Example, Trainer
 
-    from dreambooth_core.families import detect_family
+    from dreambooth_core.families import detect_family, load_model_parts
+    from dreambooth_core.families.quantised import BasePrecision
+    from dreambooth_core.training.devices import resolve_precision
 
     training, runtime = case.settings()
     resolution = detect_family(folder).resolution
     pixels = torch.zeros(1, 3, resolution, resolution)
     examples = [Example(pixels, f"a photo of shrk{i} person", f"shrk{i}") for i in range(2)]
     classes = [Example(pixels, "a photo of a person", f"shrk{i}") for i in range(2)] if "prior" in case.options else []
-    return Trainer(build_parts(folder), examples, training, total_steps=2, runtime=runtime,
+    base = BasePrecision(training.base_precision, resolve_precision(training.mixed_precision, torch.device("cuda")))
+    parts = load_model_parts(folder, torch.device("cpu"), weights=False, base=base)
+    return Trainer(parts, examples, training, total_steps=2, runtime=runtime,
                    class_examples=classes, device=torch.device("cuda"))
 
 
@@ -229,6 +240,7 @@ def state_checks(trainer) -> list[str]:
     """What two steps leave behind, checked; raises AssertionError naming what is wrong."""
     import torch
 
+    from dreambooth_core.families.quantised import QUANTISED, is_quantised_weight
     from dreambooth_core.training.frozen_weights import HELD_IN_HALF, frozen_dtype
 
     named = trainer.trainables.named()
@@ -246,18 +258,24 @@ def state_checks(trainer) -> list[str]:
         assert trainer.ema.keys() == trainer.trainables.denoiser.keys(), "EMA does not cover the trained UNet weights"
         assert all(v.device.type == "cuda" and v.dtype == torch.float32 for v in trainer.ema.values()), \
             "EMA copies are not fp32 on the GPU"
-    held = frozen_dtype(trainer.precision)
+    held = frozen_dtype(trainer.precision, trainer.settings.base_precision)
     trained = {id(p) for p in named.values()}
+    quantised = 0
     for module in (trainer.parts.denoiser, *trainer.parts.text_encoders):
         for layer_name, layer in module.named_modules():
             if isinstance(layer, HELD_IN_HALF):
                 for parameter in layer.parameters(recurse=False):
                     assert parameter.device.type == "cuda", f"frozen {layer_name} is on {parameter.device}"
-                    if id(parameter) not in trained:
+                    if is_quantised_weight(parameter):
+                        quantised += 1
+                    elif id(parameter) not in trained:
                         assert parameter.dtype == held, f"frozen {layer_name} is {parameter.dtype}, not {held}"
+    assert bool(quantised) == (trainer.settings.base_precision in QUANTISED), \
+        f"{quantised} quantised weights with --base-precision {trainer.settings.base_precision}"
     writers = trainer.state_writers()  # the checkpoint's host copy, taken as a commit takes it
     return [f"{len(named)} trained tensors", f"optimizer {type(trainer.optimizer).__name__}",
-            f"frozen in {str(held).removeprefix('torch.')}", f"checkpoint files {', '.join(sorted(writers))}"]
+            f"frozen in {str(held).removeprefix('torch.')}" + (f", {quantised} quantised" if quantised else ""),
+            f"checkpoint files {', '.join(sorted(writers))}"]
 
 
 def _optimizer_states(optimizer):

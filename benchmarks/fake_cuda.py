@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_leaves
 
 REPO = Path(__file__).resolve().parent.parent
@@ -148,6 +148,11 @@ def fake_module_moves():
     def move_in_place(module, *args, **kwargs):
         device, dtype, _, memory_format = torch._C._nn._parse_to(*args, **kwargs)
         for tensor in [*module.parameters(), *module.buffers()]:
+            if is_traceable_wrapper_subclass(tensor.data):  # a quantised weight (torchao): not cast
+                # `.data =` would keep the old inner tensors (on the CPU): swap, as torch itself does
+                moved = tensor.data.to(device or tensor.device)
+                torch.utils.swap_tensors(tensor, torch.nn.Parameter(moved, requires_grad=tensor.requires_grad))
+                continue
             moved = tensor.data.to(device or tensor.device,
                                    dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype)
             if memory_format is not None and moved.dim() == 4:

@@ -22,6 +22,7 @@ from dreambooth_core.families.expected import SMALLEST_RESOLUTION
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.state import stored_config
 from flows.cli_flags import (
+    check_base_precision,
     check_device,
     flag_name,
     flag_storage,
@@ -194,6 +195,7 @@ def check_before_run(flags: dict[str, Any]) -> DreamBoothConfig:
     session = open_flag_session(flags)
     config = config_from_flags(flags, session)
     check_device(config.runtime.device)
+    check_base_precision(config.training, config.runtime.device)
     model_cache_dir()  # a ConfigError if it cannot hold the model
     warn_if_process_local(session.storage)
     session.check_writable()

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic.fields import FieldInfo
 
-from dreambooth_core.config import SECTION_OF, SECTIONS, DreamBoothConfig
+from dreambooth_core.config import SECTION_OF, SECTIONS, DreamBoothConfig, TrainingSettings
 from dreambooth_core.errors import ConfigError, SessionError
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.state import stored_config
@@ -79,6 +79,25 @@ def check_device(name: str) -> None:
         from dreambooth_core.training.devices import resolve_device
 
         resolve_device(name)
+
+
+def check_base_precision(training: TrainingSettings, device_name: str) -> None:
+    """--base-precision against the device, its library and the method, before any server starts
+    (torch is imported only to resolve a device other than cpu). A --memory auto plan's choice is
+    checked at the plan."""
+    if training.base_precision == "auto":
+        return
+    from dreambooth_core.families.quantised import check_base_precision as check
+
+    if device_name == "cpu":
+        precision = "no" if training.mixed_precision == "auto" else training.mixed_precision  # as resolved
+        check(training.base_precision, training.method, "cpu", precision)
+        return
+    from dreambooth_core.training.devices import resolve_device, resolve_precision
+
+    device = resolve_device(device_name)
+    precision = resolve_precision(training.mixed_precision, device)
+    check(training.base_precision, training.method, str(device), precision)
 
 
 def trained_session_config(flags: dict[str, Any]) -> tuple[Session, DreamBoothConfig]:

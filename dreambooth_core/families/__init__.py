@@ -29,6 +29,8 @@ from dreambooth_core.families.stable_diffusion import STABLE_DIFFUSION
 if TYPE_CHECKING:
     import torch
 
+    from dreambooth_core.families.quantised import BasePrecision
+
 # In the order they are tried: a family that refuses look-alikes of itself comes first.
 FAMILIES: tuple[Family, ...] = (SDXL, STABLE_DIFFUSION, FLUX, FLUX2_KLEIN)
 SUPPORTED = supported()
@@ -64,10 +66,12 @@ def family_of_folder(model_path: str | Path) -> Family:
     return family_of(detect_family(model_path))
 
 
-def load_model_parts(model_path: str | Path, device: torch.device, weights: bool = True) -> ModelParts:
+def load_model_parts(model_path: str | Path, device: torch.device, weights: bool = True,
+                     base: BasePrecision | None = None) -> ModelParts:
     """The parts of the model in a diffusers folder, as its family loads them (fp32, on `device`);
-    without `weights`, built from the configs alone."""
-    return family_of_folder(model_path).load_parts(model_path, device, weights)
+    without `weights`, built from the configs alone; with a quantised `base`, the denoiser and text
+    encoders quantised (quantised.py)."""
+    return family_of_folder(model_path).load_parts(model_path, device, weights, base)
 
 
 def single_file_family(keys: set[str], source: str) -> Family:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # torch and the libraries load where a family first needs the
 
     from dreambooth_core.config import TrainingSettings
     from dreambooth_core.families.objectives import NoisyBatch, Objective
+    from dreambooth_core.families.quantised import BasePrecision
 
 PredictionType = Literal["epsilon", "v_prediction", "flow_matching"]
 
@@ -168,8 +169,10 @@ class Family:
 
             raise ConfigError(self.textual_inversion)
 
-    def load_parts(self, model_path: str | Path, device: torch.device, weights: bool = True) -> ModelParts:
-        """The parts training needs; without `weights`, built from the configs (fake-tensor estimates)."""
+    def load_parts(self, model_path: str | Path, device: torch.device, weights: bool = True,
+                   base: BasePrecision | None = None) -> ModelParts:
+        """The parts training needs; without `weights`, built from the configs (fake-tensor estimates).
+        `base` quantised (quantised.py): the denoiser and text encoders load quantised."""
         raise NotImplementedError
 
     def encode(self, parts: ModelParts, captions: list[str], encoders: list[torch.nn.Module],
@@ -242,23 +245,42 @@ def token_ids(tokenizer, captions: list[str], device: torch.device) -> torch.Ten
                      return_tensors="pt").input_ids.to(device)
 
 
-def load_component(kind, model_path: str | Path, subfolder: str, weights: bool) -> torch.nn.Module:
+def load_component(kind, model_path: str | Path, subfolder: str, weights: bool,
+                   base: BasePrecision | None = None) -> torch.nn.Module:
     """A diffusers or transformers model from its sub-folder: with its weights, or built from its
-    config alone (random weights: what fake-tensor estimates run on)."""
+    config alone (random weights: what fake-tensor estimates run on); quantised when `base` is
+    (a frozen part: the denoiser or a text encoder; quantised.py)."""
+    from dreambooth_core.families.quantised import load_frozen, quantise_built
+
+    quantised = base is not None and base.quantised
     if weights:
+        if quantised:
+            return load_frozen(kind, model_path, subfolder, base)
         return kind.from_pretrained(model_path, subfolder=subfolder)
     if hasattr(kind, "load_config"):  # diffusers
-        return kind.from_config(kind.load_config(model_path, subfolder=subfolder))
-    return kind(kind.config_class.from_pretrained(Path(model_path) / subfolder))
+        module = kind.from_config(kind.load_config(model_path, subfolder=subfolder))
+    else:
+        module = kind(kind.config_class.from_pretrained(Path(model_path) / subfolder))
+    if quantised and base.name != "nf4":  # bitsandbytes quantises only as it loads onto a real GPU
+        quantise_built(module, base)
+    return module
 
 
 def as_training_parts(parts: ModelParts, device: torch.device) -> ModelParts:
     """fp32 master weights whatever the folder stores (a session's own fp16 export, for one), on
-    `device`; the VAE and the text encoders frozen and in eval mode until a method trains them."""
+    `device`; the VAE and the text encoders frozen and in eval mode until a method trains them. A
+    quantised part keeps its quantised weights as the library holds them (never re-cast)."""
     import torch
 
+    from dreambooth_core.families.quantised import is_quantised, unquantised_to
+
     for module in (parts.denoiser, parts.vae, *parts.text_encoders):
-        module.to(device=device, dtype=torch.float32)
+        if is_quantised(module):
+            unquantised_to(module, torch.float32)
+            if next(module.parameters()).device != device:
+                module.to(device)
+        else:
+            module.to(device=device, dtype=torch.float32)
     parts.vae.requires_grad_(False).eval()
     for encoder in parts.text_encoders:
         encoder.requires_grad_(False).eval()

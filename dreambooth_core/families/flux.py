@@ -41,6 +41,8 @@ from dreambooth_core.families.flux_tiny import TINY_FLUX_RESOLUTION, TINY_FLUX_V
 if TYPE_CHECKING:
     import torch
 
+    from dreambooth_core.families.quantised import BasePrecision
+
     from dreambooth_core.captions.tokenizer import TextTokenizer
 
     from dreambooth_core.families.objectives import FlowMatchingObjective, NoisyBatch
@@ -124,17 +126,19 @@ class Flux(Family):
 
     # -- components and training ---------------------------------------------------
 
-    def load_parts(self, model_path: str | Path, device: torch.device, weights: bool = True) -> ModelParts:
+    def load_parts(self, model_path: str | Path, device: torch.device, weights: bool = True,
+                   base: BasePrecision | None = None) -> ModelParts:
         from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
         from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, T5EncoderModel
 
         parts = ModelParts(
-            family=self, denoiser=load_component(FluxTransformer2DModel, model_path, "transformer", weights),
+            family=self,
+            denoiser=load_component(FluxTransformer2DModel, model_path, "transformer", weights, base),
             vae=load_component(AutoencoderKL, model_path, "vae", weights),
-            text_encoder=load_component(CLIPTextModel, model_path, "text_encoder", weights),
+            text_encoder=load_component(CLIPTextModel, model_path, "text_encoder", weights, base),
             tokenizer=CLIPTokenizer.from_pretrained(model_path, subfolder="tokenizer"),
             noise_scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(model_path, subfolder="scheduler"),
-            text_encoder_2=load_component(T5EncoderModel, model_path, "text_encoder_2", weights),
+            text_encoder_2=load_component(T5EncoderModel, model_path, "text_encoder_2", weights, base),
             tokenizer_2=AutoTokenizer.from_pretrained(model_path, subfolder="tokenizer_2"))
         return as_training_parts(parts, device)
 

@@ -45,6 +45,8 @@ from dreambooth_core.families.klein_tiny import TINY_KLEIN_RESOLUTION, TINY_KLEI
 if TYPE_CHECKING:
     import torch
 
+    from dreambooth_core.families.quantised import BasePrecision
+
     from dreambooth_core.captions.tokenizer import TextTokenizer
     from dreambooth_core.families.objectives import FlowMatchingObjective, NoisyBatch
 
@@ -98,14 +100,16 @@ class Flux2Klein(Family):
         refuse_min_snr(settings, self.title)
         super().check_settings(settings)
 
-    def load_parts(self, model_path: str | Path, device: torch.device, weights: bool = True) -> ModelParts:
+    def load_parts(self, model_path: str | Path, device: torch.device, weights: bool = True,
+                   base: BasePrecision | None = None) -> ModelParts:
         from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
         from transformers import AutoTokenizer, Qwen3ForCausalLM
 
         parts = ModelParts(
-            family=self, denoiser=load_component(Flux2Transformer2DModel, model_path, "transformer", weights),
+            family=self,
+            denoiser=load_component(Flux2Transformer2DModel, model_path, "transformer", weights, base),
             vae=load_component(AutoencoderKLFlux2, model_path, "vae", weights),
-            text_encoder=load_component(Qwen3ForCausalLM, model_path, "text_encoder", weights),
+            text_encoder=load_component(Qwen3ForCausalLM, model_path, "text_encoder", weights, base),
             tokenizer=AutoTokenizer.from_pretrained(model_path, subfolder="tokenizer"),
             noise_scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(model_path, subfolder="scheduler"))
         return as_training_parts(parts, device)

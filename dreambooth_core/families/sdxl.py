@@ -42,6 +42,8 @@ from dreambooth_core.families.stable_diffusion import (
 if TYPE_CHECKING:
     import torch
 
+    from dreambooth_core.families.quantised import BasePrecision
+
     from dreambooth_core.captions.tokenizer import TextTokenizer
 
     from dreambooth_core.families.objectives import NoisyBatch
@@ -79,11 +81,13 @@ class Sdxl(StableDiffusion):
         """An SDXL base file holds its second (OpenCLIP) text encoder under conditioner.embedders.1."""
         return any(key.startswith(SECOND_TEXT_PREFIX) for key in keys)
 
-    def load_parts(self, model_path: str | Path, device: torch.device, weights: bool = True) -> ModelParts:
+    def load_parts(self, model_path: str | Path, device: torch.device, weights: bool = True,
+                   base: BasePrecision | None = None) -> ModelParts:
         from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
-        parts = unet_parts(self, model_path, weights)
-        parts.text_encoder_2 = load_component(CLIPTextModelWithProjection, model_path, "text_encoder_2", weights)
+        parts = unet_parts(self, model_path, weights, base)
+        parts.text_encoder_2 = load_component(CLIPTextModelWithProjection, model_path, "text_encoder_2", weights,
+                                              base)
         parts.tokenizer_2 = CLIPTokenizer.from_pretrained(model_path, subfolder="tokenizer_2")
         return as_training_parts(parts, device)
 

@@ -47,6 +47,8 @@ from dreambooth_core.families.sd_tiny import (
 if TYPE_CHECKING:
     import torch
 
+    from dreambooth_core.families.quantised import BasePrecision
+
     from dreambooth_core.families.objectives import DiffusionObjective, NoisyBatch
 
 _KEY_BY_ACTIVATION = {"quick_gelu": "sd1", "gelu": "sd2"}
@@ -86,8 +88,9 @@ class StableDiffusion(Family):
     def recognises_single_file(self, keys: set[str]) -> bool:
         return f"{UNET_PREFIX}input_blocks.0.0.weight" in keys
 
-    def load_parts(self, model_path: str | Path, device: torch.device, weights: bool = True) -> ModelParts:
-        return as_training_parts(unet_parts(self, model_path, weights), device)
+    def load_parts(self, model_path: str | Path, device: torch.device, weights: bool = True,
+                   base: BasePrecision | None = None) -> ModelParts:
+        return as_training_parts(unet_parts(self, model_path, weights, base), device)
 
     def encode(self, parts: ModelParts, captions: list[str], encoders: list[torch.nn.Module],
                device: torch.device) -> Condition:
@@ -158,15 +161,17 @@ class StableDiffusion(Family):
         apply_declared_spec(weights, folder, log)
 
 
-def unet_parts(family: Family, model_path: str | Path, weights: bool) -> ModelParts:
-    """The UNet, VAE, first text encoder, its tokenizer and the noise scheduler of a folder."""
+def unet_parts(family: Family, model_path: str | Path, weights: bool,
+               base: BasePrecision | None = None) -> ModelParts:
+    """The UNet, VAE, first text encoder, its tokenizer and the noise scheduler of a folder (the UNet and
+    the text encoder as `base` holds them: quantised.py)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     return ModelParts(
-        family=family, denoiser=load_component(UNet2DConditionModel, model_path, "unet", weights),
+        family=family, denoiser=load_component(UNet2DConditionModel, model_path, "unet", weights, base),
         vae=load_component(AutoencoderKL, model_path, "vae", weights),
-        text_encoder=load_component(CLIPTextModel, model_path, "text_encoder", weights),
+        text_encoder=load_component(CLIPTextModel, model_path, "text_encoder", weights, base),
         tokenizer=CLIPTokenizer.from_pretrained(model_path, subfolder="tokenizer"),
         noise_scheduler=DDPMScheduler.from_pretrained(model_path, subfolder="scheduler"))
 

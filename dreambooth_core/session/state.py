@@ -132,7 +132,10 @@ def refuse_changed_training(session: Session, stored: DreamBoothConfig, given: D
     before, after = stored.training_values(), given.training_values()
     changed = differing_fields(before, after)
     if changed:
-        details = ", ".join(f"{k} (session: {before[k]!r}, now: {after[k]!r})" for k in changed)
+        def shown(values, k):  # a setting added later is left out of the values at its old default
+            return values.get(k, DreamBoothConfig.ADDED_LATER.get(k))
+
+        details = ", ".join(f"{k} (session: {shown(before, k)!r}, now: {shown(after, k)!r})" for k in changed)
         raise ConfigError(
             f"session {session.name!r} was trained with different settings: {details}. "
             "Rerun without these flags to continue it, or pass a new --session name to "

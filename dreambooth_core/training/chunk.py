@@ -20,12 +20,13 @@ from dreambooth_core.errors import GpuMemoryError, SessionError
 from dreambooth_core.reports.monitor import ChunkReport, Progress, TrainingMonitor
 from dreambooth_core.session.checkpoints import Checkpoint, CheckpointStore
 from dreambooth_core.session.folder import Session
-from dreambooth_core.training.devices import resolve_device
+from dreambooth_core.training.devices import resolve_device, resolve_precision
 from dreambooth_core.training.examples import load_class_examples, load_examples
 from dreambooth_core.training.finite import check_training_finite, divergence_advice
 from dreambooth_core.training.live import LiveTraining
 from dreambooth_core.training.memory_plan import out_of_memory_advice
 from dreambooth_core.families import load_model_parts
+from dreambooth_core.families.quantised import BasePrecision
 from dreambooth_core.training.plan import Chunk, TrainingPlan
 from dreambooth_core.training.preemption import StopRequest, TrainingStopped, save_on_stop, stop_requests
 from dreambooth_core.training.trainer import Trainer
@@ -155,7 +156,10 @@ def build_trainer(plan: TrainingPlan, session: Session, rank: int = 0, world: in
     device = resolve_device(plan.runtime.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", torch.cuda.current_device())  # workers.py set this process's GPU
-    parts = load_model_parts(plan.model_path, torch.device("cpu"))  # the Trainer moves them, once cast
+    # On the CPU: the Trainer moves them, once cast (nf4 loads onto the GPU: bitsandbytes quantises there).
+    training = plan.training
+    base = BasePrecision(training.base_precision, resolve_precision(training.mixed_precision, device))
+    parts = load_model_parts(plan.model_path, torch.device("cpu"), base=base)
     examples = load_examples(session, crops=parts.family.uses_crop_boxes)
     return Trainer(parts, examples, plan.training, plan.total_steps, plan.runtime,
                    load_class_examples(plan.class_images, session), plan.initializer_word, rank, world, device)

@@ -148,6 +148,8 @@ def _lora_config(settings: TrainingSettings, targets: tuple[str, ...] | str):
 def _lora_parameters(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     named = {n: p for n, p in module.named_parameters() if "lora_" in n}
     for parameter in named.values():
+        if parameter.dtype != torch.float32:  # peft made it in the dtype a quantised base computes in
+            parameter.data = parameter.data.float()
         parameter.requires_grad_(True)
     return named
 

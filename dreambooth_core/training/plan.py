@@ -20,6 +20,7 @@ from dreambooth_core.errors import ConfigError
 from dreambooth_core.hashing import digest
 from dreambooth_core.families import ModelFamily, family_of
 from dreambooth_core.families.base_model import LocalModel
+from dreambooth_core.families.quantised import check_base_precision
 from dreambooth_core.photos.prepare import PreparedDataset
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.class_images import ClassImages
@@ -91,6 +92,8 @@ def check_settings(training: TrainingSettings, device_name: str, machines: int =
     if training.optimizer == "adamw-8bit" and device.type != "cuda":
         raise ConfigError(f"--optimizer adamw-8bit needs a CUDA GPU (bitsandbytes); this run trains "
                           f"on {device.type}. Use --optimizer adamw.")
+    check_base_precision(training.base_precision, training.method, str(device),
+                         resolve_precision(training.mixed_precision, device))
 
 
 def fingerprint_values(config: DreamBoothConfig, total: int, model_digest: str, dataset_digest: str,

@@ -65,7 +65,7 @@ class Trainer:
         subjects = sorted({e.subject for e in examples})
         self.trainables = set_up_method(parts, settings, subjects, initializer_word)
         hold_frozen([parts.denoiser, *parts.text_encoders], self.trainables.named().values(),
-                    frozen_dtype(self.precision))
+                    frozen_dtype(self.precision, settings.base_precision))
         parts.to(self.device)
         if runtime.gradient_checkpointing:
             checkpoint_activations(parts, settings.trains_text_encoder)

@@ -61,6 +61,7 @@ def dry_run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, li
     return result, json.loads(out.read_text()) if out.is_file() else []
 
 
+@pytest.mark.timeout(1200)  # the whole tiny matrix: about 10 minutes on 2 busy cores
 def test_every_case_passes_on_the_landed_code(tmp_path):
     result, results = dry_run(tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -71,13 +72,19 @@ def test_every_case_passes_on_the_landed_code(tmp_path):
                   ("tiny-flux-schnell", "lora"), ("tiny-flux", "lora", "text-encoder"),
                   ("tiny-flux", "offset+flip"),
                   ("tiny-klein", "dreambooth", "fp16"), ("tiny-klein", "lora", "bf16"),
-                  ("tiny-klein", "step-in-backward"), ("tiny-klein", "t4")):
+                  ("tiny-klein", "step-in-backward"), ("tiny-klein", "t4"),
+                  ("tiny-flux", "lora", "int8-base"), ("tiny-klein", "int8-base"), ("tiny-sdxl", "fp8-base"),
+                  ("textual-inversion", "fp8-base")):
         assert any(all(w in name for w in words) for name in names), words
     # What the flow families refuse (textual inversion, min-SNR) and klein's untrained text encoder: no case.
     for model in ("tiny-flux", "tiny-flux-schnell", "tiny-klein"):
         own = [name for name in names if name[0] == model]
         assert own and not any({"textual-inversion", "min-snr"} & set(name) for name in own), model
     assert not any(name[0] == "tiny-klein" and "text-encoder" in name for name in names)
+    # DreamBooth trains the denoiser itself: no quantised base under it (quantised.check_base_precision).
+    assert not any("dreambooth" in name and {"int8-base", "fp8-base"} & set(name) for name in names)
+    quantised = [r for r in results if "int8-base" in r["case"] or "fp8-base" in r["case"]]
+    assert quantised and all(any(" quantised" in c for c in r["checked"]) for r in quantised)
     eight_bit_fp16 = next(r for r in results if "adamw-8bit" in r["case"] and "fp16" in r["case"])
     assert any("GradScaler" in why for why in eight_bit_fp16["known_syncs"])  # torch's own sync, said so
 

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from dreambooth_core.captions.captioning import captions_digest
-from dreambooth_core.errors import SessionError
+from dreambooth_core.errors import ConfigError, SessionError
 from dreambooth_core.hashing import digest
 from dreambooth_core.session.class_images import ClassImages
 from dreambooth_core.session.dataset_manifest import DatasetManifest, load_dataset_manifest
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import CLASS_MANIFEST, SESSION_FILE
-from dreambooth_core.session.state import load_state, save_state
+from dreambooth_core.session.state import load_state, open_or_create, save_state
 from dreambooth_core.training.plan import fingerprint_values
 
 # Written by version 1 (flat settings, token verdicts under "subjects"): `dreambooth train --session old
@@ -52,6 +52,21 @@ def test_this_version_computes_the_fingerprint_version_1_recorded(old_session):
                                 class_images)
     assert values == recorded
     assert digest(values) == state.export.fingerprint
+
+
+@pytest.mark.parametrize("first, then", [("auto", "int8"), ("int8", "auto"), ("int8", "nf4"), ("auto", "bf16")])
+def test_another_base_precision_is_refused_on_a_trained_session(old_session, first, then):
+    """The base precision decides the trained weights: a session trained on one does not continue on
+    another, as with any training setting (a session from before the setting trained as auto)."""
+    state = load_state(old_session)
+    trained = state.config.model_copy(update={
+        "training": state.config.training.model_copy(update={"base_precision": first})})
+    save_state(old_session, state.model_copy(update={"config": trained}))
+    open_or_create(old_session, trained)  # the same settings continue
+    other = trained.model_copy(update={"training": trained.training.model_copy(update={"base_precision": then})})
+    with pytest.raises(ConfigError, match=f"trained with different settings: base_precision "
+                                          f"\(session: '{first}', now: '{then}'\).*new --session"):
+        open_or_create(old_session, other)
 
 
 def test_saving_writes_the_current_format_and_keeps_every_field(old_session):

@@ -43,6 +43,12 @@ CASES = {
                                    "--class-images", "2", "--learning-rate", "1e-3"],
     "FLUX.2 [klein] dreambooth, EMA, flip": ["--model", "tiny-klein", "--ema-decay", "0.9", "--flip",
                                              "--learning-rate", "1e-4"],
+    # QLoRA: the adapters on an int8 base (torchao), which each rerun quantises again the same way.
+    "lora on an int8 base, UNet and text encoder": [
+        "--base-precision", "int8", "--method", "lora", "--lora-text-encoder", "--text-encoder-steps", "6",
+        "--class-word", "man", "--class-images", "2", "--learning-rate", "1e-3"],
+    "FLUX.1 lora on an int8 base": ["--model", "tiny-flux", "--base-precision", "int8", "--method", "lora",
+                                    "--flip", "--learning-rate", "1e-3"],
 }
 
 

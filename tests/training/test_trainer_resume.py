@@ -9,6 +9,8 @@ from dreambooth_core.config import RuntimeSettings, TrainingSettings
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.folder import Session
 from dreambooth_core.families import load_model_parts
+from dreambooth_core.families.quantised import BasePrecision
+from dreambooth_core.training.devices import resolve_precision
 from dreambooth_core.training.trainer import Example, Trainer
 
 CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
@@ -31,6 +33,13 @@ CASES = {
                                    text_encoder_steps=4),
     "lora": dict(method="lora", learning_rate=1e-3, lora_rank=4, lora_text_encoder=True, text_encoder_steps=4),
     "textual inversion": dict(method="textual-inversion", learning_rate=1e-2),
+    # QLoRA: the adapters on an int8 base (torchao), UNet and text encoder; textual inversion beside it
+    "lora on an int8 base": dict(method="lora", base_precision="int8", learning_rate=1e-3, lora_rank=4,
+                                 lora_text_encoder=True, text_encoder_steps=4),
+    "lora on an fp8 base, bf16": dict(method="lora", base_precision="fp8", mixed_precision="bf16",
+                                      learning_rate=1e-3, lora_rank=4),
+    "textual inversion on an int8 base": dict(method="textual-inversion", base_precision="int8",
+                                              learning_rate=1e-2),
     # one optimizer per weight, stepped during backward; with checkpointing's recomputation too
     "step in backward": dict(learning_rate=1e-4, step_in_backward=True, text_encoder_steps=2, ema_decay=0.9),
     "step in backward, checkpointing, bf16": dict(learning_rate=1e-4, step_in_backward=True, mixed_precision="bf16",
@@ -51,7 +60,9 @@ def trainer(model_path: str, device: str, case: dict) -> Trainer:
     runtime = case.get("runtime", RuntimeSettings())
     settings = TrainingSettings(seed=3, **{"text_encoder_steps": 0, **{k: v for k, v in case.items() if k != "runtime"}})
     instances, classes = examples(prior=settings.batch_size > 1)
-    return Trainer(load_model_parts(model_path, torch.device(device)), instances, settings, total_steps=STEPS,
+    base = BasePrecision(settings.base_precision, resolve_precision(settings.mixed_precision, torch.device(device)))
+    parts = load_model_parts(model_path, torch.device(device), base=base)
+    return Trainer(parts, instances, settings, total_steps=STEPS,
                    runtime=runtime, class_examples=classes)
 
 
