@@ -268,10 +268,17 @@ def state_checks(trainer) -> list[str]:
                         f"frozen {type(module).__name__} {layer_name} is on {parameter.device}, not {where}"
                     if id(parameter) not in trained:
                         assert parameter.dtype == held, f"frozen {layer_name} is {parameter.dtype}, not {held}"
+    with trainer.text_encoders_for_rendering():  # samples and evaluations render with them on the GPU
+        assert _devices(trainer.parts.text_encoders) == {"cuda"}, "samples would render with encoders on the host"
+    assert _devices(trainer.parts.text_encoders) == {encoders_at}, f"rendering left the encoders off {encoders_at}"
     writers = trainer.state_writers()  # the checkpoint's host copy, taken as a commit takes it
     return [f"{len(named)} trained tensors", f"optimizer {type(trainer.optimizer).__name__}",
             f"text encoders on {encoders_at}",
             f"frozen in {str(held).removeprefix('torch.')}", f"checkpoint files {', '.join(sorted(writers))}"]
+
+
+def _devices(modules) -> set[str]:
+    return {p.device.type for module in modules for p in module.parameters()}
 
 
 def _optimizer_states(optimizer):

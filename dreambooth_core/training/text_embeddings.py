@@ -44,9 +44,7 @@ class EmbeddingStore:
         """The stored condition on `device`; None when there is none or it cannot be read."""
         try:
             tensors = safetensors.torch.load(self.session.read_bytes(relative))
-        except FileNotFoundError:
-            return None
-        except Exception:  # noqa: BLE001 - a damaged file is encoded again, to the same bits
+        except Exception:  # noqa: BLE001 - none yet, or damaged: encoded again, to the same bits
             return None
         if "hidden" not in tensors:
             return None
