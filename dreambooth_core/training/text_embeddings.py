@@ -26,7 +26,7 @@ from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import text_embedding_file
 from dreambooth_core.session.tensor_files import write_safetensors
 
-FORMAT = 1  # bump when what a file holds changes meaning
+FORMAT = 1  # bump when what a file holds, or how a family encodes a caption, changes
 
 
 class EmbeddingStore:
