@@ -16,7 +16,8 @@ moved by the Trainer), and trains two steps with `train_steps`, the loop every c
 fails on a tensor on the wrong device, a dtype a real kernel refuses, a CUDA index into a CPU
 tensor and any host sync inside a step (fake_cuda.py), and then checks what a step leaves: trained
 weights as fp32 masters on the GPU, gradients freed, optimizer state and EMA on the GPU, frozen
-weights in the precision they are held in, and a checkpoint's host copy.
+weights in the precision they are held in, text encoders that no step trains in host memory (the
+rest on the GPU), and a checkpoint's host copy.
 It prints one row per case (passed, or the fault with the project frame that raised it, and the
 seconds it took) and exits 1 on any fault.
 
@@ -41,6 +42,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import fake_cuda  # noqa: E402
+
+STEPS = 2  # trained per case; the text-encoder phase is the first
 
 # The models of the matrix: published architectures (dreambooth_core.families.ARCHITECTURES), built
 # from their configs and trained at the resolution their configs give (detect_family), and for
@@ -233,7 +236,7 @@ def _build_trainer(case: Case, folder: Path):
 def _train_two_steps(trainer) -> None:
     from dreambooth_core.training.chunk import train_steps
 
-    train_steps(trainer, 0, 2, monitor=None, after_step=None)
+    train_steps(trainer, 0, STEPS, monitor=None, after_step=None)
 
 
 def state_checks(trainer) -> list[str]:
@@ -242,11 +245,19 @@ def state_checks(trainer) -> list[str]:
 
     from dreambooth_core.families.quantised import QUANTISED, is_quantised_weight
     from dreambooth_core.training.frozen_weights import HELD_IN_HALF, frozen_dtype
+    from dreambooth_core.training.methods import text_encoders_stay_on_device
 
     named = trainer.trainables.named()
     assert named, "the method trains nothing"
+    # Text encoders wait in host memory once no step needs them: from the start when none trains
+    # (their captions encoded once, on the GPU), else once the text-encoder phase has ended.
+    stays = text_encoders_stay_on_device(trainer.settings, trainer.family, trainer.runtime)
+    in_phase = trainer.text_encoder_trains_at(STEPS) or not trainer.trainables.text_side
+    encoders_at = "cuda" if stays and in_phase else "cpu"
+    text_side = trainer.trainables.text_side
     for name, parameter in named.items():
-        assert parameter.device.type == "cuda", f"trained weight {name} is on {parameter.device}"
+        where = encoders_at if name in text_side else "cuda"
+        assert parameter.device.type == where, f"trained weight {name} is on {parameter.device}, not {where}"
         assert parameter.dtype == torch.float32, f"trained weight {name} is {parameter.dtype}, not an fp32 master"
         assert parameter.grad is None, f"trained weight {name} still holds a gradient after the step"
     for parameter, state in _optimizer_states(trainer.optimizer):
@@ -261,21 +272,31 @@ def state_checks(trainer) -> list[str]:
     held = frozen_dtype(trainer.precision, trainer.settings.base_precision)
     trained = {id(p) for p in named.values()}
     quantised = 0
-    for module in (trainer.parts.denoiser, *trainer.parts.text_encoders):
+    placed = [(trainer.parts.denoiser, "cuda"), *((e, encoders_at) for e in trainer.parts.text_encoders)]
+    for module, where in placed:
         for layer_name, layer in module.named_modules():
             if isinstance(layer, HELD_IN_HALF):
                 for parameter in layer.parameters(recurse=False):
-                    assert parameter.device.type == "cuda", f"frozen {layer_name} is on {parameter.device}"
+                    assert parameter.device.type == where, \
+                        f"frozen {type(module).__name__} {layer_name} is on {parameter.device}, not {where}"
                     if is_quantised_weight(parameter):
                         quantised += 1
                     elif id(parameter) not in trained:
                         assert parameter.dtype == held, f"frozen {layer_name} is {parameter.dtype}, not {held}"
     assert bool(quantised) == (trainer.settings.base_precision in QUANTISED), \
         f"{quantised} quantised weights with --base-precision {trainer.settings.base_precision}"
+    with trainer.text_encoders_for_rendering():  # samples and evaluations render with them on the GPU
+        assert _devices(trainer.parts.text_encoders) == {"cuda"}, "samples would render with encoders on the host"
+    assert _devices(trainer.parts.text_encoders) == {encoders_at}, f"rendering left the encoders off {encoders_at}"
     writers = trainer.state_writers()  # the checkpoint's host copy, taken as a commit takes it
     return [f"{len(named)} trained tensors", f"optimizer {type(trainer.optimizer).__name__}",
+            f"text encoders on {encoders_at}",
             f"frozen in {str(held).removeprefix('torch.')}" + (f", {quantised} quantised" if quantised else ""),
             f"checkpoint files {', '.join(sorted(writers))}"]
+
+
+def _devices(modules) -> set[str]:
+    return {p.device.type for module in modules for p in module.parameters()}
 
 
 def _optimizer_states(optimizer):

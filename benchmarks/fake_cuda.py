@@ -44,8 +44,13 @@ COPIES = {aten._to_copy.default, aten.copy_.default}
 # Host syncs inside the step that are torch's design, not ours: (file, function) of the frame that
 # reads the value, and why. GradScaler reads whether a gradient overflowed before calling an
 # optimizer that cannot take the scale in its kernel (bitsandbytes; torch's fused AdamW can).
-KNOWN_SYNCS = {("grad_scaler.py", "_maybe_opt_step"): "GradScaler.step reads found_inf before a non-fused "
-                                                      "optimizer's step (fp16 with 8-bit AdamW): one sync per step"}
+KNOWN_SYNCS = {
+    ("grad_scaler.py", "_maybe_opt_step"): "GradScaler.step reads found_inf before a non-fused optimizer's "
+                                           "step (fp16 with 8-bit AdamW): one sync per step",
+    # Ours, once per run: the first step after the text-encoder phase encodes each caption with the
+    # frozen encoders and moves them to host memory (training/text_embeddings.py).
+    ("trainer.py", "_freeze_conditioning"): "the first step after the text-encoder phase moves the frozen "
+                                            "text encoders to host memory: once per run"}
 
 
 class KernelFault(RuntimeError):
@@ -79,7 +84,7 @@ class KernelChecks(TorchDispatchMode):
 
     def _value_read(self, tensor: torch.Tensor):
         if self.in_step and tensor.device.type == "cuda":
-            reason = next((why for (file, function), why in KNOWN_SYNCS.items() if _called_from(file, function)), None)
+            reason = _known_sync()
             if reason is None:
                 raise KernelFault("host sync", f"a {str(tensor.dtype).removeprefix('torch.')} value read back "
                                                "from the GPU inside the training step (.item(), bool(), float())")
@@ -105,17 +110,23 @@ class KernelChecks(TorchDispatchMode):
             raise KernelFault("CUDA index into a CPU tensor", f"{func.__name__} indexes a CPU tensor with a "
                                                               "CUDA tensor (a real kernel refuses it)")
 
-    @staticmethod
-    def _check_copy(func, args, kwargs) -> None:
+    def _check_copy(self, func, args, kwargs) -> None:
         if func is aten.copy_.default:
             target, source = args[0], args[1]
             to_host = target.device.type == "cpu" and source.device.type == "cuda"
         else:
             device = kwargs.get("device")
             to_host = args[0].device.type == "cuda" and device is not None and torch.device(device).type == "cpu"
-        if to_host:
+        if to_host and (reason := _known_sync()) is not None:
+            self.known_syncs.add(reason)
+        elif to_host:
             raise KernelFault("host sync", "a copy from the GPU to the host inside the training step "
                                            "(the CPU waits for the GPU)")
+
+
+def _known_sync() -> str | None:
+    """Why the sync being made is a known one (KNOWN_SYNCS), or None."""
+    return next((why for (file, function), why in KNOWN_SYNCS.items() if _called_from(file, function)), None)
 
 
 def _called_from(file: str, function: str) -> bool:

@@ -307,7 +307,9 @@ class RuntimeSettings(Section):
     cache_latents: bool = Field(True, description="Encode each photo (and its mirror image) with "
                                 "the VAE once, not at every step; same result, faster.")
     cache_text_embeddings: bool = Field(True, description="Encode each caption once while the "
-                                        "text encoder is frozen; same result, faster.")
+                                        "text encoders are frozen (kept in the session), and hold "
+                                        "the encoders in host memory meanwhile; same result, faster, "
+                                        "less GPU memory.")
     offload: bool = Field(False, description="Keep the trained model's blocks in host memory and "
                           "stream each to the GPU as it is needed (full fine-tunes on small GPUs): "
                           "much less GPU memory, slower.")

@@ -101,7 +101,7 @@ class EvaluationHook:
             return
         log.info("Evaluating step %d", chunk.end)
         judges = load_judges(*map(Path, self.evaluation.judge_folders))
-        with averaged_denoiser(trainer):
+        with averaged_denoiser(trainer), trainer.text_encoders_for_rendering():
             pipeline = build_pipeline(self.model_path, trainer.device, trainer.parts)
             rows += evaluate_pipeline(pipeline, judges, session_subjects(session, self.evaluation.subject_type),
                                       self.evaluation.spec, chunk.end)

@@ -88,9 +88,10 @@ class ModelParts:
     def tokenizers(self) -> list:
         return [t for t in (self.tokenizer, self.tokenizer_2) if t is not None]
 
-    def to(self, device: torch.device) -> None:
-        """Moves every module that is not on `device` yet (one already there is left alone)."""
-        for module in (self.denoiser, self.vae, *self.text_encoders):
+    def to(self, device: torch.device, text_encoders: bool = True) -> None:
+        """Moves every module that is not on `device` yet (one already there is left alone); the
+        text encoders only with `text_encoders`."""
+        for module in (self.denoiser, self.vae, *(self.text_encoders if text_encoders else ())):
             if next(module.parameters()).device != device:
                 module.to(device)
 

@@ -149,7 +149,9 @@ class SampleHook:
     def __call__(self, trainer: Trainer, chunk: Chunk, log: logging.Logger) -> None:
         if not samples_due(self.every, chunk):
             return
-        render_samples(self.session.open(), chunk.end, self.model_path, self.spec, trainer.device, trainer.parts, log)
+        with trainer.text_encoders_for_rendering():
+            render_samples(self.session.open(), chunk.end, self.model_path, self.spec, trainer.device,
+                           trainer.parts, log)
 
 
 def samples_markdown(session: Session, samples: Samples) -> str:

@@ -7,6 +7,7 @@
       dataset/  manifest.json       DATASET, DATASET_MANIFEST: prepared images (dataset_manifest.py)
       reports/                      dataset and token checks, contact sheet, loss, timing
       class_images/manifest.json    CLASS_MANIFEST: the class images training uses
+      text_embeddings/<key>.safetensors  text_embedding_file(): frozen captions' conditioning
       checkpoints/step-NNNNNN/      checkpoint_folder(): training state + CHECKPOINT_MANIFEST
       snapshots/step-NNNNNN/        snapshot_folder(): small model files every N steps
       exports/step-NNNNNN/          export_folder(): a step's files, exported on request
@@ -35,6 +36,7 @@ TIMING_JSON = f"{REPORTS}/timing.json"
 EVALUATION_CSV = f"{REPORTS}/evaluation.csv"
 EVALUATION_PNG = f"{REPORTS}/evaluation.png"
 CLASS_MANIFEST = "class_images/manifest.json"
+TEXT_EMBEDDINGS = "text_embeddings"
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_MANIFEST = "MANIFEST.json"  # inside each checkpoint folder, written last: the commit
 SNAPSHOTS = "snapshots"
@@ -56,6 +58,11 @@ def step_name(step: int) -> str:
 def steps_named(names: list[str]) -> list[int]:
     """The steps of the step-NNNNNN names among `names`, in order."""
     return sorted(int(name[5:]) for name in names if re.fullmatch(r"step-\d{6,}", name))
+
+
+def text_embedding_file(key: str) -> str:
+    """One caption's conditioning by the frozen text encoders (training/text_embeddings.py)."""
+    return f"{TEXT_EMBEDDINGS}/{key}.safetensors"
 
 
 def checkpoint_folder(step: int) -> str:

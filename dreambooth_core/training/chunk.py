@@ -29,6 +29,7 @@ from dreambooth_core.families import load_model_parts
 from dreambooth_core.families.quantised import BasePrecision
 from dreambooth_core.training.plan import Chunk, TrainingPlan
 from dreambooth_core.training.preemption import StopRequest, TrainingStopped, save_on_stop, stop_requests
+from dreambooth_core.training.text_embeddings import EmbeddingStore
 from dreambooth_core.training.trainer import Trainer
 
 CHECK_EVERY = 50  # steps between checks that the loss is finite (a sync each)
@@ -161,8 +162,10 @@ def build_trainer(plan: TrainingPlan, session: Session, rank: int = 0, world: in
     base = BasePrecision(training.base_precision, resolve_precision(training.mixed_precision, device))
     parts = load_model_parts(plan.model_path, torch.device("cpu"), base=base)
     examples = load_examples(session, crops=parts.family.uses_crop_boxes)
-    return Trainer(parts, examples, plan.training, plan.total_steps, plan.runtime,
-                   load_class_examples(plan.class_images, session), plan.initializer_word, rank, world, device)
+    store = EmbeddingStore(session, plan.fingerprint, writes=rank == 0)
+    classes = load_class_examples(plan.class_images, session)
+    return Trainer(parts, examples, plan.training, plan.total_steps, plan.runtime, classes,
+                   plan.initializer_word, rank, world, device, store)
 
 
 def restore(plan: TrainingPlan, session: Session, store: CheckpointStore, chunk: Chunk,

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dreambooth_core.config import TrainingSettings
+from dreambooth_core.config import RuntimeSettings, TrainingSettings
 from dreambooth_core.errors import ConfigError
-from dreambooth_core.families.family import ModelParts
+from dreambooth_core.families.family import Family, ModelParts
 
 
 @dataclass
@@ -76,6 +76,24 @@ class NewTokenEmbedding(torch.nn.Module):
         rows = self.vectors[(ids - self.first_new).clamp(min=0)]
         dtype = torch.promote_types(known.dtype, rows.dtype)  # a base held in half: the rows stay fp32
         return torch.where(new.unsqueeze(-1), rows.to(dtype), known.to(dtype))
+
+
+def text_side_trains(settings: TrainingSettings, family: Family) -> bool:
+    """Whether any step trains in the text encoders: textual inversion's new vectors, or a
+    text-encoder phase on an encoder the family lets train (FLUX.2 [klein]'s never does)."""
+    return settings.method == "textual-inversion" or (
+        settings.trains_text_encoder and family.trainable_text_encoders > 0)
+
+
+def text_encoders_stay_on_device(settings: TrainingSettings, family: Family,
+                                 runtime: RuntimeSettings | None = None) -> bool:
+    """Whether the text encoders are on the training device during the denoiser's steps (at the
+    peak: in the text-encoder phase, when there is one). When not, every caption is encoded once
+    before training (text_embeddings.py) and the encoders wait in host memory; they come back to
+    the device only to render samples and evaluations. Without the cache of text embeddings
+    (--no-cache-text-embeddings) they encode at every step, so they stay."""
+    cached = runtime is None or runtime.cache_text_embeddings
+    return not cached or text_side_trains(settings, family)
 
 
 def adapted_encoders(parts: ModelParts, trainables: Trainables) -> list:

@@ -21,14 +21,16 @@ from dreambooth_core.training.devices import resolve_precision
 from dreambooth_core.training.frozen_weights import HALF, frozen_dtype, hold_frozen
 from dreambooth_core.training.latents import LatentCache
 from dreambooth_core.training.loss import dreambooth_loss
-from dreambooth_core.training.methods import Trainables, set_up_method
+from dreambooth_core.training.methods import Trainables, set_up_method, text_encoders_stay_on_device
 from dreambooth_core.training.schedule import lr_factor
 from dreambooth_core.training.step_in_backward import StepInBackward, refuse_fp16
+from dreambooth_core.training.text_embeddings import EmbeddingStore, weights_digest
 
 WEIGHTS_FILE = "weights.safetensors"
 EMA_FILE = "ema.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 AUTOCAST = HALF  # the dtype autocast computes in, per --mixed-precision
+HOST = torch.device("cpu")  # where text encoders wait while no step needs them
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,11 @@ class Trainer:
     def __init__(self, parts: ModelParts, examples: list[Example], settings: TrainingSettings,
                  total_steps: int, runtime: RuntimeSettings = RuntimeSettings(),
                  class_examples: list[Example] = (), initializer_word: str = "person",
-                 rank: int = 0, world: int = 1, device: torch.device | None = None):
+                 rank: int = 0, world: int = 1, device: torch.device | None = None,
+                 embedding_store: EmbeddingStore | None = None):
         """`device`: where to train, when the parts are loaded elsewhere (on the CPU: then the
-        frozen model reaches the GPU already in the precision it is held in)."""
+        frozen model reaches the GPU already in the precision it is held in). `embedding_store`:
+        where the frozen text conditioning is kept between runs (None: in memory only)."""
         self.parts, self.examples, self.settings, self.runtime = parts, examples, settings, runtime
         self.total_steps, self.rank, self.world = total_steps, rank, world
         self.class_examples = list(class_examples)
@@ -66,7 +70,13 @@ class Trainer:
         self.trainables = set_up_method(parts, settings, subjects, initializer_word)
         hold_frozen([parts.denoiser, *parts.text_encoders], self.trainables.named().values(),
                     frozen_dtype(self.precision, settings.base_precision))
-        parts.to(self.device)
+        self.embedding_store, self._frozen_embeddings = embedding_store, {}
+        self.encoders_on_device = True
+        if not text_encoders_stay_on_device(settings, self.family, runtime):
+            # No step needs the encoders: every caption is encoded now, before the denoiser takes
+            # the device, and the encoders wait in host memory (text_embeddings.py).
+            self._freeze_conditioning()
+        parts.to(self.device, text_encoders=self.encoders_on_device)
         if runtime.gradient_checkpointing:
             checkpoint_activations(parts, settings.trains_text_encoder)
         self.optimizer = make_optimizer(self.trainables, settings, self.device)
@@ -86,7 +96,6 @@ class Trainer:
         if world > 1:
             self._share_gradients()
         self.denoiser = torch.compile(self.denoiser) if runtime.compile else self.denoiser
-        self._frozen_embeddings: dict[str, Condition] = {}
 
     def _share_gradients(self) -> None:
         """Textual inversion trains no UNet weight (its embeddings sit in the text encoder); the
@@ -181,17 +190,65 @@ class Trainer:
     # -- text conditioning ----------------------------------------------------
 
     def _condition(self, captions: list[str], step: int) -> Condition:
-        """Embeddings with gradients while the text side trains; cached once it is frozen."""
+        """Embeddings with gradients while the text side trains; encoded once when it is frozen
+        (the first step after the text-encoder phase frees the encoders from the device)."""
         if self.trainables.new_vectors or self.text_encoder_trains_at(step):
             return self._encode(captions, self.encoders)
-        frozen = self.parts.text_encoders
-        with torch.no_grad():
-            if not self.runtime.cache_text_embeddings:
-                return Condition.cat([self._encode([c], frozen) for c in captions])
-            for caption in dict.fromkeys(captions):
-                if caption not in self._frozen_embeddings:
-                    self._frozen_embeddings[caption] = self._encode([caption], frozen)
+        if not self.runtime.cache_text_embeddings:
+            with torch.no_grad():
+                return Condition.cat([self._encode([c], self.parts.text_encoders) for c in captions])
+        if not self._frozen_embeddings:
+            self._drop_text_encoder_wrappers()
+            self._freeze_conditioning()
         return Condition.cat([self._frozen_embeddings[c] for c in captions])
+
+    @torch.no_grad()
+    def _freeze_conditioning(self) -> None:
+        """Every caption's conditioning by the frozen encoders, each caption alone (as a step would
+        encode it): read from the session's store, or encoded there on the device; then the
+        encoders leave the device. A one-time host sync when it runs inside a step."""
+        captions = list(dict.fromkeys(e.caption for e in [*self.examples, *self.class_examples]))
+        store, found, files = self.embedding_store, {}, {}
+        if store is not None:
+            encoders = weights_digest(self.trainables.text_side)
+            files = {c: store.file(c, encoders, self.device) for c in captions}
+            found = {c: value for c in captions if (value := store.load(files[c], self.device)) is not None}
+        missing = [c for c in captions if c not in found]
+        if missing:
+            self._move_text_encoders(self.device)
+            with self._autocast():
+                for caption in missing:
+                    found[caption] = self._encode([caption], self.parts.text_encoders)
+                    if store is not None:
+                        store.save(files[caption], found[caption])
+        self._frozen_embeddings = {c: found[c] for c in captions}
+        self._move_text_encoders(HOST)
+
+    def _drop_text_encoder_wrappers(self) -> None:
+        """Several processes: the encoders' DDP wrappers served the phase; the encoders leave."""
+        wrappers = [e for e, plain in zip(self.encoders, self.parts.text_encoders) if e is not plain]
+        self.shared = [m for m in self.shared if all(m is not w for w in wrappers)]
+        self.encoders = list(self.parts.text_encoders)
+
+    def _move_text_encoders(self, device: torch.device) -> None:
+        for encoder in self.parts.text_encoders:
+            if next(encoder.parameters()).device != device:
+                encoder.to(device)
+        self.encoders_on_device = device == self.device
+
+    @contextlib.contextmanager
+    def text_encoders_for_rendering(self):
+        """The text encoders on the device while samples or evaluations render with the parts, and
+        back in host memory after (a copy each way: FLUX.1's T5-XXL is 9.5 GB in bf16, and the
+        device holds it beside the training state while it renders)."""
+        away = not self.encoders_on_device
+        if away:
+            self._move_text_encoders(self.device)
+        try:
+            yield
+        finally:
+            if away:
+                self._move_text_encoders(HOST)
 
     def _encode(self, captions: list[str], encoders: list[torch.nn.Module]) -> Condition:
         return self.family.encode(self.parts, captions, encoders, self.device)

@@ -29,7 +29,8 @@ FAULTS = [
      "torch.randn(shape, generator=generator).to(device)", "torch.randn(shape, generator=generator)",
      ["tiny", "dreambooth", "bf16", "prior"], "device mismatch", r"objectives\.py:\d+ in latents"),
     ("a step outside autocast", "dreambooth_core.training.trainer",
-     "with self._autocast():", "with contextlib.nullcontext():",
+     "        with self._autocast():\n            condition",
+     "        with contextlib.nullcontext():\n            condition",
      ["tiny", "textual-inversion", "bf16", "prior"], "dtype mix", "conditioning.py"),
     (".item() in the step", "dreambooth_core.training.trainer",
      "        return dreambooth_loss(", "        prediction.sum().item()\n        return dreambooth_loss(",
@@ -40,6 +41,11 @@ FAULTS = [
     ("a CUDA index into a CPU tensor", "dreambooth_core.families.objectives",
      "alphas_cumprod.to(timesteps.device)[timesteps]", "torch.ones(1000)[timesteps]",
      ["tiny", "textual-inversion", "min-snr"], "CUDA index into a CPU tensor", "in signal_to_noise"),
+    ("a frozen text encoder left on the GPU", "dreambooth_core.training.trainer",
+     "        self._frozen_embeddings = {c: found[c] for c in captions}\n"
+     "        self._move_text_encoders(HOST)",
+     "        self._frozen_embeddings = {c: found[c] for c in captions}",
+     ["tiny", "lora", "bf16", "prior"], "AssertionError", "state_checks"),
     ("a frozen weight left in fp32", "dreambooth_core.training.frozen_weights",
      "    if dtype == torch.float32:\n        return", "    return",
      ["tiny", "lora", "bf16", "prior"], "AssertionError", "state_checks"),
@@ -85,6 +91,11 @@ def test_every_case_passes_on_the_landed_code(tmp_path):
     assert not any("dreambooth" in name and {"int8-base", "fp8-base"} & set(name) for name in names)
     quantised = [r for r in results if "int8-base" in r["case"] or "fp8-base" in r["case"]]
     assert quantised and all(any(" quantised" in c for c in r["checked"]) for r in quantised)
+    # Text encoders no step trains wait on the host; in the text-encoder phase they train on the GPU.
+    checked = {r["case"]: r["checked"] for r in results}
+    assert "text encoders on cpu" in checked["tiny lora bf16 prior"]
+    assert "text encoders on cpu" in checked["tiny-flux lora bf16 prior"]
+    assert "text encoders on cuda" in checked["tiny textual-inversion bf16 prior"]
     eight_bit_fp16 = next(r for r in results if "adamw-8bit" in r["case"] and "fp16" in r["case"])
     assert any("GradScaler" in why for why in eight_bit_fp16["known_syncs"])  # torch's own sync, said so
 
