@@ -70,6 +70,7 @@ class MemoryEstimate:
     largest_layer_bytes: int = 0  # the largest quantised layer in fp32: what loading it converts at once
     offloaded_bytes: int = 0   # --offload: the blocks' weights, gradients and optimizer state on the host
     embedding_bytes: int = 0   # the cached text embeddings of every caption and class prompt
+    encoder_bytes: int = 0     # the text encoders as the GPU holds them while they are there
     phase_peaks: dict[str, int] = field(default_factory=dict)  # peak of each phase ("text encoder", ...)
 
     @property
@@ -190,7 +191,8 @@ def estimate_training_memory(model: str | Path | Callable[[], ModelParts], setti
         peak_bytes=max(phases.values()), between_steps=between, seconds=time.perf_counter() - start,
         checkpoint_bytes=saved, model_bytes=_module_bytes(parts) - base.held_bytes,
         quantised_bytes=base.quantised_bytes, largest_layer_bytes=base.largest_fp32,
-        offloaded_bytes=offload.host_bytes if offload else 0, embedding_bytes=embeddings, phase_peaks=phases)
+        offloaded_bytes=offload.host_bytes if offload else 0, embedding_bytes=embeddings,
+        encoder_bytes=base.encoder_bytes - base.saved_encoders, phase_peaks=phases)
 
 
 def encoders_leave_gpu(trainer, step: int) -> bool:
@@ -202,14 +204,15 @@ def encoders_leave_gpu(trainer, step: int) -> bool:
 
 def _encode_every_prompt(trainer, step: int) -> None:
     captions = [e.caption for e in (*trainer.examples, *trainer.class_examples)]
-    trainer._condition(captions, step)
+    with trainer._autocast():  # as the step encodes
+        trainer._condition(captions, step)
 
 
 class QuantisedBase:
     """The frozen layers --base-precision quantises (quantised_bytes.py), and the peaks of the
     steps with their bytes counted as quantised, and the text encoders off the GPU where they are."""
 
-    def __init__(self, trainer, keep: dict[int, list[str]], precision: str, tracker: LiveTensorBytes):
+    def __init__(self, trainer, keep: dict[int, Callable[[str], bool]], precision: str, tracker: LiveTensorBytes):
         quantises = precision in QUANTISED or (precision in HALF and frozen_dtype(trainer.precision) == torch.float32)
         trained = list(trainer.trainables.named().values())
         parts = trainer.parts
