@@ -58,7 +58,7 @@ TARGETS = {
     "sd15-t4": Target("SD 1.5 defaults (DreamBooth), 512 px", "sd15", 512, 15, CARDS["T4 16 GB"]),
 }
 HEADER = ("| target (batch 1, class images) | card (usable GiB) | --memory auto plan | frozen base | GPU peak GiB | "
-          "target GiB | met | host peak GiB (with copy) | 12.7 GB VM | seconds |")
+          "by phase GiB | target GiB | met | host peak GiB (with copy) | 12.7 GB VM | seconds |")
 
 
 def main() -> None:
@@ -93,14 +93,19 @@ def row(target: Target, tmp: Path) -> str:
         plan = choose_plan(lambda t, r: estimate(t, r).peak_bytes, training, runtime, budget, eight_bit=True)
     except NoPlanFits:
         least = min(known.values(), key=lambda e: e.peak_bytes)
-        return (f"{where} nothing fits | - | {least.peak_gib:.1f} (least) | {target.gib:g} | no: "
+        return (f"{where} nothing fits | - | {least.peak_gib:.1f} (least) | {phases(least)} | {target.gib:g} | no: "
                 f"{(least.peak_bytes - budget) / GIB:.1f} GiB over | - | - | {time.perf_counter() - start:.0f} |")
     chosen = estimate(*plan.apply(training, runtime))
     met = "yes" if chosen.peak_gib <= target.gib else f"no: {chosen.peak_gib - target.gib:.1f} GiB over"
     host, copy = host_peak_bytes(chosen, copy=False), host_peak_bytes(chosen, copy=True)
     vm = "yes" if host <= VM_BYTES else f"no: {(host - VM_BYTES) / 1e9:.1f} GB over"
-    return (f"{where} {plan.describe()} | {base(plan, training)} | {chosen.peak_gib:.1f} | {target.gib:g} | {met} | "
+    return (f"{where} {plan.describe()} | {base(plan, training)} | {chosen.peak_gib:.1f} | {phases(chosen)} | "
+            f"{target.gib:g} | {met} | "
             f"{host / GIB:.1f} ({copy / GIB:.1f}) | {vm} | {time.perf_counter() - start:.0f} |")
+
+
+def phases(estimate: MemoryEstimate) -> str:
+    return " · ".join(f"{name} {peak / GIB:.1f}" for name, peak in estimate.phase_peaks.items())
 
 
 def base(plan: MemoryPlan, training: TrainingSettings) -> str:

@@ -9,21 +9,20 @@ encoder training, then the denoiser only) is the estimate. The same tracker on r
 tensors (`fake=False`) measures what a small model really allocates, which is how
 the estimate is checked.
 
-Every part counts, as the Trainer holds it on the GPU: it moves the denoiser, the VAE
-and all text encoders there, so the frozen ones (FLUX.1's T5-XXL, klein's Qwen3) stay
-beside the denoiser through its steps although their embeddings are cached.
-
-Three things a run holds differently from what the steps allocate here, counted from the
-settings (the real behaviour lives in the Trainer and the loaders):
+Every part counts as the Trainer holds it on the GPU (the denoiser, the VAE, the text
+encoders), but for three things a run holds differently from what the steps allocate
+here, counted from the settings (the behaviour itself lives in the Trainer and the
+loaders; the estimate subtracts and adds the bytes each phase holds otherwise):
 - a quantised base (--base-precision nf4/int8/fp8): the frozen linear layers of the denoiser
   and the text encoders at the bytes their quantised layout takes, plus the largest layer's
   dequantised copy a step computes with (quantised_bytes.py). Loading it quantises shard by
   shard onto the GPU: the host never holds those weights whole.
 - the text encoders off the GPU: once the text side does not train and its embeddings are
   cached (--cache-text-embeddings, every method but textual inversion), every caption and
-  class prompt is encoded once and the encoders leave the GPU; the denoiser's steps hold the
-  cached embeddings instead. The encoding itself is a phase of its own: at the start of a run
-  before the denoiser reaches the GPU, after a text encoder phase with everything there.
+  class prompt is encoded once and the encoders leave the GPU (freed: the host does not keep
+  them either); the denoiser's steps hold the cached embeddings instead. The encoding itself
+  is a phase of its own: at the start of a run before the denoiser reaches the GPU, after a
+  text encoder phase with everything there.
 - --offload: the denoiser's blocks (SWAPPED_BLOCKS: its transformer and ResNet blocks) live in
   host memory with their gradients and optimizer state, and are streamed to the GPU as they are
   needed; the GPU holds the other layers and IN_FLIGHT blocks (the one computing and the next,
@@ -170,7 +169,7 @@ def estimate_training_memory(model: str | Path | Callable[[], ModelParts], setti
         tracker.reset_peak()
         steps = [0, settings.text_encoder_phase] if trainer.text_encoder_trains_at(0) else [0]
         offload = Offload(trainer, tracker, steps) if runtime.offload else None
-        base = QuantisedBase(trainer, keep, settings.base_precision, tracker)
+        base = HeldWeights(trainer, keep, settings.base_precision, tracker)
         phases, between, embeddings = {}, 0, 0
         for step in steps:
             off = encoders_leave_gpu(trainer, step)
@@ -208,9 +207,9 @@ def _encode_every_prompt(trainer, step: int) -> None:
         trainer._condition(captions, step)
 
 
-class QuantisedBase:
-    """The frozen layers --base-precision quantises (quantised_bytes.py), and the peaks of the
-    steps with their bytes counted as quantised, and the text encoders off the GPU where they are."""
+class HeldWeights:
+    """What the GPU holds of the model in each phase: the frozen layers --base-precision quantises
+    at their quantised bytes (quantised_bytes.py), and the text encoders only while they are there."""
 
     def __init__(self, trainer, keep: dict[int, Callable[[str], bool]], precision: str, tracker: LiveTensorBytes):
         quantises = precision in QUANTISED or (precision in HALF and frozen_dtype(trainer.precision) == torch.float32)
@@ -273,6 +272,7 @@ class Offload:
     def __init__(self, trainer, tracker: LiveTensorBytes, steps: list[int]):
         self.blocks = swapped_blocks(trainer.parts.denoiser)
         params = [p for b in self.blocks for p in b.parameters()]
+
         def grad_to_host(p: torch.Tensor) -> None:
             if p.grad is not None:
                 tracker.forget(p.grad)
