@@ -125,9 +125,9 @@ def test_the_first_plan_within_the_budget_is_chosen_with_its_estimate(estimates)
         assert plan.describe() == expected
         assert plan.estimated_peak_bytes == peaks[expected] <= plan.budget_bytes == budget
         chosen.add(expected)
-    # on the tiny model each plan without the step in backward is the answer for some GPU, and all
-    # three concessions together for the smallest
-    assert chosen == {*list(peaks)[:4], "8-bit AdamW + gradient checkpointing + optimizer step in backward"}
+    # on the tiny model each plan without the step in backward or offload is the answer for some GPU,
+    # and the plan of the least peak for the smallest
+    assert {*list(peaks)[:4], min(peaks, key=peaks.get)} <= chosen
 
 
 @pytest.mark.slow  # estimates every plan on the tiny model (seconds each)
