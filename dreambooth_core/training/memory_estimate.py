@@ -292,14 +292,18 @@ class Offload:
         for tensors in self._state.values():
             for t in tensors:
                 tracker.forget(t)
-        sizes = [self._block_bytes(b) for b in self.blocks]
-        self.in_flight = sum(sorted(sizes)[-IN_FLIGHT:])
-        self.host_bytes = sum(sizes)
+        held = [self._block_bytes(b) for b in self.blocks]  # (weights, gradients, optimizer state) each
+        self.in_flight = sum(sorted(map(sum, held))[-IN_FLIGHT:])
+        # on the host: every block's weights and state, and its gradients unless the step in backward
+        # frees each as soon as its weight is updated
+        self.weights, self.gradients, self.state = (sum(column) for column in zip(*held))
+        self.gradients *= not trainer.settings.step_in_backward
+        self.host_bytes = self.weights + self.gradients + self.state
 
-    def _block_bytes(self, block: torch.nn.Module) -> int:
+    def _block_bytes(self, block: torch.nn.Module) -> tuple[int, int, int]:
         params = list(block.parameters())
         grads = [p for p in params if p.requires_grad]
-        return _bytes(params) + _bytes(grads) + sum(_bytes(self._state[id(p)]) for p in params)
+        return _bytes(params), _bytes(grads), sum(_bytes(self._state[id(p)]) for p in params)
 
 
 def _bytes(tensors) -> int:
