@@ -84,7 +84,7 @@ def test_a_flux_lora_is_planned_on_every_common_gpu_from_published_configs(tmp_p
     assert found["T4 16 GB"][0] == "cannot run: --mixed-precision bf16 needs a GPU with bfloat16 (compute " \
                                    "capability 8.0 or newer: A100, L4, RTX 30xx or later)"
     plan, base, offload, gpu, host, checkpoint = found["H100 80 GB"]
-    assert (plan, base) == ("no concessions", "bf16")
+    assert (plan, base) == ("gradient checkpointing", "bf16")  # 1024 px activations: ~50 GiB without
     peak, usable = map(float, re.match(r"([\d.]+) GiB \(([\d.]+)\)", gpu).groups())
     assert 22 < peak <= usable  # the transformer held in bf16 (T5-XXL is off the GPU), and the step
     assert float(checkpoint.split()[0]) < 1  # LoRA weights and their AdamW moments
@@ -102,7 +102,8 @@ def test_a_card_too_small_for_the_frozen_base_gets_it_quantised(tmp_path):
     path = fetch_model("tiny-flux", tmp_path).path
     training, runtime = TrainingSettings(steps=4, method="lora", mixed_precision="bf16"), RuntimeSettings()
     nf4 = next(p for p in candidates(training, runtime, True) if p.describe() == "gradient checkpointing + nf4 base")
-    peak = estimate_training_memory(path, *nf4.apply(training, runtime), 64, prior=True).peak_bytes
+    quantised, checkpointed = nf4.apply(training, runtime)
+    peak = estimate_training_memory(path, quantised, 64, checkpointed, prior=True).peak_bytes
     card = Gpu("tiny card", (peak + RESERVE_BYTES) / USABLE_FRACTION / GIB + 1e-6, "bf16", (8, 6))
     [row] = plans_on_common_gpus(path, training, runtime, 64, True, True, gpus=(card,))
     assert row.plan.base_precision in ("int8", "nf4") and row.plan.estimated_peak_bytes <= row.plan.budget_bytes
