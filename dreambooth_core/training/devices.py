@@ -85,7 +85,8 @@ def precision_problem(mixed_precision: str, base_precision: str, capability: tup
     if base_precision in QUANTISED and capability is None and base_precision not in RUNS_ON_CPU:
         cpu = " or ".join(f"--base-precision {p}" for p in RUNS_ON_CPU)
         return (f"--base-precision {base_precision} needs a CUDA GPU (its kernels run only there); this run trains "
-                f"on the CPU. Use --base-precision auto{f' ({cpu} runs on the CPU)' if cpu else ''}, or train on a GPU.")
+                f"on the CPU. Use --base-precision auto{f' ({cpu} runs on the CPU)' if cpu else ''}, "
+                "or train on a GPU.")
     if base_precision == "fp8" and capability is not None and capability < FP8_CAPABILITY:
         return (f"--base-precision fp8 needs a GPU with fp8 (compute capability 8.9 or newer: Ada Lovelace such as "
                 f"L4 or RTX 40xx, or Hopper such as H100); this run trains on {where}. Use --base-precision int8 "

@@ -135,8 +135,9 @@ def eight_bit_problem() -> str | None:
     try:
         import bitsandbytes  # noqa: F401
     except Exception as exc:  # ImportError, or a library that fails to load
-        return (f"8-bit AdamW and a quantised base left out: bitsandbytes does not import here ({type(exc).__name__}). Install it "
-                "(pip install bitsandbytes, or this project's [gpu] extra, which the Docker image has) to plan with it.")
+        return (f"8-bit AdamW and a quantised base left out: bitsandbytes does not import here "
+                f"({type(exc).__name__}). Install it (pip install bitsandbytes, or this project's [gpu] extra, "
+                "which the Docker image has) to plan with them.")
     return None
 
 

@@ -4,8 +4,9 @@ Which layers are quantised follows diffusers' and transformers' bitsandbytes int
 (`replace_with_bnb_linear`, whose rules kept_unquantised applies): every `nn.Linear` of the
 denoiser and the text encoders, except the modules a model keeps in full precision
 (`_keep_in_fp32_modules`: T5's `wo`), and for transformers models the ones
-`get_keys_to_not_convert` names (tied and output embeddings, the last module). Norms, embeddings, convolutions and biases stay as they are, and so does every
-weight that trains (a LoRA's base layer is frozen, so it is quantised). Bytes per weight:
+`get_keys_to_not_convert` names (tied and output embeddings, the last module). Norms,
+embeddings, convolutions and biases stay as they are, and so does every weight that trains
+(a LoRA's base layer is frozen, so it is quantised). Bytes per weight:
 
 - nf4 (bitsandbytes 4-bit, double quantisation as in QLoRA): half a byte per weight; an absmax
   per block of 64 weights, itself quantised to one byte, with an fp32 scale per 256 of those
