@@ -352,14 +352,17 @@ class MemoryPlan(BaseModel):
     budget_bytes: int | None = None          # what the GPU had usable when it was chosen
 
     def apply(self, training: TrainingSettings, runtime: RuntimeSettings) -> tuple[TrainingSettings, RuntimeSettings]:
-        return (training.model_copy(update={"optimizer": self.optimizer,
-                                            "step_in_backward": self.step_in_backward}),
-                runtime.model_copy(update={"gradient_checkpointing": self.gradient_checkpointing}))
+        return (training.model_copy(update={"optimizer": self.optimizer, "step_in_backward": self.step_in_backward,
+                                            "base_precision": self.base_precision}),
+                runtime.model_copy(update={"gradient_checkpointing": self.gradient_checkpointing,
+                                           "offload": self.offload}))
 
     def describe(self) -> str:
         made = [name for name, on in (("8-bit AdamW", self.optimizer == "adamw-8bit"),
                                       ("gradient checkpointing", self.gradient_checkpointing),
-                                      ("optimizer step in backward", self.step_in_backward)) if on]
+                                      (f"{self.base_precision} base", self.base_precision in ("fp8", "int8", "nf4")),
+                                      ("optimizer step in backward", self.step_in_backward),
+                                      ("offload", self.offload)) if on]
         return " + ".join(made) or "no concessions"
 
 

@@ -24,6 +24,7 @@ from dreambooth_core.session.state import stored_config
 from flows.cli_flags import (
     check_base_precision,
     check_device,
+    check_device_settings,
     flag_name,
     flag_storage,
     open_flag_session,
@@ -195,6 +196,7 @@ def check_before_run(flags: dict[str, Any]) -> DreamBoothConfig:
     session = open_flag_session(flags)
     config = config_from_flags(flags, session)
     check_device(config.runtime.device)
+    check_device_settings(config)  # what the device lacks, then what the method or installation lacks
     check_base_precision(config.training, config.runtime.device)
     model_cache_dir()  # a ConfigError if it cannot hold the model
     warn_if_process_local(session.storage)
@@ -299,9 +301,11 @@ def plan(flags: dict[str, Any]) -> int:
     if state and state.memory_plan and state.memory_plan.budget_bytes:
         print(f"This session trains with {state.memory_plan.describe()} (chosen when it started).")
     print("GPU peak: estimated tensors at their most (with what is usable in brackets: free memory "
-          "less a margin). Host needs: the process and the model before it moves to the GPU; a "
-          "checkpoint commit adds a host copy of the state only when free RAM has room (the peak in "
-          "brackets), else writes without one. Expected time: no it/s has been measured on these GPUs yet; "
+          "less a margin). Frozen base: what the frozen weights are held in (int8/nf4: quantised). "
+          "Host needs: the process and the larger of the model before it moves to the GPU (a quantised "
+          "base is quantised onto the GPU shard by shard, never held whole) and what --offload keeps "
+          "on the host; a checkpoint commit adds a host copy of the state only when free RAM has room "
+          "(the peak in brackets), else writes without one. Expected time: no it/s has been measured on these GPUs yet; "
           "benchmarks/gpu_check.py measures it on yours.")
     return 0
 

@@ -100,6 +100,17 @@ def check_base_precision(training: TrainingSettings, device_name: str) -> None:
     check(training.base_precision, training.method, str(device), precision)
 
 
+def check_device_settings(config: DreamBoothConfig) -> None:
+    """The precisions and --offload against this machine's device, before any server starts
+    (devices.check_device_settings): torch is imported only for settings a device may lack."""
+    training, runtime = config.training, config.runtime
+    if training.base_precision != "auto" or training.mixed_precision == "bf16" or runtime.offload:
+        from dreambooth_core.training.devices import check_device_settings as check, resolve_device
+
+        check(training.mixed_precision, training.base_precision, runtime.offload, training.gpus,
+              resolve_device(runtime.device))
+
+
 def trained_session_config(flags: dict[str, Any]) -> tuple[Session, DreamBoothConfig]:
     """The session the flags name and its stored configuration; an error if there is none, or if
     the session cannot take the files the command writes into it."""

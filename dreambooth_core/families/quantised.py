@@ -60,14 +60,15 @@ class BasePrecision:
 
 
 def check_base_precision(base_precision: str, method: str, device: str, precision: str) -> None:
-    """Refuse, with the reason and what to pass instead, a base precision this run cannot hold.
+    """Refuse, with the reason and what to pass instead, a base precision this method or this
+    installation cannot hold (what the device lacks: training/devices.py precision_problem).
     `device`: where it trains ("cpu", "cuda", "cuda:1"); `precision`: its resolved --mixed-precision
-    ("no", "fp16", "bf16"). Torch is imported only to ask a GPU what it has."""
+    ("no", "fp16", "bf16")."""
     if base_precision == "auto":
         return
-    flag, on_gpu = f"--base-precision {base_precision}", device.startswith("cuda")
+    flag = f"--base-precision {base_precision}"
     if base_precision in HALF_BASES:
-        _check_half(flag, base_precision, device, precision)
+        _check_half(flag, base_precision, precision)
         return
     if method == "dreambooth":
         # The text encoders alone are not quantised for DreamBooth either: they train in its first
@@ -76,34 +77,17 @@ def check_base_precision(base_precision: str, method: str, device: str, precisio
         raise ConfigError(f"{flag} quantises the frozen base, but --method dreambooth trains the "
                           "denoiser's own weights, which cannot be trained quantised. Use --method lora "
                           "(QLoRA) or textual-inversion, or --base-precision auto/bf16 for DreamBooth.")
-    if base_precision == "nf4" and not on_gpu:
-        raise ConfigError(f"{flag} (bitsandbytes 4-bit) needs a CUDA GPU; this run trains on {device}. "
-                          "Pass --base-precision int8 (torchao, which runs on the CPU) or auto.")
     library = LIBRARY[base_precision]
     if importlib.util.find_spec(library) is None:
         raise ConfigError(f"{flag} needs the {library} package, which is not installed: "
                           f"pip install {library}, or pass --base-precision auto.")
-    if base_precision == "fp8" and on_gpu:
-        import torch
-
-        capability = torch.cuda.get_device_capability(device)
-        if capability < FP8_CAPABILITY:
-            raise ConfigError(f"{flag} needs a GPU with float8 (compute capability 8.9: Ada or Hopper, e.g. "
-                              f"L4, RTX 4090, H100); {torch.cuda.get_device_name(device)} has "
-                              f"{capability[0]}.{capability[1]}. Pass --base-precision int8 or nf4.")
 
 
-def _check_half(flag: str, base_precision: str, device: str, precision: str) -> None:
+def _check_half(flag: str, base_precision: str, precision: str) -> None:
     if precision == "no":
         raise ConfigError(f"{flag} holds the frozen weights in {base_precision}, which only matrix products "
                           "in half precision can use; this run has no mixed precision. Pass "
                           f"--mixed-precision {base_precision}, or --base-precision auto.")
-    if base_precision == "bf16" and device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_bf16_supported(including_emulation=False):
-            raise ConfigError(f"{flag}: {torch.cuda.get_device_name(device)} has no bf16 (it came with "
-                              "Ampere, compute capability 8.0). Pass --base-precision fp16 or int8.")
 
 
 def load_frozen(kind, model_path: str | Path, subfolder: str, base: BasePrecision) -> torch.nn.Module:

@@ -9,9 +9,24 @@ encoder training, then the denoiser only) is the estimate. The same tracker on r
 tensors (`fake=False`) measures what a small model really allocates, which is how
 the estimate is checked.
 
-Every part counts, as the Trainer holds it on the GPU: it moves the denoiser, the VAE
-and all text encoders there, so the frozen ones (FLUX.1's T5-XXL, klein's Qwen3) stay
-beside the denoiser through its steps although their embeddings are cached.
+Every part counts as the Trainer holds it on the GPU (the denoiser, the VAE, the text
+encoders), but for three things a run holds differently from what the steps allocate
+here, counted from the settings (the behaviour itself lives in the Trainer and the
+loaders; the estimate subtracts and adds the bytes each phase holds otherwise):
+- a quantised base (--base-precision nf4/int8/fp8): the frozen linear layers of the denoiser
+  and the text encoders at the bytes their quantised layout takes, plus the largest layer's
+  dequantised copy a step computes with (quantised_bytes.py). Loading it quantises shard by
+  shard onto the GPU: the host never holds those weights whole.
+- the text encoders off the GPU: once the text side does not train and its embeddings are
+  cached (--cache-text-embeddings, every method but textual inversion), every caption and
+  class prompt is encoded once and the encoders leave the GPU (freed: the host does not keep
+  them either); the denoiser's steps hold the cached embeddings instead. The encoding itself
+  is a phase of its own: at the start of a run before the denoiser reaches the GPU, after a
+  text encoder phase with everything there.
+- --offload: the denoiser's blocks (SWAPPED_BLOCKS: its transformer and ResNet blocks) live in
+  host memory with their gradients and optimizer state, and are streamed to the GPU as they are
+  needed; the GPU holds the other layers and IN_FLIGHT blocks (the one computing and the next,
+  arriving). Their bytes are what the host holds on top while training.
 
 Not counted: the CUDA context and allocator caching (a few hundred MB on a GPU),
 and kernels' workspaces, which differ between CPU and GPU kernels. 8-bit AdamW
@@ -26,7 +41,7 @@ import contextlib
 import time
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -37,16 +52,25 @@ from torch.utils._pytree import tree_leaves
 from dreambooth_core.config import RuntimeSettings, TrainingSettings
 from dreambooth_core.families import ModelParts, load_model_parts, write_config_folder
 from dreambooth_core.training import trainer as trainer_module
+from dreambooth_core.training.devices import QUANTISED
+from dreambooth_core.training.frozen_weights import HALF, frozen_dtype
+from dreambooth_core.training.latents import LatentCache
+from dreambooth_core.training.quantised_bytes import kept_unquantised, quantised_layers
 
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    peak_bytes: int        # the most held at once during the steps
+    peak_bytes: int        # the most held at once on the GPU, in any phase
     between_steps: int     # held after a step: weights, gradients kept, optimizer state, caches
     seconds: float         # how long the estimate took
     checkpoint_bytes: int = 0  # what a checkpoint holds: trained weights, optimizer state, EMA
-    model_bytes: int = 0       # the model's weights as the Trainer holds them (frozen ones in half under autocast)
-
+    model_bytes: int = 0       # the model's weights as the host holds them before they reach the GPU
+    quantised_bytes: int = 0   # the quantised layers' bytes (on the GPU only: loaded shard by shard)
+    largest_layer_bytes: int = 0  # the largest quantised layer in fp32: what loading it converts at once
+    offloaded_bytes: int = 0   # --offload: the blocks' weights, gradients and optimizer state on the host
+    embedding_bytes: int = 0   # the cached text embeddings of every caption and class prompt
+    encoder_bytes: int = 0     # the text encoders as the GPU holds them while they are there
+    phase_peaks: dict[str, int] = field(default_factory=dict)  # peak of each phase ("text encoder", ...)
 
     @property
     def peak_gib(self) -> float:
@@ -61,6 +85,17 @@ class LiveTensorBytes(TorchDispatchMode):
         super().__init__()
         self.current = self.peak = 0
         self._seen: dict[int, weakref.ref] = {}
+        self._elsewhere: dict[int, weakref.ref] = {}  # storages held off the GPU (see forget)
+
+    def forget(self, tensor: torch.Tensor) -> None:
+        """`tensor` lives elsewhere (host memory) from now on: it counts no more, nor when an
+        operation returns it again."""
+        storage = tensor.untyped_storage()
+        key = id(storage)
+        ref = self._seen.pop(key, None)
+        if ref is not None and ref() is storage:
+            self.current -= storage.nbytes()
+        self._elsewhere[key] = weakref.ref(storage)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -71,7 +106,7 @@ class LiveTensorBytes(TorchDispatchMode):
 
     def _track(self, storage) -> None:
         key = id(storage)
-        if key in self._seen and self._seen[key]() is storage:
+        if any(key in seen and seen[key]() is storage for seen in (self._seen, self._elsewhere)):
             return
         size = storage.nbytes()
         self.current += size
@@ -81,6 +116,11 @@ class LiveTensorBytes(TorchDispatchMode):
     def _free(self, key: int, size: int) -> None:
         self.current -= size
         self._seen.pop(key, None)
+
+    def counts(self, tensor: torch.Tensor) -> bool:
+        storage = tensor.untyped_storage()
+        ref = self._seen.get(id(storage))
+        return ref is not None and ref() is storage
 
     def reset_peak(self) -> None:
         self.peak = self.current
@@ -120,24 +160,159 @@ def estimate_training_memory(model: str | Path | Callable[[], ModelParts], setti
     with mode, tracker, _fake_friendly(fake), _cpu_kernel_notices_hidden():
         parts = model() if callable(model) else build_parts(model)
         parts.family.check_settings(settings)  # what the family cannot train: its reason, not an estimate
+        keep = {id(m): kept_unquantised(m) for m in (parts.denoiser, *parts.text_encoders)}
         trainer = trainer_module.Trainer(parts, _examples(resolution, "shrk"), settings, total_steps=2,
                                          runtime=runtime, class_examples=_examples(resolution, "") if prior else ())
         trainer.scaler = torch.amp.GradScaler(enabled=False)  # fp16 loss scaling reads values; it holds ~no memory
         # Parts are built in fp32 and cast by the Trainer, which a real run does on the CPU before
         # moving them to the GPU: the GPU holds what the Trainer holds from here.
         tracker.reset_peak()
-        model_bytes = _module_bytes(parts)
         steps = [0, settings.text_encoder_phase] if trainer.text_encoder_trains_at(0) else [0]
+        offload = Offload(trainer, tracker, steps) if runtime.offload else None
+        base = HeldWeights(trainer, keep, settings.base_precision, tracker)
+        phases, between, embeddings = {}, 0, 0
+        for step in steps:
+            off = encoders_leave_gpu(trainer, step)
+            if off:
+                before = tracker.current
+                tracker.reset_peak()
+                _encode_every_prompt(trainer, step)
+                embeddings = tracker.current - before
+                phases["encoding"] = base.encoding_peak(tracker.peak, denoiser_there=step > 0)
+            tracker.reset_peak()
+            trainer.step(step)
+            name = "text encoder" if trainer.text_encoder_trains_at(step) else "denoiser"
+            in_flight = offload.in_flight if offload else 0
+            phases[name] = base.step_peak(tracker.peak, off) + in_flight
+            between = base.held(tracker.current, off) + in_flight
+        saved = _checkpoint_bytes(trainer)
+    return MemoryEstimate(
+        peak_bytes=max(phases.values()), between_steps=between, seconds=time.perf_counter() - start,
+        checkpoint_bytes=saved, model_bytes=_module_bytes(parts) - base.held_bytes,
+        quantised_bytes=base.quantised_bytes, largest_layer_bytes=base.largest_fp32,
+        offloaded_bytes=offload.host_bytes if offload else 0, embedding_bytes=embeddings,
+        encoder_bytes=base.encoder_bytes - base.saved_encoders, phase_peaks=phases)
+
+
+def encoders_leave_gpu(trainer, step: int) -> bool:
+    """Whether the text encoders are off the GPU for the denoiser's step `step`: when nothing of
+    the text side trains then and the embeddings are cached (as the Trainer's _condition caches)."""
+    return (trainer.runtime.cache_text_embeddings and not trainer.trainables.new_vectors
+            and not trainer.text_encoder_trains_at(step))
+
+
+def _encode_every_prompt(trainer, step: int) -> None:
+    captions = [e.caption for e in (*trainer.examples, *trainer.class_examples)]
+    with trainer._autocast():  # as the step encodes
+        trainer._condition(captions, step)
+
+
+class HeldWeights:
+    """What the GPU holds of the model in each phase: the frozen layers --base-precision quantises
+    at their quantised bytes (quantised_bytes.py), and the text encoders only while they are there."""
+
+    def __init__(self, trainer, keep: dict[int, Callable[[str], bool]], precision: str, tracker: LiveTensorBytes):
+        quantises = precision in QUANTISED or (precision in HALF and frozen_dtype(trainer.precision) == torch.float32)
+        trained = list(trainer.trainables.named().values())
+        parts = trainer.parts
+
+        def layers(module):
+            found = quantised_layers(module, keep[id(module)], trained, precision) if quantises else []
+            return [q for q in found if tracker.counts(q.weight)]  # --offload: a block's are on the host
+
+        denoiser = layers(parts.denoiser)
+        encoders = [q for m in parts.text_encoders for q in layers(m)]
+        self.saved_denoiser = sum(q.held_bytes - q.quantised_bytes for q in denoiser)
+        self.saved_encoders = sum(q.held_bytes - q.quantised_bytes for q in encoders)
+        self.held_bytes = sum(q.held_bytes for q in denoiser + encoders)
+        self.quantised_bytes = sum(q.quantised_bytes for q in denoiser + encoders)
+        compute = frozen_dtype(trainer.precision).itemsize
+        copies = {"denoiser": [0] + [q.weight.numel() * compute for q in denoiser],
+                  "encoders": [0] + [q.weight.numel() * compute for q in encoders]}
+        self.dequantised = {k: max(v) if precision in QUANTISED else 0 for k, v in copies.items()}
+        self.largest_fp32 = max([q.weight.numel() * 4 for q in denoiser + encoders], default=0)
+        self.denoiser_bytes = _counted_bytes([parts.denoiser], tracker)
+        self.encoder_bytes = _counted_bytes(parts.text_encoders, tracker)
+
+    def held(self, measured: int, encoders_off: bool) -> int:
+        encoders = self.encoder_bytes - self.saved_encoders if encoders_off else 0
+        return measured - self.saved_denoiser - self.saved_encoders - encoders
+
+    def step_peak(self, measured: int, encoders_off: bool) -> int:
+        dequantised = self.dequantised["denoiser"] if encoders_off else max(self.dequantised.values())
+        return self.held(measured, encoders_off) + dequantised
+
+    def encoding_peak(self, measured: int, denoiser_there: bool) -> int:
+        """Encoding every prompt: with the denoiser on the GPU only where it is there already (after a
+        text encoder phase); at the start of a run the encoders encode before it moves there."""
+        denoiser = 0 if denoiser_there else self.denoiser_bytes - self.saved_denoiser
+        return self.held(measured, False) - denoiser + self.dequantised["encoders"]
+
+
+SWAPPED_BLOCKS = ("blocks", "resnets")  # a ModuleList named so (or ending so) holds the blocks --offload swaps
+IN_FLIGHT = 2
+
+
+def swapped_blocks(denoiser: torch.nn.Module) -> list[torch.nn.Module]:
+    """The blocks --offload keeps on the host: the elements of the denoiser's ModuleLists named
+    *blocks or resnets that hold no such list themselves (FLUX: its double and single stream
+    blocks; a UNet: its transformer blocks and ResNet blocks, not its down/up stages)."""
+    def lists(module):
+        return [m for n, m in module.named_modules() if isinstance(m, torch.nn.ModuleList)
+                and n.rsplit(".", 1)[-1].endswith(SWAPPED_BLOCKS)]
+
+    return [block for found in lists(denoiser) for block in found if len(lists(block)) == 0]
+
+
+class Offload:
+    """--offload in the estimate: the swapped blocks' weights, gradients and optimizer state count
+    as host memory. The steps run once first so that the optimizer state exists and is moved there
+    too (the state a real run keeps on the host is never allocated on the GPU)."""
+
+    def __init__(self, trainer, tracker: LiveTensorBytes, steps: list[int]):
+        self.blocks = swapped_blocks(trainer.parts.denoiser)
+        params = [p for b in self.blocks for p in b.parameters()]
+
+        def grad_to_host(p: torch.Tensor) -> None:
+            if p.grad is not None:
+                tracker.forget(p.grad)
+
+        for p in params:
+            tracker.forget(p)
+            if p.requires_grad:
+                p.register_post_accumulate_grad_hook(grad_to_host)
         for step in steps:
             trainer.step(step)
-        between = tracker.current
-        saved = _checkpoint_bytes(trainer)
-    return MemoryEstimate(peak_bytes=tracker.peak, between_steps=between, seconds=time.perf_counter() - start,
-                          checkpoint_bytes=saved, model_bytes=model_bytes)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        # the measured steps encode the prompts and the photos again, as a run's first steps do
+        trainer._frozen_embeddings.clear()
+        trainer.latents = LatentCache(trainer.parts.vae, trainer.runtime.cache_latents)
+        self._state = {id(p): [v for v in trainer.optimizer.state.get(p, {}).values() if isinstance(v, torch.Tensor)]
+                       for p in params}
+        for tensors in self._state.values():
+            for t in tensors:
+                tracker.forget(t)
+        held = [self._block_bytes(b) for b in self.blocks]  # (weights, gradients, optimizer state) each
+        self.in_flight = sum(sorted(map(sum, held))[-IN_FLIGHT:])
+        # on the host: every block's weights and state, and its gradients unless the step in backward
+        # frees each as soon as its weight is updated
+        self.weights, self.gradients, self.state = (sum(column) for column in zip(*held))
+        self.gradients *= not trainer.settings.step_in_backward
+        self.host_bytes = self.weights + self.gradients + self.state
+
+    def _block_bytes(self, block: torch.nn.Module) -> tuple[int, int, int]:
+        params = list(block.parameters())
+        grads = [p for p in params if p.requires_grad]
+        return _bytes(params), _bytes(grads), sum(_bytes(self._state[id(p)]) for p in params)
 
 
 def _bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def _counted_bytes(modules, tracker: LiveTensorBytes) -> int:
+    """The bytes of the modules' weights and buffers the tracker counts (on the GPU)."""
+    return _bytes([t for m in modules for t in (*m.parameters(), *m.buffers()) if tracker.counts(t)])
 
 
 def _checkpoint_bytes(trainer) -> int:

@@ -6,13 +6,23 @@ before; the first plan that fits wins):
 2. 8-bit AdamW (bitsandbytes): a quarter of the optimizer's memory, a few percent slower;
 3. gradient checkpointing: activations recomputed in the backward pass, about a third slower;
 4. both;
-5. then 1-4 with the optimizer step in the backward pass (step_in_backward.py): no memory for
+5. then 1-4 with the frozen base quantised, int8 and then nf4 (bitsandbytes, as QLoRA): each
+   matrix product dequantises its weight first (nf4 about a third slower again; LLM.int8 is no
+   faster than nf4, but int8 keeps the frozen weights nearer to the model's own, so it comes
+   first). Tried only where the denoiser is frozen (lora, textual inversion: a full DreamBooth
+   cannot quantise what it trains) and --base-precision is auto. fp8 takes int8's memory and
+   needs an Ada or Hopper GPU and another library: it is the user's choice, never the plan's;
+6. then 1-5 with the optimizer step in the backward pass (step_in_backward.py): no memory for
    the model's gradients, slower optimizer steps (a weight at a time), each gradient clipped on
-   its own. Tried only where it can run: bf16 or fp32, no gradient accumulation, one process.
+   its own. Tried only where it can run: bf16 or fp32, no gradient accumulation, one process;
+7. last, 1-6 with --offload: the trained model's blocks, their gradients and optimizer state in
+   host memory, streamed to the GPU block by block (each step waits on PCIe transfers, the
+   slowest by far). Tried only for full DreamBooth on one GPU (offload_problem says why not else).
 A concession the settings already make is not tried again. The plan is decided once
 per session and recorded in session.json, so that a resume elsewhere trains the same
-way; 8-bit AdamW and the step in backward change the trained weights slightly,
-checkpointing does not.
+way (a plan recorded before base precision and offload existed reads as auto and off);
+8-bit AdamW, a quantised base and the step in backward change the trained weights
+slightly (a quantised base is in the training fingerprint), checkpointing and offload do not.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ import torch
 
 from dreambooth_core.config import DreamBoothConfig, MemoryPlan, RuntimeSettings, TrainingSettings
 from dreambooth_core.errors import ConfigError
-from dreambooth_core.training.devices import resolve_device, resolve_precision
+from dreambooth_core.training.devices import offload_problem, resolve_device, resolve_precision
 from dreambooth_core.training.memory_estimate import estimate_training_memory
 
 GIB = 2**30
@@ -35,24 +45,41 @@ USABLE_FRACTION = 0.92
 RESERVE_BYTES = GIB // 2
 
 
+QUANTISED_BASES = ("int8", "nf4")  # the plan's, in the order tried
+
+
 def as_given(training: TrainingSettings, runtime: RuntimeSettings) -> MemoryPlan:
     return MemoryPlan(optimizer=training.optimizer, gradient_checkpointing=runtime.gradient_checkpointing,
-                      step_in_backward=training.step_in_backward)
+                      step_in_backward=training.step_in_backward, base_precision=training.base_precision,
+                      offload=runtime.offload)
 
 
 def candidates(training: TrainingSettings, runtime: RuntimeSettings, eight_bit: bool) -> list[MemoryPlan]:
     """The plans to try, fastest first (see the module's docstring). `training.mixed_precision`:
-    what it resolves to on the GPU planned for."""
+    what it resolves to on the GPU planned for; `eight_bit`: bitsandbytes is there (8-bit AdamW
+    and the quantised bases)."""
     given = as_given(training, runtime)
     optimizers = [given.optimizer] + (["adamw-8bit"] if eight_bit else [])
+    bases = [given.base_precision] + (list(QUANTISED_BASES) if eight_bit and can_quantise_base(training) else [])
     in_backward = [given.step_in_backward] + ([True] if can_step_in_backward(training) else [])
-    return [MemoryPlan(optimizer=o, gradient_checkpointing=c, step_in_backward=b)
-            for b in dict.fromkeys(in_backward) for c in dict.fromkeys([given.gradient_checkpointing, True])
-            for o in dict.fromkeys(optimizers)]
+    offload = [given.offload] + ([True] if can_offload(training) else [])
+    return [MemoryPlan(optimizer=o, gradient_checkpointing=c, step_in_backward=b, base_precision=q, offload=f)
+            for f in dict.fromkeys(offload) for b in dict.fromkeys(in_backward) for q in dict.fromkeys(bases)
+            for c in dict.fromkeys([given.gradient_checkpointing, True]) for o in dict.fromkeys(optimizers)]
 
 
 def can_step_in_backward(training: TrainingSettings) -> bool:
     return not training.step_in_backward_needs()
+
+
+def can_quantise_base(training: TrainingSettings) -> bool:
+    """A quantised base is the plan's to choose where the denoiser is frozen and the user left it auto."""
+    return training.base_precision == "auto" and training.method in ("lora", "textual-inversion")
+
+
+def can_offload(training: TrainingSettings) -> bool:
+    """Block swap is for full fine-tunes, on one GPU (devices.offload_problem)."""
+    return training.method == "dreambooth" and offload_problem(True, training.gpus, "cuda") is None
 
 
 def usable_bytes(free_bytes: int) -> int:
@@ -84,7 +111,7 @@ def nothing_fits(tried: list[tuple[MemoryPlan, int]], training: TrainingSettings
     advice = ["--method lora (a few GiB)" if training.method == "dreambooth" else None,
               "--text-encoder-steps 0" if training.trains_text_encoder else None,
               "a lower --resolution", "--batch-size 1" if training.batch_size > 1 else None,
-              None if eight_bit else "pip install bitsandbytes (for 8-bit AdamW)",
+              None if eight_bit else "pip install bitsandbytes (for 8-bit AdamW and a quantised base)",
               "a GPU with more memory"]
     return (f"no memory plan fits the {budget_bytes / GIB:.1f} GiB this GPU has usable for training "
             f"(estimated peaks: {estimates}). Try {', '.join(a for a in advice if a)}; or pass "
@@ -108,8 +135,9 @@ def eight_bit_problem() -> str | None:
     try:
         import bitsandbytes  # noqa: F401
     except Exception as exc:  # ImportError, or a library that fails to load
-        return (f"8-bit AdamW left out: bitsandbytes does not import here ({type(exc).__name__}). Install it "
-                "(pip install bitsandbytes, or this project's [gpu] extra, which the Docker image has) to plan with it.")
+        return (f"8-bit AdamW and a quantised base left out: bitsandbytes does not import here "
+                f"({type(exc).__name__}). Install it (pip install bitsandbytes, or this project's [gpu] extra, "
+                "which the Docker image has) to plan with them.")
     return None
 
 
@@ -161,8 +189,10 @@ def out_of_memory_advice(training: TrainingSettings, runtime: RuntimeSettings, p
     where = f"at step {step}" if step is not None else "while loading the model"
     tries = [c for c, on in (("--optimizer adamw-8bit", training.optimizer != "adamw-8bit"),
                              ("--gradient-checkpointing", not runtime.gradient_checkpointing),
+                             ("--base-precision nf4", can_quantise_base(training)),
                              ("--step-in-backward", training.method == "dreambooth" and not training.step_in_backward
                               and can_step_in_backward(training)),
+                             ("--offload", can_offload(training) and not runtime.offload),
                              ("--text-encoder-steps 0", training.trains_text_encoder),
                              ("--method lora", training.method == "dreambooth"),
                              ("--batch-size 1", training.batch_size > 1),

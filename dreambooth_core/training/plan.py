@@ -27,7 +27,12 @@ from dreambooth_core.session.class_images import ClassImages
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.state import ExportRecord, differing_fields, load_state, outputs_current, update_state
 from dreambooth_core.session.storage import SessionRef
-from dreambooth_core.training.devices import check_processes, resolve_device, resolve_precision
+from dreambooth_core.training.devices import (
+    check_device_settings,
+    check_processes,
+    resolve_device,
+    resolve_precision,
+)
 from dreambooth_core.training.memory_plan import detect_gpu, settle_memory_plan
 
 
@@ -86,9 +91,11 @@ def initializer_word(config: DreamBoothConfig) -> str:
     return config.training.initializer_word or same_word or "person"
 
 
-def check_settings(training: TrainingSettings, device_name: str, machines: int = 1) -> None:
-    device = resolve_device(device_name)
-    check_processes(training.gpus // machines, device)
+def check_settings(training: TrainingSettings, runtime: RuntimeSettings) -> None:
+    """What this machine's device cannot train with these settings, refused before any model loads."""
+    device = resolve_device(runtime.device)
+    check_processes(training.gpus // runtime.nnodes, device)
+    check_device_settings(training.mixed_precision, training.base_precision, runtime.offload, training.gpus, device)
     if training.optimizer == "adamw-8bit" and device.type != "cuda":
         raise ConfigError(f"--optimizer adamw-8bit needs a CUDA GPU (bitsandbytes); this run trains "
                           f"on {device.type}. Use --optimizer adamw.")
@@ -118,10 +125,11 @@ def make_plan(session: Session, ref: SessionRef, config: DreamBoothConfig, model
     total = config.training.total_steps(dataset.count)
     state = load_state(session)
     family_of(model.family).check_settings(config.training)  # before estimating what it cannot train
+    check_settings(config.training, config.runtime)
     memory = settle_memory_plan(config, state.memory_plan, state.training_started, model.path,
                                 dataset.resolution, class_images is not None, detect_gpu(config))
     training, runtime = memory.apply(config.training, config.runtime) if memory else (config.training, config.runtime)
-    check_settings(training, runtime.device, runtime.nnodes)
+    check_settings(training, runtime)  # a recorded plan this device cannot train with (nf4 on the CPU)
     config = config.model_copy(update={"training": training, "runtime": runtime})
     values = fingerprint_values(config, total, model.digest, captions.digest, class_images)
     recorded = state.fingerprint

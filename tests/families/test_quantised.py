@@ -136,11 +136,6 @@ def test_dreambooth_on_a_quantised_base_is_refused(precision):
         check_base_precision(precision, "dreambooth", "cpu", "no")
 
 
-def test_nf4_on_the_cpu_is_refused_naming_int8():
-    with pytest.raises(ConfigError, match=r"nf4 \(bitsandbytes 4-bit\) needs a CUDA GPU.*--base-precision int8"):
-        check_base_precision("nf4", "lora", "cpu", "no")
-
-
 @pytest.mark.parametrize("precision, library", [("nf4", "bitsandbytes"), ("int8", "torchao"), ("fp8", "torchao")])
 def test_a_missing_library_is_named(monkeypatch, precision, library):
     monkeypatch.setitem(sys.modules, library, None)  # how Python marks a package that cannot be imported

@@ -59,6 +59,14 @@ ROWS = [
                  marks=no_cuda, id="generate --device cuda:1 without CUDA"),
     pytest.param(on_new("generate", "x", "--device", "banana"), ["--device 'banana' is not a device"],
                  id="generate --device banana"),
+    # [lowvram] item 6: what this device cannot run, before a server starts
+    pytest.param(train("--base-precision", "nf4"), ["--base-precision nf4 needs a CUDA GPU",
+                                                    "--base-precision auto (--base-precision int8 or --base-precision fp8 runs on the "
+                                                    "CPU)"],
+                 marks=no_cuda, id="train --base-precision nf4 on the CPU"),
+    pytest.param(train("--offload", "--device", "cpu"), ["--offload streams the trained model's blocks",
+                                                         "trains on the cpu", "Leave --offload out"],
+                 id="train --offload --device cpu"),
     # item 2: PREFECT_API_URL where nothing answers (set by the fixture)
     pytest.param(train(), [NO_SERVER, "unset PREFECT_API_URL", "temporary server of its own"],
                  id="train with PREFECT_API_URL down"),

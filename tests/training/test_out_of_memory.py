@@ -55,9 +55,15 @@ def test_out_of_memory_ends_with_advice_and_exit_2_and_the_rerun_resumes(prefect
     manifest = root / "s" / "checkpoints" / "step-000004"
     assert manifest.is_dir() and not (root / "s" / "checkpoints" / "step-000008").exists()
 
+    # the plan as sessions recorded it before base precision and offload existed: it resumes all the same
+    recorded = json.loads((root / "s" / "session.json").read_text())
+    assert {recorded["memory_plan"].pop(name) for name in ("base_precision", "offload")} == {"auto", False}
+    (root / "s" / "session.json").write_text(json.dumps(recorded))
+
     resumed = train(prefect_api_url, root, oom_at=None)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming from committed checkpoint at step 4" in resumed.stderr
     state = json.loads((root / "s" / "session.json").read_text())
     assert state["memory_plan"] == {"optimizer": "adamw", "gradient_checkpointing": False, "step_in_backward": False,
+                                    "base_precision": "auto", "offload": False,
                                     "estimated_peak_bytes": None, "budget_bytes": None}
