@@ -22,6 +22,7 @@ from dreambooth_core.training.frozen_weights import HALF, frozen_dtype, hold_fro
 from dreambooth_core.training.latents import LatentCache
 from dreambooth_core.training.loss import dreambooth_loss
 from dreambooth_core.training.methods import Trainables, set_up_method
+from dreambooth_core.training.offload import BlockOffload, check_trainer_offload
 from dreambooth_core.training.schedule import lr_factor
 from dreambooth_core.training.step_in_backward import StepInBackward, refuse_fp16
 
@@ -62,6 +63,7 @@ class Trainer:
         self.objective = self.family.objective(parts, settings)
         if settings.step_in_backward:
             refuse_fp16(self.precision)
+        check_trainer_offload(settings, runtime)
         subjects = sorted({e.subject for e in examples})
         self.trainables = set_up_method(parts, settings, subjects, initializer_word)
         hold_frozen([parts.denoiser, *parts.text_encoders], self.trainables.named().values(),
@@ -79,6 +81,8 @@ class Trainer:
         self.latents = LatentCache(parts.vae, runtime.cache_latents)
         if runtime.channels_last:
             parts.denoiser.to(memory_format=torch.channels_last)
+        # --offload: the denoiser's blocks go to the host now, and visit the device in each pass.
+        self.offload = BlockOffload(parts.denoiser, self.optimizer, self.device) if runtime.offload else None
         # What trained forward passes go through: the modules, or with several processes their
         # DDP wrappers, which average the gradients during backward (data_parallel.py).
         self.denoiser, self.encoders = parts.denoiser, list(parts.text_encoders)
@@ -117,6 +121,8 @@ class Trainer:
                 loss = self.loss(step, micro) / micro_batches
                 self.scaler.scale(loss).backward()
             total += loss.detach()
+        if self.offload is not None:
+            self.offload.finish()
         if not self.settings.step_in_backward:  # else each weight was updated during backward
             self._optimizer_step()
         self._update_ema(step)
@@ -200,7 +206,8 @@ class Trainer:
         dtype = AUTOCAST.get(self.precision)
         if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
+        # Offload: no cache of cast weights, which would hold every block's until the forward ends.
+        return torch.autocast(self.device.type, dtype=dtype, cache_enabled=not self.runtime.offload)
 
     # -- checkpoint state -----------------------------------------------------
 
