@@ -16,7 +16,11 @@ moved by the Trainer), and trains two steps with `train_steps`, the loop every c
 fails on a tensor on the wrong device, a dtype a real kernel refuses, a CUDA index into a CPU
 tensor and any host sync inside a step (fake_cuda.py), and then checks what a step leaves: trained
 weights as fp32 masters on the GPU, gradients freed, optimizer state and EMA on the GPU, frozen
-weights in the precision they are held in, and a checkpoint's host copy.
+weights in the precision they are held in, and a checkpoint's host copy; with --offload, every
+block's weights and optimizer state back on the host (none left in flight) and the rest on the GPU.
+The fake runtime makes no streams and no page-locked memory: offload's copy stream is the current
+stream there, its host copies are pageable, and its copies queued without waiting
+(non_blocking) are not counted as host syncs.
 It prints one row per case (passed, or the fault with the project frame that raised it, and the
 seconds it took) and exits 1 on any fault.
 
@@ -61,6 +65,7 @@ OPTIONS = {
     "batch-2x2": ({"batch_size": 2, "gradient_accumulation": 2}, {}),
     "channels-last": ({}, {"channels_last": True}),
     "t4": ({}, {}),  # --mixed-precision auto on a GPU without bf16 (sm_75)
+    "offload": ({"step_in_backward": True}, {"offload": True}),  # blocks on the host between their passes
 }
 # (method, precision, options): each memory and training option, beside the method x precision matrix.
 OPTION_CASES = (
@@ -73,6 +78,8 @@ OPTION_CASES = (
     ("lora", "fp16", ("text-encoder", "ema", "adamw-8bit")),
     ("textual-inversion", "bf16", ("checkpointing", "min-snr", "offset+flip")),
     ("dreambooth", "bf16", ("prior", "batch-2x2", "min-snr", "offset+flip", "channels-last")),
+    ("dreambooth", "bf16", ("prior", "offload")),
+    ("dreambooth", "bf16", ("prior", "checkpointing", "adamw-8bit", "offload")),
 )
 # The 1024 px transformers take a minute or more a case on 2 cores: fewer cases, each with more options.
 FEW_OPTION_CASES = (
@@ -81,6 +88,7 @@ FEW_OPTION_CASES = (
     ("lora", "bf16", ("prior", "checkpointing", "text-encoder")),
     ("lora", "fp16", ("text-encoder", "ema", "adamw-8bit")),
     ("lora", "bf16", ("prior", "batch-2x2", "min-snr", "offset+flip")),
+    ("dreambooth", "bf16", ("prior", "checkpointing", "adamw-8bit", "offload")),
 )
 
 
@@ -233,14 +241,17 @@ def state_checks(trainer) -> list[str]:
 
     named = trainer.trainables.named()
     assert named, "the method trains nothing"
+    hosted = _offloaded(trainer)
     for name, parameter in named.items():
-        assert parameter.device.type == "cuda", f"trained weight {name} is on {parameter.device}"
+        home = "cpu" if id(parameter) in hosted else "cuda"
+        assert parameter.device.type == home, f"trained weight {name} is on {parameter.device}, not {home}"
         assert parameter.dtype == torch.float32, f"trained weight {name} is {parameter.dtype}, not an fp32 master"
         assert parameter.grad is None, f"trained weight {name} still holds a gradient after the step"
     for parameter, state in _optimizer_states(trainer.optimizer):
+        home = "cpu" if id(parameter) in hosted else "cuda"
         for key, value in state.items():
             if torch.is_tensor(value) and value.dim() > 0:
-                assert value.device.type == "cuda", f"optimizer state {key} is on {value.device}"
+                assert value.device.type == home, f"optimizer state {key} is on {value.device}, not {home}"
     if trainer.settings.ema_decay:
         assert trainer.ema, "EMA is on but averages nothing"
         assert trainer.ema.keys() == trainer.trainables.denoiser.keys(), "EMA does not cover the trained UNet weights"
@@ -252,12 +263,26 @@ def state_checks(trainer) -> list[str]:
         for layer_name, layer in module.named_modules():
             if isinstance(layer, HELD_IN_HALF):
                 for parameter in layer.parameters(recurse=False):
+                    if id(parameter) in hosted:
+                        continue
                     assert parameter.device.type == "cuda", f"frozen {layer_name} is on {parameter.device}"
                     if id(parameter) not in trained:
                         assert parameter.dtype == held, f"frozen {layer_name} is {parameter.dtype}, not {held}"
     writers = trainer.state_writers()  # the checkpoint's host copy, taken as a commit takes it
-    return [f"{len(named)} trained tensors", f"optimizer {type(trainer.optimizer).__name__}",
-            f"frozen in {str(held).removeprefix('torch.')}", f"checkpoint files {', '.join(sorted(writers))}"]
+    checked = [f"{len(named)} trained tensors", f"optimizer {type(trainer.optimizer).__name__}",
+               f"frozen in {str(held).removeprefix('torch.')}", f"checkpoint files {', '.join(sorted(writers))}"]
+    if trainer.offload is not None:
+        assert hosted and not any(u.weights_in or u.state_in for u in trainer.offload.units), \
+            "a block is still on the GPU after the step"
+        checked.append(f"{len(hosted)} trained tensors in {len(trainer.offload.units)} blocks on the host")
+    return checked
+
+
+def _offloaded(trainer) -> set[int]:
+    """The weights --offload keeps on the host between steps (ids)."""
+    if trainer.offload is None:
+        return set()
+    return {id(p) for unit in trainer.offload.units for p in unit.parameters}
 
 
 def _optimizer_states(optimizer):
@@ -272,7 +297,9 @@ class _project_patches:
     - bitsandbytes builds its quantization map from real values when an optimizer is made;
     - the finiteness check (every 50 steps and at the chunk's end) finds the first bad step with
       `nonzero`, whose size a fake tensor cannot know: it is tested on real tensors;
-    - "t4": the GPU reports sm_75 without bf16, as a T4 does."""
+    - "t4": the GPU reports sm_75 without bf16, as a T4 does;
+    - "offload": its copy stream is the current stream, its host copies pageable (see the docstring),
+      and a weight pointed at other memory is told its device, as fake_module_moves does."""
 
     def __init__(self, case: Case, checks: fake_cuda.KernelChecks):
         self.case, self.checks, self.undo = case, checks, []
@@ -297,6 +324,16 @@ class _project_patches:
             bnb_functional = None
         if bnb_functional is not None:
             self._set(bnb_functional, "create_dynamic_map", on_real_tensors(bnb_functional.create_dynamic_map))
+        if "offload" in self.case.options:
+            import torch
+
+            from dreambooth_core.training import offload
+
+            # The fake runtime creates no stream (cudaStreamCreateWithPriority is not in it) and
+            # refuses page-locked memory, which fake tensors cannot have either.
+            self._set(offload, "copy_stream", lambda device: torch.cuda.current_stream(device))
+            self._set(offload, "host_tensor", lambda like, device: torch.empty_like(like, device="cpu"))
+            self._set(offload, "place", fake_cuda.place_fake)
         if "t4" in self.case.options:
             import torch
 

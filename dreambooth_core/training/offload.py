@@ -36,35 +36,24 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils._pytree import tree_leaves
 
-from dreambooth_core.config import RuntimeSettings, TrainingSettings
+from dreambooth_core.config import RuntimeSettings, TrainingSettings, offload_device_problem, offload_needs
 from dreambooth_core.errors import ConfigError
 from dreambooth_core.training.step_in_backward import StepInBackward
 
 
 def check_offload(settings: TrainingSettings, runtime: RuntimeSettings, device: torch.device) -> None:
-    """What --offload cannot run with, said before training starts."""
-    if not runtime.offload:
-        return
-    if device.type != "cuda":
-        raise ConfigError(f"--offload keeps the trained model in host memory and copies it to the GPU "
-                          f"block by block; this run trains on {device.type}, where there is nothing to "
-                          "offload to. Drop --offload.")
+    """What --offload cannot run with, said before training starts (the settings' own rules are
+    checked with them, in config.py; this also sees the device --device auto resolved to)."""
+    if runtime.offload and (problem := offload_device_problem(device.type)):
+        raise ConfigError(f"{problem}.")
     check_trainer_offload(settings, runtime)
 
 
 def check_trainer_offload(settings: TrainingSettings, runtime: RuntimeSettings) -> None:
-    """The combinations the Trainer refuses on any device (on the CPU the tests run it, with the
-    working copies on the CPU too)."""
-    problems = [why for wrong, why in (
-        (settings.method != "dreambooth", f"--method dreambooth (with --method {settings.method} the "
-         "trained weights are small; for a smaller frozen model use --base-precision)"),
-        (not settings.step_in_backward, "--step-in-backward (each block's weights are updated on the GPU "
-         "before they go back to the host)"),
-        (settings.ema_decay > 0, "--ema-decay 0 (the average of the weights would be a second full model "
-         "on the GPU)"),
-        (runtime.compile, "no --compile (moving weights between devices breaks compiled graphs)")) if wrong]
-    if problems:
-        raise ConfigError(f"--offload needs {'; and '.join(problems)}.")
+    """The combinations the Trainer refuses on any device (the tests run it on the CPU, with the
+    working copies there too)."""
+    if runtime.offload and (needs := offload_needs(settings, runtime)):
+        raise ConfigError(f"--offload needs {'; and '.join(needs)}.")
 
 
 def offload_units(denoiser: torch.nn.Module) -> list[torch.nn.Module]:
@@ -132,7 +121,7 @@ class BlockOffload:
         for parameter in parameters:
             home = host_tensor(parameter.data, self.device)
             home.copy_(parameter.data)
-            parameter.data = home  # the device copy is freed
+            place(parameter, home)  # the device copy is freed
             homes.append(home)
         optimizers = [by_weight.get(id(p)) for p in parameters]
         return Unit(module, parameters, homes, optimizers, [{} for _ in parameters])
@@ -215,7 +204,7 @@ class BlockOffload:
         with _on(self.stream):
             if not unit.weights_in:
                 for parameter, home in zip(unit.parameters, unit.homes):
-                    parameter.data = self._to_device(home, compute)
+                    place(parameter, self._to_device(home, compute))
                 unit.weights_in = True
             if state and not unit.state_in:
                 for optimizer, homes in zip(unit.optimizers, unit.state_homes):
@@ -253,7 +242,7 @@ class BlockOffload:
             for index, (parameter, home) in enumerate(zip(unit.parameters, unit.homes)):
                 if write_back and unit.optimizers[index] is not None:
                     home.copy_(parameter.data, non_blocking=True)
-                parameter.data = home
+                place(parameter, home)
             if unit.state_in:
                 for optimizer, homes in zip(unit.optimizers, unit.state_homes):
                     if optimizer is not None:
@@ -273,6 +262,12 @@ class BlockOffload:
             if self.stream is not None:
                 value.record_stream(self.stream)  # made by the optimizer on the compute stream
             state[key] = home
+
+
+def place(parameter: torch.Tensor, data: torch.Tensor) -> None:
+    """Points the weight at `data` (host or device memory); the Parameter object, which the optimizer,
+    autograd and the module hold, stays the same."""
+    parameter.data = data
 
 
 def _on(stream):

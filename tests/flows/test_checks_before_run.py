@@ -59,6 +59,8 @@ def train(tmp_path: Path, photos: Path, *extra: str) -> list[str]:
     (["--step-in-backward", "--mixed-precision", "fp16"], ["--step-in-backward needs --mixed-precision bf16 or no"]),
     (["--method", "textual-inversion", "--ema-decay", "0.99"], ["--ema-decay averages UNet weights",
                                                               "--method dreambooth or lora"]),
+    (["--offload", "--method", "lora"], ["--offload needs --method dreambooth", "--step-in-backward"]),
+    (["--offload", "--step-in-backward", "--device", "cpu"], ["--offload", "nothing to offload to"]),
 ])
 def test_invalid_values(tmp_path, photos, flags, phrases):
     result, facts = dreambooth(tmp_path, *train(tmp_path, photos, *flags))

@@ -58,7 +58,8 @@ def assert_same(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor])
 # Gradient checkpointing with the text encoders training: tiny-flux trains different weights from run
 # to run on the CPU with or without --offload (its text encoders' recomputation); they are frozen here.
 @pytest.mark.parametrize("runtime, options", [
-    (OFFLOAD, {}), (OFFLOAD.model_copy(update={"gradient_checkpointing": True}), {"text_encoder_steps": 0})],
+    (OFFLOAD, {}), pytest.param(OFFLOAD.model_copy(update={"gradient_checkpointing": True}),
+                                {"text_encoder_steps": 0}, marks=pytest.mark.slow)],
     ids=["plain", "gradient checkpointing"])
 def test_it_trains_bit_equal_weights(model, runtime, options):
     """UNet (or transformer) and text encoder alike, with and without recomputed activations."""
@@ -88,6 +89,7 @@ def test_between_steps_the_blocks_and_their_optimizer_state_are_on_the_host(mode
             assert {k for k, v in state.items() if torch.is_tensor(v)} == state_home.keys()
 
 
+@pytest.mark.slow
 def test_a_resumed_run_trains_the_weights_of_an_uninterrupted_one(model):
     """The state of step 1 saved through the checkpoint writers (weights and optimizer state taken
     from their host copies), loaded into a new offloading trainer, which trains on to the end."""
