@@ -270,7 +270,8 @@ def state_checks(trainer) -> list[str]:
                         assert parameter.dtype == held, f"frozen {layer_name} is {parameter.dtype}, not {held}"
     writers = trainer.state_writers()  # the checkpoint's host copy, taken as a commit takes it
     checked = [f"{len(named)} trained tensors", f"optimizer {type(trainer.optimizer).__name__}",
-               f"frozen in {str(held).removeprefix('torch.')}", f"checkpoint files {', '.join(sorted(writers))}"]
+               f"frozen in {str(held).removeprefix('torch.')}",
+               f"checkpoint files {', '.join(sorted(writers))}"]
     if trainer.offload is not None:
         assert hosted and not any(u.weights_in or u.state_in for u in trainer.offload.units), \
             "a block is still on the GPU after the step"

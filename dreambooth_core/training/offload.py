@@ -115,6 +115,12 @@ class BlockOffload:
                 if optimizer_ is not None:
                     self._hooks.append(parameter.register_post_accumulate_grad_hook(self._stepped(unit)))
 
+    @property
+    def host_bytes(self) -> int:
+        """What the host copies hold: the blocks' weights, and their optimizer state once stepped."""
+        states = [t for u in self.units for homes in u.state_homes for t in homes.values()]
+        return sum(t.numel() * t.element_size() for t in [*states, *(h for u in self.units for h in u.homes)])
+
     def _unit(self, module: torch.nn.Module, by_weight: dict) -> Unit:
         parameters = list(module.parameters())
         homes = []
@@ -225,8 +231,11 @@ class BlockOffload:
         state = optimizer.state[optimizer.param_groups[0]["params"][0]]
         for key, value in state.items():
             if isinstance(value, torch.Tensor):
-                homes[key] = value
-                state[key] = self._to_device(value, compute)
+                home = homes.get(key)
+                if home is not value:  # loaded on the host by a resume: into page-locked memory
+                    home = homes[key] = host_tensor(value, self.device)
+                    home.copy_(value)
+                state[key] = self._to_device(home, compute)
 
     def _wait(self, unit: Unit) -> None:
         if unit.ready is not None:

@@ -17,11 +17,20 @@ from dreambooth_core.families.base_model import fetch_model
 from dreambooth_core.training.offload import check_offload, offload_units
 from dreambooth_core.training.trainer import Example, Trainer
 
-STEPS = 3
+STEPS = 2
 OFFLOAD = RuntimeSettings(offload=True)
 
 
-@pytest.fixture(scope="module", params=["tiny", "tiny-flux"])
+SLOW = pytest.mark.slow
+
+
+def models(fast: str):
+    """Both tiny models, the one besides `fast` in the slow tier (each run takes tens of seconds)."""
+    return pytest.mark.parametrize("model", [m if m == fast else pytest.param(m, marks=SLOW)
+                                             for m in ("tiny", "tiny-flux")], indirect=True)
+
+
+@pytest.fixture(scope="module")
 def model(request) -> str:
     return fetch_model(request.param, Path(os.environ["DREAMBOOTH_CACHE"])).path
 
@@ -32,12 +41,13 @@ def examples() -> list[Example]:
 
 
 def settings(**options) -> TrainingSettings:
-    return TrainingSettings(**{"seed": 3, "learning_rate": 1e-4, "text_encoder_steps": 2, "step_in_backward": True,
-                               **options})
+    return TrainingSettings(**{"seed": 3, "learning_rate": 1e-4, "text_encoder_steps": 1,
+                               "step_in_backward": True, **options})
 
 
 def trainer(model: str, runtime: RuntimeSettings, **options) -> Trainer:
-    return Trainer(load_model_parts(model, torch.device("cpu")), examples(), settings(**options), STEPS, runtime)
+    parts = load_model_parts(model, torch.device("cpu"))
+    return Trainer(parts, examples(), settings(**options), STEPS, runtime)
 
 
 def train(trainer: Trainer, start: int = 0, end: int = STEPS) -> Trainer:
@@ -59,8 +69,9 @@ def assert_same(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor])
 # to run on the CPU with or without --offload (its text encoders' recomputation); they are frozen here.
 @pytest.mark.parametrize("runtime, options", [
     (OFFLOAD, {}), pytest.param(OFFLOAD.model_copy(update={"gradient_checkpointing": True}),
-                                {"text_encoder_steps": 0}, marks=pytest.mark.slow)],
+                                {"text_encoder_steps": 0}, marks=SLOW)],
     ids=["plain", "gradient checkpointing"])
+@models(fast="tiny")
 def test_it_trains_bit_equal_weights(model, runtime, options):
     """UNet (or transformer) and text encoder alike, with and without recomputed activations."""
     usual = trainer(model, runtime.model_copy(update={"offload": False}), **options)
@@ -69,8 +80,12 @@ def test_it_trains_bit_equal_weights(model, runtime, options):
     assert sum(not torch.equal(v, before[k]) for k, v in expected.items()) > len(expected) // 2
     offloaded = train(trainer(model, runtime, **options))
     assert_same(weights(offloaded), expected)
+    with torch.no_grad():  # a forward pass without a backward (samples): the trained weights, then home
+        assert torch.equal(offloaded.loss(STEPS), usual.loss(STEPS))
+    assert not any(unit.weights_in or unit.state_in for unit in offloaded.offload.units)
 
 
+@models(fast="tiny-flux")
 def test_between_steps_the_blocks_and_their_optimizer_state_are_on_the_host(model):
     """Each block's weights sit in their host copies (no device copy left), with the optimizer
     state that trained them; what is outside the blocks is not offloaded."""
@@ -90,6 +105,7 @@ def test_between_steps_the_blocks_and_their_optimizer_state_are_on_the_host(mode
 
 
 @pytest.mark.slow
+@models(fast="tiny")
 def test_a_resumed_run_trains_the_weights_of_an_uninterrupted_one(model):
     """The state of step 1 saved through the checkpoint writers (weights and optimizer state taken
     from their host copies), loaded into a new offloading trainer, which trains on to the end."""
