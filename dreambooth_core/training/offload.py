@@ -18,7 +18,11 @@ memory and speed, never the trained weights. That is why it needs --step-in-back
 step needs every gradient at once, the whole model's, on the GPU (or on the host, where torch's
 AdamW computes differently). Autocast's weight cache is turned off with offload (trainer.py): it
 would keep a half-precision copy of every block until the forward ends; casting again gives the
-same values.
+same values. With gradient checkpointing a block's forward runs again inside the backward pass:
+the block is in by then, and the hooks leave it there. Without it, autograd keeps what the block's
+operations saved (under autocast the half-precision weights) until the backward pass; a weight
+saved as it is (fp32) is the Parameter itself, which points at the device copy again by the time
+its backward runs.
 
 Why not diffusers' group offloading (hooks/group_offloading.py), which this follows for the
 forward: it is made for inference. It has no backward hooks (a block's weights are not brought
