@@ -101,23 +101,39 @@ class Unit:
 
 class BlockOffload:
     """Moves the units of `denoiser` between the host and `device` around their forward and
-    backward passes. `optimizer` steps each weight in backward; the hooks registered here run
-    after its own."""
+    backward passes. Made before the model moves to the device: the units' weights go to their
+    host copies, the rest of the denoiser (and every buffer) to the device, so that the whole
+    model is never on the device at once. Then `attach` the optimizer that steps each weight in
+    backward: the hooks registered there run after its own."""
 
-    def __init__(self, denoiser: torch.nn.Module, optimizer: StepInBackward, device: torch.device):
+    def __init__(self, denoiser: torch.nn.Module, device: torch.device):
         self.device = device
         self.stream = copy_stream(device)
-        by_weight = {id(o.param_groups[0]["params"][0]): o for o in optimizer.optimizers}
-        self.units = [self._unit(m, by_weight) for m in offload_units(denoiser)]
+        self.units = [self._unit(m) for m in offload_units(denoiser)]
+        self._move_the_rest(denoiser)
         self.order: list[Unit] = []  # units in the order the first forward pass ran them
         self.ordered = False  # the order is complete (its backward pass began): prefetching follows it
         self._hooks = []
         for unit in self.units:
             self._hooks.append(unit.module.register_forward_pre_hook(self._before_forward(unit)))
             self._hooks.append(unit.module.register_forward_hook(self._after_forward(unit)))
-            for parameter, optimizer_ in zip(unit.parameters, unit.optimizers):
-                if optimizer_ is not None:
+
+    def attach(self, optimizer: StepInBackward) -> None:
+        by_weight = {id(o.param_groups[0]["params"][0]): o for o in optimizer.optimizers}
+        for unit in self.units:
+            unit.optimizers = [by_weight.get(id(p)) for p in unit.parameters]
+            for parameter, one in zip(unit.parameters, unit.optimizers):
+                if one is not None:
                     self._hooks.append(parameter.register_post_accumulate_grad_hook(self._stepped(unit)))
+
+    def _move_the_rest(self, denoiser: torch.nn.Module) -> None:
+        hosted = {id(p) for unit in self.units for p in unit.parameters}
+        for module in denoiser.modules():
+            for parameter in module.parameters(recurse=False):
+                if id(parameter) not in hosted and parameter.device != self.device:
+                    place(parameter, parameter.data.to(self.device))
+            for name, buffer in module.named_buffers(recurse=False):
+                module._buffers[name] = buffer.to(self.device)
 
     @property
     def host_bytes(self) -> int:
@@ -125,16 +141,15 @@ class BlockOffload:
         states = [t for u in self.units for homes in u.state_homes for t in homes.values()]
         return sum(t.numel() * t.element_size() for t in [*states, *(h for u in self.units for h in u.homes)])
 
-    def _unit(self, module: torch.nn.Module, by_weight: dict) -> Unit:
+    def _unit(self, module: torch.nn.Module) -> Unit:
         parameters = list(module.parameters())
         homes = []
         for parameter in parameters:
             home = host_tensor(parameter.data, self.device)
             home.copy_(parameter.data)
-            place(parameter, home)  # the device copy is freed
+            place(parameter, home)
             homes.append(home)
-        optimizers = [by_weight.get(id(p)) for p in parameters]
-        return Unit(module, parameters, homes, optimizers, [{} for _ in parameters])
+        return Unit(module, parameters, homes, [None] * len(parameters), [{} for _ in parameters])
 
     # -- hooks ------------------------------------------------------------------
 

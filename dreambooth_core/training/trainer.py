@@ -68,10 +68,16 @@ class Trainer:
         self.trainables = set_up_method(parts, settings, subjects, initializer_word)
         hold_frozen([parts.denoiser, *parts.text_encoders], self.trainables.named().values(),
                     frozen_dtype(self.precision))
+        if runtime.channels_last:
+            parts.denoiser.to(memory_format=torch.channels_last)
+        # --offload: the denoiser's blocks stay on the host (never all on the device at once).
+        self.offload = BlockOffload(parts.denoiser, self.device) if runtime.offload else None
         parts.to(self.device)
         if runtime.gradient_checkpointing:
             checkpoint_activations(parts, settings.trains_text_encoder)
         self.optimizer = make_optimizer(self.trainables, settings, self.device)
+        if self.offload is not None:
+            self.offload.attach(self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.ema = {n: p.detach().clone().float() for n, p in self.trainables.denoiser.items()} \
             if settings.ema_decay > 0 else None
@@ -79,10 +85,6 @@ class Trainer:
         self.class_groups = [[i for i, e in enumerate(self.class_examples) if e.subject == s]
                              for s in subjects] if self.class_examples else []
         self.latents = LatentCache(parts.vae, runtime.cache_latents)
-        if runtime.channels_last:
-            parts.denoiser.to(memory_format=torch.channels_last)
-        # --offload: the denoiser's blocks go to the host now, and visit the device in each pass.
-        self.offload = BlockOffload(parts.denoiser, self.optimizer, self.device) if runtime.offload else None
         # What trained forward passes go through: the modules, or with several processes their
         # DDP wrappers, which average the gradients during backward (data_parallel.py).
         self.denoiser, self.encoders = parts.denoiser, list(parts.text_encoders)
