@@ -35,6 +35,7 @@ optimizer state on the GPU and swaps weight storage between blocks of one model.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -299,12 +300,4 @@ def place(parameter: torch.Tensor, data: torch.Tensor) -> None:
 
 
 def _on(stream):
-    return torch.cuda.stream(stream) if stream is not None else _nothing()
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
