@@ -17,7 +17,11 @@ fails on a tensor on the wrong device, a dtype a real kernel refuses, a CUDA ind
 tensor and any host sync inside a step (fake_cuda.py), and then checks what a step leaves: trained
 weights as fp32 masters on the GPU, gradients freed, optimizer state and EMA on the GPU, frozen
 weights in the precision they are held in, text encoders that no step trains in host memory (the
-rest on the GPU), and a checkpoint's host copy.
+rest on the GPU), and a checkpoint's host copy; with --offload, every block's weights and optimizer
+state back on the host (none left in flight) and the rest on the GPU. The fake runtime makes no
+streams and no page-locked memory: offload's copy stream is the current stream there, its host
+copies are pageable, and its copies queued without waiting (non_blocking) are not counted as host
+syncs.
 It prints one row per case (passed, or the fault with the project frame that raised it, and the
 seconds it took) and exits 1 on any fault.
 
@@ -68,6 +72,7 @@ OPTIONS = {
     # nf4 (bitsandbytes) is no case: it quantises as it loads onto a real GPU, with its own kernels.
     "int8-base": ({"base_precision": "int8"}, {}),
     "fp8-base": ({"base_precision": "fp8"}, {}),
+    "offload": ({"step_in_backward": True}, {"offload": True}),  # blocks on the host between their passes
 }
 # (method, precision, options): each memory and training option, beside the method x precision matrix.
 OPTION_CASES = (
@@ -82,6 +87,8 @@ OPTION_CASES = (
     ("dreambooth", "bf16", ("prior", "batch-2x2", "min-snr", "offset+flip", "channels-last")),
     ("lora", "bf16", ("int8-base", "prior", "checkpointing", "text-encoder")),
     ("textual-inversion", "fp16", ("fp8-base", "offset+flip")),
+    ("dreambooth", "bf16", ("prior", "offload")),
+    ("dreambooth", "bf16", ("prior", "checkpointing", "adamw-8bit", "offload")),
 )
 # The 1024 px transformers take a minute or more a case on 2 cores: fewer cases, each with more options.
 FEW_OPTION_CASES = (
@@ -92,6 +99,7 @@ FEW_OPTION_CASES = (
     ("lora", "bf16", ("prior", "batch-2x2", "min-snr", "offset+flip")),
     ("lora", "bf16", ("int8-base", "prior", "checkpointing")),
     ("lora", "bf16", ("fp8-base", "text-encoder")),
+    ("dreambooth", "bf16", ("prior", "checkpointing", "adamw-8bit", "offload")),
 )
 
 
@@ -255,15 +263,17 @@ def state_checks(trainer) -> list[str]:
     in_phase = trainer.text_encoder_trains_at(STEPS) or not trainer.trainables.text_side
     encoders_at = "cuda" if stays and in_phase else "cpu"
     text_side = trainer.trainables.text_side
+    hosted = _offloaded(trainer)
     for name, parameter in named.items():
-        where = encoders_at if name in text_side else "cuda"
+        where = "cpu" if id(parameter) in hosted else encoders_at if name in text_side else "cuda"
         assert parameter.device.type == where, f"trained weight {name} is on {parameter.device}, not {where}"
         assert parameter.dtype == torch.float32, f"trained weight {name} is {parameter.dtype}, not an fp32 master"
         assert parameter.grad is None, f"trained weight {name} still holds a gradient after the step"
     for parameter, state in _optimizer_states(trainer.optimizer):
+        home = "cpu" if id(parameter) in hosted else "cuda"
         for key, value in state.items():
             if torch.is_tensor(value) and value.dim() > 0:
-                assert value.device.type == "cuda", f"optimizer state {key} is on {value.device}"
+                assert value.device.type == home, f"optimizer state {key} is on {value.device}, not {home}"
     if trainer.settings.ema_decay:
         assert trainer.ema, "EMA is on but averages nothing"
         assert trainer.ema.keys() == trainer.trainables.denoiser.keys(), "EMA does not cover the trained UNet weights"
@@ -277,6 +287,8 @@ def state_checks(trainer) -> list[str]:
         for layer_name, layer in module.named_modules():
             if isinstance(layer, HELD_IN_HALF):
                 for parameter in layer.parameters(recurse=False):
+                    if id(parameter) in hosted:
+                        continue
                     assert parameter.device.type == where, \
                         f"frozen {type(module).__name__} {layer_name} is on {parameter.device}, not {where}"
                     if is_quantised_weight(parameter):
@@ -289,14 +301,26 @@ def state_checks(trainer) -> list[str]:
         assert _devices(trainer.parts.text_encoders) == {"cuda"}, "samples would render with encoders on the host"
     assert _devices(trainer.parts.text_encoders) == {encoders_at}, f"rendering left the encoders off {encoders_at}"
     writers = trainer.state_writers()  # the checkpoint's host copy, taken as a commit takes it
-    return [f"{len(named)} trained tensors", f"optimizer {type(trainer.optimizer).__name__}",
-            f"text encoders on {encoders_at}",
-            f"frozen in {str(held).removeprefix('torch.')}" + (f", {quantised} quantised" if quantised else ""),
-            f"checkpoint files {', '.join(sorted(writers))}"]
+    checked = [f"{len(named)} trained tensors", f"optimizer {type(trainer.optimizer).__name__}",
+               f"text encoders on {encoders_at}",
+               f"frozen in {str(held).removeprefix('torch.')}" + (f", {quantised} quantised" if quantised else ""),
+               f"checkpoint files {', '.join(sorted(writers))}"]
+    if trainer.offload is not None:
+        assert hosted and not any(u.weights_in or u.state_in for u in trainer.offload.units), \
+            "a block is still on the GPU after the step"
+        checked.append(f"{len(hosted)} trained tensors in {len(trainer.offload.units)} blocks on the host")
+    return checked
 
 
 def _devices(modules) -> set[str]:
     return {p.device.type for module in modules for p in module.parameters()}
+
+
+def _offloaded(trainer) -> set[int]:
+    """The weights --offload keeps on the host between steps (ids)."""
+    if trainer.offload is None:
+        return set()
+    return {id(p) for unit in trainer.offload.units for p in unit.parameters}
 
 
 def _optimizer_states(optimizer):
@@ -311,7 +335,9 @@ class _project_patches:
     - bitsandbytes builds its quantization map from real values when an optimizer is made;
     - the finiteness check (every 50 steps and at the chunk's end) finds the first bad step with
       `nonzero`, whose size a fake tensor cannot know: it is tested on real tensors;
-    - "t4": the GPU reports sm_75 without bf16, as a T4 does."""
+    - "t4": the GPU reports sm_75 without bf16, as a T4 does;
+    - "offload": its copy stream is the current stream, its host copies pageable (see the docstring),
+      and a weight pointed at other memory is told its device, as fake_module_moves does."""
 
     def __init__(self, case: Case, checks: fake_cuda.KernelChecks):
         self.case, self.checks, self.undo = case, checks, []
@@ -336,6 +362,16 @@ class _project_patches:
             bnb_functional = None
         if bnb_functional is not None:
             self._set(bnb_functional, "create_dynamic_map", on_real_tensors(bnb_functional.create_dynamic_map))
+        if "offload" in self.case.options:
+            import torch
+
+            from dreambooth_core.training import offload
+
+            # The fake runtime creates no stream (cudaStreamCreateWithPriority is not in it) and
+            # refuses page-locked memory, which fake tensors cannot have either.
+            self._set(offload, "copy_stream", lambda device: torch.cuda.current_stream(device))
+            self._set(offload, "host_tensor", lambda like, device: torch.empty_like(like, device="cpu"))
+            self._set(offload, "place", fake_cuda.place_fake)
         if "t4" in self.case.options:
             import torch
 

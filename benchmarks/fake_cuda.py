@@ -111,12 +111,18 @@ class KernelChecks(TorchDispatchMode):
                                                               "CUDA tensor (a real kernel refuses it)")
 
     def _check_copy(self, func, args, kwargs) -> None:
+        """A copy to the host queued with non_blocking=True (--offload's write-back into page-locked
+        memory, on its copy stream) does not make the CPU wait; fake tensors cannot tell page-locked
+        memory, so such a copy is trusted to go there."""
         if func is aten.copy_.default:
             target, source = args[0], args[1]
             to_host = target.device.type == "cpu" and source.device.type == "cuda"
+            waits = not (args[2] if len(args) > 2 else kwargs.get("non_blocking", False))
         else:
             device = kwargs.get("device")
             to_host = args[0].device.type == "cuda" and device is not None and torch.device(device).type == "cpu"
+            waits = not kwargs.get("non_blocking", False)
+        to_host = to_host and waits
         if to_host and (reason := _known_sync()) is not None:
             self.known_syncs.add(reason)
         elif to_host:
@@ -149,6 +155,14 @@ def marking_the_step(step, checks: KernelChecks):
     return marked
 
 
+def place_fake(tensor: torch.Tensor, data: torch.Tensor) -> None:
+    """`tensor.data = data` on fake tensors: the fake tensor is told its new device, which it
+    would otherwise keep reporting (and computing on)."""
+    tensor.data = data
+    if hasattr(data, "fake_device"):
+        tensor.fake_device = data.fake_device
+
+
 @contextlib.contextmanager
 def fake_module_moves():
     """`Module.to` on fake parameters: torch swaps the tensors, which the fake mode refuses
@@ -168,9 +182,7 @@ def fake_module_moves():
                                    dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype)
             if memory_format is not None and moved.dim() == 4:
                 moved = moved.contiguous(memory_format=memory_format)
-            tensor.data = moved
-            if hasattr(moved, "fake_device"):
-                tensor.fake_device = moved.fake_device
+            place_fake(tensor, moved)
         return module
 
     torch.nn.Module.to = move_in_place

@@ -339,6 +339,25 @@ class RuntimeSettings(Section):
                                             "session; none: the settings as given.")
 
 
+def offload_needs(training: TrainingSettings, runtime: RuntimeSettings) -> list[str]:
+    """What these settings would have to change for --offload to train; [] if nothing."""
+    return [why for wrong, why in (
+        (training.method != "dreambooth", f"--method dreambooth (--method {training.method} trains few "
+         "weights; for a smaller frozen model use --base-precision)"),
+        (not training.step_in_backward, "--step-in-backward (each block's weights are updated on the GPU "
+         "before they go back to the host)"),
+        (training.ema_decay > 0, "--ema-decay 0 (the average of the weights would be a second full model "
+         "on the GPU)"),
+        (runtime.compile, "no --compile (moving weights between devices breaks compiled graphs)")) if wrong]
+
+
+def offload_device_problem(device_type: str) -> str | None:
+    if device_type == "cuda":
+        return None
+    return (f"--offload keeps the trained model in host memory and copies it to the GPU block by block; "
+            f"this run trains on {device_type}, where there is nothing to offload to. Drop --offload")
+
+
 class MemoryPlan(BaseModel):
     """The memory-saving choices training runs with, and what they were chosen against."""
 
@@ -423,6 +442,16 @@ class DreamBoothConfig(BaseModel):
         steps = self.training.steps
         if steps and (problem := too_many_chunks(steps, self.runtime.chunk_steps)):
             raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
+    def _offload_runs(self) -> "DreamBoothConfig":
+        """--device auto resolves later (plan.py checks it then); cpu is refused at once."""
+        if self.runtime.offload:
+            if needs := offload_needs(self.training, self.runtime):
+                raise ValueError(f"--offload needs {'; and '.join(needs)}")
+            if self.runtime.device == "cpu":
+                raise ValueError(offload_device_problem("cpu"))
         return self
 
     def training_values(self) -> dict[str, Any]:

@@ -89,10 +89,11 @@ class ModelParts:
         return [t for t in (self.tokenizer, self.tokenizer_2) if t is not None]
 
     def to(self, device: torch.device, text_encoders: bool = True) -> None:
-        """Moves every module that is not on `device` yet (one already there is left alone); the
-        text encoders only with `text_encoders`."""
+        """Moves every module that is not on `device` yet (one already there is left alone, and so is
+        one partly there: --offload's denoiser, whose blocks stay on the host); the text encoders
+        only with `text_encoders`."""
         for module in (self.denoiser, self.vae, *(self.text_encoders if text_encoders else ())):
-            if next(module.parameters()).device != device:
+            if all(p.device != device for p in module.parameters()):
                 module.to(device)
 
 

@@ -29,8 +29,10 @@ def weights_finite(tensors: list[torch.Tensor], dtype: torch.dtype | None = None
     """Whether every value is finite (also once cast to `dtype`: fp16 ends at 65504)."""
     if not tensors:
         return True
+    # One device for the flags: --offload keeps most trained weights on the host, the rest on the GPU.
+    device = next((t.device for t in tensors if t.device.type != "cpu"), tensors[0].device)
     flags = torch.stack([torch.isfinite(t.detach() if dtype is None else t.detach().to(dtype)).all()
-                         for t in tensors])
+                         .to(device) for t in tensors])
     return bool(flags.all())
 
 

@@ -22,6 +22,7 @@ from dreambooth_core.training.frozen_weights import HALF, frozen_dtype, hold_fro
 from dreambooth_core.training.latents import LatentCache
 from dreambooth_core.training.loss import dreambooth_loss
 from dreambooth_core.training.methods import Trainables, set_up_method, text_encoders_stay_on_device
+from dreambooth_core.training.offload import BlockOffload, check_trainer_offload
 from dreambooth_core.training.schedule import lr_factor
 from dreambooth_core.training.step_in_backward import StepInBackward, refuse_fp16
 from dreambooth_core.training.text_embeddings import EmbeddingStore, weights_digest
@@ -66,10 +67,15 @@ class Trainer:
         self.objective = self.family.objective(parts, settings)
         if settings.step_in_backward:
             refuse_fp16(self.precision)
+        check_trainer_offload(settings, runtime)
         subjects = sorted({e.subject for e in examples})
         self.trainables = set_up_method(parts, settings, subjects, initializer_word)
         hold_frozen([parts.denoiser, *parts.text_encoders], self.trainables.named().values(),
                     frozen_dtype(self.precision, settings.base_precision))
+        if runtime.channels_last:
+            parts.denoiser.to(memory_format=torch.channels_last)
+        # --offload: the denoiser's blocks stay on the host (never all on the device at once).
+        self.offload = BlockOffload(parts.denoiser, self.device) if runtime.offload else None
         self.embedding_store, self._frozen_embeddings = embedding_store, {}
         self.encoders_on_device = True
         if not text_encoders_stay_on_device(settings, self.family, runtime):
@@ -80,6 +86,8 @@ class Trainer:
         if runtime.gradient_checkpointing:
             checkpoint_activations(parts, settings.trains_text_encoder)
         self.optimizer = make_optimizer(self.trainables, settings, self.device)
+        if self.offload is not None:
+            self.offload.attach(self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.ema = {n: p.detach().clone().float() for n, p in self.trainables.denoiser.items()} \
             if settings.ema_decay > 0 else None
@@ -87,8 +95,6 @@ class Trainer:
         self.class_groups = [[i for i, e in enumerate(self.class_examples) if e.subject == s]
                              for s in subjects] if self.class_examples else []
         self.latents = LatentCache(parts.vae, runtime.cache_latents)
-        if runtime.channels_last:
-            parts.denoiser.to(memory_format=torch.channels_last)
         # What trained forward passes go through: the modules, or with several processes their
         # DDP wrappers, which average the gradients during backward (data_parallel.py).
         self.denoiser, self.encoders = parts.denoiser, list(parts.text_encoders)
@@ -126,6 +132,8 @@ class Trainer:
                 loss = self.loss(step, micro) / micro_batches
                 self.scaler.scale(loss).backward()
             total += loss.detach()
+        if self.offload is not None:
+            self.offload.finish()
         if not self.settings.step_in_backward:  # else each weight was updated during backward
             self._optimizer_step()
         self._update_ema(step)
@@ -257,7 +265,8 @@ class Trainer:
         dtype = AUTOCAST.get(self.precision)
         if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
+        # Offload: no cache of cast weights, which would hold every block's until the forward ends.
+        return torch.autocast(self.device.type, dtype=dtype, cache_enabled=not self.runtime.offload)
 
     # -- checkpoint state -----------------------------------------------------
 

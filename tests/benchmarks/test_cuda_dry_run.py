@@ -57,6 +57,12 @@ FAULTS = [
      "latents.shape[-2] * latents.shape[-1] // self.patch ** 2).to(device)",
      "latents.shape[-2] * latents.shape[-1] // self.patch ** 2)",
      ["tiny-klein", "lora", "bf16", "prior"], "device mismatch", r"objectives\.py:\d+ in noisy_batch"),
+    ("--offload's block not brought back for its backward", "dreambooth_core.training.offload",
+     "                self._bring_in(unit, state=True)", "                pass",
+     ["tiny-flux", "offload", "checkpointing"], "dtype mix", "in step"),
+    ("--offload's write-back waiting for the GPU", "dreambooth_core.training.offload",
+     "home.copy_(parameter.data, non_blocking=True)", "home.copy_(parameter.data)",
+     ["tiny-sdxl", "offload", "checkpointing"], "host sync", r"offload\.py:\d+ in _send_out"),
 ]
 
 
@@ -80,7 +86,7 @@ def test_every_case_passes_on_the_landed_code(tmp_path):
                   ("tiny-klein", "dreambooth", "fp16"), ("tiny-klein", "lora", "bf16"),
                   ("tiny-klein", "step-in-backward"), ("tiny-klein", "t4"),
                   ("tiny-flux", "lora", "int8-base"), ("tiny-klein", "int8-base"), ("tiny-sdxl", "fp8-base"),
-                  ("textual-inversion", "fp8-base")):
+                  ("textual-inversion", "fp8-base"), ("tiny-sdxl", "offload"), ("tiny-flux", "offload", "adamw-8bit")):
         assert any(all(w in name for w in words) for name in names), words
     # What the flow families refuse (textual inversion, min-SNR) and klein's untrained text encoder: no case.
     for model in ("tiny-flux", "tiny-flux-schnell", "tiny-klein"):

@@ -65,10 +65,12 @@ def train(tmp_path: Path, photos: Path, *extra: str) -> list[str]:
                                                               "--method dreambooth or lora"]),
     (["--base-precision", "int8", "--device", "cpu"], ["--base-precision int8 quantises the frozen base",
                                                        "--method dreambooth trains", "--method lora"]),
-    (["--base-precision", "nf4", "--method", "lora", "--device", "cpu"], ["nf4 (bitsandbytes 4-bit) needs a CUDA GPU",
+    (["--base-precision", "nf4", "--method", "lora", "--device", "cpu"], ["--base-precision nf4 needs a CUDA GPU",
                                                                          "--base-precision int8"]),
     (["--base-precision", "bf16", "--device", "cpu"], ["--base-precision bf16 holds the frozen weights in bf16",
                                                        "--mixed-precision bf16"]),
+    (["--offload", "--method", "lora"], ["--offload needs --method dreambooth", "--step-in-backward"]),
+    (["--offload", "--step-in-backward", "--device", "cpu"], ["--offload", "nothing to offload to"]),
 ])
 def test_invalid_values(tmp_path, photos, flags, phrases):
     result, facts = dreambooth(tmp_path, *train(tmp_path, photos, *flags))
