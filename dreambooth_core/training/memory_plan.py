@@ -33,7 +33,7 @@ from typing import Callable
 
 import torch
 
-from dreambooth_core.config import DreamBoothConfig, MemoryPlan, RuntimeSettings, TrainingSettings
+from dreambooth_core.config import DreamBoothConfig, MemoryPlan, RuntimeSettings, TrainingSettings, offload_needs
 from dreambooth_core.errors import ConfigError
 from dreambooth_core.training.devices import offload_problem, resolve_device, resolve_precision
 from dreambooth_core.training.memory_estimate import estimate_training_memory
@@ -62,10 +62,11 @@ def candidates(training: TrainingSettings, runtime: RuntimeSettings, eight_bit: 
     optimizers = [given.optimizer] + (["adamw-8bit"] if eight_bit else [])
     bases = [given.base_precision] + (list(QUANTISED_BASES) if eight_bit and can_quantise_base(training) else [])
     in_backward = [given.step_in_backward] + ([True] if can_step_in_backward(training) else [])
-    offload = [given.offload] + ([True] if can_offload(training) else [])
+    offload = [given.offload] + ([True] if can_offload(training, runtime) else [])
     return [MemoryPlan(optimizer=o, gradient_checkpointing=c, step_in_backward=b, base_precision=q, offload=f)
             for f in dict.fromkeys(offload) for b in dict.fromkeys(in_backward) for q in dict.fromkeys(bases)
-            for c in dict.fromkeys([given.gradient_checkpointing, True]) for o in dict.fromkeys(optimizers)]
+            for c in dict.fromkeys([given.gradient_checkpointing, True]) for o in dict.fromkeys(optimizers)
+            if b or not f]  # offload updates each block in the backward pass (config.offload_needs)
 
 
 def can_step_in_backward(training: TrainingSettings) -> bool:
@@ -77,9 +78,11 @@ def can_quantise_base(training: TrainingSettings) -> bool:
     return training.base_precision == "auto" and training.method in ("lora", "textual-inversion")
 
 
-def can_offload(training: TrainingSettings) -> bool:
-    """Block swap is for full fine-tunes, on one GPU (devices.offload_problem)."""
-    return training.method == "dreambooth" and offload_problem(True, training.gpus, "cuda") is None
+def can_offload(training: TrainingSettings, runtime: RuntimeSettings) -> bool:
+    """Block swap is for full fine-tunes, on one GPU (devices.offload_problem), with the step in
+    backward it needs and nothing it cannot train with (config.offload_needs)."""
+    needs = offload_needs(training.model_copy(update={"step_in_backward": True}), runtime)
+    return can_step_in_backward(training) and not needs and offload_problem(True, training.gpus, "cuda") is None
 
 
 def usable_bytes(free_bytes: int) -> int:
@@ -192,7 +195,7 @@ def out_of_memory_advice(training: TrainingSettings, runtime: RuntimeSettings, p
                              ("--base-precision nf4", can_quantise_base(training)),
                              ("--step-in-backward", training.method == "dreambooth" and not training.step_in_backward
                               and can_step_in_backward(training)),
-                             ("--offload", can_offload(training) and not runtime.offload),
+                             ("--offload", can_offload(training, runtime) and not runtime.offload),
                              ("--text-encoder-steps 0", training.trains_text_encoder),
                              ("--method lora", training.method == "dreambooth"),
                              ("--batch-size 1", training.batch_size > 1),
