@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from dreambooth_core.config import offload_device_problem
 from dreambooth_core.errors import ConfigError
 from dreambooth_core.families.quantised import FP8_CAPABILITY, QUANTISED
 
@@ -97,9 +98,8 @@ def offload_problem(offload: bool, gpus: int, device_type: str) -> str | None:
     """Why --offload cannot train with these settings; None where it can."""
     if not offload:
         return None
-    if device_type != "cuda":
-        return (f"--offload streams the trained model's blocks between host and GPU memory; this run trains on "
-                f"the {device_type}, where everything is in host memory already. Leave --offload out.")
+    if problem := offload_device_problem(device_type):
+        return problem
     if gpus > 1:
         return (f"--offload cannot train with --gpus {gpus}: each process's DDP keeps every trained weight on its "
                 "GPU to average gradients in buckets, and block swap moves them to the host. Use --offload with "

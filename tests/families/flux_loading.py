@@ -76,4 +76,7 @@ def main(jobs_file: str, results_file: str) -> None:
 
 
 if __name__ == "__main__":
+    # diffusers 0.35 cannot be imported beside torchao 0.18 (the project's int8/fp8 bases): its
+    # torchao fallback logs through a name it never defined. Users of 0.35 run without torchao.
+    sys.modules["torchao"] = None
     main(*sys.argv[1:])

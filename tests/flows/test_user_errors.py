@@ -64,8 +64,8 @@ ROWS = [
                                                     "--base-precision auto (--base-precision int8 or --base-precision fp8 runs on the "
                                                     "CPU)"],
                  marks=no_cuda, id="train --base-precision nf4 on the CPU"),
-    pytest.param(train("--offload", "--device", "cpu"), ["--offload streams the trained model's blocks",
-                                                         "trains on the cpu", "Leave --offload out"],
+    pytest.param(train("--offload", "--step-in-backward", "--device", "cpu"), ["--offload keeps the trained model",
+                                                                               "nothing to offload to"],
                  id="train --offload --device cpu"),
     # item 2: PREFECT_API_URL where nothing answers (set by the fixture)
     pytest.param(train(), [NO_SERVER, "unset PREFECT_API_URL", "temporary server of its own"],

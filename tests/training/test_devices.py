@@ -67,7 +67,7 @@ def test_what_the_device_has_passes(mixed, base, capability):
 
 
 def test_offload_is_refused_on_the_cpu_and_with_several_gpus_only():
-    assert "Leave --offload out" in offload_problem(True, 1, "cpu")
+    assert "nothing to offload to" in offload_problem(True, 1, "cpu")
     assert "--gpus 2" in offload_problem(True, 2, "cuda") and "DDP" in offload_problem(True, 2, "cuda")
     assert offload_problem(True, 1, "cuda") is None and offload_problem(False, 4, "cpu") is None
 
@@ -79,6 +79,6 @@ def test_the_plan_check_refuses_nf4_on_the_cpu_and_lets_int8_through():
     from dreambooth_core.config import RuntimeSettings, TrainingSettings
     from dreambooth_core.training.plan import check_settings
 
-    check_settings(TrainingSettings(base_precision="int8"), RuntimeSettings(device="cpu"))
+    check_settings(TrainingSettings(base_precision="int8", method="lora"), RuntimeSettings(device="cpu"))
     with pytest.raises(ConfigError, match="--base-precision nf4 needs a CUDA GPU"):
-        check_settings(TrainingSettings(base_precision="nf4"), RuntimeSettings(device="cpu"))
+        check_settings(TrainingSettings(base_precision="nf4", method="lora"), RuntimeSettings(device="cpu"))
