@@ -86,6 +86,7 @@ def test_dreambooth_keeps_what_it_trains_in_fp32_and_holds_an_untrained_text_enc
     assert frozen_dtypes(unet_only) == {"matrices": {torch.bfloat16}, "others": {torch.float32}}
 
 
+@pytest.mark.slow  # two SDXL-architecture estimates (about 5 s)
 def test_the_estimate_drops_by_half_the_frozen_matrices(sdxl):
     half = estimate_training_memory(sdxl, settings("lora", "bf16"), 64)
     full = estimate_training_memory(sdxl, settings("lora", "no"), 64)

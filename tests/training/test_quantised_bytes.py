@@ -31,6 +31,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow  # a .cuda-venv subprocess importing bitsandbytes (about 6 s)
 @pytest.mark.skipif(not CUDA_PYTHON.is_file(), reason="needs .cuda-venv (./setup.sh --cuda-dry-run): bitsandbytes")
 def test_nf4_and_int8_take_the_bytes_bitsandbytes_allocates():
     """bitsandbytes quantises on the CPU too: its tensors for each shape, against our count."""

@@ -70,6 +70,7 @@ def test_fp16_that_auto_resolved_to_is_refused_before_training(tiny_model_path, 
                 TrainingSettings(step_in_backward=True), total_steps=STEPS)
 
 
+@pytest.mark.slow  # the full-size SD 1.5 UNet on fake tensors (about 10 s)
 def test_full_size_dreambooth_needs_about_the_unets_gradients_less_memory(tmp_path):
     """SD 1.5 UNet-only DreamBooth (estimated on fake tensors): the gradients, 3.2 GiB in fp32, are
     never all held at once."""
