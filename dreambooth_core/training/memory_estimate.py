@@ -166,6 +166,9 @@ def estimate_training_memory(model: str | Path | Callable[[], ModelParts], setti
         trainer.scaler = torch.amp.GradScaler(enabled=False)  # fp16 loss scaling reads values; it holds ~no memory
         # Parts are built in fp32 and cast by the Trainer, which a real run does on the CPU before
         # moving them to the GPU: the GPU holds what the Trainer holds from here.
+        # The Trainer encodes every prompt as it is built when no step needs the encoders: dropped here
+        # and encoded again below, measured as their own phase.
+        trainer._frozen_embeddings.clear()
         tracker.reset_peak()
         steps = [0, settings.text_encoder_phase] if trainer.text_encoder_trains_at(0) else [0]
         offload = Offload(trainer, tracker, steps) if runtime.offload else None
