@@ -41,22 +41,14 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils._pytree import tree_leaves
 
-from dreambooth_core.config import RuntimeSettings, TrainingSettings, offload_device_problem, offload_needs
+from dreambooth_core.config import RuntimeSettings, TrainingSettings, offload_needs
 from dreambooth_core.errors import ConfigError
 from dreambooth_core.training.step_in_backward import StepInBackward
 
 
-def check_offload(settings: TrainingSettings, runtime: RuntimeSettings, device: torch.device) -> None:
-    """What --offload cannot run with, said before training starts (the settings' own rules are
-    checked with them, in config.py; this also sees the device --device auto resolved to)."""
-    if runtime.offload and (problem := offload_device_problem(device.type)):
-        raise ConfigError(f"{problem}.")
-    check_trainer_offload(settings, runtime)
-
-
 def check_trainer_offload(settings: TrainingSettings, runtime: RuntimeSettings) -> None:
     """The combinations the Trainer refuses on any device (the tests run it on the CPU, with the
-    working copies there too)."""
+    working copies there too); what the device lacks: devices.offload_problem."""
     if runtime.offload and (needs := offload_needs(settings, runtime)):
         raise ConfigError(f"--offload needs {'; and '.join(needs)}.")
 

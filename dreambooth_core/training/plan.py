@@ -34,7 +34,7 @@ from dreambooth_core.training.devices import (
     resolve_precision,
 )
 from dreambooth_core.training.memory_plan import detect_gpu, settle_memory_plan
-from dreambooth_core.training.offload import check_offload
+from dreambooth_core.training.offload import check_trainer_offload
 
 
 class Chunk(BaseModel):
@@ -131,7 +131,7 @@ def make_plan(session: Session, ref: SessionRef, config: DreamBoothConfig, model
                                 dataset.resolution, class_images is not None, detect_gpu(config))
     training, runtime = memory.apply(config.training, config.runtime) if memory else (config.training, config.runtime)
     check_settings(training, runtime)  # a recorded plan this device cannot train with (nf4 on the CPU)
-    check_offload(training, runtime, resolve_device(runtime.device))
+    check_trainer_offload(training, runtime)
     config = config.model_copy(update={"training": training, "runtime": runtime})
     values = fingerprint_values(config, total, model.digest, captions.digest, class_images)
     recorded = state.fingerprint

@@ -14,7 +14,8 @@ from dreambooth_core.config import RuntimeSettings, TrainingSettings
 from dreambooth_core.errors import ConfigError
 from dreambooth_core.families import load_model_parts
 from dreambooth_core.families.base_model import fetch_model
-from dreambooth_core.training.offload import check_offload, offload_units
+from dreambooth_core.training.offload import check_trainer_offload, offload_units
+from dreambooth_core.training.plan import check_settings
 from dreambooth_core.training.trainer import Example, Trainer
 
 STEPS = 2
@@ -134,9 +135,9 @@ def test_a_resumed_run_trains_the_weights_of_an_uninterrupted_one(model, saved_w
 def test_what_it_cannot_train_with_is_refused(options, runtime, needs):
     training = TrainingSettings(**{"step_in_backward": True, **options})
     with pytest.raises(ConfigError, match=f"--offload needs .*{needs}"):
-        check_offload(training, RuntimeSettings(offload=True, **runtime), torch.device("cuda"))
+        check_trainer_offload(training, RuntimeSettings(offload=True, **runtime))
 
 
 def test_on_the_cpu_it_is_refused_as_having_nothing_to_offload_to():
     with pytest.raises(ConfigError, match="trains on cpu, where there is nothing to offload to"):
-        check_offload(TrainingSettings(step_in_backward=True), OFFLOAD, torch.device("cpu"))
+        check_settings(TrainingSettings(step_in_backward=True), OFFLOAD.model_copy(update={"device": "cpu"}))
