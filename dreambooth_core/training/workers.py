@@ -218,6 +218,9 @@ def run(folder: str) -> int:
     try:
         return main(folder)
     except Exception as exc:
+        # torchrun sends SIGTERM to the other ranks when one fails: it must not cut this report short
+        # (Stopped raised inside it would end the process in a chained traceback).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         handler.record_exception(exc)
         expected = isinstance(exc, (dist.DistError, *USER_ERRORS)) or "gloo" in str(exc).lower()
         if not expected:

@@ -1,6 +1,8 @@
 """What the pipeline tells the user when torchrun's agent reports failed ranks, and the flags it
 starts the agent with."""
 
+import os
+
 from dreambooth_core.config import RuntimeSettings
 from dreambooth_core.training.control import ProcessFailure
 from dreambooth_core.training.worker_group import describe_failure, torchrun_flags
@@ -40,3 +42,30 @@ def test_one_machine_uses_the_standalone_rendezvous_several_the_static_one_with_
     assert torchrun_flags(several, 8) == ["--nnodes", "2", "--node-rank", "1", "--nproc-per-node", "4",
                                           "--rdzv-backend", "static", "--rdzv-endpoint", "head:29500",
                                           "--rdzv-conf", "timeout=21600"]
+
+
+def test_a_rank_stopped_by_torchrun_while_it_reports_its_own_failure_ends_in_one_line(tmp_path):
+    """torchrun SIGTERMs the other ranks as soon as one fails; one that is itself failing then must
+    still end in its one-line report (exit 1), not in a chained traceback."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "rank.py"
+    script.write_text(
+        "import os, signal, time\n"
+        "from torch.distributed.elastic.multiprocessing import errors\n"
+        "from dreambooth_core.training import workers\n"
+        "def main(folder):\n"
+        "    signal.signal(signal.SIGTERM, workers._stopped)\n"
+        "    raise RuntimeError('[gloo] Connection closed by peer')\n"
+        "def record(self, exc):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)  # torchrun stopping the rank, mid-report\n"
+        "    time.sleep(0.2)\n"
+        "workers.main = main\n"
+        "errors.ErrorHandler.record_exception = record\n"
+        "raise SystemExit(workers.run('unused'))\n")
+    ended = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "RANK": "0"})
+    assert ended.returncode == 1, ended.stderr
+    assert "Traceback" not in ended.stderr
+    assert "failed: RuntimeError: [gloo] Connection closed by peer" in ended.stderr
