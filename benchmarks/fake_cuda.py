@@ -270,14 +270,27 @@ def fake_cuda_environment() -> dict[str, str]:
         raise RuntimeError(f"no fake CUDA runtime at {FAKECUDA_SOURCE} (set FAKECUDA_SOURCE to its folder)")
     if shutil.which("gcc") is None:
         raise RuntimeError("gcc is needed to build the fake CUDA runtime")
-    built = subprocess.run(["bash", str(FAKECUDA_SOURCE / "build.sh")], capture_output=True, text=True,
-                           env={**os.environ, "PYTHON": sys.executable, "FAKECUDA_OUT": str(FAKECUDA_BUILD)})
-    if built.returncode != 0:
-        raise RuntimeError(f"building the fake CUDA runtime failed: {built.stderr.strip()[-500:]}")
+    _build_fake_cuda()
     library_path = os.environ.get("LD_LIBRARY_PATH")
     driver = str(FAKECUDA_BUILD / "driver")
     return {**os.environ, "LD_PRELOAD": str(FAKECUDA_BUILD / "libfakecudart.so"),
             "LD_LIBRARY_PATH": f"{driver}:{library_path}" if library_path else driver}
+
+
+def _build_fake_cuda() -> None:
+    """Build into a folder of this process's own, then rename the libraries into FAKECUDA_BUILD:
+    gcc writing in place would change them under a dry run already running on them (pytest -n)."""
+    scratch = FAKECUDA_BUILD / f"build-{os.getpid()}"
+    try:
+        built = subprocess.run(["bash", str(FAKECUDA_SOURCE / "build.sh")], capture_output=True, text=True,
+                               env={**os.environ, "PYTHON": sys.executable, "FAKECUDA_OUT": str(scratch)})
+        if built.returncode != 0:
+            raise RuntimeError(f"building the fake CUDA runtime failed: {built.stderr.strip()[-500:]}")
+        (FAKECUDA_BUILD / "driver").mkdir(exist_ok=True)
+        for library in ("libfakecudart.so", "driver/libcuda.so.1"):
+            os.replace(scratch / library, FAKECUDA_BUILD / library)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def exit_now(code: int) -> None:

@@ -13,7 +13,11 @@ os.environ.update({
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DREAMBOOTH_CACHE": str(_HOME / "cache"),
     "HF_HUB_OFFLINE": "1",
+    # Scratch folders too: tests that count what a run leaves in the temporary folder must not see
+    # what a test in another process (pytest -n) leaves there meanwhile.
+    "TMPDIR": str(_HOME),
 })
+tempfile.tempdir = None  # read TMPDIR again
 
 import pytest  # noqa: E402
 from gcs_emulator import gcs_bucket, gcs_emulator  # noqa: E402,F401 - fixtures
