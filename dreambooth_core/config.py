@@ -35,6 +35,8 @@ MAX_CLASS_IMAGES = 10_000
 MAX_IMAGE_SIDE = 4096
 MAX_IMAGES_PER_PROMPT = 64
 MAX_INFERENCE_STEPS = 500  # schedulers converge in 20-50
+# In the fingerprint of a session trained by several processes: how each draws its examples and noise.
+RANK_DRAWS = "rows of one process's draws"
 Method = Literal["dreambooth", "lora", "textual-inversion"]
 
 
@@ -463,6 +465,10 @@ class DreamBoothConfig(BaseModel):
         for name, before in self.ADDED_LATER.items():
             if values.get(name) == before:
                 values.pop(name, None)  # as sessions from before the setting recorded it
+        if self.training.gpus > 1:
+            # Since processes take their rows of one process's draws (training/batches.py), not draws
+            # of their own: a session trained by several before then resumes with other draws.
+            values["draws"] = RANK_DRAWS
         return values
 
     def flat(self) -> dict[str, Any]:

@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "memory and the checkpoint size, from one real training step on fake tensors "
                     "(seconds to a minute on a CPU; FLUX.1 about two).")
     _add_config_flags(plan)
+    plan.add_argument("--steps-per-second", type=float, default=None,
+                      help="Optimizer steps per second measured with these settings and --gpus (e.g. by "
+                           "benchmarks/gpu_check.py): the plan adds the run's time and cost at that speed.")
     tokens = commands.add_parser(
         "tokens", help="Check an identifier with the base model's tokenizer; suggest rare ones.",
         description="How the base model's tokenizer splits WORD, whether a piece is a word the "
@@ -214,7 +217,7 @@ def train(flags: dict[str, Any]) -> int:
 
     config = check_before_run(flags)
     if config.runtime.node_rank:  # a machine above 0 only trains what machine 0's pipeline orders
-        return _train_on_this_machine(config)
+        return train_on_this_machine(config)
     with temporary_server() as server:  # starts while the libraries below are imported
         quiet_libraries()
         from dreambooth_core.families.family import import_model_classes
@@ -230,7 +233,7 @@ def train(flags: dict[str, Any]) -> int:
     return 0
 
 
-def _train_on_this_machine(config: DreamBoothConfig) -> int:
+def train_on_this_machine(config: DreamBoothConfig) -> int:
     """--node-rank above 0: this machine's training processes, until machine 0's run ends."""
     from dreambooth_core.families.base_model import fetch_base
     from dreambooth_core.model.cache import model_cache_dir
@@ -276,9 +279,12 @@ def _train_reporting_lost_end(flow, config: DreamBoothConfig):
 def plan(flags: dict[str, Any]) -> int:
     from dreambooth_core.families import family_of_folder
     from dreambooth_core.session.state import load_state
-    from dreambooth_core.training.gpu_plans import plan_table, plans_on_common_gpus
+    from dreambooth_core.training.gpu_plans import cost_lines, plan_table, plans_on_common_gpus
     from dreambooth_core.training.memory_plan import eight_bit_problem
 
+    speed = flags.pop("steps_per_second")  # of this plan, not a setting of the session
+    if speed is not None and speed <= 0:
+        raise ConfigError(f"--steps-per-second {speed:g}: give the positive speed you measured")
     session = open_flag_session(flags)
     config = config_from_flags(flags, session)
     state = load_state(session)
@@ -296,6 +302,7 @@ def plan(flags: dict[str, Any]) -> int:
         left_out = eight_bit_problem()
         rows = plans_on_common_gpus(model_path, training, config.runtime, resolution, prior, left_out is None)
     print("\n".join(plan_table(rows)))
+    print("\n".join(cost_lines(rows, training.gpus, training.steps, speed)))
     if left_out:
         print(left_out)
     if state and state.memory_plan and state.memory_plan.budget_bytes:

@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from dreambooth_core.config import SECTION_OF, SECTIONS, DreamBoothConfig, TrainingSettings
+from dreambooth_core.config import RANK_DRAWS, SECTION_OF, SECTIONS, DreamBoothConfig, TrainingSettings
 from dreambooth_core.session.state import differing_fields
 
 
@@ -51,6 +51,9 @@ def test_the_fingerprint_is_the_training_sections_whole_except_steps():
     assert in_backward.training_values() == values | {"step_in_backward": True}
     quantised = DreamBoothConfig(**{**config.flat(), "base_precision": "nf4"})
     assert quantised.training_values() == values | {"base_precision": "nf4"}
+    # Several processes: since they take their rows of one process's draws, not draws of their own.
+    several = DreamBoothConfig(**{**config.flat(), "gpus": 2})
+    assert several.training_values() == values | {"gpus": 2, "draws": RANK_DRAWS}
     # Settings that change speed, samples or outputs never change it.
     faster = DreamBoothConfig(**{**config.flat(), "chunk_steps": 2, "gradient_checkpointing": True,
                                  "sample_every": 0, "export_precision": "fp32", "device": "cpu", "steps": 16})

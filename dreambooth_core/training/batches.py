@@ -1,4 +1,9 @@
-"""Which examples, flips and class images one micro-batch uses: a function of (seed, step)."""
+"""Which examples, flips and class images one micro-batch uses: a function of (seed, step).
+
+With several processes, each takes its rows of the draws one process makes for the whole
+batch (the batch of all processes together): N processes with batch size b draw what one
+process draws with batch size N x b, and so train what it trains, up to the order in which
+floats are summed."""
 
 from __future__ import annotations
 
@@ -15,17 +20,35 @@ class Draw:
     classes: list[int]     # indices into the class examples, one per instance (or none)
     flips: list[bool]      # one per instance, then one per class example
     generator: torch.Generator  # continues with latent, noise and timestep draws
+    # Several processes: this process's rows of the whole batch (its instances, then their class
+    # examples), and that batch's size. None: one process, whose rows are the whole batch.
+    rows: list[int] | None = None
+    size: int = 0
+
+    def spread(self, mine: torch.Tensor) -> torch.Tensor:
+        """`mine` (a value per row of this process) placed in its rows of a batch of zeros of the
+        whole batch's size, so that the generator's draws over it are one process's draws."""
+        if self.rows is None:
+            return mine
+        whole = mine.new_zeros((self.size, *mine.shape[1:]))
+        whole[self.rows] = mine
+        return whole
+
+    def mine(self, whole: torch.Tensor) -> torch.Tensor:
+        return whole if self.rows is None else whole[self.rows]
 
 
 def draw_micro_batch(seed: int, step: int, micro: int, batch_size: int, accumulation: int,
                      groups: list[list[int]], class_groups: list[list[int]], flip: bool,
                      rank: int = 0, world: int = 1) -> Draw:
-    """Sample n = ((step * accumulation + micro) * world + rank) * batch_size + k picks
-    instance k of process `rank`, so with one process, batch 1 and no accumulation the
-    data order is the one of plain step numbers."""
-    first = ((step * accumulation + micro) * world + rank) * batch_size
-    instances = [balanced_example_index(seed, first + k, groups) for k in range(batch_size)]
-    draw = generator_for(seed, step, f"batch:{micro}" + (f":{rank}" if rank else ""))
+    """Sample n = (step * accumulation + micro) * batch + k picks instance k of the whole batch
+    (batch = batch_size x world), so with one process, batch 1 and no accumulation the data
+    order is the one of plain step numbers; process `rank` takes instances rank x batch_size
+    to (rank + 1) x batch_size - 1 of it, and their class examples and flips."""
+    batch = batch_size * world
+    first = (step * accumulation + micro) * batch
+    instances = [balanced_example_index(seed, first + k, groups) for k in range(batch)]
+    draw = generator_for(seed, step, f"batch:{micro}")
     classes = []
     if class_groups:
         subject_of = {i: s for s, members in enumerate(groups) for i in members}
@@ -34,4 +57,9 @@ def draw_micro_batch(seed: int, step: int, micro: int, batch_size: int, accumula
             classes.append(members[int(torch.randint(len(members), (1,), generator=draw))])
     count = len(instances) + len(classes)
     flips = (torch.rand(count, generator=draw) < 0.5).tolist() if flip else [False] * count
-    return Draw(instances, classes, flips, draw)
+    if world == 1:
+        return Draw(instances, classes, flips, draw)
+    own = range(rank * batch_size, (rank + 1) * batch_size)
+    rows = [*own, *(batch + k for k in own)] if classes else list(own)
+    return Draw([instances[k] for k in own], [classes[k] for k in own] if classes else [],
+                [flips[r] for r in rows], draw, rows, count)

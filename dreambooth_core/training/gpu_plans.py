@@ -30,12 +30,17 @@ class Gpu:
     free_gib: float   # free after the CUDA context
     precision: str    # what --mixed-precision auto picks there
     capability: tuple[int, int]  # CUDA compute capability: which precisions it has
+    dollars_per_hour: float | None = None  # on demand, one GPU with its VM (PRICES); None: no cloud offers it
 
 
-COMMON_GPUS = (Gpu("RTX 3060 12 GB", 11.3, "bf16", (8, 6)), Gpu("T4 16 GB", 14.6, "fp16", (7, 5)),
-               Gpu("RTX 4060 Ti 16 GB", 15.3, "bf16", (8, 9)), Gpu("L4 24 GB", 21.9, "bf16", (8, 9)),
-               Gpu("A100 40 GB", 39.0, "bf16", (8, 0)), Gpu("A100 80 GB", 78.7, "bf16", (8, 0)),
-               Gpu("H100 80 GB", 78.7, "bf16", (9, 0)))
+# Google Cloud's on-demand prices in us-central1 (the cloud prefect.yaml deploys to), per hour of the
+# smallest VM with one such GPU, GPU included: n1-standard-4 + T4 (0.19 + 0.35), g2-standard-4 (L4),
+# a2-highgpu-1g (A100 40 GB), a2-ultragpu-1g (A100 80 GB), a3-highgpu-8g / 8 (H100: sold 8 at a time).
+PRICES = "Google Cloud on-demand, us-central1, a VM with the GPU, as published in 2024; check current prices"
+COMMON_GPUS = (Gpu("RTX 3060 12 GB", 11.3, "bf16", (8, 6)), Gpu("T4 16 GB", 14.6, "fp16", (7, 5), 0.54),
+               Gpu("RTX 4060 Ti 16 GB", 15.3, "bf16", (8, 9)), Gpu("L4 24 GB", 21.9, "bf16", (8, 9), 0.71),
+               Gpu("A100 40 GB", 39.0, "bf16", (8, 0), 3.67), Gpu("A100 80 GB", 78.7, "bf16", (8, 0), 5.07),
+               Gpu("H100 80 GB", 78.7, "bf16", (9, 0), 11.03))
 HOST_BASELINE_BYTES = int(1.2 * GIB)
 
 
@@ -116,4 +121,23 @@ def plan_table(rows: list[GpuPlan]) -> list[str]:
                      f"({row.plan.budget_bytes / GIB:.1f}) | {row.host_bytes / GIB:.1f} GiB "
                      f"({row.host_bytes_with_copy / GIB:.1f}) | "
                      f"{row.estimate.checkpoint_bytes / GIB:.2f} GiB |")
+    return lines
+
+
+def cost_lines(rows: list[GpuPlan], gpus: int, steps: int | None,
+               steps_per_second: float | None) -> list[str]:
+    """What `gpus` of each GPU the settings fit cost an hour, and the run at a measured speed."""
+    priced = [row for row in rows if row.plan is not None and row.gpu.dollars_per_hour is not None]
+    if not priced:
+        return []
+    hourly = [(row.gpu.name, gpus * row.gpu.dollars_per_hour) for row in priced]
+    lines = [f"Cost of {gpus} GPU{'s' if gpus > 1 else ''} ({PRICES}): "
+             + ", ".join(f"{name} ${dollars:.2f}/h" for name, dollars in hourly) + "."]
+    if steps_per_second is None or steps is None:
+        lines.append("The run's cost is these times its hours: give --steps and --steps-per-second (a speed "
+                     "measured with these settings, e.g. by benchmarks/gpu_check.py) to see it.")
+        return lines
+    hours = steps / steps_per_second / 3600
+    lines.append(f"At {steps_per_second:g} steps/s, {steps} steps take {hours:.2f} h: "
+                 + ", ".join(f"{name} ${dollars * hours:.2f}" for name, dollars in hourly) + ".")
     return lines

@@ -11,11 +11,11 @@ import torch
 from dreambooth_core.config import RuntimeSettings, TrainingSettings
 from dreambooth_core.errors import ConfigError, SessionError
 from dreambooth_core.families.family import Condition, ImageGeometry, ModelParts
-from dreambooth_core.families.objectives import per_example_loss, randn
+from dreambooth_core.families.objectives import NoisyBatch, per_example_loss, randn
 from dreambooth_core.session.checkpoints import Checkpoint, Writer, read_tensor_file
 from dreambooth_core.session.tensor_files import write_safetensors
 from dreambooth_core.training.activation_checkpointing import checkpoint_activations
-from dreambooth_core.training.batches import draw_micro_batch
+from dreambooth_core.training.batches import Draw, draw_micro_batch
 from dreambooth_core.training.data_parallel import gradients_kept_local, share_gradients
 from dreambooth_core.training.devices import resolve_precision
 from dreambooth_core.training.frozen_weights import HALF, frozen_dtype, hold_frozen
@@ -155,13 +155,13 @@ class Trainer:
         chosen += [("c", i, self.class_examples[i]) for i in draw.classes]
         posteriors = [self.latents.posterior((kind, i), e.pixels, flip)
                       for (kind, i, e), flip in zip(chosen, draw.flips)]
-        mean, std = (torch.cat(t) for t in zip(*posteriors))
-        g = draw.generator
+        mean, std = (draw.spread(torch.cat(t)) for t in zip(*posteriors))
+        g = draw.generator  # several processes: drawn over the whole batch, this process's rows kept
         latents = self.objective.latents(mean, std, g, self.device)
         noise = randn(latents.shape, g, self.device)
         if o.offset_noise:
             noise = noise + o.offset_noise * randn((*latents.shape[:2], 1, 1), g, self.device)
-        batch = self.objective.noisy_batch(latents, noise, g, self.device)
+        batch = own_rows(self.objective.noisy_batch(latents, noise, g, self.device), draw)
         images = [geometry(e, flip) for (_, _, e), flip in zip(chosen, draw.flips)]
         with self._autocast():
             condition = self._condition([e.caption for _, _, e in chosen], step)
@@ -331,6 +331,13 @@ def _adamw_8bit(groups: list[dict], settings: TrainingSettings, device: torch.de
         raise ConfigError("--optimizer adamw-8bit needs the bitsandbytes package: "
                           "pip install bitsandbytes, or use --optimizer adamw.") from None
     return bitsandbytes.optim.AdamW8bit(groups, lr=settings.base_learning_rate)
+
+
+def own_rows(batch: NoisyBatch, draw: Draw) -> NoisyBatch:
+    if draw.rows is None:
+        return batch
+    return NoisyBatch(*(None if t is None else draw.mine(t)
+                        for t in (batch.noisy, batch.timesteps, batch.target, batch.weights)))
 
 
 def geometry(example: Example, flip: bool) -> ImageGeometry:

@@ -21,11 +21,13 @@ PROJECT = yaml.safe_load((REPO / "prefect.yaml").read_text())
 DEPLOYMENTS = {d["name"]: d for d in PROJECT["deployments"]}
 TRAINING = {name: d for name, d in DEPLOYMENTS.items() if d["entrypoint"] == "flows/dreambooth.py:dreambooth_train"}
 K8S_TEMPLATE = REPO / "deploy" / "kubernetes-gpu-job-template.json"
+MULTINODE_TEMPLATE = REPO / "deploy" / "kubernetes-multinode-job-template.json"
 # The work pool each deployment names, its type, and a base job template option.
 POOLS = {
     "local-process": ("process", None),
     "dreambooth-docker": ("docker", None),
     "dreambooth-kubernetes": ("kubernetes", K8S_TEMPLATE),
+    "dreambooth-kubernetes-multinode": ("kubernetes", MULTINODE_TEMPLATE),
     "dreambooth-vertex": ("vertex-ai", None),
 }
 

@@ -123,3 +123,21 @@ def test_textual_inversion_of_flux_is_refused_in_one_line(model, family, tmp_pat
     assert err.startswith(f"error: --method textual-inversion cannot train {family}:")
     assert err.count("\n") == 1 and "Traceback" not in err and "--method lora" in err
     assert out == ""  # refused before anything is estimated
+
+
+def test_the_cost_of_n_gpus_and_of_the_run_at_a_measured_speed():
+    """Only GPUs the settings fit, and a cloud sells, are priced."""
+    from dreambooth_core.config import MemoryPlan
+    from dreambooth_core.training.gpu_plans import COMMON_GPUS, GpuPlan, cost_lines
+
+    gpu = {g.name: g for g in COMMON_GPUS}
+    fits = MemoryPlan(optimizer="adamw", gradient_checkpointing=False)
+    rows = [GpuPlan(gpu["RTX 3060 12 GB"], fits, None), GpuPlan(gpu["L4 24 GB"], None, None, "too big"),
+            GpuPlan(gpu["A100 40 GB"], fits, None), GpuPlan(gpu["H100 80 GB"], fits, None)]
+    prices, hint = cost_lines(rows, 4, 2000, None)
+    assert prices.startswith("Cost of 4 GPUs (Google Cloud on-demand, us-central1")
+    assert prices.endswith(": A100 40 GB $14.68/h, H100 80 GB $44.12/h.")  # 4 x 3.67, 4 x 11.03
+    assert "--steps-per-second" in hint
+    _, run = cost_lines(rows, 4, 2000, 0.5)
+    assert run == "At 0.5 steps/s, 2000 steps take 1.11 h: A100 40 GB $16.31, H100 80 GB $49.02."
+    assert cost_lines(rows[:2], 4, 2000, 0.5) == []  # a consumer card, and a card the run does not fit
