@@ -14,7 +14,7 @@ LIBRARY = "dreambooth_core"
 EDGE = {"prefect", "flows", "tasks", "blocks"}
 # The library's packages from the bottom up: a package imports only from earlier levels.
 LEVELS = [{"errors", "hashing"}, {"config"}, {"session"}, {"reports"}, {"captions"}, {"photos", "model"},
-          {"families"}, {"training"}, {"generation", "export"}, {"evaluation"}]
+          {"families"}, {"training"}, {"generation", "export"}, {"evaluation"}, {"publish"}]
 
 
 def modules(package: str) -> dict[str, Path]:
