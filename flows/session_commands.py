@@ -233,7 +233,8 @@ def _evaluation_steps(text: str | None, available: dict[int, str], name: str) ->
 
 def publish(args: dict[str, Any]) -> int:
     from dreambooth_core.export.step_export import export_step, require_step, trained_session
-    from dreambooth_core.publish.hub import check_repo_name, publish_session, require_token
+    from dreambooth_core.publish.hub import check_repo_name, publish_session
+    from dreambooth_core.publish.token import require_token
     from dreambooth_core.session.paths import export_folder
     from tasks.publish_session import publish_token
 

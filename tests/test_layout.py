@@ -143,7 +143,7 @@ def test_prefect_yaml_deployments_load_the_flow_with_valid_parameters():
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     for deployment in spec["deployments"]:
         flow = load_flow_from_entrypoint(str(REPO / deployment["entrypoint"]))
-        assert flow.name in {"dreambooth-train", "dreambooth-generate"}
+        assert flow.name in {"dreambooth-train", "dreambooth-generate", "dreambooth-publish"}
         flow.validate_parameters(deployment["parameters"])
         if flow.name == "dreambooth-train":
             DreamBoothConfig(**deployment["parameters"]["config"])

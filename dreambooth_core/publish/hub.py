@@ -22,6 +22,7 @@ from typing import Iterator
 from dreambooth_core.errors import NetworkError, PublishError
 from dreambooth_core.publish.card import CardFacts, hub_base_model, model_card
 from dreambooth_core.publish.contents import CARD, PublishedFiles, published_files
+from dreambooth_core.publish.token import require_token
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.publications import Publication, load_publications, record_publication
 from dreambooth_core.session.scratch import scratch_folder
@@ -61,14 +62,6 @@ def publish_session(session: Session, repo: str, token: str | None, private: boo
                                 files=digests, published_at=time.time(), uploaded=changed, deleted=stale)
     record_publication(session, Publication(**publication.model_dump(exclude={"uploaded", "deleted"})))
     return publication
-
-
-def require_token(token: str | None) -> None:
-    if not token:
-        raise PublishError("publishing needs a Hugging Face token with write access: make one at "
-                           "https://huggingface.co/settings/tokens and set HF_TOKEN (or log in with "
-                           "`hf auth login`), or name a hugging-face-credentials block with "
-                           "--hf-credentials-block.")
 
 
 def check_repo_name(repo: str) -> None:

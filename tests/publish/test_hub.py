@@ -15,7 +15,7 @@ from PIL import Image
 from sessions import opened_session, prepare_folder
 
 from dreambooth_core.captions.captioning import caption_dataset
-from dreambooth_core.errors import PublishError
+from dreambooth_core.errors import PublishError, SessionError
 from dreambooth_core.export.method_files import write_method
 from dreambooth_core.export.training_metadata import training_record
 from dreambooth_core.families import family_of, load_model_parts
@@ -156,3 +156,25 @@ def test_the_command_publishes_with_hf_token(hub, session, monkeypatch, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "nothing changed, nothing uploaded" in out and TOKEN not in out
+
+
+def test_a_step_replaces_what_the_last_publish_put_there(hub, session):
+    """--step N: exports/step-NNNNNN/'s files go up, and the final outputs a publish put there before go."""
+    for name in ("s.safetensors", "s-diffusers/pytorch_lora_weights.safetensors"):
+        exported = name.replace("s", "s-step-000004", 1) if name.startswith("s.") else name.replace(
+            "s-diffusers", "s-step-000004-diffusers")
+        session.put_file(Path(session.path(name)), f"exports/step-000004/{exported}")
+    publish_session(session, "alice/shrk-lora", TOKEN, endpoint=hub.url)
+    result = publish_session(session, "alice/shrk-lora", TOKEN, step=4, endpoint=hub.url)
+    assert set(hub.repos["alice/shrk-lora"].files) == {
+        ".gitattributes", "README.md", "s-step-000004.safetensors",
+        "s-step-000004-diffusers/pytorch_lora_weights.safetensors", "samples/step-000004.png"}
+    assert result.deleted == ["s-diffusers/pytorch_lora_weights.safetensors", "s.safetensors"]
+    # The LoRA bytes are the same under the new names: the hub had them, nothing was sent again.
+    assert "s-step-000004.safetensors" in result.uploaded and len(set(hub.uploaded)) == len(hub.uploaded)
+
+
+def test_a_step_without_its_export_is_named(hub, session):
+    with pytest.raises(SessionError) as raised:
+        publish_session(session, "alice/shrk-lora", TOKEN, step=2, endpoint=hub.url)
+    assert "dreambooth export --session s --step 2" in str(raised.value)
