@@ -36,8 +36,8 @@ def _add_publish_command(commands) -> None:
     publish.add_argument("--repo", required=True, help="The model repo, USER/NAME or ORGANISATION/NAME.")
     publish.add_argument("--private", action="store_true", help="Create the repo private (an existing "
                          "repo keeps its visibility).")
-    publish.add_argument("--step", type=int, default=None, help="Publish this step (a committed checkpoint or "
-                         "snapshot; dreambooth status lists them) instead of the final outputs.")
+    publish.add_argument("--step", type=int, default=None, help="Publish this step (a committed checkpoint "
+                         "or snapshot; dreambooth status lists them) instead of the final outputs.")
     add_storage_flags(publish)
     publish.add_argument("--hf-credentials-block", default=None, help="A hugging-face-credentials block "
                          "holding a token with write access (read from the Prefect server at "
@@ -249,7 +249,8 @@ def publish(args: dict[str, Any]) -> int:
         export_step(session, trained_session(session, model.path, model.family), step,
                     config.export.export_precision)
     result = publish_session(session, args["repo"], token, args["private"], step)
-    uploaded = f"{len(result.uploaded)} file(s) uploaded" if result.uploaded else "nothing changed, nothing uploaded"
+    uploaded = (f"{len(result.uploaded)} file(s) uploaded" if result.uploaded
+                else "nothing changed, nothing uploaded")
     deleted = f", {len(result.deleted)} left over from an earlier publish deleted" if result.deleted else ""
     print(f"Published step {result.step} of session {session.name!r} to {result.url} ({uploaded}{deleted})")
     return 0

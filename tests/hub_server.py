@@ -30,6 +30,10 @@ def git_blob_id(content: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
 
 
+def stored(content: bytes, lfs: bool) -> dict:
+    return {"content": content, "sha256": hashlib.sha256(content).hexdigest(), "lfs": lfs}
+
+
 @dataclass
 class Repo:
     private: bool
@@ -101,14 +105,14 @@ class HubServer:
     def _create(self, payload: dict) -> tuple[int, object]:
         namespace, name = payload.get("organization"), payload["name"]
         if namespace not in self.namespaces:
-            return 403, {"error": f'You don\'t have the rights to create a model under the namespace "{namespace}"'}
+            return 403, {"error": "You don't have the rights to create a model under the namespace "
+                                  f'"{namespace}"'}
         repo_id = f"{namespace}/{name}"
         if repo_id in self.repos:
             return 409, {"error": "You already created this model repo", "url": f"{self.url}/{repo_id}"}
         repo = Repo(private=payload.get("visibility") == "private" or bool(payload.get("private")))
         attributes = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS).encode()
-        repo.files[".gitattributes"] = {"content": attributes, "sha256": hashlib.sha256(attributes).hexdigest(),
-                                        "lfs": False}
+        repo.files[".gitattributes"] = stored(attributes, lfs=False)
         repo.commits.append(hashlib.sha1(repo_id.encode()).hexdigest())
         self.repos[repo_id] = repo
         return 200, {"url": f"{self.url}/{repo_id}", "name": repo_id}
@@ -133,7 +137,7 @@ class HubServer:
         for item in payload["files"]:
             lfs = self._is_lfs(item["path"], item["size"], base64.b64decode(item["sample"]))
             known = repo.files.get(item["path"])
-            oid = None if known is None else known["sha256"] if known["lfs"] else git_blob_id(known["content"])
+            oid = known and (known["sha256"] if known["lfs"] else git_blob_id(known["content"]))
             answers.append({"path": item["path"], "uploadMode": "lfs" if lfs else "regular",
                             "shouldIgnore": False, "oid": oid})
         return 200, {"files": answers, "commitOid": repo.commits[-1]}
@@ -181,13 +185,11 @@ class HubServer:
                 content = base64.b64decode(value["content"])
                 if b"\0" in content[:512]:
                     return 400, {"error": "Your push was rejected because it contains binary files. Use LFS."}
-                repo.files[value["path"]] = {"content": content, "sha256": hashlib.sha256(content).hexdigest(),
-                                             "lfs": False}
+                repo.files[value["path"]] = stored(content, lfs=False)
             elif op["key"] == "lfsFile":
                 if value["oid"] not in self.lfs_objects:
                     return 422, {"error": f"LFS object {value['oid']} was not uploaded"}
-                repo.files[value["path"]] = {"content": self.lfs_objects[value["oid"]], "sha256": value["oid"],
-                                             "lfs": True}
+                repo.files[value["path"]] = stored(self.lfs_objects[value["oid"]], lfs=True)
             elif op["key"] == "deletedFile":
                 if repo.files.pop(value["path"], None) is None:
                     return 404, {"error": "A file with this name doesn't exist"}

@@ -74,19 +74,22 @@ def training_record(session: Session) -> TrainingRecord:
         captions.setdefault(item.token or "", []).append(item.caption or "")
     class_images = 0
     if session.exists(CLASS_MANIFEST):
-        class_images = sum(len(s.files) for s in ClassImages.model_validate(session.read_json(CLASS_MANIFEST)).sets)
+        sets = ClassImages.model_validate(session.read_json(CLASS_MANIFEST)).sets
+        class_images = sum(len(s.files) for s in sets)
     vae = config.base_model.vae
     return TrainingRecord(
         base_model=public_name(config.base_model.model), vae=public_name(vae) if vae else None,
         training=training, gradient_checkpointing=runtime.gradient_checkpointing,
-        cache_latents=runtime.cache_latents, total_steps=state.total_steps or training.total_steps(len(manifest.items)),
+        cache_latents=runtime.cache_latents,
+        total_steps=state.total_steps or training.total_steps(len(manifest.items)),
         resolution=manifest.resolution, captions=captions, class_images=class_images)
 
 
 def tag_frequency(captions: dict[str, list[str]]) -> dict[str, dict[str, int]]:
     """kohya's `ss_tag_frequency`: per dataset folder (here: per subject), how many captions hold
     each comma-separated tag."""
-    return {token: dict(Counter(tag.strip() for caption in texts for tag in caption.split(",") if tag.strip()))
+    return {token: dict(Counter(tag.strip() for caption in texts for tag in caption.split(",")
+                                if tag.strip()))
             for token, texts in captions.items()}
 
 

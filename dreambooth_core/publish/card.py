@@ -55,12 +55,13 @@ def model_card(session: Session, files: PublishedFiles, facts: CardFacts) -> str
         tags=[tag for tag in ("text-to-image", "diffusers", *_METHOD_TAGS[method], "dreambooth-pipeline",
                               facts.header.get("modelspec.architecture", "").split("/")[0]) if tag],
         instance_prompt=", ".join(s.instance_prompt for _, s in sorted(subjects.items())),
-        widget=[{"text": p, "output": {"url": files.sample_grid}} for p in prompts] if files.sample_grid else None)
+        widget=[{"text": p, "output": {"url": files.sample_grid}} for p in prompts]
+        if files.sample_grid else None)
     body = "\n".join([
         f"# {facts.repo.split('/')[-1]}", "",
-        f"A {_METHOD_TITLES[method]} of **{record.base_model}** ({facts.header.get('modelspec.architecture', '?')}) "
-        f"on {sum(map(len, record.captions.values()))} photos, trained to step {files.step} of "
-        f"{record.total_steps}.", "",
+        f"A {_METHOD_TITLES[method]} of **{record.base_model}** "
+        f"({facts.header.get('modelspec.architecture', '?')}) on {sum(map(len, record.captions.values()))} "
+        f"photos, trained to step {files.step} of {record.total_steps}.", "",
         *_license_lines(base, facts.base_license),
         "## Trigger words", "",
         *[f"- `{token}`: {s.instance_prompt}" + (f" (class: {s.class_word})" if s.class_word else "")
@@ -108,8 +109,8 @@ def _evaluation_lines(session: Session, files: PublishedFiles) -> list[str]:
     if not files.evaluation:
         return []
     scores = step_scores(read_evaluation(session))
-    lines = ["## Evaluation", "", "Subject fidelity (DINO, CLIP-I: likeness to the photos) and prompt fidelity "
-             "(CLIP-T), as the DreamBooth paper measures them; step 0 is the base model.", "",
+    lines = ["## Evaluation", "", "Subject fidelity (DINO, CLIP-I: likeness to the photos) and prompt "
+             "fidelity (CLIP-T), as the DreamBooth paper measures them; step 0 is the base model.", "",
              "| step | DINO | CLIP-I | CLIP-T |", "|---:|---:|---:|---:|"]
     lines += [f"| {s.step} | {s.dino:.3f} | {s.clip_i:.3f} | {s.clip_t:.3f} |" for s in scores.values()]
     if session.exists(EVALUATION_JSON):
@@ -121,16 +122,18 @@ def _evaluation_lines(session: Session, files: PublishedFiles) -> list[str]:
 
 def _settings_lines(record: TrainingRecord) -> list[str]:
     t = record.training
-    rows = [("method", t.method), ("base model", record.base_model), ("resolution", f"{record.resolution} px"),
-            ("steps", str(record.total_steps)), ("learning rate", f"{t.base_learning_rate:g} ({t.lr_schedule}, "
-                                                                  f"{t.warmup_steps} warm-up steps)"),
+    rate = f"{t.base_learning_rate:g} ({t.lr_schedule}, {t.warmup_steps} warm-up steps)"
+    rows = [("method", t.method), ("base model", record.base_model),
+            ("resolution", f"{record.resolution} px"), ("steps", str(record.total_steps)),
+            ("learning rate", rate),
             ("batch", f"{t.batch_size} x {t.gradient_accumulation} accumulation x {t.gpus} GPU(s)"),
             ("mixed precision", t.mixed_precision), ("optimizer", t.optimizer), ("seed", str(t.seed)),
             ("prior preservation", f"{record.class_images} class images" if record.class_images else "off")]
     if t.method == "lora":
         rows.append(("LoRA rank / alpha", f"{t.lora_rank} / {t.lora_scale_alpha:g}"))
     if t.trains_text_encoder:
-        rows.append(("text encoder", f"trained for {t.text_encoder_phase} steps at {t.text_encoder_learning_rate:g}"))
+        rows.append(("text encoder",
+                     f"trained for {t.text_encoder_phase} steps at {t.text_encoder_learning_rate:g}"))
     if record.vae:
         rows.append(("VAE", record.vae))
     return ["| setting | value |", "|---|---|", *[f"| {name} | {value} |" for name, value in rows]]
@@ -144,16 +147,17 @@ def _file_lines(files: PublishedFiles, method: str, repo: str) -> list[str]:
         lines.append(f"| `{name}` | {_tools(name, method)} |")
     folders = sorted({n.split("/")[0] for n in names if "/" in n and n.split("/")[0].endswith("-diffusers")})
     for folder in folders:
-        lines.append(f"| `{folder}/` | diffusers: `pipe.load_{'lora_weights' if method == 'lora' else 'textual_inversion'}"
-                     f"(\"{repo}\", subfolder=\"{folder}\")` |")
+        loader = "load_lora_weights" if method == "lora" else "load_textual_inversion"
+        lines.append(f"| `{folder}/` | diffusers: `pipe.{loader}(\"{repo}\", subfolder=\"{folder}\")` |")
     if "model_index.json" in files.files:
-        lines.append(f"| diffusers folders (repo root) | diffusers: `DiffusionPipeline.from_pretrained(\"{repo}\")` |")
+        lines.append("| diffusers folders (repo root) | diffusers: "
+                     f"`DiffusionPipeline.from_pretrained(\"{repo}\")` |")
     return lines
 
 
 def _tools(name: str, method: str) -> str:
     if name.endswith(".yaml"):
-        return "AUTOMATIC1111 / Forge: the config beside the checkpoint of the same name (SD 2.x v-prediction)"
+        return "AUTOMATIC1111 / Forge: the config beside the checkpoint of the same name (v-prediction)"
     if method == "dreambooth":
         return "AUTOMATIC1111, Forge, ComfyUI (checkpoint loader); diffusers `from_single_file`"
     if method == "lora":

@@ -83,8 +83,8 @@ def _folder_files(session: Session, folder: str, prefix: str) -> dict[str, str]:
     if not session.exists(folder):
         return {}
     root = session.path(folder)
-    return {posixpath.join(prefix, posixpath.relpath(path, root)): posixpath.join(folder, posixpath.relpath(path, root))
-            for path in sorted(session.fs.find(root))}
+    inside = [posixpath.relpath(path, root) for path in sorted(session.fs.find(root))]
+    return {posixpath.join(prefix, path): posixpath.join(folder, path) for path in inside}
 
 
 def _sample_grid(session: Session, step: int) -> str | None:

@@ -85,8 +85,11 @@ def _commit(api, repo: str, local: dict[str, Path | bytes], changed: list[str], 
         return api.repo_info(repo).sha
     for path in changed:
         log.info("Uploading %s", path)
-    operations = [CommitOperationAdd(path, local[path] if isinstance(local[path], bytes) else str(local[path]))
-                  for path in changed] + [CommitOperationDelete(path) for path in stale]
+    def content(path: str) -> bytes | str:
+        return local[path] if isinstance(local[path], bytes) else str(local[path])
+
+    operations = ([CommitOperationAdd(path, content(path)) for path in changed]
+                  + [CommitOperationDelete(path) for path in stale])
     info = api.create_commit(repo, operations, commit_message=f"Session {name} at step {step}",
                              commit_description="Published with dreambooth-pipeline.")
     return info.oid

@@ -25,7 +25,8 @@ from dreambooth_core.training.methods import set_up_method
 REPO = Path(__file__).resolve().parents[2]
 CAPTIONS = {"shrk": ["photo of shrk man, smiling", "photo of shrk man, outdoors", "photo of shrk man"]}
 # AUTOMATIC1111 (extensions-builtin/Lora/network.py) tells the base model of a network by these.
-A1111_VERSION = {"tiny": ("sd_v1", "False"), "tiny-sd2-v": ("sd_v2_v", "True"), "tiny-sdxl": ("sdxl_base_v1-0", "False")}
+A1111_VERSION = {"tiny": ("sd_v1", "False"), "tiny-sd2-v": ("sd_v2_v", "True"),
+                 "tiny-sdxl": ("sdxl_base_v1-0", "False")}
 ARCHITECTURE = {"tiny": "stable-diffusion-v1", "tiny-sd2-v": "stable-diffusion-v2-768-v",
                 "tiny-sdxl": "stable-diffusion-xl-v1-base"}
 
@@ -69,7 +70,8 @@ def test_every_export_says_how_it_was_trained_in_the_keys_a1111_and_kohya_read(m
         assert meta["ss_steps"] == "6" and meta["ss_sd_model_name"] == "tiny"
         assert json.loads(meta["ss_dataset_dirs"]) == {"shrk": {"n_repeats": 1, "img_count": 3}}
         # AUTOMATIC1111 lists the training tags from this: {dataset folder: {tag: count}}.
-        assert json.loads(meta["ss_tag_frequency"]) == {"shrk": {"photo of shrk man": 3, "smiling": 1, "outdoors": 1}}
+        tags = {"shrk": {"photo of shrk man": 3, "smiling": 1, "outdoors": 1}}
+        assert json.loads(meta["ss_tag_frequency"]) == tags
         assert meta["modelspec.trigger_phrase"] == "shrk"
         assert meta["ss_output_name"] == meta["modelspec.title"]
         if method == "lora":
@@ -90,8 +92,8 @@ def test_a_full_models_diffusers_parts_keep_their_own_headers(tmp_path):
 
 
 def test_the_training_keys_follow_the_settings(tmp_path):
-    files = exported("tiny", "lora", tmp_path, learning_rate=3e-4, lr_schedule="cosine", optimizer="adamw-8bit",
-                     offset_noise=0.05, seed=7)
+    files = exported("tiny", "lora", tmp_path, learning_rate=3e-4, lr_schedule="cosine",
+                     optimizer="adamw-8bit", offset_noise=0.05, seed=7)
     meta = files["s.safetensors"]
     assert (meta["ss_learning_rate"], meta["ss_lr_scheduler"], meta["ss_seed"]) == ("0.0003", "cosine", "7")
     assert meta["ss_optimizer"] == "bitsandbytes.optim.AdamW8bit" and meta["ss_noise_offset"] == "0.05"

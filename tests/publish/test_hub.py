@@ -45,7 +45,8 @@ def lora_session(root: Path):
     trainables = set_up_method(parts, record.training, list(record.captions))
     out = root / "out"
     out.mkdir()
-    write_method("lora", local.path, local.family, parts, trainables, session.name, 4, torch.float16, out, record)
+    write_method("lora", local.path, local.family, parts, trainables, session.name, 4, torch.float16, out,
+                 record)
     outputs = {}
     for file in sorted(out.rglob("*")):
         if file.is_file():
@@ -87,8 +88,8 @@ def test_the_files_and_the_card_arrive(hub, session):
     result = publish_session(session, "alice/shrk-lora", TOKEN, private=True, endpoint=hub.url)
     repo = hub.repos["alice/shrk-lora"]
     assert repo.private and result.url == f"{hub.url}/alice/shrk-lora" and result.step == 4
-    assert set(repo.files) == {".gitattributes", "README.md", "s.safetensors", "s-diffusers/pytorch_lora_weights"
-                               ".safetensors", "samples/step-000004.png"}
+    assert set(repo.files) == {".gitattributes", "README.md", "s.safetensors",
+                               "s-diffusers/pytorch_lora_weights.safetensors", "samples/step-000004.png"}
     assert hub.file("alice/shrk-lora", "s.safetensors") == Path(session.path("s.safetensors")).read_bytes()
     assert repo.files["s.safetensors"]["lfs"] and repo.files["samples/step-000004.png"]["lfs"]
     card = hub.file("alice/shrk-lora", "README.md").decode()
@@ -143,7 +144,8 @@ def test_the_command_without_a_token_ends_in_one_error_paragraph(hub, session, m
     code = main(["publish", "--session", session.name, "--storage", str(Path(session.url).parent),
                  "--repo", "alice/shrk-lora"])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error: publishing needs a Hugging Face token") and err.count("\n") == 1
+    assert code == 2 and err.startswith("error: publishing needs a Hugging Face token")
+    assert err.count("\n") == 1
     assert hub.requests == []
 
 
