@@ -59,7 +59,8 @@ class InputSettings(Section):
                                       "register -m blocks'.")
     hf_credentials_block: str | None = Field(None, description="Name of a hugging-face-credentials "
                                              "Prefect block holding the token for a gated or "
-                                             "private --model (default: the HF_TOKEN variable).")
+                                             "private --model and for --publish-to (default: the "
+                                             "HF_TOKEN variable).")
 
 
 class BaseModelSettings(Section):
@@ -295,6 +296,17 @@ class ExportSettings(Section):
                                                       "exported .ckpt/.safetensors files (FLUX's full "
                                                       "models: bf16 for fp16, which their activations "
                                                       "overflow).")
+    publish_to: str | None = Field(None, description="A Hugging Face model repo (USER/NAME) the finished "
+                                   "training publishes itself to, with a model card (token: HF_TOKEN or "
+                                   "--hf-credentials-block); a rerun uploads only what changed.")
+    publish_private: bool = Field(False, description="Create the --publish-to repo private.")
+
+    @field_validator("publish_to")
+    @classmethod
+    def _repo_id(cls, value: str | None) -> str | None:
+        if value is not None and (value.count("/") != 1 or not all(value.split("/"))):
+            raise ValueError(f"{value!r} is not a Hugging Face repo id: give USER/NAME, e.g. alice/shrk-lora")
+        return value
 
 
 class RuntimeSettings(Section):

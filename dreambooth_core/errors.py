@@ -45,3 +45,7 @@ class TrainingError(DreamBoothError):
 
 class GpuMemoryError(DreamBoothError):
     """The GPU ran out of memory: a smaller plan, not a bug fix, is what helps."""
+
+
+class PublishError(DreamBoothError):
+    """The hub refused a publish (no token, a token without write access, a repo not the user's)."""

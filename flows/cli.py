@@ -205,11 +205,23 @@ def check_before_run(flags: dict[str, Any]) -> DreamBoothConfig:
     warn_if_process_local(session.storage)
     session.check_writable()
     require_photos(session, config.inputs.photos)
+    if config.export.publish_to:
+        check_publish_token(config.inputs.hf_credentials_block)
     if config.base_model.vae:
         from dreambooth_core.model.vae import check_vae_spec
 
         check_vae_spec(config.base_model.vae)
     return config
+
+
+def check_publish_token(block: str | None) -> None:
+    """--publish-to needs a token: said now, not after hours of training (a block is read then)."""
+    from dreambooth_core.publish.token import require_token
+
+    if block is None:
+        from huggingface_hub import get_token
+
+        require_token(os.environ.get("HF_TOKEN") or get_token())
 
 
 def train(flags: dict[str, Any]) -> int:

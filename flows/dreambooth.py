@@ -25,6 +25,7 @@ from tasks.plan_training import plan_training
 from tasks.prefect_api import API
 from tasks.prepare_evaluation import prepare_evaluation
 from tasks.prepare_photos import prepare_photos
+from tasks.publish_session import publish_session
 from tasks.rebuild_missed_steps import rebuild_missed_steps
 from tasks.train_chunk import train_chunk
 from tasks.validate_photos import validate_photos
@@ -69,5 +70,8 @@ def dreambooth_train(config: DreamBoothConfig) -> ExportResult:
                               cached, len(chunks), "; export was cached" if exported.name == "Cached" else "")
         publish_summary(ref, RunFacts(time.monotonic() - began, trained, len(chunks), cached), progress)
         result = exported.result()
+        if config.export.publish_to:  # the finished model publishes itself (--publish-to)
+            publish_session(ref, config.export.publish_to, config.export.publish_private, None,
+                            config.inputs.hf_credentials_block)
         emit_trained(config, result.step)  # a deployment's trigger may try the model (prefect.yaml)
         return outcome.returns(result)

@@ -20,6 +20,28 @@ def add_session_commands(commands) -> None:
     _add_export_command(commands)
     _add_evaluate_command(commands)
     _add_generate_command(commands)
+    _add_publish_command(commands)
+
+
+def _add_publish_command(commands) -> None:
+    publish = commands.add_parser(
+        "publish", help="Upload a session's model and a generated model card to a Hugging Face model repo.",
+        description="Upload the session's final outputs (or step N's export, exported first if it is not "
+                    "yet) to the model repo USER/NAME, created if needed, with a model card: base model and "
+                    "license, trigger words, example prompts, settings, samples, evaluation, and the tools "
+                    "each file loads in. A rerun uploads only what changed. The token comes from "
+                    "--hf-credentials-block, else HF_TOKEN, else `hf auth login`; it is never printed or "
+                    "stored. No Prefect server is needed (except to read a block).")
+    publish.add_argument("--session", required=True, help="The trained session.")
+    publish.add_argument("--repo", required=True, help="The model repo, USER/NAME or ORGANISATION/NAME.")
+    publish.add_argument("--private", action="store_true", help="Create the repo private (an existing "
+                         "repo keeps its visibility).")
+    publish.add_argument("--step", type=int, default=None, help="Publish this step (a committed checkpoint "
+                         "or snapshot; dreambooth status lists them) instead of the final outputs.")
+    add_storage_flags(publish)
+    publish.add_argument("--hf-credentials-block", default=None, help="A hugging-face-credentials block "
+                         "holding a token with write access (read from the Prefect server at "
+                         "PREFECT_API_URL; default: HF_TOKEN).")
 
 
 def _add_export_command(commands) -> None:
@@ -209,4 +231,29 @@ def _evaluation_steps(text: str | None, available: dict[int, str], name: str) ->
                           f"--steps 200,400 (session {name!r} has {', '.join(map(str, sorted(available)))}).") from None
 
 
-HANDLERS = {"export": export, "evaluate": evaluate, "generate": generate}
+def publish(args: dict[str, Any]) -> int:
+    from dreambooth_core.export.step_export import export_step, require_step, trained_session
+    from dreambooth_core.publish.hub import check_repo_name, publish_session
+    from dreambooth_core.publish.token import require_token
+    from dreambooth_core.session.paths import export_folder
+    from tasks.publish_session import publish_token
+
+    check_repo_name(args["repo"])
+    session, config = trained_session_config(args)
+    step = args["step"]
+    token = publish_token(args["hf_credentials_block"] or config.inputs.hf_credentials_block)
+    require_token(token)  # before a step is exported
+    if step is not None and not session.exists(export_folder(step)):
+        require_step(session, step)  # before the model is loaded
+        model = trained_base_model(config, session)
+        export_step(session, trained_session(session, model.path, model.family), step,
+                    config.export.export_precision)
+    result = publish_session(session, args["repo"], token, args["private"], step)
+    uploaded = (f"{len(result.uploaded)} file(s) uploaded" if result.uploaded
+                else "nothing changed, nothing uploaded")
+    deleted = f", {len(result.deleted)} left over from an earlier publish deleted" if result.deleted else ""
+    print(f"Published step {result.step} of session {session.name!r} to {result.url} ({uploaded}{deleted})")
+    return 0
+
+
+HANDLERS = {"export": export, "evaluate": evaluate, "generate": generate, "publish": publish}

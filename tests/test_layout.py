@@ -14,7 +14,7 @@ LIBRARY = "dreambooth_core"
 EDGE = {"prefect", "flows", "tasks", "blocks"}
 # The library's packages from the bottom up: a package imports only from earlier levels.
 LEVELS = [{"errors", "hashing"}, {"config"}, {"session"}, {"reports"}, {"captions"}, {"photos", "model"},
-          {"families"}, {"training"}, {"generation", "export"}, {"evaluation"}]
+          {"families"}, {"training"}, {"generation", "export"}, {"evaluation"}, {"publish"}]
 
 
 def modules(package: str) -> dict[str, Path]:
@@ -143,7 +143,7 @@ def test_prefect_yaml_deployments_load_the_flow_with_valid_parameters():
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     for deployment in spec["deployments"]:
         flow = load_flow_from_entrypoint(str(REPO / deployment["entrypoint"]))
-        assert flow.name in {"dreambooth-train", "dreambooth-generate"}
+        assert flow.name in {"dreambooth-train", "dreambooth-generate", "dreambooth-publish"}
         flow.validate_parameters(deployment["parameters"])
         if flow.name == "dreambooth-train":
             DreamBoothConfig(**deployment["parameters"]["config"])

@@ -10,13 +10,22 @@ from pathlib import Path
 
 import torch
 
+from dreambooth_core.export.training_metadata import TrainingRecord, export_metadata, stamp_files
 from dreambooth_core.families import ModelFamily, ModelParts
 from dreambooth_core.training.methods import Trainables, adapted_encoders
 
 
 def write_method(method: str, model_path: str, facts: ModelFamily, parts: ModelParts, trainables: Trainables,
+                 name: str, step: int, dtype: torch.dtype, out: Path, record: TrainingRecord) -> list[str]:
+    """The files `method` exports, from trained parts and their trainables, each .safetensors with
+    the training metadata of `record`."""
+    names = _write_files(method, model_path, facts, parts, trainables, name, step, dtype, out)
+    stamp_files(out, names, export_metadata(record, facts, model_path, step))
+    return names
+
+
+def _write_files(method: str, model_path: str, facts: ModelFamily, parts: ModelParts, trainables: Trainables,
                  name: str, step: int, dtype: torch.dtype, out: Path) -> list[str]:
-    """The files `method` exports, from trained parts and their trainables."""
     family = parts.family
     if method == "lora":
         return family.write_lora(parts.denoiser, adapted_encoders(parts, trainables), name, dtype, out)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from dreambooth_core.config import ExportSettings
 from dreambooth_core.errors import SessionError, TrainingError
 from dreambooth_core.export.method_files import write_method
+from dreambooth_core.export.training_metadata import training_record
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.folder import Session, temporary_name
 from dreambooth_core.session.paths import DIFFUSERS
@@ -56,7 +57,7 @@ def write_method_files(plan: TrainingPlan, session: Session, dtype: torch.dtype,
     parts, trainables = final_parts(plan, session)
     refuse_non_finite(trainables, dtype, plan.total_steps)
     return write_method(plan.training.method, plan.model_path, plan.family, parts, trainables, session.name,
-                        plan.total_steps, dtype, out)
+                        plan.total_steps, dtype, out, training_record(session))
 
 
 def refuse_non_finite(trainables: Trainables, dtype: torch.dtype, step: int) -> None:

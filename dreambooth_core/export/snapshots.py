@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from dreambooth_core.export.method_files import token_vectors
+from dreambooth_core.export.training_metadata import export_metadata, stamp_files, training_record
 from dreambooth_core.families import ModelFamily, ModelParts
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import SNAPSHOTS, snapshot_folder, steps_named
@@ -43,6 +44,8 @@ def write_snapshot(session: Session, model_path: str, family: ModelFamily, metho
     folder = snapshot_folder(step)
     with scratch_folder(session, "snapshot") as local:
         _write_local(local, model_path, family, method, parts, trainables, name, step)
+        stamp_files(local, sorted(p.name for p in local.iterdir()),
+                    export_metadata(training_record(session), family, model_path, step))
         files = sorted(p for p in local.rglob("*") if p.is_file())
         for file in files:
             session.put_file(file, f"{folder}/{file.relative_to(local).as_posix()}")

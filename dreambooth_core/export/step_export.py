@@ -22,6 +22,7 @@ from dreambooth_core.errors import SessionError
 from dreambooth_core.export.method_files import write_method
 from dreambooth_core.export.outputs import DTYPES, refuse_non_finite, replace_folder
 from dreambooth_core.export.snapshots import snapshot_steps
+from dreambooth_core.export.training_metadata import training_record
 from dreambooth_core.families import ModelFamily, ModelParts, load_model_parts
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.dataset_manifest import require_dataset_manifest
@@ -115,7 +116,7 @@ def export_step(session: Session, trained: TrainedSession, step: int, precision:
         if source == "checkpoint":  # a snapshot's fp16 values are finite: it was written from checked weights
             refuse_non_finite(trainables, dtype, step)
         write_method(trained.training.method, trained.model_path, trained.family, parts, trainables, name,
-                     step, dtype, out)
+                     step, dtype, out, training_record(session))
         files = {f"{folder}/{f.relative_to(out).as_posix()}": f.stat().st_size
                  for f in sorted(out.rglob("*")) if f.is_file()}
         replace_folder(session, out, folder)

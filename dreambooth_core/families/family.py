@@ -198,6 +198,12 @@ class Family:
         raise NotImplementedError
 
     # -- exports ----------------------------------------------------------------
+    def base_model_keys(self, facts: ModelFamily, model_path: str) -> dict[str, str]:
+        """The safetensors metadata naming the base architecture: `modelspec.architecture` and
+        `modelspec.implementation` (Stability AI's model spec), kohya's `ss_base_model_version`
+        and `ss_v2` (dreambooth_core/export/training_metadata.py adds the rest)."""
+        raise NotImplementedError
+
     # Each writer puts files into the local folder `out` and returns the top-level names it made.
 
     def write_full_model(self, facts: ModelFamily, model_path: str, parts: ModelParts, name: str, step: int,

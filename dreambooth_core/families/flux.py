@@ -205,6 +205,14 @@ class Flux(Family):
 
     # -- exports --------------------------------------------------------------------
 
+    def base_model_keys(self, facts, model_path):
+        from dreambooth_core.families.flux_exports import model_spec
+
+        config = read_config(Path(model_path), "transformer/config.json")
+        spec = model_spec(config.get("guidance_embeds", True), "")
+        return {key: spec[key] for key in ("modelspec.architecture", "modelspec.implementation")} | {
+            "ss_base_model_version": "flux1", "ss_v2": "False"}  # kohya's flux_utils.MODEL_VERSION_FLUX_V1
+
     def write_full_model(self, facts, model_path, parts, name, step, dtype, out):
         from dreambooth_core.families.flux_exports import full_model_files
 

@@ -176,6 +176,12 @@ class Flux2Klein(Family):
 
     # -- exports (klein_exports.py, klein_lora.py) -----------------------------------
 
+    def base_model_keys(self, facts, model_path):
+        from dreambooth_core.families.klein_exports import MODEL_SPEC
+
+        return {key: MODEL_SPEC[key] for key in ("modelspec.architecture", "modelspec.implementation")} | {
+            "ss_base_model_version": "flux2_klein", "ss_v2": "False"}
+
     def write_full_model(self, facts, model_path, parts, name, step, dtype, out):
         from dreambooth_core.families.klein_exports import full_model_files
 

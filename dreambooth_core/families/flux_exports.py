@@ -46,12 +46,13 @@ def transformer_file(transformer: torch.nn.Module, name: str, step: int, path: P
     if half:
         state = {k: v.detach().to("cpu", torch.bfloat16) for k, v in state.items()}
     save_safetensors({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, path,
-                     model_spec(transformer.config, name, step))
+                     model_spec(transformer.config.guidance_embeds, name))
 
 
-def model_spec(config, title: str, step: int) -> dict[str, str]:
-    """The model-spec entries kohya and Stability AI's spec use for a FLUX.1 transformer file."""
-    variant = "dev" if config.guidance_embeds else "schnell"
+def model_spec(guidance_embeds: bool, title: str) -> dict[str, str]:
+    """The model-spec entries kohya and Stability AI's spec use for a FLUX.1 transformer file
+    ([dev] embeds the guidance scale, [schnell] does not)."""
+    variant = "dev" if guidance_embeds else "schnell"
     return {"modelspec.sai_model_spec": "1.0.1", "modelspec.architecture": f"flux-1-{variant}",
             "modelspec.implementation": "https://github.com/black-forest-labs/flux", "modelspec.title": title,
             "modelspec.resolution": "1024x1024"}

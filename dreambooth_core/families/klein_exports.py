@@ -75,12 +75,15 @@ def full_model_files(model_path: str, parts: ModelParts, name: str, dtype: torch
     return [DIFFUSERS, f"{name}.safetensors"]
 
 
+MODEL_SPEC = {"modelspec.sai_model_spec": "1.0.1", "modelspec.architecture": "flux-2-klein",
+              "modelspec.implementation": "https://github.com/black-forest-labs/flux2"}
+
+
 def transformer_file(transformer: torch.nn.Module, name: str, path: Path, half: bool = False) -> None:
     """The transformer in BFL's layout, in its own dtype (bf16 with `half`: a copy of each tensor)."""
     state = to_bfl_state(transformer.state_dict())
     dtype = torch.bfloat16 if half else None
-    metadata = {"modelspec.sai_model_spec": "1.0.1", "modelspec.architecture": "flux-2-klein",
-                "modelspec.implementation": "https://github.com/black-forest-labs/flux2", "modelspec.title": name}
+    metadata = MODEL_SPEC | {"modelspec.title": name}
     save_safetensors({k: v.detach().to("cpu", dtype).contiguous() for k, v in state.items()}, path, metadata)
 
 

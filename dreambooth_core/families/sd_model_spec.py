@@ -36,6 +36,17 @@ def model_spec_metadata(family: ModelFamily, title: str) -> dict[str, str]:
             "modelspec.prediction_type": _PREDICTION_NAMES[family.prediction_type]}
 
 
+def base_model_keys(family: ModelFamily) -> dict[str, str]:
+    """What a file trained on `family` says of its base model: the model-spec architecture and
+    kohya's `ss_base_model_version` / `ss_v2` (AUTOMATIC1111 tells SDXL and SD 2 networks by them)."""
+    spec = model_spec_metadata(family, "")
+    version = {"sd1": "sd_v1", "sdxl": "sdxl_base_v1-0"}.get(family.family) or (
+        "sd_v2_v" if family.prediction_type == "v_prediction" else "sd_v2")
+    return {key: spec[key] for key in ("modelspec.architecture", "modelspec.implementation",
+                                       "modelspec.prediction_type")} | {
+        "ss_base_model_version": version, "ss_v2": str(family.family == "sd2")}
+
+
 def declared_spec(single_file: Path) -> tuple[str | None, int | None]:
     """(prediction type, square resolution) a .safetensors file declares; None for what it does not."""
     from safetensors import safe_open

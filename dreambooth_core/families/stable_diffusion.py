@@ -110,6 +110,11 @@ class StableDiffusion(Family):
         return denoiser(batch.noisy, batch.timesteps, condition.hidden).sample
 
     # Exports (sd_exports.py), each loading its libraries when first used.
+    def base_model_keys(self, facts, model_path):
+        from dreambooth_core.families.sd_model_spec import base_model_keys
+
+        return base_model_keys(facts)
+
     def write_full_model(self, facts, model_path, parts, name, step, dtype, out):
         from dreambooth_core.families.sd_exports import full_model_files
 

@@ -60,3 +60,38 @@ def sort_metadata(path: Path) -> None:
         assert len(ordered) <= size, "a reordered header cannot grow"
         file.seek(8)
         file.write(ordered.ljust(size))
+
+
+def add_metadata(path: Path, entries: Mapping[str, str]) -> None:
+    """Add `entries` to a .safetensors header, keeping those the file already has (its writer
+    knew them best), sorted; with kohya's `sshs_model_hash` and `sshs_legacy_hash` of the
+    tensor data, which AUTOMATIC1111 shows as the network's hash instead of hashing the file.
+
+    The tensor bytes are copied unchanged after the new header (their offsets count from
+    the end of the header)."""
+    import hashlib
+    import json
+    import os
+
+    path = Path(path)
+    with open(path, "rb") as file:
+        size = int.from_bytes(file.read(8), "little")
+        header = json.loads(file.read(size))
+        data_start = 8 + size
+        digest = hashlib.sha256()
+        for block in iter(lambda: file.read(1 << 24), b""):
+            digest.update(block)
+        file.seek(data_start + 0x100000)
+        legacy = hashlib.sha256(file.read(0x10000)).hexdigest()[:8]
+        metadata = {**entries, "sshs_model_hash": digest.hexdigest(), "sshs_legacy_hash": legacy,
+                    **header.get("__metadata__", {})}
+        header["__metadata__"] = dict(sorted(metadata.items()))
+        encoded = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        encoded += b" " * (-len(encoded) % 8)  # safetensors aligns the data to 8 bytes
+        partial = path.with_name(path.name + ".metadata")
+        with open(partial, "wb") as out:
+            out.write(len(encoded).to_bytes(8, "little") + encoded)
+            file.seek(data_start)
+            for block in iter(lambda: file.read(1 << 24), b""):
+                out.write(block)
+    os.replace(partial, path)

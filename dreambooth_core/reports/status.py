@@ -16,6 +16,7 @@ from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.dataset_manifest import load_dataset_manifest
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import DIFFUSERS, EXPORTS, GENERATIONS, SESSION_FILE, SNAPSHOTS, steps_named
+from dreambooth_core.session.publications import load_publications
 from dreambooth_core.session.state import SessionState, load_state
 
 
@@ -37,6 +38,7 @@ class SessionStatus:
     snapshots: list[int] = field(default_factory=list)  # steps with a snapshot, oldest first
     exports: list[int] = field(default_factory=list)  # steps exported with `dreambooth export --step`
     generations: list[str] = field(default_factory=list)  # folders of `dreambooth generate`, oldest first
+    published: list[str] = field(default_factory=list)  # "URL (step N[, private])" per hub repo
     problem: str | None = None   # why the session cannot be read (state "unreadable")
 
     @property
@@ -109,7 +111,13 @@ def session_status(session: Session) -> SessionStatus:
         last_loss=rows[-1].loss if rows else None,
         speed=steps / seconds if seconds > 0 else None, outputs=_outputs(session, state),
         snapshots=steps_named(session.list(SNAPSHOTS)), exports=steps_named(session.list(EXPORTS)),
-        generations=session.list(GENERATIONS))
+        generations=session.list(GENERATIONS), published=_published(session))
+
+
+def _published(session: Session) -> list[str]:
+    repos = load_publications(session).repos.values()
+    return [f"{p.url} (step {p.step}{', private' if p.private else ''}, {time_text(p.published_at)})"
+            for p in sorted(repos, key=lambda p: p.repo)]
 
 
 def _state(state: SessionState | None, committed: list[int], total: int | None) -> str:
@@ -172,6 +180,7 @@ def status_lines(status: SessionStatus) -> list[str]:
     if status.generations:
         lines.append(f"  generated:   {len(status.generations)} time(s) in generations/, newest "
                      f"{status.generations[-1]}/ (dreambooth generate)")
+    lines += [f"  published:   {where}" for where in status.published]
     return lines
 
 

@@ -11,6 +11,7 @@
       checkpoints/step-NNNNNN/      checkpoint_folder(): training state + CHECKPOINT_MANIFEST
       snapshots/step-NNNNNN/        snapshot_folder(): small model files every N steps
       exports/step-NNNNNN/          export_folder(): a step's files, exported on request
+      published.json                PUBLISHED: the hub repos the session was published to
       samples/step-NNNNNN.png       samples_grid(): sample images of a checkpoint
       <session>.safetensors ...     the outputs; DIFFUSERS: the diffusers folder
     <storage>/class-images/         CLASS_STORE: class images shared by every session there
@@ -41,6 +42,7 @@ CHECKPOINTS = "checkpoints"
 CHECKPOINT_MANIFEST = "MANIFEST.json"  # inside each checkpoint folder, written last: the commit
 SNAPSHOTS = "snapshots"
 EXPORTS = "exports"
+PUBLISHED = "published.json"
 GENERATIONS = "generations"
 SAMPLES = "samples"
 DIFFUSERS = "diffusers"

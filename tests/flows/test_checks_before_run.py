@@ -71,6 +71,8 @@ def train(tmp_path: Path, photos: Path, *extra: str) -> list[str]:
                                                        "--mixed-precision bf16"]),
     (["--offload", "--method", "lora"], ["--offload needs --method dreambooth", "--step-in-backward"]),
     (["--offload", "--step-in-backward", "--device", "cpu"], ["--offload", "nothing to offload to"]),
+    (["--publish-to", "alice"], ["--publish-to", "is not a Hugging Face repo id"]),
+    (["--publish-to", "alice/shrk"], ["publishing needs a Hugging Face token with write access"]),
 ])
 def test_invalid_values(tmp_path, photos, flags, phrases):
     result, facts = dreambooth(tmp_path, *train(tmp_path, photos, *flags))

@@ -86,6 +86,18 @@ def test_the_generate_deployment_renders_with_valid_parameters_when_training_fin
     assert trigger["expect"] == [TRAINED] and set(trigger["parameters"]) == {"session", "storage", "storage_block"}
 
 
+def test_the_publish_deployment_can_publish_each_session_when_training_finishes():
+    from flows.publish import dreambooth_publish
+    from flows.trained_event import TRAINED
+
+    deployment = DEPLOYMENTS["publish-local"]
+    dreambooth_publish.validate_parameters(deployment["parameters"])
+    (trigger,) = deployment["triggers"]
+    assert trigger["expect"] == [TRAINED] and trigger["enabled"] is False  # until a user names the repo
+    assert trigger["parameters"]["repo"] == "YOUR-USER/{{ event.payload.session }}"
+    assert set(trigger["parameters"]) == {"session", "repo", "storage", "storage_block"}
+
+
 @pytest.mark.parametrize("name", TRAINING)
 def test_each_deployment_trains_the_uploads_addressed_to_it(name):
     (trigger,) = DEPLOYMENTS[name]["triggers"]
