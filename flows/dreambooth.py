@@ -44,7 +44,8 @@ def dreambooth_train(config: DreamBoothConfig) -> ExportResult:
         model = fetch_base_model(config.base_model, config.inputs.hf_credentials_block)
         family_of(model.family).check_settings(config.training)  # what the family cannot train stops here
         resolution = config.training.resolution_for(model.family.resolution)  # decided once, here
-        dataset = prepare_photos(ref, photos, resolution)
+        buckets = config.training.uses_buckets(family_of(model.family).buckets_by_default)
+        dataset = prepare_photos(ref, photos, resolution, buckets)
         captions = caption_photos(ref, dataset, model, config.captions)
         check_tokens(ref, model, captions, config.checks.bad_token)
         class_images = generate_class_images(ref, model, resolution, config.training,

@@ -63,6 +63,7 @@ TEXTUAL_INVERSION = (
 class Flux(Family):
     keys = ("flux1",)
     title = "FLUX.1 [dev] and [schnell]"
+    buckets_by_default = True
     denoiser = "transformer"
     lora_targets = FLUX_TRANSFORMER_LORA_TARGETS
     text_lora_targets = FLUX_TEXT_LORA_TARGETS

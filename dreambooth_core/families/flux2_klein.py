@@ -62,6 +62,7 @@ TEXTUAL_INVERSION = (
 class Flux2Klein(Family):
     keys = ("flux2-klein",)
     title = "FLUX.2 [klein] 4B and 9B"
+    buckets_by_default = True
     denoiser = "transformer"
     lora_targets = KLEIN_LORA_TARGETS
     trainable_text_encoders = 0

@@ -41,10 +41,12 @@ class GenerationRequest:
     steps: int = DEFAULT_STEPS
     guidance_scale: float = DEFAULT_GUIDANCE
     batch_size: int = DEFAULT_BATCH
+    size: tuple[int, int] | None = None  # (width, height) of an aspect-ratio bucket; None: a square
 
     @property
     def key(self) -> str:
-        return generated_key(self.model_digest, self.prompt, self.seed, self.resolution, self.steps,
+        shape = self.resolution if self.size is None else list(self.size)
+        return generated_key(self.model_digest, self.prompt, self.seed, shape, self.steps,
                              self.guidance_scale, self.scheduler)
 
     @property
@@ -75,7 +77,7 @@ def generate_images(store: Session, request: GenerationRequest, count: int, devi
         indices = range(start, start + request.batch_size)
         generators = [generator_for(request.seed, i, SEED_STREAM) for i in indices]
         images = render(pipeline, request.prompt, generators, request.resolution, request.steps,
-                        request.guidance_scale)
+                        request.guidance_scale, size=request.size)
         for index, image in zip(indices, images):
             if image_name(index) in present:
                 continue
@@ -95,6 +97,7 @@ def generate_images(store: Session, request: GenerationRequest, count: int, devi
 def _description(request: GenerationRequest) -> dict:
     """What made the images, for people browsing the store."""
     return {"prompt": request.prompt, "model_digest": request.model_digest, "seed": request.seed,
-            "resolution": request.resolution, "steps": request.steps,
+            "resolution": request.resolution, **({"size": list(request.size)} if request.size else {}),
+            "steps": request.steps,
             "guidance_scale": request.guidance_scale, "scheduler": request.scheduler,
             "image_seed": f"generator_for(seed, index, {SEED_STREAM!r})"}

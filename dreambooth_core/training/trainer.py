@@ -94,6 +94,7 @@ class Trainer:
         self.groups = [[i for i, e in enumerate(examples) if e.subject == s] for s in subjects]
         self.class_groups = [[i for i, e in enumerate(self.class_examples) if e.subject == s]
                              for s in subjects] if self.class_examples else []
+        self.buckets, self.class_buckets = bucket_indices(examples, self.class_examples)
         self.latents = LatentCache(parts.vae, runtime.cache_latents)
         # What trained forward passes go through: the modules, or with several processes their
         # DDP wrappers, which average the gradients during backward (data_parallel.py).
@@ -150,7 +151,8 @@ class Trainer:
     def loss(self, step: int, micro: int = 0) -> torch.Tensor:
         o = self.settings
         draw = draw_micro_batch(o.seed, step, micro, o.batch_size, o.gradient_accumulation,
-                                self.groups, self.class_groups, o.flip, self.rank, self.world)
+                                self.groups, self.class_groups, o.flip, self.rank, self.world,
+                                self.buckets, self.class_buckets)
         chosen = [("i", i, self.examples[i]) for i in draw.instances]
         chosen += [("c", i, self.class_examples[i]) for i in draw.classes]
         posteriors = [self.latents.posterior((kind, i), e.pixels, flip)
@@ -331,6 +333,26 @@ def _adamw_8bit(groups: list[dict], settings: TrainingSettings, device: torch.de
         raise ConfigError("--optimizer adamw-8bit needs the bitsandbytes package: "
                           "pip install bitsandbytes, or use --optimizer adamw.") from None
     return bitsandbytes.optim.AdamW8bit(groups, lr=settings.base_learning_rate)
+
+
+def bucket_indices(examples: list[Example], class_examples: list[Example]
+                   ) -> tuple[list[int] | None, list[int] | None]:
+    """Each example's aspect-ratio bucket (an index into the instance images' sizes), or (None, None)
+    when every instance image has one size. With several, every subject's class images must come in
+    each size its photos do (generation/class_images.py renders them so)."""
+    sizes = sorted({tuple(e.pixels.shape[-2:]) for e in examples})
+    if len(sizes) <= 1:
+        return None, None
+    of = {size: index for index, size in enumerate(sizes)}
+    classes = {(e.subject, tuple(e.pixels.shape[-2:])) for e in class_examples}
+    missing = sorted({(e.subject, tuple(e.pixels.shape[-2:])) for e in examples} - classes) if class_examples else []
+    if missing:
+        subject, (height, width) = missing[0]
+        raise SessionError(f"subject {subject!r} has photos in the {width}x{height} aspect-ratio bucket but no "
+                           "class images of that size; the class images are from another dataset. Run "
+                           "again to render them, or start a new --session.")
+    return [of[tuple(e.pixels.shape[-2:])] for e in examples], \
+        [of.get(tuple(e.pixels.shape[-2:]), -1) for e in class_examples]
 
 
 def geometry(example: Example, flip: bool) -> ImageGeometry:
