@@ -43,6 +43,7 @@ class Example:
     # it (left, top, right, bottom); None: the image as it is, uncropped.
     original_size: tuple[int, int] | None = None
     crop_box: tuple[int, int, int, int] | None = None
+    mask: torch.Tensor | None = None  # [1, 1, H, W] in [0, 1], 1 on the subject (--masked-loss)
 
 
 class Trainer:
@@ -168,7 +169,10 @@ class Trainer:
         with self._autocast():
             condition = self._condition([e.caption for _, _, e in chosen], step)
             prediction = self.family.predict(self.denoiser, batch, condition, images)
-        return dreambooth_loss(per_example_loss(prediction, batch), len(draw.instances), o.prior_loss_weight)
+        weights = mask_weights([e for _, _, e in chosen], draw.flips, prediction.shape[-2:], o.mask_floor) \
+            if o.masked_loss else None
+        return dreambooth_loss(per_example_loss(prediction, batch, weights), len(draw.instances),
+                               o.prior_loss_weight)
 
     # -- phases, learning rates, EMA ------------------------------------------
 
@@ -353,6 +357,22 @@ def bucket_indices(examples: list[Example], class_examples: list[Example]
                            "again to render them, or start a new --session.")
     return [of[tuple(e.pixels.shape[-2:])] for e in examples], \
         [of.get(tuple(e.pixels.shape[-2:]), -1) for e in class_examples]
+
+
+def mask_weights(examples: list[Example], flips: list[bool], size: torch.Size, floor: float) -> torch.Tensor | None:
+    """[batch, 1, h, w]: floor + (1 - floor) x each example's mask, area-averaged to the prediction's
+    latent size (h, w) and mirrored with its image; 1 everywhere for an example without one (class
+    images). None when no example has a mask."""
+    if all(e.mask is None for e in examples):
+        return None
+    rows = []
+    for example, flip in zip(examples, flips):
+        if example.mask is None:
+            rows.append(torch.ones(1, 1, *size))
+            continue
+        mask = torch.nn.functional.interpolate(example.mask.float(), size=tuple(size), mode="area")
+        rows.append(floor + (1 - floor) * (mask.flip(-1) if flip else mask))
+    return torch.cat(rows)
 
 
 def geometry(example: Example, flip: bool) -> ImageGeometry:
