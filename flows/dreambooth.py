@@ -20,6 +20,7 @@ from tasks.check_tokens import check_tokens
 from tasks.export_model import export_model
 from tasks.fetch_base_model import fetch_base_model
 from tasks.generate_class_images import generate_class_images
+from tasks.mask_photos import mask_photos
 from tasks.open_session import open_session
 from tasks.plan_training import plan_training
 from tasks.prefect_api import API
@@ -48,6 +49,8 @@ def dreambooth_train(config: DreamBoothConfig) -> ExportResult:
         dataset = prepare_photos(ref, photos, resolution, buckets)
         captions = caption_photos(ref, dataset, model, config.captions)
         check_tokens(ref, model, captions, config.checks.bad_token)
+        if config.training.masked_loss:
+            mask_photos(ref, config.base_model.model, captions)
         class_images = generate_class_images(ref, model, resolution, config.training,
                                              config.captions.class_prompt, config.runtime.device)
         plan = plan_training(ref, config, model, dataset, captions, class_images)
