@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger
 from dreambooth_core.config import DreamBoothConfig
 from dreambooth_core.export.outputs import ExportResult
 from dreambooth_core.families import family_of
+from dreambooth_core.families.buckets import bucket_step_for
 from dreambooth_core.reports.summary import RunFacts
 from dreambooth_core.training.live import LiveTraining
 from flows.session_storage import result_storage, session_lease
@@ -45,8 +46,7 @@ def dreambooth_train(config: DreamBoothConfig) -> ExportResult:
         model = fetch_base_model(config.base_model, config.inputs.hf_credentials_block)
         family_of(model.family).check_settings(config.training)  # what the family cannot train stops here
         resolution = config.training.resolution_for(model.family.resolution)  # decided once, here
-        buckets = config.training.uses_buckets(family_of(model.family).buckets_by_default)
-        dataset = prepare_photos(ref, photos, resolution, buckets)
+        dataset = prepare_photos(ref, photos, resolution, bucket_step_for(config.training, model, resolution))
         captions = caption_photos(ref, dataset, model, config.captions)
         check_tokens(ref, model, captions, config.checks.bad_token)
         if config.training.masked_loss:

@@ -13,10 +13,10 @@ from tasks.artifacts import artifact_key, publish_image
 # it checks every prepared image, which a cached result would skip: one deleted or edited by
 # hand is made again.
 @task(name="prepare-photos", task_run_name="prepare photos")
-def prepare_photos(ref: SessionRef, photos: PhotoSet, resolution: int, buckets: bool = False) -> PreparedDataset:
+def prepare_photos(ref: SessionRef, photos: PhotoSet, resolution: int, buckets: int = 0) -> PreparedDataset:
     """`resolution`: the training resolution (the run decides it once, from the model's family);
-    `buckets`: aspect-ratio buckets of its pixel area instead of squares (a session that has started
-    training keeps the images it trained on)."""
+    `buckets`: aspect-ratio buckets of its pixel area, their sides in steps of this many pixels, instead
+    of squares (0; a session that has started training keeps the images it trained on)."""
     session = ref.open()
     dataset = build_dataset(session, photos, resolution, get_run_logger(), buckets=buckets)
     title = f"Prepared photos of session {session.name}"

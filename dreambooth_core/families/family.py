@@ -196,6 +196,12 @@ class Family:
     def objective(self, parts: ModelParts, settings: TrainingSettings) -> Objective:
         raise NotImplementedError
 
+    def pixel_multiple(self, folder: Path) -> int:
+        """What the denoiser needs image sides to be a multiple of (aspect-ratio buckets): a UNet halves
+        its latents once per down block after the first."""
+        unet = read_config(folder, f"{self.denoiser}/config.json")
+        return vae_scale(read_config(folder, "vae/config.json")) * 2 ** (len(unet["block_out_channels"]) - 1)
+
     def predict(self, denoiser: torch.nn.Module, batch: NoisyBatch, condition: Condition,
                 images: list[ImageGeometry]) -> torch.Tensor:
         """The denoiser's prediction for a noisy batch (`denoiser`: the parts' own, or a wrapper of it)."""

@@ -2,9 +2,10 @@
 
 With --buckets each photo keeps its aspect ratio as far as the nearest bucket allows (a tall
 portrait trains at 832x1216 at SDXL's 1024 px area, not cropped to a square). Sides are multiples
-of a step of 1/16 of the resolution (64 px at 1024, at least 16 px, which every family's latents
-divide: 8 px per latent pixel, and FLUX packs 2x2 latents), and no bucket is longer than
-MAX_ASPECT times its width or height, so a panorama is cropped rather than trained as a strip.
+of a step of about 1/16 of the resolution (64 px at 1024), itself a multiple of what the model's
+denoiser divides (Family.pixel_multiple: 64 px for SD 1.x's UNet, 32 for SDXL's, 16 for FLUX's
+packed latents; at least 16), and no bucket is longer than MAX_ASPECT times its width or height,
+so a panorama is cropped rather than trained as a strip.
 """
 
 from __future__ import annotations
@@ -15,17 +16,19 @@ from collections import Counter
 Size = tuple[int, int]  # (width, height) in pixels
 MAX_ASPECT = 2.0
 MIN_STEP = 16
-MAX_STEP = 64
 BUCKETS_VERSION = 1  # bump when the same resolution would give other buckets
 
 
-def bucket_step(resolution: int) -> int:
-    return max(MIN_STEP, min(MAX_STEP, resolution // 16 // MIN_STEP * MIN_STEP))
+def bucket_step(resolution: int, pixel_multiple: int) -> int:
+    """The step of the bucket sides: the multiple of `pixel_multiple` nearest resolution / 16."""
+    multiple = max(MIN_STEP, pixel_multiple)
+    return multiple * max(1, round(resolution / 16 / multiple))
 
 
-def bucket_grid(resolution: int) -> list[Size]:
-    """Every bucket of `resolution`'s pixel area (resolution x resolution at most), narrowest first."""
-    step, area = bucket_step(resolution), resolution * resolution
+def bucket_grid(resolution: int, step: int) -> list[Size]:
+    """Every bucket of `resolution`'s pixel area (resolution x resolution at most), with sides in
+    multiples of `step`, narrowest first."""
+    area = resolution * resolution
     sizes = set()
     for width in range(step, resolution + 1, step):  # the tall ones and the square; the wide ones mirror them
         height = area // width // step * step

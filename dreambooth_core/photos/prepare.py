@@ -56,20 +56,21 @@ class PreparedDataset(BaseModel):
     buckets: dict[str, int] = {}  # photos per aspect-ratio bucket ("832x1216"); empty: squares
 
 
-def method(buckets: bool = False) -> str:
-    """Everything besides the photo and the resolution that decides a prepared image."""
+def method(buckets: int = 0) -> str:
+    """Everything besides the photo and the resolution that decides a prepared image; `buckets`: the
+    step of the aspect-ratio buckets' sides (buckets.py), 0 for squares."""
     detector = faces.current_detector()
     made = f"v{PREPARE_VERSION}/{getattr(detector, '__module__', '?')}.{getattr(detector, '__qualname__', '?')}"
-    return made + (f"/buckets-v{BUCKETS_VERSION}" if buckets else "")
+    return made + (f"/buckets-v{BUCKETS_VERSION}:{buckets}" if buckets else "")
 
 
-def prepared_file(source_sha256: str, resolution: int, buckets: bool = False) -> str:
+def prepared_file(source_sha256: str, resolution: int, buckets: int = 0) -> str:
     """Where the prepared image of a photo goes: named after everything that made it."""
     return f"{DATASET}/{digest([source_sha256, resolution, method(buckets)])[:20]}.png"
 
 
 def prepare_many(photos: list[tuple[str, bytes]], resolution: int, workers: int | None = None,
-                 buckets: bool = False) -> Iterator[PreparedPhoto | DatasetError]:
+                 buckets: int = 0) -> Iterator[PreparedPhoto | DatasetError]:
     """prepare_photo over (name, bytes) pairs, in order; an unreadable photo yields its error.
 
     workers=None: one process per core when there is enough data to be worth it. The
@@ -77,7 +78,7 @@ def prepare_many(photos: list[tuple[str, bytes]], resolution: int, workers: int 
     if workers is None:
         heavy = len(photos) > 1 and sum(len(data) for _, data in photos) >= PARALLEL_BYTES
         workers = min(os.cpu_count() or 1, len(photos)) if heavy else 1
-    sizes = (resolution, bucket_grid(resolution)) if buckets else (resolution,)
+    sizes = (resolution, bucket_grid(resolution, buckets)) if buckets else (resolution,)
     if workers <= 1 or sys.platform != "linux":  # macOS: fork is unsafe with system frameworks
         yield from (prepare_or_error(name, data, *sizes) for name, data in photos)
         return
@@ -101,7 +102,7 @@ def prepare_many(photos: list[tuple[str, bytes]], resolution: int, workers: int 
 
 def prepare_dataset(session: Session, photos: dict[str, str], resolution: int,
                     log: logging.Logger | None = None, reuse: Iterable[DatasetItem] = (),
-                    workers: int | None = None, buckets: bool = False) -> list[DatasetItem]:
+                    workers: int | None = None, buckets: int = 0) -> list[DatasetItem]:
     """Manifest items for the session photos `photos` ({name: sha256}), preparing only those
     `reuse` has no image for: only those are read.
 
@@ -144,10 +145,11 @@ def prepare_dataset(session: Session, photos: dict[str, str], resolution: int,
 
 
 def build_dataset(session: Session, photos: PhotoSet, resolution: int, log: logging.Logger | None = None,
-                  workers: int | None = None, buckets: bool = False) -> PreparedDataset:
+                  workers: int | None = None, buckets: int = 0) -> PreparedDataset:
     """Prepare the imported photos, reusing every image already prepared for them.
 
-    `buckets`: each photo in the aspect-ratio bucket nearest its own (buckets.py), else squares.
+    `buckets`: each photo in the aspect-ratio bucket nearest its own, of sides in steps of this many
+    pixels (buckets.py); 0: squares.
     Writes dataset/manifest.json (source hash, crop box, face box per photo) and
     reports/contact_sheet.png."""
     log = log or logging.getLogger("dreambooth")

@@ -16,18 +16,21 @@ from dreambooth_core.session.dataset_manifest import load_dataset_manifest
 from dreambooth_core.session.state import update_state
 
 
-def test_buckets_hold_the_resolutions_area_in_steps_every_family_divides():
-    for resolution in (64, 512, 1024):
-        grid, step = bucket_grid(resolution), bucket_step(resolution)
+def test_buckets_hold_the_resolutions_area_in_steps_the_denoiser_divides():
+    # (resolution, the denoiser's pixel multiple, the step): about resolution / 16, a multiple of both
+    for resolution, multiple, step in ((64, 8, 16), (512, 64, 64), (768, 64, 64), (1024, 32, 64), (1024, 16, 64)):
+        assert bucket_step(resolution, multiple) == step
+        grid = bucket_grid(resolution, step)
         assert (resolution, resolution) in grid
-        assert all(w % step == 0 and h % step == 0 and step % 16 == 0 for w, h in grid)
-        assert all(0.9 * resolution ** 2 <= w * h <= resolution ** 2 for w, h in grid)
+        assert all(w % step == 0 and h % step == 0 for w, h in grid)
+        assert all(0.85 * resolution ** 2 <= w * h <= resolution ** 2 for w, h in grid)
         assert sorted((h, w) for w, h in grid) == grid  # a portrait bucket for every landscape one
-    assert (832, 1216) in bucket_grid(1024) and (1216, 832) in bucket_grid(1024)
+        assert all(max(w / h, h / w) <= 2 for w, h in grid)
+    assert (832, 1216) in bucket_grid(1024, 64) and (1216, 832) in bucket_grid(1024, 64)
 
 
 def test_the_nearest_bucket_is_the_nearest_aspect_ratio():
-    grid = bucket_grid(1024)
+    grid = bucket_grid(1024, 64)
     assert nearest_bucket((3000, 4000), grid) == (896, 1152)   # a 3:4 portrait
     assert nearest_bucket((4000, 3000), grid) == (1152, 896)
     assert nearest_bucket((500, 500), grid) == (1024, 1024)
@@ -37,7 +40,7 @@ def test_the_nearest_bucket_is_the_nearest_aspect_ratio():
 @pytest.mark.parametrize("shape", ["wide", "tall, stored sideways"])
 def test_a_photo_keeps_its_shape_and_its_face(shape):
     """2400x1500 (1.6:1); or its right part, 1100x1500, stored turned a quarter (EXIF orientation 6)."""
-    grid = bucket_grid(256)
+    grid = bucket_grid(256, 16)
     upright = wide_photo_with_face_on_the_right()
     if shape == "wide":
         data = jpeg(upright)
@@ -79,8 +82,8 @@ def shaped_photos(tmp_path):
 def test_every_photo_lands_in_the_bucket_of_its_aspect(tmp_path, shaped_photos, caplog):
     session = opened_session(tmp_path / "sessions")
     with caplog.at_level(logging.INFO):
-        dataset = prepare_folder(session, shaped_photos, 64, workers=1, buckets=True)
-    grid = bucket_grid(64)
+        dataset = prepare_folder(session, shaped_photos, 64, workers=1, buckets=16)
+    grid = bucket_grid(64, 16)
     for item in load_dataset_manifest(session).items:
         expected = nearest_bucket(SHAPES[item.source.split("/")[-1]], grid)
         assert tuple(item.size) == expected
@@ -96,7 +99,7 @@ def test_a_session_that_started_training_on_squares_keeps_them(tmp_path, shaped_
     session = opened_session(tmp_path / "sessions")
     squares = prepare_folder(session, shaped_photos, 64, workers=1)
     update_state(session, fingerprint={"training": "started"})
-    again = prepare_folder(session, shaped_photos, 64, workers=1, buckets=True)
+    again = prepare_folder(session, shaped_photos, 64, workers=1, buckets=16)
     assert again.digest == squares.digest and again.buckets == {}
     fresh = opened_session(tmp_path / "sessions", "t")
-    assert prepare_folder(fresh, shaped_photos, 64, workers=1, buckets=True).digest != squares.digest
+    assert prepare_folder(fresh, shaped_photos, 64, workers=1, buckets=16).digest != squares.digest
