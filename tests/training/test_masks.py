@@ -12,6 +12,7 @@ from sessions import opened_session, prepare_folder
 
 from dreambooth_core.model.segmentation import Segmenter, build_tiny_segmenter
 from dreambooth_core.photos.masks import mask_values
+from dreambooth_core.photos.validate import ValidationSettings, validate_folder
 from dreambooth_core.session.dataset_manifest import load_dataset_manifest
 from dreambooth_core.training.examples import load_examples
 from dreambooth_core.training.masks import build_masks
@@ -29,10 +30,12 @@ def test_a_mask_file_beside_a_photo_is_cropped_as_the_photo_was(tmp_path, photos
     mask = np.zeros((213, 256), dtype=np.uint8)
     mask[:, :100] = 255
     Image.fromarray(mask, "L").save(photos / "shrk (2).mask.png")
+    report = validate_folder(photos, ValidationSettings(resolution=64, subject_type="other"))
+    assert len(report.photos) == 4 and not report.ignored  # the photo check reads it as no photo
     session = opened_session(tmp_path / "sessions")
     prepare_folder(session, photos, 64, workers=1)
     items = load_dataset_manifest(session).items
-    assert len(items) == 4  # the mask is not a photo
+    assert len(items) == 4 and session.exists("photos/shrk (2).mask.png")  # imported beside its photo
     loads = []
 
     def segmenter():
