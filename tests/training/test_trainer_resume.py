@@ -114,6 +114,7 @@ def bucketed_examples() -> tuple[list[Example], list[Example]]:
     return instances, classes
 
 
+@pytest.mark.slow  # two trainers of a tiny SDXL / FLUX model each: the full suite only
 @pytest.mark.parametrize("model", ["tiny-sdxl", "tiny-flux"])
 def test_buckets_resume_to_the_bits_of_training_straight_through(tmp_path, model):
     """Batches of 2 from one bucket each, prior preservation from the same bucket, flips: a new trainer
