@@ -19,7 +19,7 @@ from dreambooth_core.errors import ConfigError
 from dreambooth_core.families import family_of_folder
 from dreambooth_core.generation.generate import DEFAULT_BATCH, GenerationRequest, generate_images
 from dreambooth_core.generation.own_images import prepare_own_images
-from dreambooth_core.generation.pipeline import DEFAULT_STEPS
+from dreambooth_core.generation.pipeline import DEFAULT_STEPS, build_pipeline
 from dreambooth_core.hashing import digest
 from dreambooth_core.session.class_images import ClassImages, ClassImageSet, open_class_store, save_class_manifest
 from dreambooth_core.session.dataset_manifest import DatasetManifest, SubjectRecord, require_dataset_manifest
@@ -85,12 +85,19 @@ def build_class_images(session: Session, storage: str, model_path: str, model_di
             sets += [ClassImageSet(subject=t, prompt=prompts[t], source="folder", files=own[t],
                                    size=list(size) if size else None) for t in prompts if _has(shares, t, size)]
     else:
+        built: list = []  # the pipeline, built once when an image is missing
+
+        def pipeline():
+            if not built:
+                built.append(build_pipeline(model_path, torch.device(device)))
+            return built[0]
+
         for prompt in sorted(set(prompts.values())):
             tokens = [t for t, p in prompts.items() if p == prompt]
             for size, share in _split(count, [shares.get(t, {}) for t in tokens]):
                 request = GenerationRequest(model_path, model_digest, prompt, resolution, seed, steps,
                                             guidance_scale, batch_size, size)
-                files, made = generate_images(store, request, share, torch.device(device), log, on_image)
+                files, made = generate_images(store, request, share, torch.device(device), log, on_image, pipeline)
                 generated += made
                 sets += [ClassImageSet(subject=t, prompt=prompt, source="generated", files=files,
                                        size=list(size) if size else None) for t in tokens if _has(shares, t, size)]

@@ -55,10 +55,12 @@ class GenerationRequest:
 
 
 def generate_images(store: Session, request: GenerationRequest, count: int, device: torch.device,
-                    log: logging.Logger, on_image: Callable[[int], None] | None = None) -> tuple[list[str], int]:
+                    log: logging.Logger, on_image: Callable[[int], None] | None = None,
+                    pipeline_for: Callable[[], object] | None = None) -> tuple[list[str], int]:
     """Make sure images 0..count-1 of `request` exist; returns (their paths in the store, number made).
 
-    `on_image(i)` is called after image i is written."""
+    `on_image(i)` is called after image i is written; `pipeline_for()` gives the pipeline to render with
+    (default: one built for this call), so that the requests of several buckets share one."""
     key = request.key
     store.remove_temporary(key)
     present = set(store.list(key))
@@ -70,7 +72,7 @@ def generate_images(store: Session, request: GenerationRequest, count: int, devi
         store.write_json(f"{key}/{KEY_FILE}", _description(request))
     log.info("Generating %d class images for %r (%d already in %s)", len(missing), request.prompt,
              count - len(missing), store.path(key))
-    pipeline = build_pipeline(request.model_path, device)
+    pipeline = pipeline_for() if pipeline_for else build_pipeline(request.model_path, device)
     batches = sorted({i - i % request.batch_size for i in missing})
     made, began = 0, time.perf_counter()
     for start in batches:
