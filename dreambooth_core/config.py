@@ -184,6 +184,17 @@ class TrainingSettings(Section):
         "auto", description="How the frozen base weights are held: auto (the mixed precision, or a "
         "quantised base when --memory auto needs one to fit), bf16, fp16, or quantised: fp8, int8 "
         "(8-bit) or nf4 (4-bit, QLoRA); the trained weights stay bf16/fp32.")
+    buckets: Literal["auto", "on", "off"] = Field(
+        "auto", description="Aspect-ratio buckets: each photo keeps its shape in the nearest of a set of "
+        "sizes of the training resolution's pixel area (832x1216 for a portrait at 1024 px), cropped "
+        "around the face, instead of a square; off: square crops. auto: on for the families trained "
+        "at 1024 px (SDXL, FLUX), off for SD 1.x / 2.x; a session keeps what it started training with.")
+    masked_loss: bool = Field(False, description="Weight each photo's loss by a mask of the subject, so the "
+                              "background is learnt less: from a mask file beside the photo ('shrk (1).mask.png', "
+                              "white = subject) or found by a segmentation model (CLIPSeg) prompted with the "
+                              "class word. Class images are never masked.")
+    mask_floor: float = Field(0.1, ge=0, le=1, description="With --masked-loss, the weight of the background "
+                              "(the subject's is 1); 1 is no masking.")
     gpus: int = Field(1, ge=1, description="Data-parallel processes, one per GPU (with --device cpu: "
                       "CPU processes); the effective batch is batch size x accumulation x gpus.")
 
@@ -215,6 +226,10 @@ class TrainingSettings(Section):
             (self.gpus > 1, "--gpus 1: with several processes gradients are averaged after they are computed"),
             (self.mixed_precision == "fp16", "--mixed-precision bf16 or no, not fp16: loss scaling checks "
              "every gradient before any update")) if wrong]
+
+    def uses_buckets(self, family_default: bool) -> bool:
+        """Whether photos go into aspect-ratio buckets; `family_default`: the base model family's choice."""
+        return family_default if self.buckets == "auto" else self.buckets == "on"
 
     @property
     def base_learning_rate(self) -> float:
@@ -408,7 +423,8 @@ class DreamBoothConfig(BaseModel):
     TRAINING_SECTIONS: ClassVar[tuple[str, ...]] = ("base_model", "captions", "training")
     # Training settings added after sessions were recorded, with what those sessions trained as: left
     # out of the fingerprint at that value, so the sessions resume (a --vae's digest is in the model's).
-    ADDED_LATER: ClassVar[dict[str, Any]] = {"vae": None, "step_in_backward": False, "base_precision": "auto"}
+    ADDED_LATER: ClassVar[dict[str, Any]] = {"vae": None, "step_in_backward": False, "base_precision": "auto",
+                                           "buckets": "auto", "masked_loss": False, "mask_floor": 0.1}
 
     session: str = Field(description="Session name: letters, digits, '.', '_' or '-' (at most 64). "
                          "The session holds photos, progress and outputs; rerun it to resume.")

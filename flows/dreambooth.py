@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger
 from dreambooth_core.config import DreamBoothConfig
 from dreambooth_core.export.outputs import ExportResult
 from dreambooth_core.families import family_of
+from dreambooth_core.families.buckets import bucket_step_for
 from dreambooth_core.reports.summary import RunFacts
 from dreambooth_core.training.live import LiveTraining
 from flows.session_storage import result_storage, session_lease
@@ -20,6 +21,7 @@ from tasks.check_tokens import check_tokens
 from tasks.export_model import export_model
 from tasks.fetch_base_model import fetch_base_model
 from tasks.generate_class_images import generate_class_images
+from tasks.mask_photos import mask_photos
 from tasks.open_session import open_session
 from tasks.plan_training import plan_training
 from tasks.prefect_api import API
@@ -45,9 +47,11 @@ def dreambooth_train(config: DreamBoothConfig) -> ExportResult:
         model = fetch_base_model(config.base_model, config.inputs.hf_credentials_block)
         family_of(model.family).check_settings(config.training)  # what the family cannot train stops here
         resolution = config.training.resolution_for(model.family.resolution)  # decided once, here
-        dataset = prepare_photos(ref, photos, resolution)
+        dataset = prepare_photos(ref, photos, resolution, bucket_step_for(config.training, model, resolution))
         captions = caption_photos(ref, dataset, model, config.captions)
         check_tokens(ref, model, captions, config.checks.bad_token)
+        if config.training.masked_loss:
+            mask_photos(ref, config.base_model.model, captions)
         class_images = generate_class_images(ref, model, resolution, config.training,
                                              config.captions.class_prompt, config.runtime.device)
         plan = plan_training(ref, config, model, dataset, captions, class_images)

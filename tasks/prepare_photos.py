@@ -13,12 +13,18 @@ from tasks.artifacts import artifact_key, publish_image
 # it checks every prepared image, which a cached result would skip: one deleted or edited by
 # hand is made again.
 @task(name="prepare-photos", task_run_name="prepare photos")
-def prepare_photos(ref: SessionRef, photos: PhotoSet, resolution: int) -> PreparedDataset:
-    """`resolution`: the training resolution (the run decides it once, from the model's family)."""
+def prepare_photos(ref: SessionRef, photos: PhotoSet, resolution: int, buckets: int = 0) -> PreparedDataset:
+    """`resolution`: the training resolution (the run decides it once, from the model's family);
+    `buckets`: aspect-ratio buckets of its pixel area, their sides in steps of this many pixels, instead
+    of squares (0; a session that has started training keeps the images it trained on)."""
     session = ref.open()
-    dataset = build_dataset(session, photos, resolution, get_run_logger())
+    dataset = build_dataset(session, photos, resolution, get_run_logger(), buckets=buckets)
     title = f"Prepared photos of session {session.name}"
+    if dataset.buckets:
+        shape = "cropped to the aspect-ratio bucket nearest each photo's shape, around the face, in buckets " + \
+            ", ".join(f"{size} ({count})" for size, count in dataset.buckets.items())
+    else:
+        shape = f"cropped square around the face (centre when none is found) and resized to {resolution}x{resolution}"
     publish_image(session, CONTACT_SHEET, artifact_key("contact-sheet", session.name), title,
-                  f"# {title}\n\n{dataset.count} photos, cropped square around the face (centre "
-                  f"when none is found) and resized to {resolution}x{resolution}.\n")
+                  f"# {title}\n\n{dataset.count} photos, {shape}.\n")
     return dataset

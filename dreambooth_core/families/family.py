@@ -139,6 +139,10 @@ class Family:
     trainable_text_encoders: ClassVar[int] = 2  # how many of its text encoders, first first, may train
     textual_inversion: ClassVar[str | None] = None  # why textual inversion cannot train (None: it can)
     uses_crop_boxes: ClassVar[bool] = False  # whether predict() reads ImageGeometry's photo and crop
+    # --buckets auto: whether photos keep their aspect ratio in buckets of the training resolution's pixel
+    # area (photos/buckets.py): yes where the model was trained on many aspect ratios at 1024 px; no where
+    # the seed's square face crop is the rule (SD 1.x / 2.x, trained on 512 / 768 px squares).
+    buckets_by_default: ClassVar[bool] = False
     render_scheduler: ClassVar[str]  # the scheduler its pipeline renders with (it keys stored class images)
     default_guidance: ClassVar[float] = 7.5  # the guidance scale it renders with unless told another
     tiny_models: ClassVar[tuple[TinyModel, ...]] = ()
@@ -191,6 +195,12 @@ class Family:
 
     def objective(self, parts: ModelParts, settings: TrainingSettings) -> Objective:
         raise NotImplementedError
+
+    def pixel_multiple(self, folder: Path) -> int:
+        """What the denoiser needs image sides to be a multiple of (aspect-ratio buckets): a UNet halves
+        its latents once per down block after the first."""
+        unet = read_config(folder, f"{self.denoiser}/config.json")
+        return vae_scale(read_config(folder, "vae/config.json")) * 2 ** (len(unet["block_out_channels"]) - 1)
 
     def predict(self, denoiser: torch.nn.Module, batch: NoisyBatch, condition: Condition,
                 images: list[ImageGeometry]) -> torch.Tensor:

@@ -33,6 +33,7 @@ from dreambooth_core.families.family import (
     read_config,
     token_ids,
     unsupported,
+    vae_scale,
 )
 from dreambooth_core.families.flux_configs import FLUX_MAX_SEQUENCE_LENGTH, write_flux_config_folder
 from dreambooth_core.families.flux_lora import FLUX_TEXT_LORA_TARGETS, FLUX_TRANSFORMER_LORA_TARGETS
@@ -63,6 +64,7 @@ TEXTUAL_INVERSION = (
 class Flux(Family):
     keys = ("flux1",)
     title = "FLUX.1 [dev] and [schnell]"
+    buckets_by_default = True
     denoiser = "transformer"
     lora_targets = FLUX_TRANSFORMER_LORA_TARGETS
     text_lora_targets = FLUX_TEXT_LORA_TARGETS
@@ -160,6 +162,10 @@ class Flux(Family):
     def check_settings(self, settings: TrainingSettings) -> None:
         refuse_min_snr(settings, self.title)
         super().check_settings(settings)
+
+    def pixel_multiple(self, folder: Path) -> int:
+        """The VAE's scale x the 2x2 latent patches the transformer reads as tokens."""
+        return vae_scale(read_config(folder, "vae/config.json")) * 2
 
     def objective(self, parts: ModelParts, settings: TrainingSettings) -> FlowMatchingObjective:
         from dreambooth_core.families.objectives import flow_objective

@@ -36,6 +36,7 @@ from dreambooth_core.families.family import (
     load_component,
     read_config,
     unsupported,
+    vae_scale,
 )
 from dreambooth_core.families.flux import refuse_min_snr
 from dreambooth_core.families.klein_configs import KLEIN_MAX_SEQUENCE_LENGTH, KLEIN_TEXT_OUT_LAYERS, write_klein_config_folder
@@ -62,6 +63,7 @@ TEXTUAL_INVERSION = (
 class Flux2Klein(Family):
     keys = ("flux2-klein",)
     title = "FLUX.2 [klein] 4B and 9B"
+    buckets_by_default = True
     denoiser = "transformer"
     lora_targets = KLEIN_LORA_TARGETS
     trainable_text_encoders = 0
@@ -136,6 +138,10 @@ class Flux2Klein(Family):
                        use_cache=False).hidden_states
         layers = torch.stack([states[k] for k in KLEIN_TEXT_OUT_LAYERS], dim=2)  # (batch, tokens, 3, width)
         return Condition(layers.reshape(*layers.shape[:2], -1))
+
+    def pixel_multiple(self, folder: Path) -> int:
+        """The VAE's scale x the 2x2 latent patches the transformer reads as tokens."""
+        return vae_scale(read_config(folder, "vae/config.json")) * 2
 
     def objective(self, parts: ModelParts, settings: TrainingSettings) -> FlowMatchingObjective:
         from dreambooth_core.families.klein_exports import KleinObjective

@@ -42,9 +42,18 @@ def randn(shape, generator: torch.Generator, device: torch.device) -> torch.Tens
     return torch.randn(shape, generator=generator).to(device)
 
 
-def per_example_loss(prediction: torch.Tensor, batch: NoisyBatch) -> torch.Tensor:
-    """Mean squared error per example, weighted where the objective weights it."""
-    error = (prediction.float() - batch.target.float()).pow(2).mean(dim=tuple(range(1, prediction.dim())))
+def per_example_loss(prediction: torch.Tensor, batch: NoisyBatch,
+                     pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error per example, weighted where the objective weights it. `pixel_weights`
+    ([batch, 1, h, w], --masked-loss): each example's weighted mean over its latent pixels instead,
+    sum(w * error) / sum(w), so a small subject weighs as much as one that fills the frame."""
+    squared = (prediction.float() - batch.target.float()).pow(2)
+    dims = tuple(range(1, prediction.dim()))
+    if pixel_weights is None:
+        error = squared.mean(dim=dims)
+    else:
+        weights = pixel_weights.to(squared).expand_as(squared)
+        error = (squared * weights).sum(dim=dims) / weights.sum(dim=dims)
     return error if batch.weights is None else error * batch.weights
 
 

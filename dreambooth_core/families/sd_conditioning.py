@@ -30,20 +30,23 @@ def encode_captions(captions: list[str], tokenizers: list, encoders: list[torch.
 def time_ids(images: list[ImageGeometry], device: torch.device) -> torch.Tensor:
     """SDXL: each image's micro-conditioning, as the photo was cropped (and mirrored)."""
     rows = [sdxl_time_ids(image.original_size or (image.height, image.width),
-                          image.crop_box or (0, 0, image.width, image.height), image.width, image.flip)
+                          image.crop_box or (0, 0, image.width, image.height), (image.height, image.width),
+                          image.flip)
             for image in images]
     return torch.tensor(rows, dtype=torch.float32, device=device)
 
 
-def sdxl_time_ids(original_hw: tuple[int, int], crop_box: tuple[int, int, int, int], target: int,
-                  flip: bool = False) -> tuple[float, ...]:
-    """(original h, w, crop top, crop left, target h, w) for a square crop `crop_box` (left, top,
-    right, bottom, in the original's pixels) resized to `target`: the crop's corner is given in
-    the photo resized so that the crop is `target` wide, as SDXL was trained. A mirrored image
-    has its crop mirrored too."""
+def sdxl_time_ids(original_hw: tuple[int, int], crop_box: tuple[int, int, int, int],
+                  target: int | tuple[int, int], flip: bool = False) -> tuple[float, ...]:
+    """(original h, w, crop top, crop left, target h, w) for a crop `crop_box` (left, top, right,
+    bottom, in the original's pixels) resized to `target` (a square's side, or an aspect-ratio
+    bucket's (height, width)): the crop's corner is given in the photo resized so that the crop
+    is the target's width, as SDXL was trained. A mirrored image has its crop mirrored too."""
     height, width = original_hw
+    target_height, target_width = (target, target) if isinstance(target, int) else target
     left, top, right, _ = crop_box
-    scale = target / (right - left)
+    scale = target_width / (right - left)
     if flip:
         left = width - right
-    return (float(height), float(width), round(top * scale), round(left * scale), float(target), float(target))
+    return (float(height), float(width), round(top * scale), round(left * scale), float(target_height),
+            float(target_width))

@@ -56,6 +56,7 @@ _TEXT_ENCODERS = {"text_encoder": ("CLIPTextModel", "quick_gelu"),
 class Sdxl(StableDiffusion):
     keys = ("sdxl",)
     uses_crop_boxes = True
+    buckets_by_default = True
     title = "SDXL base"
     tiny_models = (TinyModel("tiny-sdxl", TINY_SDXL_VERSION, TINY_SDXL_RESOLUTION, build_tiny_sdxl_model),)
     architectures = (Architecture("sdxl", ("stabilityai/stable-diffusion-xl-base-1.0",),

@@ -19,10 +19,10 @@ from dreambooth_core.errors import ConfigError
 from dreambooth_core.families import family_of_folder
 from dreambooth_core.generation.generate import DEFAULT_BATCH, GenerationRequest, generate_images
 from dreambooth_core.generation.own_images import prepare_own_images
-from dreambooth_core.generation.pipeline import DEFAULT_STEPS
+from dreambooth_core.generation.pipeline import DEFAULT_STEPS, build_pipeline
 from dreambooth_core.hashing import digest
 from dreambooth_core.session.class_images import ClassImages, ClassImageSet, open_class_store, save_class_manifest
-from dreambooth_core.session.dataset_manifest import SubjectRecord, require_dataset_manifest
+from dreambooth_core.session.dataset_manifest import DatasetManifest, SubjectRecord, require_dataset_manifest
 from dreambooth_core.session.folder import Session
 
 DEFAULT_COUNT = 200
@@ -73,33 +73,71 @@ def build_class_images(session: Session, storage: str, model_path: str, model_di
     log = log or logging.getLogger("dreambooth")
     if guidance_scale is None:
         guidance_scale = family_of_folder(model_path).default_guidance
-    subjects = require_dataset_manifest(session).subjects
-    prompts = class_prompts(subjects, class_prompt)
+    dataset = require_dataset_manifest(session)
+    prompts = class_prompts(dataset.subjects, class_prompt)
+    shares = bucket_photos(dataset)
     # Beside the session: its storage, opened with its credentials.
     store = open_class_store(session if storage == session.storage else storage)
+    sets, generated = [], 0
     if own_folder:
-        own = prepare_own_images(store, own_folder, sorted(subjects), resolution, log)
-        sets = [ClassImageSet(subject=t, prompt=prompts[t], source="folder", files=own[t]) for t in prompts]
-        generated = 0
+        for size in sorted({size for sizes in shares.values() for size in sizes}) or [None]:
+            own = prepare_own_images(store, own_folder, sorted(dataset.subjects), resolution, log, size)
+            sets += [ClassImageSet(subject=t, prompt=prompts[t], source="folder", files=own[t],
+                                   size=list(size) if size else None) for t in prompts if _has(shares, t, size)]
     else:
-        sets, generated = [], 0
+        built: list = []  # the pipeline, built once when an image is missing
+
+        def pipeline():
+            if not built:
+                built.append(build_pipeline(model_path, torch.device(device)))
+            return built[0]
+
         for prompt in sorted(set(prompts.values())):
-            request = GenerationRequest(model_path, model_digest, prompt, resolution, seed, steps,
-                                        guidance_scale, batch_size)
-            files, made = generate_images(store, request, count, torch.device(device), log, on_image)
-            generated += made
-            sets += [ClassImageSet(subject=t, prompt=p, source="generated", files=files)
-                     for t, p in prompts.items() if p == prompt]
-    sets.sort(key=lambda s: s.subject)
+            tokens = [t for t, p in prompts.items() if p == prompt]
+            for size, share in _split(count, [shares.get(t, {}) for t in tokens]):
+                request = GenerationRequest(model_path, model_digest, prompt, resolution, seed, steps,
+                                            guidance_scale, batch_size, size)
+                files, made = generate_images(store, request, share, torch.device(device), log, on_image, pipeline)
+                generated += made
+                sets += [ClassImageSet(subject=t, prompt=prompt, source="generated", files=files,
+                                       size=list(size) if size else None) for t in tokens if _has(shares, t, size)]
+    sets.sort(key=lambda s: (s.subject, s.size or []))
     manifest = ClassImages(storage=storage, resolution=resolution, sets=sets, generated=generated,
-                           digest=digest([resolution, [s.model_dump() for s in sets]]))
+                           digest=digest([resolution, [s.recorded() for s in sets]]))
     save_class_manifest(session, manifest)
     return manifest
 
 
+def bucket_photos(dataset: DatasetManifest) -> dict[str, dict[tuple[int, int], int]]:
+    """{token: {bucket (width, height): its photos}}; {} when the photos are squares (no buckets)."""
+    shares: dict[str, dict[tuple[int, int], int]] = {}
+    for item in dataset.items:
+        if item.size:
+            sizes = shares.setdefault(item.token or "", {})
+            sizes[tuple(item.size)] = sizes.get(tuple(item.size), 0) + 1
+    return shares
+
+
+def _split(count: int, shares: list[dict[tuple[int, int], int]]) -> list[tuple[tuple[int, int] | None, int]]:
+    """(bucket, images) for one class prompt: `count` shared among the buckets of its subjects' photos
+    in proportion to the photos in each (at least one each); [(None, count)] for squares."""
+    photos: dict[tuple[int, int], int] = {}
+    for sizes in shares:
+        for size, n in sizes.items():
+            photos[size] = photos.get(size, 0) + n
+    if not photos:
+        return [(None, count)]
+    total = sum(photos.values())
+    return [(size, max(1, round(count * n / total))) for size, n in sorted(photos.items())]
+
+
+def _has(shares: dict[str, dict[tuple[int, int], int]], token: str, size: tuple[int, int] | None) -> bool:
+    return size is None or size in shares.get(token, {})
+
+
 def class_images_markdown(manifest: ClassImages) -> str:
     lines = ["# Class images (prior preservation)", "",
-             f"{manifest.resolution}x{manifest.resolution}; {manifest.generated} generated by this run; "
+             f"{_sizes(manifest)}; {manifest.generated} generated by this run; "
              f"kept in `{manifest.storage}/class-images/` and shared by every session there.", "",
              "| subject | class prompt | source | images | folder |", "|---|---|---|---|---|"]
     for image_set in manifest.sets:
@@ -107,3 +145,10 @@ def class_images_markdown(manifest: ClassImages) -> str:
         lines.append(f"| {image_set.subject} | {image_set.prompt.replace('|', '/')} | {image_set.source} | "
                      f"{len(image_set.files)} | `{folder}` |")
     return "\n".join(lines) + "\n"
+
+
+def _sizes(manifest: ClassImages) -> str:
+    buckets = sorted({tuple(s.size) for s in manifest.sets if s.size})
+    if not buckets:
+        return f"{manifest.resolution}x{manifest.resolution}"
+    return "aspect-ratio buckets " + ", ".join(f"{w}x{h}" for w, h in buckets)

@@ -18,7 +18,7 @@ GENERATION_VERSION = 1
 SEED_STREAM = "class-images"
 
 
-def generated_key(model_digest: str, prompt: str, seed: int, resolution: int, steps: int,
+def generated_key(model_digest: str, prompt: str, seed: int, resolution: int | list[int], steps: int,
                   guidance_scale: float, scheduler: str) -> str:
     """Folder name for the images of one prompt: readable prefix, digest of all that decides them.
 
@@ -33,6 +33,6 @@ def image_name(index: int) -> str:
     return f"{index:06d}.png"
 
 
-def prepared_name(source_sha256: str, resolution: int, method: str) -> str:
+def prepared_name(source_sha256: str, resolution: int | list[int], method: str) -> str:
     """A user's class image, cropped and resized: named after everything that made it."""
     return f"own/{digest([source_sha256, resolution, method])[:20]}.png"

@@ -41,10 +41,12 @@ class GenerationRequest:
     steps: int = DEFAULT_STEPS
     guidance_scale: float = DEFAULT_GUIDANCE
     batch_size: int = DEFAULT_BATCH
+    size: tuple[int, int] | None = None  # (width, height) of an aspect-ratio bucket; None: a square
 
     @property
     def key(self) -> str:
-        return generated_key(self.model_digest, self.prompt, self.seed, self.resolution, self.steps,
+        shape = self.resolution if self.size is None else list(self.size)
+        return generated_key(self.model_digest, self.prompt, self.seed, shape, self.steps,
                              self.guidance_scale, self.scheduler)
 
     @property
@@ -53,10 +55,12 @@ class GenerationRequest:
 
 
 def generate_images(store: Session, request: GenerationRequest, count: int, device: torch.device,
-                    log: logging.Logger, on_image: Callable[[int], None] | None = None) -> tuple[list[str], int]:
+                    log: logging.Logger, on_image: Callable[[int], None] | None = None,
+                    pipeline_for: Callable[[], object] | None = None) -> tuple[list[str], int]:
     """Make sure images 0..count-1 of `request` exist; returns (their paths in the store, number made).
 
-    `on_image(i)` is called after image i is written."""
+    `on_image(i)` is called after image i is written; `pipeline_for()` gives the pipeline to render with
+    (default: one built for this call), so that the requests of several buckets share one."""
     key = request.key
     store.remove_temporary(key)
     present = set(store.list(key))
@@ -68,14 +72,14 @@ def generate_images(store: Session, request: GenerationRequest, count: int, devi
         store.write_json(f"{key}/{KEY_FILE}", _description(request))
     log.info("Generating %d class images for %r (%d already in %s)", len(missing), request.prompt,
              count - len(missing), store.path(key))
-    pipeline = build_pipeline(request.model_path, device)
+    pipeline = pipeline_for() if pipeline_for else build_pipeline(request.model_path, device)
     batches = sorted({i - i % request.batch_size for i in missing})
     made, began = 0, time.perf_counter()
     for start in batches:
         indices = range(start, start + request.batch_size)
         generators = [generator_for(request.seed, i, SEED_STREAM) for i in indices]
         images = render(pipeline, request.prompt, generators, request.resolution, request.steps,
-                        request.guidance_scale)
+                        request.guidance_scale, size=request.size)
         for index, image in zip(indices, images):
             if image_name(index) in present:
                 continue
@@ -95,6 +99,7 @@ def generate_images(store: Session, request: GenerationRequest, count: int, devi
 def _description(request: GenerationRequest) -> dict:
     """What made the images, for people browsing the store."""
     return {"prompt": request.prompt, "model_digest": request.model_digest, "seed": request.seed,
-            "resolution": request.resolution, "steps": request.steps,
+            "resolution": request.resolution, **({"size": list(request.size)} if request.size else {}),
+            "steps": request.steps,
             "guidance_scale": request.guidance_scale, "scheduler": request.scheduler,
             "image_seed": f"generator_for(seed, index, {SEED_STREAM!r})"}

@@ -17,6 +17,7 @@ from pathlib import PurePosixPath
 
 from dreambooth_core.errors import DatasetError
 from dreambooth_core.generation.class_store import prepared_name
+from dreambooth_core.photos.buckets import Size
 from dreambooth_core.photos.checks import check_photo
 from dreambooth_core.photos.crop import prepare_photo
 from dreambooth_core.photos.originals import IMAGE_EXTENSIONS, folder_files, photo_source
@@ -25,8 +26,9 @@ from dreambooth_core.session.folder import Session
 
 
 def prepare_own_images(store: Session, folder: str, subjects: list[str], resolution: int,
-                       log: logging.Logger) -> dict[str, list[str]]:
-    """{subject: prepared images in the store}; every unusable file is reported at once."""
+                       log: logging.Logger, size: Size | None = None) -> dict[str, list[str]]:
+    """{subject: prepared images in the store}; every unusable file is reported at once. `size`:
+    (width, height) of an aspect-ratio bucket to crop them to (around the face), else squares."""
     images = _images_by_subject(folder, subjects)
     problems: list[str] = []
     warnings: Counter[str] = Counter()
@@ -39,9 +41,9 @@ def prepare_own_images(store: Session, folder: str, subjects: list[str], resolut
         if errors:
             problems += [f"{name}: {p.message}. Fix: {p.fix}." for p in errors]
             continue
-        target = prepared_name(hashlib.sha256(data).hexdigest(), resolution, method())
+        target = prepared_name(hashlib.sha256(data).hexdigest(), list(size) if size else resolution, method())
         if not store.exists(target):
-            store.write_bytes(target, prepare_photo(name, data, resolution).png)
+            store.write_bytes(target, prepare_photo(name, data, resolution, size=size).png)
         prepared[name] = target
     if problems:
         raise DatasetError(f"some images in the class images folder {folder!r} cannot be used:\n  "

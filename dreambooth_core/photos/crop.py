@@ -26,6 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dreambooth_core.errors import DatasetError
 from dreambooth_core.photos import faces
+from dreambooth_core.photos.buckets import Size, box_around, nearest_bucket
 
 Box = tuple[int, int, int, int]
 # Bump when the same photo and settings would give a different prepared image:
@@ -43,6 +44,7 @@ class PreparedPhoto(NamedTuple):
     png: bytes
     crop_box: Box          # in the upright photo's pixels
     face_box: Box | None   # the face the crop is centred on, same pixels
+    size: Size | None = None  # (width, height) of the image when it is a bucket's; None: square
 
 
 def unreadable(name: str, exc: BaseException) -> DatasetError:
@@ -90,15 +92,7 @@ def load_photo(name: str, data: bytes) -> Image.Image:
 
 def square_around(size: tuple[int, int], face: Box | None) -> Box:
     """The largest square in `size`, centred on `face` as far as the edges allow (else centred)."""
-    width, height = size
-    side = min(width, height)
-    if face is None:
-        left, top = (width - side) // 2, (height - side) // 2
-    else:
-        centre_x, centre_y = (face[0] + face[2]) / 2, (face[1] + face[3]) / 2
-        left = min(max(0, math.floor(centre_x - side / 2 + 0.5)), width - side)
-        top = min(max(0, math.floor(centre_y - side / 2 + 0.5)), height - side)
-    return left, top, left + side, top + side
+    return box_around(size, face, (1, 1))
 
 
 def centre_square(image: Image.Image) -> Box:
@@ -132,11 +126,14 @@ def upright_size(name: str, data: bytes) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
-def prepare_photo(name: str, data: bytes, resolution: int, box: Box | None = None) -> PreparedPhoto:
+def prepare_photo(name: str, data: bytes, resolution: int, box: Box | None = None,
+                  buckets: list[Size] | None = None, size: Size | None = None) -> PreparedPhoto:
     """The fast path: reduced JPEG decode, crop box in upright pixels, resize, turn upright.
 
     `box`: crop there (upright pixels, as a manifest records it) instead of around the face
-    found; the same photo and box give the same image."""
+    found; the same photo and box give the same image. `buckets`: the image takes the size of the
+    bucket nearest the photo's aspect ratio (buckets.py), cropped to it around the face; `size`:
+    that size, already chosen (with `box`). Otherwise it is a `resolution` square."""
     image = open_photo(name, data)
     try:
         orientation = image.getexif().get(_ORIENTATION, 1)
@@ -145,10 +142,13 @@ def prepare_photo(name: str, data: bytes, resolution: int, box: Box | None = Non
     turn = _UPRIGHT.get(orientation)
     raw_width, raw_height = image.size
     upright_size = (raw_height, raw_width) if orientation in (5, 6, 7, 8) else (raw_width, raw_height)
+    if size is None and buckets:
+        size = nearest_bucket(upright_size, buckets)
+    target = size or (resolution, resolution)
     scale = 1.0  # raw pixels per decoded pixel
     try:
         # enough pixels for the crop and for the face detector's own copy
-        wanted = max(resolution * DRAFT_MARGIN, faces.DETECT_SIDE) / min(raw_width, raw_height)
+        wanted = max(max(target) * DRAFT_MARGIN, faces.DETECT_SIDE) / min(raw_width, raw_height)
         if image.format == "JPEG" and wanted < 0.5:
             drafted = image.draft("RGB", (math.ceil(raw_width * wanted), math.ceil(raw_height * wanted)))
             if drafted is not None:
@@ -161,13 +161,15 @@ def prepare_photo(name: str, data: bytes, resolution: int, box: Box | None = Non
     if box is None:
         found = faces.find_faces(pixels.transpose(turn) if turn is not None else pixels)
         face = tuple(round(v * scale) for v in found[0]) if found else None
-        box = square_around(upright_size, face)
+        box = box_around(upright_size, face, target)
     raw_box = _to_raw(box, orientation, raw_width, raw_height)
-    square = pixels.resize((resolution, resolution), Image.Resampling.LANCZOS,
-                           box=tuple(v / scale for v in raw_box), reducing_gap=3.0)
+    # the resize is in the stored orientation: a quarter turn swaps the target's sides
+    stored_target = target[::-1] if orientation in (5, 6, 7, 8) else target
+    resized = pixels.resize(stored_target, Image.Resampling.LANCZOS,
+                            box=tuple(v / scale for v in raw_box), reducing_gap=3.0)
     if turn is not None:
-        square = square.transpose(turn)
-    return PreparedPhoto(encode_png(square), box, face)
+        resized = resized.transpose(turn)
+    return PreparedPhoto(encode_png(resized), box, face, size)
 
 
 def _to_raw(box: Box, orientation: int, width: int, height: int) -> Box:
@@ -180,9 +182,10 @@ def _to_raw(box: Box, orientation: int, width: int, height: int) -> Box:
     return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
 
 
-def prepare_or_error(name: str, data: bytes, resolution: int) -> PreparedPhoto | DatasetError:
+def prepare_or_error(name: str, data: bytes, resolution: int,
+                     buckets: list[Size] | None = None) -> PreparedPhoto | DatasetError:
     """prepare_photo for a worker process: the error is returned, to be reported with the others."""
     try:
-        return prepare_photo(name, data, resolution)
+        return prepare_photo(name, data, resolution, buckets=buckets)
     except DatasetError as exc:
         return exc

@@ -28,6 +28,7 @@ from dreambooth_core.session.paths import PHOTOS
 from dreambooth_core.session.state import SessionState, load_state, update_state
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+MASK_SUFFIX = ".mask.png"
 Reader = Callable[[], bytes]
 
 
@@ -51,7 +52,17 @@ def photos_digest(hashes: dict[str, str]) -> str:
 
 
 def is_image(name: str) -> bool:
-    return PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS
+    """A photo to train on (a subject mask file is not one)."""
+    return PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS and not is_mask(name)
+
+
+def is_mask(name: str) -> bool:
+    """A subject mask beside its photo, for --masked-loss: 'shrk (1).mask.png' for 'shrk (1).jpg'."""
+    return name.lower().endswith(MASK_SUFFIX)
+
+
+def mask_name(photo: str) -> str:
+    return str(PurePosixPath(photo).with_suffix("")) + MASK_SUFFIX
 
 
 def photo_source(location: str | Path) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -149,11 +160,12 @@ def _no_photos(source: str) -> DatasetError:
 
 def import_names(names) -> list[str]:
     """What the session keeps of a folder: the photos and, for those that have one, their
-    caption file ('shrk (1).txt'), sorted."""
+    caption file ('shrk (1).txt') and subject mask ('shrk (1).mask.png'), sorted."""
     names = set(names)
     photos = sorted(name for name in names if is_image(name))
     captions = [c for c in (str(PurePosixPath(p).with_suffix(".txt")) for p in photos) if c in names]
-    return sorted(photos + captions)
+    masks = [m for m in map(mask_name, photos) if m in names]
+    return sorted(photos + captions + masks)
 
 
 def read_once(files: dict[str, Reader], keep: list[str]) -> dict[str, Reader]:

@@ -28,6 +28,7 @@ from dreambooth_core.photos.crop import open_image
 from dreambooth_core.photos.duplicates import find_near_duplicates
 from dreambooth_core.photos.originals import (
     IMAGE_EXTENSIONS,
+    MASK_SUFFIX,
     PhotoSet,
     Reader,
     checked_copies,
@@ -35,6 +36,7 @@ from dreambooth_core.photos.originals import (
     hashing_readers,
     import_files,
     import_names,
+    is_mask,
     read_once,
     refuse_changed_photos,
     uses_given_photos,
@@ -224,6 +226,9 @@ def _sort_files(files: dict[str, Reader]) -> tuple[dict[str, Reader], dict[str, 
         suffix = PurePosixPath(name).suffix.lower()
         if name.endswith("/"):
             ignored[name] = "a folder inside a subject's folder: only one level of sub-folders is read"
+        elif is_mask(name):  # read with its photo, by --masked-loss
+            if name[:-len(MASK_SUFFIX)] not in stems:
+                ignored[name] = "a subject mask without a photo of the same name"
         elif suffix in IMAGE_EXTENSIONS:
             photos[name] = read
         elif suffix == ".txt":

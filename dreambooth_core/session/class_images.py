@@ -25,6 +25,11 @@ class ClassImageSet(BaseModel):
     prompt: str  # the caption training pairs with these images
     source: Literal["generated", "folder"]
     files: list[str]  # paths inside the class-image store
+    size: list[int] | None = None  # (width, height) of the aspect-ratio bucket they are for; None: squares
+
+    def recorded(self) -> dict:
+        """What the manifest's digest covers: a set of squares as before buckets existed."""
+        return self.model_dump(exclude={"size"} if self.size is None else set())
 
 
 class ClassImages(BaseModel):

@@ -25,12 +25,15 @@ class DatasetItem(BaseModel):
     file: str = Field(description="The prepared image, in the session.")
     source: str = Field(description="The original photo, in the session (photos/...).")
     source_sha256: str
-    crop_box: list[int] = Field(description="The square crop, in the upright photo's pixels.")
+    crop_box: list[int] = Field(description="The crop (square unless in a bucket), in the upright photo's pixels.")
     face_box: list[int] | None = Field(None, description="The face the crop is centred on.")
     # Not in PREPARED: recording it (sessions prepared before it existed get it on their next
     # run) leaves the dataset digest, and so the training fingerprint, as it was.
     sha256: str | None = Field(None, description="Of the prepared image: one that no longer matches "
                                "is made again from its photo.")
+    # Not in PREPARED either: the manifest's method names the buckets, and the crop box their shape.
+    size: list[int] | None = Field(None, description="(width, height) of an aspect-ratio bucket's image; "
+                                   "None: a square at the manifest's resolution.")
     token: str | None = Field(None, description="The subject's identifier (captions step).")
     caption: str | None = Field(None, description="What training pairs the image with (captions step).")
     caption_file: str | None = Field(None, description="The caption file it was read from, if any.")

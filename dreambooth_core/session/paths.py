@@ -5,6 +5,7 @@
       lease.json                    LEASE_FILE: the run that writes the session (lease.py)
       photos/                       PHOTOS: the originals, byte for byte
       dataset/  manifest.json       DATASET, DATASET_MANIFEST: prepared images (dataset_manifest.py)
+      masks/  manifest.json         MASKS, MASK_MANIFEST: subject masks of the prepared images (--masked-loss)
       reports/                      dataset and token checks, contact sheet, loss, timing
       class_images/manifest.json    CLASS_MANIFEST: the class images training uses
       text_embeddings/<key>.safetensors  text_embedding_file(): frozen captions' conditioning
@@ -25,6 +26,8 @@ LEASE_FILE = "lease.json"
 PHOTOS = "photos"
 DATASET = "dataset"
 DATASET_MANIFEST = f"{DATASET}/manifest.json"
+MASKS = "masks"
+MASK_MANIFEST = f"{MASKS}/manifest.json"
 REPORTS = "reports"
 DATASET_REPORT_JSON = f"{REPORTS}/dataset.json"
 DATASET_REPORT_MARKDOWN = f"{REPORTS}/dataset.md"

@@ -161,7 +161,7 @@ def build_trainer(plan: TrainingPlan, session: Session, rank: int = 0, world: in
     training = plan.training
     base = BasePrecision(training.base_precision, resolve_precision(training.mixed_precision, device))
     parts = load_model_parts(plan.model_path, torch.device("cpu"), base=base)
-    examples = load_examples(session, crops=parts.family.uses_crop_boxes)
+    examples = load_examples(session, crops=parts.family.uses_crop_boxes, masks=training.masked_loss)
     store = EmbeddingStore(session, plan.fingerprint, writes=rank == 0)
     classes = load_class_examples(plan.class_images, session)
     return Trainer(parts, examples, plan.training, plan.total_steps, plan.runtime, classes,

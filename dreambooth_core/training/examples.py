@@ -10,6 +10,7 @@ from dreambooth_core.photos.crop import upright_size
 from dreambooth_core.session.class_images import ClassImages, read_class_images
 from dreambooth_core.session.dataset_manifest import DatasetItem, require_dataset_manifest
 from dreambooth_core.session.folder import Session
+from dreambooth_core.training.masks import load_mask_manifest, mask_tensor
 from dreambooth_core.training.trainer import Example
 
 
@@ -22,11 +23,13 @@ def pixels_from_png(data: bytes) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0) / 127.5 - 1.0
 
 
-def load_examples(session: Session, crops: bool = False) -> list[Example]:
+def load_examples(session: Session, crops: bool = False, masks: bool = False) -> list[Example]:
     """`crops`: with each photo's upright size and crop box (SDXL's micro-conditioning; the
-    originals are read for their size)."""
+    originals are read for their size). `masks`: with each photo's subject mask (--masked-loss)."""
     items = require_dataset_manifest(session).items
+    found = load_mask_manifest(session) if masks else None
     return [Example(pixels=pixels_from_png(session.read_bytes(i.file)), caption=i.caption, subject=i.token or "",
+                    mask=mask_tensor(session, found, i.file) if found else None,
                     **(_crop_of(session, i) if crops else {})) for i in items]
 
 

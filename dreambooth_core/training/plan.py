@@ -33,6 +33,7 @@ from dreambooth_core.training.devices import (
     resolve_device,
     resolve_precision,
 )
+from dreambooth_core.training.masks import load_mask_manifest
 from dreambooth_core.training.memory_plan import detect_gpu, settle_memory_plan
 from dreambooth_core.training.offload import check_trainer_offload
 
@@ -134,6 +135,8 @@ def make_plan(session: Session, ref: SessionRef, config: DreamBoothConfig, model
     check_trainer_offload(training, runtime)
     config = config.model_copy(update={"training": training, "runtime": runtime})
     values = fingerprint_values(config, total, model.digest, captions.digest, class_images)
+    if config.training.masked_loss:
+        values["masks"] = load_mask_manifest(session).digest
     recorded = state.fingerprint
     if recorded is not None and recorded != values:
         raise ConfigError(

@@ -43,6 +43,7 @@ class Example:
     # it (left, top, right, bottom); None: the image as it is, uncropped.
     original_size: tuple[int, int] | None = None
     crop_box: tuple[int, int, int, int] | None = None
+    mask: torch.Tensor | None = None  # [1, 1, H, W] in [0, 1], 1 on the subject (--masked-loss)
 
 
 class Trainer:
@@ -94,6 +95,7 @@ class Trainer:
         self.groups = [[i for i, e in enumerate(examples) if e.subject == s] for s in subjects]
         self.class_groups = [[i for i, e in enumerate(self.class_examples) if e.subject == s]
                              for s in subjects] if self.class_examples else []
+        self.buckets, self.class_buckets = bucket_indices(examples, self.class_examples)
         self.latents = LatentCache(parts.vae, runtime.cache_latents)
         # What trained forward passes go through: the modules, or with several processes their
         # DDP wrappers, which average the gradients during backward (data_parallel.py).
@@ -150,7 +152,8 @@ class Trainer:
     def loss(self, step: int, micro: int = 0) -> torch.Tensor:
         o = self.settings
         draw = draw_micro_batch(o.seed, step, micro, o.batch_size, o.gradient_accumulation,
-                                self.groups, self.class_groups, o.flip, self.rank, self.world)
+                                self.groups, self.class_groups, o.flip, self.rank, self.world,
+                                self.buckets, self.class_buckets)
         chosen = [("i", i, self.examples[i]) for i in draw.instances]
         chosen += [("c", i, self.class_examples[i]) for i in draw.classes]
         posteriors = [self.latents.posterior((kind, i), e.pixels, flip)
@@ -166,7 +169,10 @@ class Trainer:
         with self._autocast():
             condition = self._condition([e.caption for _, _, e in chosen], step)
             prediction = self.family.predict(self.denoiser, batch, condition, images)
-        return dreambooth_loss(per_example_loss(prediction, batch), len(draw.instances), o.prior_loss_weight)
+        weights = mask_weights([e for _, _, e in chosen], draw.flips, prediction.shape[-2:], o.mask_floor) \
+            if o.masked_loss else None
+        return dreambooth_loss(per_example_loss(prediction, batch, weights), len(draw.instances),
+                               o.prior_loss_weight)
 
     # -- phases, learning rates, EMA ------------------------------------------
 
@@ -338,6 +344,40 @@ def own_rows(batch: NoisyBatch, draw: Draw) -> NoisyBatch:
         return batch
     return NoisyBatch(*(None if t is None else draw.mine(t)
                         for t in (batch.noisy, batch.timesteps, batch.target, batch.weights)))
+def bucket_indices(examples: list[Example], class_examples: list[Example]
+                   ) -> tuple[list[int] | None, list[int] | None]:
+    """Each example's aspect-ratio bucket (an index into the instance images' sizes), or (None, None)
+    when every instance image has one size. With several, every subject's class images must come in
+    each size its photos do (generation/class_images.py renders them so)."""
+    sizes = sorted({tuple(e.pixels.shape[-2:]) for e in examples})
+    if len(sizes) <= 1:
+        return None, None
+    of = {size: index for index, size in enumerate(sizes)}
+    classes = {(e.subject, tuple(e.pixels.shape[-2:])) for e in class_examples}
+    missing = sorted({(e.subject, tuple(e.pixels.shape[-2:])) for e in examples} - classes) if class_examples else []
+    if missing:
+        subject, (height, width) = missing[0]
+        raise SessionError(f"subject {subject!r} has photos in the {width}x{height} aspect-ratio bucket but no "
+                           "class images of that size; the class images are from another dataset. Run "
+                           "again to render them, or start a new --session.")
+    return [of[tuple(e.pixels.shape[-2:])] for e in examples], \
+        [of.get(tuple(e.pixels.shape[-2:]), -1) for e in class_examples]
+
+
+def mask_weights(examples: list[Example], flips: list[bool], size: torch.Size, floor: float) -> torch.Tensor | None:
+    """[batch, 1, h, w]: floor + (1 - floor) x each example's mask, area-averaged to the prediction's
+    latent size (h, w) and mirrored with its image; 1 everywhere for an example without one (class
+    images). None when no example has a mask."""
+    if all(e.mask is None for e in examples):
+        return None
+    rows = []
+    for example, flip in zip(examples, flips):
+        if example.mask is None:
+            rows.append(torch.ones(1, 1, *size))
+            continue
+        mask = torch.nn.functional.interpolate(example.mask.float(), size=tuple(size), mode="area")
+        rows.append(floor + (1 - floor) * (mask.flip(-1) if flip else mask))
+    return torch.cat(rows)
 
 
 def geometry(example: Example, flip: bool) -> ImageGeometry:

@@ -28,7 +28,9 @@ def images(count: int, offset: int) -> list[torch.Tensor]:
             for i in range(count)]
 
 
-def by_hand(trainer: Trainer, step: int, gamma: float, prediction_type: str) -> float:
+def by_hand(trainer: Trainer, step: int, gamma: float, prediction_type: str, floor: float | None = None) -> float:
+    """`floor`: --masked-loss, each instance's squared error weighted per latent pixel by
+    floor + (1 - floor) x its mask averaged over the f x f image pixels of that latent pixel."""
     parts, o = trainer.parts, trainer.settings
     draw = draw_micro_batch(o.seed, step, 0, o.batch_size, 1, trainer.groups, trainer.class_groups, o.flip)
     chosen = [trainer.examples[i] for i in draw.instances] + [trainer.class_examples[i] for i in draw.classes]
@@ -48,6 +50,13 @@ def by_hand(trainer: Trainer, step: int, gamma: float, prediction_type: str) -> 
                               return_tensors="pt").input_ids
         prediction = parts.denoiser(xt, t, parts.text_encoder(ids)[0]).sample
     errors = [((prediction[i] - target[i]) ** 2).mean().item() for i in range(len(chosen))]
+    if floor is not None:
+        for i, example in enumerate(chosen[:len(draw.instances)]):
+            mask, channels, height, width = example.mask[0, 0], *prediction.shape[1:]
+            f = mask.shape[0] // height  # image pixels per latent pixel (4 in the tiny model)
+            averaged = mask.reshape(height, f, width, f).mean(dim=(1, 3))
+            weight = floor + (1 - floor) * averaged  # [h, w], the same for every latent channel
+            errors[i] = ((prediction[i] - target[i]) ** 2 * weight).sum().item() / (weight.sum().item() * channels)
     if gamma:
         snr = [(a / (1 - a)).item() for a in abar.flatten()]
         denominators = [s + 1 if prediction_type == "v_prediction" else s for s in snr]
@@ -76,3 +85,28 @@ def test_loss_matches_the_written_out_objective(model, gamma):
         with torch.no_grad():
             actual = trainer.loss(step).item()
         assert actual == pytest.approx(expected, rel=1e-5), f"step {step}"
+
+
+def test_the_masked_loss_is_the_written_out_weighted_mean():
+    """--masked-loss: the subject (a disc, or the left half) weighs 1, the background the floor; class
+    images are not masked. No flip here: the mask's mirror is the image's (trainer.mask_weights)."""
+    path = fetch_model("tiny", Path(os.environ["DREAMBOOTH_CACHE"])).path
+    parts = load_model_parts(path, torch.device("cpu"))
+    rows, columns = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    disc = (((rows - 24) ** 2 + (columns - 40) ** 2) < 300).float()[None, None]
+    left = (columns < 29).float()[None, None]
+    masks = [disc, left, disc * 0.5]
+    instances = [Example(p, "photo of shrk man", "shrk", mask=m) for p, m in zip(images(3, 0), masks)]
+    classes = [Example(p, "photo of man", "shrk") for p in images(4, 10)]
+    settings = TrainingSettings(seed=5, batch_size=2, prior_loss_weight=PRIOR_WEIGHT, text_encoder_steps=0,
+                                masked_loss=True, mask_floor=0.2)
+    trainer = Trainer(parts, instances, settings, total_steps=1, class_examples=classes)
+    plain = Trainer(parts, instances, settings.model_copy(update={"masked_loss": False}), total_steps=1,
+                    class_examples=classes)
+    for step in (0, 7):
+        expected = by_hand(trainer, step, 0.0, "epsilon", floor=0.2)
+        with torch.no_grad():
+            actual, unmasked = trainer.loss(step).item(), plain.loss(step).item()
+        assert actual == pytest.approx(expected, rel=1e-5), f"step {step}"
+        assert unmasked == pytest.approx(by_hand(plain, step, 0.0, "epsilon"), rel=1e-5)
+        assert abs(actual - unmasked) > 1e-4 * unmasked  # the masks changed the loss

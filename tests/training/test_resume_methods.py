@@ -7,6 +7,7 @@ of the last chunk byte for byte.
 """
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -43,6 +44,12 @@ CASES = {
                                    "--class-images", "2", "--learning-rate", "1e-3"],
     "FLUX.2 [klein] dreambooth, EMA, flip": ["--model", "tiny-klein", "--ema-decay", "0.9", "--flip",
                                              "--learning-rate", "1e-4"],
+    # Photos of three shapes in three aspect-ratio buckets (48x80, 64x64, 80x48): batches of 2 from one
+    # bucket, class images rendered per bucket, SDXL's time ids from each bucket's size and crop.
+    "SDXL lora in aspect-ratio buckets, batch 2, prior, flip": [
+        "--model", "tiny-sdxl", "--photos", str(REPO / "tests" / "data" / "photos-in-buckets"), "--buckets", "on",
+        "--method", "lora", "--batch-size", "2", "--class-word", "man", "--class-images", "2", "--flip",
+        "--learning-rate", "1e-3"],
     # QLoRA: the adapters on an int8 base (torchao), which each rerun quantises again the same way.
     "lora on an int8 base, UNet and text encoder": [
         "--base-precision", "int8", "--method", "lora", "--lora-text-encoder", "--text-encoder-steps", "6",
@@ -103,6 +110,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(prefect_api_url, tmp_pat
         assert expected.keys() == actual.keys()
         different = [k for k in expected if not torch.equal(expected[k], actual[k])]
         assert not different, f"{root.name}: {len(different)} tensors differ, e.g. {different[:3]}"
+    if "--buckets" in CASES[case]:  # the photos trained in their three shapes
+        items = json.loads((whole / "sessions" / "s" / "dataset" / "manifest.json").read_text())["items"]
+        assert sorted(tuple(i["size"]) for i in items) == [(48, 80), (64, 64), (64, 64), (80, 48)]
     ours, theirs = produced(whole / "sessions" / "s"), produced(killed / "sessions" / "s")
     assert ours.keys() == theirs.keys()
     assert {k: hashlib.sha256(v).hexdigest() for k, v in ours.items()} == \

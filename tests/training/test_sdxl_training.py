@@ -90,6 +90,17 @@ def test_a_mirrored_photo_has_its_crop_mirrored():
     assert sdxl_time_ids((100, 80), (0, 20, 60, 80), 64, flip=True)[3] == round(20 * 64 / 60)
 
 
+def test_a_buckets_image_gives_its_own_target_size():
+    """A 3000x4000 portrait cropped to 2912x4000 at the top and resized to the 832x1216 bucket (width,
+    height): target (1216, 832) as (height, width), the crop's corner in the photo resized to 832 wide."""
+    from dreambooth_core.families.family import ImageGeometry
+    from dreambooth_core.families.sd_conditioning import time_ids
+
+    image = ImageGeometry(1216, 832, original_size=(4000, 3000), crop_box=(44, 0, 2956, 4000))
+    row = time_ids([image], torch.device("cpu"))[0].tolist()
+    assert row == [4000.0, 3000.0, 0.0, round(44 * 832 / 2912), 1216.0, 832.0]
+
+
 def trained(t: Trainer) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in t.trainables.named().items()}
 

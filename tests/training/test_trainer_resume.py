@@ -2,6 +2,9 @@
 
 On the CPU here; on CUDA where there is one (the gpu marker)."""
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -95,5 +98,51 @@ def test_save_load_and_continue_equals_training_straight_through(tiny_model_path
     base = trained_values(trainer(tiny_model_path, device, options))
     assert expected.keys() == actual.keys()
     assert any(not torch.equal(expected[k], base[k]) for k in expected), "training changed nothing"
+    different = [k for k in expected if not torch.equal(expected[k], actual[k])]
+    assert not different, f"{len(different)} tensors differ after resume, e.g. {different[:3]}"
+
+
+def bucketed_examples() -> tuple[list[Example], list[Example]]:
+    """Photos in three aspect-ratio buckets of 64 px's area (48x80, 64x64, 80x48), with SDXL's crop
+    facts, and class images in each bucket."""
+    def image(width, height, seed):
+        return torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    sizes = [(48, 80), (48, 80), (64, 64), (80, 48), (80, 48)]
+    instances = [Example(image(w, h, i), "photo of shrk man", "shrk", original_size=(h * 5, w * 5 + 20),
+                         crop_box=(10 * (i % 2), 0, w * 5 + 10 * (i % 2), h * 5)) for i, (w, h) in enumerate(sizes)]
+    classes = [Example(image(w, h, 10 + i), "photo of man", "shrk") for i, (w, h) in enumerate(sorted(set(sizes)) * 2)]
+    return instances, classes
+
+
+@pytest.mark.slow  # two trainers of a tiny SDXL / FLUX model each: the full suite only
+@pytest.mark.parametrize("model", ["tiny-sdxl", "tiny-flux"])
+def test_buckets_resume_to_the_bits_of_training_straight_through(tmp_path, model):
+    """Batches of 2 from one bucket each, prior preservation from the same bucket, flips: a new trainer
+    that loads what one training straight through saved at step 3 ends where that one does."""
+    from dreambooth_core.families.base_model import fetch_model
+
+    path = fetch_model(model, Path(os.environ["DREAMBOOTH_CACHE"])).path
+    settings = TrainingSettings(seed=3, learning_rate=1e-3, method="lora", lora_rank=4, batch_size=2, flip=True,
+                                text_encoder_steps=0)
+
+    def bucketed() -> Trainer:
+        instances, classes = bucketed_examples()
+        return Trainer(load_model_parts(path, torch.device("cpu")), instances, settings, total_steps=STEPS,
+                       class_examples=classes)
+
+    straight = bucketed()
+    assert len(set(straight.buckets)) == 3
+    store = CheckpointStore(Session(str(tmp_path), "s"))
+    for step in range(STEPS):
+        if step == KILLED_AT:  # a host copy, as a run commits it while training goes on
+            store.save(KILLED_AT, straight.state_writers(), meta={})
+            saved = trained_values(straight)
+        straight.step(step)
+    resumed = bucketed()
+    resumed.load_state(store.load_latest())
+    for step in range(KILLED_AT, STEPS):
+        resumed.step(step)
+    expected, actual = trained_values(straight), trained_values(resumed)
+    assert any(not torch.equal(v, saved[k]) for k, v in expected.items()), "the steps after the save changed nothing"
     different = [k for k in expected if not torch.equal(expected[k], actual[k])]
     assert not different, f"{len(different)} tensors differ after resume, e.g. {different[:3]}"
