@@ -1,5 +1,5 @@
 """What needs no Prefect server is refused before one starts: one `error:` paragraph, exit 2,
-in well under 2 seconds, with Prefect not even imported."""
+with Prefect not even imported (so at once: no server started, none waited for)."""
 
 import json
 import os
@@ -14,13 +14,12 @@ from web_server import closed_port_url
 from flows.cli import EXIT_USER_ERROR
 
 REPO = Path(__file__).resolve().parents[2]
-# Runs the CLI's main() and reports, on the last line of stdout, how long it took and
-# whether it imported Prefect (which a run needs only once the checks have passed).
-RUN = ("import json, sys, time\n"
-       "began = time.monotonic()\n"
+# Runs the CLI's main() and reports, on the last line of stdout, whether it imported Prefect
+# (which a run needs only once the checks have passed).
+RUN = ("import json, sys\n"
        "from flows.cli import main\n"
        "code = main(sys.argv[1:])\n"
-       "print(json.dumps({'seconds': time.monotonic() - began, 'prefect': 'prefect' in sys.modules}))\n"
+       "print(json.dumps({'prefect': 'prefect' in sys.modules}))\n"
        "sys.exit(code)\n")
 
 
@@ -39,7 +38,6 @@ def assert_refused_at_once(result: subprocess.CompletedProcess, facts: dict, *ph
     for phrase in phrases:
         assert phrase in result.stderr, result.stderr
     assert not facts["prefect"], "Prefect was imported before the error"
-    assert facts["seconds"] < 2, facts
 
 
 def train(tmp_path: Path, photos: Path, *extra: str) -> list[str]:
