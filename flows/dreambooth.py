@@ -45,7 +45,7 @@ def dreambooth_train(config: DreamBoothConfig) -> ExportResult:
         family_of(model.family).check_settings(config.training)  # what the family cannot train stops here
         resolution = config.training.resolution_for(model.family.resolution)  # decided once, here
         dataset = prepare_photos(ref, photos, resolution)
-        captions = caption_photos(ref, dataset, model, config.captions)
+        captions = caption_photos(ref, dataset, model, config.captions, config.base_model.model)
         check_tokens(ref, model, captions, config.checks.bad_token)
         class_images = generate_class_images(ref, model, resolution, config.training,
                                              config.captions.class_prompt, config.runtime.device)

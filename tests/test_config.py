@@ -42,7 +42,8 @@ def test_the_fingerprint_is_the_training_sections_whole_except_steps():
     values = config.training_values()
     assert set(values) == (set(config.base_model.model_dump()) | set(config.captions.model_dump())
                            | set(config.training.model_dump())) - {"steps", "vae", "step_in_backward",
-                                                                         "base_precision"}
+                                                                         "base_precision", "caption_mode",
+                                                                         "captioner"}
     assert values["seed"] == 2 and values["model"] == "tiny" and values["token"] == "shrk"
     # --vae counts once given; unset it is left out, as sessions from before it recorded it.
     with_vae = DreamBoothConfig(**{**config.flat(), "vae": "owner/vae"})
@@ -51,6 +52,8 @@ def test_the_fingerprint_is_the_training_sections_whole_except_steps():
     assert in_backward.training_values() == values | {"step_in_backward": True}
     quantised = DreamBoothConfig(**{**config.flat(), "base_precision": "nf4"})
     assert quantised.training_values() == values | {"base_precision": "nf4"}
+    described = DreamBoothConfig(**{**config.flat(), "caption_mode": "auto", "captioner": "tiny"})
+    assert described.training_values() == values | {"caption_mode": "auto", "captioner": "tiny"}
     # Settings that change speed, samples or outputs never change it.
     faster = DreamBoothConfig(**{**config.flat(), "chunk_steps": 2, "gradient_checkpointing": True,
                                  "sample_every": 0, "export_precision": "fp32", "device": "cpu", "steps": 16})

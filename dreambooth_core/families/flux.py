@@ -63,6 +63,8 @@ TEXTUAL_INVERSION = (
 class Flux(Family):
     keys = ("flux1",)
     title = "FLUX.1 [dev] and [schnell]"
+    # T5 reads the long synthetic captions FLUX was trained on; ai-toolkit captions for it by default.
+    default_captions = "auto"
     denoiser = "transformer"
     lora_targets = FLUX_TRANSFORMER_LORA_TARGETS
     text_lora_targets = FLUX_TEXT_LORA_TARGETS
