@@ -49,7 +49,8 @@ def _add_evaluate_command(commands) -> None:
                           "or snapshot (default: all of them).")
     add_storage_flags(evaluate)
     evaluate.add_argument("--judges", choices=("hub", "tiny"), default="hub", help="hub: the paper's "
-                          "facebook/dino-vits16 and openai/clip-vit-large-patch14 (and ArcFace for people), fetched once; tiny: "
+                          "facebook/dino-vits16 and openai/clip-vit-large-patch14 (and ArcFace for people), "
+                          "fetched once; tiny: "
                           "small random ones, offline, for trying it out (default: hub).")
     evaluate.add_argument("--prompts", type=int, default=4, help="Prompts per subject, of the paper's 25 "
                           "(default: 4).")

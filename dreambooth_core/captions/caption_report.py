@@ -16,7 +16,8 @@ ORIGINS = {"rule": "the instance prompt (--captions token)",
            "captioner": "the captioner (edit the .txt to change it)"}
 
 
-def caption_report_markdown(session: Session, manifest: DatasetManifest, mode: str, captioner: str | None) -> str:
+def caption_report_markdown(session: Session, manifest: DatasetManifest, mode: str,
+                            captioner: str | None) -> str:
     by = f" by {captioner}" if mode == "auto" and captioner else ""
     lines = [f"# Captions of session {session.name}", "",
              f"--captions {mode}{by}. A caption written beside a photo (`photos/<name>.txt`) always wins"
@@ -29,11 +30,13 @@ def caption_report_markdown(session: Session, manifest: DatasetManifest, mode: s
         where = ORIGINS.get(item.caption_origin or "rule", "")
         if item.caption_file:
             where += f": `{item.caption_file}`"
-        lines.append(f"| ![{_cell(name)}]({thumbnail}) {_cell(name)} | {_cell(item.caption or '')} | {where} |")
+        photo = f"![{_cell(name)}]({thumbnail}) {_cell(name)}"
+        lines.append(f"| {photo} | {_cell(item.caption or '')} | {where} |")
     return "\n".join(lines) + "\n"
 
 
-def write_caption_report(session: Session, manifest: DatasetManifest, mode: str, captioner: str | None) -> str:
+def write_caption_report(session: Session, manifest: DatasetManifest, mode: str,
+                         captioner: str | None) -> str:
     markdown = caption_report_markdown(session, manifest, mode, captioner)
     session.write_bytes(CAPTIONS_REPORT, markdown.encode())
     return markdown

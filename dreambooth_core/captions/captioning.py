@@ -155,9 +155,9 @@ def write_caption(session: Session, item: DatasetItem, token: str, class_word: s
     if session.exists(hand_written) or (mode == "auto" and session.exists(beside)):
         text_file = hand_written if session.exists(hand_written) else beside
         text = session.read_bytes(text_file).decode("utf-8", errors="replace")
-        item = item.model_copy(update={"token": token, "caption_file": text_file,
-                                       "caption": caption_from_text(text, token, class_word, template),
-                                       "caption_origin": "hand-written" if text_file == hand_written else "captioner"})
+        origin = "hand-written" if text_file == hand_written else "captioner"
+        item = item.model_copy(update={"token": token, "caption_file": text_file, "caption_origin": origin,
+                                       "caption": caption_from_text(text, token, class_word, template)})
     elif mode == "auto" and described is not None:
         text = fit_caption(subject_caption(described, token, class_word, template),
                            caption(template, token, class_word),

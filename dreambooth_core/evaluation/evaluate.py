@@ -59,14 +59,16 @@ def evaluate_pipeline(pipeline, judges: Judges, subjects: list[Subject], spec: E
     return rows
 
 
-def identity_rows(judges: Judges, subject: Subject, generated: list[Image.Image], step: int) -> list[MetricRow]:
+def identity_rows(judges: Judges, subject: Subject, generated: list[Image.Image],
+                  step: int) -> list[MetricRow]:
     """Face identity and the share of images without a face; none when no photo shows a face."""
     score = face_identity(judges.faces, generated, subject.photos)
     if score is None:
         return []
     rows = [MetricRow(step, subject.token, "no_face", score.no_face, 0.0)]
     if score.similarity is not None:
-        rows.append(MetricRow(step, subject.token, "identity", score.similarity.mean, score.similarity.spread))
+        similarity = score.similarity
+        rows.append(MetricRow(step, subject.token, "identity", similarity.mean, similarity.spread))
     return rows
 
 

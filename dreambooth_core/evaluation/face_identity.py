@@ -77,7 +77,8 @@ def identity_score(generated: list[torch.Tensor | None], photos: torch.Tensor) -
     return IdentityScore(subject_fidelity(torch.stack(faces), photos) if faces else None, no_face)
 
 
-def face_identity(embed: FaceEmbedder, generated: list[Image.Image], photos: list[Image.Image]) -> IdentityScore | None:
+def face_identity(embed: FaceEmbedder, generated: list[Image.Image],
+                  photos: list[Image.Image]) -> IdentityScore | None:
     """The identity score of `generated` against `photos`; None when no photo shows a face."""
     photo_faces = [face for face in map(face_crop, photos) if face is not None]
     if not photo_faces:
@@ -85,7 +86,8 @@ def face_identity(embed: FaceEmbedder, generated: list[Image.Image], photos: lis
     crops = [face_crop(image) for image in generated]
     found = [face for face in crops if face is not None]
     embedded = iter(embed(found)) if found else iter(())
-    return identity_score([next(embedded) if face is not None else None for face in crops], embed(photo_faces))
+    per_image = [next(embedded) if face is not None else None for face in crops]
+    return identity_score(per_image, embed(photo_faces))
 
 
 def fetch_face_model(spec: str, cache_dir: Path, token: str | None = None,

@@ -66,13 +66,14 @@ def recommend_step(scores: list[StepScores], base_clip_t: float,
         if faced:
             best = min(faced, key=lambda s: (-s.identity, s.step))
             return Recommendation(step=best.step, rule=rule_text(keep, people=True), reason=(
-                f"step {best.step}: face identity {best.identity:.3f}, {best.no_face:.0%} of images without a "
-                f"face, CLIP-T {best.clip_t:.3f} (at least {floor:.3f}); {len(scores) - len(faced)} of "
+                f"step {best.step}: face identity {best.identity:.3f}, {best.no_face:.0%} of images "
+                f"without a face, CLIP-T {best.clip_t:.3f} (at least {floor:.3f}); {len(scores) - len(faced)} of "
                 f"{len(scores)} evaluated steps fall below that CLIP-T or draw too few faces"))
         best = min(kept, key=lambda s: (-s.dino, s.step))
         return Recommendation(step=best.step, rule=rule_text(keep), reason=(
-            f"step {best.step}: DINO {best.dino:.3f}, CLIP-T {best.clip_t:.3f}; no step that keeps the prompt "
-            f"shows a face in at least {1 - MAX_NO_FACE:.0%} of its images, so face identity could not decide"))
+            f"step {best.step}: DINO {best.dino:.3f}, CLIP-T {best.clip_t:.3f}; no step that keeps the "
+            f"prompt shows a face in at least {1 - MAX_NO_FACE:.0%} of its images, so face identity "
+            "could not decide"))
     best = min(kept, key=lambda s: (-s.dino, s.step))
     return Recommendation(step=best.step, rule=rule_text(keep), reason=(
         f"step {best.step}: DINO {best.dino:.3f}, CLIP-T {best.clip_t:.3f} (at least {floor:.3f}); "

@@ -23,7 +23,8 @@ METRICS = {"dino": ("subject fidelity (DINO)", (31, 119, 180)),
            "clip_i": ("subject fidelity (CLIP-I)", (44, 160, 44)),
            "clip_t": ("prompt fidelity (CLIP-T)", (214, 39, 40))}
 # Measured for person subjects only: a step's value is their mean over those.
-PERSON_METRICS = {"identity": ("face identity (ArcFace)", (148, 103, 189)), "no_face": ("share without a face", None)}
+PERSON_METRICS = {"identity": ("face identity (ArcFace)", (148, 103, 189)),
+                  "no_face": ("share of images without a face", None)}
 RECOMMENDED = (255, 127, 14)  # orange: no other line blends into it
 BASE_STEP = 0
 

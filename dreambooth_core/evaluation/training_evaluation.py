@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from dreambooth_core.config import EvaluationSettings
 from dreambooth_core.evaluation.evaluate import EvaluationSpec, evaluate_pipeline
-from dreambooth_core.evaluation.judges import load_judges
+from dreambooth_core.evaluation.judges import Judges, load_judges
 from dreambooth_core.evaluation.report import BASE_STEP
 from dreambooth_core.evaluation.session_evaluation import (
     EVALUATION_JSON,
@@ -79,7 +79,7 @@ def evaluate_base_model(session: Session, model_path: str, evaluation: TrainingE
     write_reports(session, rows, evaluation.settings)
 
 
-def evaluation_judges(evaluation: TrainingEvaluation):
+def evaluation_judges(evaluation: TrainingEvaluation) -> Judges:
     face_model = Path(evaluation.face_model) if evaluation.face_model else None
     return load_judges(*map(Path, evaluation.judge_folders), face_model)
 

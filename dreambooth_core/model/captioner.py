@@ -67,7 +67,8 @@ def load_captioner(folder: Path, device: str | None = None) -> Describe:
         for start in range(0, len(images), BATCH):
             batch = [Image.open(io.BytesIO(data)).convert("RGB") for data in images[start:start + BATCH]]
             inputs = processor(text=[CAPTION_TASK] * len(batch), images=batch, return_tensors="pt")
-            inputs = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in inputs.items()}
+            inputs = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device)
+                      for k, v in inputs.items()}
             out = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, num_beams=1)
             texts += [" ".join(t.split()) for t in processor.batch_decode(out, skip_special_tokens=True)]
         return texts
@@ -76,8 +77,13 @@ def load_captioner(folder: Path, device: str | None = None) -> Describe:
 
 def build_tiny_captioner(folder: Path) -> None:
     """A small random Florence-2 whose vocabulary is a few caption words, in hub layout."""
-    from transformers import BartTokenizer, CLIPImageProcessor, Florence2Config, Florence2ForConditionalGeneration
-    from transformers import Florence2Processor
+    from transformers import (
+        BartTokenizer,
+        CLIPImageProcessor,
+        Florence2Config,
+        Florence2ForConditionalGeneration,
+        Florence2Processor,
+    )
 
     specials = ["<s>", "<pad>", "</s>", "<unk>"]
     vocab = specials + [f"\u0120{word}" for word in TINY_WORDS] + ["<image>"]  # \u0120: BPE's word start
@@ -95,8 +101,8 @@ def build_tiny_captioner(folder: Path) -> None:
                              decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
                              encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=256,
                              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                             pad_token_id=tokenizer.pad_token_id, decoder_start_token_id=tokenizer.eos_token_id,
-                             forced_bos_token_id=None, forced_eos_token_id=None),
+                             pad_token_id=tokenizer.pad_token_id, forced_bos_token_id=None,
+                             decoder_start_token_id=tokenizer.eos_token_id, forced_eos_token_id=None),
             image_token_id=tokenizer.image_token_id))
     # Random weights would end at once, or repeat one word: say a few different words.
     model.generation_config.min_new_tokens, model.generation_config.no_repeat_ngram_size = 8, 1

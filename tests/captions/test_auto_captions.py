@@ -45,7 +45,8 @@ def test_every_caption_holds_the_token_and_class_word_and_a_hand_written_one_win
     assert markdown.count("](data:image/jpeg;base64,") == 3 and "grinning at a party" in markdown
 
 
-def test_a_rerun_asks_the_captioner_nothing_and_keeps_an_edited_caption(prepared, small_tokenizer, tiny_describe):
+def test_a_rerun_asks_the_captioner_nothing_and_keeps_an_edited_caption(prepared, small_tokenizer,
+                                                                         tiny_describe):
     session, calls = prepared(PHOTOS), []
     first = auto_captions(session, small_tokenizer, counting(tiny_describe, calls))
     edited, removed = first["photos/shrk (1).jpg"], first["photos/shrk (2).jpg"]

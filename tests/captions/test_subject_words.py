@@ -11,7 +11,8 @@ TEMPLATE = "photo of {token} {class}"
     ("A young man with short brown hair and a beard wearing a red jacket, standing outdoors.", "man",
      "photo of shrk man, wearing a red jacket, standing outdoors"),
     ("The image shows a woman smiling in a park. Her long blonde hair falls over her shoulders. "
-     "She is wearing a blue dress.", "woman", "photo of shrk woman, smiling in a park. She is wearing a blue dress"),
+     "She is wearing a blue dress.", "woman",
+     "photo of shrk woman, smiling in a park. She is wearing a blue dress"),
     ("A fluffy brown dog sitting on green grass.", "dog", "photo of shrk dog, sitting on green grass"),
     ("A close-up of a person laughing", None, "photo of shrk, laughing"),  # no class word: a person
 ])

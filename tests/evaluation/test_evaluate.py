@@ -46,7 +46,8 @@ def test_a_person_gets_face_identity_and_the_share_of_images_without_a_face(setu
     pipeline, judges, subject = setup
     judges = dataclasses.replace(judges, faces=FaceEmbedder(fetch_face_model("tiny", tmp_path)))
     person = dataclasses.replace(subject, person=True)
-    rows = evaluate_pipeline(pipeline, judges, [person, Subject("zwx", "dog", True, subject.photos)], SPEC, 40)
+    dog = Subject("zwx", "dog", True, subject.photos)
+    rows = evaluate_pipeline(pipeline, judges, [person, dog], SPEC, 40)
     metrics = [(r.subject, r.metric) for r in rows]
     # The tiny model draws 32 px noise: no face in any image, so no identity, and a share of 1.
     assert ("shrk", "no_face") in metrics and ("shrk", "identity") not in metrics
