@@ -22,6 +22,7 @@ from typing import Callable
 
 import torch
 
+from dreambooth_core.errors import ModelError
 from dreambooth_core.model.cache import build_once
 from dreambooth_core.model.hub import download_hub_snapshot
 
@@ -48,7 +49,11 @@ def fetch_captioner(spec: str, cache_dir: Path, token: str | None = None,
     """The captioner's folder: a hub repo (fetched once), or `tiny`."""
     if spec == "tiny":
         return build_once(Path(cache_dir) / TINY_CAPTIONER, build_tiny_captioner)[0]
-    return download_hub_snapshot(spec, Path(cache_dir) / "hub", CAPTIONER_FILES, token=token, log=log)
+    try:
+        return download_hub_snapshot(spec, Path(cache_dir) / "hub", CAPTIONER_FILES, token=token, log=log)
+    except ModelError as exc:
+        raise ModelError(f"the captioner of --captions auto: {exc} Or pass --captions token (the instance "
+                         "prompt alone, no captioner).") from None
 
 
 def load_captioner(folder: Path, device: str | None = None) -> Describe:
