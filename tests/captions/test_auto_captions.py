@@ -70,3 +70,14 @@ def test_the_default_is_the_family_s_and_a_session_trained_on_the_rule_keeps_it(
     assert caption_mode("default", "auto", manifest, training_started=False) == "auto"
     assert caption_mode("default", "auto", manifest, training_started=True) == "token"  # resumes as trained
     assert caption_mode("auto", "token", manifest, training_started=True) == "auto"  # asked for: as asked
+
+
+def test_a_photo_added_later_keeps_the_captions_written_beside_the_others(prepared, small_tokenizer,
+                                                                           tiny_describe):
+    session = prepared({"shrk (1).jpg": None})
+    first = auto_captions(session, small_tokenizer, counting(tiny_describe, []))["photos/shrk (1).jpg"]
+    session.write_bytes(first.caption_file, b"photo of shrk man, on a boat\n")
+    session = prepared({"shrk (1).jpg": None, "shrk (2).jpg": None})  # the dataset is prepared again
+    calls = []
+    again = auto_captions(session, small_tokenizer, counting(tiny_describe, calls))
+    assert again["photos/shrk (1).jpg"].caption == "photo of shrk man, on a boat" and calls == [1]
