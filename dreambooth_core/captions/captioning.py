@@ -160,7 +160,7 @@ def write_caption(session: Session, item: DatasetItem, token: str, class_word: s
                                        "caption": caption_from_text(text, token, class_word, template)})
     elif mode == "auto" and described is not None:
         text = fit_caption(subject_caption(described, token, class_word, template),
-                           caption(template, token, class_word),
+                           caption("{token} {class}", token, class_word),
                            lambda t: tokenizer.length(t) <= tokenizer.context_length)
         session.write_bytes(beside, (text + "\n").encode())
         item = item.model_copy(update={"token": token, "caption_file": beside, "caption": text,

@@ -79,10 +79,13 @@ def _tidy(text: str) -> str:
     return re.sub(r"^[\s,.;:]+|[\s,.;:]+$", "", text)
 
 
-def fit_caption(text: str, prompt: str, fits) -> str:
-    """`text` cut at its last clause (then word) until `fits(text)`; never shorter than `prompt`,
-    which opens it. A long description is cut rather than refused: the user did not write it."""
-    while not fits(text) and len(text) > len(prompt):
+def fit_caption(text: str, subject: str, fits) -> str:
+    """`text` cut at its last clause (then word) until `fits(text)`, never into `subject` (the token
+    and class word) or what precedes it. A long description is cut rather than refused: the user
+    did not write it."""
+    found = text.find(subject)
+    floor = found + len(subject) if found >= 0 else 0
+    while not fits(text) and len(text) > floor:
         cut = max(text.rfind(", "), text.rfind(". "))
-        text = text[:cut] if cut >= len(prompt) else text[:max(text.rfind(" "), len(prompt))]
+        text = text[:cut] if cut >= floor else text[:max(text.rfind(" "), floor)]
     return text.rstrip(" ,.")

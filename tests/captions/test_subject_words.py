@@ -27,8 +27,9 @@ def test_a_subject_named_later_is_replaced_where_it_stands_and_one_never_named_g
             == "photo of shrk man, a mountain lake at sunset")
 
 
-def test_a_long_description_is_cut_at_a_clause_never_into_the_prompt():
+def test_a_long_description_is_cut_at_a_clause_never_into_the_token_and_class_word():
     text = "photo of shrk man, smiling, in a red jacket, outdoors in the snow"
-    assert fit_caption(text, "photo of shrk man", lambda t: len(t.split()) <= 9) == \
-        "photo of shrk man, smiling, in a red jacket"
-    assert fit_caption(text, "photo of shrk man", lambda t: False) == "photo of shrk man"
+    assert fit_caption(text, "shrk man", lambda t: len(t.split()) <= 9) == "photo of shrk man, smiling, in a red jacket"
+    assert fit_caption(text, "shrk man", lambda t: False) == "photo of shrk man"
+    later = "a red car parked next to a shrk man on a street in the rain"
+    assert fit_caption(later, "shrk man", lambda t: False) == "a red car parked next to a shrk man"
