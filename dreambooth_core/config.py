@@ -37,6 +37,7 @@ MAX_IMAGES_PER_PROMPT = 64
 MAX_INFERENCE_STEPS = 500  # schedulers converge in 20-50
 # In the fingerprint of a session trained by several processes: how each draws its examples and noise.
 RANK_DRAWS = "rows of one process's draws"
+DEFAULT_CAPTIONER = "florence-community/Florence-2-base"  # why: dreambooth_core/model/captioner.py
 Method = Literal["dreambooth", "lora", "textual-inversion"]
 
 
@@ -96,6 +97,22 @@ class CaptionSettings(Section):
                                    "('shrk=man,ohwx=dog'). Captions become 'photo of shrk man'.")
     class_prompt: str = Field("photo of {class}", description="Prompt of the class images; {class} "
                               "is replaced by the subject's class word.")
+    # Its flag is --captions (flows/cli_flags.py): a setting may not share its section's name.
+    caption_mode: Literal["default", "token", "auto"] = Field(
+        "default", description="Captions of the photos without a caption file: 'token' is the instance "
+        "prompt alone ('photo of shrk man'); 'auto' describes each photo with --captioner and puts the "
+        "token and class word in ('photo of shrk man, smiling, in a red jacket'), written beside each "
+        "prepared photo as an editable .txt; 'default' is the family's choice (token for SD 1.x/2.x, "
+        "auto for SDXL and FLUX).")
+    captioner: str = Field("auto", description="The vision-language model --captions auto describes "
+                           f"photos with: a Hugging Face repo of a Florence-2 model in transformers' "
+                           f"layout, 'tiny' (a small random one, offline: captions without meaning), or "
+                           f"auto: tiny for the built-in tiny base models, else {DEFAULT_CAPTIONER}.")
+
+    def captioner_for(self, base_model: str) -> str:
+        if self.captioner != "auto":
+            return self.captioner
+        return "tiny" if base_model.startswith("tiny") else DEFAULT_CAPTIONER
 
     @field_validator("class_word")
     @classmethod
@@ -424,7 +441,8 @@ class DreamBoothConfig(BaseModel):
     # Training settings added after sessions were recorded, with what those sessions trained as: left
     # out of the fingerprint at that value, so the sessions resume (a --vae's digest is in the model's).
     ADDED_LATER: ClassVar[dict[str, Any]] = {"vae": None, "step_in_backward": False, "base_precision": "auto",
-                                           "buckets": "auto", "masked_loss": False, "mask_floor": 0.1}
+                                           "buckets": "auto", "masked_loss": False, "mask_floor": 0.1,
+                                           "caption_mode": "default", "captioner": "auto"}
 
     session: str = Field(description="Session name: letters, digits, '.', '_' or '-' (at most 64). "
                          "The session holds photos, progress and outputs; rerun it to resume.")

@@ -18,8 +18,12 @@ from dreambooth_core.session.storage import storage_location
 from flows.quiet_libraries import quiet_libraries
 
 
+# Settings whose flag is not their name: a setting may not share its section's name.
+FLAGS = {"caption_mode": "--captions"}
+
+
 def flag_name(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    return FLAGS.get(name) or "--" + name.replace("_", "-")
 
 
 def setting(name: str) -> FieldInfo:

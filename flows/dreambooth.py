@@ -48,7 +48,7 @@ def dreambooth_train(config: DreamBoothConfig) -> ExportResult:
         family_of(model.family).check_settings(config.training)  # what the family cannot train stops here
         resolution = config.training.resolution_for(model.family.resolution)  # decided once, here
         dataset = prepare_photos(ref, photos, resolution, bucket_step_for(config.training, model, resolution))
-        captions = caption_photos(ref, dataset, model, config.captions)
+        captions = caption_photos(ref, dataset, model, config.captions, config.base_model.model)
         check_tokens(ref, model, captions, config.checks.bad_token)
         if config.training.masked_loss:
             mask_photos(ref, config.base_model.model, captions)

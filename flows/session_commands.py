@@ -71,7 +71,8 @@ def _add_evaluate_command(commands) -> None:
                           "or snapshot (default: all of them).")
     add_storage_flags(evaluate)
     evaluate.add_argument("--judges", choices=("hub", "tiny"), default="hub", help="hub: the paper's "
-                          "facebook/dino-vits16 and openai/clip-vit-large-patch14, fetched once; tiny: "
+                          "facebook/dino-vits16 and openai/clip-vit-large-patch14 (and ArcFace for people), "
+                          "fetched once; tiny: "
                           "small random ones, offline, for trying it out (default: hub).")
     evaluate.add_argument("--prompts", type=int, default=4, help="Prompts per subject, of the paper's 25 "
                           "(default: 4).")
@@ -124,9 +125,10 @@ def export(args: dict[str, Any]) -> int:
 
 def evaluate(args: dict[str, Any]) -> int:
     from dreambooth_core.evaluation.evaluate import EvaluationSpec
+    from dreambooth_core.evaluation.face_identity import fetch_face_model
     from dreambooth_core.evaluation.judges import fetch_judges, load_judges
     from dreambooth_core.evaluation.render_time import cpu_render_warning
-    from dreambooth_core.evaluation.session_evaluation import evaluate_session
+    from dreambooth_core.evaluation.session_evaluation import evaluate_session, has_person
     from dreambooth_core.families import family_of
     from dreambooth_core.export.step_export import exportable_steps, require_step, trained_session
     from dreambooth_core.model.cache import model_cache_dir
@@ -144,7 +146,10 @@ def evaluate(args: dict[str, Any]) -> int:
                  manifest.resolution, cpu_render_warning)
     model = trained_base_model(config, session)
     trained = trained_session(session, model.path, model.family)
-    judges = load_judges(*fetch_judges(args["judges"], model_cache_dir(), os.environ.get("HF_TOKEN")))
+    hf_token = os.environ.get("HF_TOKEN")
+    face_model = (fetch_face_model(args["judges"], model_cache_dir(), hf_token)
+                  if has_person(session, config.checks.subject_type) else None)
+    judges = load_judges(*fetch_judges(args["judges"], model_cache_dir(), hf_token), face_model)
     spec = EvaluationSpec(resolution=manifest.resolution, seed=args["seed"], prompts=args["prompts"],
                           images_per_prompt=args["images"], inference_steps=args["inference_steps"],
                           guidance_scale=family_of(model.family).default_guidance)

@@ -7,7 +7,9 @@ from prefect import get_run_logger, task
 from prefect.tasks import exponential_backoff
 
 from dreambooth_core.config import DreamBoothConfig
+from dreambooth_core.evaluation.face_identity import fetch_face_model
 from dreambooth_core.evaluation.judges import fetch_judges
+from dreambooth_core.evaluation.session_evaluation import has_person
 from dreambooth_core.evaluation.render_time import cpu_render_warning
 from dreambooth_core.evaluation.training_evaluation import (
     TrainingEvaluation,
@@ -31,8 +33,10 @@ def prepare_evaluation(plan: TrainingPlan, config: DreamBoothConfig) -> Training
     log = get_run_logger()
     judges = settings.judges_for(config.base_model.model)
     folders = fetch_judges(judges, model_cache_dir(), os.environ.get("HF_TOKEN"), log)
+    face_model = (fetch_face_model(judges, model_cache_dir(), os.environ.get("HF_TOKEN"), log)
+                  if has_person(plan.session.open(), config.checks.subject_type) else None)
     evaluation = training_evaluation(settings, judges, folders, plan.resolution, config.checks.subject_type,
-                                     family_of(plan.family).default_guidance)
+                                     family_of(plan.family).default_guidance, face_model)
     device = resolve_device(plan.runtime.device)
     images = settings.evaluation_prompts * settings.evaluation_images * len(plan.subjects)
     warning = cpu_render_warning(config.base_model.model, images, settings.evaluation_inference_steps,

@@ -43,7 +43,8 @@ def test_the_fingerprint_is_the_training_sections_whole_except_steps():
     assert set(values) == (set(config.base_model.model_dump()) | set(config.captions.model_dump())
                            | set(config.training.model_dump())) - {"steps", "vae", "step_in_backward",
                                                                          "base_precision", "buckets",
-                                                                         "masked_loss", "mask_floor"}
+                                                                         "masked_loss", "mask_floor",
+                                                                         "caption_mode", "captioner"}
     assert values["seed"] == 2 and values["model"] == "tiny" and values["token"] == "shrk"
     # --vae counts once given; unset it is left out, as sessions from before it recorded it.
     with_vae = DreamBoothConfig(**{**config.flat(), "vae": "owner/vae"})
@@ -57,6 +58,8 @@ def test_the_fingerprint_is_the_training_sections_whole_except_steps():
     assert several.training_values() == values | {"gpus": 2, "draws": RANK_DRAWS}
     bucketed = DreamBoothConfig(**{**config.flat(), "buckets": "off", "masked_loss": True, "mask_floor": 0.3})
     assert bucketed.training_values() == values | {"buckets": "off", "masked_loss": True, "mask_floor": 0.3}
+    described = DreamBoothConfig(**{**config.flat(), "caption_mode": "auto", "captioner": "tiny"})
+    assert described.training_values() == values | {"caption_mode": "auto", "captioner": "tiny"}
     # Settings that change speed, samples or outputs never change it.
     faster = DreamBoothConfig(**{**config.flat(), "chunk_steps": 2, "gradient_checkpointing": True,
                                  "sample_every": 0, "export_precision": "fp32", "device": "cpu", "steps": 16})

@@ -1,5 +1,10 @@
 """Each prepared photo's subject token and caption, and each subject's prompts, in the
-dataset manifest. Every problem in the photos is collected and reported at once."""
+dataset manifest. Every problem in the photos is collected and reported at once.
+
+A photo's caption, first found first: a hand-written `.txt` beside the photo; under
+`--captions auto` the editable `.txt` beside its prepared image (written on the first run,
+kept by every rerun, edits included), else the captioner's description with the token and
+class word put in (captions/subject_words.py), written there; else the instance prompt."""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ from pathlib import PurePosixPath
 from pydantic import BaseModel, ConfigDict
 
 from dreambooth_core.captions.classes import class_prompt, class_word_for, parse_class_words
+from dreambooth_core.captions.described import AutoCaptioner, describe_photos
+from dreambooth_core.captions.subject_words import fit_caption, subject_caption
 from dreambooth_core.captions.tokenizer import TextTokenizer
 from dreambooth_core.captions.tokens import caption, caption_from_text, token_of_photo
 from dreambooth_core.config import CaptionSettings
@@ -36,16 +43,34 @@ def caption_file_of(source: str) -> str:
     return str(PurePosixPath(source).with_suffix(".txt"))
 
 
+def caption_mode(setting: str, family_default: str, manifest: DatasetManifest | None,
+                 training_started: bool) -> str:
+    """'token' or 'auto'. `default` is the family's choice, except for a session that started
+    training before captions were described: it goes on with the captions it trained on."""
+    if setting != "default":
+        return setting
+    if training_started and manifest and not any(i.caption_origin == "captioner" for i in manifest.items):
+        return "token"
+    return family_default
+
+
 def caption_dataset(session: Session, tokenizer: TextTokenizer, settings: CaptionSettings,
-                    log: logging.Logger | None = None) -> Captions:
+                    log: logging.Logger | None = None, mode: str = "token",
+                    captioner: AutoCaptioner | None = None) -> Captions:
+    """`mode`: 'token' or 'auto' (caption_mode); `captioner` describes the photos under 'auto'."""
     log = log or logging.getLogger("dreambooth")
     manifest = require_dataset_manifest(session)
     problems: list[str] = []
     tokens, origins = assign_tokens(manifest.items, settings.token, problems)
     classes = assign_classes(origins, settings.class_word, problems)
+    described: dict[str, str] = {}
+    if mode == "auto" and not problems:
+        assert captioner is not None, "--captions auto needs a captioner"
+        described = describe_photos(session, [i for i in manifest.items if not _has_caption_file(session, i)],
+                                    captioner, log)
     items = [write_caption(session, item, tokens[item.source], classes[tokens[item.source]],
-                           settings.instance_prompt, tokenizer, problems) if item.source in tokens else item
-             for item in manifest.items]
+                           settings.instance_prompt, tokenizer, problems, mode, described.get(item.file))
+             if item.source in tokens else item for item in manifest.items]
     if problems:
         raise DatasetError("some photos cannot be used:\n  " + "\n  ".join(problems))
     manifest = manifest.model_copy(update={"items": items,
@@ -118,20 +143,35 @@ def assign_classes(origins: dict[str, set[str]], spec: str | None,
     return classes
 
 
+def _has_caption_file(session: Session, item: DatasetItem) -> bool:
+    return session.exists(caption_file_of(item.source)) or session.exists(caption_file_of(item.file))
+
+
 def write_caption(session: Session, item: DatasetItem, token: str, class_word: str | None, template: str,
-                  tokenizer: TextTokenizer, problems: list[str]) -> DatasetItem:
-    """The item with its token and caption: a caption file's text when there is one."""
-    text_file = caption_file_of(item.source)
-    if session.exists(text_file):
+                  tokenizer: TextTokenizer, problems: list[str], mode: str = "token",
+                  described: str | None = None) -> DatasetItem:
+    """The item with its token and caption (see the module's docstring for which)."""
+    hand_written, beside = caption_file_of(item.source), caption_file_of(item.file)
+    if session.exists(hand_written) or (mode == "auto" and session.exists(beside)):
+        text_file = hand_written if session.exists(hand_written) else beside
         text = session.read_bytes(text_file).decode("utf-8", errors="replace")
-        item = item.model_copy(update={"token": token, "caption_file": text_file,
+        origin = "hand-written" if text_file == hand_written else "captioner"
+        item = item.model_copy(update={"token": token, "caption_file": text_file, "caption_origin": origin,
                                        "caption": caption_from_text(text, token, class_word, template)})
+    elif mode == "auto" and described is not None:
+        text = fit_caption(subject_caption(described, token, class_word, template),
+                           caption("{token} {class}", token, class_word),
+                           lambda t: tokenizer.length(t) <= tokenizer.context_length)
+        session.write_bytes(beside, (text + "\n").encode())
+        item = item.model_copy(update={"token": token, "caption_file": beside, "caption": text,
+                                       "caption_origin": "captioner"})
     else:
-        item = item.model_copy(update={"token": token, "caption_file": None,
+        item = item.model_copy(update={"token": token, "caption_file": None, "caption_origin": "rule",
                                        "caption": caption(template, token, class_word)})
     length = tokenizer.length(item.caption)
     if length > tokenizer.context_length:
-        where = PurePosixPath(item.caption_file or item.source).relative_to(PHOTOS)
+        path = PurePosixPath(item.caption_file or item.source)
+        where = path.relative_to(PHOTOS) if path.is_relative_to(PHOTOS) else f"{session.url}/{path}"
         problems.append(f"{where}: the caption takes {length} tokens, more than the text encoder's "
                         f"{tokenizer.context_length}; the rest would be cut off. Shorten it.")
     return item

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from dreambooth_core.evaluation.face_identity import face_identity
 from dreambooth_core.evaluation.judges import Judges
 from dreambooth_core.evaluation.metrics import prompt_fidelity, subject_fidelity
 from dreambooth_core.evaluation.prompts import evaluation_prompts
@@ -38,6 +39,7 @@ class Subject:
     class_word: str
     live: bool
     photos: list[Image.Image]  # the prepared training images
+    person: bool = False  # measured for face identity too
 
 
 def evaluate_pipeline(pipeline, judges: Judges, subjects: list[Subject], spec: EvaluationSpec,
@@ -52,6 +54,21 @@ def evaluate_pipeline(pipeline, judges: Judges, subjects: list[Subject], spec: E
         clip_t = prompt_fidelity(clip_images, judges.clip_texts(judged))
         rows += [MetricRow(step, subject.token, name, value.mean, value.spread)
                  for name, value in (("dino", dino), ("clip_i", clip_i), ("clip_t", clip_t))]
+        if subject.person and judges.faces is not None:
+            rows += identity_rows(judges, subject, generated, step)
+    return rows
+
+
+def identity_rows(judges: Judges, subject: Subject, generated: list[Image.Image],
+                  step: int) -> list[MetricRow]:
+    """Face identity and the share of images without a face; none when no photo shows a face."""
+    score = face_identity(judges.faces, generated, subject.photos)
+    if score is None:
+        return []
+    rows = [MetricRow(step, subject.token, "no_face", score.no_face, 0.0)]
+    if score.similarity is not None:
+        similarity = score.similarity
+        rows.append(MetricRow(step, subject.token, "identity", similarity.mean, similarity.spread))
     return rows
 
 

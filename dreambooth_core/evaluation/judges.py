@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from dreambooth_core.evaluation.face_identity import FaceEmbedder
 from dreambooth_core.model.cache import build_once
 from dreambooth_core.model.hub import download_hub_snapshot
 from dreambooth_core.model.tiny import write_tiny_tokenizer
@@ -32,6 +33,7 @@ class Judges:
     dino_processor: object
     clip: torch.nn.Module  # transformers CLIPModel
     clip_processor: object  # CLIPProcessor: image processor and tokenizer
+    faces: FaceEmbedder | None = None  # face identity, for people (face_identity.py)
 
     @torch.no_grad()
     def dino_images(self, images: list) -> torch.Tensor:
@@ -72,13 +74,15 @@ def _hub_judge(repo: str, hub_cache: Path, token: str | None, log: logging.Logge
     return folder
 
 
-def load_judges(dino_folder: Path, clip_folder: Path) -> Judges:
+def load_judges(dino_folder: Path, clip_folder: Path, face_model: Path | None = None) -> Judges:
+    """`face_model`: ArcFace's .onnx file (face_identity.fetch_face_model), when a subject is a person."""
     from transformers import AutoImageProcessor, CLIPModel, CLIPProcessor, ViTModel
 
     dino = ViTModel.from_pretrained(str(dino_folder), add_pooling_layer=False).eval()
     clip = CLIPModel.from_pretrained(str(clip_folder)).eval()
     return Judges(dino=dino, dino_processor=AutoImageProcessor.from_pretrained(str(dino_folder)),
-                  clip=clip, clip_processor=CLIPProcessor.from_pretrained(str(clip_folder)))
+                  clip=clip, clip_processor=CLIPProcessor.from_pretrained(str(clip_folder)),
+                  faces=FaceEmbedder(face_model) if face_model else None)
 
 
 def build_tiny_judges(folder: Path) -> None:

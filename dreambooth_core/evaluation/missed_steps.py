@@ -19,14 +19,13 @@ from pathlib import Path
 import torch
 
 from dreambooth_core.evaluation.evaluate import evaluate_pipeline
-from dreambooth_core.evaluation.judges import load_judges
 from dreambooth_core.evaluation.session_evaluation import (
     kept_rows,
     session_subjects,
     step_pipeline,
     write_reports,
 )
-from dreambooth_core.evaluation.training_evaluation import TrainingEvaluation
+from dreambooth_core.evaluation.training_evaluation import TrainingEvaluation, evaluation_judges
 from dreambooth_core.export.step_export import TrainedSession, exportable_steps, step_parts
 from dreambooth_core.generation.samples import SampleSpec, render_samples, samples_due
 from dreambooth_core.session.folder import Session
@@ -74,7 +73,7 @@ def _render_samples(session: Session, trained: TrainedSession, step: int, source
 
 def _evaluate(session: Session, trained: TrainedSession, step: int, source: str,
               evaluation: TrainingEvaluation, device: torch.device) -> None:
-    judges = load_judges(*map(Path, evaluation.judge_folders))
+    judges = evaluation_judges(evaluation)
     with tempfile.TemporaryDirectory(prefix="dreambooth-evaluate-") as scratch:
         pipeline = step_pipeline(session, trained, step, source, Path(scratch), device)  # as `evaluate` does
         rows = evaluate_pipeline(pipeline, judges, session_subjects(session, evaluation.subject_type),

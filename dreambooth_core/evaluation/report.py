@@ -1,6 +1,7 @@
 """reports/evaluation.csv and its plot: each evaluated step's metrics, per subject.
 
-    step,subject,metric,mean,spread      metric: dino, clip_i or clip_t
+    step,subject,metric,mean,spread      metric: dino, clip_i or clip_t; for people also
+                                         identity and no_face (face_identity.py)
 
 Step 0 is the base model, the reference the recommended-step rule compares with.
 """
@@ -21,6 +22,9 @@ HEADER = ("step", "subject", "metric", "mean", "spread")
 METRICS = {"dino": ("subject fidelity (DINO)", (31, 119, 180)),
            "clip_i": ("subject fidelity (CLIP-I)", (44, 160, 44)),
            "clip_t": ("prompt fidelity (CLIP-T)", (214, 39, 40))}
+# Measured for person subjects only: a step's value is their mean over those.
+PERSON_METRICS = {"identity": ("face identity (ArcFace)", (148, 103, 189)),
+                  "no_face": ("share of images without a face", None)}
 RECOMMENDED = (255, 127, 14)  # orange: no other line blends into it
 BASE_STEP = 0
 
@@ -67,7 +71,8 @@ def step_scores(rows: list[MetricRow], subject: str | None = None) -> dict[int, 
         if subject is None or row.subject == subject:
             values.setdefault((row.step, row.metric), []).append(row.mean)
     steps = sorted({step for step, _ in values})
-    return {step: StepScores(step=step, **{m: fmean(values[step, m]) for m in METRICS})
+    return {step: StepScores(step=step, **{m: fmean(values[step, m]) for m in [*METRICS, *PERSON_METRICS]
+                                          if (step, m) in values})
             for step in steps if all((step, m) in values for m in METRICS)}
 
 
@@ -77,7 +82,8 @@ def evaluation_plot_png(rows: list[MetricRow], recommendation: Recommendation | 
     scores = list(step_scores(rows).values())
     steps = [s.step for s in scores]
     series = {m: [getattr(s, m) for s in scores] for m in METRICS}
-    chart = Chart(900, 450, padded_range(steps, (0.0, 1.0)), padded_range(sum(series.values(), [])))
+    values = sum(series.values(), []) + [s.identity for s in scores if s.identity is not None]
+    chart = Chart(900, 450, padded_range(steps, (0.0, 1.0)), padded_range(values))
     chart.axes(title, "step (0: base model)", "cosine similarity", integer_x=True)
     if recommendation is not None and recommendation.step is not None:
         chart.dashed_vertical(recommendation.step, RECOMMENDED)
@@ -85,6 +91,12 @@ def evaluation_plot_png(rows: list[MetricRow], recommendation: Recommendation | 
         chart.points(steps, series[metric], colour, radius=3.5)
         chart.line(steps, series[metric], colour)
     legend = [(label, colour) for label, colour in METRICS.values()]
+    identity = [(s.step, s.identity) for s in scores if s.identity is not None]
+    if identity:  # people: the face's likeness, on the same axis (a cosine too)
+        label, colour = PERSON_METRICS["identity"]
+        chart.points([x for x, _ in identity], [y for _, y in identity], colour, radius=3.5)
+        chart.line([x for x, _ in identity], [y for _, y in identity], colour)
+        legend.append((label, colour))
     if recommendation is not None and recommendation.step is not None:
         legend.append((f"recommended: step {recommendation.step}", RECOMMENDED))
     chart.legend(legend)

@@ -33,6 +33,7 @@ from dreambooth_core.evaluation.report import (
 )
 from dreambooth_core.export.step_export import TrainedSession, require_step, step_parts
 from dreambooth_core.generation.pipeline import build_pipeline
+from dreambooth_core.photos.validate import is_person
 from dreambooth_core.session.dataset_manifest import require_dataset_manifest
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import EVALUATION_CSV, EVALUATION_PNG, REPORTS
@@ -55,8 +56,15 @@ def session_subjects(session: Session, subject_type: str = "auto") -> list[Subje
         photos = [Image.open(io.BytesIO(session.read_bytes(item.file))).convert("RGB")
                   for item in manifest.items if item.token == token]
         word = record.class_word or "person"
-        subjects.append(Subject(token, word, is_live(record.class_word, subject_type), photos))
+        subjects.append(Subject(token, word, is_live(record.class_word, subject_type), photos,
+                                is_person(record.class_word, subject_type)))
     return subjects
+
+
+def has_person(session: Session, subject_type: str = "auto") -> bool:
+    """Whether a subject is a person (face identity is then measured, and its model fetched)."""
+    return any(is_person(record.class_word, subject_type)
+               for record in require_dataset_manifest(session).subjects.values())
 
 
 def evaluate_session(session: Session, trained: TrainedSession, steps: list[int], judges: Judges,

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from dreambooth_core.config import EvaluationSettings
 from dreambooth_core.evaluation.evaluate import EvaluationSpec, evaluate_pipeline
-from dreambooth_core.evaluation.judges import load_judges
+from dreambooth_core.evaluation.judges import Judges, load_judges
 from dreambooth_core.evaluation.report import BASE_STEP
 from dreambooth_core.evaluation.session_evaluation import (
     EVALUATION_JSON,
@@ -45,6 +45,7 @@ class TrainingEvaluation(BaseModel):
     every: int
     judges: str  # "hub" or "tiny"
     judge_folders: tuple[str, str]  # DINO, CLIP
+    face_model: str | None = None  # ArcFace's .onnx, when a subject is a person (face_identity.py)
     spec: EvaluationSpec
     subject_type: str = "auto"
 
@@ -55,12 +56,14 @@ class TrainingEvaluation(BaseModel):
 
 
 def training_evaluation(settings: EvaluationSettings, judges: str, judge_folders: tuple[Path, Path],
-                        resolution: int, subject_type: str, guidance_scale: float) -> TrainingEvaluation:
+                        resolution: int, subject_type: str, guidance_scale: float,
+                        face_model: Path | None = None) -> TrainingEvaluation:
     spec = EvaluationSpec(resolution=resolution, prompts=settings.evaluation_prompts,
                           images_per_prompt=settings.evaluation_images,
                           inference_steps=settings.evaluation_inference_steps, guidance_scale=guidance_scale)
     return TrainingEvaluation(every=settings.evaluate_every, judges=judges, spec=spec, subject_type=subject_type,
-                              judge_folders=(str(judge_folders[0]), str(judge_folders[1])))
+                              judge_folders=(str(judge_folders[0]), str(judge_folders[1])),
+                              face_model=str(face_model) if face_model else None)
 
 
 def evaluate_base_model(session: Session, model_path: str, evaluation: TrainingEvaluation, device: torch.device,
@@ -70,10 +73,15 @@ def evaluate_base_model(session: Session, model_path: str, evaluation: TrainingE
     if any(row.step == BASE_STEP for row in rows):
         return
     log.info("Evaluating the base model (step 0), for the evaluation while training")
-    judges = load_judges(*map(Path, evaluation.judge_folders))
+    judges = evaluation_judges(evaluation)
     rows += evaluate_pipeline(build_pipeline(model_path, device), judges,
                               session_subjects(session, evaluation.subject_type), evaluation.spec, BASE_STEP)
     write_reports(session, rows, evaluation.settings)
+
+
+def evaluation_judges(evaluation: TrainingEvaluation) -> Judges:
+    face_model = Path(evaluation.face_model) if evaluation.face_model else None
+    return load_judges(*map(Path, evaluation.judge_folders), face_model)
 
 
 def evaluated_report(session: Session, step: int) -> EvaluationReport | None:
@@ -100,7 +108,7 @@ class EvaluationHook:
         if any(row.step == chunk.end for row in rows):
             return
         log.info("Evaluating step %d", chunk.end)
-        judges = load_judges(*map(Path, self.evaluation.judge_folders))
+        judges = evaluation_judges(self.evaluation)
         with averaged_denoiser(trainer), trainer.text_encoders_for_rendering():
             pipeline = build_pipeline(self.model_path, trainer.device, trainer.parts)
             rows += evaluate_pipeline(pipeline, judges, session_subjects(session, self.evaluation.subject_type),

@@ -145,6 +145,8 @@ class Family:
     buckets_by_default: ClassVar[bool] = False
     render_scheduler: ClassVar[str]  # the scheduler its pipeline renders with (it keys stored class images)
     default_guidance: ClassVar[float] = 7.5  # the guidance scale it renders with unless told another
+    # What --captions default means for it: 'token' (the instance prompt alone) or 'auto' (described photos).
+    default_captions: ClassVar[str] = "token"
     tiny_models: ClassVar[tuple[TinyModel, ...]] = ()
     architectures: ClassVar[tuple[Architecture, ...]] = ()
 

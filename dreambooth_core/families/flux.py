@@ -65,6 +65,8 @@ class Flux(Family):
     keys = ("flux1",)
     title = "FLUX.1 [dev] and [schnell]"
     buckets_by_default = True
+    # T5 reads the long synthetic captions FLUX was trained on; ai-toolkit captions for it by default.
+    default_captions = "auto"
     denoiser = "transformer"
     lora_targets = FLUX_TRANSFORMER_LORA_TARGETS
     text_lora_targets = FLUX_TEXT_LORA_TARGETS

@@ -64,6 +64,8 @@ class Flux2Klein(Family):
     keys = ("flux2-klein",)
     title = "FLUX.2 [klein] 4B and 9B"
     buckets_by_default = True
+    # Its Qwen3 text encoder reads long descriptive captions, like FLUX.1's T5.
+    default_captions = "auto"
     denoiser = "transformer"
     lora_targets = KLEIN_LORA_TARGETS
     trainable_text_encoders = 0

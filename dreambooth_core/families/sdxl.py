@@ -58,6 +58,9 @@ class Sdxl(StableDiffusion):
     uses_crop_boxes = True
     buckets_by_default = True
     title = "SDXL base"
+    # Trained on long descriptive captions (two CLIP encoders): a caption that names the background
+    # and clothing keeps them out of the token, as kohya's and OneTrainer's SDXL guides caption.
+    default_captions = "auto"
     tiny_models = (TinyModel("tiny-sdxl", TINY_SDXL_VERSION, TINY_SDXL_RESOLUTION, build_tiny_sdxl_model),)
     architectures = (Architecture("sdxl", ("stabilityai/stable-diffusion-xl-base-1.0",),
                                   functools.partial(write_config_folder, "sdxl")),)

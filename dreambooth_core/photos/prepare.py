@@ -23,6 +23,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 
 from pydantic import BaseModel, ConfigDict
 
+from dreambooth_core.captions.captioning import caption_file_of
 from dreambooth_core.errors import DatasetError, SessionError
 from dreambooth_core.hashing import digest
 from dreambooth_core.photos import faces
@@ -246,10 +247,12 @@ def _sha256(data: bytes) -> str:
 
 
 def _remove_unlisted(session: Session, files: set[str]) -> None:
-    """Prepared images no photo of the current manifest uses (a replaced photo, an old setting)."""
+    """Prepared images no photo of the current manifest uses (a replaced photo, an old setting), and
+    their captions; the captions of the images kept stay (they may be edited by hand)."""
+    kept = files | {caption_file_of(file) for file in files}
     for name in session.list(DATASET):
         path = f"{DATASET}/{name}"
-        if path != DATASET_MANIFEST and path not in files:
+        if path != DATASET_MANIFEST and path not in kept:
             session.remove(path)
 
 

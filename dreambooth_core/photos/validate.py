@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dreambooth_core.captions.classes import class_word_for, parse_class_words
+from dreambooth_core.captions.classes import PERSON_WORDS, class_word_for, parse_class_words
 from dreambooth_core.captions.tokens import token_from_filename, token_from_folder
 from dreambooth_core.config import CaptionSettings, CheckSettings
 from dreambooth_core.errors import DatasetError
@@ -49,10 +49,6 @@ Verdict = Literal["ok", "warning", "error"]
 MIN_PHOTOS, RECOMMENDED_PHOTOS = 3, 10
 RECOMMENDED_MIX = {"close-up": 60, "half-body": 25, "full-body": 15}
 MIX_TOLERANCE = 20  # percentage points off the recommendation before a note is given
-# Class words that mean the subject is a person: face checks apply.
-PERSON_WORDS = frozenset(
-    "person people man woman boy girl child kid baby toddler teen teenager guy lady gentleman "
-    "male female human adult face portrait character actor actress model".split())
 SEVERITY_ORDER = {"error": 0, "warning": 1, "note": 2}
 # OpenCV's cascade object is shared and not safe to call from two threads at once.
 _FACE_LOCK = threading.Lock()

@@ -37,6 +37,9 @@ class DatasetItem(BaseModel):
     token: str | None = Field(None, description="The subject's identifier (captions step).")
     caption: str | None = Field(None, description="What training pairs the image with (captions step).")
     caption_file: str | None = Field(None, description="The caption file it was read from, if any.")
+    caption_origin: str | None = Field(None, description="Where the caption came from: 'rule' (the "
+                                       "instance prompt), 'hand-written' (a .txt beside the photo) or "
+                                       "'captioner' (--captions auto; perhaps edited since).")
 
 
 class SubjectRecord(BaseModel):

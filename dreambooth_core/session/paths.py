@@ -4,8 +4,10 @@
       session.json                  SESSION_FILE: settings, fingerprint, status (state.py)
       lease.json                    LEASE_FILE: the run that writes the session (lease.py)
       photos/                       PHOTOS: the originals, byte for byte
-      dataset/  manifest.json       DATASET, DATASET_MANIFEST: prepared images (dataset_manifest.py)
+      dataset/  manifest.json       DATASET, DATASET_MANIFEST: prepared images (dataset_manifest.py),
+                                    each with its editable caption (.txt) under --captions auto
       masks/  manifest.json         MASKS, MASK_MANIFEST: subject masks of the prepared images (--masked-loss)
+      caption_cache/<key>.txt       CAPTION_CACHE: what the captioner said of each prepared image
       reports/                      dataset and token checks, contact sheet, loss, timing
       class_images/manifest.json    CLASS_MANIFEST: the class images training uses
       text_embeddings/<key>.safetensors  text_embedding_file(): frozen captions' conditioning
@@ -37,6 +39,8 @@ CONTACT_SHEET = f"{REPORTS}/contact_sheet.png"
 LOSS_CSV = f"{REPORTS}/loss.csv"
 LOSS_PNG = f"{REPORTS}/loss.png"
 TIMING_JSON = f"{REPORTS}/timing.json"
+CAPTIONS_REPORT = f"{REPORTS}/captions.md"
+CAPTION_CACHE = "caption_cache"
 EVALUATION_CSV = f"{REPORTS}/evaluation.csv"
 EVALUATION_PNG = f"{REPORTS}/evaluation.png"
 CLASS_MANIFEST = "class_images/manifest.json"

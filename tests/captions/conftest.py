@@ -82,3 +82,13 @@ def prepared(tmp_path):
         prepare_folder(session, write_photos(tmp_path / "photos", files), 64)
         return session
     return prepare
+
+
+@pytest.fixture(scope="session")
+def tiny_describe():
+    """The tiny random Florence-2's describe function (built once into the tests' model cache)."""
+    import os
+
+    from dreambooth_core.model.captioner import fetch_captioner, load_captioner
+
+    return load_captioner(fetch_captioner("tiny", Path(os.environ["DREAMBOOTH_CACHE"])), "cpu")

@@ -36,3 +36,20 @@ def test_the_same_spec_renders_the_same_images_and_prompts_without_the_identifie
     assert len(first) == 4 and [a.tobytes() for a in first] == [b.tobytes() for b in again]
     assert first[0].tobytes() != first[1].tobytes()  # each image its own noise
     assert judged[0] == judged[1] and "shrk" not in " ".join(judged) and "man" in judged[0]
+
+
+def test_a_person_gets_face_identity_and_the_share_of_images_without_a_face(setup, tmp_path):
+    import dataclasses
+
+    from dreambooth_core.evaluation.face_identity import FaceEmbedder, fetch_face_model
+
+    pipeline, judges, subject = setup
+    judges = dataclasses.replace(judges, faces=FaceEmbedder(fetch_face_model("tiny", tmp_path)))
+    person = dataclasses.replace(subject, person=True)
+    dog = Subject("zwx", "dog", True, subject.photos)
+    rows = evaluate_pipeline(pipeline, judges, [person, dog], SPEC, 40)
+    metrics = [(r.subject, r.metric) for r in rows]
+    # The tiny model draws 32 px noise: no face in any image, so no identity, and a share of 1.
+    assert ("shrk", "no_face") in metrics and ("shrk", "identity") not in metrics
+    assert next(r.mean for r in rows if r.metric == "no_face") == 1.0
+    assert not any(s == "zwx" and m in ("no_face", "identity") for s, m in metrics)  # a dog: not measured

@@ -40,7 +40,8 @@ def test_every_step_and_the_base_model_are_measured_and_one_is_recommended(sessi
     out = capsys.readouterr().out
     rows = list(csv.DictReader((session / "reports" / "evaluation.csv").open()))
     assert {(int(r["step"]), r["metric"]) for r in rows} == {
-        (step, metric) for step in (0, 2, 4, 6) for metric in ("dino", "clip_i", "clip_t")}
+        (step, metric) for step in (0, 2, 4, 6) for metric in ("dino", "clip_i", "clip_t", "no_face")}
+    assert {r["mean"] for r in rows if r["metric"] == "no_face"} == {"1.0"}  # a person; no face drawn
     assert {r["subject"] for r in rows} == {"shrk"}
     report = json.loads((session / "reports" / "evaluation.json").read_text())
     assert report["recommendation"]["step"] in (2, 4, 6)  # 2 only as a snapshot: read from it

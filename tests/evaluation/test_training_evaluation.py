@@ -67,7 +67,9 @@ def test_evaluating_while_training_leaves_the_trained_weights_as_they_are(withou
 
 def test_the_base_model_and_every_chunk_are_measured_with_a_recommended_step(evaluated):
     assert {(int(r["step"]), r["metric"]) for r in rows(evaluated)} == {
-        (step, metric) for step in (0, 2, 4, 6) for metric in ("dino", "clip_i", "clip_t")}
+        (step, metric) for step in (0, 2, 4, 6) for metric in ("dino", "clip_i", "clip_t", "no_face")}
+    # No class word: a person, so face identity is measured; the tiny model draws no face at all.
+    assert {r["mean"] for r in rows(evaluated) if r["metric"] == "no_face"} == {"1.0"}
     report = json.loads((evaluated / "reports" / "evaluation.json").read_text())
     assert report["recommendation"]["step"] in (2, 4, 6)
     assert report["settings"]["judges"] == "tiny"  # auto: the tiny judges for the tiny model

@@ -4,6 +4,7 @@ import argparse
 
 from dreambooth_core.config import SECTION_OF, DreamBoothConfig
 from flows.cli import build_parser
+from flows.cli_flags import flag_name
 
 
 def subcommand(name: str) -> argparse.ArgumentParser:
@@ -12,7 +13,8 @@ def subcommand(name: str) -> argparse.ArgumentParser:
 
 
 def test_every_setting_is_a_flag_of_train_and_upload():
-    wanted = {"--session"} | {"--" + name.replace("_", "-") for name in SECTION_OF}
+    wanted = {"--session"} | {flag_name(name) for name in SECTION_OF}
+    assert flag_name("caption_mode") == "--captions" and flag_name("learning_rate") == "--learning-rate"
     for name in ("train", "upload"):
         flags = {option for action in subcommand(name)._actions for option in action.option_strings}
         assert wanted <= flags, wanted - flags
@@ -20,11 +22,13 @@ def test_every_setting_is_a_flag_of_train_and_upload():
 
 def test_flat_flags_become_the_config_in_its_sections():
     args = vars(build_parser().parse_args(["train", "--session", "s", "--model", "tiny", "--learning-rate",
-                                           "1e-5", "--no-cache-latents", "--class-word", "man", "--gpus", "2"]))
+                                           "1e-5", "--no-cache-latents", "--class-word", "man", "--gpus", "2",
+                                           "--captions", "auto"]))
     del args["command"]
     config = DreamBoothConfig(**args)
     assert (config.base_model.model, config.training.learning_rate, config.runtime.cache_latents,
-            config.captions.class_word, config.training.gpus) == ("tiny", 1e-5, False, "man", 2)
+            config.captions.class_word, config.training.gpus, config.captions.caption_mode) == (
+        "tiny", 1e-5, False, "man", 2, "auto")
     assert config.training.seed == 0  # what is not given keeps its default
 
 

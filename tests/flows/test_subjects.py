@@ -54,6 +54,9 @@ def test_a_session_with_two_subjects_trains_and_reports_both(prefect_api_url, tm
     markdown = (session / "reports" / "tokens.md").read_text()
     assert "## ohwx" in markdown and "## shrk" in markdown
     assert markdown_artifact("tokens-duo") == markdown
+    captions = (session / "reports" / "captions.md").read_text()  # SD 1.x: the instance prompt by default
+    assert markdown_artifact("captions-duo") == captions and "--captions token" in captions
+    assert captions.count("](data:image/jpeg;base64,") == 6 and "a ohwx dog lying in the sun" in captions
     assert (session / "photos" / "ohwx" / "IMG_1.txt").is_file()
     assert (session / "duo.safetensors").is_file()
     assert json.loads((session / "session.json").read_text())["token_verdicts"] == verdicts
