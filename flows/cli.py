@@ -160,8 +160,8 @@ def _add_cloud_commands(commands) -> None:
                        "all, the first included; a run that crashes this often stays Crashed "
                        "(default: 3).")
     apply.add_argument("--heartbeat-timeout", type=int, default=None, help="Seconds without a "
-                       "heartbeat before a running training run counts as crashed (default: "
-                       "twice PREFECT_FLOWS_HEARTBEAT_FREQUENCY plus 30).")
+                       "heartbeat before a running run counts as crashed (default: 60; "
+                       "prefect.yaml's deployments send one every 30 s).")
 
 
 def config_from_flags(flags: dict[str, Any], session: Session | None = None) -> DreamBoothConfig:
@@ -366,14 +366,14 @@ def automations(args: dict[str, Any]) -> int:
     require_configured_server(without=None)  # before Prefect is imported: it reads the URL then
     from prefect.settings import PREFECT_API_URL
 
-    from flows.automations import apply_automations, default_heartbeat_timeout
+    from flows.automations import DEFAULT_HEARTBEAT_TIMEOUT, apply_automations
 
     if not PREFECT_API_URL.value():
         raise ConfigError("automations live on a Prefect server: set PREFECT_API_URL (e.g. "
                           "http://127.0.0.1:4200/api after `prefect server start`).")
     if args["max_attempts"] < 1:
         raise ConfigError(f"--max-attempts {args['max_attempts']}: use 1 or more.")
-    timeout = args["heartbeat_timeout"] or default_heartbeat_timeout()
+    timeout = args["heartbeat_timeout"] or DEFAULT_HEARTBEAT_TIMEOUT
     for name, outcome in apply_automations(args["max_attempts"], timeout):
         print(f"{outcome}: {name}")
     return 0
