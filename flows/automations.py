@@ -36,10 +36,10 @@ DEPLOYMENT_RUNS = {"prefect.resource.role": "deployment"}
 CANCEL_SETTLE_SECONDS = 40
 # PREFECT_FLOWS_HEARTBEAT_FREQUENCY of every deployment in prefect.yaml (30 s: Prefect's least).
 HEARTBEAT_SECONDS = 30
-# One heartbeat late by up to 30 s is tolerated; a run killed just after a heartbeat is marked
-# Crashed 60 s later (Prefect evaluates the trigger every few seconds), one killed just before
-# one 30 s later.
-DEFAULT_HEARTBEAT_TIMEOUT = HEARTBEAT_SECONDS + 30
+# One heartbeat may be lost (a server restart of up to 30 s) with 15 s to spare; a run whose
+# machine is lost is marked Crashed 45 to 75 s later, 60 s on average (and up to the few seconds
+# Prefect takes to evaluate the trigger).
+DEFAULT_HEARTBEAT_TIMEOUT = 2 * HEARTBEAT_SECONDS + 15
 
 
 def resume_automation(max_attempts: int, settle_seconds: int = CANCEL_SETTLE_SECONDS) -> Automation:

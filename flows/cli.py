@@ -147,6 +147,16 @@ def _add_cloud_commands(commands) -> None:
     upload.add_argument("--deployment", default="local", help="Which prefect.yaml deployment "
                         "trains it: local, docker-gpu, kubernetes-gpu or vertex-gpu "
                         "(default: local).")
+    worker = commands.add_parser(
+        "worker", help="Start a Prefect process worker that stops within a grace period.",
+        description="Run `prefect worker start` for a process work pool. On SIGTERM or Ctrl-C "
+                    "(a node drained, a deploy) its flow runs get SIGTERM: training commits a "
+                    "checkpoint within --preemption-grace and the run ends Crashed, for the resume "
+                    "automation to reschedule on the next worker; the worker ends within --grace.")
+    worker.add_argument("--pool", default="local-process", help="The work pool (default: %(default)s).")
+    worker.add_argument("--grace", type=float, default=30, help="Seconds from SIGTERM until "
+                        "what is left is killed; give the service manager more (default: %(default)s, "
+                        "Kubernetes' default; above training's --preemption-grace of 25).")
     automations = commands.add_parser(
         "automations", help="Set up the Prefect automations that resume crashed training runs.",
         description="Prefect automations on the server at PREFECT_API_URL.")
@@ -160,7 +170,7 @@ def _add_cloud_commands(commands) -> None:
                        "all, the first included; a run that crashes this often stays Crashed "
                        "(default: 3).")
     apply.add_argument("--heartbeat-timeout", type=int, default=None, help="Seconds without a "
-                       "heartbeat before a running run counts as crashed (default: 60; "
+                       "heartbeat before a running run counts as crashed (default: 75; "
                        "prefect.yaml's deployments send one every 30 s).")
 
 
@@ -379,6 +389,14 @@ def automations(args: dict[str, Any]) -> int:
     return 0
 
 
+def worker(args: dict[str, Any]) -> int:
+    from flows.worker import run_worker
+
+    if args["grace"] <= 0:
+        raise ConfigError(f"--grace {args['grace']:g}: use a number of seconds above 0.")
+    return run_worker(args["pool"], args["grace"])
+
+
 def tokens(args: dict[str, Any]) -> int:
     from dreambooth_core.captions.analysis import analyse_token, worst
     from dreambooth_core.captions.suggest import suggest_tokens
@@ -465,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     command = args.pop("command")
     try:
         handlers = {"train": train, "plan": plan, "tokens": tokens, "validate": validate, "upload": upload,
-                    "automations": automations, "status": status, **SESSION_COMMANDS}
+                    "automations": automations, "worker": worker, "status": status, **SESSION_COMMANDS}
         return handlers[command](args)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
