@@ -24,7 +24,8 @@ from prefect.client.schemas.objects import StateType
 from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import EventTrigger, Posture
 
-FLOW_NAME = "dreambooth-train"
+from flows.upload import FLOW_NAME
+
 FLOW_NAMES = [FLOW_NAME, "dreambooth-generate"]  # the flows of prefect.yaml's deployments
 RESUME = "dreambooth: resume crashed training"
 MARK_SILENT = "dreambooth: mark silent training runs crashed"

@@ -344,7 +344,7 @@ def upload(flags: dict[str, Any]) -> int:
     """Checked before anything is copied: the settings, the storage, the photos folder, the server."""
     from dreambooth_core.photos.originals import require_photos
     from flows.temporary_server import configured_api_url, require_configured_server
-    from flows.upload import emit_uploaded, upload_photos
+    from flows.upload import emit_uploaded, name_triggered_run, upload_photos
 
     deployment = flags.pop("deployment")
     if not flags.get("photos"):
@@ -365,8 +365,8 @@ def upload(flags: dict[str, Any]) -> int:
               file=sys.stderr)
         return 0
     emit_uploaded(config, deployment, api_url)
-    print(f"Sent the upload event: deployment {deployment!r} starts training it "
-          "(if its trigger is deployed and a worker is running)")
+    print(f"Sent the upload event: deployment {deployment!r} starts training it: "
+          f"{name_triggered_run(config, deployment, api_url)}")
     return 0
 
 

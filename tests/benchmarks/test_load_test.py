@@ -28,5 +28,6 @@ def test_three_sessions_survive_a_drained_worker(tmp_path):
     assert figures["worker_exit_status"] == 0  # all ended within its grace, nothing killed
     (resumed,) = figures["recovered"]
     assert resumed["running_again_after_seconds"] is not None
+    assert figures["runs_named_for_their_session_after_upload"] == 3  # named while queued
     assert figures["automation_actions_failed"] == 0
     assert result.returncode == 0 and not figures["lost"]
