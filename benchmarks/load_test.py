@@ -2,7 +2,8 @@
 (README: "Deployments"), with a worker lost and the server restarted while runs go on.
 
     python benchmarks/load_test.py                          # 12 sessions, SIGKILL, a restart
-    python benchmarks/load_test.py --sessions 3 --stop term --no-restart   # the test suite's form
+    python benchmarks/load_test.py --sessions 3 --steps 4 --chunk-steps 2 --stop term --no-restart \
+        --no-renders                                        # the test suite's form
 
 Starts `prefect server start` (its own PREFECT_HOME, SQLite unless --database-url), creates the
 local pool with its limit of one run, deploys `local` and `generate-local`, applies the
@@ -83,16 +84,17 @@ class Machine:
         return subprocess.Popen(args, env=self.env, cwd=REPO, stdout=open(self.home / log, "a"),
                                 stderr=subprocess.STDOUT, **options)
 
-    def run(self, *args: str, server: bool = True) -> subprocess.CompletedProcess:
-        env = self.env if server else {k: v for k, v in self.env.items() if k != "PREFECT_API_URL"}
-        result = subprocess.run(list(args), env=env, cwd=REPO, capture_output=True, text=True, timeout=1200)
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        result = subprocess.run(list(args), env=self.env, cwd=REPO, capture_output=True, text=True,
+                                timeout=1200)
         if result.returncode:
-            raise SystemExit(f"load test: {' '.join(args)} failed:\n{result.stdout[-2000:]}{result.stderr[-3000:]}")
+            raise SystemExit(f"load test: {' '.join(args)} failed:\n"
+                             f"{result.stdout[-2000:]}{result.stderr[-3000:]}")
         return result
 
     def start_server(self) -> None:
-        self.server = self.start([sys.executable, "-m", "prefect", "server", "start", "--port", str(self.port)],
-                                 "server.log", start_new_session=True)
+        command = [sys.executable, "-m", "prefect", "server", "start", "--port", str(self.port)]
+        self.server = self.start(command, "server.log", start_new_session=True)
         wait_until(self.healthy, 180, "the Prefect server")
 
     def stop_server(self) -> None:
@@ -153,13 +155,13 @@ def settings(steps: int, chunk: int) -> list[str]:
             "--seed", "11"]
 
 
-def set_up(machine: Machine) -> None:
-    """The README's commands, in order."""
+def set_up(machine: Machine, renders: bool) -> None:
+    """The README's commands, in order (the server is started)."""
     py = sys.executable
-    machine.start_server()
     machine.run(py, "-m", "prefect", "work-pool", "create", "local-process", "--type", "process")
     machine.run(py, "-m", "prefect", "work-pool", "set-concurrency-limit", "local-process", "1")
-    machine.run(py, "-m", "prefect", "deploy", "--name", "local", "--name", "generate-local")
+    names = ["--name", "local", *(["--name", "generate-local"] if renders else [])]
+    machine.run(py, "-m", "prefect", "deploy", *names)
     machine.run(py, "-m", "flows.cli", "automations", "apply")
     machine.start_worker()
 
@@ -230,11 +232,12 @@ def load_test(args: argparse.Namespace, home: Path) -> dict:
     flags = settings(args.steps, args.chunk_steps)
     machine = Machine(home, args.database_url)
     reference = home / "reference"
-    # on a temporary server of its own: on ours its end would trigger a render
-    machine.run(sys.executable, "-m", "flows.cli", "train", "--session", "ref", "--photos", str(PHOTOS),
-                "--storage", str(reference), *flags, server=False)
     try:
-        set_up(machine)
+        machine.start_server()
+        # before the deployments: once they are, its end would trigger a render
+        machine.run(sys.executable, "-m", "flows.cli", "train", "--session", "ref", "--photos", str(PHOTOS),
+                    "--storage", str(reference), *flags)
+        set_up(machine, args.renders)
         return observe(machine, args, flags, reference / "ref", home / "sessions")
     finally:
         machine.stop_all()
@@ -267,7 +270,7 @@ def observe(machine: Machine, args, flags: list[str], reference: Path, storage: 
 
     def finished() -> bool:
         runs = machine.flow_runs("dreambooth-train") + machine.flow_runs("dreambooth-generate")
-        return len(runs) >= 2 * len(names) and all(r["state_type"] in TERMINAL for r in runs)
+        return len(runs) >= (1 + args.renders) * len(names) and all(r["state_type"] in TERMINAL for r in runs)
 
     wait_until(finished, args.timeout, "every run to end", poll=3)
     time.sleep(5)  # automations acting late on finished runs would show now
@@ -289,17 +292,20 @@ def report(machine: Machine, args, names, storage: Path, reference: Path, measur
     recovery = []
     for run in retried:
         states = histories[run["id"]]
-        crashed = min((timestamp(s) for s in states if s["type"] == "CRASHED" and timestamp(s) >= stopped_at - 5),
-                      default=None)
-        again = min((timestamp(s) for s in states if s["type"] == "RUNNING" and crashed and timestamp(s) > crashed),
-                    default=None)
-        recovery.append({"session": run["name"], "crashed_after_seconds": crashed and round(crashed - stopped_at, 1),
+        crashes = [timestamp(s) for s in states if s["type"] == "CRASHED" and timestamp(s) >= stopped_at - 5]
+        crashed = min(crashes, default=None)
+        starts = [timestamp(s) for s in states
+                  if s["type"] == "RUNNING" and crashed and timestamp(s) > crashed]
+        again = min(starts, default=None)
+        recovery.append({"session": run["name"],
+                         "crashed_after_seconds": crashed and round(crashed - stopped_at, 1),
                          "running_again_after_seconds": again and round(again - stopped_at, 1)})
     events = machine.event_counts()
     equal = {n: same_weights(storage / n, reference, args.steps) for n in names}
     gaps = hand_off_gaps(list(histories.values()))
     result = {
-        "sessions": len(names), "steps": args.steps, "database": "postgresql" if args.database_url else "sqlite",
+        "sessions": len(names), "steps": args.steps,
+        "database": "postgresql" if args.database_url else "sqlite",
         "completed": sum(r["state_type"] == "COMPLETED" for r in train),
         "failed": sum(r["state_type"] == "FAILED" for r in train),
         "crashed": sum(r["state_type"] == "CRASHED" for r in train),
@@ -314,7 +320,8 @@ def report(machine: Machine, args, names, storage: Path, reference: Path, measur
         "events": dict(sorted(events.items(), key=lambda kv: -kv[1])),
         "weights_equal_uninterrupted": sum(equal.values()),
     }
-    result["lost"] = (result["completed"] < len(names) or result["renders_completed"] < len(names)
+    renders_wanted = len(names) if args.renders else 0
+    result["lost"] = (result["completed"] < len(names) or result["renders_completed"] < renders_wanted
                       or result["weights_equal_uninterrupted"] < len(names)
                       or result["automation_actions_failed"] > 0 or not retried)
     return result
@@ -329,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="How the worker is stopped once: SIGKILL (lost machine) or SIGTERM (drain).")
     parser.add_argument("--restart", action=argparse.BooleanOptionalAction, default=True,
                         help="Stop and start the server once half the sessions are trained.")
+    parser.add_argument("--renders", action=argparse.BooleanOptionalAction, default=True,
+                        help="Deploy generate-local too: a render after each training.")
     parser.add_argument("--database-url", default=None, help="PREFECT_API_DATABASE_CONNECTION_URL "
                         "(e.g. postgresql+asyncpg://user:pass@localhost/prefect); default: SQLite.")
     parser.add_argument("--timeout", type=float, default=3600, help="Seconds for every run to end.")
