@@ -67,7 +67,7 @@ def emit_uploaded(config: DreamBoothConfig, deployment: str, api_url: str) -> st
     return str(event.id)
 
 
-def name_triggered_run(config: DreamBoothConfig, deployment: str, api_url: str, wait: float = 15) -> str:
+def name_triggered_run(config: DreamBoothConfig, deployment: str, api_url: str, wait: float = 30) -> str:
     """Give the run the deployment's trigger creates the session's name, and say what became of it.
     Prefect names a triggered run at random ("olivine-toucanet") until it starts; a queue of them
     in the UI or `prefect flow-run ls` would not say which session waits where."""
