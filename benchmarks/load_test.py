@@ -45,6 +45,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = REPO / "examples" / "photos"
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
+LEASES_ON_DISK = "prefect.server.concurrency.lease_storage.filesystem"  # as the README's server
 
 
 def free_port() -> int:
@@ -71,7 +72,8 @@ class Machine:
         self.api = f"http://127.0.0.1:{self.port}/api"
         self.env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), "PREFECT_API_URL": self.api,
                     "PYTHONPATH": str(REPO), "DREAMBOOTH_HOME": str(REPO), "PREFECT_CLI_PROMPT": "false",
-                    "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "flows.event_ordering",
+                    "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "flows.event_ordering",  # as the README
+                    "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": LEASES_ON_DISK,
                     "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "0",
                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
         if database_url:
