@@ -17,14 +17,14 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-@pytest.mark.timeout(1600)  # about 5 minutes on 2 quiet cores; far more on busy ones
+@pytest.mark.timeout(2800)  # minutes on 2 quiet cores; over 25 on 2 cores at a load of 15
 def test_three_sessions_survive_a_drained_worker(tmp_path):
     report = tmp_path / "report.json"
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "load_test.py"), "--sessions", "3", "--steps", "4",
-         "--chunk-steps", "2", "--stop", "term", "--no-restart", "--no-renders", "--timeout", "1200",
+         "--chunk-steps", "2", "--stop", "term", "--no-restart", "--no-renders", "--timeout", "2400",
          "--json", str(report), "--keep", str(tmp_path / "work")],
-        capture_output=True, text=True, timeout=1500)
+        capture_output=True, text=True, timeout=2700)
     assert report.exists(), result.stderr[-3000:]
     figures = json.loads(report.read_text())
     assert (figures["completed"], figures["weights_equal_uninterrupted"]) == (3, 3)
