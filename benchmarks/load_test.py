@@ -36,7 +36,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -140,8 +140,9 @@ class Machine:
         return sorted(states, key=lambda s: s["timestamp"])
 
     def event_counts(self) -> dict[str, int]:
-        body = {"filter": {"occurred": {"since": "2000-01-01T00:00:00Z",
-                                        "until": datetime.now().astimezone().isoformat()}}}
+        until = datetime.now().astimezone()  # at most 1000 buckets of a day: the server's rule
+        body = {"filter": {"occurred": {"since": (until - timedelta(days=1)).isoformat(),
+                                        "until": until.isoformat()}}}
         counts = self.api_post("/events/count-by/event", body)
         return {c["value"]: c["count"] for c in counts}
 
