@@ -74,13 +74,18 @@ def name_triggered_run(config: DreamBoothConfig, deployment: str, api_url: str, 
     import time
 
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     wanted = {"flow_runs": {"state": {"type": {"any_": ["SCHEDULED", "PENDING", "RUNNING"]}}},
               "deployments": {"name": {"any_": [deployment]}}, "sort": "START_TIME_DESC", "limit": 100}
     with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
-        if client.request("GET", f"/deployments/name/{FLOW_NAME}/{deployment}").status_code == 404:
-            return f"no deployment {FLOW_NAME}/{deployment} is registered, so no run was triggered"
+        try:
+            client.request("GET", f"/deployments/name/{FLOW_NAME}/{deployment}")
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code == 404:
+                return f"no deployment {FLOW_NAME}/{deployment} is registered, so no run was triggered"
+            raise
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             for run in client.request("POST", "/flow_runs/filter", json=wanted).json():
