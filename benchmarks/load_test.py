@@ -147,10 +147,18 @@ class Machine:
         return {c["value"]: c["count"] for c in counts}
 
     def stop_all(self) -> None:
+        """Everything this started, the processes under each worker included (the worker that
+        `dreambooth worker` starts has a session of its own)."""
         for process in [*self.workers, self.server]:
-            if process is not None and process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            if process is None or process.poll() is not None:
+                continue
+            tree = psutil.Process(process.pid)
+            for member in [tree, *tree.children(recursive=True)]:
+                try:
+                    member.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            process.wait()
 
 
 def settings(steps: int, chunk: int) -> list[str]:
