@@ -150,6 +150,16 @@ def _add_cloud_commands(commands) -> None:
     upload.add_argument("--deployment", default="local", help="Which prefect.yaml deployment "
                         "trains it: local, docker-gpu, kubernetes-gpu or vertex-gpu "
                         "(default: local).")
+    worker = commands.add_parser(
+        "worker", help="Start a Prefect process worker that stops within a grace period.",
+        description="Run `prefect worker start` for a process work pool. On SIGTERM or Ctrl-C "
+                    "(a node drained, a deploy) its flow runs get SIGTERM: training commits a "
+                    "checkpoint within --preemption-grace and the run ends Crashed, for the resume "
+                    "automation to reschedule on the next worker; the worker ends within --grace.")
+    worker.add_argument("--pool", default="local-process", help="The work pool (default: %(default)s).")
+    worker.add_argument("--grace", type=float, default=30, help="Seconds from SIGTERM until "
+                        "what is left is killed; give the service manager more (default: %(default)s, "
+                        "Kubernetes' default; above training's --preemption-grace of 25).")
     automations = commands.add_parser(
         "automations", help="Set up the Prefect automations that resume crashed training runs.",
         description="Prefect automations on the server at PREFECT_API_URL.")
@@ -163,8 +173,8 @@ def _add_cloud_commands(commands) -> None:
                        "all, the first included; a run that crashes this often stays Crashed "
                        "(default: 3).")
     apply.add_argument("--heartbeat-timeout", type=int, default=None, help="Seconds without a "
-                       "heartbeat before a running training run counts as crashed (default: "
-                       "twice PREFECT_FLOWS_HEARTBEAT_FREQUENCY plus 30).")
+                       "heartbeat before a running run counts as crashed (default: 75; "
+                       "prefect.yaml's deployments send one every 30 s).")
 
 
 def config_from_flags(flags: dict[str, Any], session: Session | None = None) -> DreamBoothConfig:
@@ -353,7 +363,7 @@ def upload(flags: dict[str, Any]) -> int:
     """Checked before anything is copied: the settings, the storage, the photos folder, the server."""
     from dreambooth_core.photos.originals import require_photos
     from flows.temporary_server import configured_api_url, require_configured_server
-    from flows.upload import emit_uploaded, upload_photos
+    from flows.upload import emit_uploaded, name_triggered_run, upload_photos
 
     deployment = flags.pop("deployment")
     if not flags.get("photos"):
@@ -374,8 +384,8 @@ def upload(flags: dict[str, Any]) -> int:
               file=sys.stderr)
         return 0
     emit_uploaded(config, deployment, api_url)
-    print(f"Sent the upload event: deployment {deployment!r} starts training it "
-          "(if its trigger is deployed and a worker is running)")
+    print(f"Sent the upload event: deployment {deployment!r} starts training it: "
+          f"{name_triggered_run(config, deployment, api_url)}")
     return 0
 
 
@@ -385,17 +395,25 @@ def automations(args: dict[str, Any]) -> int:
     require_configured_server(without=None)  # before Prefect is imported: it reads the URL then
     from prefect.settings import PREFECT_API_URL
 
-    from flows.automations import apply_automations, default_heartbeat_timeout
+    from flows.automations import DEFAULT_HEARTBEAT_TIMEOUT, apply_automations
 
     if not PREFECT_API_URL.value():
         raise ConfigError("automations live on a Prefect server: set PREFECT_API_URL (e.g. "
                           "http://127.0.0.1:4200/api after `prefect server start`).")
     if args["max_attempts"] < 1:
         raise ConfigError(f"--max-attempts {args['max_attempts']}: use 1 or more.")
-    timeout = args["heartbeat_timeout"] or default_heartbeat_timeout()
+    timeout = args["heartbeat_timeout"] or DEFAULT_HEARTBEAT_TIMEOUT
     for name, outcome in apply_automations(args["max_attempts"], timeout):
         print(f"{outcome}: {name}")
     return 0
+
+
+def worker(args: dict[str, Any]) -> int:
+    from flows.worker import run_worker
+
+    if args["grace"] <= 0:
+        raise ConfigError(f"--grace {args['grace']:g}: use a number of seconds above 0.")
+    return run_worker(args["pool"], args["grace"])
 
 
 def tokens(args: dict[str, Any]) -> int:
@@ -484,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     command = args.pop("command")
     try:
         handlers = {"train": train, "plan": plan, "tokens": tokens, "validate": validate, "upload": upload,
-                    "automations": automations, "status": status, **SESSION_COMMANDS}
+                    "automations": automations, "worker": worker, "status": status, **SESSION_COMMANDS}
         return handlers[command](args)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)

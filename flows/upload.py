@@ -17,6 +17,7 @@ from dreambooth_core.session.state import open_or_create
 from dreambooth_core.session.storage import open_named_session
 
 UPLOADED = "dreambooth.photos.uploaded"
+FLOW_NAME = "dreambooth-train"  # the flow of the deployments that train an upload
 
 
 def shared_storage(storage: str) -> str:
@@ -64,3 +65,32 @@ def emit_uploaded(config: DreamBoothConfig, deployment: str, api_url: str) -> st
             f"twice), or train it here: dreambooth train --session {config.session} --storage "
             f"{config.inputs.storage}") from None
     return str(event.id)
+
+
+def name_triggered_run(config: DreamBoothConfig, deployment: str, api_url: str, wait: float = 30) -> str:
+    """Give the run the deployment's trigger creates the session's name, and say what became of it.
+    Prefect names a triggered run at random ("olivine-toucanet") until it starts; a queue of them
+    in the UI or `prefect flow-run ls` would not say which session waits where."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    wanted = {"flow_runs": {"state": {"type": {"any_": ["SCHEDULED", "PENDING", "RUNNING"]}}},
+              "deployments": {"name": {"any_": [deployment]}}, "sort": "START_TIME_DESC", "limit": 100}
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        try:
+            client.request("GET", f"/deployments/name/{FLOW_NAME}/{deployment}")
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code == 404:
+                return f"no deployment {FLOW_NAME}/{deployment} is registered, so no run was triggered"
+            raise
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            for run in client.request("POST", "/flow_runs/filter", json=wanted).json():
+                if run["parameters"].get("config", {}).get("session") == config.session:
+                    client.request("PATCH", f"/flow_runs/{run['id']}", json={"name": config.session})
+                    return f"flow run {run['id']} ({config.session}) is {run['state_name']}"
+            time.sleep(0.5)
+    return f"its run is not queued yet (is the trigger of {deployment!r} deployed?)"

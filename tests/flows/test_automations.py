@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.automations import FLOW_NAME, MARK_SILENT, RESUME
+from flows.automations import FLOW_NAME, FLOW_NAMES, MARK_SILENT, RESUME
 
 pytestmark = pytest.mark.slow  # a CLI or Prefect run each: the full suite only
 
@@ -68,21 +68,23 @@ def wait_for_state(client, run_id, name: str, seconds: float) -> str:
         time.sleep(0.5)
 
 
-@pytest.fixture
-def deployment_run(prefect_api_url, applied):
-    """A flow run of a training deployment, and automations that wait 10 s (the least Prefect allows) for a cancellation."""
+@pytest.fixture(params=[FLOW_NAME])
+def deployment_run(request, prefect_api_url, applied):
+    """A flow run of a training deployment (or of the flow named by the test's parameter), and
+    automations that wait 10 s (the least Prefect allows) for a cancellation."""
     from prefect.client.orchestration import get_client
 
     from flows.automations import apply_automations
 
     apply_automations(max_attempts=2, heartbeat_timeout=300, settle_seconds=10)
     with get_client(sync_client=True) as client:
-        flow_id = client.create_flow_from_name(FLOW_NAME)
+        flow_id = client.create_flow_from_name(request.param)
         deployment_id = client.create_deployment(flow_id=flow_id, name=f"run-{uuid.uuid4().hex[:6]}",
                                                  entrypoint="flows/dreambooth.py:dreambooth_train")
         yield client, client.create_flow_run_from_deployment(deployment_id).id
 
 
+@pytest.mark.parametrize("deployment_run", FLOW_NAMES, indirect=True)  # training, and a render
 def test_a_crashed_run_is_rescheduled_until_the_attempt_cap(deployment_run):
     from prefect.states import Crashed, Running
 

@@ -1,5 +1,6 @@
 """prefect.yaml: every deployment loads, its parameters are a valid configuration, its job
-variables exist in its work pool type, and `prefect deploy --all` registers it on a server."""
+variables exist in its work pool type, and the README's commands register it on a server: with
+only the local pool, what runs here; with the cloud pools created, all of them."""
 
 import importlib
 import json
@@ -106,29 +107,53 @@ def test_each_deployment_trains_the_uploads_addressed_to_it(name):
     assert trigger["parameters"] == {"config": "{{ event.payload.config }}"}
 
 
-@pytest.mark.slow
-def test_prefect_deploy_all_registers_every_deployment(prefect_api_url, tmp_path):
-    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "DREAMBOOTH_HOME": str(REPO),
-           "PYTHONPATH": str(REPO), "PREFECT_CLI_PROMPT": "false"}
-    prefect = [sys.executable, "-m", "prefect"]
-    for pool, (kind, template) in POOLS.items():
-        extra = ["--base-job-template", str(template)] if template else []
-        subprocess.run(prefect + ["work-pool", "create", pool, "--type", kind, "--overwrite", *extra],
-                       env=env, check=True, capture_output=True, timeout=120)
-    result = subprocess.run(prefect + ["deploy", "--all"], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+def readme_commands(after: str) -> list[str]:
+    """The pool and deploy commands of the first bash block after `after` in the README."""
+    readme = (REPO / "README.md").read_text()
+    block = readme[readme.index(after):].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #")[0] for line in block.splitlines()
+            if "prefect work-pool" in line or "prefect deploy" in line]
 
+
+@pytest.mark.slow
+def test_the_readme_deploys_with_only_the_local_pool_then_every_deployment(prefect_api_url):
     from prefect.client.orchestration import get_client
 
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "PYTHONPATH": str(REPO),
+           "PREFECT_CLI_PROMPT": "false"}
+    bin_dir = f"{Path(sys.executable).parent}/"  # the README's .venv/bin/, wherever it is here
+
+    def typed(commands: list[str]) -> None:
+        for command in commands:
+            result = subprocess.run(["bash", "-c", command.replace(".venv/bin/", bin_dir)], cwd=REPO, env=env,
+                                    capture_output=True, text=True, timeout=300)
+            assert result.returncode == 0, command + "\n" + result.stdout[-3000:] + result.stderr[-3000:]
+
+    local = readme_commands("On this machine, with only the local pool")
+    assert [c for c in local if "deploy" in c.split()] and len(local) == 3, local
+    typed(local)
+    with get_client(sync_client=True) as client:
+        assert {"local", "generate-local"} <= {d.name for d in client.read_deployments()}
+        assert client.read_work_pool("local-process").concurrency_limit == 1
+    typed(readme_commands("create the cloud pools first"))
     with get_client(sync_client=True) as client:
         deployed = {d.name: d for d in client.read_deployments()}
         automations = {a.name for a in client.read_automations()}
     assert set(DEPLOYMENTS) <= set(deployed)
     assert deployed["vertex-gpu"].job_variables["maximum_run_time_hours"] == 24
-    assert deployed["local"].global_concurrency_limit.limit == 1
+    # this machine is bounded by its pool's limit, not by a deployment's lease (lost when a server restarts)
+    assert deployed["local"].global_concurrency_limit is None
+    assert deployed["vertex-gpu"].global_concurrency_limit.limit == 4
     assert all(not s.active for d in DEPLOYMENTS for s in deployed[d].schedules)
     assert {t["name"] for d in DEPLOYMENTS.values() for t in d["triggers"]} <= automations
+
+
+def test_every_deployment_sends_the_heartbeat_the_automations_expect():
+    from flows.automations import HEARTBEAT_SECONDS
+
+    for name, deployment in DEPLOYMENTS.items():
+        env = deployment["work_pool"]["job_variables"]["env"]
+        assert env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == str(HEARTBEAT_SECONDS), name
 
 
 def test_the_flow_parameter_form_shows_the_configuration_in_its_sections():
