@@ -39,7 +39,8 @@ def test_prefect_holds_back_a_completed_whose_running_came_before_the_restart(sc
     assert not handled_at_once(memory.CausalOrdering(scope), completed_after_unseen_running(now("UTC")))
 
 
-def test_ours_handles_it_at_once_and_forgets_it_as_a_follower(scope):
+def test_ours_handles_it_at_once_and_forgets_it_as_a_follower(scope, monkeypatch):
+    monkeypatch.setattr(event_ordering, "STARTED", now("UTC"))  # a server that has just (re)started
     ordering = event_ordering.CausalOrdering(scope)
     event = completed_after_unseen_running(now("UTC"))
     assert handled_at_once(ordering, event)
