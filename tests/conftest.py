@@ -18,6 +18,11 @@ os.environ.update({
     "TMPDIR": str(_HOME),
 })
 tempfile.tempdir = None  # read TMPDIR again
+# Test processes side by side (pytest -n): each, and the runs it starts, on its share of the cores,
+# not every process on all of them (torch's threads would then fight for the cores).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
 
 import pytest  # noqa: E402
 from gcs_emulator import gcs_bucket, gcs_emulator  # noqa: E402,F401 - fixtures
