@@ -18,7 +18,7 @@ import torch
 from dreambooth_core.evaluation.face_identity import FaceEmbedder
 from dreambooth_core.model.cache import build_once
 from dreambooth_core.model.hub import download_hub_snapshot
-from dreambooth_core.model.tiny import write_tiny_tokenizer
+from dreambooth_core.model.tiny import tiny_clip_configs, write_tiny_tokenizer
 
 DINO_REPO, CLIP_REPO = "facebook/dino-vits16", "openai/clip-vit-large-patch14"
 JUDGE_FILES = ["*.json", "*.txt", "*.safetensors"]
@@ -107,12 +107,7 @@ def build_tiny_judges(folder: Path) -> None:
         write_tiny_tokenizer(folder / "clip")
         tokenizer = CLIPTokenizer.from_pretrained(str(folder / "clip"))
         clip = CLIPModel(CLIPConfig(
-            text_config=dict(vocab_size=len(tokenizer), hidden_size=_TINY_WIDTH, intermediate_size=64,
-                             num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=77,
-                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                             pad_token_id=tokenizer.pad_token_id),
-            vision_config=dict(image_size=TINY_IMAGE_SIZE, patch_size=8, hidden_size=_TINY_WIDTH,
-                               intermediate_size=64, num_attention_heads=4, num_hidden_layers=2),
+            **tiny_clip_configs(tokenizer, _TINY_WIDTH, TINY_IMAGE_SIZE),
             projection_dim=_TINY_WIDTH))
     dino.save_pretrained(folder / "dino", safe_serialization=True)
     ViTImageProcessor(size=size).save_pretrained(folder / "dino")

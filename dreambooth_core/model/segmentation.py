@@ -18,7 +18,7 @@ from PIL import Image
 
 from dreambooth_core.model.cache import build_once
 from dreambooth_core.model.hub import download_hub_snapshot
-from dreambooth_core.model.tiny import write_tiny_tokenizer
+from dreambooth_core.model.tiny import tiny_clip_configs, write_tiny_tokenizer
 
 CLIPSEG_REPO = "CIDAS/clipseg-rd64-refined"
 FILES = ["*.json", "*.txt", "*.safetensors"]
@@ -82,12 +82,7 @@ def build_tiny_segmenter(folder: Path) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SEED)
         model = CLIPSegForImageSegmentation(CLIPSegConfig(
-            text_config=dict(vocab_size=len(tokenizer), hidden_size=_TINY_WIDTH, intermediate_size=64,
-                             num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=77,
-                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                             pad_token_id=tokenizer.pad_token_id),
-            vision_config=dict(image_size=TINY_IMAGE_SIZE, patch_size=8, hidden_size=_TINY_WIDTH,
-                               intermediate_size=64, num_attention_heads=4, num_hidden_layers=2),
+            **tiny_clip_configs(tokenizer, _TINY_WIDTH, TINY_IMAGE_SIZE),
             projection_dim=_TINY_WIDTH, reduce_dim=16, extract_layers=[0, 1], decoder_num_attention_heads=2,
             decoder_intermediate_size=32))
     model.save_pretrained(folder, safe_serialization=True)
