@@ -5,7 +5,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-_HOME = Path(tempfile.mkdtemp(prefix="dreambooth-tests-"))
+# Beside, not inside, the folder of pytest -n's controller (whose TMPDIR its test processes inherit):
+# the controller removes its folder when its session ends, before they have ended.
+_ROOT = os.environ.setdefault("DREAMBOOTH_TESTS_TEMP_ROOT", tempfile.gettempdir())
+_HOME = Path(tempfile.mkdtemp(prefix="dreambooth-tests-", dir=_ROOT))
 # Before prefect is imported anywhere: its settings are read from the environment.
 os.environ.update({
     "PREFECT_HOME": str(_HOME / "prefect"),
