@@ -43,8 +43,14 @@ import httpx
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from flows.automations import CANCEL_SETTLE_SECONDS  # noqa: E402  (after the path)
+
 PHOTOS = REPO / "examples" / "photos"
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
+# A Crashed run is rescheduled by the resume automation once no cancellation came within
+# CANCEL_SETTLE_SECONDS (and Prefect's trigger evaluation); until then it has not ended.
+RESCHEDULE_SECONDS = CANCEL_SETTLE_SECONDS + 30
 LEASES_ON_DISK = "prefect.server.concurrency.lease_storage.filesystem"  # as the README's server
 
 
@@ -52,6 +58,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def ended(run: dict) -> bool:
+    """Whether a flow run has ended for good: terminal, and if Crashed, not rescheduled in time."""
+    if run["state_type"] != "CRASHED":
+        return run["state_type"] in TERMINAL
+    since = datetime.fromisoformat(run["state"]["timestamp"]).timestamp()
+    return time.time() - since > RESCHEDULE_SECONDS
 
 
 def wait_until(condition, seconds: float, what: str, poll: float = 1.0):
@@ -281,7 +295,7 @@ def observe(machine: Machine, args, flags: list[str], reference: Path, storage: 
 
     def finished() -> bool:
         runs = machine.flow_runs("dreambooth-train") + machine.flow_runs("dreambooth-generate")
-        return len(runs) >= (1 + args.renders) * len(names) and all(r["state_type"] in TERMINAL for r in runs)
+        return len(runs) >= (1 + args.renders) * len(names) and all(map(ended, runs))
 
     wait_until(finished, args.timeout, "every run to end", poll=3)
     time.sleep(5)  # automations acting late on finished runs would show now
@@ -330,6 +344,8 @@ def report(machine: Machine, args, names, storage: Path, reference: Path, measur
         "database_bytes": database_bytes(machine),
         "events": dict(sorted(events.items(), key=lambda kv: -kv[1])),
         "weights_equal_uninterrupted": sum(equal.values()),
+        "histories": {r["name"]: [f"{s['name']}: {(s.get('message') or '')[:160]}" for s in histories[r["id"]]]
+                      for r in train + render},
     }
     renders_wanted = len(names) if args.renders else 0
     result["lost"] = (result["completed"] < len(names) or result["renders_completed"] < renders_wanted

@@ -27,7 +27,7 @@ def test_three_sessions_survive_a_drained_worker(tmp_path):
         capture_output=True, text=True, timeout=2700)
     assert report.exists(), result.stderr[-3000:]
     figures = json.loads(report.read_text())
-    assert (figures["completed"], figures["weights_equal_uninterrupted"]) == (3, 3)
+    assert (figures["completed"], figures["weights_equal_uninterrupted"]) == (3, 3), json.dumps(figures)
     assert figures["worker_exit_status"] == 0  # all ended within its grace, nothing killed
     (resumed,) = figures["recovered"]
     assert resumed["running_again_after_seconds"] is not None
