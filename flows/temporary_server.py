@@ -32,6 +32,9 @@ from dreambooth_core.session.processes import end_with_parent
 _SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
                "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 API_CHECK_SECONDS = 5.0  # a server that is up answers /health in milliseconds
+# Prefect's 20 s default start-up wait was seen to run out on 2 busy cores (the server imports
+# while the run imports torch and the model classes); a larger setting still wins.
+START_SECONDS = 60.0
 _ADVICE = ("Run again, or start a server (prefect server start) and set PREFECT_API_URL to it "
            "(e.g. http://127.0.0.1:4200/api).")
 
@@ -55,7 +58,7 @@ class TemporaryServer:
         import httpx
         from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
-        timeout = timeout or PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+        timeout = timeout or max(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), START_SECONDS)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
