@@ -1,5 +1,6 @@
 """Test-session set-up: one Prefect server, one model cache, no network."""
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -9,6 +10,9 @@ from pathlib import Path
 # the controller removes its folder when its session ends, before they have ended.
 _ROOT = os.environ.setdefault("DREAMBOOTH_TESTS_TEMP_ROOT", tempfile.gettempdir())
 _HOME = Path(tempfile.mkdtemp(prefix="dreambooth-tests-", dir=_ROOT))
+# Registered before prefect is imported, so it runs after Prefect's own clean-up at exit (which
+# removes the test server's folder inside this one).
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 # Before prefect is imported anywhere: its settings are read from the environment.
 os.environ.update({
     "PREFECT_HOME": str(_HOME / "prefect"),
@@ -68,10 +72,6 @@ def photos(tmp_path) -> Path:
     folder = tmp_path / "photos"
     shutil.copytree(EXAMPLE_PHOTOS, folder)
     return folder
-
-
-def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(_HOME, ignore_errors=True)
 
 
 @pytest.fixture
