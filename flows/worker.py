@@ -39,12 +39,21 @@ def flow_run_processes(worker: psutil.Process) -> list[psutil.Process]:
 
 def stop(worker: subprocess.Popen, grace: float) -> bool:
     """SIGTERM to each flow run, then to the worker; SIGKILL to what is left after `grace` s.
-    Whether all had ended by then."""
+    Whether all had ended by then.
+
+    The worker is paused (SIGSTOP) while its runs commit: it takes no new run meanwhile, and
+    it does not end first, which would kill the runs before they report their end (a run left
+    Running is marked Crashed only by the heartbeat timeout, a minute later)."""
     deadline = time.monotonic() + grace
     root = psutil.Process(worker.pid)
     runs = flow_run_processes(root)
-    for run in runs:
-        run.send_signal(signal.SIGTERM)
+    root.suspend()
+    try:
+        for run in runs:
+            run.send_signal(signal.SIGTERM)
+        still_running(runs, deadline)
+    finally:
+        root.resume()
     worker.send_signal(signal.SIGTERM)
     _, alive = psutil.wait_procs([root, *runs], timeout=max(deadline - time.monotonic(), 0))
     for process in alive:
@@ -54,6 +63,23 @@ def stop(worker: subprocess.Popen, grace: float) -> bool:
             pass
     worker.wait()
     return not alive
+
+
+def still_running(processes: list[psutil.Process], deadline: float) -> list[psutil.Process]:
+    """Wait until each has ended or `deadline`; those still running. A child of the paused
+    worker that has ended stays a zombie until the worker reaps it: ended all the same."""
+    while True:
+        alive = [p for p in processes if _running(p)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.2)
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def run_worker(pool: str, grace: float) -> int:
