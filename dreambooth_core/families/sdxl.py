@@ -29,8 +29,8 @@ from dreambooth_core.families.family import (
 )
 from dreambooth_core.families.sd_configs import write_config_folder
 from dreambooth_core.families.sd_model_spec import apply_declared_spec
+from dreambooth_core.families.sd_single_file import SECOND_TEXT_PREFIX
 from dreambooth_core.families.sd_tiny import TINY_SDXL_RESOLUTION, TINY_SDXL_VERSION, build_tiny_sdxl_model
-from dreambooth_core.families.sdxl_single_file import SECOND_TEXT_PREFIX
 from dreambooth_core.families.stable_diffusion import (
     StableDiffusion,
     check_unet,
