@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import re
 
-from dreambooth_core.captions.classes import PERSON_WORDS
-from dreambooth_core.captions.tokens import caption, caption_from_text
+from dreambooth_core.captions.tokens import PERSON_WORDS, caption, caption_from_text
 
 # Words for a person in captions (PERSON_WORDS less those that name a picture or a job).
 PERSON_NOUNS = (PERSON_WORDS - {"face", "portrait", "character", "model", "actor", "actress", "human"}

@@ -11,8 +11,7 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict
 
-from dreambooth_core.captions.analysis import TokenAnalysis, analyse_token, worst
-from dreambooth_core.captions.suggest import suggest_tokens
+from dreambooth_core.captions.analysis import TokenAnalysis, analyse_token, suggest_tokens, worst
 from dreambooth_core.captions.tokenizer import TextTokenizer
 from dreambooth_core.errors import DatasetError
 from dreambooth_core.hashing import digest

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from dreambooth_core.captions.classes import CLASS_PROMPT
+from dreambooth_core.captions.tokens import CLASS_PROMPT
 from dreambooth_core.config import TrainingSettings
 from dreambooth_core.errors import ConfigError
 from dreambooth_core.families import family_of_folder

@@ -19,8 +19,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dreambooth_core.captions.classes import PERSON_WORDS, class_word_for, parse_class_words
-from dreambooth_core.captions.tokens import token_from_filename, token_from_folder
+from dreambooth_core.captions.tokens import (
+    PERSON_WORDS,
+    class_word_for,
+    parse_class_words,
+    token_from_filename,
+    token_from_folder,
+)
 from dreambooth_core.config import CaptionSettings, CheckSettings
 from dreambooth_core.errors import DatasetError
 from dreambooth_core.photos.checks import PhotoFacts, Problem, check_photo

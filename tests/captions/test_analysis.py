@@ -10,8 +10,8 @@ from dreambooth_core.captions.analysis import (
     KNOWN_BAD,
     analyse_token,
     is_common_word,
+    suggest_tokens,
 )
-from dreambooth_core.captions.suggest import suggest_tokens
 
 
 @pytest.mark.parametrize("word, pieces, common, verdict", [
