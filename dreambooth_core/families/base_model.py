@@ -40,16 +40,19 @@ class LocalModel(FetchedModel):
 
 
 def fetch_model(spec: str, cache_dir: Path, revision: str | None = None, model_config: str | None = None,
-                hf_token: str | None = None, log: logging.Logger = logging.getLogger("dreambooth")) -> LocalModel:
+                hf_token: str | None = None,
+                log: logging.Logger = logging.getLogger("dreambooth")) -> LocalModel:
     """Make the model named by `spec` available locally, fetching or converting it only once
     (dreambooth_core.model.fetch.fetch_model_files); refused when no family takes it."""
-    return LocalModel.of(fetch_model_files(spec, cache_dir, model_sources(), revision, model_config, hf_token, log))
+    return LocalModel.of(fetch_model_files(spec, cache_dir, model_sources(), revision, model_config,
+                                           hf_token, log))
 
 
 def fetch_base(base: BaseModelSettings, cache_dir: Path, hf_token: str | None = None,
                log: logging.Logger = logging.getLogger("dreambooth")) -> LocalModel:
     """The model the settings name, with their --vae in place of its own when one is given."""
-    fetched = fetch_model_files(base.model, cache_dir, model_sources(), base.revision, base.single_file_config,
+    fetched = fetch_model_files(base.model, cache_dir, model_sources(), base.revision,
+                                base.single_file_config,
                                 hf_token, log)
     return LocalModel.of(with_vae(fetched, base.vae, cache_dir, hf_token, log) if base.vae else fetched)
 

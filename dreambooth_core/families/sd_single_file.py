@@ -58,12 +58,13 @@ _TRANSFORMER_KEY = re.compile(
     r"\.(weight|bias)")
 _CLIP_KEY = re.compile(
     r"embeddings\.(token_embedding\.weight|position_embedding\.weight|position_ids)"
-    r"|encoder\.layers\.\d+\.(self_attn\.[qkv]_proj|self_attn\.out_proj|layer_norm[12]|mlp\.fc[12])\.(weight|bias)"
+    r"|encoder\.layers\.\d+\."
+    r"(self_attn\.[qkv]_proj|self_attn\.out_proj|layer_norm[12]|mlp\.fc[12])\.(weight|bias)"
     r"|final_layer_norm\.(weight|bias)")
 
 
-def to_single_file_state(unet, vae, text_encoder,
-                         openclip_extras: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def to_single_file_state(unet, vae, text_encoder, openclip_extras: Mapping[str, torch.Tensor] | None = None,
+                         ) -> dict[str, torch.Tensor]:
     """The three SD 1.x or 2.x modules' weights as one original-layout state dict.
 
     The family comes from the text encoder (OpenAI CLIP: SD 1.x, OpenCLIP: SD 2.x).
@@ -189,7 +190,8 @@ def _unet_up_rules(block_types: list[str], layers: list[int]) -> list[tuple[str,
         if i < len(block_types) - 1:
             # The upsampler sits in the block's last output block, after its resnet (and attention).
             slot = 2 if has_attention else 1
-            rules.append((f"up_blocks.{i}.upsamplers.0.conv.", f"output_blocks.{index - 1}.{slot}.conv.", _param))
+            rules.append((f"up_blocks.{i}.upsamplers.0.conv.",
+                          f"output_blocks.{index - 1}.{slot}.conv.", _param))
     return rules
 
 
@@ -214,7 +216,8 @@ def _vae_rules(config) -> list[tuple[str, str, Rule]]:
                   (f"{part}.conv_norm_out.", f"{part}.norm_out.", _param),
                   (f"{part}.conv_out.", f"{part}.conv_out.", _param),
                   (f"{part}.mid_block.resnets.0.", f"{part}.mid.block_1.", _renamed_modules(_VAE_RESNET)),
-                  (f"{part}.mid_block.attentions.0.", f"{part}.mid.attn_1.", _renamed_modules(_VAE_ATTENTION)),
+                  (f"{part}.mid_block.attentions.0.", f"{part}.mid.attn_1.",
+                   _renamed_modules(_VAE_ATTENTION)),
                   (f"{part}.mid_block.resnets.1.", f"{part}.mid.block_2.", _renamed_modules(_VAE_RESNET))]
     for i in range(blocks):
         is_last = i == blocks - 1
@@ -222,7 +225,8 @@ def _vae_rules(config) -> list[tuple[str, str, Rule]]:
             rules.append((f"encoder.down_blocks.{i}.resnets.{j}.", f"encoder.down.{i}.block.{j}.",
                           _renamed_modules(_VAE_RESNET)))
         if not is_last:
-            rules.append((f"encoder.down_blocks.{i}.downsamplers.0.conv.", f"encoder.down.{i}.downsample.conv.",
+            rules.append((f"encoder.down_blocks.{i}.downsamplers.0.conv.",
+                          f"encoder.down.{i}.downsample.conv.",
                           _param))
         # The original decoder counts its levels from the highest resolution, diffusers from the lowest.
         level = blocks - 1 - i
@@ -237,7 +241,8 @@ def _vae_rules(config) -> list[tuple[str, str, Rule]]:
 
 def _check_vae_blocks(config) -> None:
     types = {*config.down_block_types, *config.up_block_types}
-    if not types <= {"DownEncoderBlock2D", "UpDecoderBlock2D"} or not config.get("mid_block_add_attention", True):
+    if not types <= {"DownEncoderBlock2D", "UpDecoderBlock2D"} \
+            or not config.get("mid_block_add_attention", True):
         raise ModelError(
             f"The VAE's blocks ({', '.join(sorted(types))}) do not match a Stable Diffusion KL "
             f"autoencoder. Export this model in diffusers format only.")
