@@ -132,16 +132,18 @@ def _conversion_error(exc: Exception, source: Path, model_config: str | None) ->
 
     config = f"--single-file-config {model_config!r}" if model_config else "no --single-file-config"
     unreachable = network_failure_in(exc)
-    offline = caused_by(exc, OfflineModeIsEnabled) or (isinstance(exc, LocalEntryNotFoundError) and not unreachable)
+    offline = caused_by(exc, OfflineModeIsEnabled) \
+        or (isinstance(exc, LocalEntryNotFoundError) and not unreachable)
     if not (offline or unreachable):
         return ModelError(
             f"Cannot convert {source} to diffusers form with {config} ({root_cause(exc)}). "
-            "Check that the file is a whole checkpoint of a supported model and that --single-file-config names "
-            "a diffusers model of the same architecture.")
+            "Check that the file is a whole checkpoint of a supported model and that "
+            "--single-file-config names a diffusers model of the same architecture.")
     why = (f"Cannot convert {source}: with {config}, diffusers fetches the architecture's config files "
            f"from the Hugging Face hub, which failed ({root_cause(exc)}).")
-    fix = ("pass --single-file-config (single_file_config in a deployment) as a local diffusers folder of the "
-           "same architecture, such as the diffusers/ folder of the session that wrote the file, to convert offline")
+    fix = ("pass --single-file-config (single_file_config in a deployment) as a local diffusers "
+           "folder of the same architecture, such as the diffusers/ folder of the session that "
+           "wrote the file, to convert offline")
     if offline:
         return ModelError(f"{why} Either {fix}, or allow network access for one run.")
     return NetworkError(f"{why} Try again when the hub is reachable, or {fix}.")

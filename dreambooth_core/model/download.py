@@ -79,7 +79,8 @@ def _download_to_part(url: str, part: Path, token: str | None, log: logging.Logg
     except httpx.HTTPStatusError as exc:
         raise http_status_error(url, exc.response.status_code, exc.response.reason_phrase) from exc
     except httpx.TransportError as exc:
-        kept = f" The part downloaded so far is kept in {part}; the next run resumes it." if part.is_file() else ""
+        kept = f" The part downloaded so far is kept in {part}; the next run resumes it." \
+            if part.is_file() else ""
         raise NetworkError(
             f"Downloading {url} failed ({type(exc).__name__}: {exc or 'no details'}). "
             f"Check the network and run again.{kept}") from exc
@@ -95,7 +96,8 @@ def http_status_error(url: str, status: int, reason: str = "") -> Exception:
             "accept its terms on the model page and pass a token (hf_token or HF_TOKEN); "
             "otherwise use a link that works without logging in.")
     if status in (404, 410):
-        return ModelError(f"{url} was not found ({answer}). Check the link; copy it from the model's download button.")
+        return ModelError(f"{url} was not found ({answer}). Check the link; copy it from the "
+                          "model's download button.")
     if status in (408, 429) or status >= 500:
         return NetworkError(f"{url} is busy or failing ({answer}). Try again later.")
     return ModelError(f"{url} answered {answer}. Check the link.")

@@ -68,7 +68,8 @@ def fetch_model_files(spec: str, cache_dir: Path, sources: ModelSources, revisio
     hub repo id of the same architecture) to single-file checkpoints.
     """
     if not spec.strip():
-        raise ModelError(f"No model given (the model spec {spec!r} is empty). Pass one of: {sources.accepted}.")
+        raise ModelError(f"No model given (the model spec {spec!r} is empty). Pass one of: "
+                         f"{sources.accepted}.")
     cache_dir = Path(cache_dir).expanduser()
     _warn_unused_options(spec, revision, model_config, sources, log)
     if spec in sources.tiny:
@@ -84,7 +85,8 @@ def fetch_model_files(spec: str, cache_dir: Path, sources: ModelSources, revisio
         _check_single_file(local, spec)
         return _from_single_file(local, spec, cache_dir, model_config, hf_token, sources, log)
     if _looks_like_path(spec):
-        raise ModelError(f"Model {spec!r}: no such file or folder. Check the path; accepted are {sources.accepted}.")
+        raise ModelError(f"Model {spec!r}: no such file or folder. Check the path; accepted are "
+                         f"{sources.accepted}.")
     if looks_like_hub_id(spec):
         return _from_hub(spec, cache_dir, revision, hf_token, sources, log)
     raise ModelError(f"Model {spec!r} is not a model this tool can find. Accepted are {sources.accepted}.")
@@ -129,8 +131,9 @@ def _from_hub(spec: str, cache_dir: Path, revision: str | None, hf_token: str | 
 def _from_local_folder(folder: Path, spec: str, sources: ModelSources) -> FetchedModel:
     if not (folder / "model_index.json").is_file():
         raise ModelError(
-            f"Model folder {spec!r} is not a diffusers model: it has no model_index.json. Point at the folder "
-            "that holds model_index.json beside each part's folder, or at a .safetensors/.ckpt file.")
+            f"Model folder {spec!r} is not a diffusers model: it has no model_index.json. Point at "
+            "the folder that holds model_index.json beside each part's folder, or at a "
+            ".safetensors/.ckpt file.")
     sources.recognise(folder)
     for part in weight_parts(folder):
         _require_safetensors(folder, part, spec)
@@ -166,7 +169,8 @@ def _require_safetensors(folder: Path, part: str, spec: str) -> None:
 def _from_single_file(file: Path, spec: str, cache_dir: Path, model_config: str | None, hf_token: str | None,
                       sources: ModelSources, log: logging.Logger) -> FetchedModel:
     sha256 = file_sha256(file, cache_dir)
-    folder = convert_single_file(file, sha256, cache_dir, sources.choose_converter, model_config, hf_token, log)
+    folder = convert_single_file(file, sha256, cache_dir, sources.choose_converter, model_config,
+                                 hf_token, log)
     sources.recognise(folder)
     return FetchedModel(path=str(folder.resolve()), digest=sha256, kind="single_file", source=spec)
 
@@ -207,7 +211,8 @@ def _warn_unused_options(spec: str, revision: str | None, model_config: str | No
                          log: logging.Logger) -> None:
     is_url = spec.lower().startswith(("http://", "https://"))
     if revision and (spec in sources.tiny or is_url or Path(spec).expanduser().exists()):
-        log.warning("revision %r is ignored: it applies only to Hugging Face repo ids, not %r", revision, spec)
+        log.warning("revision %r is ignored: it applies only to Hugging Face repo ids, not %r",
+                    revision, spec)
     name = url_filename(spec) if is_url else spec
     if model_config and not name.lower().endswith(SINGLE_FILE_SUFFIXES):
         log.warning("model_config %r is ignored: it applies only to .ckpt/.safetensors files, not %r",

@@ -48,7 +48,8 @@ def download_hub_snapshot(repo_id: str, hub_cache: Path, allow: list[str], ignor
     try:
         folder = _cached_snapshot(repo_id, options)
         if folder is None:
-            log.info("Downloading %s%s from the Hugging Face hub", repo_id, f" at {revision}" if revision else "")
+            log.info("Downloading %s%s from the Hugging Face hub", repo_id,
+                     f" at {revision}" if revision else "")
             folder = Path(snapshot_download(repo_id, **options))
         else:
             log.info("Using %s from the cache %s", repo_id, folder)

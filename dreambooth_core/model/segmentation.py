@@ -55,7 +55,8 @@ class Segmenter:
     @torch.no_grad()
     def probabilities(self, image: Image.Image, prompt: str) -> np.ndarray:
         """[height, width] in [0, 1], at the image's own size."""
-        inputs = self.processor(text=[prompt], images=[image.convert("RGB")], padding=True, return_tensors="pt")
+        inputs = self.processor(text=[prompt], images=[image.convert("RGB")], padding=True,
+                                return_tensors="pt")
         logits = self.model(**inputs).logits  # [h, w] for one image (the batch dimension squeezed)
         return _resized(torch.sigmoid(logits.reshape(1, 1, *logits.shape[-2:])), image.size)
 

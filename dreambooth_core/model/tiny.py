@@ -22,7 +22,8 @@ TINY_PIECES = (("s", "h"), ("sh", "r"), ("z", "o"), ("zo", "r"), ("k", "a"), ("k
 
 def byte_alphabet() -> list[str]:
     """The 256 printable stand-ins CLIP's BPE uses for raw bytes, in byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
     chars, extra = {}, 0
     for byte in range(256):
         if byte in printable:
@@ -50,7 +51,8 @@ def tiny_merges() -> list[tuple[str, str]]:
     return word_merges(TINY_WORDS) + [p for p in TINY_PIECES if p not in word_merges(TINY_WORDS)]
 
 
-def write_tiny_tokenizer(folder: Path, merges: list[tuple[str, str]] = (), pad_token: str = "<|endoftext|>") -> None:
+def write_tiny_tokenizer(folder: Path, merges: list[tuple[str, str]] = (),
+                         pad_token: str = "<|endoftext|>") -> None:
     """A CLIP tokenizer whose vocabulary is the byte alphabet plus the given merges.
 
     SD 1.x pads with the end-of-text token, SD 2.x with "!".
