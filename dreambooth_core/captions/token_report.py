@@ -125,7 +125,8 @@ def report_markdown(report: TokenReport) -> str:
     for s in report.subjects:
         a = s.analysis
         common, digits = ", ".join(a.common_words) or "-", "yes" if a.has_digits else "no"
-        lines.append(f"| {s.token} | {s.class_word or '-'} | {a.token_count} | {common} | {digits} | {a.verdict} |")
+        lines.append(f"| {s.token} | {s.class_word or '-'} | {a.token_count} | {common} | {digits} "
+                     f"| {a.verdict} |")
     for s in report.subjects:
         lines += ["", f"## {s.token}", "", *_subject_analysis_lines(s),
                   f"- instance prompt: `{s.instance_prompt}`",
