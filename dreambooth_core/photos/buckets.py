@@ -65,8 +65,8 @@ def bucket_lines(sizes: list[Size]) -> tuple[list[str], list[str]]:
     """(one line per bucket with its photo count, a warning per bucket that holds one photo)."""
     counts = Counter(sizes)
     lines = [f"{w}x{h}: {n} photo{'s' * (n != 1)}" for (w, h), n in sorted(counts.items())]
-    lonely = [f"bucket {w}x{h} holds one photo: a batch from it repeats that photo (with --batch-size above 1) "
-              "and it gets the fewest class images; add photos of a similar shape, or crop it to the shape "
-              "of another bucket"
+    lonely = [f"bucket {w}x{h} holds one photo: a batch from it repeats that photo (with "
+              "--batch-size above 1) and it gets the fewest class images; add photos of a similar "
+              "shape, or crop it to the shape of another bucket"
               for (w, h), n in sorted(counts.items()) if n == 1 and len(counts) > 1]
     return lines, lonely

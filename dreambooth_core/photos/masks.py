@@ -25,8 +25,9 @@ def mask_from_file(name: str, data: bytes, photo_size: tuple[int, int], crop_box
     image = ImageOps.exif_transpose(open_photo(name, data)).convert("L")
     if image.size != photo_size:
         raise DatasetError(f"{name}: the mask is {image.size[0]}x{image.size[1]} pixels but its photo is "
-                           f"{photo_size[0]}x{photo_size[1]}; save the mask at the photo's size (white on the "
-                           "subject, black elsewhere), or delete it to have the subject found automatically.")
+                           f"{photo_size[0]}x{photo_size[1]}; save the mask at the photo's size "
+                           "(white on the subject, black elsewhere), or delete it to have the "
+                           "subject found automatically.")
     return encode_png(image.crop(crop_box).resize(size, Image.Resampling.BILINEAR))
 
 

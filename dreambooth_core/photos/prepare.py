@@ -61,7 +61,8 @@ def method(buckets: int = 0) -> str:
     """Everything besides the photo and the resolution that decides a prepared image; `buckets`: the
     step of the aspect-ratio buckets' sides (buckets.py), 0 for squares."""
     detector = faces.current_detector()
-    made = f"v{PREPARE_VERSION}/{getattr(detector, '__module__', '?')}.{getattr(detector, '__qualname__', '?')}"
+    made = (f"v{PREPARE_VERSION}/{getattr(detector, '__module__', '?')}."
+            f"{getattr(detector, '__qualname__', '?')}")
     return made + (f"/buckets-v{BUCKETS_VERSION}:{buckets}" if buckets else "")
 
 
@@ -122,7 +123,8 @@ def prepare_dataset(session: Session, photos: dict[str, str], resolution: int,
                                       sha256=known[file].sha256, size=known[file].size)
     todo = [name for name in names if name not in items]
     problems = []
-    results = prepare_many([(name, session.read_bytes(f"{PHOTOS}/{name}")) for name in todo], resolution, workers,
+    results = prepare_many([(name, session.read_bytes(f"{PHOTOS}/{name}")) for name in todo],
+                           resolution, workers,
                            buckets)
     bar = progress_bar(len(todo), "prepare photos", unit="photo")  # [ui] on a terminal
     for name, result in zip(todo, results):

@@ -72,7 +72,8 @@ class ValidationSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True)
     resolution: int
-    resolution_from: str = Field("--resolution", description="Where the resolution came from, for the report.")
+    resolution_from: str = Field("--resolution",
+                                 description="Where the resolution came from, for the report.")
     token: str | None = None
     class_word: str | None = None
     subject_type: Literal["auto", "person", "other"] = "auto"
@@ -384,8 +385,10 @@ def report_markdown(report: DatasetReport) -> str:
         size = f"{p.width}x{p.height}" if p.width else "-"
         faces = "-" if p.faces is None else str(p.faces)
         codes = ", ".join(f"{x.code} ({x.severity})" for x in p.problems) or "-"
-        lines.append(f"| {_cell(p.name)} | **{p.verdict}** | {size} | {faces} | {p.framing or '-'} | {codes} |")
-    lines += ["", "| subject | person | photos | close-up | half-body | full-body |", "|---|---|---|---|---|---|"]
+        lines.append(f"| {_cell(p.name)} | **{p.verdict}** | {size} | {faces} | {p.framing or '-'} "
+                     f"| {codes} |")
+    lines += ["", "| subject | person | photos | close-up | half-body | full-body |",
+              "|---|---|---|---|---|---|"]
     for s in report.subjects:
         mix = " | ".join(str(s.framing.get(k, "-")) for k in RECOMMENDED_MIX)
         lines.append(f"| {s.token} | {'yes' if s.person else 'no'} | {s.photos} | {mix} |")
