@@ -1,8 +1,8 @@
 """What the training loop reports as it runs: loss log, progress, loss plot.
 
 The loop calls `chunk_started`, `step` for every step and `chunk_finished`
-once the chunk's checkpoint is written (or handed to a background commit). Losses arrive as device tensors and are read in
-one batch every `log_every` steps (reading one is a host-device sync point);
+once the chunk's checkpoint is written (or handed to a background commit). Losses arrive
+as device tensors and are read in one batch every `log_every` steps (reading one is a host-device sync point);
 the last batch of a chunk is written to reports/loss.csv before the loop
 returns, so every committed step has its row. Callbacks receive a Progress at
 each batch and a ChunkReport at the end of a chunk; a failing callback is

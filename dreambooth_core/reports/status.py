@@ -17,7 +17,14 @@ from dreambooth_core.reports.timing import training_speed
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.dataset_manifest import load_dataset_manifest
 from dreambooth_core.session.folder import Session
-from dreambooth_core.session.paths import DIFFUSERS, EXPORTS, GENERATIONS, SESSION_FILE, SNAPSHOTS, steps_named
+from dreambooth_core.session.paths import (
+    DIFFUSERS,
+    EXPORTS,
+    GENERATIONS,
+    SESSION_FILE,
+    SNAPSHOTS,
+    steps_named,
+)
 from dreambooth_core.session.publications import load_publications
 from dreambooth_core.session.state import SessionState, load_state
 

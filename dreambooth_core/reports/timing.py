@@ -20,7 +20,8 @@ class ChunkTime(BaseModel):
 
 class ChunkTimes(BaseModel):
     model_config = ConfigDict(frozen=True)
-    chunks: dict[str, ChunkTime] = Field(default_factory=dict, description="Chunk end step (as text) -> time.")
+    chunks: dict[str, ChunkTime] = Field(default_factory=dict,
+                                         description="Chunk end step (as text) -> time.")
 
 
 def read_chunk_times(session: Session) -> ChunkTimes:
