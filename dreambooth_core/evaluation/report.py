@@ -169,8 +169,9 @@ def recommend_step(scores: list[StepScores], base_clip_t: float,
             best = min(faced, key=lambda s: (-s.identity, s.step))
             return Recommendation(step=best.step, rule=rule_text(keep, people=True), reason=(
                 f"step {best.step}: face identity {best.identity:.3f}, {best.no_face:.0%} of images "
-                f"without a face, CLIP-T {best.clip_t:.3f} (at least {floor:.3f}); {len(scores) - len(faced)} of "
-                f"{len(scores)} evaluated steps fall below that CLIP-T or draw too few faces"))
+                f"without a face, CLIP-T {best.clip_t:.3f} (at least {floor:.3f}); "
+                f"{len(scores) - len(faced)} of {len(scores)} evaluated steps fall below that "
+                "CLIP-T or draw too few faces"))
         best = min(kept, key=lambda s: (-s.dino, s.step))
         return Recommendation(step=best.step, rule=rule_text(keep), reason=(
             f"step {best.step}: DINO {best.dino:.3f}, CLIP-T {best.clip_t:.3f}; no step that keeps the "
