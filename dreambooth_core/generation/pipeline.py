@@ -32,7 +32,8 @@ def build_pipeline(model_path: str, device: torch.device | str, trained: ModelPa
     if trained is not None:
         for module in (trained.denoiser, *trained.text_encoders):
             if _device_of(module).type != device.type:
-                raise ValueError(f"the given {type(module).__name__} is on {_device_of(module)}, not on {device}")
+                raise ValueError(f"the given {type(module).__name__} is on {_device_of(module)}, "
+                                 f"not on {device}")
     pipeline = family_of_folder(model_path).pipeline(model_path, device, trained)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
@@ -46,7 +47,8 @@ def render(pipeline, prompt: str, generators: list[torch.Generator], resolution:
     denoiser = denoiser_of(pipeline)
     device = _device_of(denoiser)
     width, height = size or (resolution, resolution)
-    encoders = [e for e in (pipeline.text_encoder, getattr(pipeline, "text_encoder_2", None)) if e is not None]
+    encoders = [e for e in (pipeline.text_encoder, getattr(pipeline, "text_encoder_2", None))
+                if e is not None]
     autocast = _autocast_dtype(device, denoiser, *encoders)
     with _evaluating(denoiser, *encoders), torch.no_grad(), \
             torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
