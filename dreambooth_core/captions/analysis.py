@@ -47,7 +47,8 @@ COMMON_BYTE_LEVEL_MERGES = 21_600
 # 10,544. (Checked by hand against T5's tokenizer.json, which no test has offline.)
 COMMON_UNIGRAM_PIECES = 6_500
 COMMON_RANKS: dict[TokenizerKind, int] = {
-    "clip-bpe": COMMON_MERGES, "byte-level-bpe": COMMON_BYTE_LEVEL_MERGES, "unigram": COMMON_UNIGRAM_PIECES}
+    "clip-bpe": COMMON_MERGES, "byte-level-bpe": COMMON_BYTE_LEVEL_MERGES,
+    "unigram": COMMON_UNIGRAM_PIECES}
 MIN_WORD_LETTERS = 2
 MAX_GOOD_TOKENS = 2
 MIN_LETTERS = 3
@@ -105,7 +106,8 @@ def _verdict(word: str, count: int, common: list[str], digits: bool) -> tuple[Ve
         return "bad", "it has no tokens at all."
     risks = []
     if len(word) < MIN_LETTERS:
-        risks.append(f"it has fewer than {MIN_LETTERS} letters, like an abbreviation the model may know")
+        risks.append(f"it has fewer than {MIN_LETTERS} letters, like an abbreviation the model may "
+                     "know")
     if count > MAX_GOOD_TOKENS:
         risks.append(f"it takes {count} tokens (1 or 2 are learnt faster and stay distinct)")
     if digits:
@@ -130,7 +132,8 @@ def candidate_words(seed: str) -> list[str]:
     return words
 
 
-def suggest_tokens(tokenizers: TextTokenizer | Sequence[TextTokenizer], count: int = 5, seed: str = "",
+def suggest_tokens(tokenizers: TextTokenizer | Sequence[TextTokenizer], count: int = 5,
+                   seed: str = "",
                    avoid: set[str] = frozenset()) -> list[str]:
     """Up to `count` words whose verdict is good with each of the model's `tokenizers` (SDXL's two,
     FLUX.1's CLIP and T5): 1-2 tokens, no common word, not known-bad."""

@@ -75,10 +75,12 @@ def caption_dataset(session: Session, tokenizer: TextTokenizer, settings: Captio
     described: dict[str, str] = {}
     if mode == "auto" and not problems:
         assert captioner is not None, "--captions auto needs a captioner"
-        described = describe_photos(session, [i for i in manifest.items if not _has_caption_file(session, i)],
+        described = describe_photos(session,
+                                    [i for i in manifest.items if not _has_caption_file(session, i)],
                                     captioner, log)
     items = [write_caption(session, item, tokens[item.source], classes[tokens[item.source]],
-                           settings.instance_prompt, tokenizer, problems, mode, described.get(item.file))
+                           settings.instance_prompt, tokenizer, problems, mode,
+                           described.get(item.file))
              if item.source in tokens else item for item in manifest.items]
     if problems:
         raise DatasetError("some photos cannot be used:\n  " + "\n  ".join(problems))
@@ -147,8 +149,9 @@ def assign_classes(origins: dict[str, set[str]], spec: str | None,
     classes = {token: class_word_for(token, words) for token in origins}
     for token, word in classes.items():
         if word and word.lower() == token.lower():
-            problems.append(f"{', '.join(sorted(origins[token]))}: the token {token!r} equals its class "
-                            "word. The token must be a new word; rename the photos or change --class-word.")
+            problems.append(f"{', '.join(sorted(origins[token]))}: the token {token!r} equals its "
+                            "class word. The token must be a new word; rename the photos or change "
+                            "--class-word.")
     return classes
 
 
@@ -156,7 +159,8 @@ def _has_caption_file(session: Session, item: DatasetItem) -> bool:
     return session.exists(caption_file_of(item.source)) or session.exists(caption_file_of(item.file))
 
 
-def write_caption(session: Session, item: DatasetItem, token: str, class_word: str | None, template: str,
+def write_caption(session: Session, item: DatasetItem, token: str, class_word: str | None,
+                  template: str,
                   tokenizer: TextTokenizer, problems: list[str], mode: str = "token",
                   described: str | None = None) -> DatasetItem:
     """The item with its token and caption (see the module's docstring for which)."""
@@ -165,7 +169,8 @@ def write_caption(session: Session, item: DatasetItem, token: str, class_word: s
         text_file = hand_written if session.exists(hand_written) else beside
         text = session.read_bytes(text_file).decode("utf-8", errors="replace")
         origin = "hand-written" if text_file == hand_written else "captioner"
-        item = item.model_copy(update={"token": token, "caption_file": text_file, "caption_origin": origin,
+        item = item.model_copy(update={"token": token, "caption_file": text_file,
+                                       "caption_origin": origin,
                                        "caption": caption_from_text(text, token, class_word, template)})
     elif mode == "auto" and described is not None:
         text = fit_caption(subject_caption(described, token, class_word, template),
@@ -175,7 +180,8 @@ def write_caption(session: Session, item: DatasetItem, token: str, class_word: s
         item = item.model_copy(update={"token": token, "caption_file": beside, "caption": text,
                                        "caption_origin": "captioner"})
     else:
-        item = item.model_copy(update={"token": token, "caption_file": None, "caption_origin": "rule",
+        item = item.model_copy(update={"token": token, "caption_file": None,
+                                       "caption_origin": "rule",
                                        "caption": caption(template, token, class_word)})
     length = tokenizer.length(item.caption)
     if length > tokenizer.context_length:
@@ -186,10 +192,12 @@ def write_caption(session: Session, item: DatasetItem, token: str, class_word: s
     return item
 
 
-def subject_records(items: list[DatasetItem], origins: dict[str, set[str]], classes: dict[str, str | None],
+def subject_records(items: list[DatasetItem], origins: dict[str, set[str]],
+                    classes: dict[str, str | None],
                     settings: CaptionSettings) -> dict[str, SubjectRecord]:
     return {token: SubjectRecord(class_word=classes[token],
-                                 instance_prompt=caption(settings.instance_prompt, token, classes[token]),
+                                 instance_prompt=caption(settings.instance_prompt, token,
+                                                         classes[token]),
                                  class_prompt=class_prompt(classes[token], settings.class_prompt),
                                  photos=sum(item.token == token for item in items),
                                  sources=sorted(origins[token]))
@@ -226,7 +234,8 @@ def describe_photos(session: Session, items: list[DatasetItem], captioner: AutoC
         describe, bar = captioner.load(), progress_bar(len(todo), "describe photos", unit="photo")
         for start in range(0, len(todo), BATCH):  # each batch is kept as soon as it is described
             batch = todo[start:start + BATCH]
-            for item, text in zip(batch, describe([session.read_bytes(item.file) for item in batch])):
+            for item, text in zip(batch,
+                                  describe([session.read_bytes(item.file) for item in batch])):
                 session.write_bytes(cache_file(item, captioner.name), text.encode())
                 found[item.file] = text
             bar.update(len(batch))
