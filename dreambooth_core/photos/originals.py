@@ -236,7 +236,8 @@ def hashing_readers(files: dict[str, Reader]) -> tuple[dict[str, Reader], dict[s
     return {name: hashing(name, read) for name, read in files.items()}, hashes
 
 
-def checked_copies(session: Session, state: SessionState, copies: dict[str, Reader], hashes: dict[str, str],
+def checked_copies(session: Session, state: SessionState, copies: dict[str, Reader],
+                   hashes: dict[str, str],
                    originals: dict[str, Reader] | None, log: logging.Logger) -> PhotoSet:
     """The session's photo set once its copies in photos/ (`copies`; `hashes`: those already
     read) are checked against the sha256s recorded at the import. A copy edited (or a caption

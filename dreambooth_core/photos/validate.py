@@ -169,7 +169,8 @@ def validate_folder(folder: str | Path, settings: ValidationSettings) -> Dataset
     return validate_files(folder_files(folder), settings, str(folder))
 
 
-def validate_files(files: dict[str, Reader], settings: ValidationSettings, source: str) -> DatasetReport:
+def validate_files(files: dict[str, Reader], settings: ValidationSettings,
+                   source: str) -> DatasetReport:
     """Check every photo, then the set: duplicates, counts and composition per subject."""
     photos, ignored = _sort_files(files)
     if not photos:
@@ -196,7 +197,8 @@ def validate_files(files: dict[str, Reader], settings: ValidationSettings, sourc
     facts = {name: f for name, (f, _) in results.items()}
     for name in photos:
         if not subjects[name]:
-            facts[name].add("no-identifier", "error", "no identifier in the file name", "name photos "
+            facts[name].add("no-identifier", "error", "no identifier in the file name",
+                            "name photos "
                             "after the subject's identifier, e.g. 'shrk (1).jpg', or pass --token")
     _check_duplicates(facts, {name: digest for name, (_, digest) in results.items() if digest})
     subject_reports = [_subject_report(token, class_word_for(token, words), person[token],
@@ -289,7 +291,8 @@ def _photo_report(facts: PhotoFacts, subject: str | None) -> PhotoReport:
     verdict = "error" if "error" in severities else "warning" if "warning" in severities else "ok"
     return PhotoReport(name=facts.name, verdict=verdict, subject=subject, width=facts.width,
                        height=facts.height, format=facts.format, mode=facts.mode,
-                       faces=None if facts.faces is None else len(facts.faces), framing=facts.framing,
+                       faces=None if facts.faces is None else len(facts.faces),
+                       framing=facts.framing,
                        sharpness=None if facts.sharpness is None else round(facts.sharpness, 1),
                        brightness=None if facts.brightness is None else round(facts.brightness, 1),
                        problems=problems)
