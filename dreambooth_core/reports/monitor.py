@@ -138,7 +138,8 @@ class TrainingMonitor:
         self.bar.close()
         record_chunk_time(self.session, self.start, self.end, seconds)
         title = f"{self.session.name}: training loss, steps 1-{self.end} of {self.total}"
-        self.session.write_bytes(LOSS_PNG, loss_plot_png(self.loss_log.rows, self.boundaries, title))
+        self.session.write_bytes(LOSS_PNG,
+                                 loss_plot_png(self.loss_log.rows, self.boundaries, title))
         mean = sum(self.chunk_losses) / len(self.chunk_losses) if self.chunk_losses else None
         report = ChunkReport(self.start, self.end, self.total, seconds, mean, LOSS_PNG)
         self._notify(self.on_chunk_end, report)
@@ -156,7 +157,8 @@ class TrainingMonitor:
 # The loss curve as a PNG: raw per-step points, a smoothed line, chunk boundaries.
 
 POINTS_PER_WINDOW = 40  # the smoothing window spans 1/40 of the steps shown, at least 5 steps
-POINT, SMOOTHED, CHECKPOINT = (166, 200, 225), (214, 39, 40), (128, 128, 128)  # light blue points, red line
+# light blue points, red line
+POINT, SMOOTHED, CHECKPOINT = (166, 200, 225), (214, 39, 40), (128, 128, 128)
 
 
 def smoothing_weight(count: int) -> float:

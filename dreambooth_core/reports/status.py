@@ -45,8 +45,10 @@ class SessionStatus:
     speed: float | None          # training steps per second over all recorded chunks
     outputs: dict[str, int] = field(default_factory=dict)  # session-relative path -> bytes
     snapshots: list[int] = field(default_factory=list)  # steps with a snapshot, oldest first
-    exports: list[int] = field(default_factory=list)  # steps exported with `dreambooth export --step`
-    generations: list[str] = field(default_factory=list)  # folders of `dreambooth generate`, oldest first
+    # steps exported with `dreambooth export --step`
+    exports: list[int] = field(default_factory=list)
+    # folders of `dreambooth generate`, oldest first
+    generations: list[str] = field(default_factory=list)
     published: list[str] = field(default_factory=list)  # "URL (step N[, private])" per hub repo
     problem: str | None = None   # why the session cannot be read (state "unreadable")
 
@@ -73,7 +75,8 @@ def list_sessions(storage: str, options: dict | None = None) -> list[str]:
                            f"{exc}. Check the path and credentials, or pass another --storage.") from exc
 
 
-def read_statuses(storage: str, names: list[str], options: dict | None = None) -> list[SessionStatus]:
+def read_statuses(storage: str, names: list[str],
+                  options: dict | None = None) -> list[SessionStatus]:
     """The status of each named session; one that cannot be read is listed as "unreadable",
     with the reason, instead of hiding the others."""
     statuses = []
@@ -114,7 +117,8 @@ def session_status(session: Session) -> SessionStatus:
     return SessionStatus(
         name=session.name, location=session.url, state=_state(state, committed, total),
         model=model, photos=len(manifest.items) if manifest else None,
-        subjects=sorted(manifest.subjects) if manifest else [], total_steps=total, committed=committed,
+        subjects=sorted(manifest.subjects) if manifest else [], total_steps=total,
+        committed=committed,
         committed_at=latest.committed_at if latest else None,
         last_logged_step=rows[-1].step if rows else None,
         last_loss=rows[-1].loss if rows else None,
@@ -125,7 +129,8 @@ def session_status(session: Session) -> SessionStatus:
 
 def _published(session: Session) -> list[str]:
     repos = load_publications(session).repos.values()
-    return [f"{p.url} (step {p.step}{', private' if p.private else ''}, {time_text(p.published_at)})"
+    return [f"{p.url} (step {p.step}{', private' if p.private else ''}, "
+            f"{time_text(p.published_at)})"
             for p in sorted(repos, key=lambda p: p.repo)]
 
 
@@ -173,8 +178,9 @@ def status_lines(status: SessionStatus) -> list[str]:
         lines.append(f"  photos:      {status.photos}{subjects}")
     lines.append(f"  steps:       {status.latest_step} of {total} committed")
     if status.committed:
-        lines.append(f"  checkpoint:  step {status.latest_step}, committed {time_text(status.committed_at)}"
-                     f" (kept: {', '.join(map(str, status.committed))})")
+        lines.append(f"  checkpoint:  step {status.latest_step}, committed "
+                     f"{time_text(status.committed_at)} (kept: "
+                     f"{', '.join(map(str, status.committed))})")
     if status.last_logged_step is not None:
         lines.append(f"  loss:        {status.last_loss:.4f} at step {status.last_logged_step}")
     if status.speed:
@@ -197,7 +203,8 @@ def status_table(statuses: list[SessionStatus]) -> list[str]:
     """One line per session."""
     header = ("session", "state", "steps", "checkpoint", "outputs")
     rows = [(s.name, s.state, "-", "-", "-") if s.problem else
-            (s.name, s.state, f"{s.latest_step}/{s.total_steps if s.total_steps is not None else '?'}",
+            (s.name, s.state,
+             f"{s.latest_step}/{s.total_steps if s.total_steps is not None else '?'}",
              f"step {s.latest_step}" if s.committed else "-",
              ", ".join(f"{p} ({size_text(n)})" for p, n in s.outputs.items()) or "-")
             for s in statuses]

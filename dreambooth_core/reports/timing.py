@@ -36,7 +36,8 @@ def read_chunk_times(session: Session) -> ChunkTimes:
 
 def record_chunk_time(session: Session, start: int, end: int, seconds: float) -> None:
     chunks = read_chunk_times(session).chunks | {
-        str(end): ChunkTime(start=start, end=end, seconds=round(seconds, 3), finished_at=time.time())}
+        str(end): ChunkTime(start=start, end=end, seconds=round(seconds, 3),
+                            finished_at=time.time())}
     session.write_json(TIMING_JSON, ChunkTimes(chunks=chunks).model_dump())
 
 
