@@ -61,7 +61,8 @@ def write_tiny_tokenizer(folder: Path, merges: list[tuple[str, str]] = (),
     tokens = alphabet + [c + "</w>" for c in alphabet] + ["".join(pair) for pair in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False))
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)},
+                                                  ensure_ascii=False))
     lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
     (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (folder / "special_tokens_map.json").write_text(json.dumps({
@@ -75,8 +76,10 @@ def write_tiny_tokenizer(folder: Path, merges: list[tuple[str, str]] = (),
 
 def tiny_clip_configs(tokenizer, width: int, image_size: int) -> dict[str, dict]:
     """text_config and vision_config of a tiny random CLIP-like judge or segmenter (CLIP, CLIPSeg)."""
-    text = dict(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=64, num_attention_heads=4,
-                num_hidden_layers=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+    text = dict(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=64,
+                num_attention_heads=4,
+                num_hidden_layers=2, max_position_embeddings=77,
+                bos_token_id=tokenizer.bos_token_id,
                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     vision = dict(image_size=image_size, patch_size=8, hidden_size=width, intermediate_size=64,
                   num_attention_heads=4, num_hidden_layers=2)
@@ -139,12 +142,10 @@ THINK_TOKENS = ("<think>", "</think>")
 # byte-level BPE writes a leading space as this symbol (the stand-in for byte 0x20).
 BYTE_LEVEL_SPACE = byte_alphabet()[ord(" ")]
 CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n"
-    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
-    "{% endif %}")
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] "
+    "}}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% if "
+    "enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif "
+    "%}{% endif %}")
 
 
 def spaced_word_merges(words: tuple[str, ...]) -> list[tuple[str, str]]:
