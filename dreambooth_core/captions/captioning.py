@@ -160,8 +160,7 @@ def _has_caption_file(session: Session, item: DatasetItem) -> bool:
 
 
 def write_caption(session: Session, item: DatasetItem, token: str, class_word: str | None,
-                  template: str,
-                  tokenizer: TextTokenizer, problems: list[str], mode: str = "token",
+                  template: str, tokenizer: TextTokenizer, problems: list[str], mode: str = "token",
                   described: str | None = None) -> DatasetItem:
     """The item with its token and caption (see the module's docstring for which)."""
     hand_written, beside = caption_file_of(item.source), caption_file_of(item.file)

@@ -32,8 +32,7 @@ SUBJECT_ADJECTIVES = frozenset(
     "hispanic black white brown red gray grey golden tan yellow orange dark light".split())
 # What a trait clause after the noun is about ("with short brown hair and a beard").
 TRAITS = ("hair", "hairs", "haircut", "beard", "mustache", "moustache", "stubble", "eyes",
-          "eyebrows",
-          "skin", "freckles", "complexion", "fur", "coat", "ears", "whiskers")
+          "eyebrows", "skin", "freckles", "complexion", "fur", "coat", "ears", "whiskers")
 _TRAIT = r"(?:" + "|".join(TRAITS) + r")"
 # Captioners open with these; they say nothing about the photo.
 _LEAD_IN = re.compile(

@@ -52,8 +52,7 @@ def fetch_base(base: BaseModelSettings, cache_dir: Path, hf_token: str | None = 
                log: logging.Logger = logging.getLogger("dreambooth")) -> LocalModel:
     """The model the settings name, with their --vae in place of its own when one is given."""
     fetched = fetch_model_files(base.model, cache_dir, model_sources(), base.revision,
-                                base.single_file_config,
-                                hf_token, log)
+                                base.single_file_config, hf_token, log)
     return LocalModel.of(with_vae(fetched, base.vae, cache_dir, hf_token, log) if base.vae else fetched)
 
 

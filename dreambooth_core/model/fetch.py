@@ -226,5 +226,4 @@ def _warn_unused_options(spec: str, revision: str | None, model_config: str | No
     name = url_filename(spec) if is_url else spec
     if model_config and not name.lower().endswith(SINGLE_FILE_SUFFIXES):
         log.warning("model_config %r is ignored: it applies only to .ckpt/.safetensors files, not "
-                    "%r",
-                    model_config, spec)
+                    "%r", model_config, spec)

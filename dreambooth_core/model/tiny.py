@@ -77,8 +77,7 @@ def write_tiny_tokenizer(folder: Path, merges: list[tuple[str, str]] = (),
 def tiny_clip_configs(tokenizer, width: int, image_size: int) -> dict[str, dict]:
     """text_config and vision_config of a tiny random CLIP-like judge or segmenter (CLIP, CLIPSeg)."""
     text = dict(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=64,
-                num_attention_heads=4,
-                num_hidden_layers=2, max_position_embeddings=77,
+                num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=77,
                 bos_token_id=tokenizer.bos_token_id,
                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     vision = dict(image_size=image_size, patch_size=8, hidden_size=width, intermediate_size=64,

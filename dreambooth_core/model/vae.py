@@ -28,8 +28,7 @@ from dreambooth_core.model.hub import download_hub_snapshot, looks_like_hub_id
 VAE_FILES = ["config.json", "diffusion_pytorch_model.safetensors"]
 # What decides the latent space; a VAE that differs here encodes latents the UNet never saw.
 ARCHITECTURE = ("_class_name", "latent_channels", "block_out_channels", "layers_per_block",
-                "down_block_types",
-                "up_block_types", "in_channels", "out_channels")
+                "down_block_types", "up_block_types", "in_channels", "out_channels")
 
 
 def with_vae(model: FetchedModel, spec: str, cache_dir: Path, hf_token: str | None = None,

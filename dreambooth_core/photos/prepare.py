@@ -226,8 +226,7 @@ def _intact(session: Session, item: DatasetItem, log: logging.Logger) -> Dataset
         return item.model_copy(update={"sha256": found})
     why = "missing" if data is None else "not the image that was prepared (its sha256 differs)"
     log.warning("%s/%s (prepared from %s) is %s; preparing it again from the photo", session.url,
-                item.file,
-                item.source, why)
+                item.file, item.source, why)
     return None
 
 

@@ -114,8 +114,7 @@ def _evaluation_lines(session: Session, files: PublishedFiles) -> list[str]:
     lines = ["## Evaluation", "",
              "Subject fidelity (DINO, CLIP-I: likeness to the photos) and prompt "
              "fidelity (CLIP-T), as the DreamBooth paper measures them; step 0 is the base model.",
-             "",
-             "| step | DINO | CLIP-I | CLIP-T |", "|---:|---:|---:|---:|"]
+             "", "| step | DINO | CLIP-I | CLIP-T |", "|---:|---:|---:|---:|"]
     lines += [f"| {s.step} | {s.dino:.3f} | {s.clip_i:.3f} | {s.clip_t:.3f} |" for s in scores.values()]
     if session.exists(EVALUATION_JSON):
         recommendation = json.loads(session.read_bytes(EVALUATION_JSON)).get("recommendation", {})
