@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath
 
-# noqa: F401 - the --class-word syntax, parsed once
-from dreambooth_core.config import parse_class_words
+# The --class-word syntax, parsed once (config.py), for the callers of the class words here.
+from dreambooth_core.config import parse_class_words  # noqa: F401
 from dreambooth_core.errors import DatasetError
 
 # "shrk (1)", "shrk(2)", "shrk_3", "shrk-4", "shrk 5" -> "shrk"; "r2d2" stays whole.

@@ -124,8 +124,7 @@ def check_photo(name: str, data: bytes, resolution: int, accepted_extensions: se
     try:
         orientation = image.getexif().get(0x0112, 1)
         transposed = ImageOps.exif_transpose(image)
-    # noqa: BLE001 - a malformed EXIF block must not hide the photo's other checks
-    except Exception:
+    except Exception:  # noqa: BLE001 - a malformed EXIF block must not hide the other checks
         orientation, transposed = 1, image
         facts.add("bad-exif", "warning", "its EXIF metadata is malformed, so its orientation "
                   "cannot be read; it is used as stored", "re-save the photo in an image editor")
