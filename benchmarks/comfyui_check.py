@@ -49,7 +49,7 @@ from dreambooth_core.families.flux_lora import (  # noqa: E402
     FLUX_TEXT_LORA_TARGETS, FLUX_TRANSFORMER_LORA_TARGETS, flux_lora_state)
 from dreambooth_core.families.sd_embedding import export_sdxl_embedding  # noqa: E402
 from dreambooth_core.families.sd_lora import kohya_lora_state  # noqa: E402
-from dreambooth_core.families.sdxl_single_file import to_sdxl_single_file_state  # noqa: E402
+from dreambooth_core.families.sd_single_file import to_sdxl_single_file_state  # noqa: E402
 from dreambooth_core.families.stable_diffusion import STABLE_DIFFUSION  # noqa: E402
 
 META, CPU = torch.device("meta"), torch.device("cpu")

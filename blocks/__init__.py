@@ -8,7 +8,8 @@ import takes most of a second that a run without blocks need not spend.
 
 import importlib
 
-_MODULES = {"HuggingFaceCredentials": "blocks.hugging_face", "SessionStorage": "blocks.session_storage"}
+_MODULES = {"HuggingFaceCredentials": "blocks.hugging_face",
+            "SessionStorage": "blocks.session_storage"}
 __all__ = list(_MODULES)
 
 

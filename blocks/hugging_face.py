@@ -15,8 +15,8 @@ class HuggingFaceCredentials(Block):
     _block_type_slug = "hugging-face-credentials"
     _description = "A Hugging Face access token for gated or private base models and for publishing."
 
-    token: SecretStr = Field(description="A Hugging Face access token (read access; write access to "
-                             "publish), hf_...")
+    token: SecretStr = Field(description="A Hugging Face access token (read access; write access "
+                                         "to publish), hf_...")
 
     def reveal_token(self) -> str:
         """The token, for use in this process only; log lines will show it masked."""

@@ -417,8 +417,7 @@ def worker(args: dict[str, Any]) -> int:
 
 
 def tokens(args: dict[str, Any]) -> int:
-    from dreambooth_core.captions.analysis import analyse_token, worst
-    from dreambooth_core.captions.suggest import suggest_tokens
+    from dreambooth_core.captions.analysis import analyse_token, suggest_tokens, worst
     from dreambooth_core.captions.token_report import analysis_lines, tokenizer_title
     from dreambooth_core.families import family_of
     from dreambooth_core.families.base_model import fetch_model
@@ -446,7 +445,7 @@ def tokens(args: dict[str, Any]) -> int:
 
 
 def validate(args: dict[str, Any]) -> int:
-    from dreambooth_core.captions.classes import parse_class_words
+    from dreambooth_core.captions.tokens import parse_class_words
     from dreambooth_core.photos.validate import ValidationSettings, report_text, summary_line, validate_folder
 
     resolution = args.pop("resolution")

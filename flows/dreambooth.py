@@ -10,8 +10,8 @@ from prefect import flow, get_run_logger
 from dreambooth_core.config import DreamBoothConfig
 from dreambooth_core.export.outputs import ExportResult
 from dreambooth_core.families import family_of
-from dreambooth_core.families.buckets import bucket_step_for
-from dreambooth_core.reports.summary import RunFacts
+from dreambooth_core.families.base_model import bucket_step_for
+from dreambooth_core.reports.status import RunFacts
 from dreambooth_core.training.live import LiveTraining
 from flows.session_storage import result_storage, session_lease
 from flows.trained_event import emit_trained

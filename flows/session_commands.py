@@ -127,9 +127,9 @@ def evaluate(args: dict[str, Any]) -> int:
     from dreambooth_core.evaluation.evaluate import EvaluationSpec
     from dreambooth_core.evaluation.face_identity import fetch_face_model
     from dreambooth_core.evaluation.judges import fetch_judges, load_judges
-    from dreambooth_core.evaluation.render_time import cpu_render_warning
     from dreambooth_core.evaluation.session_evaluation import evaluate_session, has_person
     from dreambooth_core.families import family_of
+    from dreambooth_core.generation.pipeline import cpu_render_warning
     from dreambooth_core.export.step_export import exportable_steps, require_step, trained_session
     from dreambooth_core.model.cache import model_cache_dir
     from dreambooth_core.session.dataset_manifest import require_dataset_manifest
@@ -184,8 +184,8 @@ def generate(args: dict[str, Any]) -> int:
 
     from dreambooth_core.config import GenerationSettings
     from dreambooth_core.evaluation.generations import checked_request, chosen_step
-    from dreambooth_core.evaluation.render_time import cpu_render_warning
     from dreambooth_core.export.step_export import trained_session
+    from dreambooth_core.generation.pipeline import cpu_render_warning
     from dreambooth_core.session.dataset_manifest import require_dataset_manifest
     from dreambooth_core.training.devices import resolve_device
     from flows.temporary_server import temporary_server

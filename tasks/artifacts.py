@@ -15,8 +15,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 
 from dreambooth_core.reports.images import image_link, image_markdown
 from dreambooth_core.reports.monitor import ChunkReport, Progress
-from dreambooth_core.reports.status import session_status
-from dreambooth_core.reports.summary import RunFacts, summary_markdown
+from dreambooth_core.reports.status import RunFacts, session_status, summary_markdown
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.storage import SessionRef
 from dreambooth_core.training.plan import TrainingPlan

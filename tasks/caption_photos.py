@@ -5,8 +5,7 @@ import os
 from prefect import get_run_logger, task
 
 from dreambooth_core.captions.caption_report import write_caption_report
-from dreambooth_core.captions.captioning import Captions, caption_dataset, caption_mode
-from dreambooth_core.captions.described import AutoCaptioner
+from dreambooth_core.captions.captioning import AutoCaptioner, Captions, caption_dataset, caption_mode
 from dreambooth_core.config import CaptionSettings
 from dreambooth_core.families import family_of
 from dreambooth_core.families.base_model import LocalModel
@@ -21,7 +20,7 @@ from tasks.artifacts import artifact_key, publish_markdown
 
 # No Prefect cache: the captions live in the dataset manifest, which a run may have rebuilt
 # (a damaged one is), and a cached result would leave it without them. Described captions are
-# cached in the session (captions/described.py), so a rerun asks the captioner nothing.
+# cached in the session (captions/captioning.py), so a rerun asks the captioner nothing.
 @task(name="caption-photos", task_run_name="caption photos")
 def caption_photos(ref: SessionRef, dataset: PreparedDataset, model: LocalModel,
                    settings: CaptionSettings, base_model: str) -> Captions:

@@ -10,13 +10,13 @@ from dreambooth_core.config import DreamBoothConfig
 from dreambooth_core.evaluation.face_identity import fetch_face_model
 from dreambooth_core.evaluation.judges import fetch_judges
 from dreambooth_core.evaluation.session_evaluation import has_person
-from dreambooth_core.evaluation.render_time import cpu_render_warning
 from dreambooth_core.evaluation.training_evaluation import (
     TrainingEvaluation,
     evaluate_base_model,
     training_evaluation,
 )
 from dreambooth_core.families import family_of
+from dreambooth_core.generation.pipeline import cpu_render_warning
 from dreambooth_core.model.cache import model_cache_dir
 from dreambooth_core.training.devices import resolve_device
 from dreambooth_core.training.plan import TrainingPlan

@@ -1,4 +1,4 @@
-"""How good an identifier a word is for the base model's text encoder.
+"""How good an identifier a word is for the base model's text encoder, and proposing good ones.
 
 A DreamBooth identifier should be a word the model has no meaning for yet:
 few tokens, none of them a word it already knows. Everything here is judged
@@ -8,6 +8,9 @@ Unigram: see tokenizer.py), so the verdicts hold for that model.
 
 from __future__ import annotations
 
+import itertools
+import random
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -44,7 +47,8 @@ COMMON_BYTE_LEVEL_MERGES = 21_600
 # 10,544. (Checked by hand against T5's tokenizer.json, which no test has offline.)
 COMMON_UNIGRAM_PIECES = 6_500
 COMMON_RANKS: dict[TokenizerKind, int] = {
-    "clip-bpe": COMMON_MERGES, "byte-level-bpe": COMMON_BYTE_LEVEL_MERGES, "unigram": COMMON_UNIGRAM_PIECES}
+    "clip-bpe": COMMON_MERGES, "byte-level-bpe": COMMON_BYTE_LEVEL_MERGES,
+    "unigram": COMMON_UNIGRAM_PIECES}
 MIN_WORD_LETTERS = 2
 MAX_GOOD_TOKENS = 2
 MIN_LETTERS = 3
@@ -102,7 +106,8 @@ def _verdict(word: str, count: int, common: list[str], digits: bool) -> tuple[Ve
         return "bad", "it has no tokens at all."
     risks = []
     if len(word) < MIN_LETTERS:
-        risks.append(f"it has fewer than {MIN_LETTERS} letters, like an abbreviation the model may know")
+        risks.append(f"it has fewer than {MIN_LETTERS} letters, like an abbreviation the model may "
+                     "know")
     if count > MAX_GOOD_TOKENS:
         risks.append(f"it takes {count} tokens (1 or 2 are learnt faster and stay distinct)")
     if digits:
@@ -110,3 +115,34 @@ def _verdict(word: str, count: int, common: list[str], digits: bool) -> tuple[Ve
     if risks:
         return "risky", "; ".join(risks) + "."
     return "good", f"{count} token{'s' if count > 1 else ''}, none of them a word the model knows."
+
+
+# Proposing rare identifiers: pronounceable, short in tokens, unknown to the model.
+
+_ONSETS = ["b", "d", "g", "k", "m", "n", "p", "t", "v", "z", "br", "dr", "gr", "kr", "sk", "sh",
+           "tr", "vr", "zh", "kw"]
+_VOWELS = ["a", "e", "i", "o", "u", "y"]
+_CODAS = ["rk", "x", "sk", "lv", "zk", "nd", "kt", "rx", "vk", "lx", "mb"]
+
+
+def candidate_words(seed: str) -> list[str]:
+    """Every onset-vowel-coda word ('zorv' shape), in an order drawn from `seed`."""
+    words = ["".join(parts) for parts in itertools.product(_ONSETS, _VOWELS, _CODAS)]
+    random.Random(seed).shuffle(words)
+    return words
+
+
+def suggest_tokens(tokenizers: TextTokenizer | Sequence[TextTokenizer], count: int = 5,
+                   seed: str = "",
+                   avoid: set[str] = frozenset()) -> list[str]:
+    """Up to `count` words whose verdict is good with each of the model's `tokenizers` (SDXL's two,
+    FLUX.1's CLIP and T5): 1-2 tokens, no common word, not known-bad."""
+    judges = [tokenizers] if isinstance(tokenizers, TextTokenizer) else list(tokenizers)
+    taken = {w.lower() for w in avoid} | set(KNOWN_BAD)
+    found = []
+    for word in candidate_words(seed):
+        if word not in taken and all(analyse_token(word, judge).verdict == "good" for judge in judges):
+            found.append(word)
+            if len(found) == count:
+                break
+    return found

@@ -4,24 +4,33 @@ dataset manifest. Every problem in the photos is collected and reported at once.
 A photo's caption, first found first: a hand-written `.txt` beside the photo; under
 `--captions auto` the editable `.txt` beside its prepared image (written on the first run,
 kept by every rerun, edits included), else the captioner's description with the token and
-class word put in (captions/subject_words.py), written there; else the instance prompt."""
+class word put in (captions/subject_words.py), written there; else the instance prompt.
+What a captioner says of a prepared image is cached in the session (below)."""
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from pydantic import BaseModel, ConfigDict
 
-from dreambooth_core.captions.classes import class_prompt, class_word_for, parse_class_words
-from dreambooth_core.captions.described import AutoCaptioner, describe_photos
 from dreambooth_core.captions.subject_words import fit_caption, subject_caption
 from dreambooth_core.captions.tokenizer import TextTokenizer
-from dreambooth_core.captions.tokens import caption, caption_from_text, token_of_photo
+from dreambooth_core.captions.tokens import (
+    caption,
+    caption_from_text,
+    class_prompt,
+    class_word_for,
+    parse_class_words,
+    token_of_photo,
+)
 from dreambooth_core.config import CaptionSettings
 from dreambooth_core.errors import DatasetError
 from dreambooth_core.hashing import digest
+from dreambooth_core.reports.terminal import progress_bar
 from dreambooth_core.session.dataset_manifest import (
     DatasetItem,
     DatasetManifest,
@@ -30,7 +39,7 @@ from dreambooth_core.session.dataset_manifest import (
     save_dataset_manifest,
 )
 from dreambooth_core.session.folder import Session
-from dreambooth_core.session.paths import PHOTOS
+from dreambooth_core.session.paths import CAPTION_CACHE, PHOTOS
 
 
 class Captions(BaseModel):
@@ -66,10 +75,12 @@ def caption_dataset(session: Session, tokenizer: TextTokenizer, settings: Captio
     described: dict[str, str] = {}
     if mode == "auto" and not problems:
         assert captioner is not None, "--captions auto needs a captioner"
-        described = describe_photos(session, [i for i in manifest.items if not _has_caption_file(session, i)],
+        described = describe_photos(session,
+                                    [i for i in manifest.items if not _has_caption_file(session, i)],
                                     captioner, log)
     items = [write_caption(session, item, tokens[item.source], classes[tokens[item.source]],
-                           settings.instance_prompt, tokenizer, problems, mode, described.get(item.file))
+                           settings.instance_prompt, tokenizer, problems, mode,
+                           described.get(item.file))
              if item.source in tokens else item for item in manifest.items]
     if problems:
         raise DatasetError("some photos cannot be used:\n  " + "\n  ".join(problems))
@@ -138,8 +149,9 @@ def assign_classes(origins: dict[str, set[str]], spec: str | None,
     classes = {token: class_word_for(token, words) for token in origins}
     for token, word in classes.items():
         if word and word.lower() == token.lower():
-            problems.append(f"{', '.join(sorted(origins[token]))}: the token {token!r} equals its class "
-                            "word. The token must be a new word; rename the photos or change --class-word.")
+            problems.append(f"{', '.join(sorted(origins[token]))}: the token {token!r} equals its "
+                            "class word. The token must be a new word; rename the photos or change "
+                            "--class-word.")
     return classes
 
 
@@ -147,8 +159,8 @@ def _has_caption_file(session: Session, item: DatasetItem) -> bool:
     return session.exists(caption_file_of(item.source)) or session.exists(caption_file_of(item.file))
 
 
-def write_caption(session: Session, item: DatasetItem, token: str, class_word: str | None, template: str,
-                  tokenizer: TextTokenizer, problems: list[str], mode: str = "token",
+def write_caption(session: Session, item: DatasetItem, token: str, class_word: str | None,
+                  template: str, tokenizer: TextTokenizer, problems: list[str], mode: str = "token",
                   described: str | None = None) -> DatasetItem:
     """The item with its token and caption (see the module's docstring for which)."""
     hand_written, beside = caption_file_of(item.source), caption_file_of(item.file)
@@ -156,7 +168,8 @@ def write_caption(session: Session, item: DatasetItem, token: str, class_word: s
         text_file = hand_written if session.exists(hand_written) else beside
         text = session.read_bytes(text_file).decode("utf-8", errors="replace")
         origin = "hand-written" if text_file == hand_written else "captioner"
-        item = item.model_copy(update={"token": token, "caption_file": text_file, "caption_origin": origin,
+        item = item.model_copy(update={"token": token, "caption_file": text_file,
+                                       "caption_origin": origin,
                                        "caption": caption_from_text(text, token, class_word, template)})
     elif mode == "auto" and described is not None:
         text = fit_caption(subject_caption(described, token, class_word, template),
@@ -166,7 +179,8 @@ def write_caption(session: Session, item: DatasetItem, token: str, class_word: s
         item = item.model_copy(update={"token": token, "caption_file": beside, "caption": text,
                                        "caption_origin": "captioner"})
     else:
-        item = item.model_copy(update={"token": token, "caption_file": None, "caption_origin": "rule",
+        item = item.model_copy(update={"token": token, "caption_file": None,
+                                       "caption_origin": "rule",
                                        "caption": caption(template, token, class_word)})
     length = tokenizer.length(item.caption)
     if length > tokenizer.context_length:
@@ -177,11 +191,52 @@ def write_caption(session: Session, item: DatasetItem, token: str, class_word: s
     return item
 
 
-def subject_records(items: list[DatasetItem], origins: dict[str, set[str]], classes: dict[str, str | None],
+def subject_records(items: list[DatasetItem], origins: dict[str, set[str]],
+                    classes: dict[str, str | None],
                     settings: CaptionSettings) -> dict[str, SubjectRecord]:
     return {token: SubjectRecord(class_word=classes[token],
-                                 instance_prompt=caption(settings.instance_prompt, token, classes[token]),
+                                 instance_prompt=caption(settings.instance_prompt, token,
+                                                         classes[token]),
                                  class_prompt=class_prompt(classes[token], settings.class_prompt),
                                  photos=sum(item.token == token for item in items),
                                  sources=sorted(origins[token]))
             for token in sorted(origins)}
+
+
+# What a captioner says of each prepared photo, cached in the session per image content and
+# captioner: a rerun, or a session whose captions were edited or removed, asks the model nothing
+# for an image it has described.
+
+Describe = Callable[[list[bytes]], list[str]]
+BATCH = 8
+
+
+@dataclass(frozen=True)
+class AutoCaptioner:
+    name: str  # what its descriptions are cached under (a repo id, or the tiny one's version)
+    load: Callable[[], Describe]  # called only when an image has no cached description
+
+
+def cache_file(item: DatasetItem, captioner: str) -> str:
+    return f"{CAPTION_CACHE}/{digest([item.sha256 or item.file, captioner])[:24]}.txt"
+
+
+def describe_photos(session: Session, items: list[DatasetItem], captioner: AutoCaptioner,
+                    log: logging.Logger | None = None) -> dict[str, str]:
+    """{prepared file: its description} for `items`; the model is loaded only for the uncached."""
+    log = log or logging.getLogger("dreambooth")
+    found = {item.file: session.read_bytes(cache_file(item, captioner.name)).decode("utf-8", errors="replace")
+             for item in items if session.exists(cache_file(item, captioner.name))}
+    todo = [item for item in items if item.file not in found]
+    if todo:
+        log.info("Describing %d photos with %s (%d cached)", len(todo), captioner.name, len(found))
+        describe, bar = captioner.load(), progress_bar(len(todo), "describe photos", unit="photo")
+        for start in range(0, len(todo), BATCH):  # each batch is kept as soon as it is described
+            batch = todo[start:start + BATCH]
+            for item, text in zip(batch,
+                                  describe([session.read_bytes(item.file) for item in batch])):
+                session.write_bytes(cache_file(item, captioner.name), text.encode())
+                found[item.file] = text
+            bar.update(len(batch))
+        bar.close()
+    return found

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import re
 
-from dreambooth_core.captions.classes import PERSON_WORDS
-from dreambooth_core.captions.tokens import caption, caption_from_text
+from dreambooth_core.captions.tokens import PERSON_WORDS, caption, caption_from_text
 
 # Words for a person in captions (PERSON_WORDS less those that name a picture or a job).
-PERSON_NOUNS = (PERSON_WORDS - {"face", "portrait", "character", "model", "actor", "actress", "human"}
+PERSON_NOUNS = (PERSON_WORDS - {"face", "portrait", "character", "model", "actor", "actress",
+                                "human"}
                 | {"men", "women", "boys", "girls", "children", "kids", "people"})
 # Said of the subject right before its noun: age, build, looks, colours, origin.
 SUBJECT_ADJECTIVES = frozenset(
@@ -31,8 +31,8 @@ SUBJECT_ADJECTIVES = frozenset(
     "short-haired gray-haired grey-haired white-haired asian african caucasian european indian latino "
     "hispanic black white brown red gray grey golden tan yellow orange dark light".split())
 # What a trait clause after the noun is about ("with short brown hair and a beard").
-TRAITS = ("hair", "hairs", "haircut", "beard", "mustache", "moustache", "stubble", "eyes", "eyebrows",
-          "skin", "freckles", "complexion", "fur", "coat", "ears", "whiskers")
+TRAITS = ("hair", "hairs", "haircut", "beard", "mustache", "moustache", "stubble", "eyes",
+          "eyebrows", "skin", "freckles", "complexion", "fur", "coat", "ears", "whiskers")
 _TRAIT = r"(?:" + "|".join(TRAITS) + r")"
 # Captioners open with these; they say nothing about the photo.
 _LEAD_IN = re.compile(
@@ -40,7 +40,8 @@ _LEAD_IN = re.compile(
     r"(?:is|shows|features|depicts|contains|we can see|there is)?\s*)?"
     r"(?:(?:an? )?(?:close-up|closeup|portrait|selfie|headshot|photo|picture)\s+(?:photo\s+)?of\s+)?",
     re.IGNORECASE)
-_TRAIT_CLAUSE = re.compile(rf"\s*,?\s*(?:with|who has|that has|having)\s+[^,.]*\b{_TRAIT}\b", re.IGNORECASE)
+_TRAIT_CLAUSE = re.compile(rf"\s*,?\s*(?:with|who has|that has|having)\s+[^,.]*\b{_TRAIT}\b",
+                           re.IGNORECASE)
 _TRAIT_SENTENCE = re.compile(rf"(?:^|(?<=[.!?]\s))(?:his|her|its|their)\s+[^.]*\b{_TRAIT}\b[^.]*[.!?]?\s*",
                              re.IGNORECASE)
 
@@ -57,9 +58,11 @@ def subject_nouns(class_word: str | None) -> set[str]:
 def subject_caption(described: str, token: str, class_word: str | None, template: str) -> str:
     """The captioner's text with the subject's own words replaced by the token and class word."""
     text = _LEAD_IN.sub("", " ".join(described.split()), count=1)
-    text = text[:1].lower() + text[1:] if re.match(r"[A-Z](?:[a-z]|\s)", text) else text  # 'A man' -> 'a man'
+    # 'A man' -> 'a man'
+    text = text[:1].lower() + text[1:] if re.match(r"[A-Z](?:[a-z]|\s)", text) else text
     text = _TRAIT_SENTENCE.sub("", text)
-    nouns = "|".join(sorted((re.escape(n) for n in subject_nouns(class_word)), key=len, reverse=True))
+    nouns = "|".join(sorted((re.escape(n) for n in subject_nouns(class_word)), key=len,
+                            reverse=True))
     adjectives = "|".join(re.escape(a) for a in SUBJECT_ADJECTIVES)
     phrase = re.compile(rf"\b(?:(?:a|an|the)\s+)?(?:(?:{adjectives})(?:\s*,\s*|\s+and\s+|\s+))*(?:{nouns})\b",
                         re.IGNORECASE)

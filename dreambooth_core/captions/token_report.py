@@ -11,8 +11,7 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict
 
-from dreambooth_core.captions.analysis import TokenAnalysis, analyse_token, worst
-from dreambooth_core.captions.suggest import suggest_tokens
+from dreambooth_core.captions.analysis import TokenAnalysis, analyse_token, suggest_tokens, worst
 from dreambooth_core.captions.tokenizer import TextTokenizer
 from dreambooth_core.errors import DatasetError
 from dreambooth_core.hashing import digest
@@ -122,11 +121,13 @@ def analysis_lines(analysis: TokenAnalysis, markdown: bool = True) -> list[str]:
 
 def report_markdown(report: TokenReport) -> str:
     lines = [f"# Tokens of session {report.session}", "",
-             "| token | class | tokens | common words | digits | verdict |", "|---|---|---|---|---|---|"]
+             "| token | class | tokens | common words | digits | verdict |",
+             "|---|---|---|---|---|---|"]
     for s in report.subjects:
         a = s.analysis
         common, digits = ", ".join(a.common_words) or "-", "yes" if a.has_digits else "no"
-        lines.append(f"| {s.token} | {s.class_word or '-'} | {a.token_count} | {common} | {digits} | {a.verdict} |")
+        lines.append(f"| {s.token} | {s.class_word or '-'} | {a.token_count} | {common} | {digits} "
+                     f"| {a.verdict} |")
     for s in report.subjects:
         lines += ["", f"## {s.token}", "", *_subject_analysis_lines(s),
                   f"- instance prompt: `{s.instance_prompt}`",
@@ -144,7 +145,8 @@ def _subject_analysis_lines(subject: SubjectToken) -> list[str]:
         return analysis_lines(subject.analysis)
     lines = []
     for name, analysis in subject.per_tokenizer.items():
-        lines += [f"- {tokenizer_title(name)}:", *(f"  {line}" for line in analysis_lines(analysis))]
+        lines += [f"- {tokenizer_title(name)}:",
+                  *(f"  {line}" for line in analysis_lines(analysis))]
     return lines
 
 
@@ -161,7 +163,8 @@ def bad_token_error(report: TokenReport) -> DatasetError | None:
     bad = [s for s in report.subjects if s.analysis.verdict == "bad"]
     if not bad:
         return None
-    lines = [f"{_sources(s)}: the token {s.token!r} is bad: {s.analysis.reason} {suggested(s.suggestions)}"
+    lines = [f"{_sources(s)}: the token {s.token!r} is bad: {s.analysis.reason} "
+             f"{suggested(s.suggestions)}"
              for s in bad]
     example = f" (e.g. '{bad[0].suggestions[0]} (1).jpg')" if bad[0].suggestions else ""
     return DatasetError(

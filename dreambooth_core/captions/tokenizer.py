@@ -39,7 +39,8 @@ class TextTokenizer(ABC):
 
     tokenizer: Any  # the transformers tokenizer the pipeline uses
     ranks: dict[str, int]
-    max_length: int | None = None  # the context the model reads, where it is not the tokenizer's own
+    # the context the model reads, where it is not the tokenizer's own
+    max_length: int | None = None
 
     kind: ClassVar[TokenizerKind]
     description: ClassVar[str]
@@ -72,7 +73,8 @@ class TextTokenizer(ABC):
 
     def word_rank(self, text: str) -> int | None:
         """The rank of `text` as a whole word; None when the tokenizer has no such piece."""
-        return min((self.ranks[form] for form in self.word_forms(text) if form in self.ranks), default=None)
+        return min((self.ranks[form] for form in self.word_forms(text) if form in self.ranks),
+                   default=None)
 
 
 @dataclass(frozen=True)
@@ -221,12 +223,12 @@ def tokenizer_kind(folder: Path, data: dict | None) -> type[TextTokenizer]:
         vocab = _read_json(folder / "vocab.json")
         return ClipBpeTokenizer if any(t.endswith(END_OF_WORD) for t in vocab) else ByteLevelBpeTokenizer
     if (folder / "spiece.model").is_file():
-        raise ModelError(f"{folder}: a SentencePiece model (spiece.model) without tokenizer.json (found: "
-                         f"{found}). This tool reads SentencePiece from tokenizer.json, which the hub's "
-                         "repos ship beside it: copy it into this folder too.")
-    raise ModelError(f"{folder}: neither merges.txt nor tokenizer.json (found: {found}), so this model has "
-                     f"no tokenizer this tool can analyse. It reads {KINDS_READ}, from those files as "
-                     "the hub's diffusers repos hold them.")
+        raise ModelError(f"{folder}: a SentencePiece model (spiece.model) without tokenizer.json "
+                         f"(found: {found}). This tool reads SentencePiece from tokenizer.json, "
+                         "which the hub's repos ship beside it: copy it into this folder too.")
+    raise ModelError(f"{folder}: neither merges.txt nor tokenizer.json (found: {found}), so this "
+                     f"model has no tokenizer this tool can analyse. It reads {KINDS_READ}, from "
+                     "those files as the hub's diffusers repos hold them.")
 
 
 def _kind_of_tokenizer_json(file: Path, data: dict) -> type[TextTokenizer]:
@@ -234,15 +236,16 @@ def _kind_of_tokenizer_json(file: Path, data: dict) -> type[TextTokenizer]:
     if model.get("type") == "Unigram":
         return UnigramTokenizer
     if model.get("type") != "BPE":
-        raise ModelError(f"{file} is not a CLIP BPE tokenizer nor one of the other kinds this tool can "
-                         f"analyse: its model is {model.get('type')!r}. It reads {KINDS_READ}.")
+        raise ModelError(f"{file} is not a CLIP BPE tokenizer nor one of the other kinds this tool "
+                         f"can analyse: its model is {model.get('type')!r}. It reads {KINDS_READ}.")
     if model.get("end_of_word_suffix") == END_OF_WORD:
         return ClipBpeTokenizer
     if _has_byte_level(data.get("pre_tokenizer")):
         return ByteLevelBpeTokenizer
-    raise ModelError(f"{file} holds a BPE tokenizer that is neither CLIP's (its end_of_word_suffix is "
-                     f"{model.get('end_of_word_suffix')!r}, not '</w>') nor byte-level (no ByteLevel "
-                     f"pre-tokenizer in {data.get('pre_tokenizer')!r:.120}). It reads {KINDS_READ}.")
+    raise ModelError(f"{file} holds a BPE tokenizer that is neither CLIP's (its end_of_word_suffix "
+                     f"is {model.get('end_of_word_suffix')!r}, not '</w>') nor byte-level (no "
+                     f"ByteLevel pre-tokenizer in {data.get('pre_tokenizer')!r:.120}). It reads "
+                     f"{KINDS_READ}.")
 
 
 def _has_byte_level(pre_tokenizer: dict | None) -> bool:

@@ -1,10 +1,13 @@
-"""The identifier token a user names their photos (or their folders) with, and captions."""
+"""The identifier token a user names their photos (or their folders) with, class words (what kind
+of thing each subject is: 'man', 'dog', 'style'), and captions."""
 
 from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
 
+# The --class-word syntax, parsed once (config.py), for the callers of the class words here.
+from dreambooth_core.config import parse_class_words  # noqa: F401
 from dreambooth_core.errors import DatasetError
 
 # "shrk (1)", "shrk(2)", "shrk_3", "shrk-4", "shrk 5" -> "shrk"; "r2d2" stays whole.
@@ -52,3 +55,21 @@ def caption_from_text(text: str, token: str, class_word: str | None, template: s
         return f"{text[:found.start()]}{token} {text[found.start():]}"
     prompt = caption(template, token, class_word)
     return f"{prompt}, {text}" if text else prompt
+
+
+# Class words.
+CLASS_PROMPT = "photo of {class}"
+EXAMPLE_CLASSES = ("person", "man", "woman", "dog", "style")
+# Class words that mean the subject is a person: face checks apply, and a caption's words for a person
+# name the subject.
+PERSON_WORDS = frozenset(
+    "person people man woman boy girl child kid baby toddler teen teenager guy lady gentleman "
+    "male female human adult face portrait character actor actress model".split())
+
+
+def class_word_for(token: str, words: dict[str | None, str]) -> str | None:
+    return words.get(token.lower(), words.get(None))
+
+
+def class_prompt(word: str | None, template: str = CLASS_PROMPT) -> str | None:
+    return template.replace("{class}", word) if word else None

@@ -1,1 +1,2 @@
-"""Judging trained steps as the DreamBooth paper does: subject and prompt fidelity. Plain Python: no prefect."""
+"""Judging trained steps as the DreamBooth paper does: subject and prompt fidelity. Plain Python:
+no prefect."""

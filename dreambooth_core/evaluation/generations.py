@@ -135,8 +135,8 @@ def generate(session: Session, trained: TrainedSession, prompts: list[str], step
             rows.append(images)
             made.append(GeneratedPrompt(prompt=prompt, images=[f"{folder}/{name}" for name in names]))
         (out / GRID_FILE).write_bytes(grid_png(rows))
-        result = Generation(folder=folder, grid=f"{folder}/{GRID_FILE}", step=step, source=source, width=width,
-                            height=height, settings=settings, prompts=made)
+        result = Generation(folder=folder, grid=f"{folder}/{GRID_FILE}", step=step, source=source,
+                            width=width, height=height, settings=settings, prompts=made)
         (out / SETTINGS_FILE).write_text(result.model_dump_json(indent=2))
         replace_folder(session, out, folder)
     log.info("Wrote %d image(s) to %s/%s/", sum(len(p.images) for p in made), session.url, folder)

@@ -41,7 +41,8 @@ def paper_templates(live: bool) -> list[str]:
     return PLACES[:15] + LIVE_CHANGES if live else PLACES + OBJECT_CHANGES
 
 
-def evaluation_prompts(token: str, class_word: str, live: bool, count: int | None = None) -> list[EvaluationPrompt]:
+def evaluation_prompts(token: str, class_word: str, live: bool,
+                       count: int | None = None) -> list[EvaluationPrompt]:
     """The first `count` (default all) prompts for one subject, spread over the list so a
     short set still mixes places and changes."""
     templates = paper_templates(live)

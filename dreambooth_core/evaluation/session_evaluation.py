@@ -22,13 +22,14 @@ from pydantic import BaseModel, ConfigDict
 from dreambooth_core.evaluation.evaluate import EvaluationSpec, Subject, evaluate_pipeline
 from dreambooth_core.evaluation.judges import Judges
 from dreambooth_core.evaluation.prompts import is_live
-from dreambooth_core.evaluation.recommend import Recommendation, recommend_step
 from dreambooth_core.evaluation.report import (
     BASE_STEP,
     MetricRow,
+    Recommendation,
     evaluation_csv_text,
     evaluation_plot_png,
     read_evaluation,
+    recommend_step,
     step_scores,
 )
 from dreambooth_core.export.step_export import TrainedSession, require_step, step_parts

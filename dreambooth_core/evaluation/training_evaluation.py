@@ -61,12 +61,14 @@ def training_evaluation(settings: EvaluationSettings, judges: str, judge_folders
     spec = EvaluationSpec(resolution=resolution, prompts=settings.evaluation_prompts,
                           images_per_prompt=settings.evaluation_images,
                           inference_steps=settings.evaluation_inference_steps, guidance_scale=guidance_scale)
-    return TrainingEvaluation(every=settings.evaluate_every, judges=judges, spec=spec, subject_type=subject_type,
+    return TrainingEvaluation(every=settings.evaluate_every, judges=judges, spec=spec,
+                              subject_type=subject_type,
                               judge_folders=(str(judge_folders[0]), str(judge_folders[1])),
                               face_model=str(face_model) if face_model else None)
 
 
-def evaluate_base_model(session: Session, model_path: str, evaluation: TrainingEvaluation, device: torch.device,
+def evaluate_base_model(session: Session, model_path: str, evaluation: TrainingEvaluation,
+                        device: torch.device,
                         log: logging.Logger = logging.getLogger("dreambooth")) -> None:
     """The base model's rows (step 0), unless measured already with these settings."""
     rows = kept_rows(session, evaluation.settings)
@@ -111,7 +113,8 @@ class EvaluationHook:
         judges = evaluation_judges(self.evaluation)
         with averaged_denoiser(trainer), trainer.text_encoders_for_rendering():
             pipeline = build_pipeline(self.model_path, trainer.device, trainer.parts)
-            rows += evaluate_pipeline(pipeline, judges, session_subjects(session, self.evaluation.subject_type),
+            rows += evaluate_pipeline(pipeline, judges,
+                                      session_subjects(session, self.evaluation.subject_type),
                                       self.evaluation.spec, chunk.end)
         report = write_reports(session, rows, self.evaluation.settings)
         log.info("Evaluation at step %d: %s", chunk.end, report.recommendation.reason)

@@ -80,7 +80,8 @@ def single_file_family(keys: set[str], source: str) -> Family:
         if family.recognises_single_file(keys):
             return family
     raise ModelError(f"{source} is not a single file of a model this tool trains (its keys match none of "
-                     f"{SUPPORTED}). Check that it is a whole checkpoint, not a LoRA, embedding or VAE alone.")
+                     f"{SUPPORTED}). Check that it is a whole checkpoint, not a LoRA, embedding or "
+                     "VAE alone.")
 
 
 def write_config_folder(architecture: str, folder: Path) -> Path:

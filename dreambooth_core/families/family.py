@@ -222,7 +222,8 @@ class Family:
                          dtype: torch.dtype, out: Path) -> list[str]:
         raise NotImplementedError
 
-    def write_full_snapshot(self, facts: ModelFamily, model_path: str, parts: ModelParts, name: str, step: int,
+    def write_full_snapshot(self, facts: ModelFamily, model_path: str, parts: ModelParts, name: str,
+                            step: int,
                             path: Path) -> None:
         """The full model as one small fp16 file (snapshots)."""
         raise NotImplementedError
@@ -236,11 +237,13 @@ class Family:
         """`encoders`: each text encoder carrying adapters, or None for one that does not."""
         raise NotImplementedError
 
-    def write_lora_file(self, denoiser: torch.nn.Module, encoders: list, path: Path, dtype: torch.dtype) -> None:
+    def write_lora_file(self, denoiser: torch.nn.Module, encoders: list, path: Path,
+                        dtype: torch.dtype) -> None:
         """The LoRA as the one file tools load (snapshots)."""
         raise NotImplementedError
 
-    def read_lora_file(self, denoiser: torch.nn.Module, encoders: list, state: dict[str, torch.Tensor]) -> None:
+    def read_lora_file(self, denoiser: torch.nn.Module, encoders: list,
+                       state: dict[str, torch.Tensor]) -> None:
         raise NotImplementedError
 
     def write_embeddings(self, vectors: list[dict[str, torch.Tensor]], step: int, out: Path,

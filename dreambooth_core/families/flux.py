@@ -80,7 +80,8 @@ class Flux(Family):
         TinyModel("tiny-flux-schnell", TINY_FLUX_VERSIONS["schnell"], TINY_FLUX_RESOLUTION,
                   functools.partial(build_tiny_flux_model, variant="schnell")))
     architectures = (
-        Architecture("flux1-dev", ("black-forest-labs/FLUX.1-dev",), functools.partial(write_flux_config_folder, "dev")),
+        Architecture("flux1-dev", ("black-forest-labs/FLUX.1-dev",),
+                     functools.partial(write_flux_config_folder, "dev")),
         Architecture("flux1-schnell", ("black-forest-labs/FLUX.1-schnell",),
                      functools.partial(write_flux_config_folder, "schnell")))
 
@@ -93,13 +94,15 @@ class Flux(Family):
         latent_channels = read_config(folder, "vae/config.json").get("latent_channels", 16)
         if transformer.get("in_channels") != 4 * latent_channels:
             raise unsupported(folder, "transformer/config.json",
-                              f"a FLUX.1 transformer taking in_channels={transformer.get('in_channels')} (FLUX.1 "
-                              f"Fill, Depth or Canny: conditioned on more than the latents; a text-to-image "
-                              f"model takes {4 * latent_channels})")
+                              "a FLUX.1 transformer taking "
+                              f"in_channels={transformer.get('in_channels')} (FLUX.1 Fill, Depth or "
+                              "Canny: conditioned on more than the latents; a text-to-image model "
+                              f"takes {4 * latent_channels})")
         for name, architecture in (("text_encoder", "CLIPTextModel"), ("text_encoder_2", "T5EncoderModel")):
             found = (read_config(folder, f"{name}/config.json").get("architectures") or [architecture])[0]
             if found != architecture:
-                raise unsupported(folder, f"{name}/config.json", f"its {name} is {found} (FLUX.1: {architecture})")
+                raise unsupported(folder, f"{name}/config.json",
+                                  f"its {name} is {found} (FLUX.1: {architecture})")
         return ModelFamily(family="flux1", prediction_type="flow_matching", resolution=_resolution(folder))
 
     def recognises_single_file(self, keys: set[str]) -> bool:
@@ -114,10 +117,12 @@ class Flux(Family):
         from dreambooth_core.model.hub_layout import save_pipeline
 
         if not options.get("config"):
-            raise ModelError(f"{weights.name} is a FLUX.1 transformer alone (Black Forest Labs' layout): pass "
-                             "--single-file-config with the diffusers folder or repo of its variant "
-                             "(black-forest-labs/FLUX.1-dev or FLUX.1-schnell) for its VAE and text encoders.")
-        pipeline = FluxPipeline.from_pretrained(options["config"], local_files_only=options["local_files_only"],
+            raise ModelError(f"{weights.name} is a FLUX.1 transformer alone (Black Forest Labs' "
+                             "layout): pass --single-file-config with the diffusers folder or repo "
+                             "of its variant (black-forest-labs/FLUX.1-dev or FLUX.1-schnell) for "
+                             "its VAE and text encoders.")
+        pipeline = FluxPipeline.from_pretrained(options["config"],
+                                                local_files_only=options["local_files_only"],
                                                 cache_dir=options["cache_dir"], token=options["token"])
         state = from_bfl_state(safetensors.torch.load_file(str(weights)))
         missing, unexpected = pipeline.transformer.load_state_dict(state, strict=False)
@@ -141,7 +146,8 @@ class Flux(Family):
             vae=load_component(AutoencoderKL, model_path, "vae", weights),
             text_encoder=load_component(CLIPTextModel, model_path, "text_encoder", weights, base),
             tokenizer=CLIPTokenizer.from_pretrained(model_path, subfolder="tokenizer"),
-            noise_scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(model_path, subfolder="scheduler"),
+            noise_scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(model_path,
+                                                                            subfolder="scheduler"),
             text_encoder_2=load_component(T5EncoderModel, model_path, "text_encoder_2", weights, base),
             tokenizer_2=AutoTokenizer.from_pretrained(model_path, subfolder="tokenizer_2"))
         return as_training_parts(parts, device)
@@ -192,7 +198,12 @@ class Flux(Family):
     # -- rendering ----------------------------------------------------------------
 
     def pipeline(self, model_path: str | Path, device: torch.device, trained: ModelParts | None = None):
-        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+        from diffusers import (
+            AutoencoderKL,
+            FlowMatchEulerDiscreteScheduler,
+            FluxPipeline,
+            FluxTransformer2DModel,
+        )
         from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, T5EncoderModel
 
         from dreambooth_core.families.rendering import load_for_inference, load_vae
@@ -203,12 +214,15 @@ class Flux(Family):
             vae=load_vae(AutoencoderKL, model_path, device),
             text_encoder=load_for_inference(CLIPTextModel, model_path, "text_encoder", device) if own
             else trained.text_encoder,
-            tokenizer=CLIPTokenizer.from_pretrained(model_path, subfolder="tokenizer") if own else trained.tokenizer,
-            text_encoder_2=load_for_inference(T5EncoderModel, model_path, "text_encoder_2", device) if own
+            tokenizer=CLIPTokenizer.from_pretrained(model_path, subfolder="tokenizer") if own
+            else trained.tokenizer,
+            text_encoder_2=load_for_inference(T5EncoderModel, model_path, "text_encoder_2", device)
+            if own
             else trained.text_encoder_2,
             tokenizer_2=AutoTokenizer.from_pretrained(model_path, subfolder="tokenizer_2") if own
             else trained.tokenizer_2,
-            transformer=load_for_inference(FluxTransformer2DModel, model_path, "transformer", device) if own
+            transformer=load_for_inference(FluxTransformer2DModel, model_path, "transformer", device)
+            if own
             else trained.denoiser)
 
     # -- exports --------------------------------------------------------------------
@@ -261,9 +275,9 @@ class Flux(Family):
 
 def refuse_min_snr(settings: TrainingSettings, title: str) -> None:
     if settings.min_snr_gamma:
-        raise ConfigError(f"--min-snr-gamma weights a DDPM model's noise levels by their signal-to-noise ratio; "
-                          f"{title} trains on a flow, where it does not apply. Leave it out, or train a "
-                          "Stable Diffusion model.")
+        raise ConfigError("--min-snr-gamma weights a DDPM model's noise levels by their "
+                          f"signal-to-noise ratio; {title} trains on a flow, where it does not "
+                          "apply. Leave it out, or train a Stable Diffusion model.")
 
 
 def t5_length(parts: ModelParts) -> int:
@@ -273,15 +287,18 @@ def t5_length(parts: ModelParts) -> int:
 
 
 def pack(latents: torch.Tensor) -> torch.Tensor:
-    """(batch, channels, height, width) -> (batch, tokens, channels x 4): each 2x2 patch a token, row by row."""
+    """(batch, channels, height, width) -> (batch, tokens, channels x 4): each 2x2 patch a token,
+    row by row."""
     b, c, h, w = latents.shape
-    return latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+    return latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(
+        b, (h // 2) * (w // 2), c * 4)
 
 
 def unpack(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
     b, _, features = tokens.shape
     c = features // 4
-    return tokens.view(b, height // 2, width // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, height, width)
+    return tokens.view(b, height // 2, width // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(
+        b, c, height, width)
 
 
 def image_ids(rows: int, columns: int, device: torch.device) -> torch.Tensor:

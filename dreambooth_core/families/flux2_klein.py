@@ -39,9 +39,17 @@ from dreambooth_core.families.family import (
     vae_scale,
 )
 from dreambooth_core.families.flux import refuse_min_snr
-from dreambooth_core.families.klein_configs import KLEIN_MAX_SEQUENCE_LENGTH, KLEIN_TEXT_OUT_LAYERS, write_klein_config_folder
+from dreambooth_core.families.klein_configs import (
+    KLEIN_MAX_SEQUENCE_LENGTH,
+    KLEIN_TEXT_OUT_LAYERS,
+    write_klein_config_folder,
+)
 from dreambooth_core.families.klein_lora import KLEIN_LORA_TARGETS
-from dreambooth_core.families.klein_tiny import TINY_KLEIN_RESOLUTION, TINY_KLEIN_VERSION, build_tiny_klein_model
+from dreambooth_core.families.klein_tiny import (
+    TINY_KLEIN_RESOLUTION,
+    TINY_KLEIN_VERSION,
+    build_tiny_klein_model,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -72,7 +80,8 @@ class Flux2Klein(Family):
     textual_inversion = TEXTUAL_INVERSION
     render_scheduler = "FlowMatchEulerDiscreteScheduler"
     default_guidance = 4.0  # the base model's classifier-free guidance (its pipeline's default)
-    tiny_models = (TinyModel("tiny-klein", TINY_KLEIN_VERSION, TINY_KLEIN_RESOLUTION, build_tiny_klein_model),)
+    tiny_models = (TinyModel("tiny-klein", TINY_KLEIN_VERSION, TINY_KLEIN_RESOLUTION,
+                             build_tiny_klein_model),)
     architectures = tuple(
         Architecture(f"flux2-{variant}", (repo,), functools.partial(write_klein_config_folder, variant))
         for repo, variant in (("black-forest-labs/FLUX.2-klein-base-4B", "klein-base-4b"),
@@ -87,8 +96,9 @@ class Flux2Klein(Family):
         vae = read_config(folder, "vae/config.json")
         if transformer.get("in_channels") != 4 * vae.get("latent_channels", 32):
             raise unsupported(folder, "transformer/config.json",
-                              f"a transformer taking in_channels={transformer.get('in_channels')} where the VAE's "
-                              f"2x2 patches have {4 * vae.get('latent_channels', 32)}")
+                              f"a transformer taking in_channels={transformer.get('in_channels')} "
+                              "where the VAE's 2x2 patches have "
+                              f"{4 * vae.get('latent_channels', 32)}")
         return ModelFamily(family="flux2-klein", prediction_type="flow_matching",
                            resolution=min(NATIVE_RESOLUTION, int(vae.get("sample_size", NATIVE_RESOLUTION))))
 
@@ -115,7 +125,8 @@ class Flux2Klein(Family):
             vae=load_component(AutoencoderKLFlux2, model_path, "vae", weights),
             text_encoder=load_component(Qwen3ForCausalLM, model_path, "text_encoder", weights, base),
             tokenizer=AutoTokenizer.from_pretrained(model_path, subfolder="tokenizer"),
-            noise_scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(model_path, subfolder="scheduler"))
+            noise_scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(model_path,
+                                                                            subfolder="scheduler"))
         return as_training_parts(parts, device)
 
     def token_judges(self, model_path: str | Path) -> dict[str, TextTokenizer]:
@@ -136,7 +147,8 @@ class Flux2Klein(Family):
         # The language model without its head: the hidden states are all the transformer reads, and
         # the head's logits (vocabulary x tokens) would be the largest tensor of the step.
         model = getattr(encoders[0], "model", encoders[0])
-        states = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, output_hidden_states=True,
+        states = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
+                       output_hidden_states=True,
                        use_cache=False).hidden_states
         layers = torch.stack([states[k] for k in KLEIN_TEXT_OUT_LAYERS], dim=2)  # (batch, tokens, 3, width)
         return Condition(layers.reshape(*layers.shape[:2], -1))
@@ -178,7 +190,8 @@ class Flux2Klein(Family):
             vae=load_vae(AutoencoderKLFlux2, model_path, device),
             text_encoder=load_for_inference(Qwen3ForCausalLM, model_path, "text_encoder", device) if own
             else trained.text_encoder,
-            tokenizer=AutoTokenizer.from_pretrained(model_path, subfolder="tokenizer") if own else trained.tokenizer,
+            tokenizer=AutoTokenizer.from_pretrained(model_path, subfolder="tokenizer") if own
+            else trained.tokenizer,
             transformer=load_for_inference(Flux2Transformer2DModel, model_path, "transformer", device) if own
             else trained.denoiser, is_distilled=distilled)
 

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from dreambooth_core.errors import ModelError
-from dreambooth_core.families.t5_tokenizer import write_tiny_t5_tokenizer
-from dreambooth_core.model.tiny import TINY_WORDS, write_tiny_tokenizer
+from dreambooth_core.model.tiny import TINY_WORDS, write_tiny_t5_tokenizer, write_tiny_tokenizer
 
 FLUX_VARIANTS = ("dev", "schnell")
 FLUX_HUB_REPOS = {"black-forest-labs/FLUX.1-dev": "dev", "black-forest-labs/FLUX.1-schnell": "schnell"}

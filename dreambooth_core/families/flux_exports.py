@@ -33,14 +33,16 @@ def full_model_files(model_path: str, parts: ModelParts, name: str, step: int, d
     from diffusers import FluxPipeline
 
     dtype = export_dtype(dtype)
-    pipeline = FluxPipeline.from_pretrained(model_path, transformer=parts.denoiser, text_encoder=parts.text_encoder,
+    pipeline = FluxPipeline.from_pretrained(model_path, transformer=parts.denoiser,
+                                            text_encoder=parts.text_encoder,
                                             text_encoder_2=parts.text_encoder_2).to(dtype=dtype)
     save_pipeline(pipeline, out / DIFFUSERS)
     transformer_file(pipeline.transformer, name, step, out / f"{name}.safetensors")
     return [DIFFUSERS, f"{name}.safetensors"]
 
 
-def transformer_file(transformer: torch.nn.Module, name: str, step: int, path: Path, half: bool = False) -> None:
+def transformer_file(transformer: torch.nn.Module, name: str, step: int, path: Path,
+                     half: bool = False) -> None:
     """The transformer in BFL's layout, in its own dtype (bf16 with `half`: a copy of each tensor)."""
     state = to_bfl_state(transformer.state_dict())
     if half:

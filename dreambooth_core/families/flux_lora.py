@@ -103,7 +103,8 @@ def flux_lora_state(transformer, text_encoder=None, adapter: str = "default",
 def save_flux_lora_file(transformer, text_encoder, path: Path, adapter: str = "default",
                         dtype: torch.dtype | None = None) -> Path:
     """Write the single .safetensors (see module doc) with kohya's network metadata."""
-    metadata = network_metadata(NETWORK_MODULE, next(iter(lora_layers(transformer, adapter).values())), adapter)
+    metadata = network_metadata(NETWORK_MODULE,
+                                next(iter(lora_layers(transformer, adapter).values())), adapter)
     save_safetensors(flux_lora_state(transformer, text_encoder, adapter, dtype), Path(path), metadata)
     return Path(path)
 

@@ -15,9 +15,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from dreambooth_core.families.flux_configs import T5_MODEL_MAX_LENGTH, flux_configs
-from dreambooth_core.families.t5_tokenizer import write_tiny_t5_tokenizer
 from dreambooth_core.model.hub_layout import save_pipeline
-from dreambooth_core.model.tiny import TINY_PIECES, TINY_WORDS, tiny_merges, write_tiny_tokenizer
+from dreambooth_core.model.tiny import (
+    TINY_PIECES,
+    TINY_WORDS,
+    tiny_merges,
+    write_tiny_t5_tokenizer,
+    write_tiny_tokenizer,
+)
 
 TINY_FLUX_RESOLUTION = 64
 TINY_FLUX_VERSIONS = {"dev": "tiny-flux-dev-v1", "schnell": "tiny-flux-schnell-v1"}

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from dreambooth_core.errors import ModelError
-from dreambooth_core.families.qwen_tokenizer import write_qwen_tokenizer
+from dreambooth_core.model.tiny import write_qwen_tokenizer
 
 # The text encoder's hidden states (index 0 = embeddings) stacked into the transformer's context,
 # as Flux2KleinPipeline does by default (diffusers' klein training script defaults to (10, 20, 30),
@@ -91,7 +91,7 @@ def klein_architecture(variant: str) -> KleinArchitecture:
 def write_klein_config_folder(variant: str, folder: Path) -> Path:
     """A diffusers folder holding only the configs of `variant` (a key of KLEIN_ARCHITECTURES).
 
-    The tokenizer is the small offline one (dreambooth_core/families/qwen_tokenizer.py): its ids
+    The tokenizer is the small offline one (dreambooth_core/model/tiny.py): its ids
     only index the text encoder's embedding, whose size comes from the config.
     """
     architecture = klein_architecture(variant)

@@ -41,13 +41,15 @@ class KleinObjective(FlowMatchingObjective):
 
     def latents(self, mean, std, generator, device):
         patches = patchify(mean)
-        return (patches - self.bn_mean.view(1, -1, 1, 1).to(patches)) / self.bn_std.view(1, -1, 1, 1).to(patches)
+        return (patches - self.bn_mean.view(1, -1, 1, 1).to(patches)) \
+            / self.bn_std.view(1, -1, 1, 1).to(patches)
 
 
 def patchify(latents: torch.Tensor) -> torch.Tensor:
     """(batch, channels, height, width) -> (batch, channels x 4, height / 2, width / 2), as FLUX.2 does."""
     b, c, h, w = latents.shape
-    return latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, c * 4, h // 2, w // 2)
+    return latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(
+        b, c * 4, h // 2, w // 2)
 
 
 def latent_ids(batch: int, height: int, width: int, device: torch.device) -> torch.Tensor:
@@ -65,7 +67,8 @@ def text_ids(batch: int, length: int, device: torch.device) -> torch.Tensor:
     return ids.reshape(1, length, 4).expand(batch, -1, -1)
 
 
-def full_model_files(model_path: str, parts: ModelParts, name: str, dtype: torch.dtype, out: Path) -> list[str]:
+def full_model_files(model_path: str, parts: ModelParts, name: str, dtype: torch.dtype,
+                     out: Path) -> list[str]:
     from diffusers import Flux2KleinPipeline
 
     dtype = torch.bfloat16 if dtype == torch.float16 else dtype
@@ -104,14 +107,16 @@ def transformer_into_folder(weights: Path, options: dict, folder: Path, log: log
         raise ModelError(f"{weights.name} is a FLUX.2 transformer alone (Black Forest Labs' layout): pass "
                          "--single-file-config with the diffusers folder or repo it belongs to (e.g. "
                          "black-forest-labs/FLUX.2-klein-base-4B) for its VAE and text encoder.")
-    pipeline = Flux2KleinPipeline.from_pretrained(options["config"], local_files_only=options["local_files_only"],
+    pipeline = Flux2KleinPipeline.from_pretrained(options["config"],
+                                                  local_files_only=options["local_files_only"],
                                                   cache_dir=options["cache_dir"], token=options["token"])
     missing, unexpected = pipeline.transformer.load_state_dict(
         from_bfl_state(safetensors.torch.load_file(str(weights))), strict=False)
     if missing or unexpected:
-        raise ModelError(f"{weights.name} does not fit the transformer of {options['config']} ({len(missing)} "
-                         f"weights missing, {len(unexpected)} unexpected, e.g. {(missing or unexpected)[0]}): "
-                         "pass --single-file-config of the same variant.")
+        raise ModelError(f"{weights.name} does not fit the transformer of {options['config']} "
+                         f"({len(missing)} weights missing, {len(unexpected)} unexpected, e.g. "
+                         f"{(missing or unexpected)[0]}): pass --single-file-config of the same "
+                         "variant.")
     save_pipeline(pipeline, folder)
     log.info("The transformer of %s took the place of %s's own", weights.name, options["config"])
 
@@ -130,6 +135,7 @@ def read_kohya_lora(transformer, state: dict[str, torch.Tensor]) -> None:
         if module.third is not None:  # the part of the fused qkv this layer is
             rows = up.shape[0] // 3
             down = down[module.third * rank:(module.third + 1) * rank]
-            up = up[module.third * rows:(module.third + 1) * rows, module.third * rank:(module.third + 1) * rank]
+            up = up[module.third * rows:(module.third + 1) * rows,
+                    module.third * rank:(module.third + 1) * rank]
         layer.lora_A["default"].weight.copy_(down)
         layer.lora_B["default"].weight.copy_(up)

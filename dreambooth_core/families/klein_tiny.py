@@ -8,7 +8,7 @@ It has klein's shape at a width that renders 64x64 in 2 steps on a CPU in a coup
   so that code which forgets to normalise latents gives other numbers;
 - a Qwen3ForCausalLM of width 16 with 36 layers like Qwen3-4B, so the family's real out layers
   KLEIN_TEXT_OUT_LAYERS = (9, 18, 27) apply unchanged (the transformer's context is 3 x 16 = 48 wide);
-- the offline Qwen2 tokenizer with Qwen's chat template (families/qwen_tokenizer.py);
+- the offline Qwen2 tokenizer with Qwen's chat template (model/tiny.py);
 - klein's scheduler config, and `is_distilled: false` in model_index.json.
 
 Weights come from a fixed seed and are saved as .safetensors, so every machine with the same torch
@@ -26,7 +26,7 @@ from dreambooth_core.families.klein_configs import (
     TRANSFORMER_4B,
     VAE,
 )
-from dreambooth_core.families.qwen_tokenizer import write_qwen_tokenizer
+from dreambooth_core.model.tiny import write_qwen_tokenizer
 
 TINY_KLEIN_VERSION = "tiny-klein-v1"
 TINY_KLEIN_RESOLUTION = 64

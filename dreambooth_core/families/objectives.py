@@ -128,7 +128,8 @@ def flow_objective(scheduler_config, patch: int, scaling_factor: float = 1.0, sh
     """The flow objective for a FlowMatchEulerDiscreteScheduler's config (its shift, static or by size)."""
     dynamic = None
     if scheduler_config.get("use_dynamic_shifting"):
-        dynamic = (scheduler_config.get("base_image_seq_len", 256), scheduler_config.get("max_image_seq_len", 4096),
+        dynamic = (scheduler_config.get("base_image_seq_len", 256),
+                   scheduler_config.get("max_image_seq_len", 4096),
                    scheduler_config.get("base_shift", 0.5), scheduler_config.get("max_shift", 1.15))
     return FlowMatchingObjective(float(scheduler_config.get("shift", 1.0)), dynamic, patch, scaling_factor,
                                  shift_factor, sample_latents)

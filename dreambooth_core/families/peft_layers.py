@@ -26,13 +26,15 @@ def lora_layers(model, adapter: str = "default") -> dict:
     for name, layer in layers.items():
         if layer.use_dora.get(adapter) or getattr(layer, "lora_bias", {}).get(adapter):
             raise ModelError(
-                f"The LoRA layer {name} uses DoRA or a LoRA bias, which the LoRA files AUTOMATIC1111, ComfyUI, "
-                "Forge and kohya load cannot hold. Train with plain LoRA (use_dora=False, lora_bias=False).")
+                f"The LoRA layer {name} uses DoRA or a LoRA bias, which the LoRA files "
+                "AUTOMATIC1111, ComfyUI, Forge and kohya load cannot hold. Train with plain LoRA "
+                "(use_dora=False, lora_bias=False).")
     return layers
 
 
 def peft_state(model, adapter: str = "default", dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """The adapter's lora_A / lora_B tensors under peft's own key names (what diffusers' LoRA folders hold)."""
+    """The adapter's lora_A / lora_B tensors under peft's own key names (what diffusers' LoRA
+    folders hold)."""
     from peft import get_peft_model_state_dict
 
     state = get_peft_model_state_dict(model, adapter_name=adapter)

@@ -24,7 +24,8 @@ def load_for_inference(kind, model_path: str | Path, subfolder: str, device: tor
                        dtype: torch.dtype | None = None) -> torch.nn.Module:
     """A frozen module of the folder on `device`, in `dtype` (default: the device's inference dtype)."""
     dtype = dtype or inference_dtype(device)
-    options = {"torch_dtype": dtype} if hasattr(kind, "load_config") else {"dtype": dtype}  # diffusers, transformers
+    # diffusers, transformers
+    options = {"torch_dtype": dtype} if hasattr(kind, "load_config") else {"dtype": dtype}
     module = kind.from_pretrained(model_path, subfolder=subfolder, **options)
     return module.to(device).requires_grad_(False).eval()
 

@@ -20,10 +20,12 @@ SD15_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, lat
                 down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                 sample_size=512, scaling_factor=0.18215)
 SD15_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12,
-                 num_hidden_layers=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
+                 num_hidden_layers=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                 projection_dim=768)
 SD15_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                       beta_schedule="scaled_linear", prediction_type="epsilon")
-SD21_UNET = dict(SD15_UNET, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True)
+SD21_UNET = dict(SD15_UNET, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
+                 use_linear_projection=True)
 SD21_TEXT = dict(SD15_TEXT, hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
                  num_hidden_layers=23, hidden_act="gelu", projection_dim=512)
 SD21_768_UNET = dict(SD21_UNET, sample_size=96, upcast_attention=True)
@@ -68,11 +70,12 @@ def write_config_folder(architecture: str, folder: Path) -> Path:
     files = {"model_index.json": {"_class_name": pipeline},
              "unet/config.json": {"_class_name": "UNet2DConditionModel", **unet},
              "vae/config.json": {"_class_name": "AutoencoderKL", **vae},
-             "text_encoder/config.json": {"architectures": ["CLIPTextModel"], "model_type": "clip_text_model", **text},
+             "text_encoder/config.json": {"architectures": ["CLIPTextModel"],
+                                          "model_type": "clip_text_model", **text},
              "scheduler/scheduler_config.json": {"_class_name": "DDPMScheduler", **scheduler}}
     if second:
-        files |= {"model_index.json": {"_class_name": pipeline, "text_encoder_2": ["transformers",
-                                                                                  "CLIPTextModelWithProjection"]},
+        files |= {"model_index.json": {"_class_name": pipeline,
+                                       "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]},
                   "text_encoder_2/config.json": {"architectures": ["CLIPTextModelWithProjection"],
                                                  "model_type": "clip_text_model", **second}}
     for relative, values in files.items():

@@ -153,7 +153,8 @@ def save_diffusers_lora(unet, text_encoder, folder: Path, adapter: str = "defaul
               "unet_lora_adapter_metadata": unet_config, "text_encoder_lora_adapter_metadata": text_config}
     if is_sdxl_unet(unet):
         text_state_2, text_config_2 = part(text_encoder_2, nested_key)
-        layers |= {"text_encoder_2_lora_layers": text_state_2, "text_encoder_2_lora_adapter_metadata": text_config_2}
+        layers |= {"text_encoder_2_lora_layers": text_state_2,
+                   "text_encoder_2_lora_adapter_metadata": text_config_2}
     pipeline = StableDiffusionXLPipeline if is_sdxl_unet(unet) else StableDiffusionPipeline
     pipeline.save_lora_weights(str(folder), safe_serialization=True, **layers)
     sort_metadata(folder / DIFFUSERS_FILE)

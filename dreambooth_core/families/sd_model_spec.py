@@ -25,7 +25,8 @@ def model_spec_metadata(family: ModelFamily, title: str) -> dict[str, str]:
     if family.family == "sd1":
         architecture, implementation = "stable-diffusion-v1", "https://github.com/CompVis/stable-diffusion"
     elif family.family == "sdxl":
-        architecture, implementation = "stable-diffusion-xl-v1-base", "https://github.com/Stability-AI/generative-models"
+        architecture, implementation = ("stable-diffusion-xl-v1-base",
+                                        "https://github.com/Stability-AI/generative-models")
     else:
         v = family.prediction_type == "v_prediction"
         architecture = "stable-diffusion-v2-768-v" if v else "stable-diffusion-v2-512"
@@ -55,7 +56,8 @@ def declared_spec(single_file: Path) -> tuple[str | None, int | None]:
         return None, None
     with safe_open(str(single_file), framework="pt") as file:
         metadata = file.metadata() or {}
-    prediction = {v: k for k, v in _PREDICTION_NAMES.items()}.get(metadata.get("modelspec.prediction_type", ""))
+    prediction = {v: k for k, v in _PREDICTION_NAMES.items()}.get(
+        metadata.get("modelspec.prediction_type", ""))
     width, _, height = metadata.get("modelspec.resolution", "").partition("x")
     resolution = int(width) if width.isdigit() and width == height else None
     return prediction, resolution

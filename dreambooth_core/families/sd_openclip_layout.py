@@ -45,7 +45,8 @@ _FIXED_KEYS = {"embeddings.token_embedding.weight": "token_embedding.weight",
                "final_layer_norm.weight": "ln_final.weight", "final_layer_norm.bias": "ln_final.bias"}
 
 
-def to_openclip_state(text_encoder, extras: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def to_openclip_state(text_encoder,
+                      extras: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The text encoder's weights under original SD 2.x names, plus the extras (see module doc).
 
     `extras` (keys without the prefix, as `read_extras` returns them) replace the neutral values.
@@ -87,7 +88,8 @@ def neutral_extras(text_encoder) -> dict[str, torch.Tensor]:
     config = text_encoder.config
     width, inner = config.hidden_size, config.intermediate_size
     like = text_encoder.get_input_embeddings().weight
-    zeros, ones = (lambda *shape: torch.zeros(shape, dtype=like.dtype)), (lambda n: torch.ones(n, dtype=like.dtype))
+    zeros, ones = (lambda *shape: torch.zeros(shape, dtype=like.dtype)), \
+        (lambda n: torch.ones(n, dtype=like.dtype))
     layer = f"transformer.resblocks.{config.num_hidden_layers}."
     shapes = {"attn.in_proj_weight": (3 * width, width), "attn.in_proj_bias": (3 * width,),
               "attn.out_proj.weight": (width, width), "attn.out_proj.bias": (width,),
@@ -172,5 +174,6 @@ def _rename_layers(state: dict[str, torch.Tensor], layers: int) -> dict[str, tor
                 renamed[f"{after}attn.in_proj_{param}"] = torch.cat([state.pop(name) for name in fused])
             for diffusers_name, original_name in _LAYER_PARTS.items():
                 if f"{before}{diffusers_name}.{param}" in state:
-                    renamed[f"{after}{original_name}.{param}"] = state.pop(f"{before}{diffusers_name}.{param}")
+                    renamed[f"{after}{original_name}.{param}"] = \
+                        state.pop(f"{before}{diffusers_name}.{param}")
     return renamed

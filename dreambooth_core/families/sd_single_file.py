@@ -1,4 +1,4 @@
-"""Stable Diffusion 1.x and 2.x weights in the original single-file layout.
+"""Stable Diffusion 1.x, 2.x and SDXL weights in the original single-file layout.
 
 Diffusers stores the UNet, VAE and text encoder as separate modules with their
 own key names; AUTOMATIC1111, ComfyUI and the original CompVis / Stability AI
@@ -7,7 +7,7 @@ module renames (never recomputes) the diffusers keys into that layout. The
 renaming is built from each model's config, so any block count or
 `layers_per_block` works. SD 2.x differs in two places: its UNet's proj_in /
 proj_out are linear layers (2-D weights, kept as they are, where SD 1.x has 1x1
-convolutions), and its text encoder is OpenCLIP (dreambooth_core/model/openclip_layout.py).
+convolutions), and its text encoder is OpenCLIP (sd_openclip_layout.py).
 
 The original layout does not record what the UNet predicts (epsilon or
 v-prediction). Loaders decide it themselves: diffusers' `from_single_file` takes
@@ -19,7 +19,7 @@ AUTOMATIC1111 runs the SD 2.x UNet on a test input (or reads a YAML beside the
 file); ComfyUI looks at the spread of one norm bias. So the .safetensors export
 also carries the Stability AI model-spec metadata (`modelspec.prediction_type`
 "epsilon" or "v", `modelspec.architecture`, `modelspec.resolution`; see
-dreambooth_core/model/model_spec.py) for tools that read it, this tool's conversion included.
+sd_model_spec.py) for tools that read it, this tool's conversion included.
 
 Every diffusers key must be known to the mapping: an unknown key (a LoRA layer,
 an SDXL embedding, ...) raises `ModelError` instead of being dropped.
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dreambooth_core.errors import ModelError
-from dreambooth_core.families.sd_openclip_layout import to_openclip_state
+from dreambooth_core.families.sd_openclip_layout import sdxl_openclip_state, to_openclip_state
 
 if TYPE_CHECKING:
     import torch
@@ -58,12 +58,13 @@ _TRANSFORMER_KEY = re.compile(
     r"\.(weight|bias)")
 _CLIP_KEY = re.compile(
     r"embeddings\.(token_embedding\.weight|position_embedding\.weight|position_ids)"
-    r"|encoder\.layers\.\d+\.(self_attn\.[qkv]_proj|self_attn\.out_proj|layer_norm[12]|mlp\.fc[12])\.(weight|bias)"
+    r"|encoder\.layers\.\d+\."
+    r"(self_attn\.[qkv]_proj|self_attn\.out_proj|layer_norm[12]|mlp\.fc[12])\.(weight|bias)"
     r"|final_layer_norm\.(weight|bias)")
 
 
-def to_single_file_state(unet, vae, text_encoder,
-                         openclip_extras: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def to_single_file_state(unet, vae, text_encoder, openclip_extras: Mapping[str, torch.Tensor] | None = None,
+                         ) -> dict[str, torch.Tensor]:
     """The three SD 1.x or 2.x modules' weights as one original-layout state dict.
 
     The family comes from the text encoder (OpenAI CLIP: SD 1.x, OpenCLIP: SD 2.x).
@@ -189,7 +190,8 @@ def _unet_up_rules(block_types: list[str], layers: list[int]) -> list[tuple[str,
         if i < len(block_types) - 1:
             # The upsampler sits in the block's last output block, after its resnet (and attention).
             slot = 2 if has_attention else 1
-            rules.append((f"up_blocks.{i}.upsamplers.0.conv.", f"output_blocks.{index - 1}.{slot}.conv.", _param))
+            rules.append((f"up_blocks.{i}.upsamplers.0.conv.",
+                          f"output_blocks.{index - 1}.{slot}.conv.", _param))
     return rules
 
 
@@ -214,7 +216,8 @@ def _vae_rules(config) -> list[tuple[str, str, Rule]]:
                   (f"{part}.conv_norm_out.", f"{part}.norm_out.", _param),
                   (f"{part}.conv_out.", f"{part}.conv_out.", _param),
                   (f"{part}.mid_block.resnets.0.", f"{part}.mid.block_1.", _renamed_modules(_VAE_RESNET)),
-                  (f"{part}.mid_block.attentions.0.", f"{part}.mid.attn_1.", _renamed_modules(_VAE_ATTENTION)),
+                  (f"{part}.mid_block.attentions.0.", f"{part}.mid.attn_1.",
+                   _renamed_modules(_VAE_ATTENTION)),
                   (f"{part}.mid_block.resnets.1.", f"{part}.mid.block_2.", _renamed_modules(_VAE_RESNET))]
     for i in range(blocks):
         is_last = i == blocks - 1
@@ -222,7 +225,8 @@ def _vae_rules(config) -> list[tuple[str, str, Rule]]:
             rules.append((f"encoder.down_blocks.{i}.resnets.{j}.", f"encoder.down.{i}.block.{j}.",
                           _renamed_modules(_VAE_RESNET)))
         if not is_last:
-            rules.append((f"encoder.down_blocks.{i}.downsamplers.0.conv.", f"encoder.down.{i}.downsample.conv.",
+            rules.append((f"encoder.down_blocks.{i}.downsamplers.0.conv.",
+                          f"encoder.down.{i}.downsample.conv.",
                           _param))
         # The original decoder counts its levels from the highest resolution, diffusers from the lowest.
         level = blocks - 1 - i
@@ -237,7 +241,8 @@ def _vae_rules(config) -> list[tuple[str, str, Rule]]:
 
 def _check_vae_blocks(config) -> None:
     types = {*config.down_block_types, *config.up_block_types}
-    if not types <= {"DownEncoderBlock2D", "UpDecoderBlock2D"} or not config.get("mid_block_add_attention", True):
+    if not types <= {"DownEncoderBlock2D", "UpDecoderBlock2D"} \
+            or not config.get("mid_block_add_attention", True):
         raise ModelError(
             f"The VAE's blocks ({', '.join(sorted(types))}) do not match a Stable Diffusion KL "
             f"autoencoder. Export this model in diffusers format only.")
@@ -278,3 +283,32 @@ def _rename_text_encoder(state: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     if unknown:
         raise _unknown_keys_error("text encoder", unknown)
     return renamed
+
+
+# SDXL weights in the original single-file layout (what AUTOMATIC1111, ComfyUI and
+# Stability AI's code load):
+#
+#     model.diffusion_model.*                          the UNet, as SD's (above), plus its
+#                                                      micro-conditioning MLP as label_emb.0.{0,2}
+#     first_stage_model.*                              the VAE, as SD's
+#     conditioner.embedders.0.transformer.text_model.* the first text encoder (OpenAI CLIP), HF names
+#     conditioner.embedders.1.model.*                  the second (OpenCLIP), fused attention and
+#                                                      text_projection (sd_openclip_layout.py)
+#
+# Key names follow diffusers' scripts/convert_diffusers_to_original_sdxl.py.
+
+FIRST_TEXT_PREFIX = "conditioner.embedders.0.transformer.text_model."
+SECOND_TEXT_PREFIX = "conditioner.embedders.1.model."
+_MICRO_CONDITIONING = [("add_embedding.linear_1.", "label_emb.0.0.", _param),
+                       ("add_embedding.linear_2.", "label_emb.0.2.", _param)]
+
+
+def to_sdxl_single_file_state(unet, vae, text_encoder, text_encoder_2) -> dict[str, torch.Tensor]:
+    """The four SDXL modules' weights as one original-layout state dict (sharing their memory)."""
+    state = _rename(unet.state_dict(), _unet_rules(unet.config) + _MICRO_CONDITIONING, UNET_PREFIX, "UNet")
+    vae_state = _rename(vae.state_dict(), _vae_rules(vae.config), VAE_PREFIX, "VAE")
+    state.update({key: _as_conv_1x1(key, tensor) for key, tensor in vae_state.items()})
+    first = _rename_text_encoder(text_encoder.state_dict())
+    state.update({FIRST_TEXT_PREFIX + key.split("text_model.", 1)[1]: t for key, t in first.items()})
+    state.update(sdxl_openclip_state(text_encoder_2, SECOND_TEXT_PREFIX))
+    return state

@@ -29,8 +29,8 @@ from dreambooth_core.families.family import (
 )
 from dreambooth_core.families.sd_configs import write_config_folder
 from dreambooth_core.families.sd_model_spec import apply_declared_spec
+from dreambooth_core.families.sd_single_file import SECOND_TEXT_PREFIX
 from dreambooth_core.families.sd_tiny import TINY_SDXL_RESOLUTION, TINY_SDXL_VERSION, build_tiny_sdxl_model
-from dreambooth_core.families.sdxl_single_file import SECOND_TEXT_PREFIX
 from dreambooth_core.families.stable_diffusion import (
     StableDiffusion,
     check_unet,
@@ -68,9 +68,10 @@ class Sdxl(StableDiffusion):
     def recognise(self, folder: Path, index: dict) -> ModelFamily | None:
         pipeline = index.get("_class_name", "")
         if ("Img2Img" in pipeline and "XL" in pipeline) or index.get("requires_aesthetics_score"):
-            raise unsupported(folder, "model_index.json", f"it is the SDXL refiner ({pipeline}, conditioned on an "
-                              "aesthetic score): it refines the base model's images and is not a base to train; "
-                              "use stabilityai/stable-diffusion-xl-base-1.0")
+            raise unsupported(folder, "model_index.json",
+                              f"it is the SDXL refiner ({pipeline}, conditioned on an "
+                              "aesthetic score): it refines the base model's images and is not a "
+                              "base to train; use stabilityai/stable-diffusion-xl-base-1.0")
         if "XL" in pipeline and "Inpaint" in pipeline:
             raise unsupported(folder, "model_index.json", f"it is an SDXL inpainting model ({pipeline})")
         if pipeline != PIPELINE and not ("text_encoder_2" in index and "unet" in index):
@@ -90,7 +91,8 @@ class Sdxl(StableDiffusion):
         from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
         parts = unet_parts(self, model_path, weights, base)
-        parts.text_encoder_2 = load_component(CLIPTextModelWithProjection, model_path, "text_encoder_2", weights,
+        parts.text_encoder_2 = load_component(CLIPTextModelWithProjection, model_path,
+                                              "text_encoder_2", weights,
                                               base)
         parts.tokenizer_2 = CLIPTokenizer.from_pretrained(model_path, subfolder="tokenizer_2")
         return as_training_parts(parts, device)
@@ -98,7 +100,8 @@ class Sdxl(StableDiffusion):
     def token_judges(self, model_path: str | Path) -> dict[str, TextTokenizer]:
         from dreambooth_core.captions.tokenizer import load_tokenizer
 
-        return {"tokenizer": load_tokenizer(model_path), "tokenizer_2": load_tokenizer(model_path, "tokenizer_2")}
+        return {"tokenizer": load_tokenizer(model_path),
+                "tokenizer_2": load_tokenizer(model_path, "tokenizer_2")}
 
     def predict(self, denoiser: torch.nn.Module, batch: NoisyBatch, condition: Condition,
                 images: list[ImageGeometry]) -> torch.Tensor:
@@ -115,8 +118,10 @@ class Sdxl(StableDiffusion):
 
         second = load_for_inference(CLIPTextModelWithProjection, model_path, "text_encoder_2", device) \
             if trained is None else trained.text_encoder_2
-        return StableDiffusionXLPipeline(**unet_pipeline_parts(model_path, device, trained), text_encoder_2=second,
-                                         tokenizer_2=CLIPTokenizer.from_pretrained(model_path, subfolder="tokenizer_2")
+        return StableDiffusionXLPipeline(**unet_pipeline_parts(model_path, device, trained),
+                                         text_encoder_2=second,
+                                         tokenizer_2=CLIPTokenizer.from_pretrained(model_path,
+                                                                                   subfolder="tokenizer_2")
                                          if trained is None else trained.tokenizer_2)
 
     def convert_single_file(self, weights: Path, options: dict, folder: Path, log: logging.Logger) -> None:

@@ -69,12 +69,14 @@ class StableDiffusion(Family):
     default_captions = "token"
     tiny_models = (
         TinyModel("tiny", TINY_VERSION, TINY_RESOLUTION, build_tiny_model),
-        TinyModel("tiny-sd2", TINY_SD2_VERSIONS["epsilon"], TINY_SD2_RESOLUTIONS["epsilon"], build_tiny_sd2_model),
+        TinyModel("tiny-sd2", TINY_SD2_VERSIONS["epsilon"], TINY_SD2_RESOLUTIONS["epsilon"],
+                  build_tiny_sd2_model),
         TinyModel("tiny-sd2-v", TINY_SD2_VERSIONS["v_prediction"], TINY_SD2_RESOLUTIONS["v_prediction"],
                   build_tiny_sd2_v_model))
     architectures = (
         Architecture("sd15", ("stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5",
-                              "CompVis/stable-diffusion-v1-4"), functools.partial(write_config_folder, "sd15")),
+                              "CompVis/stable-diffusion-v1-4"),
+                              functools.partial(write_config_folder, "sd15")),
         Architecture("sd21-512", ("stabilityai/stable-diffusion-2-1-base",),
                      functools.partial(write_config_folder, "sd21-512")),
         Architecture("sd21-768-v", ("stabilityai/stable-diffusion-2-1",),
@@ -105,7 +107,8 @@ class StableDiffusion(Family):
         from dreambooth_core.families.objectives import DiffusionObjective
 
         scheduler = parts.noise_scheduler
-        return DiffusionObjective(scheduler, parts.vae.config.scaling_factor, scheduler.config.prediction_type,
+        return DiffusionObjective(scheduler, parts.vae.config.scaling_factor,
+                                  scheduler.config.prediction_type,
                                   settings.min_snr_gamma)
 
     def predict(self, denoiser: torch.nn.Module, batch: NoisyBatch, condition: Condition,
@@ -155,7 +158,8 @@ class StableDiffusion(Family):
     def pipeline(self, model_path: str | Path, device: torch.device, trained: ModelParts | None = None):
         from diffusers import StableDiffusionPipeline
 
-        return StableDiffusionPipeline(**unet_pipeline_parts(model_path, device, trained), safety_checker=None,
+        return StableDiffusionPipeline(**unet_pipeline_parts(model_path, device, trained),
+                                       safety_checker=None,
                                        feature_extractor=None, requires_safety_checker=False)
 
     def convert_single_file(self, weights: Path, options: dict, folder: Path, log: logging.Logger) -> None:
@@ -197,8 +201,10 @@ def unet_pipeline_parts(model_path: str | Path, device: torch.device, trained: M
         vae=load_vae(AutoencoderKL, model_path, device),
         text_encoder=load_for_inference(CLIPTextModel, model_path, "text_encoder", device) if own
         else trained.text_encoder,
-        tokenizer=CLIPTokenizer.from_pretrained(model_path, subfolder="tokenizer") if own else trained.tokenizer,
-        unet=load_for_inference(UNet2DConditionModel, model_path, "unet", device) if own else trained.denoiser,
+        tokenizer=CLIPTokenizer.from_pretrained(model_path, subfolder="tokenizer") if own
+        else trained.tokenizer,
+        unet=load_for_inference(UNet2DConditionModel, model_path, "unet", device) if own
+        else trained.denoiser,
         scheduler=DPMSolverMultistepScheduler.from_pretrained(model_path, subfolder="scheduler"))
 
 
@@ -224,7 +230,8 @@ def prediction_type(folder: Path) -> str:
     prediction = scheduler.get("prediction_type", "epsilon")
     if prediction not in _PREDICTION_TYPES:
         raise unsupported(folder, "scheduler/scheduler_config.json",
-                          f"its scheduler has prediction_type={prediction!r} (supported: epsilon, v_prediction)")
+                          f"its scheduler has prediction_type={prediction!r} (supported: epsilon, "
+                          "v_prediction)")
     return prediction
 
 

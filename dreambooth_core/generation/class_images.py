@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from dreambooth_core.captions.classes import CLASS_PROMPT
+from dreambooth_core.captions.tokens import CLASS_PROMPT
 from dreambooth_core.config import TrainingSettings
 from dreambooth_core.errors import ConfigError
 from dreambooth_core.families import family_of_folder
@@ -21,7 +21,12 @@ from dreambooth_core.generation.generate import DEFAULT_BATCH, GenerationRequest
 from dreambooth_core.generation.own_images import prepare_own_images
 from dreambooth_core.generation.pipeline import DEFAULT_STEPS, build_pipeline
 from dreambooth_core.hashing import digest
-from dreambooth_core.session.class_images import ClassImages, ClassImageSet, open_class_store, save_class_manifest
+from dreambooth_core.session.class_images import (
+    ClassImages,
+    ClassImageSet,
+    open_class_store,
+    save_class_manifest,
+)
 from dreambooth_core.session.dataset_manifest import DatasetManifest, SubjectRecord, require_dataset_manifest
 from dreambooth_core.session.folder import Session
 
@@ -83,7 +88,8 @@ def build_class_images(session: Session, storage: str, model_path: str, model_di
         for size in sorted({size for sizes in shares.values() for size in sizes}) or [None]:
             own = prepare_own_images(store, own_folder, sorted(dataset.subjects), resolution, log, size)
             sets += [ClassImageSet(subject=t, prompt=prompts[t], source="folder", files=own[t],
-                                   size=list(size) if size else None) for t in prompts if _has(shares, t, size)]
+                                   size=list(size) if size else None)
+                     for t in prompts if _has(shares, t, size)]
     else:
         built: list = []  # the pipeline, built once when an image is missing
 
@@ -97,10 +103,12 @@ def build_class_images(session: Session, storage: str, model_path: str, model_di
             for size, share in _split(count, [shares.get(t, {}) for t in tokens]):
                 request = GenerationRequest(model_path, model_digest, prompt, resolution, seed, steps,
                                             guidance_scale, batch_size, size)
-                files, made = generate_images(store, request, share, torch.device(device), log, on_image, pipeline)
+                files, made = generate_images(store, request, share, torch.device(device), log,
+                                              on_image, pipeline)
                 generated += made
                 sets += [ClassImageSet(subject=t, prompt=prompt, source="generated", files=files,
-                                       size=list(size) if size else None) for t in tokens if _has(shares, t, size)]
+                                       size=list(size) if size else None)
+                         for t in tokens if _has(shares, t, size)]
     sets.sort(key=lambda s: (s.subject, s.size or []))
     manifest = ClassImages(storage=storage, resolution=resolution, sets=sets, generated=generated,
                            digest=digest([resolution, [s.recorded() for s in sets]]))

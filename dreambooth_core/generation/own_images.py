@@ -50,7 +50,8 @@ def prepare_own_images(store: Session, folder: str, subjects: list[str], resolut
                            + "\n  ".join(problems) + "\nRemove or replace them, or leave the class "
                            "images folder out to have class images generated.")
     log.info("Using %d class images of your own from %s%s", len(prepared), folder,
-             "; warnings: " + ", ".join(f"{code} x{n}" for code, n in sorted(warnings.items())) if warnings else "")
+             "; warnings: " + ", ".join(f"{code} x{n}" for code, n in sorted(warnings.items()))
+             if warnings else "")
     return {subject: [prepared[n] for n in sorted(named)] for subject, named in images.items()}
 
 

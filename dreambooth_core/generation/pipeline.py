@@ -4,7 +4,8 @@
 On the CPU autocast (bf16) is on only when a given module holds bf16 weights (LoRA and textual
 inversion trained under bf16, see training/frozen_weights.py). Each family's pipeline uses a
 scheduler that adds no noise between steps, so the images depend only on the weights, the prompt
-and the starting noise.
+and the starting noise. Without a GPU, a full-size model renders slowly: the expected time is told
+before rendering starts (below).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from PIL import Image
 
 from dreambooth_core.config import DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS
 from dreambooth_core.families import ModelParts, family_of_folder
+from dreambooth_core.reports.timing import duration_text
 
 DEFAULT_STEPS = DEFAULT_INFERENCE_STEPS
 DEFAULT_GUIDANCE = DEFAULT_GUIDANCE_SCALE
@@ -32,7 +34,8 @@ def build_pipeline(model_path: str, device: torch.device | str, trained: ModelPa
     if trained is not None:
         for module in (trained.denoiser, *trained.text_encoders):
             if _device_of(module).type != device.type:
-                raise ValueError(f"the given {type(module).__name__} is on {_device_of(module)}, not on {device}")
+                raise ValueError(f"the given {type(module).__name__} is on {_device_of(module)}, "
+                                 f"not on {device}")
     pipeline = family_of_folder(model_path).pipeline(model_path, device, trained)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
@@ -46,7 +49,8 @@ def render(pipeline, prompt: str, generators: list[torch.Generator], resolution:
     denoiser = denoiser_of(pipeline)
     device = _device_of(denoiser)
     width, height = size or (resolution, resolution)
-    encoders = [e for e in (pipeline.text_encoder, getattr(pipeline, "text_encoder_2", None)) if e is not None]
+    encoders = [e for e in (pipeline.text_encoder, getattr(pipeline, "text_encoder_2", None))
+                if e is not None]
     autocast = _autocast_dtype(device, denoiser, *encoders)
     with _evaluating(denoiser, *encoders), torch.no_grad(), \
             torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
@@ -90,3 +94,32 @@ def _evaluating(*modules: torch.nn.Module) -> Iterator[None]:
 
 def _device_of(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
+
+
+# How long rendering takes without a GPU, to warn before it starts.
+#
+# Measured with `benchmarks/render_speed.py --model sd15 --device cpu` on the development VM
+# (2 cores, torch 2.13 CPU build; BENCHMARKS.md): each denoising step of a 512 px image
+# (with classifier-free guidance, two UNet passes) takes 13.8 s, and the prompt's encoding
+# and the VAE decode 15 s more. Larger images cost about in proportion to their pixels.
+
+CPU_SECONDS_PER_STEP_512 = 13.8
+CPU_SECONDS_PER_IMAGE_512 = 15.0
+MEASURED_ON = "a 2-core CPU"
+
+
+def cpu_render_seconds(images: int, inference_steps: int, resolution: int) -> float:
+    """Seconds to render `images` images of a full-size SD 1.x/2.x model on the CPU, about."""
+    scale = (resolution / 512) ** 2
+    return images * (inference_steps * CPU_SECONDS_PER_STEP_512 + CPU_SECONDS_PER_IMAGE_512) * scale
+
+
+def cpu_render_warning(model: str, images: int, inference_steps: int, resolution: int) -> str | None:
+    """The warning for rendering on the CPU; None for the built-in tiny models (seconds)."""
+    if model.startswith("tiny"):
+        return None
+    seconds = cpu_render_seconds(images, inference_steps, resolution)
+    return (f"no CUDA GPU: rendering {images} image(s) of {inference_steps} steps at {resolution} px with "
+            f"{model} on the CPU takes about {duration_text(seconds)} (measured on {MEASURED_ON}: "
+            f"{CPU_SECONDS_PER_STEP_512:.1f} s per step at 512 px; benchmarks/render_speed.py). "
+            "A GPU renders each image in seconds; fewer images or --inference-steps shorten it.")

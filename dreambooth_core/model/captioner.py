@@ -32,7 +32,8 @@ MAX_NEW_TOKENS = 96
 BATCH = 8
 TINY_CAPTIONER = "tiny-captioner-v1"  # its cache folder and its name in cached captions
 TINY_SIZE = 64  # pixels; the vision tower downsamples 32x: 4 image tokens and a pooled one
-TINY_WORDS = ("a", "man", "woman", "young", "smiling", "wearing", "red", "jacket", "standing", "outdoors",
+TINY_WORDS = ("a", "man", "woman", "young", "smiling", "wearing", "red", "jacket", "standing",
+              "outdoors",
               "in", "with", "brown", "hair", "beard", "front", "of", "wall", "the", "sunlight")
 _SEED = 0
 
@@ -50,7 +51,8 @@ def fetch_captioner(spec: str, cache_dir: Path, token: str | None = None,
     if spec == "tiny":
         return build_once(Path(cache_dir) / TINY_CAPTIONER, build_tiny_captioner)[0]
     try:
-        return download_hub_snapshot(spec, Path(cache_dir) / "hub", CAPTIONER_FILES, token=token, log=log)
+        return download_hub_snapshot(spec, Path(cache_dir) / "hub", CAPTIONER_FILES, token=token,
+                                     log=log)
     except ModelError as exc:
         raise ModelError(f"the captioner of --captions auto: {exc} Or pass --captions token (the instance "
                          "prompt alone, no captioner).") from None
@@ -74,7 +76,8 @@ def load_captioner(folder: Path, device: str | None = None) -> Describe:
             inputs = processor(text=[CAPTION_TASK] * len(batch), images=batch, return_tensors="pt")
             inputs = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device)
                       for k, v in inputs.items()}
-            out = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, num_beams=1)
+            out = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+                                 num_beams=1)
             texts += [" ".join(t.split()) for t in processor.batch_decode(out, skip_special_tokens=True)]
         return texts
     return describe
@@ -91,23 +94,29 @@ def build_tiny_captioner(folder: Path) -> None:
     )
 
     specials = ["<s>", "<pad>", "</s>", "<unk>"]
-    vocab = specials + [f"\u0120{word}" for word in TINY_WORDS] + ["<image>"]  # \u0120: BPE's word start
+    # \u0120: BPE's word start
+    vocab = specials + [f"\u0120{word}" for word in TINY_WORDS] + ["<image>"]
     tokenizer = BartTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=[],
                               extra_special_tokens={"image_token": "<image>"})
-    images = CLIPImageProcessor(size={"height": TINY_SIZE, "width": TINY_SIZE}, do_center_crop=False)
+    images = CLIPImageProcessor(size={"height": TINY_SIZE, "width": TINY_SIZE},
+                                do_center_crop=False)
     images.image_seq_length = (TINY_SIZE // 32) ** 2 + 1
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SEED)
         model = Florence2ForConditionalGeneration(Florence2Config(
-            vision_config=dict(depths=[1, 1, 1, 1], embed_dim=[8, 8, 16, 16], num_heads=[1, 1, 2, 2],
+            vision_config=dict(depths=[1, 1, 1, 1], embed_dim=[8, 8, 16, 16],
+                               num_heads=[1, 1, 2, 2],
                                num_groups=[1, 1, 2, 2], window_size=2, projection_dim=16,
                                max_position_embeddings=8, drop_path_rate=0.0),
-            text_config=dict(model_type="bart", vocab_size=len(tokenizer), d_model=16, encoder_layers=1,
+            text_config=dict(model_type="bart", vocab_size=len(tokenizer), d_model=16,
+                             encoder_layers=1,
                              decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
                              encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=256,
-                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                             bos_token_id=tokenizer.bos_token_id,
+                             eos_token_id=tokenizer.eos_token_id,
                              pad_token_id=tokenizer.pad_token_id, forced_bos_token_id=None,
-                             decoder_start_token_id=tokenizer.eos_token_id, forced_eos_token_id=None),
+                             decoder_start_token_id=tokenizer.eos_token_id,
+                             forced_eos_token_id=None),
             image_token_id=tokenizer.image_token_id))
     # Random weights would end at once, or repeat one word: say a few different words.
     model.generation_config.min_new_tokens, model.generation_config.no_repeat_ngram_size = 8, 1

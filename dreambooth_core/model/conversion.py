@@ -27,7 +27,8 @@ SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors")
 Converter = Callable[[Path, dict, Path, logging.Logger], None]
 
 
-def convert_single_file(path: Path, sha256: str, cache_dir: Path, choose: Callable[[Path, Path], Converter],
+def convert_single_file(path: Path, sha256: str, cache_dir: Path,
+                        choose: Callable[[Path, Path], Converter],
                         model_config: str | None = None, hf_token: str | None = None,
                         log: logging.Logger = logging.getLogger("dreambooth")) -> Path:
     """The diffusers folder for the checkpoint at `path`, converted once per file content;
@@ -49,7 +50,8 @@ def convert_single_file(path: Path, sha256: str, cache_dir: Path, choose: Callab
             except Exception as exc:
                 raise _conversion_error(exc, path, model_config) from exc
 
-    folder, built = build_once(Path(cache_dir) / "converted" / converted_name(sha256, model_config), build)
+    folder, built = build_once(Path(cache_dir) / "converted" / converted_name(sha256, model_config),
+                               build)
     if not built:
         log.info("Using %s, converted before from %s", folder, path)
     return folder
@@ -132,16 +134,18 @@ def _conversion_error(exc: Exception, source: Path, model_config: str | None) ->
 
     config = f"--single-file-config {model_config!r}" if model_config else "no --single-file-config"
     unreachable = network_failure_in(exc)
-    offline = caused_by(exc, OfflineModeIsEnabled) or (isinstance(exc, LocalEntryNotFoundError) and not unreachable)
+    offline = caused_by(exc, OfflineModeIsEnabled) \
+        or (isinstance(exc, LocalEntryNotFoundError) and not unreachable)
     if not (offline or unreachable):
         return ModelError(
             f"Cannot convert {source} to diffusers form with {config} ({root_cause(exc)}). "
-            "Check that the file is a whole checkpoint of a supported model and that --single-file-config names "
-            "a diffusers model of the same architecture.")
-    why = (f"Cannot convert {source}: with {config}, diffusers fetches the architecture's config files "
-           f"from the Hugging Face hub, which failed ({root_cause(exc)}).")
-    fix = ("pass --single-file-config (single_file_config in a deployment) as a local diffusers folder of the "
-           "same architecture, such as the diffusers/ folder of the session that wrote the file, to convert offline")
+            "Check that the file is a whole checkpoint of a supported model and that "
+            "--single-file-config names a diffusers model of the same architecture.")
+    why = (f"Cannot convert {source}: with {config}, diffusers fetches the architecture's config "
+           f"files from the Hugging Face hub, which failed ({root_cause(exc)}).")
+    fix = ("pass --single-file-config (single_file_config in a deployment) as a local diffusers "
+           "folder of the same architecture, such as the diffusers/ folder of the session that "
+           "wrote the file, to convert offline")
     if offline:
         return ModelError(f"{why} Either {fix}, or allow network access for one run.")
     return NetworkError(f"{why} Try again when the hub is reachable, or {fix}.")

@@ -48,7 +48,8 @@ def download_file(url: str, target: Path, token: str | None = None,
     is discarded and downloaded again; a downloaded one that fails it is discarded and refused
     (ModelError naming the cache folder), so the next run asks the server again."""
     target = Path(target)
-    with file_lock(target.with_name(target.name + ".lock")):  # two runs must not append to one .part
+    # two runs must not append to one .part
+    with file_lock(target.with_name(target.name + ".lock")):
         if target.is_file():
             problem = check(target)
             if problem is None:
@@ -79,7 +80,8 @@ def _download_to_part(url: str, part: Path, token: str | None, log: logging.Logg
     except httpx.HTTPStatusError as exc:
         raise http_status_error(url, exc.response.status_code, exc.response.reason_phrase) from exc
     except httpx.TransportError as exc:
-        kept = f" The part downloaded so far is kept in {part}; the next run resumes it." if part.is_file() else ""
+        kept = f" The part downloaded so far is kept in {part}; the next run resumes it." \
+            if part.is_file() else ""
         raise NetworkError(
             f"Downloading {url} failed ({type(exc).__name__}: {exc or 'no details'}). "
             f"Check the network and run again.{kept}") from exc
@@ -91,11 +93,12 @@ def http_status_error(url: str, status: int, reason: str = "") -> Exception:
     answer = f"HTTP {status} {reason}".strip()
     if status in (401, 403):
         return ModelError(
-            f"{url} refused access ({answer}): the file is private or gated. For a Hugging Face file, "
-            "accept its terms on the model page and pass a token (hf_token or HF_TOKEN); "
+            f"{url} refused access ({answer}): the file is private or gated. For a Hugging Face "
+            "file, accept its terms on the model page and pass a token (hf_token or HF_TOKEN); "
             "otherwise use a link that works without logging in.")
     if status in (404, 410):
-        return ModelError(f"{url} was not found ({answer}). Check the link; copy it from the model's download button.")
+        return ModelError(f"{url} was not found ({answer}). Check the link; copy it from the "
+                          "model's download button.")
     if status in (408, 429) or status >= 500:
         return NetworkError(f"{url} is busy or failing ({answer}). Try again later.")
     return ModelError(f"{url} answered {answer}. Check the link.")
@@ -127,7 +130,8 @@ def _stream_to_part(client: httpx.Client, url: str, part: Path, log: logging.Log
         _fetch_into(client, url, part, 0, log)
 
 
-def _fetch_into(client: httpx.Client, url: str, part: Path, offset: int, log: logging.Logger) -> bool:
+def _fetch_into(client: httpx.Client, url: str, part: Path, offset: int,
+                log: logging.Logger) -> bool:
     """Stream `url` into `part`, continuing at `offset` if the server allows.
 
     False when the server says `offset` lies beyond its file (HTTP 416).
@@ -150,14 +154,16 @@ def _fetch_into(client: httpx.Client, url: str, part: Path, offset: int, log: lo
     size = part.stat().st_size
     if total is not None and size != total:
         raise NetworkError(
-            f"Downloading {url} stopped at {size} of {total} bytes. Run again to resume from {part}.")
+            f"Downloading {url} stopped at {size} of {total} bytes. Run again to resume from "
+            f"{part}.")
     return True
 
 
 def _copy_body(response: httpx.Response, stream, done: int, total: int | None, url: str,
                log: logging.Logger) -> None:
     last_report = time.monotonic()
-    bar = progress_bar(total, f"download {url_filename(url)}", initial=done, unit="B")  # [ui] on a terminal
+    # [ui] on a terminal
+    bar = progress_bar(total, f"download {url_filename(url)}", initial=done, unit="B")
     for chunk in response.iter_bytes():  # no chunk size: keep every byte that arrived if cut off
         stream.write(chunk)
         done += len(chunk)

@@ -59,7 +59,8 @@ class ModelSources:
     accepted: str
 
 
-def fetch_model_files(spec: str, cache_dir: Path, sources: ModelSources, revision: str | None = None,
+def fetch_model_files(spec: str, cache_dir: Path, sources: ModelSources,
+                      revision: str | None = None,
                       model_config: str | None = None, hf_token: str | None = None,
                       log: logging.Logger = logging.getLogger("dreambooth")) -> FetchedModel:
     """Make the model named by `spec` available locally, fetching or converting it only once.
@@ -68,7 +69,8 @@ def fetch_model_files(spec: str, cache_dir: Path, sources: ModelSources, revisio
     hub repo id of the same architecture) to single-file checkpoints.
     """
     if not spec.strip():
-        raise ModelError(f"No model given (the model spec {spec!r} is empty). Pass one of: {sources.accepted}.")
+        raise ModelError(f"No model given (the model spec {spec!r} is empty). Pass one of: "
+                         f"{sources.accepted}.")
     cache_dir = Path(cache_dir).expanduser()
     _warn_unused_options(spec, revision, model_config, sources, log)
     if spec in sources.tiny:
@@ -84,10 +86,12 @@ def fetch_model_files(spec: str, cache_dir: Path, sources: ModelSources, revisio
         _check_single_file(local, spec)
         return _from_single_file(local, spec, cache_dir, model_config, hf_token, sources, log)
     if _looks_like_path(spec):
-        raise ModelError(f"Model {spec!r}: no such file or folder. Check the path; accepted are {sources.accepted}.")
+        raise ModelError(f"Model {spec!r}: no such file or folder. Check the path; accepted are "
+                         f"{sources.accepted}.")
     if looks_like_hub_id(spec):
         return _from_hub(spec, cache_dir, revision, hf_token, sources, log)
-    raise ModelError(f"Model {spec!r} is not a model this tool can find. Accepted are {sources.accepted}.")
+    raise ModelError(f"Model {spec!r} is not a model this tool can find. Accepted are "
+                     f"{sources.accepted}.")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -109,35 +113,40 @@ def folder_digest(folder: Path) -> str:
     return sha.hexdigest()
 
 
-def _fetch_tiny(spec: str, cache_dir: Path, sources: ModelSources, log: logging.Logger) -> FetchedModel:
+def _fetch_tiny(spec: str, cache_dir: Path, sources: ModelSources,
+                log: logging.Logger) -> FetchedModel:
     version, build = sources.tiny[spec]
     folder, built = build_once(cache_dir / "tiny" / version, build)
     log.info("%s the %s model in %s", "Built" if built else "Using", spec, folder)
     return FetchedModel(path=str(folder.resolve()), digest=version, kind="tiny", source=spec)
 
 
-def _from_hub(spec: str, cache_dir: Path, revision: str | None, hf_token: str | None, sources: ModelSources,
+def _from_hub(spec: str, cache_dir: Path, revision: str | None, hf_token: str | None,
+              sources: ModelSources,
               log: logging.Logger) -> FetchedModel:
     folder = download_hub_model(spec, cache_dir / "hub", revision, hf_token, log)
     sources.recognise(folder)
-    check_folder_weights(folder, spec, f"The repo's files do not belong together as they are in the "
-                         f"model cache: delete {folder.parents[1]} to download them again, or pass "
-                         "another --revision.")
+    check_folder_weights(folder, spec, "The repo's files do not belong together as they are in the "
+                                       f"model cache: delete {folder.parents[1]} to download them "
+                                       "again, or pass another --revision.")
     return FetchedModel(path=str(folder), digest=folder.name, kind="hub", source=spec)
 
 
 def _from_local_folder(folder: Path, spec: str, sources: ModelSources) -> FetchedModel:
     if not (folder / "model_index.json").is_file():
         raise ModelError(
-            f"Model folder {spec!r} is not a diffusers model: it has no model_index.json. Point at the folder "
-            "that holds model_index.json beside each part's folder, or at a .safetensors/.ckpt file.")
+            f"Model folder {spec!r} is not a diffusers model: it has no model_index.json. Point at "
+            "the folder that holds model_index.json beside each part's folder, or at a "
+            ".safetensors/.ckpt file.")
     sources.recognise(folder)
     for part in weight_parts(folder):
         _require_safetensors(folder, part, spec)
-    check_folder_weights(folder, spec, "The folder mixes files of two models, or a copy of it stopped "
-                         "halfway: copy the whole model folder again from its source (each part's "
-                         "config.json with its weights), or point --model at the original folder.")
-    return FetchedModel(path=str(folder.resolve()), digest=folder_digest(folder), kind="local", source=spec)
+    check_folder_weights(folder, spec, "The folder mixes files of two models, or a copy of it "
+                                       "stopped halfway: copy the whole model folder again from "
+                                       "its source (each part's config.json with its weights), or "
+                                       "point --model at the original folder.")
+    return FetchedModel(path=str(folder.resolve()), digest=folder_digest(folder), kind="local",
+                        source=spec)
 
 
 def weight_parts(folder: Path) -> list[str]:
@@ -163,10 +172,12 @@ def _require_safetensors(folder: Path, part: str, spec: str) -> None:
         ".ckpt file instead (read with weights_only=True, running no code).")
 
 
-def _from_single_file(file: Path, spec: str, cache_dir: Path, model_config: str | None, hf_token: str | None,
+def _from_single_file(file: Path, spec: str, cache_dir: Path, model_config: str | None,
+                      hf_token: str | None,
                       sources: ModelSources, log: logging.Logger) -> FetchedModel:
     sha256 = file_sha256(file, cache_dir)
-    folder = convert_single_file(file, sha256, cache_dir, sources.choose_converter, model_config, hf_token, log)
+    folder = convert_single_file(file, sha256, cache_dir, sources.choose_converter, model_config,
+                                 hf_token, log)
     sources.recognise(folder)
     return FetchedModel(path=str(folder.resolve()), digest=sha256, kind="single_file", source=spec)
 
@@ -183,15 +194,17 @@ def _check_single_file(file: Path, spec: str) -> None:
     """Before any reader sees it: a web page saved under a model's name is named as such."""
     problem = weights_file_problem(file)
     if problem is not None:
-        raise ModelError(f"Model {spec!r} is {problem}. Download the file again (its direct download "
-                         "link; a site may answer with a login or error page), and pass its path.")
+        raise ModelError(f"Model {spec!r} is {problem}. Download the file again (its direct "
+                         "download link; a site may answer with a login or error page), and pass "
+                         "its path.")
 
 
 def _check_single_file_name(name: str, spec: str, sources: ModelSources) -> None:
     if not name.lower().endswith(SINGLE_FILE_SUFFIXES):
         raise ModelError(
             f"Model {spec!r} is not a .ckpt or .safetensors file. Accepted are {sources.accepted}. "
-            "For a download link without the file name in it, download the file and pass its local path.")
+            "For a download link without the file name in it, download the file and pass its local "
+            "path.")
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -203,12 +216,14 @@ def _is_hidden(file: Path, folder: Path) -> bool:
     return any(part.startswith(".") for part in file.relative_to(folder).parts)
 
 
-def _warn_unused_options(spec: str, revision: str | None, model_config: str | None, sources: ModelSources,
+def _warn_unused_options(spec: str, revision: str | None, model_config: str | None,
+                         sources: ModelSources,
                          log: logging.Logger) -> None:
     is_url = spec.lower().startswith(("http://", "https://"))
     if revision and (spec in sources.tiny or is_url or Path(spec).expanduser().exists()):
-        log.warning("revision %r is ignored: it applies only to Hugging Face repo ids, not %r", revision, spec)
+        log.warning("revision %r is ignored: it applies only to Hugging Face repo ids, not %r",
+                    revision, spec)
     name = url_filename(spec) if is_url else spec
     if model_config and not name.lower().endswith(SINGLE_FILE_SUFFIXES):
-        log.warning("model_config %r is ignored: it applies only to .ckpt/.safetensors files, not %r",
-                    model_config, spec)
+        log.warning("model_config %r is ignored: it applies only to .ckpt/.safetensors files, not "
+                    "%r", model_config, spec)

@@ -35,7 +35,8 @@ def check_folder_weights(folder: Path, spec: str, fix: str) -> None:
     problems = [problem for part, library, name in _weight_parts(folder)
                 if (problem := _part_problem(folder, part, library, name))]
     if problems:
-        raise ModelError(f"Model folder {spec!r} does not fit together: {'; '.join(problems)}. {fix}")
+        raise ModelError(f"Model folder {spec!r} does not fit together: {'; '.join(problems)}. "
+                         f"{fix}")
 
 
 def _weight_parts(folder: Path) -> list[tuple[str, str, str]]:
@@ -81,8 +82,8 @@ def _part_problem(folder: Path, part: str, library: str, class_name: str) -> str
     if len(differ) > _SHOWN:
         said.append(f"{len(differ) - _SHOWN} more tensors differ")
     if missing:
-        said.append(f"{len(missing)} tensor(s) the config needs are missing ({', '.join(missing[:_SHOWN])}"
-                    f"{', ...' if len(missing) > _SHOWN else ''})")
+        said.append(f"{len(missing)} tensor(s) the config needs are missing "
+                    f"({', '.join(missing[:_SHOWN])}{', ...' if len(missing) > _SHOWN else ''})")
     return f"the {part}'s weights ({shown_files}) do not match {part}/config.json: {'; '.join(said)}"
 
 

@@ -25,15 +25,18 @@ def looks_like_hub_id(spec: str) -> bool:
     return bool(_HUB_ID.fullmatch(spec)) and ".." not in spec
 
 
-def download_hub_model(repo_id: str, hub_cache: Path, revision: str | None = None, token: str | None = None,
+def download_hub_model(repo_id: str, hub_cache: Path, revision: str | None = None,
+                       token: str | None = None,
                        log: logging.Logger = logging.getLogger("dreambooth")) -> Path:
     """The local snapshot folder of diffusers model `repo_id`, downloading it only if it is not cached."""
-    folder = download_hub_snapshot(repo_id, hub_cache, HUB_FILES, SKIPPED_HUB_FILES, revision, token, log)
+    folder = download_hub_snapshot(repo_id, hub_cache, HUB_FILES, SKIPPED_HUB_FILES, revision,
+                                   token, log)
     _check_diffusers_snapshot(folder, repo_id)
     return folder
 
 
-def download_hub_snapshot(repo_id: str, hub_cache: Path, allow: list[str], ignore: list[str] | None = None,
+def download_hub_snapshot(repo_id: str, hub_cache: Path, allow: list[str],
+                          ignore: list[str] | None = None,
                           revision: str | None = None, token: str | None = None,
                           log: logging.Logger = logging.getLogger("dreambooth")) -> Path:
     """The files of `repo_id` matching `allow`, downloaded only if they are not cached.
@@ -48,7 +51,8 @@ def download_hub_snapshot(repo_id: str, hub_cache: Path, allow: list[str], ignor
     try:
         folder = _cached_snapshot(repo_id, options)
         if folder is None:
-            log.info("Downloading %s%s from the Hugging Face hub", repo_id, f" at {revision}" if revision else "")
+            log.info("Downloading %s%s from the Hugging Face hub", repo_id,
+                     f" at {revision}" if revision else "")
             folder = Path(snapshot_download(repo_id, **options))
         else:
             log.info("Using %s from the cache %s", repo_id, folder)
@@ -70,7 +74,8 @@ def _cached_snapshot(repo_id: str, options: dict) -> Path | None:
         return None
 
 
-def hub_error(exc: BaseException, repo_id: str, revision: str | None, hub_cache: Path) -> Exception | None:
+def hub_error(exc: BaseException, repo_id: str, revision: str | None,
+              hub_cache: Path) -> Exception | None:
     """A ModelError or NetworkError telling the user what went wrong, or None if `exc` is unexpected."""
     from huggingface_hub.errors import (
         DisabledRepoError,
@@ -89,17 +94,19 @@ def hub_error(exc: BaseException, repo_id: str, revision: str | None, hub_cache:
             "then pass a token with access (hf_token or the HF_TOKEN environment variable).")
     if isinstance(exc, RepositoryNotFoundError):
         return ModelError(
-            f"No model {repo_id!r} on the Hugging Face hub, or it is private. Check the id (owner/name, "
-            "as in the model page's address), or pass a token if it is private. "
-            f"If you meant a local folder, there is no folder {repo_id!r}.")
+            f"No model {repo_id!r} on the Hugging Face hub, or it is private. Check the id "
+            "(owner/name, as in the model page's address), or pass a token if it is private. If "
+            f"you meant a local folder, there is no folder {repo_id!r}.")
     if isinstance(exc, RevisionNotFoundError):
         return ModelError(
             f"{repo_id} has no revision {revision!r}. Pass a branch, tag or commit that exists "
             f"(see {page}/commits/main) with --revision, or leave it out for the main branch.")
     if isinstance(exc, DisabledRepoError):
-        return ModelError(f"{repo_id} has been disabled on the Hugging Face hub. Choose another base model.")
+        return ModelError(f"{repo_id} has been disabled on the Hugging Face hub. Choose another "
+                          "base model.")
     if isinstance(exc, HFValidationError):
-        return ModelError(f"{repo_id!r} is not a valid Hugging Face repo id: {exc}. Use the form owner/name.")
+        return ModelError(f"{repo_id!r} is not a valid Hugging Face repo id: {exc}. Use the form "
+                          "owner/name.")
     if caused_by(exc, OfflineModeIsEnabled):
         return ModelError(
             f"{repo_id} is not in the model cache ({hub_cache}) and HF_HUB_OFFLINE is set, "
@@ -111,8 +118,8 @@ def hub_error(exc: BaseException, repo_id: str, revision: str | None, hub_cache:
             f"The Hugging Face hub refused access to {repo_id} (HTTP {status}). "
             f"Pass a token that can read {page} (hf_token or HF_TOKEN).")
     if status is not None and status < 500 and status not in (408, 429):
-        return ModelError(f"The Hugging Face hub answered HTTP {status} for {repo_id} ({root_cause(exc)}). "
-                          "Check the repo id and revision.")
+        return ModelError(f"The Hugging Face hub answered HTTP {status} for {repo_id} "
+                          f"({root_cause(exc)}). Check the repo id and revision.")
     if status is not None or isinstance(exc, LocalEntryNotFoundError) or is_connection_failure(exc):
         return NetworkError(
             f"Could not download {repo_id} from the Hugging Face hub ({root_cause(exc)}). "
@@ -159,8 +166,9 @@ def root_cause(exc: BaseException) -> str:
 def _check_diffusers_snapshot(folder: Path, repo_id: str) -> None:
     if not (folder / "model_index.json").is_file():
         raise ModelError(
-            f"{repo_id} is not a diffusers model (it has no model_index.json). If it offers a single "
-            ".safetensors or .ckpt file, pass that file's download URL (or a local copy) instead.")
+            f"{repo_id} is not a diffusers model (it has no model_index.json). If it offers a "
+            "single .safetensors or .ckpt file, pass that file's download URL (or a local copy) "
+            "instead.")
     if not any(folder.glob("*/*.safetensors")):
         raise ModelError(
             f"{repo_id} has no .safetensors weights outside the skipped variants {SKIPPED_HUB_FILES}. "

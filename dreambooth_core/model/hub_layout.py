@@ -105,7 +105,8 @@ def write_slow_tokenizer_files(folder: Path) -> None:
         (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
         added = {t["content"]: t["id"] for t in data.get("added_tokens", []) if t["content"] not in vocab}
         if added:
-            (folder / "added_tokens.json").write_text(json.dumps(added, ensure_ascii=False), encoding="utf-8")
+            (folder / "added_tokens.json").write_text(json.dumps(added, ensure_ascii=False),
+                                                      encoding="utf-8")
     _clean_tokenizer_config(folder)
 
 

@@ -15,8 +15,10 @@ if TYPE_CHECKING:
     import torch
 
 
-def save_single_file(state: Mapping[str, torch.Tensor], path: Path, fmt: Literal["safetensors", "ckpt"],
-                     global_step: int | None = None, metadata: Mapping[str, str] | None = None) -> None:
+def save_single_file(state: Mapping[str, torch.Tensor], path: Path,
+                     fmt: Literal["safetensors", "ckpt"],
+                     global_step: int | None = None,
+                     metadata: Mapping[str, str] | None = None) -> None:
     """Write `state` to `path` as safetensors or as a weights-only-loadable .ckpt.
 
     `metadata` (text only; e.g. `model_spec.model_spec_metadata(...)`) goes into the .safetensors header.

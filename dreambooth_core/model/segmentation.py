@@ -40,7 +40,8 @@ def fetch_segmenter(spec: str, cache_dir: Path, token: str | None = None,
                     log: logging.Logger = logging.getLogger("dreambooth")) -> Path:
     if spec == "tiny":
         return build_once(Path(cache_dir) / "tiny-clipseg", build_tiny_segmenter)[0]
-    return download_hub_snapshot(CLIPSEG_REPO, Path(cache_dir) / "hub", FILES, ["*/*"], token=token, log=log)
+    return download_hub_snapshot(CLIPSEG_REPO, Path(cache_dir) / "hub", FILES, ["*/*"], token=token,
+                                 log=log)
 
 
 class Segmenter:
@@ -55,14 +56,16 @@ class Segmenter:
     @torch.no_grad()
     def probabilities(self, image: Image.Image, prompt: str) -> np.ndarray:
         """[height, width] in [0, 1], at the image's own size."""
-        inputs = self.processor(text=[prompt], images=[image.convert("RGB")], padding=True, return_tensors="pt")
+        inputs = self.processor(text=[prompt], images=[image.convert("RGB")], padding=True,
+                                return_tensors="pt")
         logits = self.model(**inputs).logits  # [h, w] for one image (the batch dimension squeezed)
         return _resized(torch.sigmoid(logits.reshape(1, 1, *logits.shape[-2:])), image.size)
 
 
 def _resized(probabilities: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     width, height = size
-    out = torch.nn.functional.interpolate(probabilities.float(), size=(height, width), mode="bilinear",
+    out = torch.nn.functional.interpolate(probabilities.float(), size=(height, width),
+                                          mode="bilinear",
                                           align_corners=False)
     return out[0, 0].clamp(0, 1).numpy()
 
@@ -83,7 +86,8 @@ def build_tiny_segmenter(folder: Path) -> None:
         torch.manual_seed(_SEED)
         model = CLIPSegForImageSegmentation(CLIPSegConfig(
             **tiny_clip_configs(tokenizer, _TINY_WIDTH, TINY_IMAGE_SIZE),
-            projection_dim=_TINY_WIDTH, reduce_dim=16, extract_layers=[0, 1], decoder_num_attention_heads=2,
+            projection_dim=_TINY_WIDTH, reduce_dim=16, extract_layers=[0, 1],
+            decoder_num_attention_heads=2,
             decoder_intermediate_size=32))
     model.save_pretrained(folder, safe_serialization=True)
     size = {"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}

@@ -27,8 +27,8 @@ from dreambooth_core.model.hub import download_hub_snapshot, looks_like_hub_id
 
 VAE_FILES = ["config.json", "diffusion_pytorch_model.safetensors"]
 # What decides the latent space; a VAE that differs here encodes latents the UNet never saw.
-ARCHITECTURE = ("_class_name", "latent_channels", "block_out_channels", "layers_per_block", "down_block_types",
-                "up_block_types", "in_channels", "out_channels")
+ARCHITECTURE = ("_class_name", "latent_channels", "block_out_channels", "layers_per_block",
+                "down_block_types", "up_block_types", "in_channels", "out_channels")
 
 
 def with_vae(model: FetchedModel, spec: str, cache_dir: Path, hf_token: str | None = None,
@@ -39,11 +39,13 @@ def with_vae(model: FetchedModel, spec: str, cache_dir: Path, hf_token: str | No
     digest = hashlib.sha256(f"{model.digest}\0vae\0{vae_digest}".encode()).hexdigest()
     composed, built = build_once(Path(cache_dir) / "with-vae" / digest[:24],
                                  lambda temp: _link_parts(Path(model.path), folder, temp))
-    log.info("%s %s with the VAE %s (%s)", "Combined" if built else "Using", model.source, spec, composed)
+    log.info("%s %s with the VAE %s (%s)", "Combined" if built else "Using", model.source, spec,
+             composed)
     return model.model_copy(update={"path": str(composed), "digest": digest})
 
 
-def _fetch_vae(spec: str, cache_dir: Path, hf_token: str | None, log: logging.Logger) -> tuple[Path, str]:
+def _fetch_vae(spec: str, cache_dir: Path, hf_token: str | None,
+               log: logging.Logger) -> tuple[Path, str]:
     local = Path(spec).expanduser()
     if local.is_dir():
         folder = local / "vae" if (local / "model_index.json").is_file() else local
@@ -61,11 +63,13 @@ def check_vae_spec(spec: str) -> None:
     if local.is_dir():
         return
     if local.exists():
-        raise ModelError(f"--vae {spec!r} is a file; give the folder that holds the VAE's config.json and "
-                         ".safetensors weights (a diffusers VAE), or a Hugging Face repo id of one.")
+        raise ModelError(f"--vae {spec!r} is a file; give the folder that holds the VAE's "
+                         "config.json and .safetensors weights (a diffusers VAE), or a Hugging "
+                         "Face repo id of one.")
     if not looks_like_hub_id(spec) or spec.startswith((".", "/", "~")):
-        raise ModelError(f"--vae {spec!r}: no such folder, and not a Hugging Face repo id (owner/name). "
-                         "Check the path, or give a repo id like madebyollin/sdxl-vae-fp16-fix.")
+        raise ModelError(f"--vae {spec!r}: no such folder, and not a Hugging Face repo id "
+                         "(owner/name). Check the path, or give a repo id like "
+                         "madebyollin/sdxl-vae-fp16-fix.")
 
 
 def _content_digest(folder: Path, cache_dir: Path) -> str:
@@ -92,9 +96,9 @@ def _check_same_architecture(folder: Path, own: Path, spec: str, model: str) -> 
     differ = [f"{key} {given.get(key)!r} (the model's: {expected.get(key)!r})"
               for key in ARCHITECTURE if _norm(given.get(key)) != _norm(expected.get(key))]
     if differ:
-        raise ModelError(f"--vae {spec!r} is not a VAE of {model}'s kind: {'; '.join(differ)}. "
-                         "Its latents would not be the ones the UNet knows; give a VAE made for this model "
-                         "family (SDXL: madebyollin/sdxl-vae-fp16-fix), or leave --vae out.")
+        raise ModelError(f"--vae {spec!r} is not a VAE of {model}'s kind: {'; '.join(differ)}. Its "
+                         "latents would not be the ones the UNet knows; give a VAE made for this "
+                         "model family (SDXL: madebyollin/sdxl-vae-fp16-fix), or leave --vae out.")
 
 
 def _read_config(path: Path, spec: str) -> dict:

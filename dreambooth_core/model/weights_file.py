@@ -41,8 +41,8 @@ def safetensors_shapes(path: Path) -> dict[str, list[int]]:
         if len(head) < 8 or length > MAX_HEADER_BYTES:
             raise WeightsFileProblem(_not_safetensors(head + file.read(_HEAD_BYTES), size))
         if length > size - 8:
-            raise WeightsFileProblem(f"cut off: its header alone takes {length:,} bytes but the file "
-                                     f"holds {size - 8:,} after its length ({_STOPPED_EARLY})")
+            raise WeightsFileProblem(f"cut off: its header alone takes {length:,} bytes but the "
+                                     f"file holds {size - 8:,} after its length ({_STOPPED_EARLY})")
         try:
             header = json.loads(file.read(length))
         except ValueError:
@@ -57,8 +57,8 @@ def safetensors_shapes(path: Path) -> dict[str, list[int]]:
         raise WeightsFileProblem("not a safetensors file: its header does not list tensors") from None
     held = size - 8 - length
     if end > held:
-        raise WeightsFileProblem(f"cut off: its header lists {end:,} bytes of tensors but the file holds "
-                                 f"{held:,} ({_STOPPED_EARLY})")
+        raise WeightsFileProblem(f"cut off: its header lists {end:,} bytes of tensors but the file "
+                                 f"holds {held:,} ({_STOPPED_EARLY})")
     return shapes
 
 
@@ -80,8 +80,8 @@ def _ckpt_problem(path: Path) -> str | None:
         head = file.read(_HEAD_BYTES)
     if head.startswith(b"PK\x03\x04"):
         # zipfile finds the archive's directory at the end of the file: a cut-off file has none.
-        return None if zipfile.is_zipfile(path) else ("a zip archive (the form torch.save writes) that "
-                                                     f"is cut off ({_STOPPED_EARLY})")
+        return None if zipfile.is_zipfile(path) else ("a zip archive (the form torch.save writes) "
+                                                      f"that is cut off ({_STOPPED_EARLY})")
     if len(head) >= 2 and head[0] == 0x80 and head[1] in _PICKLE_PROTOCOLS:
         return None  # a pickle from before PyTorch 1.6: read later with weights_only=True
     text = _as_text(head)
@@ -106,7 +106,8 @@ def _as_text(head: bytes) -> str | None:
     if not sample:
         return "an empty file" if not head else "blank text"
     text = sample.decode("utf-8", errors="ignore")
-    if b"\x00" in sample or len(text.encode()) < len(sample) - 3:  # binary, bar a character cut in two
+    # binary, bar a character cut in two
+    if b"\x00" in sample or len(text.encode()) < len(sample) - 3:
         return None
     if any(not (c.isprintable() or c in "\t\r\n") for c in text):
         return None

@@ -30,7 +30,8 @@ def bucket_grid(resolution: int, step: int) -> list[Size]:
     multiples of `step`, narrowest first."""
     area = resolution * resolution
     sizes = set()
-    for width in range(step, resolution + 1, step):  # the tall ones and the square; the wide ones mirror them
+    # the tall ones and the square; the wide ones mirror them
+    for width in range(step, resolution + 1, step):
         height = area // width // step * step
         if height / width <= MAX_ASPECT:
             sizes |= {(width, height), (height, width)}
@@ -44,7 +45,8 @@ def nearest_bucket(size: Size, grid: list[Size]) -> Size:
     return min(grid, key=lambda b: (round(abs(math.log(b[0] / b[1]) - aspect), 9), -b[0] * b[1]))
 
 
-def box_around(size: Size, face: tuple[int, int, int, int] | None, shape: Size) -> tuple[int, int, int, int]:
+def box_around(size: Size, face: tuple[int, int, int, int] | None,
+               shape: Size) -> tuple[int, int, int, int]:
     """The largest box of `shape`'s aspect ratio in an image of `size`, centred on `face` as far as
     the edges allow (else centred). A square `shape` gives crop.square_around's box."""
     width, height = size
@@ -65,8 +67,8 @@ def bucket_lines(sizes: list[Size]) -> tuple[list[str], list[str]]:
     """(one line per bucket with its photo count, a warning per bucket that holds one photo)."""
     counts = Counter(sizes)
     lines = [f"{w}x{h}: {n} photo{'s' * (n != 1)}" for (w, h), n in sorted(counts.items())]
-    lonely = [f"bucket {w}x{h} holds one photo: a batch from it repeats that photo (with --batch-size above 1) "
-              "and it gets the fewest class images; add photos of a similar shape, or crop it to the shape "
-              "of another bucket"
+    lonely = [f"bucket {w}x{h} holds one photo: a batch from it repeats that photo (with "
+              "--batch-size above 1) and it gets the fewest class images; add photos of a similar "
+              "shape, or crop it to the shape of another bucket"
               for (w, h), n in sorted(counts.items()) if n == 1 and len(counts) > 1]
     return lines, lonely

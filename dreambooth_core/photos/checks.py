@@ -24,11 +24,13 @@ Severity = Literal["error", "warning", "note"]
 
 # Extensions each format may carry. MPO is the multi-picture JPEG phones write.
 FORMAT_EXTENSIONS = {"JPEG": (".jpg", ".jpeg"), "MPO": (".jpg", ".jpeg"), "PNG": (".png",),
-                     "WEBP": (".webp",), "BMP": (".bmp",), "TIFF": (".tif", ".tiff"), "GIF": (".gif",)}
+                     "WEBP": (".webp",), "BMP": (".bmp",), "TIFF": (".tif", ".tiff"),
+                     "GIF": (".gif",)}
 # Pillow's own limit (about 89 megapixels): above it, its DecompressionBombWarning
 # is raised here as an error, before any pixel is decoded.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
-ANALYSIS_SIDE = 512        # longest side of the copy that sharpness, light and faces are measured on
+# longest side of the copy that sharpness, light and faces are measured on
+ANALYSIS_SIDE = 512
 BLURRY_BELOW = 50.0        # variance of the Laplacian on that copy (sharp photos: hundreds or more)
 # ...and that variance relative to the photo's own contrast (sharp: 0.1 or more, blurred: 0.01):
 # a dark or low-contrast photo has a low Laplacian variance without being blurry.
@@ -37,7 +39,8 @@ DARK_BELOW = 40.0          # mean luminance, 0-255
 BLOWN_OUT_ABOVE = 0.30     # share of pixels at 250 or brighter
 EXTREME_ASPECT = 2.0       # long side / short side above which a square crop keeps under half
 CLOSE_UP_FROM, HALF_BODY_FROM = 0.30, 0.12   # face height / photo height
-SIGNIFICANT_FACE = 0.4     # faces smaller than this share of the largest one's height are background
+# faces smaller than this share of the largest one's height are background
+SIGNIFICANT_FACE = 0.4
 UNSAFE_NAME = re.compile(r'[\x00-\x1f\x7f\\:*?"<>|#%]')
 MAX_NAME_LENGTH = 150
 
@@ -89,7 +92,8 @@ def check_name(facts: PhotoFacts) -> None:
     name = PurePosixPath(facts.name).name
     try:
         name.encode("utf-8")
-        undecodable = re.search(r"\\x[0-9a-f]{2}", name) is not None  # escaped by the folder listing
+        # escaped by the folder listing
+        undecodable = re.search(r"\\x[0-9a-f]{2}", name) is not None
     except UnicodeEncodeError:
         undecodable = True
     if undecodable:
@@ -102,7 +106,8 @@ def check_name(facts: PhotoFacts) -> None:
         facts.add("unsafe-name", "error", f"the file name contains characters that break paths, "
                   f"URLs or captions: {shown}", f"rename it, e.g. to {safe_name(name)!r}")
     elif len(name) > MAX_NAME_LENGTH or name != name.strip():
-        facts.add("unsafe-name", "error", "the file name is longer than 150 characters or starts or "
+        facts.add("unsafe-name", "error",
+                  "the file name is longer than 150 characters or starts or "
                   "ends with a space", f"rename it, e.g. to {safe_name(name)!r}")
 
 
@@ -119,7 +124,7 @@ def check_photo(name: str, data: bytes, resolution: int, accepted_extensions: se
     try:
         orientation = image.getexif().get(0x0112, 1)
         transposed = ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001 - a malformed EXIF block must not hide the photo's other checks
+    except Exception:  # noqa: BLE001 - a malformed EXIF block must not hide the other checks
         orientation, transposed = 1, image
         facts.add("bad-exif", "warning", "its EXIF metadata is malformed, so its orientation "
                   "cannot be read; it is used as stored", "re-save the photo in an image editor")

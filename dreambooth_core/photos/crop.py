@@ -150,7 +150,8 @@ def prepare_photo(name: str, data: bytes, resolution: int, box: Box | None = Non
         # enough pixels for the crop and for the face detector's own copy
         wanted = max(max(target) * DRAFT_MARGIN, faces.DETECT_SIDE) / min(raw_width, raw_height)
         if image.format == "JPEG" and wanted < 0.5:
-            drafted = image.draft("RGB", (math.ceil(raw_width * wanted), math.ceil(raw_height * wanted)))
+            drafted = image.draft("RGB",
+                                  (math.ceil(raw_width * wanted), math.ceil(raw_height * wanted)))
             if drafted is not None:
                 scale = raw_width / drafted[1][2]
         image.load()

@@ -23,7 +23,8 @@ def dhash(image: Image.Image) -> int:
 
 
 def phash(image: Image.Image) -> int:
-    grey = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
+    grey = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.LANCZOS),
+                      dtype=np.float64)
     dct = _dct_matrix()
     low = (dct @ grey @ dct.T)[:8, :8].flatten()
     return _bits(low > np.median(low[1:]))

@@ -19,19 +19,22 @@ SUBJECT_FROM = 0.5     # a pixel is the subject's where the mask is at least thi
 NO_SUBJECT_BELOW = 0.01  # a mask with less of the image on the subject found none
 
 
-def mask_from_file(name: str, data: bytes, photo_size: tuple[int, int], crop_box: tuple[int, int, int, int],
+def mask_from_file(name: str, data: bytes, photo_size: tuple[int, int],
+                   crop_box: tuple[int, int, int, int],
                    size: tuple[int, int]) -> bytes:
     """The user's mask of a photo of upright `photo_size`, cropped to `crop_box` and resized to `size`."""
     image = ImageOps.exif_transpose(open_photo(name, data)).convert("L")
     if image.size != photo_size:
         raise DatasetError(f"{name}: the mask is {image.size[0]}x{image.size[1]} pixels but its photo is "
-                           f"{photo_size[0]}x{photo_size[1]}; save the mask at the photo's size (white on the "
-                           "subject, black elsewhere), or delete it to have the subject found automatically.")
+                           f"{photo_size[0]}x{photo_size[1]}; save the mask at the photo's size "
+                           "(white on the subject, black elsewhere), or delete it to have the "
+                           "subject found automatically.")
     return encode_png(image.crop(crop_box).resize(size, Image.Resampling.BILINEAR))
 
 
 def mask_from_probabilities(probabilities: np.ndarray) -> bytes:
-    return encode_png(Image.fromarray((np.clip(probabilities, 0, 1) * 255).round().astype(np.uint8), "L"))
+    return encode_png(Image.fromarray((np.clip(probabilities, 0, 1) * 255).round().astype(np.uint8),
+                                      "L"))
 
 
 def mask_values(png: bytes) -> np.ndarray:

@@ -140,7 +140,8 @@ def _printable(name: str) -> str:
 def folder_files(location: str | Path) -> dict[str, Reader]:
     """{name relative to the folder: reader of its bytes} (folder_entries; deeper folders read as b"")."""
     fs, entries = folder_entries(location)
-    return {name: (lambda p=path: fs.cat_file(p)) if path else (lambda: b"") for name, path in entries.items()}
+    return {name: (lambda p=path: fs.cat_file(p)) if path else (lambda: b"")
+            for name, path in entries.items()}
 
 
 def find_photos(folder: str | Path) -> list[Path] | list[str]:
@@ -149,7 +150,8 @@ def find_photos(folder: str | Path) -> list[Path] | list[str]:
     found = [path for name, path in entries.items() if path and is_image(name)]
     if not found:
         raise _no_photos(str(folder))
-    return [Path(p) for p in found] if isinstance(fs, LocalFileSystem) else [fs.unstrip_protocol(p) for p in found]
+    return [Path(p) for p in found] if isinstance(fs, LocalFileSystem) \
+        else [fs.unstrip_protocol(p) for p in found]
 
 
 def _no_photos(source: str) -> DatasetError:
@@ -234,7 +236,8 @@ def hashing_readers(files: dict[str, Reader]) -> tuple[dict[str, Reader], dict[s
     return {name: hashing(name, read) for name, read in files.items()}, hashes
 
 
-def checked_copies(session: Session, state: SessionState, copies: dict[str, Reader], hashes: dict[str, str],
+def checked_copies(session: Session, state: SessionState, copies: dict[str, Reader],
+                   hashes: dict[str, str],
                    originals: dict[str, Reader] | None, log: logging.Logger) -> PhotoSet:
     """The session's photo set once its copies in photos/ (`copies`; `hashes`: those already
     read) are checked against the sha256s recorded at the import. A copy edited (or a caption

@@ -61,7 +61,8 @@ def method(buckets: int = 0) -> str:
     """Everything besides the photo and the resolution that decides a prepared image; `buckets`: the
     step of the aspect-ratio buckets' sides (buckets.py), 0 for squares."""
     detector = faces.current_detector()
-    made = f"v{PREPARE_VERSION}/{getattr(detector, '__module__', '?')}.{getattr(detector, '__qualname__', '?')}"
+    made = (f"v{PREPARE_VERSION}/{getattr(detector, '__module__', '?')}."
+            f"{getattr(detector, '__qualname__', '?')}")
     return made + (f"/buckets-v{BUCKETS_VERSION}:{buckets}" if buckets else "")
 
 
@@ -117,12 +118,14 @@ def prepare_dataset(session: Session, photos: dict[str, str], resolution: int,
     for name in names:
         file = prepared_file(photos[name], resolution, buckets)
         if file in known:
-            items[name] = DatasetItem(file=file, source=f"{PHOTOS}/{name}", source_sha256=photos[name],
+            items[name] = DatasetItem(file=file, source=f"{PHOTOS}/{name}",
+                                      source_sha256=photos[name],
                                       crop_box=known[file].crop_box, face_box=known[file].face_box,
                                       sha256=known[file].sha256, size=known[file].size)
     todo = [name for name in names if name not in items]
     problems = []
-    results = prepare_many([(name, session.read_bytes(f"{PHOTOS}/{name}")) for name in todo], resolution, workers,
+    results = prepare_many([(name, session.read_bytes(f"{PHOTOS}/{name}")) for name in todo],
+                           resolution, workers,
                            buckets)
     bar = progress_bar(len(todo), "prepare photos", unit="photo")  # [ui] on a terminal
     for name, result in zip(todo, results):
@@ -135,7 +138,8 @@ def prepare_dataset(session: Session, photos: dict[str, str], resolution: int,
         items[name] = DatasetItem(file=file, source=f"{PHOTOS}/{name}", source_sha256=photos[name],
                                   crop_box=list(result.crop_box),
                                   face_box=list(result.face_box) if result.face_box else None,
-                                  sha256=_sha256(result.png), size=list(result.size) if result.size else None)
+                                  sha256=_sha256(result.png),
+                                  size=list(result.size) if result.size else None)
     bar.close()
     if problems:
         raise DatasetError("some photos cannot be used:\n  " + "\n  ".join(problems))
@@ -145,7 +149,8 @@ def prepare_dataset(session: Session, photos: dict[str, str], resolution: int,
     return [items[name] for name in names]
 
 
-def build_dataset(session: Session, photos: PhotoSet, resolution: int, log: logging.Logger | None = None,
+def build_dataset(session: Session, photos: PhotoSet, resolution: int,
+                  log: logging.Logger | None = None,
                   workers: int | None = None, buckets: int = 0) -> PreparedDataset:
     """Prepare the imported photos, reusing every image already prepared for them.
 
@@ -168,9 +173,11 @@ def build_dataset(session: Session, photos: PhotoSet, resolution: int, log: logg
                  f"; {remade} made again" if remade else "")
         return _summary(manifest, remade)
     images = {name: photos.files[name] for name in photos.photos}
-    items = prepare_dataset(session, images, resolution, log, old.items if old else (), workers, buckets)
+    items = prepare_dataset(session, images, resolution, log, old.items if old else (), workers,
+                            buckets)
     made = method(buckets)
-    manifest = DatasetManifest(resolution=resolution, photos_digest=photos.digest, method=made, items=items,
+    manifest = DatasetManifest(resolution=resolution, photos_digest=photos.digest, method=made,
+                               items=items,
                                digest=DatasetManifest.prepared_digest(resolution, photos.digest, made, items))
     _report_buckets(manifest, log)
     session.write_bytes(CONTACT_SHEET, contact_sheet([session.read_bytes(i.file) for i in items]))
@@ -180,7 +187,8 @@ def build_dataset(session: Session, photos: PhotoSet, resolution: int, log: logg
     return _summary(manifest, sum(1 for i in items if i.file not in before))
 
 
-def _heal(session: Session, manifest: DatasetManifest, log: logging.Logger) -> tuple[DatasetManifest, int]:
+def _heal(session: Session, manifest: DatasetManifest,
+          log: logging.Logger) -> tuple[DatasetManifest, int]:
     """The manifest with every prepared image intact: one missing or changed is made again from
     its photo at the recorded crop (the same image), with a warning; sha256s an older manifest
     lacks are recorded. Returns it and how many images were made again."""
@@ -200,9 +208,9 @@ def _remake(session: Session, item: DatasetItem, resolution: int) -> DatasetItem
     photo = session.read_bytes(item.source)
     if _sha256(photo) != item.source_sha256:
         raise DatasetError(
-            f"{session.url}/{item.source} changed since {item.file} was prepared from it, so the image "
-            "cannot be made again. Put the photo back (run with --photos and the folder the session was "
-            "started with), or start a new --session.")
+            f"{session.url}/{item.source} changed since {item.file} was prepared from it, so the "
+            "image cannot be made again. Put the photo back (run with --photos and the folder the "
+            "session was started with), or start a new --session.")
     png = prepare_photo(item.source, photo, resolution, tuple(item.crop_box),
                         size=tuple(item.size) if item.size else None).png
     session.write_bytes(item.file, png)
@@ -217,8 +225,8 @@ def _intact(session: Session, item: DatasetItem, log: logging.Logger) -> Dataset
     if found is not None and item.sha256 in (None, found):
         return item.model_copy(update={"sha256": found})
     why = "missing" if data is None else "not the image that was prepared (its sha256 differs)"
-    log.warning("%s/%s (prepared from %s) is %s; preparing it again from the photo", session.url, item.file,
-                item.source, why)
+    log.warning("%s/%s (prepared from %s) is %s; preparing it again from the photo", session.url,
+                item.file, item.source, why)
     return None
 
 
@@ -259,4 +267,5 @@ def _remove_unlisted(session: Session, files: set[str]) -> None:
 def _summary(manifest: DatasetManifest, prepared: int) -> PreparedDataset:
     sizes = Counter(f"{item.size[0]}x{item.size[1]}" for item in manifest.items if item.size)
     return PreparedDataset(count=len(manifest.items), resolution=manifest.resolution,
-                           digest=manifest.digest, prepared=prepared, buckets=dict(sorted(sizes.items())))
+                           digest=manifest.digest, prepared=prepared,
+                           buckets=dict(sorted(sizes.items())))

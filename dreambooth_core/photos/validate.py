@@ -19,8 +19,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dreambooth_core.captions.classes import PERSON_WORDS, class_word_for, parse_class_words
-from dreambooth_core.captions.tokens import token_from_filename, token_from_folder
+from dreambooth_core.captions.tokens import (
+    PERSON_WORDS,
+    class_word_for,
+    parse_class_words,
+    token_from_filename,
+    token_from_folder,
+)
 from dreambooth_core.config import CaptionSettings, CheckSettings
 from dreambooth_core.errors import DatasetError
 from dreambooth_core.photos.checks import PhotoFacts, Problem, check_photo
@@ -67,7 +72,8 @@ class ValidationSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True)
     resolution: int
-    resolution_from: str = Field("--resolution", description="Where the resolution came from, for the report.")
+    resolution_from: str = Field("--resolution",
+                                 description="Where the resolution came from, for the report.")
     token: str | None = None
     class_word: str | None = None
     subject_type: Literal["auto", "person", "other"] = "auto"
@@ -163,7 +169,8 @@ def validate_folder(folder: str | Path, settings: ValidationSettings) -> Dataset
     return validate_files(folder_files(folder), settings, str(folder))
 
 
-def validate_files(files: dict[str, Reader], settings: ValidationSettings, source: str) -> DatasetReport:
+def validate_files(files: dict[str, Reader], settings: ValidationSettings,
+                   source: str) -> DatasetReport:
     """Check every photo, then the set: duplicates, counts and composition per subject."""
     photos, ignored = _sort_files(files)
     if not photos:
@@ -190,7 +197,8 @@ def validate_files(files: dict[str, Reader], settings: ValidationSettings, sourc
     facts = {name: f for name, (f, _) in results.items()}
     for name in photos:
         if not subjects[name]:
-            facts[name].add("no-identifier", "error", "no identifier in the file name", "name photos "
+            facts[name].add("no-identifier", "error", "no identifier in the file name",
+                            "name photos "
                             "after the subject's identifier, e.g. 'shrk (1).jpg', or pass --token")
     _check_duplicates(facts, {name: digest for name, (_, digest) in results.items() if digest})
     subject_reports = [_subject_report(token, class_word_for(token, words), person[token],
@@ -283,7 +291,8 @@ def _photo_report(facts: PhotoFacts, subject: str | None) -> PhotoReport:
     verdict = "error" if "error" in severities else "warning" if "warning" in severities else "ok"
     return PhotoReport(name=facts.name, verdict=verdict, subject=subject, width=facts.width,
                        height=facts.height, format=facts.format, mode=facts.mode,
-                       faces=None if facts.faces is None else len(facts.faces), framing=facts.framing,
+                       faces=None if facts.faces is None else len(facts.faces),
+                       framing=facts.framing,
                        sharpness=None if facts.sharpness is None else round(facts.sharpness, 1),
                        brightness=None if facts.brightness is None else round(facts.brightness, 1),
                        problems=problems)
@@ -379,8 +388,10 @@ def report_markdown(report: DatasetReport) -> str:
         size = f"{p.width}x{p.height}" if p.width else "-"
         faces = "-" if p.faces is None else str(p.faces)
         codes = ", ".join(f"{x.code} ({x.severity})" for x in p.problems) or "-"
-        lines.append(f"| {_cell(p.name)} | **{p.verdict}** | {size} | {faces} | {p.framing or '-'} | {codes} |")
-    lines += ["", "| subject | person | photos | close-up | half-body | full-body |", "|---|---|---|---|---|---|"]
+        lines.append(f"| {_cell(p.name)} | **{p.verdict}** | {size} | {faces} | {p.framing or '-'} "
+                     f"| {codes} |")
+    lines += ["", "| subject | person | photos | close-up | half-body | full-body |",
+              "|---|---|---|---|---|---|"]
     for s in report.subjects:
         mix = " | ".join(str(s.framing.get(k, "-")) for k in RECOMMENDED_MIX)
         lines.append(f"| {s.token} | {'yes' if s.person else 'no'} | {s.photos} | {mix} |")

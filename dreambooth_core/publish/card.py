@@ -51,8 +51,10 @@ def model_card(session: Session, files: PublishedFiles, facts: CardFacts) -> str
     config_model = _stored_model(session)
     base = hub_base_model(config_model)
     data = ModelCardData(
-        base_model=base, license=facts.base_license, library_name="diffusers", pipeline_tag="text-to-image",
-        tags=[tag for tag in ("text-to-image", "diffusers", *_METHOD_TAGS[method], "dreambooth-pipeline",
+        base_model=base, license=facts.base_license, library_name="diffusers",
+        pipeline_tag="text-to-image",
+        tags=[tag for tag in ("text-to-image", "diffusers", *_METHOD_TAGS[method],
+                              "dreambooth-pipeline",
                               facts.header.get("modelspec.architecture", "").split("/")[0]) if tag],
         instance_prompt=", ".join(s.instance_prompt for _, s in sorted(subjects.items())),
         widget=[{"text": p, "output": {"url": files.sample_grid}} for p in prompts]
@@ -109,14 +111,16 @@ def _evaluation_lines(session: Session, files: PublishedFiles) -> list[str]:
     if not files.evaluation:
         return []
     scores = step_scores(read_evaluation(session))
-    lines = ["## Evaluation", "", "Subject fidelity (DINO, CLIP-I: likeness to the photos) and prompt "
-             "fidelity (CLIP-T), as the DreamBooth paper measures them; step 0 is the base model.", "",
-             "| step | DINO | CLIP-I | CLIP-T |", "|---:|---:|---:|---:|"]
+    lines = ["## Evaluation", "",
+             "Subject fidelity (DINO, CLIP-I: likeness to the photos) and prompt "
+             "fidelity (CLIP-T), as the DreamBooth paper measures them; step 0 is the base model.",
+             "", "| step | DINO | CLIP-I | CLIP-T |", "|---:|---:|---:|---:|"]
     lines += [f"| {s.step} | {s.dino:.3f} | {s.clip_i:.3f} | {s.clip_t:.3f} |" for s in scores.values()]
     if session.exists(EVALUATION_JSON):
         recommendation = json.loads(session.read_bytes(EVALUATION_JSON)).get("recommendation", {})
         if recommendation.get("reason"):
-            lines += ["", f"Recommended: {recommendation['reason']} (rule: {recommendation['rule']})."]
+            lines += ["", f"Recommended: {recommendation['reason']} (rule: "
+                          f"{recommendation['rule']})."]
     return lines + ["", f"![evaluation]({EVALUATION_PNG})", ""]
 
 
@@ -127,8 +131,10 @@ def _settings_lines(record: TrainingRecord) -> list[str]:
             ("resolution", f"{record.resolution} px"), ("steps", str(record.total_steps)),
             ("learning rate", rate),
             ("batch", f"{t.batch_size} x {t.gradient_accumulation} accumulation x {t.gpus} GPU(s)"),
-            ("mixed precision", t.mixed_precision), ("optimizer", t.optimizer), ("seed", str(t.seed)),
-            ("prior preservation", f"{record.class_images} class images" if record.class_images else "off")]
+            ("mixed precision", t.mixed_precision), ("optimizer", t.optimizer),
+            ("seed", str(t.seed)),
+            ("prior preservation",
+             f"{record.class_images} class images" if record.class_images else "off")]
     if t.method == "lora":
         rows.append(("LoRA rank / alpha", f"{t.lora_rank} / {t.lora_scale_alpha:g}"))
     if t.trains_text_encoder:
@@ -141,14 +147,16 @@ def _settings_lines(record: TrainingRecord) -> list[str]:
 
 def _file_lines(files: PublishedFiles, method: str, repo: str) -> list[str]:
     names = sorted(files.files)
-    singles = [n for n in names if "/" not in n and n.endswith((".safetensors", ".ckpt", ".pt", ".yaml"))]
+    singles = [n for n in names if "/" not in n and n.endswith((".safetensors", ".ckpt", ".pt",
+                                                                ".yaml"))]
     lines = ["| file | loads in |", "|---|---|"]
     for name in singles:
         lines.append(f"| `{name}` | {_tools(name, method)} |")
     folders = sorted({n.split("/")[0] for n in names if "/" in n and n.split("/")[0].endswith("-diffusers")})
     for folder in folders:
         loader = "load_lora_weights" if method == "lora" else "load_textual_inversion"
-        lines.append(f"| `{folder}/` | diffusers: `pipe.{loader}(\"{repo}\", subfolder=\"{folder}\")` |")
+        lines.append(f"| `{folder}/` | diffusers: `pipe.{loader}(\"{repo}\", "
+                     f"subfolder=\"{folder}\")` |")
     if "model_index.json" in files.files:
         lines.append("| diffusers folders (repo root) | diffusers: "
                      f"`DiffusionPipeline.from_pretrained(\"{repo}\")` |")

@@ -71,8 +71,9 @@ def _final_outputs(session: Session) -> tuple[int, dict[str, str]]:
 def _exported_step(session: Session, step: int) -> dict[str, str]:
     folder = export_folder(step)
     if not session.exists(folder):
-        raise SessionError(f"session {session.name!r} has no export of step {step} ({folder}/). Export it "
-                           f"first: dreambooth export --session {session.name} --step {step}")
+        raise SessionError(f"session {session.name!r} has no export of step {step} ({folder}/). "
+                           f"Export it first: dreambooth export --session {session.name} --step "
+                           f"{step}")
     files = _folder_files(session, folder, "")
     moved = _folder_files(session, f"{folder}/{DIFFUSERS}", "")
     return {path: source for path, source in files.items() if not path.startswith(f"{DIFFUSERS}/")} | moved

@@ -50,7 +50,8 @@ def publish_session(session: Session, repo: str, token: str | None, private: boo
     api = HfApi(endpoint=endpoint, token=token)
     with _hub_errors(repo, api.endpoint):
         url = str(api.create_repo(repo, private=private, exist_ok=True, repo_type="model"))
-        card = model_card(session, files, CardFacts(repo=repo, base_license=_base_license(api, session),
+        card = model_card(session, files,
+                          CardFacts(repo=repo, base_license=_base_license(api, session),
                                                     header=_main_header(session, files)))
         with _local_files(session, files) as local:
             local[CARD] = card.encode()
@@ -59,8 +60,10 @@ def publish_session(session: Session, repo: str, token: str | None, private: boo
             stale = sorted(set(_previous(session, repo)) - set(local))
             commit = _commit(api, repo, local, changed, stale, session.name, files.step, log)
     publication = PublishResult(repo=repo, url=url, private=private, step=files.step, commit=commit,
-                                files=digests, published_at=time.time(), uploaded=changed, deleted=stale)
-    record_publication(session, Publication(**publication.model_dump(exclude={"uploaded", "deleted"})))
+                                files=digests, published_at=time.time(), uploaded=changed,
+                                deleted=stale)
+    record_publication(session,
+                       Publication(**publication.model_dump(exclude={"uploaded", "deleted"})))
     return publication
 
 
@@ -101,7 +104,8 @@ def _changed(api, repo: str, local: dict[str, Path | bytes], digests: dict[str, 
 
     remote = {}
     paths = sorted(local)
-    for start in range(0, len(paths), 100):  # the hub answers paths-info for at most ~100 paths a call
+    # the hub answers paths-info for at most ~100 paths a call
+    for start in range(0, len(paths), 100):
         remote |= {f.path: f for f in api.get_paths_info(repo, paths[start:start + 100])
                    if hasattr(f, "blob_id")}
     changed = []
@@ -160,7 +164,8 @@ def _base_license(api, session: Session) -> str | None:
     try:
         card = api.model_info(base, expand=["cardData"]).card_data
     except (HfHubHTTPError, OSError):
-        return None  # gated, gone or unreachable: the card then says the base model's license applies
+        # gated, gone or unreachable: the card then says the base model's license applies
+        return None
     return getattr(card, "license", None) if card else None
 
 

@@ -32,7 +32,8 @@ def tick_label(value: float, ticks: list[float]) -> str:
     return f"{value:.{decimals}f}"
 
 
-def padded_range(values: list[float], fallback: tuple[float, float] = (0.0, 1.0)) -> tuple[float, float]:
+def padded_range(values: list[float],
+                 fallback: tuple[float, float] = (0.0, 1.0)) -> tuple[float, float]:
     """The values' range with 5% to spare at each end (a flat line gets a range around it)."""
     if not values:
         return fallback
@@ -91,7 +92,8 @@ class Chart:
 
     def line(self, xs: list[float], ys: list[float], colour: Colour, width: int = 2) -> None:
         if len(xs) > 1:
-            self.draw.line([self.at(x, y) for x, y in zip(xs, ys)], fill=colour, width=width, joint="curve")
+            self.draw.line([self.at(x, y) for x, y in zip(xs, ys)], fill=colour, width=width,
+                           joint="curve")
 
     def dashed_vertical(self, x: float, colour: Colour, dash: int = 6) -> None:
         px, (_, top, _, bottom) = self.at(x, 0)[0], self.area
@@ -123,4 +125,5 @@ class Chart:
         label = Image.new("RGB", (width, 18), "white")
         ImageDraw.Draw(label).text((width / 2, 9), text, fill=INK, font=face, anchor="mm")
         turned = label.rotate(90, expand=True)
-        self.image.paste(turned, (int(centre[0] - turned.width / 2), int(centre[1] - turned.height / 2)))
+        self.image.paste(turned,
+                         (int(centre[0] - turned.width / 2), int(centre[1] - turned.height / 2)))

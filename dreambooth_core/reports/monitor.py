@@ -1,8 +1,8 @@
 """What the training loop reports as it runs: loss log, progress, loss plot.
 
 The loop calls `chunk_started`, `step` for every step and `chunk_finished`
-once the chunk's checkpoint is written (or handed to a background commit). Losses arrive as device tensors and are read in
-one batch every `log_every` steps (reading one is a host-device sync point);
+once the chunk's checkpoint is written (or handed to a background commit). Losses arrive
+as device tensors and are read in one batch every `log_every` steps (reading one is a host-device sync point);
 the last batch of a chunk is written to reports/loss.csv before the loop
 returns, so every committed step has its row. Callbacks receive a Progress at
 each batch and a ChunkReport at the end of a chunk; a failing callback is
@@ -18,8 +18,8 @@ from typing import Callable, Iterable
 
 import torch
 
+from dreambooth_core.reports.chart import Chart, padded_range
 from dreambooth_core.reports.loss_log import LossLog, LossRow
-from dreambooth_core.reports.loss_plot import loss_plot_png
 from dreambooth_core.reports.terminal import progress_bar
 from dreambooth_core.reports.timing import record_chunk_time
 from dreambooth_core.session.folder import Session
@@ -138,7 +138,8 @@ class TrainingMonitor:
         self.bar.close()
         record_chunk_time(self.session, self.start, self.end, seconds)
         title = f"{self.session.name}: training loss, steps 1-{self.end} of {self.total}"
-        self.session.write_bytes(LOSS_PNG, loss_plot_png(self.loss_log.rows, self.boundaries, title))
+        self.session.write_bytes(LOSS_PNG,
+                                 loss_plot_png(self.loss_log.rows, self.boundaries, title))
         mean = sum(self.chunk_losses) / len(self.chunk_losses) if self.chunk_losses else None
         report = ChunkReport(self.start, self.end, self.total, seconds, mean, LOSS_PNG)
         self._notify(self.on_chunk_end, report)
@@ -151,3 +152,41 @@ class TrainingMonitor:
             except Exception as exc:  # reporting must never stop training
                 self.log.warning("Could not report training progress (%s: %s); training goes on",
                                  type(exc).__name__, exc)
+
+
+# The loss curve as a PNG: raw per-step points, a smoothed line, chunk boundaries.
+
+POINTS_PER_WINDOW = 40  # the smoothing window spans 1/40 of the steps shown, at least 5 steps
+# light blue points, red line
+POINT, SMOOTHED, CHECKPOINT = (166, 200, 225), (214, 39, 40), (128, 128, 128)
+
+
+def smoothing_weight(count: int) -> float:
+    """Weight of the past in the moving average: a window of ~count/40 steps."""
+    return 1 - 1 / max(5, count / POINTS_PER_WINDOW)
+
+
+def smoothed(values: list[float], weight: float) -> list[float]:
+    """Exponential moving average, bias-corrected so the first points are not pulled to 0."""
+    out, average = [], 0.0
+    for count, value in enumerate(values, start=1):
+        average = weight * average + (1 - weight) * value
+        out.append(average / (1 - weight ** count))
+    return out
+
+
+def loss_plot_png(rows: list[LossRow], boundaries: list[int], title: str) -> bytes:
+    """A 900x450 PNG of the loss per step; dashed lines at committed chunk ends."""
+    steps, losses = [r.step for r in rows], [r.loss for r in rows]
+    last = steps[-1] if steps else 0
+    shown = [b for b in boundaries if 0 < b <= last]
+    chart = Chart(900, 450, padded_range(steps + shown, (0.0, 1.0)), padded_range(losses))
+    chart.axes(title, "step", "loss", integer_x=True)
+    for boundary in shown:
+        chart.dashed_vertical(boundary, CHECKPOINT)
+    chart.points(steps, losses, POINT)
+    chart.line(steps, smoothed(losses, smoothing_weight(len(losses))), SMOOTHED)
+    if rows:
+        chart.legend([("loss per step", POINT), ("smoothed", SMOOTHED)] +
+                     ([("checkpoint", CHECKPOINT)] if shown else []))
+    return chart.png()

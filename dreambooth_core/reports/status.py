@@ -1,4 +1,5 @@
-"""A session's state read from its storage alone (no Prefect): steps, checkpoints, outputs."""
+"""A session's state read from its storage alone (no Prefect): steps, checkpoints, outputs; and the
+Markdown summary of a finished flow run."""
 
 from __future__ import annotations
 
@@ -11,11 +12,19 @@ import fsspec
 from dreambooth_core.config import SESSION_NAME
 from dreambooth_core.errors import DreamBoothError, StorageError
 from dreambooth_core.reports.loss_log import read_loss_rows
+from dreambooth_core.reports.monitor import duration_text
 from dreambooth_core.reports.timing import training_speed
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.dataset_manifest import load_dataset_manifest
 from dreambooth_core.session.folder import Session
-from dreambooth_core.session.paths import DIFFUSERS, EXPORTS, GENERATIONS, SESSION_FILE, SNAPSHOTS, steps_named
+from dreambooth_core.session.paths import (
+    DIFFUSERS,
+    EXPORTS,
+    GENERATIONS,
+    SESSION_FILE,
+    SNAPSHOTS,
+    steps_named,
+)
 from dreambooth_core.session.publications import load_publications
 from dreambooth_core.session.state import SessionState, load_state
 
@@ -36,8 +45,10 @@ class SessionStatus:
     speed: float | None          # training steps per second over all recorded chunks
     outputs: dict[str, int] = field(default_factory=dict)  # session-relative path -> bytes
     snapshots: list[int] = field(default_factory=list)  # steps with a snapshot, oldest first
-    exports: list[int] = field(default_factory=list)  # steps exported with `dreambooth export --step`
-    generations: list[str] = field(default_factory=list)  # folders of `dreambooth generate`, oldest first
+    # steps exported with `dreambooth export --step`
+    exports: list[int] = field(default_factory=list)
+    # folders of `dreambooth generate`, oldest first
+    generations: list[str] = field(default_factory=list)
     published: list[str] = field(default_factory=list)  # "URL (step N[, private])" per hub repo
     problem: str | None = None   # why the session cannot be read (state "unreadable")
 
@@ -64,7 +75,8 @@ def list_sessions(storage: str, options: dict | None = None) -> list[str]:
                            f"{exc}. Check the path and credentials, or pass another --storage.") from exc
 
 
-def read_statuses(storage: str, names: list[str], options: dict | None = None) -> list[SessionStatus]:
+def read_statuses(storage: str, names: list[str],
+                  options: dict | None = None) -> list[SessionStatus]:
     """The status of each named session; one that cannot be read is listed as "unreadable",
     with the reason, instead of hiding the others."""
     statuses = []
@@ -105,7 +117,8 @@ def session_status(session: Session) -> SessionStatus:
     return SessionStatus(
         name=session.name, location=session.url, state=_state(state, committed, total),
         model=model, photos=len(manifest.items) if manifest else None,
-        subjects=sorted(manifest.subjects) if manifest else [], total_steps=total, committed=committed,
+        subjects=sorted(manifest.subjects) if manifest else [], total_steps=total,
+        committed=committed,
         committed_at=latest.committed_at if latest else None,
         last_logged_step=rows[-1].step if rows else None,
         last_loss=rows[-1].loss if rows else None,
@@ -116,7 +129,8 @@ def session_status(session: Session) -> SessionStatus:
 
 def _published(session: Session) -> list[str]:
     repos = load_publications(session).repos.values()
-    return [f"{p.url} (step {p.step}{', private' if p.private else ''}, {time_text(p.published_at)})"
+    return [f"{p.url} (step {p.step}{', private' if p.private else ''}, "
+            f"{time_text(p.published_at)})"
             for p in sorted(repos, key=lambda p: p.repo)]
 
 
@@ -164,8 +178,9 @@ def status_lines(status: SessionStatus) -> list[str]:
         lines.append(f"  photos:      {status.photos}{subjects}")
     lines.append(f"  steps:       {status.latest_step} of {total} committed")
     if status.committed:
-        lines.append(f"  checkpoint:  step {status.latest_step}, committed {time_text(status.committed_at)}"
-                     f" (kept: {', '.join(map(str, status.committed))})")
+        lines.append(f"  checkpoint:  step {status.latest_step}, committed "
+                     f"{time_text(status.committed_at)} (kept: "
+                     f"{', '.join(map(str, status.committed))})")
     if status.last_logged_step is not None:
         lines.append(f"  loss:        {status.last_loss:.4f} at step {status.last_logged_step}")
     if status.speed:
@@ -188,7 +203,8 @@ def status_table(statuses: list[SessionStatus]) -> list[str]:
     """One line per session."""
     header = ("session", "state", "steps", "checkpoint", "outputs")
     rows = [(s.name, s.state, "-", "-", "-") if s.problem else
-            (s.name, s.state, f"{s.latest_step}/{s.total_steps if s.total_steps is not None else '?'}",
+            (s.name, s.state,
+             f"{s.latest_step}/{s.total_steps if s.total_steps is not None else '?'}",
              f"step {s.latest_step}" if s.committed else "-",
              ", ".join(f"{p} ({size_text(n)})" for p, n in s.outputs.items()) or "-")
             for s in statuses]
@@ -196,3 +212,41 @@ def status_table(statuses: list[SessionStatus]) -> list[str]:
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in [header, *rows]]
     problems = [f"{s.name}: {s.problem}" for s in statuses if s.problem]
     return lines + (["", "Unreadable sessions:", *problems] if problems else [])
+
+
+# The Markdown summary of a finished flow run.
+@dataclass(frozen=True)
+class RunFacts:
+    """What only the flow run knows."""
+    seconds: float        # wall time of this run
+    trained_steps: int    # steps trained in this run (not cached, not committed before)
+    chunks: int
+    cached_chunks: int
+
+
+def summary_markdown(status: SessionStatus, run: RunFacts) -> str:
+    total = status.total_steps if status.total_steps is not None else "?"
+    subjects = ", ".join(f"`{s}`" for s in status.subjects) or "-"
+    speed = f"{status.speed:.2f} steps/s" if status.speed else "-"
+    run_speed = (f"{run.trained_steps / run.seconds:.2f} steps/s including loading and export"
+                 if run.trained_steps and run.seconds > 0 else "nothing trained in this run")
+    rows = [
+        ("Session", f"`{status.name}` ({status.state})"),
+        ("Location", f"`{status.location}`"),
+        ("Base model", f"`{status.model}`" if status.model else "-"),
+        ("Photos", str(status.photos) if status.photos is not None else "-"),
+        ("Tokens", subjects),
+        ("Steps", f"{status.latest_step} of {total} committed; {run.trained_steps} trained in this "
+                  f"run ({run.chunks - run.cached_chunks} of {run.chunks} chunks ran, "
+                  f"{run.cached_chunks} cached)"),
+        ("Time", f"{duration_text(run.seconds)} for this run"),
+        ("Speed", f"{speed} training; {run_speed}"),
+    ]
+    if status.last_loss is not None:
+        rows.append(("Last loss", f"{status.last_loss:.4f} at step {status.last_logged_step}"))
+    lines = [f"# DreamBooth session {status.name}", "", "| | |", "|---|---|"]
+    lines += [f"| {name} | {value} |" for name, value in rows]
+    lines += ["", "## Output files", "", "| file | size | location |", "|---|---|---|"]
+    lines += [f"| `{path}` | {size_text(size)} | `{status.location}/{path}` |"
+              for path, size in status.outputs.items()] or ["| (none) | | |"]
+    return "\n".join(lines) + "\n"

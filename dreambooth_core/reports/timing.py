@@ -20,7 +20,8 @@ class ChunkTime(BaseModel):
 
 class ChunkTimes(BaseModel):
     model_config = ConfigDict(frozen=True)
-    chunks: dict[str, ChunkTime] = Field(default_factory=dict, description="Chunk end step (as text) -> time.")
+    chunks: dict[str, ChunkTime] = Field(default_factory=dict,
+                                         description="Chunk end step (as text) -> time.")
 
 
 def read_chunk_times(session: Session) -> ChunkTimes:
@@ -35,7 +36,8 @@ def read_chunk_times(session: Session) -> ChunkTimes:
 
 def record_chunk_time(session: Session, start: int, end: int, seconds: float) -> None:
     chunks = read_chunk_times(session).chunks | {
-        str(end): ChunkTime(start=start, end=end, seconds=round(seconds, 3), finished_at=time.time())}
+        str(end): ChunkTime(start=start, end=end, seconds=round(seconds, 3),
+                            finished_at=time.time())}
     session.write_json(TIMING_JSON, ChunkTimes(chunks=chunks).model_dump())
 
 

@@ -10,8 +10,8 @@ from dreambooth_core.captions.analysis import (
     KNOWN_BAD,
     analyse_token,
     is_common_word,
+    suggest_tokens,
 )
-from dreambooth_core.captions.suggest import suggest_tokens
 
 
 @pytest.mark.parametrize("word, pieces, common, verdict", [
@@ -147,7 +147,7 @@ def test_a_word_start_piece_that_only_begins_the_word_is_no_known_word(tmp_path)
     """T5's vocabulary holds '▁shr' for 'shrimp' and 'shrug': 'shrk' starting with it is no known word,
     while a whole word among its pieces is."""
     from dreambooth_core.captions.tokenizer import load_tokenizer
-    from dreambooth_core.families.t5_tokenizer import write_tiny_t5_tokenizer
+    from dreambooth_core.model.tiny import write_tiny_t5_tokenizer
 
     write_tiny_t5_tokenizer(tmp_path / "tokenizer", ["photo", "dog"], 512, pieces=["shr"])
     t5 = load_tokenizer(tmp_path)

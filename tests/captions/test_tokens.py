@@ -1,8 +1,18 @@
-"""The identifier comes from file names the way users name their photos."""
+"""The identifier comes from file names the way users name their photos; class words: one for every
+subject, or one per subject."""
 
 import pytest
 
-from dreambooth_core.captions.tokens import caption, caption_from_text, token_from_filename, token_of_photo
+from dreambooth_core.captions.tokens import (
+    caption,
+    caption_from_text,
+    class_prompt,
+    class_word_for,
+    parse_class_words,
+    token_from_filename,
+    token_of_photo,
+)
+from dreambooth_core.config import DreamBoothConfig
 from dreambooth_core.errors import DatasetError
 
 
@@ -54,3 +64,26 @@ def test_class_word_completes_the_instance_prompt():
 ])
 def test_caption_files_get_the_token_when_they_lack_it(text, expected):
     assert caption_from_text(text, "shrk", "man", "photo of {token} {class}") == expected
+
+
+# Class words.
+def test_one_word_for_every_subject():
+    words = parse_class_words("man")
+    assert class_word_for("shrk", words) == class_word_for("ohwx", words) == "man"
+
+
+def test_a_word_per_subject_with_a_default_for_the_rest():
+    words = parse_class_words("Shrk=man, ohwx=dog,style")
+    assert [class_word_for(t, words) for t in ("shrk", "OHWX", "zork")] == ["man", "dog", "style"]
+
+
+def test_no_class_word():
+    assert class_word_for("shrk", parse_class_words(None)) is None
+    assert class_prompt(None) is None
+    assert class_prompt("dog") == "photo of dog"
+
+
+@pytest.mark.parametrize("spec", ["shrk=", "=dog", "man,,dog", "shrk=man,shrk=dog", "man,woman"])
+def test_malformed_class_words_are_refused_by_the_config(spec):
+    with pytest.raises(ValueError, match="class word entry"):
+        DreamBoothConfig(session="s", class_word=spec)

@@ -15,8 +15,7 @@ from dreambooth_core.evaluation.face_identity import (
     fetch_face_model,
     identity_score,
 )
-from dreambooth_core.evaluation.recommend import StepScores, recommend_step
-from dreambooth_core.evaluation.report import MetricRow, step_scores
+from dreambooth_core.evaluation.report import MetricRow, StepScores, recommend_step, step_scores
 
 PHOTOS = sorted((Path(__file__).resolve().parents[2] / "examples" / "photos").iterdir())
 

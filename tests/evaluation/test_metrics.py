@@ -1,4 +1,4 @@
-"""The paper's metrics against cosine similarities worked out by hand, and the step rule."""
+"""The paper's metrics against cosine similarities worked out by hand."""
 
 import math
 
@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from dreambooth_core.evaluation.metrics import prompt_fidelity, subject_fidelity
-from dreambooth_core.evaluation.recommend import StepScores, recommend_step
 
 
 def test_subject_fidelity_is_the_mean_over_every_generated_and_real_pair():
@@ -44,30 +43,3 @@ def test_embeddings_that_cannot_be_compared_are_refused(generated, other):
 def test_prompt_fidelity_needs_one_prompt_per_image():
     with pytest.raises(ValueError, match="one prompt embedding per image"):
         prompt_fidelity(torch.ones(3, 2), torch.ones(2, 2))
-
-
-def scores(*rows):
-    return [StepScores(step=s, dino=d, clip_i=d, clip_t=t) for s, d, t in rows]
-
-
-def test_the_recommended_step_is_the_most_faithful_before_the_prompt_is_lost():
-    # The base model follows prompts at CLIP-T 0.30; 90% of that is 0.27.
-    evaluated = scores((100, 0.40, 0.31), (200, 0.55, 0.29), (300, 0.60, 0.27), (400, 0.70, 0.22))
-    recommendation = recommend_step(evaluated, base_clip_t=0.30)
-    assert recommendation.step == 300  # 400 is more like the photos, but has stopped following prompts
-    assert "90% of the base model's" in recommendation.rule
-    assert "1 of 4 evaluated steps" in recommendation.reason
-
-
-def test_a_tie_goes_to_the_earlier_step():
-    assert recommend_step(scores((300, 0.6, 0.3), (200, 0.6, 0.3)), base_clip_t=0.3).step == 200
-
-
-def test_when_every_step_overfits_the_earliest_is_named_with_what_to_do():
-    recommendation = recommend_step(scores((200, 0.7, 0.10), (100, 0.6, 0.12)), base_clip_t=0.30)
-    assert recommendation.step == 100
-    assert "all overfit" in recommendation.reason and "fewer steps" in recommendation.reason
-
-
-def test_nothing_evaluated_recommends_nothing():
-    assert recommend_step([], base_clip_t=0.3).step is None

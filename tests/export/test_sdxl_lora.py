@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from dreambooth_core.families.sd_lora import export_lora
 from dreambooth_core.families.base_model import fetch_model
-from dreambooth_core.families.sdxl_single_file import to_sdxl_single_file_state
+from dreambooth_core.families.sd_single_file import to_sdxl_single_file_state
 from dreambooth_core.families.stable_diffusion import STABLE_DIFFUSION
 
 

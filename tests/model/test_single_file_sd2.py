@@ -297,7 +297,7 @@ PUBLISHED_V2_INFERENCE_V = {"model": {
 def test_full_sd21_architecture_gets_the_published_inference_config(prediction):
     from diffusers import DDPMScheduler
 
-    from dreambooth_core.families.sd_inference_config import inference_config
+    from dreambooth_core.families.sd_exports import inference_config
 
     unet, vae, _ = _sd21_on_meta()
     scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",

@@ -1,6 +1,7 @@
-"""The warning before rendering on the CPU: the expected time, from the measured figures."""
+"""Rendering: the warning before rendering on the CPU, with the expected time from the measured
+figures."""
 
-from dreambooth_core.evaluation.render_time import cpu_render_seconds, cpu_render_warning
+from dreambooth_core.generation.pipeline import cpu_render_seconds, cpu_render_warning
 
 
 def test_a_full_size_model_on_the_cpu_is_warned_about_with_the_expected_time():

@@ -6,8 +6,7 @@ import pytest
 
 from dreambooth_core.config import TrainingSettings
 from dreambooth_core.families import detect_family, write_config_folder
-from dreambooth_core.families.base_model import LocalModel
-from dreambooth_core.families.buckets import bucket_step_for
+from dreambooth_core.families.base_model import LocalModel, bucket_step_for
 from dreambooth_core.photos.buckets import bucket_grid
 
 
