@@ -60,14 +60,13 @@ def dreambooth_train(config: DreamBoothConfig) -> ExportResult:
         progress = start_training_progress(plan)
         chunks = []
         for chunk in plan.chunks:  # a failed chunk ends the run: its error is the one reported
-            # A chunk past the last committed checkpoint cannot have a valid cached result.
-            chunks.append(train_chunk.with_options(refresh_cache=chunk.end > plan.resume_step, **results)(
+            # Cached only while the session holds the chunk's checkpoint: its key says who committed it.
+            chunks.append(train_chunk.with_options(**results)(
                 plan, chunk, config.samples, evaluation, live, progress, return_state=True))
             if chunks[-1].is_failed():
                 break
         outcomes = [state.result() for state in chunks]
-        exported = export_model.with_options(refresh_cache=not plan.exported, **results)(
-            plan, config.export, live, return_state=True)
+        exported = export_model.with_options(**results)(plan, config.export, live, return_state=True)
         cached = sum(state.name == "Cached" for state in chunks)
         trained = sum(o.trained_steps for o, s in zip(outcomes, chunks) if s.name != "Cached")
         get_run_logger().info("Trained %d steps in this run; %d of %d chunks were cached%s", trained,

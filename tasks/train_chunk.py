@@ -10,23 +10,18 @@ from dreambooth_core.families import family_of
 from dreambooth_core.evaluation.training_evaluation import EvaluationHook, TrainingEvaluation, evaluated_report
 from dreambooth_core.export.snapshots import SnapshotHook
 from dreambooth_core.generation.samples import SampleHook, sample_spec, samples_markdown, saved_samples
-from dreambooth_core.hashing import digest
 from dreambooth_core.session.dataset_manifest import require_dataset_manifest
 from dreambooth_core.session.paths import EVALUATION_PNG
 from dreambooth_core.training.chunk import ChunkHooks, ChunkOutcome
 from dreambooth_core.training.launcher import run_chunk
 from dreambooth_core.training.live import LiveTraining
 from dreambooth_core.training.plan import Chunk, TrainingPlan
-from tasks import RESULTS
+from tasks import session_cache_key
 from tasks.artifacts import artifact_key, loss_plot_publisher, progress_updater, publish_image
 
 
-def _cache_key(context, p) -> str:
-    return digest(["chunk", RESULTS, p["plan"].session.uid, p["plan"].fingerprint, p["chunk"].end])
-
-
 @task(name="train-chunk", task_run_name="train steps {chunk.start}-{chunk.end}",
-      cache_key_fn=_cache_key, persist_result=True)
+      cache_key_fn=lambda context, p: session_cache_key(p["plan"], p["chunk"].end), persist_result=True)
 def train_chunk(plan: TrainingPlan, chunk: Chunk, samples: SampleSettings, evaluation: TrainingEvaluation | None,
                 live: LiveTraining, progress: UUID | None = None) -> ChunkOutcome:
     """`evaluation`: measure the chunk's end (None: off); `live`: the run's trainer and background

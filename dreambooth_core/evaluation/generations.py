@@ -22,7 +22,7 @@ from dreambooth_core.captions.tokenizer import TextTokenizer
 from dreambooth_core.config import GenerationSettings
 from dreambooth_core.errors import ConfigError, SessionError
 from dreambooth_core.evaluation.session_evaluation import step_pipeline
-from dreambooth_core.export.outputs import replace_folder
+from dreambooth_core.export.step_export import replace_folder
 from dreambooth_core.export.step_export import Source, TrainedSession, exportable_steps, require_step
 from dreambooth_core.generation.pipeline import render
 from dreambooth_core.generation.samples import fill_subjects, grid_png

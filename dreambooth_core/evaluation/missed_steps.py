@@ -40,8 +40,7 @@ def rebuild_missed_steps(session: Session, plan: TrainingPlan, samples: SampleSp
     the steps rendered. `samples`/`evaluation`: None when off."""
     sources = exportable_steps(session)  # a step whose checkpoint and snapshot are gone is left as it is
     evaluated = {row.step for row in kept_rows(session, evaluation.settings)} if evaluation else set()
-    trained = TrainedSession(name=session.name, model_path=plan.model_path, family=plan.family,
-                             training=plan.training, subjects=plan.subjects)
+    trained = TrainedSession.of(plan)
     device = resolve_device(plan.runtime.device)
     rebuilt = []
     for chunk in (c for c in plan.chunks if c.end <= plan.resume_step and c.end in sources):

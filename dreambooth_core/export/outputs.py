@@ -1,5 +1,6 @@
-"""Final outputs: the full model (`<session>.safetensors`, `.ckpt`, `diffusers/`), a LoRA or
-an embedding, depending on the method.
+"""Final outputs: the export of the last step (step_export.py), placed at the session's top level
+under the session's name: the full model (`<session>.safetensors`, `.ckpt`, `diffusers/`), a LoRA
+or an embedding, depending on the method.
 
 Each is assembled locally, then placed in the session atomically, so a killed
 export never leaves a partial file at a final name.
@@ -10,26 +11,21 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
 from pydantic import BaseModel, ConfigDict
 
 from dreambooth_core.config import ExportSettings
-from dreambooth_core.errors import SessionError, TrainingError
-from dreambooth_core.export.method_files import write_method
-from dreambooth_core.export.training_metadata import training_record
+from dreambooth_core.errors import SessionError
+from dreambooth_core.export.step_export import TrainedSession, replace_folder, write_step
 from dreambooth_core.session.checkpoints import CheckpointStore
-from dreambooth_core.session.folder import Session, temporary_name
+from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import DIFFUSERS
 from dreambooth_core.session.scratch import scratch_folder
-from dreambooth_core.session.state import ExportRecord, load_state, outputs_current, update_state
-from dreambooth_core.training.finite import weights_finite
+from dreambooth_core.session.state import ExportRecord, load_state, update_state
+from dreambooth_core.training.chunk import trainer_key
 from dreambooth_core.training.live import LiveTraining
-from dreambooth_core.training.methods import Trainables
-from dreambooth_core.families.family import ModelParts
 from dreambooth_core.training.plan import TrainingPlan
-from dreambooth_core.training.restore import restored_parts
-
-DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+from dreambooth_core.training.restore import Weights, checkpoint_weights, trainer_weights
+from dreambooth_core.training.trainer import EMA_FILE, WEIGHTS_FILE
 
 
 class ExportResult(BaseModel):
@@ -39,52 +35,23 @@ class ExportResult(BaseModel):
     files: dict[str, int]  # session-relative path -> bytes
 
 
-def export_record(plan: TrainingPlan, settings: ExportSettings) -> ExportRecord:
-    return ExportRecord(fingerprint=plan.fingerprint, step=plan.total_steps, precision=settings.export_precision)
-
-
-def final_parts(plan: TrainingPlan, session: Session) -> tuple[ModelParts, Trainables]:
-    checkpoint = CheckpointStore(session, plan.runtime.keep_checkpoints).load_latest()
-    if checkpoint is None or checkpoint.step != plan.total_steps:
-        found = checkpoint.step if checkpoint else 0
-        raise SessionError(f"session {session.name!r} has no usable checkpoint at step "
-                           f"{plan.total_steps} (latest: {found}). Rerun the same command to "
-                           "train the missing steps.")
-    return restored_parts(plan.model_path, plan.training, plan.subjects, checkpoint, torch.device("cpu"))
-
-
-def write_method_files(plan: TrainingPlan, session: Session, dtype: torch.dtype, out: Path) -> list[str]:
-    parts, trainables = final_parts(plan, session)
-    refuse_non_finite(trainables, dtype, plan.total_steps)
-    return write_method(plan.training.method, plan.model_path, plan.family, parts, trainables, session.name,
-                        plan.total_steps, dtype, out, training_record(session))
-
-
-def refuse_non_finite(trainables: Trainables, dtype: torch.dtype, step: int) -> None:
-    """Never write a model of NaNs (a checkpoint from before training checked, or weights
-    beyond what the export precision holds)."""
-    if not weights_finite(list(trainables.named().values()), dtype):
-        raise TrainingError(
-            f"the trained weights at step {step} are NaN or infinite in {dtype}, so no model is "
-            "exported. Train a new --session with a lower --learning-rate, or export this one "
-            "with --export-precision fp32 if it is finite in fp32.")
-
-
 def export_outputs(plan: TrainingPlan, settings: ExportSettings, live: LiveTraining | None = None,
                    log: logging.Logger | None = None) -> ExportResult:
-    """Write the method's outputs into the session; nothing when they are already there."""
+    """Write the method's outputs of the last step into the session; nothing when they are already there."""
     log = log or logging.getLogger("dreambooth")
-    if live is not None:
-        live.release()  # the trainer's memory, before the model is loaded again
-        live.wait()
+    step, precision = plan.total_steps, settings.export_precision
+    done = plan.done.export_done_by(step, precision) is not None
+    held = live_weights(plan, live, wanted=not done)  # the trainer's, when it stands at the last step
     session = plan.session.open()
-    precision = settings.export_precision
-    if outputs_current(session, export_record(plan, settings)):
-        log.info("The outputs of step %d (%s) are already in %s", plan.total_steps, precision, session.url)
-        return ExportResult(step=plan.total_steps, precision=precision, files=load_state(session).outputs)
+    if done:
+        log.info("The outputs of step %d (%s) are already in %s", step, precision, session.url)
+        return ExportResult(step=step, precision=precision, files=load_state(session).outputs)
+    log.info("Exporting step %d from %s", step, "the trainer's weights in memory" if held is not None
+             else "its committed checkpoint")
     session.remove_temporary()
     with scratch_folder(session, "export") as local:  # on the session's disk when it is local
-        written = write_method_files(plan, session, DTYPES[precision], local)
+        written = write_step(session, TrainedSession.of(plan), step, precision, session.name, local,
+                             weights=held if held is not None else last_checkpoint_weights(session, step))
         for name in written:
             if (local / name).is_dir():
                 replace_folder(session, local / name, name)
@@ -93,12 +60,35 @@ def export_outputs(plan: TrainingPlan, settings: ExportSettings, live: LiveTrain
                 session.put_file(local / name, name)
         files = {f.relative_to(local).as_posix(): f.stat().st_size
                  for f in sorted(local.rglob("*")) if f.is_file() and not is_diffusers_part(f, local)}
-    update_state(session, status="complete", outputs=files, export=export_record(plan, settings))
+    record = ExportRecord(fingerprint=plan.fingerprint, step=step, precision=precision, run=plan.done.run)
+    update_state(session, status="complete", outputs=files, export=record)
     for path, size in files.items():
         log.info("Wrote %s/%s (%s, %s)", session.url, path, human_size(size), precision)
     if DIFFUSERS in written:
         log.info("Wrote %s/%s/ (diffusers folder)", session.url, DIFFUSERS)
-    return ExportResult(step=plan.total_steps, precision=precision, files=files)
+    return ExportResult(step=step, precision=precision, files=files)
+
+
+def live_weights(plan: TrainingPlan, live: LiveTraining | None, wanted: bool = True) -> Weights | None:
+    """The weights of the run's trainer when it stands at the last step (the values its checkpoint
+    holds, not read back), on the CPU; then its memory is released and its commits waited for."""
+    if live is None:
+        return None
+    trainer = live.take(trainer_key(plan), plan.total_steps)
+    weights = trainer_weights(trainer) if trainer is not None and wanted else None
+    del trainer
+    live.release()  # the trainer's memory, before the model is loaded again
+    live.wait()  # the last checkpoint is committed before its export is recorded
+    return weights
+
+
+def last_checkpoint_weights(session: Session, step: int) -> Weights:
+    store = CheckpointStore(session)
+    checkpoint = store.load(step, only=(WEIGHTS_FILE, EMA_FILE))  # not the optimizer
+    if checkpoint is None:
+        raise SessionError(f"session {session.name!r} has no usable checkpoint at step {step} (latest: "
+                           f"{store.latest_step()}). Rerun the same command to train the missing steps.")
+    return checkpoint_weights(checkpoint)
 
 
 def is_diffusers_part(file: Path, root: Path) -> bool:
@@ -108,16 +98,3 @@ def is_diffusers_part(file: Path, root: Path) -> bool:
 
 def human_size(size: int) -> str:
     return f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.1f} KB"
-
-
-def replace_folder(session: Session, local: Path, relative: str) -> None:
-    """Upload under a temporary name, then swap it in place of the old folder."""
-    staging = temporary_name(relative)
-    session.put_folder(local, staging)
-    if session.exists(relative):
-        retired = temporary_name(relative)
-        session.rename(relative, retired)
-        session.rename(staging, relative)
-        session.remove(retired)
-    else:
-        session.rename(staging, relative)

@@ -1,10 +1,14 @@
-"""Exporting a chosen step of a session, without training: the final export's files, from a
-committed checkpoint (exact, EMA applied) or else from a snapshot (its fp16 values).
+"""Exporting a step of a session: the one writer of exported files (`write_step`), from a committed
+checkpoint (exact, EMA applied), from the trainer's weights in memory at that checkpoint's step (the
+same values), or else from a snapshot (its fp16 values).
+
+`dreambooth export --step N` (and evaluation, generation) places them in
 
     exports/step-NNNNNN/   <session>-step-NNNNNN.safetensors ... as the method exports them
 
-The folder is assembled locally and placed in the session at once, replacing an earlier
-export of the same step; the final outputs and session.json are left as they are.
+assembled locally and placed in the session at once, replacing an earlier export of the same step;
+the final outputs and session.json are left as they are. The final export (outputs.py) is the
+export of the last step, at the session's top level under the session's name.
 """
 
 from __future__ import annotations
@@ -18,23 +22,25 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from dreambooth_core.config import TrainingSettings
-from dreambooth_core.errors import SessionError
+from dreambooth_core.errors import SessionError, TrainingError
 from dreambooth_core.export.method_files import write_method
-from dreambooth_core.export.outputs import DTYPES, refuse_non_finite, replace_folder
 from dreambooth_core.export.snapshots import snapshot_steps
 from dreambooth_core.export.training_metadata import training_record
 from dreambooth_core.families import ModelFamily, ModelParts, load_model_parts
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.dataset_manifest import require_dataset_manifest
-from dreambooth_core.session.folder import Session
+from dreambooth_core.session.folder import Session, temporary_name
 from dreambooth_core.session.paths import export_folder, snapshot_folder, step_name
 from dreambooth_core.session.scratch import scratch_folder
 from dreambooth_core.session.state import load_state
+from dreambooth_core.training.finite import weights_finite
 from dreambooth_core.training.methods import Trainables, adapted_encoders, set_up_method
-from dreambooth_core.training.restore import restored_parts
+from dreambooth_core.training.plan import TrainingPlan
+from dreambooth_core.training.restore import Weights, parts_with, restored_parts
 from dreambooth_core.training.trainer import EMA_FILE, WEIGHTS_FILE
 
 Source = Literal["checkpoint", "snapshot"]
+DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
 
 class TrainedSession(BaseModel):
@@ -46,6 +52,11 @@ class TrainedSession(BaseModel):
     family: ModelFamily
     training: TrainingSettings  # with the memory plan applied, as the chunks trained
     subjects: list[str]
+
+    @classmethod
+    def of(cls, plan: TrainingPlan) -> TrainedSession:
+        return cls(name=plan.session.name, model_path=plan.model_path, family=plan.family,
+                   training=plan.training, subjects=plan.subjects)
 
 
 class StepExport(BaseModel):
@@ -105,23 +116,60 @@ def export_step(session: Session, trained: TrainedSession, step: int, precision:
     """Write the method's files for `step` into exports/step-NNNNNN/."""
     log = log or logging.getLogger("dreambooth")
     source = require_step(session, step)
-    name, folder, dtype = f"{session.name}-{step_name(step)}", export_folder(step), DTYPES[precision]
+    folder = export_folder(step)
     if source == "snapshot":
         log.info("Step %d has no committed checkpoint (only the last few are kept); exporting its "
                  "snapshot, whose weights are fp16", step)
     with scratch_folder(session, "export") as local:
         out = local / step_name(step)
         out.mkdir()
-        parts, trainables = step_parts(session, trained, step, source, local)
-        if source == "checkpoint":  # a snapshot's fp16 values are finite: it was written from checked weights
-            refuse_non_finite(trainables, dtype, step)
-        write_method(trained.training.method, trained.model_path, trained.family, parts, trainables, name,
-                     step, dtype, out, training_record(session))
+        write_step(session, trained, step, precision, f"{session.name}-{step_name(step)}", out, source, local)
         files = {f"{folder}/{f.relative_to(out).as_posix()}": f.stat().st_size
                  for f in sorted(out.rglob("*")) if f.is_file()}
         replace_folder(session, out, folder)
     log.info("Wrote %s/%s/ (step %d from its %s, %s)", session.url, folder, step, source, precision)
     return StepExport(step=step, source=source, precision=precision, folder=folder, files=files)
+
+
+def write_step(session: Session, trained: TrainedSession, step: int, precision: str, name: str, out: Path,
+               source: Source = "checkpoint", scratch: Path | None = None,
+               weights: Weights | None = None) -> list[str]:
+    """Write the method's files of step `step` into the local folder `out` under `name`; returns the
+    top-level names written. From `weights` when given (the trainer's at `step`), else from `source`
+    (a snapshot is fetched into the local folder `scratch`)."""
+    dtype = DTYPES[precision]
+    if weights is not None:
+        parts, trainables = parts_with(trained.model_path, trained.training, trained.subjects, weights,
+                                       torch.device("cpu"))
+    else:
+        parts, trainables = step_parts(session, trained, step, source, scratch)
+    if source == "checkpoint":  # a snapshot's fp16 values are finite: it was written from checked weights
+        refuse_non_finite(trainables, dtype, step)
+    return write_method(trained.training.method, trained.model_path, trained.family, parts, trainables, name,
+                        step, dtype, out, training_record(session))
+
+
+def refuse_non_finite(trainables: Trainables, dtype: torch.dtype, step: int) -> None:
+    """Never write a model of NaNs (a checkpoint from before training checked, or weights
+    beyond what the export precision holds)."""
+    if not weights_finite(list(trainables.named().values()), dtype):
+        raise TrainingError(
+            f"the trained weights at step {step} are NaN or infinite in {dtype}, so no model is "
+            "exported. Train a new --session with a lower --learning-rate, or export this one "
+            "with --export-precision fp32 if it is finite in fp32.")
+
+
+def replace_folder(session: Session, local: Path, relative: str) -> None:
+    """Upload under a temporary name, then swap it in place of the old folder."""
+    staging = temporary_name(relative)
+    session.put_folder(local, staging)
+    if session.exists(relative):
+        retired = temporary_name(relative)
+        session.rename(relative, retired)
+        session.rename(staging, relative)
+        session.remove(retired)
+    else:
+        session.rename(staging, relative)
 
 
 def step_parts(session: Session, trained: TrainedSession, step: int, source: Source,

@@ -51,6 +51,11 @@ class CheckpointManifest(BaseModel):
     files: dict[str, FileRecord]
     committed_at: float
 
+    @property
+    def run(self) -> str:
+        """The id of the run that committed it (a checkpoint of an earlier version: when it was)."""
+        return self.meta.get("run") or f"committed at {self.committed_at!r}"
+
 
 @dataclass(frozen=True)
 class Checkpoint:
@@ -138,10 +143,15 @@ class CheckpointStore:
         self.session.write_with(relative, hashed)
         return FileRecord(size=written[0].size, sha256=written[0].sha256.hexdigest())
 
-    def committed_steps(self) -> list[int]:
-        """Steps whose manifest exists and whose file sizes match it (cheap: no hashing)."""
+    def committed(self) -> dict[int, CheckpointManifest]:
+        """The manifests of the steps whose manifest exists and whose file sizes match it (cheap:
+        no hashing), by step in order."""
         self.session.fs.invalidate_cache()  # object-store listings are cached: see other writers' commits
-        return [step for step in self._step_dirs() if self._manifest_if_sizes_match(step)]
+        manifests = {step: self._manifest_if_sizes_match(step) for step in self._step_dirs()}
+        return {step: manifest for step, manifest in manifests.items() if manifest}
+
+    def committed_steps(self) -> list[int]:
+        return list(self.committed())
 
     def latest_step(self) -> int:
         steps = self.committed_steps()

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from dreambooth_core.config import DreamBoothConfig, MemoryPlan
 from dreambooth_core.errors import ConfigError, SessionError
+from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import SESSION_FILE
 from dreambooth_core.session.storage import SessionRef
@@ -23,12 +24,57 @@ FORMAT = 2
 
 
 class ExportRecord(BaseModel):
-    """What the outputs in the session were exported from."""
+    """What the outputs in the session were exported from, and by which run."""
 
     model_config = ConfigDict(frozen=True)
     fingerprint: str
     step: int
     precision: str
+    run: str | None = None  # None: written by an earlier version
+
+
+class Committed(BaseModel):
+    """What the session held when training was planned: the one account of what is already done.
+    Training (chunk.py), the export (export/outputs.py) and the cache keys of their tasks all ask
+    it. A run changes it only by its own commits (one writer per session: lease.py), each marked
+    with the run's id, so the account stays true for the whole run."""
+
+    model_config = ConfigDict(frozen=True)
+    run: str = Field(default_factory=lambda: uuid.uuid4().hex)  # this run's id
+    fingerprint: str
+    checkpoints: dict[int, str] = Field(default_factory=dict)  # committed step -> the run that committed it
+    export: ExportRecord | None = None  # the outputs in the session, when all of them are there
+
+    @property
+    def latest_step(self) -> int:
+        return max(self.checkpoints, default=0)
+
+    def step_done_by(self, step: int) -> str | None:
+        """The run whose committed checkpoint holds step `step`, trained: the first at or past it."""
+        return next((self.checkpoints[s] for s in sorted(self.checkpoints) if s >= step), None)
+
+    def export_done_by(self, step: int, precision: str) -> str | None:
+        """The run whose outputs of step `step` in `precision`, of this training, are in the session."""
+        record = self.export
+        done = record is not None and (record.fingerprint, record.step, record.precision) == (
+            self.fingerprint, step, precision)
+        return (record.run or "an earlier version") if done else None
+
+    def done_by(self, step: int, precision: str | None = None) -> str | None:
+        """Who did the result at `step`: its checkpoint, or with `precision` its export. None: not
+        done yet, so it is this run's to do."""
+        return self.step_done_by(step) if precision is None else self.export_done_by(step, precision)
+
+
+def committed_state(session: Session, state: SessionState, fingerprint: str) -> Committed:
+    """Read what the session holds of the training with `fingerprint`: its checkpoints and outputs."""
+    checkpoints = {step: manifest.run for step, manifest in CheckpointStore(session).committed().items()}
+    return Committed(fingerprint=fingerprint, checkpoints=checkpoints, export=present_export(session, state))
+
+
+def present_export(session: Session, state: SessionState) -> ExportRecord | None:
+    """The record of the session's outputs when every one of them is there."""
+    return state.export if state.export and all(map(session.exists, state.outputs)) else None
 
 
 class SessionState(BaseModel):
@@ -97,12 +143,6 @@ def update_state(session: Session, **changes: Any) -> SessionState:
     state = SessionState.model_validate({**state.model_dump(), **changes, "updated_at": time.time()})
     save_state(session, state)
     return state
-
-
-def outputs_current(session: Session, record: ExportRecord) -> bool:
-    """Whether the session holds the outputs exported as `record` says, all of them."""
-    state = load_state(session)
-    return state is not None and state.export == record and all(map(session.exists, state.outputs))
 
 
 def stored_config(session: Session) -> DreamBoothConfig | None:

@@ -83,7 +83,7 @@ def _train_chunk(plan: TrainingPlan, chunk: Chunk, live: LiveTraining, hooks: Ch
         log.info("Continuing from step %d in memory (its checkpoint commits in the background)", start)
     else:
         live.wait()
-        if store.latest_step() >= chunk.end:
+        if plan.done.step_done_by(chunk.end):
             log.info("Steps %d-%d already committed; nothing to train", chunk.start, chunk.end)
             return ChunkOutcome(end=chunk.end, started_at=chunk.end, trained_steps=0, mean_loss=None)
         trainer, start = restore(plan, session, store, chunk, log, rank, world)
@@ -181,7 +181,8 @@ def restore(plan: TrainingPlan, session: Session, store: CheckpointStore, chunk:
 
 
 def checkpoint_meta(plan: TrainingPlan, step: int) -> dict:
-    return {"fingerprint": plan.fingerprint, "method": plan.training.method, "samples_seen": step}
+    return {"fingerprint": plan.fingerprint, "method": plan.training.method, "samples_seen": step,
+            "run": plan.done.run}  # what marks a result as this run's (session/state.py Committed)
 
 
 def train_steps(trainer: Trainer, start: int, end: int, monitor: TrainingMonitor | None,

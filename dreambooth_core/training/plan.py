@@ -22,10 +22,15 @@ from dreambooth_core.families import ModelFamily, family_of
 from dreambooth_core.families.base_model import LocalModel
 from dreambooth_core.families.quantised import check_base_precision
 from dreambooth_core.photos.prepare import PreparedDataset
-from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.class_images import ClassImages
 from dreambooth_core.session.folder import Session
-from dreambooth_core.session.state import ExportRecord, differing_fields, load_state, outputs_current, update_state
+from dreambooth_core.session.state import (
+    Committed,
+    committed_state,
+    differing_fields,
+    load_state,
+    update_state,
+)
 from dreambooth_core.session.storage import SessionRef
 from dreambooth_core.training.devices import (
     check_device_settings,
@@ -68,7 +73,7 @@ class TrainingPlan(BaseModel):
     fingerprint: str
     total_steps: int
     chunks: list[Chunk]
-    resume_step: int
+    done: Committed  # what the session held when this plan was made: the one account of what is done
     resolution: int
     subjects: list[str]  # the tokens
     initializer_word: str  # textual inversion: where the new embeddings start
@@ -79,11 +84,15 @@ class TrainingPlan(BaseModel):
     # What another machine fetches the base model from, and the digest its copy must have.
     base_model: BaseModelSettings | None = None
     model_digest: str | None = None
-    exported: bool = False  # outputs of exactly this plan (and export precision) are in the session
 
     @property
     def boundaries(self) -> list[int]:
         return [chunk.end for chunk in self.chunks]
+
+    @property
+    def resume_step(self) -> int:
+        """The last committed step: where training goes on."""
+        return self.done.latest_step
 
 
 def initializer_word(config: DreamBoothConfig) -> str:
@@ -143,15 +152,15 @@ def make_plan(session: Session, ref: SessionRef, config: DreamBoothConfig, model
             f"session {session.name!r} was trained on different inputs: "
             f"{', '.join(differing_fields(recorded, values))} changed. Restore them (for a hub "
             "model, pin --revision) or start a new --session.")
-    resume = CheckpointStore(session, config.runtime.keep_checkpoints).latest_step()
+    done = committed_state(session, state, digest(values))
+    resume = done.latest_step
     if resume > total:
         raise ConfigError(f"--steps {total} is below the {resume} steps session {session.name!r} "
                           f"has already trained. Pass --steps {resume} or more.")
     update_state(session, fingerprint=values, total_steps=total, memory_plan=memory or state.memory_plan)
-    record = ExportRecord(fingerprint=digest(values), step=total, precision=config.export.export_precision)
     return TrainingPlan(
         session=ref, model_path=model.path, family=model.family, fingerprint=digest(values),
-        total_steps=total, chunks=plan_chunks(total, config.runtime.chunk_steps), resume_step=resume,
+        total_steps=total, chunks=plan_chunks(total, config.runtime.chunk_steps), done=done,
         resolution=dataset.resolution, subjects=captions.tokens, initializer_word=initializer_word(config),
         training=config.training, runtime=config.runtime, class_images=class_images, memory_plan=memory,
-        exported=outputs_current(session, record), base_model=config.base_model, model_digest=model.digest)
+        base_model=config.base_model, model_digest=model.digest)

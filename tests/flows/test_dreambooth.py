@@ -111,6 +111,27 @@ def test_rerunning_a_finished_session_trains_nothing_and_says_so(trained):
 
 
 @pytest.mark.slow  # another flow run: the full suite only
+def test_a_lost_checkpoint_and_outputs_are_made_again_not_taken_from_the_cache(trained, tmp_path):
+    import shutil
+
+    copy = tmp_path / "sessions" / "shrk"  # the same session (its cached results too), with losses
+    shutil.copytree(trained[0], copy)
+    exported = (copy / "shrk.safetensors").read_bytes()
+    shutil.rmtree(copy / "checkpoints" / "step-000012")
+    (copy / "shrk.safetensors").unlink()
+    assert train(copy.parent) == 0
+    (run, task_runs), *_ = flow_runs_of("shrk")
+    states = {task.name: task.state.name for task in task_runs}
+    chunks = [states[f"train steps {s}-{s + CHUNK}"] for s in range(0, STEPS, CHUNK)]
+    assert chunks == ["Cached", "Cached", "Completed"]
+    assert states["export fp16"] == "Completed"
+    logs = logs_of(run)
+    assert "Trained 4 steps in this run; 2 of 3 chunks were cached" in logs
+    assert "Exporting step 12 from the trainer's weights in memory" in logs
+    assert (copy / "shrk.safetensors").read_bytes() == exported  # exact resume, exported from memory
+
+
+@pytest.mark.slow  # another flow run: the full suite only
 def test_changed_training_settings_are_refused_and_nothing_is_lost(trained):
     session, _ = trained
     files = {p: p.read_bytes() for p in session.rglob("*") if p.is_file()}

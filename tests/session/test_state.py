@@ -5,15 +5,24 @@ import shutil
 from pathlib import Path
 
 import pytest
+from sessions import opened_session
 
 from dreambooth_core.captions.captioning import captions_digest
 from dreambooth_core.errors import ConfigError, SessionError
 from dreambooth_core.hashing import digest
+from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.class_images import ClassImages
 from dreambooth_core.session.dataset_manifest import DatasetManifest, load_dataset_manifest
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import CLASS_MANIFEST, SESSION_FILE
-from dreambooth_core.session.state import load_state, open_or_create, save_state
+from dreambooth_core.session.state import (
+    ExportRecord,
+    committed_state,
+    load_state,
+    open_or_create,
+    save_state,
+    update_state,
+)
 from dreambooth_core.training.plan import fingerprint_values
 
 # Written by version 1 (flat settings, token verdicts under "subjects"): `dreambooth train --session old
@@ -90,3 +99,46 @@ def test_a_damaged_or_newer_file_is_named_with_what_to_do(tmp_path, content, say
     with pytest.raises(SessionError, match=says) as error:
         load_state(session)
     assert f"{session.url}/{SESSION_FILE}" in str(error.value)
+
+
+def committed_session(tmp_path, runs: dict[int, str | None]) -> Session:
+    """A session with a checkpoint at each step of `runs`, committed by that run (None: by a version
+    that did not record the run)."""
+    session = opened_session(tmp_path)
+    store = CheckpointStore(session, keep=len(runs) + 1)
+    for step, run in runs.items():
+        meta = {"fingerprint": "f"} | ({"run": run} if run else {})
+        store.save(step, {"weights.bin": lambda f: f.write(b"w")}, meta)
+    return session
+
+
+def test_a_step_is_done_by_the_run_whose_checkpoint_holds_it_while_the_checkpoint_is_there(tmp_path):
+    session = committed_session(tmp_path, {4: "a", 8: "b"})
+    done = committed_state(session, load_state(session), "f")
+    assert done.latest_step == 8
+    assert [done.step_done_by(step) for step in (2, 4, 6, 8, 10)] == ["a", "a", "b", "b", None]
+    session.remove("checkpoints/step-000008/weights.bin")  # lost: what trained steps 5-8 is gone
+    after = committed_state(session, load_state(session), "f")
+    assert [after.step_done_by(step) for step in (4, 6, 8)] == ["a", None, None]
+    assert after.latest_step == 4 and after.run != done.run  # every reading is another run
+
+
+def test_a_checkpoint_of_an_earlier_version_is_done_by_its_commit(tmp_path):
+    session = committed_session(tmp_path, {4: None})
+    done_by = committed_state(session, load_state(session), "f").step_done_by(4)
+    assert done_by.startswith("committed at ")
+    assert committed_state(session, load_state(session), "f").step_done_by(4) == done_by
+
+
+def test_outputs_are_done_for_their_training_step_and_precision_while_all_of_them_are_there(tmp_path):
+    session = opened_session(tmp_path)
+    session.write_bytes("s.safetensors", b"model")
+    session.write_bytes("s.ckpt", b"model")
+    update_state(session, outputs={"s.safetensors": 5, "s.ckpt": 5},
+                 export=ExportRecord(fingerprint="f", step=4, precision="fp16", run="a"))
+    done = committed_state(session, load_state(session), "f")
+    assert done.export_done_by(4, "fp16") == "a"
+    assert done.export_done_by(4, "fp32") is None and done.export_done_by(8, "fp16") is None
+    assert committed_state(session, load_state(session), "other training").export_done_by(4, "fp16") is None
+    session.remove("s.ckpt")
+    assert committed_state(session, load_state(session), "f").export_done_by(4, "fp16") is None

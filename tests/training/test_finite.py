@@ -56,7 +56,7 @@ def test_the_first_bad_step_is_named_one_based():
 
 
 def test_the_export_refuses_weights_that_are_not_finite_in_its_precision(tiny_model_path):
-    from dreambooth_core.export.outputs import refuse_non_finite
+    from dreambooth_core.export.step_export import refuse_non_finite
 
     trainables = trainer(tiny_model_path, 1e-4).trainables
     refuse_non_finite(trainables, torch.float16, 4)
