@@ -1,6 +1,7 @@
 """prefect.yaml: every deployment loads, its parameters are a valid configuration, its job
-variables exist in its work pool type, and the README's commands register it on a server: with
-only the local pool, what runs here; with the cloud pools created, all of them."""
+variables exist in its work pool type, and the commands of the deployments page of the docs
+(docs/operations/deployments.md) register it on a server: with only the local pool, what runs here;
+with the cloud pools created, all of them."""
 
 import importlib
 import json
@@ -18,6 +19,7 @@ from dreambooth_core.config import DreamBoothConfig
 from flows.upload import UPLOADED
 
 REPO = Path(__file__).resolve().parents[2]
+DEPLOYMENTS_PAGE = REPO / "docs" / "operations" / "deployments.md"
 PROJECT = yaml.safe_load((REPO / "prefect.yaml").read_text())
 DEPLOYMENTS = {d["name"]: d for d in PROJECT["deployments"]}
 TRAINING = {name: d for name, d in DEPLOYMENTS.items() if d["entrypoint"] == "flows/dreambooth.py:dreambooth_train"}
@@ -107,21 +109,21 @@ def test_each_deployment_trains_the_uploads_addressed_to_it(name):
     assert trigger["parameters"] == {"config": "{{ event.payload.config }}"}
 
 
-def readme_commands(after: str) -> list[str]:
-    """The pool and deploy commands of the first bash block after `after` in the README."""
-    readme = (REPO / "README.md").read_text()
-    block = readme[readme.index(after):].split("```bash\n", 1)[1].split("```", 1)[0]
+def page_commands(after: str) -> list[str]:
+    """The pool and deploy commands of the first bash block after `after` on the deployments page."""
+    page = DEPLOYMENTS_PAGE.read_text()
+    block = page[page.index(after):].split("```bash\n", 1)[1].split("```", 1)[0]
     return [line.split("  #")[0] for line in block.splitlines()
             if "prefect work-pool" in line or "prefect deploy" in line]
 
 
 @pytest.mark.slow
-def test_the_readme_deploys_with_only_the_local_pool_then_every_deployment(prefect_api_url):
+def test_the_docs_deploy_with_only_the_local_pool_then_every_deployment(prefect_api_url):
     from prefect.client.orchestration import get_client
 
     env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "PYTHONPATH": str(REPO),
            "PREFECT_CLI_PROMPT": "false"}
-    bin_dir = f"{Path(sys.executable).parent}/"  # the README's .venv/bin/, wherever it is here
+    bin_dir = f"{Path(sys.executable).parent}/"  # the page's .venv/bin/, wherever it is here
 
     def typed(commands: list[str]) -> None:
         for command in commands:
@@ -129,13 +131,13 @@ def test_the_readme_deploys_with_only_the_local_pool_then_every_deployment(prefe
                                     capture_output=True, text=True, timeout=300)
             assert result.returncode == 0, command + "\n" + result.stdout[-3000:] + result.stderr[-3000:]
 
-    local = readme_commands("On this machine, with only the local pool")
+    local = page_commands("On this machine, with only the local pool")
     assert [c for c in local if "deploy" in c.split()] and len(local) == 3, local
     typed(local)
     with get_client(sync_client=True) as client:
         assert {"local", "generate-local"} <= {d.name for d in client.read_deployments()}
         assert client.read_work_pool("local-process").concurrency_limit == 1
-    typed(readme_commands("create the cloud pools first"))
+    typed(page_commands("create the cloud pools first"))
     with get_client(sync_client=True) as client:
         deployed = {d.name: d for d in client.read_deployments()}
         automations = {a.name for a in client.read_automations()}
