@@ -1,5 +1,5 @@
 """Many sessions through one Prefect server, work pool and worker, as an operator runs them
-(README: "Deployments"), with a worker lost and the server restarted while runs go on.
+(docs/operations/deployments.md), with a worker lost and the server restarted while runs go on.
 
     python benchmarks/load_test.py                          # 12 sessions, SIGKILL, a restart
     python benchmarks/load_test.py --sessions 3 --steps 4 --chunk-steps 2 --stop term --no-restart \
@@ -51,7 +51,7 @@ TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 # A Crashed run is rescheduled by the resume automation once no cancellation came within
 # CANCEL_SETTLE_SECONDS (and Prefect's trigger evaluation); until then it has not ended.
 RESCHEDULE_SECONDS = CANCEL_SETTLE_SECONDS + 30
-LEASES_ON_DISK = "prefect.server.concurrency.lease_storage.filesystem"  # as the README's server
+LEASES_ON_DISK = "prefect.server.concurrency.lease_storage.filesystem"  # as docs/operations/server.md's server
 
 
 def free_port() -> int:
@@ -86,7 +86,7 @@ class Machine:
         self.api = f"http://127.0.0.1:{self.port}/api"
         self.env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), "PREFECT_API_URL": self.api,
                     "PYTHONPATH": str(REPO), "DREAMBOOTH_HOME": str(REPO), "PREFECT_CLI_PROMPT": "false",
-                    "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "flows.event_ordering",  # as the README
+                    "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "flows.event_ordering",  # as docs/operations/server.md
                     "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": LEASES_ON_DISK,
                     "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "0",
                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
@@ -181,7 +181,7 @@ def settings(steps: int, chunk: int) -> list[str]:
 
 
 def set_up(machine: Machine, renders: bool) -> None:
-    """The README's commands, in order (the server is started)."""
+    """The commands of docs/operations/deployments.md, in order (the server is started)."""
     py = sys.executable
     machine.run(py, "-m", "prefect", "work-pool", "create", "local-process", "--type", "process")
     machine.run(py, "-m", "prefect", "work-pool", "set-concurrency-limit", "local-process", "1")

@@ -1,7 +1,7 @@
 """The Prefect server's causal ordering of events, kept right across a server restart.
 
-Start the server with PREFECT_SERVER_EVENTS_CAUSAL_ORDERING=flows.event_ordering (README:
-"Deployments"). Why: a flow-run state event names the state event before it (`follows`) when
+Start the server with PREFECT_SERVER_EVENTS_CAUSAL_ORDERING=flows.event_ordering
+(docs/operations/server.md). Why: a flow-run state event names the state event before it (`follows`) when
 the two are less than 5 minutes apart, and Prefect's automations hold an event back until the
 one it follows has been seen. Prefect 3.8.8 remembers the events it has seen in memory only
 (prefect/server/events/ordering/memory.py), so after a restart a run's `Completed`, which
