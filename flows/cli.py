@@ -259,7 +259,7 @@ def train_on_this_machine(config: DreamBoothConfig) -> int:
     """--node-rank above 0: this machine's training processes, until machine 0's run ends."""
     from dreambooth_core.families.base_model import fetch_base
     from dreambooth_core.model.cache import model_cache_dir
-    from dreambooth_core.training.worker_group import WorkerGroup
+    from dreambooth_core.training.distributed.worker_group import WorkerGroup
 
     quiet_libraries()
     runtime = config.runtime

@@ -16,7 +16,7 @@ from dreambooth_core.session.checkpoints import Checkpoint, Writer, read_tensor_
 from dreambooth_core.session.tensor_files import write_safetensors
 from dreambooth_core.training.activation_checkpointing import checkpoint_activations
 from dreambooth_core.training.batches import Draw, draw_micro_batch
-from dreambooth_core.training.data_parallel import gradients_kept_local, share_gradients
+from dreambooth_core.training.distributed.data_parallel import gradients_kept_local, share_gradients
 from dreambooth_core.training.devices import resolve_precision
 from dreambooth_core.training.frozen_weights import HALF, frozen_dtype, hold_frozen
 from dreambooth_core.training.latents import LatentCache

@@ -15,8 +15,8 @@ import torch
 
 pytestmark = pytest.mark.slow  # a CLI run each: the full suite only
 
-REPO = Path(__file__).resolve().parents[2]
-FAULT = Path(__file__).resolve().parent / "rank_fault"
+REPO = Path(__file__).resolve().parents[3]
+FAULT = Path(__file__).resolve().parents[1] / "rank_fault"
 FAULTS = ("DREAMBOOTH_KILL_RANK", "DREAMBOOTH_HANG_RANK", "DREAMBOOTH_PAUSE_RANK")
 
 

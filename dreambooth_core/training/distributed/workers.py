@@ -1,6 +1,6 @@
 """The training processes of a --gpus N run, started by torchrun (agent.py) and alive for the whole run:
 
-    python -m dreambooth_core.training.workers CONTROL_FOLDER   (torchrun's command; never by hand)
+    python -m dreambooth_core.training.distributed.workers CONTROL_FOLDER   (torchrun's; never by hand)
 
 Rank 0 takes each order the pipeline writes to the control folder (control.py) and hands
 it to the other ranks over the process group; every rank then runs the same chunk body
@@ -21,6 +21,7 @@ processes end cleanly with a report that says so.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -35,10 +36,9 @@ from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.processes import pid_alive
 from dreambooth_core.session.storage import BlockLoader, use_block_storage
 from dreambooth_core.training.chunk import ChunkHooks, train_chunk, trainer_key
-from dreambooth_core.training.control import ControlFolder, Report, WorkerError
+from dreambooth_core.training.distributed.control import ControlFolder, Report, WorkerError
 from dreambooth_core.training.live import LiveTraining
 from dreambooth_core.training.plan import Chunk, TrainingPlan
-from dreambooth_core.training.rank_log import rank_log
 
 ORDERS_TIMEOUT = timedelta(days=2)  # rank 0's work between chunks: samples, evaluation, the pipeline's own
 USER_ERRORS = (errors.DreamBoothError, errors.NetworkError)
@@ -228,6 +228,19 @@ def run(folder: str) -> int:
         rank_log(int(os.environ["RANK"])).error("failed: %s: %s", type(exc).__name__,
                                                 (str(exc).strip().splitlines() or [""])[0])
         return 1
+
+
+def rank_log(rank: int) -> logging.Logger:
+    """The log of a training process beside the pipeline's own: lines on stderr, marked with the
+    rank. (The pipeline's Prefect logger does not reach another process.)"""
+    log = logging.getLogger(f"dreambooth.rank{rank}")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(f"rank {rank} | %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    return log
 
 
 if __name__ == "__main__":

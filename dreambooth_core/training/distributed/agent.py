@@ -1,6 +1,6 @@
 """torchrun's agent for one machine of a run:
 
-    python -m dreambooth_core.training.agent CONTROL_FOLDER TORCHRUN_FLAGS...
+    python -m dreambooth_core.training.distributed.agent CONTROL_FOLDER TORCHRUN_FLAGS...
 
 It is torchrun itself (torch.distributed.run's `run`: the rendezvous, the worker
 processes, stopping them all when one fails) with the training processes
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from dreambooth_core.training.control import ControlFolder, ProcessFailure
+from dreambooth_core.training.distributed.control import ControlFolder, ProcessFailure
 
 
 def main(argv: list[str]) -> int:
@@ -22,7 +22,8 @@ def main(argv: list[str]) -> int:
     from torch.distributed.run import get_args_parser, run
 
     folder, flags = argv[0], argv[1:]
-    args = get_args_parser().parse_args([*flags, "-m", "dreambooth_core.training.workers", folder])
+    workers = "dreambooth_core.training.distributed.workers"
+    args = get_args_parser().parse_args([*flags, "-m", workers, folder])
     try:
         run(args)
     except ChildFailedError as exc:

@@ -3,7 +3,7 @@
 import pickle
 
 from dreambooth_core.training.chunk import ChunkOutcome
-from dreambooth_core.training.control import ControlFolder, Relay, Report
+from dreambooth_core.training.distributed.control import ControlFolder, Relay, Report
 
 
 def test_rank_0s_relayed_callbacks_reach_the_pipeline_in_order_before_its_report(tmp_path):

@@ -4,8 +4,8 @@ starts the agent with."""
 import os
 
 from dreambooth_core.config import RuntimeSettings
-from dreambooth_core.training.control import ProcessFailure
-from dreambooth_core.training.worker_group import describe_failure, torchrun_flags
+from dreambooth_core.training.distributed.control import ProcessFailure
+from dreambooth_core.training.distributed.worker_group import describe_failure, torchrun_flags
 
 
 def failure(rank: int, message: str, signal: str | None = None) -> ProcessFailure:
@@ -54,7 +54,7 @@ def test_a_rank_stopped_by_torchrun_while_it_reports_its_own_failure_ends_in_one
     script.write_text(
         "import os, signal, time\n"
         "from torch.distributed.elastic.multiprocessing import errors\n"
-        "from dreambooth_core.training import workers\n"
+        "from dreambooth_core.training.distributed import workers\n"
         "def main(folder):\n"
         "    signal.signal(signal.SIGTERM, workers._stopped)\n"
         "    raise RuntimeError('[gloo] Connection closed by peer')\n"

@@ -28,10 +28,11 @@ from dreambooth_core import errors
 from dreambooth_core.config import RuntimeSettings
 from dreambooth_core.session.storage import block_storage_loader
 from dreambooth_core.training.chunk import ChunkHooks, ChunkOutcome
-from dreambooth_core.training.control import ControlFolder, Launch, ProcessFailure, Relay, Report, WorkerError
+from dreambooth_core.training.distributed.control import (ControlFolder, Launch, ProcessFailure, Relay,
+                                                         Report, WorkerError)
 from dreambooth_core.training.plan import Chunk, TrainingPlan
 from dreambooth_core.training.preemption import stop_requests
-from dreambooth_core.training.workers import Order
+from dreambooth_core.training.distributed.workers import Order
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # where `-m dreambooth_core...` imports from
 # How long the other machines wait for machine 0 at the rendezvous: its pipeline starts its ranks at the
@@ -72,7 +73,7 @@ class WorkerGroup:
             env.setdefault(name, value)
         log.info("Starting %d training processes on this machine (torchrun; %d in all)", per_machine, gpus)
         self.agent = subprocess.Popen(
-            [sys.executable, "-m", "dreambooth_core.training.agent", self._folder.name,
+            [sys.executable, "-m", "dreambooth_core.training.distributed.agent", self._folder.name,
              *torchrun_flags(runtime, gpus)], env=env)
 
     def train(self, plan: TrainingPlan, chunk: Chunk, hooks: ChunkHooks) -> ChunkOutcome:
