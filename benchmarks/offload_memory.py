@@ -27,7 +27,7 @@ def peak(model: Path, resolution: int, offload: bool) -> tuple[int, int]:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from dreambooth_core.config import RuntimeSettings, TrainingSettings
-    from dreambooth_core.training import memory_estimate as estimate
+    from dreambooth_core.training.memory import estimate
     from dreambooth_core.training.trainer import Trainer
 
     settings = TrainingSettings(method="dreambooth", mixed_precision="bf16", optimizer="adamw-8bit",

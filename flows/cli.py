@@ -301,8 +301,9 @@ def _train_reporting_lost_end(flow, config: DreamBoothConfig):
 def plan(flags: dict[str, Any]) -> int:
     from dreambooth_core.families import family_of_folder
     from dreambooth_core.session.state import load_state
-    from dreambooth_core.training.gpu_plans import cost_lines, plan_table, plans_on_common_gpus
-    from dreambooth_core.training.memory_plan import eight_bit_problem
+    from dreambooth_core.training.memory.gpu_plans import (cost_lines, plan_table,
+                                                           plans_on_common_gpus)
+    from dreambooth_core.training.memory.plan import eight_bit_problem
 
     speed = flags.pop("steps_per_second")  # of this plan, not a setting of the session
     if speed is not None and speed <= 0:

@@ -24,7 +24,7 @@ from dreambooth_core.training.devices import resolve_device, resolve_precision
 from dreambooth_core.training.examples import load_class_examples, load_examples
 from dreambooth_core.training.finite import check_training_finite, divergence_advice
 from dreambooth_core.training.live import LiveTraining
-from dreambooth_core.training.memory_plan import out_of_memory_advice
+from dreambooth_core.training.memory.plan import out_of_memory_advice
 from dreambooth_core.families import load_model_parts
 from dreambooth_core.families.quantised import BasePrecision
 from dreambooth_core.training.plan import Chunk, TrainingPlan

@@ -114,7 +114,7 @@ TRAINED = {"dreambooth": ("unet.", "text_encoder.", "text_encoder_2."),
 @pytest.mark.slow  # three trainers of four steps
 @pytest.mark.parametrize("method, precision", [(m, "no") for m in TRAINED] + [("lora", "bf16")])
 def test_each_method_trains_both_encoders_and_resume_is_exact(sdxl, method, precision, tmp_path):
-    """bf16: LoRA holds the frozen model in bf16 (training/frozen_weights.py)."""
+    """bf16: LoRA holds the frozen model in bf16 (training/memory/frozen_weights.py)."""
     options = dict(method=method, text_encoder_steps=3, flip=True, lora_text_encoder=method == "lora",
                    mixed_precision=precision)
     base = trained(make_trainer(sdxl, **options))

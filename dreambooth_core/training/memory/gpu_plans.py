@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from dreambooth_core.config import MemoryPlan, RuntimeSettings, TrainingSettings
 from dreambooth_core.training.devices import offload_problem, precision_problem
-from dreambooth_core.training.memory_estimate import MemoryEstimate, estimate_training_memory
-from dreambooth_core.training.memory_plan import GIB, NoPlanFits, choose_plan, usable_bytes
+from dreambooth_core.training.memory.estimate import MemoryEstimate, estimate_training_memory
+from dreambooth_core.training.memory.plan import GIB, NoPlanFits, choose_plan, usable_bytes
 
 
 @dataclass(frozen=True)

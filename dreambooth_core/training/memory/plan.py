@@ -36,7 +36,7 @@ import torch
 from dreambooth_core.config import DreamBoothConfig, MemoryPlan, RuntimeSettings, TrainingSettings, offload_needs
 from dreambooth_core.errors import ConfigError
 from dreambooth_core.training.devices import offload_problem, resolve_device, resolve_precision
-from dreambooth_core.training.memory_estimate import estimate_training_memory
+from dreambooth_core.training.memory.estimate import estimate_training_memory
 
 GIB = 2**30
 # Left free besides the estimate: allocator fragmentation and caching, kernels' workspaces

@@ -27,7 +27,7 @@ def test_plan_prints_every_common_gpu_for_the_tiny_model(tmp_path, capsys):
 
 @pytest.mark.slow  # the CLI estimates four plans (about 8 s)
 def test_without_bitsandbytes_plans_leave_8_bit_adamw_out_and_say_so(tmp_path, capsys):
-    from dreambooth_core.training.memory_plan import eight_bit_problem
+    from dreambooth_core.training.memory.plan import eight_bit_problem
 
     if eight_bit_problem() is None:
         pytest.skip("bitsandbytes imports here")
@@ -41,7 +41,7 @@ def test_without_bitsandbytes_plans_leave_8_bit_adamw_out_and_say_so(tmp_path, c
 @pytest.mark.slow  # estimates the full SD 1.5 architecture (about 30 s)
 def test_the_default_sd15_dreambooth_run_fits_a_t4_with_8_bit_adamw(tmp_path, capsys, monkeypatch):
     """Planned where bitsandbytes imports, as in the project's Docker image."""
-    from dreambooth_core.training import memory_plan
+    from dreambooth_core.training.memory import plan as memory_plan
 
     monkeypatch.setattr(memory_plan, "eight_bit_problem", lambda: None)
     assert main(["plan", "--session", "p", "--storage", str(tmp_path), "--class-word", "man"]) == 0
@@ -71,7 +71,7 @@ def no_download(monkeypatch):
 def test_a_flux_lora_is_planned_on_every_common_gpu_from_published_configs(tmp_path, capsys, no_download,
                                                                            monkeypatch):
     """Without bitsandbytes (no quantised base): the small cards cannot hold the bf16 transformer."""
-    from dreambooth_core.training import memory_plan
+    from dreambooth_core.training.memory import plan as memory_plan
 
     monkeypatch.setattr(memory_plan, "eight_bit_problem", lambda: "bitsandbytes left out for this test")
     assert main(["plan", "--session", "p", "--storage", str(tmp_path),
@@ -95,9 +95,10 @@ def test_a_flux_lora_is_planned_on_every_common_gpu_from_published_configs(tmp_p
 def test_a_card_too_small_for_the_frozen_base_gets_it_quantised(tmp_path):
     from dreambooth_core.config import RuntimeSettings, TrainingSettings
     from dreambooth_core.families.base_model import fetch_model
-    from dreambooth_core.training.gpu_plans import HOST_BASELINE_BYTES, Gpu, plan_table, plans_on_common_gpus
-    from dreambooth_core.training.memory_estimate import estimate_training_memory
-    from dreambooth_core.training.memory_plan import GIB, RESERVE_BYTES, USABLE_FRACTION, candidates
+    from dreambooth_core.training.memory.gpu_plans import (HOST_BASELINE_BYTES, Gpu, plan_table,
+                                                           plans_on_common_gpus)
+    from dreambooth_core.training.memory.estimate import estimate_training_memory
+    from dreambooth_core.training.memory.plan import GIB, RESERVE_BYTES, USABLE_FRACTION, candidates
 
     path = fetch_model("tiny-flux", tmp_path).path
     training, runtime = TrainingSettings(steps=4, method="lora", mixed_precision="bf16"), RuntimeSettings()
@@ -128,7 +129,7 @@ def test_textual_inversion_of_flux_is_refused_in_one_line(model, family, tmp_pat
 def test_the_cost_of_n_gpus_and_of_the_run_at_a_measured_speed():
     """Only GPUs the settings fit, and a cloud sells, are priced."""
     from dreambooth_core.config import MemoryPlan
-    from dreambooth_core.training.gpu_plans import COMMON_GPUS, GpuPlan, cost_lines
+    from dreambooth_core.training.memory.gpu_plans import COMMON_GPUS, GpuPlan, cost_lines
 
     gpu = {g.name: g for g in COMMON_GPUS}
     fits = MemoryPlan(optimizer="adamw", gradient_checkpointing=False)

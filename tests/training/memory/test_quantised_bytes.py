@@ -11,9 +11,10 @@ from dreambooth_core.config import TrainingSettings
 from dreambooth_core.families import load_model_parts
 from dreambooth_core.families.base_model import fetch_model
 from dreambooth_core.training.methods import set_up_method
-from dreambooth_core.training.quantised_bytes import kept_unquantised, quantised_layers, quantised_weight_bytes
+from dreambooth_core.training.memory.quantised_bytes import (kept_unquantised, quantised_layers,
+                                                             quantised_weight_bytes)
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CUDA_PYTHON = REPO / ".cuda-venv" / "bin" / "python"  # the dry run's venv: PyPI's torch and bitsandbytes
 SHAPES = [(384, 320), (3072, 3072), (77, 1000), (10, 10)]
 MEASURE = """

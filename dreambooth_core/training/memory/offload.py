@@ -43,7 +43,7 @@ from torch.utils._pytree import tree_leaves
 
 from dreambooth_core.config import RuntimeSettings, TrainingSettings, offload_needs
 from dreambooth_core.errors import ConfigError
-from dreambooth_core.training.step_in_backward import StepInBackward
+from dreambooth_core.training.memory.step_in_backward import StepInBackward
 
 
 def check_trainer_offload(settings: TrainingSettings, runtime: RuntimeSettings) -> None:

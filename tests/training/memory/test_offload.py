@@ -14,7 +14,7 @@ from dreambooth_core.config import RuntimeSettings, TrainingSettings
 from dreambooth_core.errors import ConfigError
 from dreambooth_core.families import load_model_parts
 from dreambooth_core.families.base_model import fetch_model
-from dreambooth_core.training.offload import check_trainer_offload, offload_units
+from dreambooth_core.training.memory.offload import check_trainer_offload, offload_units
 from dreambooth_core.training.plan import check_settings
 from dreambooth_core.training.trainer import Example, Trainer
 

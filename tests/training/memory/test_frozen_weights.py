@@ -10,9 +10,9 @@ import torch
 from dreambooth_core.config import TrainingSettings
 from dreambooth_core.generation.pipeline import build_pipeline, render
 from dreambooth_core.families.sd_tiny import build_tiny_sdxl_model
-from dreambooth_core.training import frozen_weights
-from dreambooth_core.training.frozen_weights import HELD_IN_HALF
-from dreambooth_core.training.memory_estimate import estimate_training_memory
+from dreambooth_core.training.memory import frozen_weights
+from dreambooth_core.training.memory.frozen_weights import HELD_IN_HALF
+from dreambooth_core.training.memory.estimate import estimate_training_memory
 from dreambooth_core.families import load_model_parts
 from dreambooth_core.training.trainer import Example, Trainer
 

@@ -6,7 +6,7 @@ import torch
 from dreambooth_core.config import RuntimeSettings, TrainingSettings
 from dreambooth_core.errors import ConfigError
 from dreambooth_core.families import write_config_folder
-from dreambooth_core.training.memory_estimate import estimate_training_memory
+from dreambooth_core.training.memory.estimate import estimate_training_memory
 from dreambooth_core.families import load_model_parts
 from dreambooth_core.training.trainer import Example, Trainer
 

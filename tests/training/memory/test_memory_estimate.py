@@ -8,7 +8,7 @@ import pytest
 from dreambooth_core.config import RuntimeSettings, TrainingSettings
 from dreambooth_core.errors import ConfigError
 from dreambooth_core.families.base_model import fetch_model
-from dreambooth_core.training.memory_estimate import estimate_training_memory
+from dreambooth_core.training.memory.estimate import estimate_training_memory
 
 METHODS = {"dreambooth": {"text_encoder_steps": 1}, "lora": {"lora_text_encoder": True},
            "textual-inversion": {}}
@@ -129,7 +129,7 @@ def test_offload_keeps_the_blocks_weights_gradients_and_adamw_moments_on_the_hos
     import torch
 
     from dreambooth_core.families import load_model_parts
-    from dreambooth_core.training.memory_estimate import IN_FLIGHT, swapped_blocks
+    from dreambooth_core.training.memory.estimate import IN_FLIGHT, swapped_blocks
 
     full = {"method": "dreambooth", "text_encoder_steps": 0}
     checkpointing = RuntimeSettings(gradient_checkpointing=True)

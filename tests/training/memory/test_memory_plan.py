@@ -5,8 +5,8 @@ import pytest
 from dreambooth_core.config import DreamBoothConfig, MemoryPlan, RuntimeSettings, TrainingSettings
 from dreambooth_core.errors import ConfigError
 from dreambooth_core.families.base_model import fetch_model
-from dreambooth_core.training.memory_estimate import estimate_training_memory
-from dreambooth_core.training.memory_plan import (
+from dreambooth_core.training.memory.estimate import estimate_training_memory
+from dreambooth_core.training.memory.plan import (
     RESERVE_BYTES,
     USABLE_FRACTION,
     GpuMemory,
@@ -196,7 +196,7 @@ def test_the_docker_image_installs_the_library_every_concession_needs():
     import tomllib
     from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[3]
     extras = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(requirement.startswith("bitsandbytes") for requirement in extras["gpu"])
     installs = [line for line in (repo / "Dockerfile").read_text().splitlines() if "pip install" in line]

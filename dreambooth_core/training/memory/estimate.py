@@ -53,9 +53,9 @@ from dreambooth_core.config import RuntimeSettings, TrainingSettings
 from dreambooth_core.families import ModelParts, load_model_parts, write_config_folder
 from dreambooth_core.training import trainer as trainer_module
 from dreambooth_core.training.devices import QUANTISED
-from dreambooth_core.training.frozen_weights import HALF, frozen_dtype
+from dreambooth_core.training.memory.frozen_weights import HALF, frozen_dtype
 from dreambooth_core.training.latents import LatentCache
-from dreambooth_core.training.quantised_bytes import kept_unquantised, quantised_layers
+from dreambooth_core.training.memory.quantised_bytes import kept_unquantised, quantised_layers
 
 
 @dataclass(frozen=True)
