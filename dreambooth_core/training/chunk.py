@@ -21,7 +21,7 @@ from dreambooth_core.reports.monitor import ChunkReport, Progress, TrainingMonit
 from dreambooth_core.session.checkpoints import Checkpoint, CheckpointStore
 from dreambooth_core.session.folder import Session
 from dreambooth_core.training.devices import resolve_device, resolve_precision
-from dreambooth_core.training.examples import load_class_examples, load_examples
+from dreambooth_core.training.data.examples import load_class_examples, load_examples
 from dreambooth_core.training.finite import check_training_finite, divergence_advice
 from dreambooth_core.training.live import LiveTraining
 from dreambooth_core.training.memory.plan import out_of_memory_advice
@@ -29,7 +29,7 @@ from dreambooth_core.families import load_model_parts
 from dreambooth_core.families.quantised import BasePrecision
 from dreambooth_core.training.plan import Chunk, TrainingPlan
 from dreambooth_core.training.preemption import StopRequest, TrainingStopped, save_on_stop, stop_requests
-from dreambooth_core.training.text_embeddings import EmbeddingStore
+from dreambooth_core.training.data.text_embeddings import EmbeddingStore
 from dreambooth_core.training.trainer import Trainer
 
 CHECK_EVERY = 50  # steps between checks that the loss is finite (a sync each)

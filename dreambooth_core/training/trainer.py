@@ -15,7 +15,7 @@ from dreambooth_core.families.objectives import NoisyBatch, per_example_loss, ra
 from dreambooth_core.session.checkpoints import Checkpoint, Writer, read_tensor_file
 from dreambooth_core.session.tensor_files import write_safetensors
 from dreambooth_core.training.memory.activation_checkpointing import checkpoint_activations
-from dreambooth_core.training.batches import Draw, draw_micro_batch
+from dreambooth_core.training.data.batches import Draw, draw_micro_batch
 from dreambooth_core.training.distributed.data_parallel import gradients_kept_local, share_gradients
 from dreambooth_core.training.devices import resolve_precision
 from dreambooth_core.training.memory.frozen_weights import HALF, frozen_dtype, hold_frozen
@@ -25,7 +25,7 @@ from dreambooth_core.training.methods import Trainables, set_up_method, text_enc
 from dreambooth_core.training.memory.offload import BlockOffload, check_trainer_offload
 from dreambooth_core.training.schedule import lr_factor
 from dreambooth_core.training.memory.step_in_backward import StepInBackward, refuse_fp16
-from dreambooth_core.training.text_embeddings import EmbeddingStore, weights_digest
+from dreambooth_core.training.data.text_embeddings import EmbeddingStore, weights_digest
 
 WEIGHTS_FILE = "weights.safetensors"
 EMA_FILE = "ema.safetensors"

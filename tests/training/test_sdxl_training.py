@@ -12,7 +12,7 @@ from dreambooth_core.config import TrainingSettings
 from dreambooth_core.families.sd_tiny import build_tiny_sdxl_model
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.folder import Session
-from dreambooth_core.training.batches import draw_micro_batch
+from dreambooth_core.training.data.batches import draw_micro_batch
 from dreambooth_core.families import load_model_parts
 from dreambooth_core.training.trainer import Example, Trainer
 

@@ -14,8 +14,8 @@ from dreambooth_core.model.segmentation import Segmenter, build_tiny_segmenter
 from dreambooth_core.photos.masks import mask_values
 from dreambooth_core.photos.validate import ValidationSettings, validate_folder
 from dreambooth_core.session.dataset_manifest import load_dataset_manifest
-from dreambooth_core.training.examples import load_examples
-from dreambooth_core.training.masks import build_masks
+from dreambooth_core.training.data.examples import load_examples
+from dreambooth_core.training.data.masks import build_masks
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dreambooth_core.training.randomness import balanced_example_index, generator_for
+from dreambooth_core.training.data.randomness import balanced_example_index, generator_for
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from dreambooth_core.photos.crop import upright_size
 from dreambooth_core.session.class_images import ClassImages, read_class_images
 from dreambooth_core.session.dataset_manifest import DatasetItem, require_dataset_manifest
 from dreambooth_core.session.folder import Session
-from dreambooth_core.training.masks import load_mask_manifest, mask_tensor
+from dreambooth_core.training.data.masks import load_mask_manifest, mask_tensor
 from dreambooth_core.training.trainer import Example
 
 

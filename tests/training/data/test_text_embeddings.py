@@ -14,7 +14,7 @@ from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import TEXT_EMBEDDINGS
 from dreambooth_core.training.methods import text_encoders_stay_on_device
-from dreambooth_core.training.text_embeddings import EmbeddingStore
+from dreambooth_core.training.data.text_embeddings import EmbeddingStore
 from dreambooth_core.training.trainer import Example, Trainer
 
 CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(

@@ -3,7 +3,7 @@ one process makes for the whole batch; with aspect-ratio buckets, one bucket per
 
 import torch
 
-from dreambooth_core.training.batches import draw_micro_batch
+from dreambooth_core.training.data.batches import draw_micro_batch
 
 RANK_GROUPS = [[0, 1, 2], [3, 4]]         # two subjects' photos
 RANK_CLASS_GROUPS = [[0, 1, 2, 3], [4, 5]]  # their class images

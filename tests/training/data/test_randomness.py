@@ -2,7 +2,8 @@
 
 import torch
 
-from dreambooth_core.training.randomness import balanced_example_index, example_index, generator_for
+from dreambooth_core.training.data.randomness import (balanced_example_index, example_index,
+                                                      generator_for)
 
 
 def test_each_epoch_visits_every_example_once():
