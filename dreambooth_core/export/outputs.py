@@ -22,12 +22,12 @@ from dreambooth_core.session.folder import Session, temporary_name
 from dreambooth_core.session.paths import DIFFUSERS
 from dreambooth_core.session.scratch import scratch_folder
 from dreambooth_core.session.state import ExportRecord, load_state, outputs_current, update_state
-from dreambooth_core.training.finite import weights_finite
+from dreambooth_core.training.chunk import weights_finite
 from dreambooth_core.training.live import LiveTraining
 from dreambooth_core.training.methods import Trainables
 from dreambooth_core.families.family import ModelParts
 from dreambooth_core.training.plan import TrainingPlan
-from dreambooth_core.training.restore import restored_parts
+from dreambooth_core.training.trainer import restored_parts
 
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 

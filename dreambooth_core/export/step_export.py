@@ -31,7 +31,7 @@ from dreambooth_core.session.paths import export_folder, snapshot_folder, step_n
 from dreambooth_core.session.scratch import scratch_folder
 from dreambooth_core.session.state import load_state
 from dreambooth_core.training.methods import Trainables, adapted_encoders, set_up_method
-from dreambooth_core.training.restore import restored_parts
+from dreambooth_core.training.trainer import restored_parts
 from dreambooth_core.training.trainer import EMA_FILE, WEIGHTS_FILE
 
 Source = Literal["checkpoint", "snapshot"]

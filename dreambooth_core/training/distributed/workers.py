@@ -155,7 +155,7 @@ def follow_orders(control: ControlFolder, ranks: Ranks, live: LiveTraining, pipe
                 control.report(n, Report(error=worker_error(exc)))
             elif not isinstance(exc, (errors.TrainingError, CopiesDiffer)):
                 raise
-            else:  # every rank stops at the same check (finite.py, agreed_plan); rank 0 tells the user
+            else:  # all ranks stop at one check (first_bad_step, agreed_plan); rank 0 tells the user
                 log.info("stopped with rank 0: %s", str(exc).split(".")[0])
         n += 1
 

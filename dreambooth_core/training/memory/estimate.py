@@ -54,7 +54,7 @@ from dreambooth_core.families import ModelParts, load_model_parts, write_config_
 from dreambooth_core.training import trainer as trainer_module
 from dreambooth_core.training.devices import QUANTISED
 from dreambooth_core.training.memory.frozen_weights import HALF, frozen_dtype
-from dreambooth_core.training.latents import LatentCache
+from dreambooth_core.training.trainer import LatentCache
 from dreambooth_core.training.memory.quantised_bytes import kept_unquantised, quantised_layers
 
 

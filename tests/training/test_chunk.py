@@ -8,7 +8,7 @@ from dreambooth_core.errors import TrainingError
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.folder import Session
 from dreambooth_core.training.chunk import train_steps
-from dreambooth_core.training.finite import check_training_finite, first_bad_step
+from dreambooth_core.training.chunk import check_training_finite, first_bad_step
 from dreambooth_core.families import load_model_parts
 from dreambooth_core.training.trainer import Example, Trainer
 
