@@ -8,9 +8,10 @@ Each estimate runs real training steps of our Trainer on fake tensors of the ful
 (dreambooth_core/training/memory/estimate.py: a quantised base, the text encoders off the GPU and
 --offload counted as it documents), built from the published configs (nothing downloaded). The plan
 is chosen as on a GPU with bitsandbytes (the Docker image), from the card's free memory less the
-margin --memory auto keeps (training/memory/plan.py). A target is met when a plan fits the card and
-its estimated peak is within the target. Host peak: training/memory/gpu_plans.py's host_peak_bytes; "with
-copy" adds the host copy a checkpoint commit takes only where free RAM has room for it.
+margin --memory auto keeps (training/memory/plan.py). A target is met when a plan fits the card
+and its estimated peak is within the target. Host peak: training/memory/gpu_plans.py's
+host_peak_bytes; "with copy" adds the host copy a checkpoint commit takes only where free RAM has
+room for it.
 Needs torch, diffusers, transformers and peft (no prefect, no GPU).
 """
 
