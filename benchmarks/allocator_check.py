@@ -3,7 +3,7 @@
     python benchmarks/allocator_check.py                       # SD 1.5: LoRA, LoRA + checkpointing, textual inversion
     python benchmarks/allocator_check.py --model sd15 --plans "lora rank 8, prior" --resolution 384
 
-The estimate (dreambooth_core/training/memory_estimate.py) counts the bytes of live tensor
+The estimate (dreambooth_core/training/memory/estimate.py) counts the bytes of live tensor
 storage over real training steps on fake tensors. Here the same steps run on real tensors in a
 child process whose glibc allocator maps every block of 64 KiB or more on its own and returns it
 when freed (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_): the process's anonymous memory then
@@ -73,7 +73,7 @@ def settings_of(plan: str):
 
 def measure_in_this_process(folder: str, plan: str, resolution: int) -> dict:
     """Real training steps of `plan`: the allocator's peak above the baseline, and the estimator's count."""
-    from dreambooth_core.training.memory_estimate import estimate_training_memory
+    from dreambooth_core.training.memory.estimate import estimate_training_memory
 
     training, runtime, prior = settings_of(plan)
     baseline = AnonymousPeak.now()
@@ -105,7 +105,7 @@ def main() -> None:
     args = parser.parse_args()
     from dreambooth_core.families import detect_family
     from dreambooth_core.families import write_config_folder
-    from dreambooth_core.training.memory_estimate import estimate_training_memory
+    from dreambooth_core.training.memory.estimate import estimate_training_memory
 
     print("| model | plan (fp32, batch 1) | estimate GiB | estimator on real tensors GiB | allocator GiB "
           "| estimate / allocator | baseline GiB |")

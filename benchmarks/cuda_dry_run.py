@@ -252,7 +252,7 @@ def state_checks(trainer) -> list[str]:
     import torch
 
     from dreambooth_core.families.quantised import QUANTISED, is_quantised_weight
-    from dreambooth_core.training.frozen_weights import HELD_IN_HALF, frozen_dtype
+    from dreambooth_core.training.memory.frozen_weights import HELD_IN_HALF, frozen_dtype
     from dreambooth_core.training.methods import text_encoders_stay_on_device
 
     named = trainer.trainables.named()
@@ -365,7 +365,7 @@ class _project_patches:
         if "offload" in self.case.options:
             import torch
 
-            from dreambooth_core.training import offload
+            from dreambooth_core.training.memory import offload
 
             # The fake runtime creates no stream (cudaStreamCreateWithPriority is not in it) and
             # refuses page-locked memory, which fake tensors cannot have either.

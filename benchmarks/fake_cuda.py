@@ -48,7 +48,7 @@ KNOWN_SYNCS = {
     ("grad_scaler.py", "_maybe_opt_step"): "GradScaler.step reads found_inf before a non-fused optimizer's "
                                            "step (fp16 with 8-bit AdamW): one sync per step",
     # Ours, once per run: the first step after the text-encoder phase encodes each caption with the
-    # frozen encoders and moves them to host memory (training/text_embeddings.py).
+    # frozen encoders and moves them to host memory (training/data/text_embeddings.py).
     ("trainer.py", "_freeze_conditioning"): "the first step after the text-encoder phase moves the frozen "
                                             "text encoders to host memory: once per run"}
 

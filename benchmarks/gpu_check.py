@@ -11,7 +11,7 @@ it prints one markdown table:
   --channels-last (compiling is skipped on a CPU: inductor builds C++ for minutes);
 - the same step with 8-bit AdamW when bitsandbytes imports (else why not);
 - each row's peak GPU memory (torch.cuda.max_memory_allocated) beside the estimate of
-  dreambooth_core/training/memory_estimate.py for the same settings;
+  dreambooth_core/training/memory/estimate.py for the same settings;
 - the --memory auto plan under 16 GB and 24 GB limits (`memory_auto_plan`), run for three steps
   with the allocator capped at the limit;
 - the gpu-marked pytest tests (CUDA resume bit-exactness among them), as they are and
@@ -54,7 +54,7 @@ from train_speed import sd15_parts, synchronize  # noqa: E402
 from dreambooth_core.config import RuntimeSettings, TrainingSettings  # noqa: E402
 from dreambooth_core.families import write_config_folder  # noqa: E402
 from dreambooth_core.families.sd_tiny import build_tiny_model  # noqa: E402
-from dreambooth_core.training.memory_estimate import estimate_training_memory  # noqa: E402
+from dreambooth_core.training.memory.estimate import estimate_training_memory  # noqa: E402
 from dreambooth_core.families.family import ModelParts  # noqa: E402
 from dreambooth_core.families import load_model_parts  # noqa: E402
 from dreambooth_core.training.trainer import Example, Trainer  # noqa: E402
@@ -209,7 +209,7 @@ def memory_auto_plan(model: Model, limit_gb: float, device: torch.device) -> Row
     GPU three steps of that plan with the allocator capped at the limit
     (torch.cuda.set_per_process_memory_fraction): whether it fits, and its real peak."""
     from dreambooth_core.errors import ConfigError
-    from dreambooth_core.training.memory_plan import choose_plan, eight_bit_available, usable_bytes
+    from dreambooth_core.training.memory.plan import choose_plan, eight_bit_available, usable_bytes
 
     row = Row("--memory auto plan", f"limit {limit_gb:g} GB, prior")
     case = Case("prior")

@@ -38,7 +38,7 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dreambooth_core.training.memory_estimate import write_random_model  # noqa: E402
+from dreambooth_core.training.memory.estimate import write_random_model  # noqa: E402
 
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/memory"), Path("/sys/fs/cgroup"))  # v1, v2
 

@@ -6,7 +6,7 @@ FLUX.1, FLUX.2 [klein]), on a CPU, without weights.
     python benchmarks/memory_estimate.py --models flux1-dev --resolutions native 512
 
 Each row runs real training steps of our Trainer on fake tensors
-(dreambooth_core/training/memory_estimate.py) and prints the peak of live tensor
+(dreambooth_core/training/memory/estimate.py) and prints the peak of live tensor
 bytes and what stays between steps, in GiB, as a markdown table. The models are
 built from their published configurations (dreambooth_core.families.ARCHITECTURES;
 nothing is downloaded) at the resolution each family reads from them ("native") or
@@ -27,7 +27,7 @@ from dreambooth_core.config import RuntimeSettings, TrainingSettings  # noqa: E4
 from dreambooth_core.errors import ConfigError  # noqa: E402
 from dreambooth_core.families import ARCHITECTURES, detect_family, family_of  # noqa: E402
 from dreambooth_core.families import write_config_folder  # noqa: E402
-from dreambooth_core.training.memory_estimate import estimate_training_memory  # noqa: E402
+from dreambooth_core.training.memory.estimate import estimate_training_memory  # noqa: E402
 
 CHECKPOINTING = {"gradient_checkpointing": True}
 PLANS = {  # name: (training options, runtime options, class images)

@@ -5,12 +5,13 @@ the target's size, its estimated GPU peak, and the host's peak (what a 12.7 GB-R
     python benchmarks/memory_targets.py --targets sd15-t4 flux1-lora-512
 
 Each estimate runs real training steps of our Trainer on fake tensors of the full-size architecture
-(dreambooth_core/training/memory_estimate.py: a quantised base, the text encoders off the GPU and
+(dreambooth_core/training/memory/estimate.py: a quantised base, the text encoders off the GPU and
 --offload counted as it documents), built from the published configs (nothing downloaded). The plan
 is chosen as on a GPU with bitsandbytes (the Docker image), from the card's free memory less the
-margin --memory auto keeps (training/memory_plan.py). A target is met when a plan fits the card and
-its estimated peak is within the target. Host peak: training/gpu_plans.py's host_peak_bytes; "with
-copy" adds the host copy a checkpoint commit takes only where free RAM has room for it.
+margin --memory auto keeps (training/memory/plan.py). A target is met when a plan fits the card
+and its estimated peak is within the target. Host peak: training/memory/gpu_plans.py's
+host_peak_bytes; "with copy" adds the host copy a checkpoint commit takes only where free RAM has
+room for it.
 Needs torch, diffusers, transformers and peft (no prefect, no GPU).
 """
 
@@ -27,9 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dreambooth_core.config import MemoryPlan, RuntimeSettings, TrainingSettings  # noqa: E402
 from dreambooth_core.families import write_config_folder  # noqa: E402
-from dreambooth_core.training.gpu_plans import COMMON_GPUS, Gpu, host_peak_bytes  # noqa: E402
-from dreambooth_core.training.memory_estimate import MemoryEstimate, estimate_training_memory  # noqa: E402
-from dreambooth_core.training.memory_plan import GIB, NoPlanFits, choose_plan, usable_bytes  # noqa: E402
+from dreambooth_core.training.memory.gpu_plans import (  # noqa: E402
+    COMMON_GPUS, Gpu, host_peak_bytes)
+from dreambooth_core.training.memory.estimate import (  # noqa: E402
+    MemoryEstimate, estimate_training_memory)
+from dreambooth_core.training.memory.plan import (  # noqa: E402
+    GIB, NoPlanFits, choose_plan, usable_bytes)
 
 CARDS = {gpu.name: gpu for gpu in COMMON_GPUS}
 VM_BYTES = 12.7e9  # a Colab VM's RAM

@@ -2,7 +2,7 @@
 
     python benchmarks/offload_memory.py --models sdxl flux1-dev
 
-Each row trains two steps of the real Trainer on fake tensors (memory_estimate.py's way: the
+Each row trains two steps of the real Trainer on fake tensors (training/memory/estimate.py's way: the
 model built from its published configs, no weights) with 8-bit AdamW, gradient checkpointing,
 the step in backward and a class image, the text encoders frozen; the peak is the second step's
 (by then every block's optimizer state has its host copy), less what the host copies hold, which
@@ -27,7 +27,7 @@ def peak(model: Path, resolution: int, offload: bool) -> tuple[int, int]:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from dreambooth_core.config import RuntimeSettings, TrainingSettings
-    from dreambooth_core.training import memory_estimate as estimate
+    from dreambooth_core.training.memory import estimate
     from dreambooth_core.training.trainer import Trainer
 
     settings = TrainingSettings(method="dreambooth", mixed_precision="bf16", optimizer="adamw-8bit",

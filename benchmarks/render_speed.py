@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dreambooth_core.generation.pipeline import build_pipeline, render  # noqa: E402
 from dreambooth_core.families import ARCHITECTURES  # noqa: E402
 from dreambooth_core.families.sd_tiny import build_tiny_model  # noqa: E402
-from dreambooth_core.training.memory_estimate import write_random_model  # noqa: E402
+from dreambooth_core.training.memory.estimate import write_random_model  # noqa: E402
 
 
 def seconds_of(pipeline, steps: int, resolution: int, device: torch.device) -> float:

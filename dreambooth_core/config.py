@@ -512,8 +512,8 @@ class DreamBoothConfig(BaseModel):
             if values.get(name) == before:
                 values.pop(name, None)  # as sessions from before the setting recorded it
         if self.training.gpus > 1:
-            # Since processes take their rows of one process's draws (training/batches.py), not draws
-            # of their own: a session trained by several before then resumes with other draws.
+            # Since processes take their rows of one process's draws (training/data/batches.py),
+            # not draws of their own: a session trained by several before then resumes with other draws.
             values["draws"] = RANK_DRAWS
         return values
 

@@ -259,7 +259,7 @@ def train_on_this_machine(config: DreamBoothConfig) -> int:
     """--node-rank above 0: this machine's training processes, until machine 0's run ends."""
     from dreambooth_core.families.base_model import fetch_base
     from dreambooth_core.model.cache import model_cache_dir
-    from dreambooth_core.training.worker_group import WorkerGroup
+    from dreambooth_core.training.distributed.worker_group import WorkerGroup
 
     quiet_libraries()
     runtime = config.runtime
@@ -301,8 +301,9 @@ def _train_reporting_lost_end(flow, config: DreamBoothConfig):
 def plan(flags: dict[str, Any]) -> int:
     from dreambooth_core.families import family_of_folder
     from dreambooth_core.session.state import load_state
-    from dreambooth_core.training.gpu_plans import cost_lines, plan_table, plans_on_common_gpus
-    from dreambooth_core.training.memory_plan import eight_bit_problem
+    from dreambooth_core.training.memory.gpu_plans import (cost_lines, plan_table,
+                                                           plans_on_common_gpus)
+    from dreambooth_core.training.memory.plan import eight_bit_problem
 
     speed = flags.pop("steps_per_second")  # of this plan, not a setting of the session
     if speed is not None and speed <= 0:

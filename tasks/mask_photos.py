@@ -9,7 +9,7 @@ from dreambooth_core.model.cache import model_cache_dir
 from dreambooth_core.model.segmentation import Segmenter, fetch_segmenter, segmenter_for, segmenter_name
 from dreambooth_core.session.paths import CONTACT_SHEET
 from dreambooth_core.session.storage import SessionRef
-from dreambooth_core.training.masks import MaskManifest, build_masks
+from dreambooth_core.training.data.masks import MaskManifest, build_masks
 from tasks.artifacts import artifact_key, publish_image
 
 

@@ -8,7 +8,7 @@ from dreambooth_core.families.base_model import LocalModel
 from dreambooth_core.photos.prepare import PreparedDataset
 from dreambooth_core.session.class_images import ClassImages
 from dreambooth_core.session.storage import SessionRef
-from dreambooth_core.training.memory_plan import eight_bit_problem
+from dreambooth_core.training.memory.plan import eight_bit_problem
 from dreambooth_core.training.plan import TrainingPlan, make_plan
 
 

@@ -18,7 +18,7 @@ from dreambooth_core.evaluation.metrics import prompt_fidelity, subject_fidelity
 from dreambooth_core.evaluation.prompts import evaluation_prompts
 from dreambooth_core.evaluation.report import MetricRow
 from dreambooth_core.generation.pipeline import render
-from dreambooth_core.training.randomness import generator_for
+from dreambooth_core.training.data.randomness import generator_for
 
 SEED_STREAM = "evaluation"
 

@@ -31,7 +31,7 @@ from dreambooth_core.session.dataset_manifest import require_dataset_manifest
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import GENERATIONS, step_name
 from dreambooth_core.session.scratch import scratch_folder
-from dreambooth_core.training.randomness import generator_for
+from dreambooth_core.training.data.randomness import generator_for
 
 SEED_STREAM = "generate"
 SETTINGS_FILE = "generation.json"

@@ -33,10 +33,10 @@ from dreambooth_core.session.folder import Session, temporary_name
 from dreambooth_core.session.paths import export_folder, snapshot_folder, step_name
 from dreambooth_core.session.scratch import scratch_folder
 from dreambooth_core.session.state import load_state
-from dreambooth_core.training.finite import weights_finite
+from dreambooth_core.training.chunk import weights_finite
 from dreambooth_core.training.methods import Trainables, adapted_encoders, set_up_method
 from dreambooth_core.training.plan import TrainingPlan
-from dreambooth_core.training.restore import Weights, parts_with, restored_parts
+from dreambooth_core.training.trainer import Weights, parts_with, restored_parts
 from dreambooth_core.training.trainer import EMA_FILE, WEIGHTS_FILE
 
 Source = Literal["checkpoint", "snapshot"]

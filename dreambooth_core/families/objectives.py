@@ -8,7 +8,7 @@
   the noisy latents (1 - sigma) x0 + sigma noise, and the target noise - x0 (the flow's velocity).
 
 Every random draw comes from the step's generator, in a fixed order, so a resumed step draws
-what an uninterrupted one drew (dreambooth_core/training/randomness.py).
+what an uninterrupted one drew (dreambooth_core/training/data/randomness.py).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ Which library holds each precision, and why:
   a format it has. On the CPU it runs dequantised.
 - nf4: bitsandbytes' 4-bit NormalFloat with double quantisation, QLoRA's format (diffusers' and
   transformers' BitsAndBytesConfig). CUDA only: its loader refuses without a GPU.
-- bf16, fp16: no library; the frozen layers are held in that dtype (training/frozen_weights.py).
+- bf16, fp16: no library; the frozen layers are held in that dtype (training/memory/frozen_weights.py).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from dreambooth_core.generation.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS,
 from dreambooth_core.photos.crop import encode_png
 from dreambooth_core.reports.timing import duration_text
 from dreambooth_core.session.folder import Session
-from dreambooth_core.training.randomness import generator_for
+from dreambooth_core.training.data.randomness import generator_for
 
 DEFAULT_BATCH = 4
 KEY_FILE = "key.json"

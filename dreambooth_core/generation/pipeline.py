@@ -2,7 +2,7 @@
 (dreambooth_core/families/rendering.py says how trained modules stand in for the folder's own).
 
 On the CPU autocast (bf16) is on only when a given module holds bf16 weights (LoRA and textual
-inversion trained under bf16, see training/frozen_weights.py). Each family's pipeline uses a
+inversion trained under bf16, see training/memory/frozen_weights.py). Each family's pipeline uses a
 scheduler that adds no noise between steps, so the images depend only on the weights, the prompt
 and the starting noise. Without a GPU, a full-size model renders slowly: the expected time is told
 before rendering starts (below).

@@ -26,7 +26,7 @@ from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import samples_folder, samples_grid, samples_settings
 from dreambooth_core.session.storage import SessionRef
 from dreambooth_core.training.plan import Chunk
-from dreambooth_core.training.randomness import generator_for
+from dreambooth_core.training.data.randomness import generator_for
 from dreambooth_core.training.trainer import Trainer
 
 SEED_STREAM = "samples"

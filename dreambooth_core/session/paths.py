@@ -70,7 +70,7 @@ def steps_named(names: list[str]) -> list[int]:
 
 
 def text_embedding_file(key: str) -> str:
-    """One caption's conditioning by the frozen text encoders (training/text_embeddings.py)."""
+    """One caption's conditioning by the frozen text encoders (training/data/text_embeddings.py)."""
     return f"{TEXT_EMBEDDINGS}/{key}.safetensors"
 
 

@@ -16,7 +16,7 @@ import logging
 from dreambooth_core.training.chunk import ChunkHooks, ChunkOutcome, train_chunk, trainer_key
 from dreambooth_core.training.live import LiveTraining
 from dreambooth_core.training.plan import Chunk, TrainingPlan
-from dreambooth_core.training.worker_group import WorkerGroup
+from dreambooth_core.training.distributed.worker_group import WorkerGroup
 
 
 def run_chunk(plan: TrainingPlan, chunk: Chunk, live: LiveTraining, hooks: ChunkHooks = ChunkHooks(),

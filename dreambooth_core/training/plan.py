@@ -38,9 +38,9 @@ from dreambooth_core.training.devices import (
     resolve_device,
     resolve_precision,
 )
-from dreambooth_core.training.masks import load_mask_manifest
-from dreambooth_core.training.memory_plan import detect_gpu, settle_memory_plan
-from dreambooth_core.training.offload import check_trainer_offload
+from dreambooth_core.training.data.masks import load_mask_manifest
+from dreambooth_core.training.memory.plan import detect_gpu, settle_memory_plan
+from dreambooth_core.training.memory.offload import check_trainer_offload
 
 
 class Chunk(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import safetensors.torch
@@ -10,22 +11,20 @@ import torch
 
 from dreambooth_core.config import RuntimeSettings, TrainingSettings
 from dreambooth_core.errors import ConfigError, SessionError
+from dreambooth_core.families import load_model_parts
 from dreambooth_core.families.family import Condition, ImageGeometry, ModelParts
 from dreambooth_core.families.objectives import NoisyBatch, per_example_loss, randn
 from dreambooth_core.session.checkpoints import Checkpoint, Writer, read_tensor_file
 from dreambooth_core.session.tensor_files import write_safetensors
-from dreambooth_core.training.activation_checkpointing import checkpoint_activations
-from dreambooth_core.training.batches import Draw, draw_micro_batch
-from dreambooth_core.training.data_parallel import gradients_kept_local, share_gradients
+from dreambooth_core.training.memory.activation_checkpointing import checkpoint_activations
+from dreambooth_core.training.data.batches import Draw, draw_micro_batch
+from dreambooth_core.training.distributed.data_parallel import gradients_kept_local, share_gradients
 from dreambooth_core.training.devices import resolve_precision
-from dreambooth_core.training.frozen_weights import HALF, frozen_dtype, hold_frozen
-from dreambooth_core.training.latents import LatentCache
-from dreambooth_core.training.loss import dreambooth_loss
+from dreambooth_core.training.memory.frozen_weights import HALF, frozen_dtype, hold_frozen
 from dreambooth_core.training.methods import Trainables, set_up_method, text_encoders_stay_on_device
-from dreambooth_core.training.offload import BlockOffload, check_trainer_offload
-from dreambooth_core.training.schedule import lr_factor
-from dreambooth_core.training.step_in_backward import StepInBackward, refuse_fp16
-from dreambooth_core.training.text_embeddings import EmbeddingStore, weights_digest
+from dreambooth_core.training.memory.offload import BlockOffload, check_trainer_offload
+from dreambooth_core.training.memory.step_in_backward import StepInBackward, refuse_fp16
+from dreambooth_core.training.data.text_embeddings import EmbeddingStore, weights_digest
 
 WEIGHTS_FILE = "weights.safetensors"
 EMA_FILE = "ema.safetensors"
@@ -398,3 +397,98 @@ def _cpu_copy(value):
     if isinstance(value, (list, tuple)):
         return type(value)(_cpu_copy(v) for v in value)
     return value
+
+
+def dreambooth_loss(per_example: torch.Tensor, instances: int, prior_weight: float) -> torch.Tensor:
+    """The DreamBooth objective over a batch: the instance loss plus the weighted prior-preservation
+    term. Instance examples come first, then their class examples. Each example's own loss is its
+    family's objective (dreambooth_core/families/objectives.py)."""
+    loss = per_example[:instances].mean()
+    if per_example.shape[0] > instances:
+        loss = loss + prior_weight * per_example[instances:].mean()
+    return loss
+
+
+def lr_factor(step: int, schedule: str, warmup: int, total: int) -> float:
+    """Multiplier of the base learning rate for optimizer step `step` (0-based): a pure function of
+    the step, so there is nothing to save for resume."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}")
+
+
+class LatentCache:
+    """VAE posteriors of training images, computed once per image and flip: (mean, std) of each
+    image's latent distribution. Each image is encoded alone, so a cached value equals what
+    encoding it at that step would give."""
+
+    def __init__(self, vae: torch.nn.Module, enabled: bool = True):
+        self.vae, self.enabled, self._stored = vae, enabled, {}
+        self.device = next(vae.parameters()).device
+
+    def posterior(self, key: tuple, pixels: torch.Tensor,
+                  flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (*key, flip)
+        if key in self._stored:
+            return self._stored[key]
+        value = self._encode(pixels.flip(-1) if flip else pixels)
+        if self.enabled:
+            self._stored[key] = value
+        return value
+
+    @torch.no_grad()
+    def _encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dist = self.vae.encode(pixels.to(self.device, torch.float32)).latent_dist
+        return dist.mean, dist.std
+
+
+Weights = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]  # trained, and EMA's or None
+
+
+def checkpoint_weights(checkpoint: Checkpoint, use_ema: bool = True) -> Weights:
+    """The trained weights a checkpoint holds (and EMA's, when on and saved)."""
+    averaged = use_ema and EMA_FILE in checkpoint.files
+    return (safetensors.torch.load(checkpoint.files[WEIGHTS_FILE]),
+            safetensors.torch.load(checkpoint.files[EMA_FILE]) if averaged else None)
+
+
+def trainer_weights(trainer: Trainer) -> Weights:
+    """What the trainer's checkpoint at this step holds (weights.safetensors, ema.safetensors),
+    on the CPU: the same values, without reading them back."""
+    def cpu(tensors):
+        return {name: value.detach().to("cpu") for name, value in tensors.items()}
+
+    return cpu(trainer.trainables.named()), cpu(trainer.ema) if trainer.ema is not None else None
+
+
+def restored_parts(model_path: str, settings: TrainingSettings, subjects: list[str],
+                   checkpoint: Checkpoint, device: torch.device,
+                   use_ema: bool = True) -> tuple[ModelParts, Trainables]:
+    """The base model with a checkpoint's trained weights applied, for export and samples; with
+    EMA on, the UNet gets the averaged weights."""
+    return parts_with(model_path, settings, subjects, checkpoint_weights(checkpoint, use_ema), device)
+
+
+@torch.no_grad()
+def parts_with(model_path: str, settings: TrainingSettings, subjects: list[str], weights: Weights,
+               device: torch.device) -> tuple[ModelParts, Trainables]:
+    """The base model with the method's trainables set to `weights` (EMA's, when given, for the
+    denoiser)."""
+    parts = load_model_parts(model_path, device)
+    trainables = set_up_method(parts, settings, subjects)  # the initial values are overwritten
+    values, averaged = weights
+    if averaged is not None:
+        values = values | {f"{trainables.denoiser_name}.{name}": value for name, value in averaged.items()}
+    for name, parameter in trainables.named().items():
+        parameter.copy_(values[name])
+    parts.denoiser.requires_grad_(False).eval()
+    for encoder in parts.text_encoders:
+        encoder.requires_grad_(False).eval()
+    return parts, trainables

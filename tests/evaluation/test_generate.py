@@ -15,7 +15,7 @@ from sessions import opened_session
 
 from dreambooth_core.generation.pipeline import build_pipeline, render
 from dreambooth_core.session.folder import Session
-from dreambooth_core.training.randomness import generator_for
+from dreambooth_core.training.data.randomness import generator_for
 from flows.cli import main
 
 pytestmark = pytest.mark.slow  # a CLI training run: the full suite only

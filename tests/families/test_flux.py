@@ -20,7 +20,7 @@ import torch
 from dreambooth_core.config import TrainingSettings
 from dreambooth_core.families import load_model_parts
 from dreambooth_core.families.base_model import fetch_model
-from dreambooth_core.training.batches import draw_micro_batch
+from dreambooth_core.training.data.batches import draw_micro_batch
 from dreambooth_core.training.trainer import Example, Trainer
 
 PRIOR_WEIGHT = 0.7

@@ -24,8 +24,7 @@ from dreambooth_core.families.quantised import (
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.folder import Session
 from dreambooth_core.training.methods import adapted_encoders
-from dreambooth_core.training.restore import restored_parts
-from dreambooth_core.training.trainer import Example, Trainer
+from dreambooth_core.training.trainer import Example, Trainer, restored_parts
 
 CPU = torch.device("cpu")
 CAPTION = "photo of shrk man"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dreambooth_core.config import MemoryPlan, RuntimeSettings, TrainingSettings
-from dreambooth_core.training.memory_plan import out_of_memory_advice
+from dreambooth_core.training.memory.plan import out_of_memory_advice
 
 REPO = Path(__file__).resolve().parents[2]
 FAULT = Path(__file__).resolve().parent / "oom_fault"

@@ -12,7 +12,7 @@ from dreambooth_core.config import TrainingSettings
 from dreambooth_core.families.sd_tiny import build_tiny_sdxl_model
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.folder import Session
-from dreambooth_core.training.batches import draw_micro_batch
+from dreambooth_core.training.data.batches import draw_micro_batch
 from dreambooth_core.families import load_model_parts
 from dreambooth_core.training.trainer import Example, Trainer
 
@@ -114,7 +114,7 @@ TRAINED = {"dreambooth": ("unet.", "text_encoder.", "text_encoder_2."),
 @pytest.mark.slow  # three trainers of four steps
 @pytest.mark.parametrize("method, precision", [(m, "no") for m in TRAINED] + [("lora", "bf16")])
 def test_each_method_trains_both_encoders_and_resume_is_exact(sdxl, method, precision, tmp_path):
-    """bf16: LoRA holds the frozen model in bf16 (training/frozen_weights.py)."""
+    """bf16: LoRA holds the frozen model in bf16 (training/memory/frozen_weights.py)."""
     options = dict(method=method, text_encoder_steps=3, flip=True, lora_text_encoder=method == "lora",
                    mixed_precision=precision)
     base = trained(make_trainer(sdxl, **options))

@@ -1,0 +1,1 @@
+"""What a training step reads: examples, batches, masks, text embeddings, and its randomness."""

@@ -1,0 +1,1 @@
+"""A --gpus N run: torchrun's agent, the ranks it starts, and the folder they talk through."""
