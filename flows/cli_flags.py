@@ -14,7 +14,7 @@ from dreambooth_core.config import SECTION_OF, SECTIONS, DreamBoothConfig, Train
 from dreambooth_core.errors import ConfigError, SessionError
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.state import stored_config
-from dreambooth_core.session.storage import storage_location
+from dreambooth_core.session.storage import open_named_session, storage_location
 from flows.quiet_libraries import quiet_libraries
 
 
@@ -46,7 +46,9 @@ def flag_storage(storage: str, storage_block: str | None) -> tuple[str, dict[str
         from flows.temporary_server import require_configured_server
 
         require_configured_server("blocks are then read from Prefect's own database in PREFECT_HOME")
-        import blocks.session_storage  # noqa: F401 - registers the block storage
+        from flows.session_storage import use_blocks
+
+        use_blocks()
     return storage_location(storage, storage_block)
 
 
@@ -70,9 +72,14 @@ def refuse_process_local_storage(storage: str, command: str) -> None:
 
 
 def open_flag_session(flags: dict[str, Any]) -> Session:
-    """The session the flags name."""
-    url, options = flag_storage(flags.get("storage", setting("storage").default), flags.get("storage_block"))
-    return Session(url, flags["session"], options)
+    """The session the flags name, opened once for the process (the flow a command runs here
+    finds it open)."""
+    storage, block = flags.get("storage", setting("storage").default), flags.get("storage_block")
+    if block:
+        flag_storage(storage, block)  # registers the blocks, after checking Prefect's server is set
+    session = open_named_session(storage, block, flags["session"])
+    session.forget_checks()  # each command checks afresh
+    return session
 
 
 def check_device(name: str) -> None:

@@ -164,11 +164,27 @@ class Session:
         self.fs, storage_root = open_storage(storage, options)
         self.root = f"{storage_root}/{name}"
         self.is_local = isinstance(self.fs, LocalFileSystem)
+        self._passed: set[str] = set()
+
+    def check_once(self, what: str, check: Callable[[], None]) -> None:
+        """Run `check` unless it has passed on this session already. A session is opened once per
+        process (storage.open_named_session): the checks the CLI makes before any server starts
+        are not made again by the flow it then runs in the same process; `forget_checks` (a run's
+        end) makes the next run check again."""
+        if what not in self._passed:
+            check()
+            self._passed.add(what)
+
+    def forget_checks(self) -> None:
+        self._passed.clear()
 
     def check_writable(self) -> None:
         """A StorageError now, before any work, if the storage cannot take a file (read-only,
         not a real folder such as /proc/1, no permission or credentials to write), or the
-        session's own folder, where it exists, cannot."""
+        session's own folder, where it exists, cannot. Once per run (check_once)."""
+        self.check_once("writable", self._check_writable)
+
+    def _check_writable(self) -> None:
         probe = temporary_name(f"{self.root.rsplit('/', 1)[0]}/.write-check")
         try:
             self.fs.pipe_file(probe, b"ok")
@@ -194,6 +210,7 @@ class Session:
         other = object.__new__(Session)
         other.storage, other.name, other.fs, other.is_local = self.storage, name, self.fs, self.is_local
         other.root = f"{self.root.rsplit('/', 1)[0]}/{name}"
+        other._passed = set()
         return other
 
     def __repr__(self) -> str:
