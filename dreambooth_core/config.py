@@ -19,6 +19,10 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SESSION_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Folders the storage keeps beside its sessions (session/paths.py): no session may take their names.
+CLASS_STORE = "class-images"
+RESULTS_STORE = ".prefect-results"
+SHARED_FOLDERS = {CLASS_STORE: "the class images every session there shares", RESULTS_STORE: "Prefect's task results"}
 STEPS_PER_PHOTO = 100
 DEFAULT_LEARNING_RATES = {"dreambooth": 2e-6, "lora": 1e-4, "textual-inversion": 5e-4}
 DEFAULT_INFERENCE_STEPS = 25  # rendering: DPM-Solver++ gives good images in 20-25 steps
@@ -404,6 +408,14 @@ def offload_device_problem(device_type: str) -> str | None:
             f"this run trains on {device_type}, where there is nothing to offload to. Drop --offload")
 
 
+def optimizer_device_problem(optimizer: str, device_type: str) -> str | None:
+    """Why `optimizer` cannot train on a `device_type` device, or None."""
+    if optimizer != "adamw-8bit" or device_type == "cuda":
+        return None
+    return (f"--optimizer adamw-8bit needs a CUDA GPU (bitsandbytes); this run trains on {device_type}. "
+            "Use --optimizer adamw")
+
+
 class MemoryPlan(BaseModel):
     """The memory-saving choices training runs with, and what they were chosen against."""
 
@@ -467,9 +479,8 @@ class DreamBoothConfig(BaseModel):
     @field_validator("session")
     @classmethod
     def _session_name(cls, name: str) -> str:
-        if not SESSION_NAME.match(name) or name in {".", ".."}:
-            raise ValueError(f"session name {name!r} is not allowed: use at most 64 letters, "
-                             "digits, '.', '_' or '-' (no slashes, no '..')")
+        if problem := session_name_problem(name):
+            raise ValueError(problem)
         return name
 
     @model_validator(mode="after")
@@ -502,6 +513,13 @@ class DreamBoothConfig(BaseModel):
                 raise ValueError(offload_device_problem("cpu"))
         return self
 
+    @model_validator(mode="after")
+    def _optimizer_runs(self) -> "DreamBoothConfig":
+        """--device auto resolves later (plan.py checks it then); cpu is refused at once."""
+        if self.runtime.device == "cpu" and (problem := optimizer_device_problem(self.training.optimizer, "cpu")):
+            raise ValueError(problem)
+        return self
+
     def training_values(self) -> dict[str, Any]:
         """The settings whose change would change the trained weights, flat."""
         values: dict[str, Any] = {}
@@ -528,6 +546,21 @@ SECTIONS: dict[str, type[Section]] = {
 # Setting name -> the section that holds it (names are unique across sections).
 SECTION_OF: dict[str, str] = {name: section for section, kind in SECTIONS.items() for name in kind.model_fields}
 assert len(SECTION_OF) == sum(len(kind.model_fields) for kind in SECTIONS.values()), "a setting is in two sections"
+
+
+def session_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a session (it would leave the storage root, or is a name the storage
+    uses itself), or None; the one session-name rule (session.folder.Session applies it too)."""
+    if not SESSION_NAME.match(name) or name in {".", ".."}:
+        return (f"session name {name!r} is not allowed: use at most 64 letters, digits, '.', '_' or '-' "
+                "(no slashes, no '..')")
+    if name in SHARED_FOLDERS:
+        return (f"session name {name!r} is reserved: the storage keeps {SHARED_FOLDERS[name]} in that "
+                "folder. Choose another --session name")
+    if name.startswith("."):
+        return (f"session name {name!r} is reserved: names starting with '.' are kept for the storage's "
+                "own folders. Choose another --session name")
+    return None
 
 
 def too_many_chunks(total: int, chunk_steps: int) -> str | None:

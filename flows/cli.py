@@ -22,6 +22,7 @@ from dreambooth_core.families.expected import SMALLEST_RESOLUTION
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.state import stored_config
 from flows.cli_flags import (
+    add_storage_flags,
     check_base_precision,
     check_device,
     check_device_settings,
@@ -128,11 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "loss and the output files with their sizes. Reads the storage only; no "
                     "Prefect server is needed.")
     status.add_argument("session", nargs="?", help="One session to show in detail (default: all).")
-    status.add_argument("--storage", default=setting("storage").default,
-                        help="Where sessions live, as for train (default: %(default)s).")
-    status.add_argument("--storage-block", default=None,
-                        help="A SessionStorage block naming where sessions live, as for train "
-                             "(read from the Prefect server at PREFECT_API_URL; default: none).")
+    add_storage_flags(status)
     status.add_argument("--json", action="store_true", help="Print the status as JSON.")
     add_session_commands(commands)
     return parser

@@ -22,10 +22,9 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractBufferedFile
 
-from dreambooth_core.config import SESSION_NAME
+from dreambooth_core.config import SHARED_FOLDERS, session_name_problem
 from dreambooth_core.errors import SessionError, StorageError
 from dreambooth_core.session.filesystem import filesystem_for
-from dreambooth_core.session.paths import SHARED_FOLDERS
 
 _TEMPORARY = re.compile(r"\.tmp-[0-9a-f]{8}$")
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
@@ -60,15 +59,8 @@ def _check_listable(fs: fsspec.AbstractFileSystem, root: str) -> None:
 
 def check_session_name(name: str) -> None:
     """Refuse a name that leaves the storage root or is one the storage uses itself."""
-    if not SESSION_NAME.match(name) or name in {".", ".."}:
-        raise SessionError(f"session name {name!r} is not allowed: use at most 64 letters, "
-                           "digits, '.', '_' or '-' (no slashes, no '..').")
-    if name in SHARED_FOLDERS:
-        raise SessionError(f"session name {name!r} is reserved: the storage keeps "
-                           f"{SHARED_FOLDERS[name]} in that folder. Choose another --session name.")
-    if name.startswith("."):
-        raise SessionError(f"session name {name!r} is reserved: names starting with '.' are kept "
-                           "for the storage's own folders. Choose another --session name.")
+    if problem := session_name_problem(name):
+        raise SessionError(f"{problem}.")
 
 
 def out_of_space(exc: BaseException, local_folder: str | None = None) -> bool:

@@ -13,6 +13,7 @@ from dreambooth_core.config import (
     MemoryPlan,
     RuntimeSettings,
     TrainingSettings,
+    optimizer_device_problem,
     parse_class_words,
     too_many_chunks,
 )
@@ -98,9 +99,8 @@ def check_settings(training: TrainingSettings, runtime: RuntimeSettings) -> None
     device = resolve_device(runtime.device)
     check_processes(training.gpus // runtime.nnodes, device)
     check_device_settings(training.mixed_precision, training.base_precision, runtime.offload, training.gpus, device)
-    if training.optimizer == "adamw-8bit" and device.type != "cuda":
-        raise ConfigError(f"--optimizer adamw-8bit needs a CUDA GPU (bitsandbytes); this run trains "
-                          f"on {device.type}. Use --optimizer adamw.")
+    if problem := optimizer_device_problem(training.optimizer, device.type):
+        raise ConfigError(f"{problem}.")
     check_base_precision(training.base_precision, training.method, str(device),
                          resolve_precision(training.mixed_precision, device))
 

@@ -69,6 +69,8 @@ def train(tmp_path: Path, photos: Path, *extra: str) -> list[str]:
                                                        "--mixed-precision bf16"]),
     (["--offload", "--method", "lora"], ["--offload needs --method dreambooth", "--step-in-backward"]),
     (["--offload", "--step-in-backward", "--device", "cpu"], ["--offload", "nothing to offload to"]),
+    (["--optimizer", "adamw-8bit", "--device", "cpu"], ["--optimizer adamw-8bit needs a CUDA GPU",
+                                                        "Use --optimizer adamw"]),
     (["--publish-to", "alice"], ["--publish-to", "is not a Hugging Face repo id"]),
     (["--publish-to", "alice/shrk"], ["publishing needs a Hugging Face token with write access"]),
 ])
