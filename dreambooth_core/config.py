@@ -1,13 +1,13 @@
 """The one configuration object, in sections owned by the parts that use them.
 
 Each part receives its own section. Three sections decide the trained weights and
-together form the training fingerprint (`DreamBoothConfig.training_values`):
+together form the settings part of the training fingerprint (`DreamBoothConfig.training_values`):
 `base_model` (what is trained), `captions` (what each photo is called) and
-`training` (how). The others change how a run goes, never what it computes.
+`training` (how). The others change how a run goes, never what it computes. The whole
+fingerprint (`fingerprint_values`: those settings and the content trained on) is made here too.
 
-Field names are unique across sections: the CLI flags (`--learning-rate`) and the
-flat settings of earlier versions (session.json, deployment parameters) map onto
-them one to one. Derived values (total steps, chunk plan, resolution) come from
+Field names are unique across sections: the CLI flags (`--learning-rate`) and flat
+settings (deployment parameters, `DreamBoothConfig(model=...)`) map onto them one to one. Derived values (total steps, chunk plan, resolution) come from
 functions, never written back.
 """
 
@@ -422,8 +422,8 @@ class MemoryPlan(BaseModel):
     model_config = ConfigDict(frozen=True)
     optimizer: Literal["adamw", "adamw-8bit"]
     gradient_checkpointing: bool
-    step_in_backward: bool = False  # absent from plans recorded before it existed
-    base_precision: str = "auto"    # what the frozen base is held in ([lowvram]); absent before
+    step_in_backward: bool = False
+    base_precision: str = "auto"    # what the frozen base is held in
     offload: bool = False
     estimated_peak_bytes: int | None = None  # None: not estimated (training on the CPU)
     budget_bytes: int | None = None          # what the GPU had usable when it was chosen
@@ -445,13 +445,14 @@ class MemoryPlan(BaseModel):
 
 class DreamBoothConfig(BaseModel):
     """Everything a training run needs. CLI flags, YAML and deployment parameters all
-    become this object; the flat settings of earlier versions are accepted too."""
+    become this object; settings may be given flat (by name) or in their sections."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     # The sections that decide the trained weights: the training fingerprint.
     TRAINING_SECTIONS: ClassVar[tuple[str, ...]] = ("base_model", "captions", "training")
-    # Training settings added after sessions were recorded, with what those sessions trained as: left
-    # out of the fingerprint at that value, so the sessions resume (a --vae's digest is in the model's).
+    # Training settings added after sessions had recorded fingerprints, with what those sessions trained
+    # as: at that value a setting is left out of the fingerprint, so the sessions keep their fingerprint
+    # and resume (a --vae's digest is in the model's). A new setting that changes training goes here.
     ADDED_LATER: ClassVar[dict[str, Any]] = {"vae": None, "step_in_backward": False, "base_precision": "auto",
                                            "buckets": "auto", "masked_loss": False, "mask_floor": 0.1,
                                            "caption_mode": "default", "captioner": "auto"}
@@ -546,6 +547,30 @@ SECTIONS: dict[str, type[Section]] = {
 # Setting name -> the section that holds it (names are unique across sections).
 SECTION_OF: dict[str, str] = {name: section for section, kind in SECTIONS.items() for name in kind.model_fields}
 assert len(SECTION_OF) == sum(len(kind.model_fields) for kind in SECTIONS.values()), "a setting is in two sections"
+
+
+def fingerprint_values(config: DreamBoothConfig, total: int, precision: str, model_digest: str,
+                       dataset_digest: str, class_images_digest: str | None = None,
+                       masks_digest: str | None = None) -> dict[str, Any]:
+    """The training fingerprint: what the trained weights depend on. The training sections
+    (`training_values`) resolved (`precision`: the mixed precision on the device it trains on),
+    and the content of the model, the prepared dataset with its captions, the class images and
+    the masks."""
+    training = config.training
+    values = {**config.training_values(), "learning_rate": training.base_learning_rate,
+              "mixed_precision": precision, "model content": model_digest, "dataset": dataset_digest}
+    if class_images_digest:
+        values["class images"] = class_images_digest
+    if training.lr_schedule != "constant":
+        values["steps"] = total  # the schedule's shape depends on it
+    if training.masked_loss:
+        values["masks"] = masks_digest
+    return values
+
+
+def differing_fields(stored: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    """The names whose values differ between two fingerprints (or their training values)."""
+    return sorted(k for k in stored.keys() | given.keys() if stored.get(k) != given.get(k))
 
 
 def session_name_problem(name: str) -> str | None:

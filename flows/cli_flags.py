@@ -11,10 +11,10 @@ from typing import Any
 from pydantic.fields import FieldInfo
 
 from dreambooth_core.config import SECTION_OF, SECTIONS, DreamBoothConfig, TrainingSettings
-from dreambooth_core.errors import ConfigError, SessionError
+from dreambooth_core.errors import ConfigError
 from dreambooth_core.session.folder import Session
-from dreambooth_core.session.state import stored_config
-from dreambooth_core.session.storage import open_named_session, storage_location
+from dreambooth_core.session.state import existing_state
+from dreambooth_core.session.storage import open_named_session, process_local, storage_location
 from flows.quiet_libraries import quiet_libraries
 
 
@@ -50,11 +50,6 @@ def flag_storage(storage: str, storage_block: str | None) -> tuple[str, dict[str
 
         use_blocks()
     return storage_location(storage, storage_block)
-
-
-def process_local(storage: str) -> bool:
-    """Whether sessions in `storage` live in this process's memory only (fsspec's memory://)."""
-    return storage.startswith("memory:")
 
 
 def warn_if_process_local(storage: str) -> None:
@@ -126,12 +121,7 @@ def trained_session_config(flags: dict[str, Any]) -> tuple[Session, DreamBoothCo
     """The session the flags name and its stored configuration; an error if there is none, or if
     the session cannot take the files the command writes into it."""
     session = open_flag_session(flags)
-    config = stored_config(session)
-    if config is None:
-        gone = (f" ({session.storage} holds sessions only while the command that made them runs)"
-                if process_local(session.storage) else "")
-        raise SessionError(f"there is no session {session.name!r} in {session.storage}{gone}. Pass the "
-                           "--storage it was trained with, or another --session.")
+    config = existing_state(session).config
     session.check_writable()
     return session, config
 

@@ -17,11 +17,11 @@ from typing import Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from dreambooth_core.config import DreamBoothConfig, MemoryPlan
+from dreambooth_core.config import DreamBoothConfig, MemoryPlan, differing_fields
 from dreambooth_core.errors import ConfigError, SessionError
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import SESSION_FILE
-from dreambooth_core.session.storage import SessionRef
+from dreambooth_core.session.storage import SessionRef, process_local
 
 FORMAT = 2
 
@@ -113,6 +113,17 @@ def _read_state(session: Session) -> SessionState | None:
                            "start a new --session.") from None
 
 
+def existing_state(session: Session) -> SessionState:
+    """The state of a session a command names; a SessionError if there is no such session."""
+    state = load_state(session)
+    if state is None:
+        gone = (f" ({session.storage} holds sessions only while the command that made them runs)"
+                if process_local(session.storage) else "")
+        raise SessionError(f"there is no session {session.name!r} in {session.storage}{gone}. Pass the "
+                           "--storage it was trained with, or another --session.")
+    return state
+
+
 def save_state(session: Session, state: SessionState) -> None:
     session.write_json(SESSION_FILE, state.model_dump(mode="json"))
     if session in _kept:
@@ -153,10 +164,6 @@ def open_or_create(session: Session, config: DreamBoothConfig) -> SessionRef:
     save_state(session, state.model_copy(update={"config": config, "updated_at": time.time()}))
     return SessionRef(storage=session.storage, name=config.session, uid=state.uid,
                       storage_block=config.inputs.storage_block)
-
-
-def differing_fields(stored: dict[str, Any], given: dict[str, Any]) -> list[str]:
-    return sorted(k for k in stored.keys() | given.keys() if stored.get(k) != given.get(k))
 
 
 def refuse_changed_training(session: Session, stored: DreamBoothConfig, given: DreamBoothConfig) -> None:

@@ -58,6 +58,11 @@ def storage_location(storage: str, storage_block: str | None) -> tuple[str, dict
     return block.url, block.storage_options()
 
 
+def process_local(storage: str) -> bool:
+    """Whether sessions in `storage` live in this process's memory only (fsspec's memory://)."""
+    return storage.startswith("memory:")
+
+
 def open_named_session(storage: str, storage_block: str | None, name: str) -> Session:
     """The session `name` on a storage URL, or on the storage a block names: the one way to open
     a session, opened once per process (a fork opens it again: its filesystem may hold sockets)."""

@@ -13,6 +13,8 @@ from dreambooth_core.config import (
     MemoryPlan,
     RuntimeSettings,
     TrainingSettings,
+    differing_fields,
+    fingerprint_values,
     optimizer_device_problem,
     parse_class_words,
     too_many_chunks,
@@ -26,7 +28,7 @@ from dreambooth_core.photos.prepare import PreparedDataset
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.class_images import ClassImages
 from dreambooth_core.session.folder import Session
-from dreambooth_core.session.state import ExportRecord, differing_fields, load_state, outputs_current, update_state
+from dreambooth_core.session.state import ExportRecord, load_state, outputs_current, update_state
 from dreambooth_core.session.storage import SessionRef
 from dreambooth_core.training.devices import (
     check_device_settings,
@@ -105,21 +107,6 @@ def check_settings(training: TrainingSettings, runtime: RuntimeSettings) -> None
                          resolve_precision(training.mixed_precision, device))
 
 
-def fingerprint_values(config: DreamBoothConfig, total: int, model_digest: str, dataset_digest: str,
-                       class_images: ClassImages | None) -> dict[str, Any]:
-    """What the trained weights depend on: the training sections, resolved, and the content
-    of the model, the prepared dataset with its captions, and the class images."""
-    training = config.training
-    precision = resolve_precision(training.mixed_precision, resolve_device(config.runtime.device))
-    values = {**config.training_values(), "learning_rate": training.base_learning_rate,
-              "mixed_precision": precision, "model content": model_digest, "dataset": dataset_digest}
-    if class_images:
-        values["class images"] = class_images.digest
-    if training.lr_schedule != "constant":
-        values["steps"] = total  # the schedule's shape depends on it
-    return values
-
-
 def make_plan(session: Session, ref: SessionRef, config: DreamBoothConfig, model: LocalModel,
               dataset: PreparedDataset, captions: Captions,
               class_images: ClassImages | None = None) -> TrainingPlan:
@@ -134,9 +121,10 @@ def make_plan(session: Session, ref: SessionRef, config: DreamBoothConfig, model
     check_settings(training, runtime)  # a recorded plan this device cannot train with (nf4 on the CPU)
     check_trainer_offload(training, runtime)
     config = config.model_copy(update={"training": training, "runtime": runtime})
-    values = fingerprint_values(config, total, model.digest, captions.digest, class_images)
-    if config.training.masked_loss:
-        values["masks"] = load_mask_manifest(session).digest
+    precision = resolve_precision(config.training.mixed_precision, resolve_device(config.runtime.device))
+    values = fingerprint_values(config, total, precision, model.digest, captions.digest,
+                                class_images and class_images.digest,
+                                load_mask_manifest(session).digest if config.training.masked_loss else None)
     recorded = state.fingerprint
     if recorded is not None and recorded != values:
         raise ConfigError(

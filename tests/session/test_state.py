@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from dreambooth_core.captions.captioning import captions_digest
+from dreambooth_core.config import fingerprint_values
 from dreambooth_core.errors import ConfigError, SessionError
 from dreambooth_core.hashing import digest
 from dreambooth_core.session.class_images import ClassImages
@@ -15,7 +16,6 @@ from dreambooth_core.session.dataset_manifest import DatasetManifest, load_datas
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import CLASS_MANIFEST, SESSION_FILE
 from dreambooth_core.session.state import SessionState, load_state, open_or_create, save_state
-from dreambooth_core.training.plan import fingerprint_values
 
 # Written by unreleased version 1 (format 1: flat settings, token verdicts under "subjects"): `dreambooth train --session old
 # --model tiny --steps 4 --chunk-steps 2 --class-word man --class-images 2 --learning-rate 1e-4 --seed 7`
@@ -61,9 +61,8 @@ def test_this_version_computes_the_fingerprint_version_1_recorded(trained_sessio
                                            manifest.items) == manifest.digest
     assert captions_digest(manifest) == recorded["dataset"]
     class_images = ClassImages.model_validate(trained_session.read_json(CLASS_MANIFEST))
-    on_cpu = state.config.model_copy(update={"runtime": state.config.runtime.model_copy(update={"device": "cpu"})})
-    values = fingerprint_values(on_cpu, state.total_steps, recorded["model content"], recorded["dataset"],
-                                class_images)
+    values = fingerprint_values(state.config, state.total_steps, "no", recorded["model content"],  # on a CPU
+                                recorded["dataset"], class_images.digest)
     assert values == recorded
     assert digest(values) == state.export.fingerprint
 
