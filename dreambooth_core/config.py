@@ -7,8 +7,8 @@ together form the settings part of the training fingerprint (`DreamBoothConfig.t
 fingerprint (`fingerprint_values`: those settings and the content trained on) is made here too.
 
 Field names are unique across sections: the CLI flags (`--learning-rate`) and flat
-settings (deployment parameters, `DreamBoothConfig(model=...)`) map onto them one to one. Derived values (total steps, chunk plan, resolution) come from
-functions, never written back.
+settings (deployment parameters, `DreamBoothConfig(model=...)`) map onto them one to one.
+Derived values (total steps, chunk plan, resolution) come from functions, never written back.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ SESSION_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Folders the storage keeps beside its sessions (session/paths.py): no session may take their names.
 CLASS_STORE = "class-images"
 RESULTS_STORE = ".prefect-results"
-SHARED_FOLDERS = {CLASS_STORE: "the class images every session there shares", RESULTS_STORE: "Prefect's task results"}
+SHARED_FOLDERS = {CLASS_STORE: "the class images every session there shares",
+                  RESULTS_STORE: "Prefect's task results"}
 STEPS_PER_PHOTO = 100
 DEFAULT_LEARNING_RATES = {"dreambooth": 2e-6, "lora": 1e-4, "textual-inversion": 5e-4}
 DEFAULT_INFERENCE_STEPS = 25  # rendering: DPM-Solver++ gives good images in 20-25 steps
@@ -517,7 +518,8 @@ class DreamBoothConfig(BaseModel):
     @model_validator(mode="after")
     def _optimizer_runs(self) -> "DreamBoothConfig":
         """--device auto resolves later (plan.py checks it then); cpu is refused at once."""
-        if self.runtime.device == "cpu" and (problem := optimizer_device_problem(self.training.optimizer, "cpu")):
+        problem = optimizer_device_problem(self.training.optimizer, self.runtime.device)
+        if self.runtime.device == "cpu" and problem:
             raise ValueError(problem)
         return self
 

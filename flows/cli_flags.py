@@ -8,9 +8,16 @@ import os
 import sys
 from typing import Any
 
+from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from dreambooth_core.config import SECTION_OF, SECTIONS, DreamBoothConfig, TrainingSettings
+from dreambooth_core.config import (
+    SECTION_OF,
+    SECTIONS,
+    DreamBoothConfig,
+    GenerationSettings,
+    TrainingSettings,
+)
 from dreambooth_core.errors import ConfigError
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.state import existing_state
@@ -29,6 +36,25 @@ def flag_name(name: str) -> str:
 def setting(name: str) -> FieldInfo:
     """The declaration of setting `name` in its section of DreamBoothConfig."""
     return SECTIONS[SECTION_OF[name]].model_fields[name]
+
+
+def invalid_settings(exc: ValidationError, flags: dict[str, str] | None = None) -> ConfigError:
+    """One error for what a settings model refused, each problem led by its flag and the value
+    given. `flags`: setting -> the command's own flag where it is not the setting's name."""
+    return ConfigError(f"invalid settings: {'; '.join(_problem(e, flags or {}) for e in exc.errors())}.")
+
+
+def _problem(error: dict, flags: dict[str, str]) -> str:
+    """One validation error; one about several settings of a section (its own message names
+    their flags) without a flag."""
+    message = error["msg"].removeprefix("Value error, ")
+    names = [str(part) for part in error["loc"]]
+    known = SECTION_OF.keys() | GenerationSettings.model_fields.keys() | flags.keys() | {"session"}
+    name = next((n for n in reversed(names) if n in known), None)
+    if name is None:
+        return message
+    given = f" {error['input']}" if names[-1] == name and not isinstance(error["input"], dict) else ""
+    return f"{flag_name(flags.get(name, name))}{given}: {message}"
 
 
 def add_storage_flags(parser: argparse.ArgumentParser) -> None:

@@ -66,7 +66,7 @@ def process_local(storage: str) -> bool:
 def open_named_session(storage: str, storage_block: str | None, name: str) -> Session:
     """The session `name` on a storage URL, or on the storage a block names: the one way to open
     a session, opened once per process (a fork opens it again: its filesystem may hold sockets)."""
-    where = storage_block and f"block:{storage_block}" or (storage if "://" in storage else os.path.abspath(storage))
+    where = f"block:{storage_block}" if storage_block else storage if "://" in storage else os.path.abspath(storage)
     key = (os.getpid(), where, name)
     with _opening:  # tasks run in threads: the first of them opens it
         if key not in _opened:

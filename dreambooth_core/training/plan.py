@@ -1,8 +1,7 @@
-"""The training plan: fingerprint, chunks, and where to resume."""
+"""The training plan: the fingerprint recorded and checked (made by config.fingerprint_values),
+chunks, and where to resume."""
 
 from __future__ import annotations
-
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 

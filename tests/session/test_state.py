@@ -17,9 +17,9 @@ from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import CLASS_MANIFEST, SESSION_FILE
 from dreambooth_core.session.state import SessionState, load_state, open_or_create, save_state
 
-# Written by unreleased version 1 (format 1: flat settings, token verdicts under "subjects"): `dreambooth train --session old
-# --model tiny --steps 4 --chunk-steps 2 --class-word man --class-images 2 --learning-rate 1e-4 --seed 7`
-# on examples/photos, on a CPU. Its checkpoints are left out; their metadata is the fingerprint's digest.
+# Written by unreleased version 1 (format 1: flat settings, token verdicts under "subjects"):
+# `dreambooth train --session old --model tiny --steps 4 --chunk-steps 2 --class-word man
+# --class-images 2 --learning-rate 1e-4 --seed 7` on examples/photos, on a CPU. Its checkpoints are left out; their metadata is the fingerprint's digest.
 VERSION_1 = Path(__file__).resolve().parents[1] / "data" / "version1-session"
 
 
@@ -34,7 +34,8 @@ def trained_session(old_session) -> Session:
     """The version-1 session with its session.json written in the current format (the same
     settings, photos and fingerprint)."""
     data = old_session.read_json(SESSION_FILE)
-    data = {k: v for k, v in data.items() if k != "subjects"} | {"format": 2, "token_verdicts": data["subjects"]}
+    data = {k: v for k, v in data.items() if k != "subjects"} | {
+        "format": 2, "token_verdicts": data["subjects"]}
     save_state(old_session, SessionState.model_validate(data))
     return old_session
 
