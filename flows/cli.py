@@ -20,7 +20,7 @@ from dreambooth_core.config import SECTIONS, CaptionSettings, DreamBoothConfig, 
 from dreambooth_core.errors import USER_ERRORS, ConfigError, SessionError
 from dreambooth_core.families.expected import SMALLEST_RESOLUTION
 from dreambooth_core.session.folder import Session
-from dreambooth_core.session.state import stored_config
+from dreambooth_core.session.state import kept_in_memory, stored_config
 from flows.cli_flags import (
     invalid_settings,
     add_storage_flags,
@@ -196,14 +196,15 @@ def check_before_run(flags: dict[str, Any]) -> DreamBoothConfig:
     from dreambooth_core.photos.originals import require_photos
 
     session = open_flag_session(flags)
-    config = config_from_flags(flags, session)
-    check_device(config.runtime.device)
-    check_device_settings(config)  # what the device lacks, then what the method or installation lacks
-    check_base_precision(config.training, config.runtime.device)
-    model_cache_dir()  # a ConfigError if it cannot hold the model
-    warn_if_process_local(session.storage)
-    session.check_writable()
-    require_photos(session, config.inputs.photos)
+    with kept_in_memory(session):  # session.json read once for these checks (the run reads it again)
+        config = config_from_flags(flags, session)
+        check_device(config.runtime.device)
+        check_device_settings(config)  # what the device lacks, then what the method or installation lacks
+        check_base_precision(config.training, config.runtime.device)
+        model_cache_dir()  # a ConfigError if it cannot hold the model
+        warn_if_process_local(session.storage)
+        session.check_writable()
+        require_photos(session, config.inputs.photos)
     if config.export.publish_to:
         check_publish_token(config.inputs.hf_credentials_block)
     if config.base_model.vae:

@@ -68,8 +68,9 @@ _updating = threading.Lock()  # tasks run in threads: one read-change-write at a
 
 @contextmanager
 def kept_in_memory(session: Session) -> Iterator[None]:
-    """For a run that holds the session's lease (the only writer): session.json read once, then
-    served from memory; every save still writes the file first."""
+    """session.json read once, then served from memory; every save still writes the file first.
+    For a run that holds the session's lease (the only writer), and for the checks a command makes
+    in the second before its run starts."""
     _kept[session] = _UNREAD
     try:
         yield
