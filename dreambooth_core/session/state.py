@@ -114,14 +114,15 @@ def _read_state(session: Session) -> SessionState | None:
                            "start a new --session.") from None
 
 
-def existing_state(session: Session) -> SessionState:
-    """The state of a session a command names; a SessionError if there is no such session."""
+def existing_state(session: Session, where: str | None = None) -> SessionState:
+    """The state of a session a command names; a SessionError if there is no such session.
+    `where`: the storage as the user named it (a block's name), if not its URL."""
     state = load_state(session)
     if state is None:
         gone = (f" ({session.storage} holds sessions only while the command that made them runs)"
                 if process_local(session.storage) else "")
-        raise SessionError(f"there is no session {session.name!r} in {session.storage}{gone}. Pass the "
-                           "--storage it was trained with, or another --session.")
+        raise SessionError(f"there is no session {session.name!r} in {where or session.storage}{gone}. "
+                           "Pass the --storage it was trained with, or another --session.")
     return state
 
 
