@@ -69,13 +69,18 @@ def flag_storage(storage: str, storage_block: str | None) -> tuple[str, dict[str
     """(URL, fsspec options) of the storage the flags name; Prefect is imported only for a
     --storage-block (its blocks say how a block name opens storage)."""
     if storage_block:
-        from flows.temporary_server import require_configured_server
-
-        require_configured_server("blocks are then read from Prefect's own database in PREFECT_HOME")
-        from flows.session_storage import use_blocks
-
-        use_blocks()
+        use_flag_blocks()
     return storage_location(storage, storage_block)
+
+
+def use_flag_blocks() -> None:
+    """Register how a --storage-block opens storage, once Prefect's server is known to be set."""
+    from flows.temporary_server import require_configured_server
+
+    require_configured_server("blocks are then read from Prefect's own database in PREFECT_HOME")
+    from flows.session_storage import use_blocks
+
+    use_blocks()
 
 
 def warn_if_process_local(storage: str) -> None:
@@ -97,7 +102,7 @@ def open_flag_session(flags: dict[str, Any]) -> Session:
     finds it open)."""
     storage, block = flags.get("storage", setting("storage").default), flags.get("storage_block")
     if block:
-        flag_storage(storage, block)  # registers the blocks, after checking Prefect's server is set
+        use_flag_blocks()
     session = open_named_session(storage, block, flags["session"])
     session.forget_checks()  # each command checks afresh
     return session

@@ -31,7 +31,7 @@ class BlockStorage(Protocol):
 
 BlockLoader = Callable[[str], BlockStorage]
 _block_loader: BlockLoader | None = None
-_opened: dict[tuple, Session] = {}  # (process, storage, block, session name) -> the session opened
+_opened: dict[tuple, Session] = {}  # (process id, storage or block, session name) -> the session
 _opening = threading.Lock()
 
 
@@ -66,7 +66,8 @@ def process_local(storage: str) -> bool:
 def open_named_session(storage: str, storage_block: str | None, name: str) -> Session:
     """The session `name` on a storage URL, or on the storage a block names: the one way to open
     a session, opened once per process (a fork opens it again: its filesystem may hold sockets)."""
-    where = f"block:{storage_block}" if storage_block else storage if "://" in storage else os.path.abspath(storage)
+    local = "://" not in storage
+    where = f"block:{storage_block}" if storage_block else os.path.abspath(storage) if local else storage
     key = (os.getpid(), where, name)
     with _opening:  # tasks run in threads: the first of them opens it
         if key not in _opened:

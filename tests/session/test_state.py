@@ -15,7 +15,14 @@ from dreambooth_core.session.class_images import ClassImages
 from dreambooth_core.session.dataset_manifest import DatasetManifest, load_dataset_manifest
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import CLASS_MANIFEST, SESSION_FILE
-from dreambooth_core.session.state import SessionState, load_state, open_or_create, save_state
+from dreambooth_core.session.state import (
+    SessionState,
+    kept_in_memory,
+    load_state,
+    open_or_create,
+    save_state,
+    update_state,
+)
 
 # Written by unreleased version 1 (format 1: flat settings, token verdicts under "subjects"):
 # `dreambooth train --session old --model tiny --steps 4 --chunk-steps 2 --class-word man
@@ -104,3 +111,18 @@ def test_a_damaged_or_newer_file_is_named_with_what_to_do(tmp_path, content, say
     with pytest.raises(SessionError, match=says) as error:
         load_state(session)
     assert f"{session.url}/{SESSION_FILE}" in str(error.value)
+
+
+def test_while_kept_in_memory_the_file_is_read_once_and_saves_still_write_it(trained_session, monkeypatch):
+    reads = []
+    original = Session.read_bytes
+    monkeypatch.setattr(Session, "read_bytes", lambda self, relative: reads.append(relative) or original(self, relative))
+    with kept_in_memory(trained_session):
+        assert load_state(trained_session) is load_state(trained_session)
+        update_state(trained_session, status="new")
+        assert load_state(trained_session).status == "new"
+        assert reads == [SESSION_FILE]
+    assert json.loads(original(trained_session, SESSION_FILE))["status"] == "new"  # written through
+    trained_session.write_json(SESSION_FILE, {**json.loads(original(trained_session, SESSION_FILE)),
+                                              "status": "complete"})  # by the next writer
+    assert load_state(trained_session).status == "complete"  # read again once the run let go
