@@ -26,7 +26,8 @@ from dreambooth_core.session.state import (
 
 # Written by unreleased version 1 (format 1: flat settings, token verdicts under "subjects"):
 # `dreambooth train --session old --model tiny --steps 4 --chunk-steps 2 --class-word man
-# --class-images 2 --learning-rate 1e-4 --seed 7` on examples/photos, on a CPU. Its checkpoints are left out; their metadata is the fingerprint's digest.
+# --class-images 2 --learning-rate 1e-4 --seed 7` on examples/photos, on a CPU. Its checkpoints are left
+# out; their metadata is the fingerprint's digest.
 VERSION_1 = Path(__file__).resolve().parents[1] / "data" / "version1-session"
 
 
@@ -116,7 +117,8 @@ def test_a_damaged_or_newer_file_is_named_with_what_to_do(tmp_path, content, say
 def test_while_kept_in_memory_the_file_is_read_once_and_saves_still_write_it(trained_session, monkeypatch):
     reads = []
     original = Session.read_bytes
-    monkeypatch.setattr(Session, "read_bytes", lambda self, relative: reads.append(relative) or original(self, relative))
+    monkeypatch.setattr(Session, "read_bytes",
+                        lambda self, relative: reads.append(relative) or original(self, relative))
     with kept_in_memory(trained_session):
         assert load_state(trained_session) is load_state(trained_session)
         update_state(trained_session, status="new")

@@ -13,7 +13,8 @@ from dreambooth_core.session.storage import SessionRef, open_named_session
 def test_a_session_is_opened_once_per_process(tmp_path, monkeypatch):
     listed = []
     original = Session._open
-    monkeypatch.setattr(Session, "_open", lambda self, *args: listed.append(args) or original(self, *args))
+    monkeypatch.setattr(Session, "_open",
+                        lambda self, *args: listed.append(args) or original(self, *args))
     session = open_named_session(str(tmp_path), None, "s")
     ref = SessionRef.model_validate_json(SessionRef(storage=str(tmp_path), name="s", uid="u").model_dump_json())
     assert ref.open() is session and open_named_session(str(tmp_path) + "/", None, "s") is session
