@@ -1,14 +1,14 @@
 """The one configuration object, in sections owned by the parts that use them.
 
 Each part receives its own section. Three sections decide the trained weights and
-together form the training fingerprint (`DreamBoothConfig.training_values`):
+together form the settings part of the training fingerprint (`DreamBoothConfig.training_values`):
 `base_model` (what is trained), `captions` (what each photo is called) and
-`training` (how). The others change how a run goes, never what it computes.
+`training` (how). The others change how a run goes, never what it computes. The whole
+fingerprint (`fingerprint_values`: those settings and the content trained on) is made here too.
 
-Field names are unique across sections: the CLI flags (`--learning-rate`) and the
-flat settings of earlier versions (session.json, deployment parameters) map onto
-them one to one. Derived values (total steps, chunk plan, resolution) come from
-functions, never written back.
+Field names are unique across sections: the CLI flags (`--learning-rate`) and flat
+settings (deployment parameters, `DreamBoothConfig(model=...)`) map onto them one to one.
+Derived values (total steps, chunk plan, resolution) come from functions, never written back.
 """
 
 from __future__ import annotations
@@ -19,6 +19,11 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SESSION_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Folders the storage keeps beside its sessions (session/paths.py): no session may take their names.
+CLASS_STORE = "class-images"
+RESULTS_STORE = ".prefect-results"
+SHARED_FOLDERS = {CLASS_STORE: "the class images every session there shares",
+                  RESULTS_STORE: "Prefect's task results"}
 STEPS_PER_PHOTO = 100
 DEFAULT_LEARNING_RATES = {"dreambooth": 2e-6, "lora": 1e-4, "textual-inversion": 5e-4}
 DEFAULT_INFERENCE_STEPS = 25  # rendering: DPM-Solver++ gives good images in 20-25 steps
@@ -404,14 +409,22 @@ def offload_device_problem(device_type: str) -> str | None:
             f"this run trains on {device_type}, where there is nothing to offload to. Drop --offload")
 
 
+def optimizer_device_problem(optimizer: str, device_type: str) -> str | None:
+    """Why `optimizer` cannot train on a `device_type` device, or None."""
+    if optimizer != "adamw-8bit" or device_type == "cuda":
+        return None
+    return (f"--optimizer adamw-8bit needs a CUDA GPU (bitsandbytes); this run trains on {device_type}. "
+            "Use --optimizer adamw")
+
+
 class MemoryPlan(BaseModel):
     """The memory-saving choices training runs with, and what they were chosen against."""
 
     model_config = ConfigDict(frozen=True)
     optimizer: Literal["adamw", "adamw-8bit"]
     gradient_checkpointing: bool
-    step_in_backward: bool = False  # absent from plans recorded before it existed
-    base_precision: str = "auto"    # what the frozen base is held in ([lowvram]); absent before
+    step_in_backward: bool = False
+    base_precision: str = "auto"    # what the frozen base is held in
     offload: bool = False
     estimated_peak_bytes: int | None = None  # None: not estimated (training on the CPU)
     budget_bytes: int | None = None          # what the GPU had usable when it was chosen
@@ -433,13 +446,14 @@ class MemoryPlan(BaseModel):
 
 class DreamBoothConfig(BaseModel):
     """Everything a training run needs. CLI flags, YAML and deployment parameters all
-    become this object; the flat settings of earlier versions are accepted too."""
+    become this object; settings may be given flat (by name) or in their sections."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     # The sections that decide the trained weights: the training fingerprint.
     TRAINING_SECTIONS: ClassVar[tuple[str, ...]] = ("base_model", "captions", "training")
-    # Training settings added after sessions were recorded, with what those sessions trained as: left
-    # out of the fingerprint at that value, so the sessions resume (a --vae's digest is in the model's).
+    # Training settings added after sessions had recorded fingerprints, with what those sessions trained
+    # as: at that value a setting is left out of the fingerprint, so the sessions keep their fingerprint
+    # and resume (a --vae's digest is in the model's). A new setting that changes training goes here.
     ADDED_LATER: ClassVar[dict[str, Any]] = {"vae": None, "step_in_backward": False, "base_precision": "auto",
                                            "buckets": "auto", "masked_loss": False, "mask_floor": 0.1,
                                            "caption_mode": "default", "captioner": "auto"}
@@ -467,9 +481,8 @@ class DreamBoothConfig(BaseModel):
     @field_validator("session")
     @classmethod
     def _session_name(cls, name: str) -> str:
-        if not SESSION_NAME.match(name) or name in {".", ".."}:
-            raise ValueError(f"session name {name!r} is not allowed: use at most 64 letters, "
-                             "digits, '.', '_' or '-' (no slashes, no '..')")
+        if problem := session_name_problem(name):
+            raise ValueError(problem)
         return name
 
     @model_validator(mode="after")
@@ -502,6 +515,14 @@ class DreamBoothConfig(BaseModel):
                 raise ValueError(offload_device_problem("cpu"))
         return self
 
+    @model_validator(mode="after")
+    def _optimizer_runs(self) -> "DreamBoothConfig":
+        """--device auto resolves later (plan.py checks it then); cpu is refused at once."""
+        problem = optimizer_device_problem(self.training.optimizer, self.runtime.device)
+        if self.runtime.device == "cpu" and problem:
+            raise ValueError(problem)
+        return self
+
     def training_values(self) -> dict[str, Any]:
         """The settings whose change would change the trained weights, flat."""
         values: dict[str, Any] = {}
@@ -528,6 +549,45 @@ SECTIONS: dict[str, type[Section]] = {
 # Setting name -> the section that holds it (names are unique across sections).
 SECTION_OF: dict[str, str] = {name: section for section, kind in SECTIONS.items() for name in kind.model_fields}
 assert len(SECTION_OF) == sum(len(kind.model_fields) for kind in SECTIONS.values()), "a setting is in two sections"
+
+
+def fingerprint_values(config: DreamBoothConfig, total: int, precision: str, model_digest: str,
+                       dataset_digest: str, class_images_digest: str | None = None,
+                       masks_digest: str | None = None) -> dict[str, Any]:
+    """The training fingerprint: what the trained weights depend on. The training sections
+    (`training_values`) resolved (`precision`: the mixed precision on the device it trains on),
+    and the content of the model, the prepared dataset with its captions, the class images and
+    the masks."""
+    training = config.training
+    values = {**config.training_values(), "learning_rate": training.base_learning_rate,
+              "mixed_precision": precision, "model content": model_digest, "dataset": dataset_digest}
+    if class_images_digest:
+        values["class images"] = class_images_digest
+    if training.lr_schedule != "constant":
+        values["steps"] = total  # the schedule's shape depends on it
+    if training.masked_loss:
+        values["masks"] = masks_digest
+    return values
+
+
+def differing_fields(stored: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    """The names whose values differ between two fingerprints (or their training values)."""
+    return sorted(k for k in stored.keys() | given.keys() if stored.get(k) != given.get(k))
+
+
+def session_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a session (it would leave the storage root, or is a name the storage
+    uses itself), or None; the one session-name rule (session.folder.Session applies it too)."""
+    if not SESSION_NAME.match(name) or name in {".", ".."}:
+        return (f"session name {name!r} is not allowed: use at most 64 letters, digits, '.', '_' or '-' "
+                "(no slashes, no '..')")
+    if name in SHARED_FOLDERS:
+        return (f"session name {name!r} is reserved: the storage keeps {SHARED_FOLDERS[name]} in that "
+                "folder. Choose another --session name")
+    if name.startswith("."):
+        return (f"session name {name!r} is reserved: names starting with '.' are kept for the storage's "
+                "own folders. Choose another --session name")
+    return None
 
 
 def too_many_chunks(total: int, chunk_steps: int) -> str | None:

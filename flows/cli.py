@@ -16,12 +16,14 @@ from typing import Any, Literal
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from dreambooth_core.config import SECTION_OF, SECTIONS, DreamBoothConfig
+from dreambooth_core.config import SECTIONS, CaptionSettings, DreamBoothConfig, TrainingSettings
 from dreambooth_core.errors import USER_ERRORS, ConfigError, SessionError
 from dreambooth_core.families.expected import SMALLEST_RESOLUTION
 from dreambooth_core.session.folder import Session
-from dreambooth_core.session.state import stored_config
+from dreambooth_core.session.state import kept_in_memory, stored_config
 from flows.cli_flags import (
+    invalid_settings,
+    add_storage_flags,
     check_base_precision,
     check_device,
     check_device_settings,
@@ -128,11 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "loss and the output files with their sizes. Reads the storage only; no "
                     "Prefect server is needed.")
     status.add_argument("session", nargs="?", help="One session to show in detail (default: all).")
-    status.add_argument("--storage", default=setting("storage").default,
-                        help="Where sessions live, as for train (default: %(default)s).")
-    status.add_argument("--storage-block", default=None,
-                        help="A SessionStorage block naming where sessions live, as for train "
-                             "(read from the Prefect server at PREFECT_API_URL; default: none).")
+    add_storage_flags(status)
     status.add_argument("--json", action="store_true", help="Print the status as JSON.")
     add_session_commands(commands)
     return parser
@@ -187,16 +185,7 @@ def config_from_flags(flags: dict[str, Any], session: Session | None = None) -> 
     try:
         return DreamBoothConfig(**{**stored, **flags})
     except ValidationError as exc:
-        raise ConfigError(f"invalid settings: {'; '.join(map(_problem, exc.errors()))}.") from None
-
-
-def _problem(error: dict) -> str:
-    """One validation error, led by the flag it is about; one about several settings of a
-    section (its own message names their flags) without."""
-    message = error["msg"].removeprefix("Value error, ")
-    names = [str(part) for part in error["loc"]]
-    setting = next((n for n in reversed(names) if n in SECTION_OF or n == "session"), None)
-    return f"{flag_name(setting)}: {message}" if setting else message
+        raise invalid_settings(exc) from None
 
 
 def check_before_run(flags: dict[str, Any]) -> DreamBoothConfig:
@@ -207,14 +196,15 @@ def check_before_run(flags: dict[str, Any]) -> DreamBoothConfig:
     from dreambooth_core.photos.originals import require_photos
 
     session = open_flag_session(flags)
-    config = config_from_flags(flags, session)
-    check_device(config.runtime.device)
-    check_device_settings(config)  # what the device lacks, then what the method or installation lacks
-    check_base_precision(config.training, config.runtime.device)
-    model_cache_dir()  # a ConfigError if it cannot hold the model
-    warn_if_process_local(session.storage)
-    session.check_writable()
-    require_photos(session, config.inputs.photos)
+    with kept_in_memory(session):  # session.json read once for these checks (the run reads it again)
+        config = config_from_flags(flags, session)
+        check_device(config.runtime.device)
+        check_device_settings(config)  # what the device lacks, then what the method or installation lacks
+        check_base_precision(config.training, config.runtime.device)
+        model_cache_dir()  # a ConfigError if it cannot hold the model
+        warn_if_process_local(session.storage)
+        session.check_writable()
+        require_photos(session, config.inputs.photos)
     if config.export.publish_to:
         check_publish_token(config.inputs.hf_credentials_block)
     if config.base_model.vae:
@@ -446,16 +436,14 @@ def tokens(args: dict[str, Any]) -> int:
 
 
 def validate(args: dict[str, Any]) -> int:
-    from dreambooth_core.captions.tokens import parse_class_words
     from dreambooth_core.photos.validate import ValidationSettings, report_text, summary_line, validate_folder
 
     resolution = args.pop("resolution")
-    if resolution < 64 or resolution % 8:
-        raise ConfigError(f"--resolution {resolution} is not valid: use a multiple of 8, at least 64.")
-    try:
-        parse_class_words(args["class_word"])
-    except ValueError as exc:
-        raise ConfigError(f"--class-word: {exc}.") from None
+    try:  # the settings' own rules, as train applies them
+        TrainingSettings(resolution=resolution)
+        CaptionSettings(class_word=args["class_word"])
+    except ValidationError as exc:
+        raise invalid_settings(exc) from None
     settings = ValidationSettings(
         resolution=resolution, resolution_from="--resolution" if resolution !=
         SMALLEST_RESOLUTION else "default; pass --resolution for another model",

@@ -8,13 +8,20 @@ import os
 import sys
 from typing import Any
 
+from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from dreambooth_core.config import SECTION_OF, SECTIONS, DreamBoothConfig, TrainingSettings
-from dreambooth_core.errors import ConfigError, SessionError
+from dreambooth_core.config import (
+    SECTION_OF,
+    SECTIONS,
+    DreamBoothConfig,
+    GenerationSettings,
+    TrainingSettings,
+)
+from dreambooth_core.errors import ConfigError
 from dreambooth_core.session.folder import Session
-from dreambooth_core.session.state import stored_config
-from dreambooth_core.session.storage import storage_location
+from dreambooth_core.session.state import existing_state
+from dreambooth_core.session.storage import open_named_session, process_local, storage_location
 from flows.quiet_libraries import quiet_libraries
 
 
@@ -31,6 +38,25 @@ def setting(name: str) -> FieldInfo:
     return SECTIONS[SECTION_OF[name]].model_fields[name]
 
 
+def invalid_settings(exc: ValidationError, flags: dict[str, str] | None = None) -> ConfigError:
+    """One error for what a settings model refused, each problem led by its flag and the value
+    given. `flags`: setting -> the command's own flag where it is not the setting's name."""
+    return ConfigError(f"invalid settings: {'; '.join(_problem(e, flags or {}) for e in exc.errors())}.")
+
+
+def _problem(error: dict, flags: dict[str, str]) -> str:
+    """One validation error; one about several settings of a section (its own message names
+    their flags) without a flag."""
+    message = error["msg"].removeprefix("Value error, ")
+    names = [str(part) for part in error["loc"]]
+    known = SECTION_OF.keys() | GenerationSettings.model_fields.keys() | flags.keys() | {"session"}
+    name = next((n for n in reversed(names) if n in known), None)
+    if name is None:
+        return message
+    given = f" {error['input']}" if names[-1] == name and not isinstance(error["input"], dict) else ""
+    return f"{flag_name(flags.get(name, name))}{given}: {message}"
+
+
 def add_storage_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", default=setting("storage").default,
                         help="Where sessions live, as for train (default: %(default)s).")
@@ -43,16 +69,18 @@ def flag_storage(storage: str, storage_block: str | None) -> tuple[str, dict[str
     """(URL, fsspec options) of the storage the flags name; Prefect is imported only for a
     --storage-block (its blocks say how a block name opens storage)."""
     if storage_block:
-        from flows.temporary_server import require_configured_server
-
-        require_configured_server("blocks are then read from Prefect's own database in PREFECT_HOME")
-        import blocks.session_storage  # noqa: F401 - registers the block storage
+        use_flag_blocks()
     return storage_location(storage, storage_block)
 
 
-def process_local(storage: str) -> bool:
-    """Whether sessions in `storage` live in this process's memory only (fsspec's memory://)."""
-    return storage.startswith("memory:")
+def use_flag_blocks() -> None:
+    """Register how a --storage-block opens storage, once Prefect's server is known to be set."""
+    from flows.temporary_server import require_configured_server
+
+    require_configured_server("blocks are then read from Prefect's own database in PREFECT_HOME")
+    from flows.session_storage import use_blocks
+
+    use_blocks()
 
 
 def warn_if_process_local(storage: str) -> None:
@@ -70,9 +98,14 @@ def refuse_process_local_storage(storage: str, command: str) -> None:
 
 
 def open_flag_session(flags: dict[str, Any]) -> Session:
-    """The session the flags name."""
-    url, options = flag_storage(flags.get("storage", setting("storage").default), flags.get("storage_block"))
-    return Session(url, flags["session"], options)
+    """The session the flags name, opened once for the process (the flow a command runs here
+    finds it open)."""
+    storage, block = flags.get("storage", setting("storage").default), flags.get("storage_block")
+    if block:
+        use_flag_blocks()
+    session = open_named_session(storage, block, flags["session"])
+    session.forget_checks()  # each command checks afresh
+    return session
 
 
 def check_device(name: str) -> None:
@@ -119,12 +152,7 @@ def trained_session_config(flags: dict[str, Any]) -> tuple[Session, DreamBoothCo
     """The session the flags name and its stored configuration; an error if there is none, or if
     the session cannot take the files the command writes into it."""
     session = open_flag_session(flags)
-    config = stored_config(session)
-    if config is None:
-        gone = (f" ({session.storage} holds sessions only while the command that made them runs)"
-                if process_local(session.storage) else "")
-        raise SessionError(f"there is no session {session.name!r} in {session.storage}{gone}. Pass the "
-                           "--storage it was trained with, or another --session.")
+    config = existing_state(session).config
     session.check_writable()
     return session, config
 

@@ -11,6 +11,7 @@ from flows.cli_flags import (
     add_storage_flags,
     check_device,
     flag_name,
+    invalid_settings,
     trained_base_model,
     trained_session_config,
 )
@@ -172,9 +173,7 @@ def _check_evaluation_flags(args: dict[str, Any]) -> None:
     try:
         EvaluationSettings(**{setting: args[flag] for setting, flag in flags.items()})
     except ValidationError as exc:
-        named = [(flags[str(e["loc"][0])], e["msg"]) for e in exc.errors()]
-        problems = "; ".join(f"{flag_name(flag)} {args[flag]}: {message}" for flag, message in named)
-        raise ConfigError(f"invalid settings: {problems}.") from None
+        raise invalid_settings(exc, flags) from None
 
 
 def generate(args: dict[str, Any]) -> int:
@@ -194,8 +193,7 @@ def generate(args: dict[str, Any]) -> int:
     try:
         settings = GenerationSettings(**{name: args[name] for name in GenerationSettings.model_fields})
     except ValidationError as exc:
-        problems = "; ".join(f"{flag_name(str(e['loc'][0]))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"invalid settings: {problems}.") from None
+        raise invalid_settings(exc) from None
     check_device(args["device"])
     chosen_step(session, args["step"])  # before the model is fetched
     model = trained_base_model(config, session)

@@ -1,5 +1,5 @@
-"""Sessions as a run opens them: by URL or by storage block; the Prefect result storage beside
-them, and the lease that makes a run their only writer."""
+"""What a run holds on its session: the lease that makes it the only writer (and so lets it keep
+session.json in memory), and the Prefect result storage beside the sessions."""
 
 from __future__ import annotations
 
@@ -10,15 +10,9 @@ from prefect import get_run_logger
 
 from dreambooth_core.config import DreamBoothConfig, InputSettings
 from dreambooth_core.hashing import digest
-from dreambooth_core.session.folder import Session
 from dreambooth_core.session.lease import SessionLease
+from dreambooth_core.session.state import kept_in_memory
 from dreambooth_core.session.storage import open_named_session
-
-
-def open_config_session(inputs: InputSettings, name: str) -> Session:
-    if inputs.storage_block:
-        use_blocks()
-    return open_named_session(inputs.storage, inputs.storage_block, name)
 
 
 def use_blocks() -> None:
@@ -47,9 +41,14 @@ def result_storage(inputs: InputSettings) -> dict[str, Any]:
 @contextmanager
 def session_lease(config: DreamBoothConfig) -> Iterator[SessionLease]:
     """Hold the session's lease (renewed in the background) for the body of the block."""
-    log = get_run_logger()
-    session = open_config_session(config.inputs, config.session)
-    session.check_writable()  # a StorageError naming the storage, not the lease's OSError
-    with SessionLease(session, wait=config.runtime.lease_wait, log=log) as lease:
-        log.info("Holding the lease on session %s", config.session)
-        yield lease
+    log, inputs = get_run_logger(), config.inputs
+    if inputs.storage_block:
+        use_blocks()
+    session = open_named_session(inputs.storage, inputs.storage_block, config.session)
+    try:
+        session.check_writable()  # a StorageError naming the storage, not the lease's OSError
+        with SessionLease(session, wait=config.runtime.lease_wait, log=log) as lease, kept_in_memory(session):
+            log.info("Holding the lease on session %s", config.session)
+            yield lease
+    finally:
+        session.forget_checks()  # the next run in this process checks again

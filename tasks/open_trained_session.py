@@ -4,8 +4,7 @@ from prefect import get_run_logger, task
 from pydantic import BaseModel, ConfigDict
 
 from dreambooth_core.config import BaseModelSettings
-from dreambooth_core.errors import SessionError
-from dreambooth_core.session.state import load_state
+from dreambooth_core.session.state import existing_state
 from dreambooth_core.session.storage import SessionRef, open_named_session
 
 
@@ -19,10 +18,7 @@ class TrainedSessionRef(BaseModel):
 @task(name="open-trained-session", task_run_name="open session {name}")
 def open_trained_session(name: str, storage: str, storage_block: str | None = None) -> TrainedSessionRef:
     session = open_named_session(storage, storage_block, name)
-    state = load_state(session)
-    if state is None:
-        raise SessionError(f"there is no session {name!r} in {storage_block or storage}. Pass the "
-                           "storage it was trained with, or another session.")
+    state = existing_state(session, storage_block)
     get_run_logger().info("Session %s (storage %s)", session.url, storage_block or storage)
     ref = SessionRef(storage=session.storage, name=name, uid=state.uid, storage_block=storage_block)
     return TrainedSessionRef(session=ref, base_model=state.config.base_model,

@@ -3,8 +3,14 @@
 import pytest
 from pydantic import ValidationError
 
-from dreambooth_core.config import RANK_DRAWS, SECTION_OF, SECTIONS, DreamBoothConfig, TrainingSettings
-from dreambooth_core.session.state import differing_fields
+from dreambooth_core.config import (
+    RANK_DRAWS,
+    SECTION_OF,
+    SECTIONS,
+    DreamBoothConfig,
+    TrainingSettings,
+    differing_fields,
+)
 
 
 def test_differing_fields_names_only_changes():

@@ -32,7 +32,7 @@ from dreambooth_core.session.dataset_manifest import require_dataset_manifest
 from dreambooth_core.session.folder import Session, temporary_name
 from dreambooth_core.session.paths import export_folder, snapshot_folder, step_name
 from dreambooth_core.session.scratch import scratch_folder
-from dreambooth_core.session.state import load_state
+from dreambooth_core.session.state import existing_state, load_state
 from dreambooth_core.training.chunk import weights_finite
 from dreambooth_core.training.methods import Trainables, adapted_encoders, set_up_method
 from dreambooth_core.training.plan import TrainingPlan
@@ -70,10 +70,7 @@ class StepExport(BaseModel):
 
 def trained_session(session: Session, model_path: str, family: ModelFamily) -> TrainedSession:
     """The session's training settings and subjects, from session.json and the dataset manifest."""
-    state = load_state(session)
-    if state is None:
-        raise SessionError(f"there is no session {session.name!r} in {session.storage}. Pass the "
-                           "--storage it was trained with, or another --session.")
+    state = existing_state(session)
     training, runtime = state.config.training, state.config.runtime
     if state.memory_plan:
         training, _ = state.memory_plan.apply(training, runtime)

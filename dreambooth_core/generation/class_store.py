@@ -1,10 +1,6 @@
-"""Where class images live: `<storage>/class-images/`, beside the sessions, shared by all of them.
-
-Class images depend only on the base model and the generation settings, never on
-a session's photos, so one store per storage location lets every session that
-uses the same model and class prompt reuse them (on gs:// as on a local folder).
-The store is opened like a session folder, which gives it the same atomic writes
-and the same check that every path stays inside it.
+"""Names inside the class-image store beside the sessions (session/class_images.py: why one store
+serves every session): each prompt's folder, named after all that decides its images, and the
+images in it.
 """
 
 from __future__ import annotations

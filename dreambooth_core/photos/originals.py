@@ -195,7 +195,11 @@ def uses_given_photos(state: SessionState | None, folder: str | Path | None) -> 
 
 def require_photos(session: Session, folder: str | Path | None) -> None:
     """Before anything slow: a session without photos needs --photos, and a folder this run
-    uses must exist, be readable and hold photos."""
+    uses must exist, be readable and hold photos. Once per run (Session.check_once)."""
+    session.check_once(f"photos in {folder}", lambda: _require_photos(session, folder))
+
+
+def _require_photos(session: Session, folder: str | Path | None) -> None:
     state = load_state(session)
     if folder is None and not (state and state.photos):
         raise DatasetError(f"session {session.name!r} has no photos yet. Pass --photos with the "

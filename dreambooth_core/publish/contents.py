@@ -24,7 +24,7 @@ from dreambooth_core.session.paths import (
     samples_grid,
     steps_named,
 )
-from dreambooth_core.session.state import load_state, present_export
+from dreambooth_core.session.state import existing_state, present_export
 
 CARD = "README.md"
 
@@ -56,10 +56,7 @@ def published_files(session: Session, step: int | None) -> PublishedFiles:
 
 
 def _final_outputs(session: Session) -> tuple[int, dict[str, str]]:
-    state = load_state(session)
-    if state is None:
-        raise SessionError(f"there is no session {session.name!r} in {session.storage}. Pass the "
-                           "--storage it was trained with, or another --session.")
+    state = existing_state(session)
     if present_export(session, state) is None:
         raise SessionError(f"session {session.name!r} has no final outputs to publish yet: finish its "
                            f"training (dreambooth train --session {session.name}), or publish a kept "

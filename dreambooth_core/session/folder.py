@@ -22,10 +22,9 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractBufferedFile
 
-from dreambooth_core.config import SESSION_NAME
+from dreambooth_core.config import SHARED_FOLDERS, session_name_problem
 from dreambooth_core.errors import SessionError, StorageError
 from dreambooth_core.session.filesystem import filesystem_for
-from dreambooth_core.session.paths import SHARED_FOLDERS
 
 _TEMPORARY = re.compile(r"\.tmp-[0-9a-f]{8}$")
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
@@ -60,15 +59,8 @@ def _check_listable(fs: fsspec.AbstractFileSystem, root: str) -> None:
 
 def check_session_name(name: str) -> None:
     """Refuse a name that leaves the storage root or is one the storage uses itself."""
-    if not SESSION_NAME.match(name) or name in {".", ".."}:
-        raise SessionError(f"session name {name!r} is not allowed: use at most 64 letters, "
-                           "digits, '.', '_' or '-' (no slashes, no '..').")
-    if name in SHARED_FOLDERS:
-        raise SessionError(f"session name {name!r} is reserved: the storage keeps "
-                           f"{SHARED_FOLDERS[name]} in that folder. Choose another --session name.")
-    if name.startswith("."):
-        raise SessionError(f"session name {name!r} is reserved: names starting with '.' are kept "
-                           "for the storage's own folders. Choose another --session name.")
+    if problem := session_name_problem(name):
+        raise SessionError(f"{problem}.")
 
 
 def out_of_space(exc: BaseException, local_folder: str | None = None) -> bool:
@@ -164,11 +156,27 @@ class Session:
         self.fs, storage_root = open_storage(storage, options)
         self.root = f"{storage_root}/{name}"
         self.is_local = isinstance(self.fs, LocalFileSystem)
+        self._passed: set[str] = set()
+
+    def check_once(self, what: str, check: Callable[[], None]) -> None:
+        """Run `check` unless it has passed on this session already. A session is opened once per
+        process (storage.open_named_session): the checks the CLI makes before any server starts
+        are not made again by the flow it then runs in the same process; `forget_checks` (a run's
+        end) makes the next run check again."""
+        if what not in self._passed:
+            check()
+            self._passed.add(what)
+
+    def forget_checks(self) -> None:
+        self._passed.clear()
 
     def check_writable(self) -> None:
         """A StorageError now, before any work, if the storage cannot take a file (read-only,
         not a real folder such as /proc/1, no permission or credentials to write), or the
-        session's own folder, where it exists, cannot."""
+        session's own folder, where it exists, cannot. Once per run (check_once)."""
+        self.check_once("writable", self._check_writable)
+
+    def _check_writable(self) -> None:
         probe = temporary_name(f"{self.root.rsplit('/', 1)[0]}/.write-check")
         try:
             self.fs.pipe_file(probe, b"ok")
@@ -194,6 +202,7 @@ class Session:
         other = object.__new__(Session)
         other.storage, other.name, other.fs, other.is_local = self.storage, name, self.fs, self.is_local
         other.root = f"{self.root.rsplit('/', 1)[0]}/{name}"
+        other._passed = set()
         return other
 
     def __repr__(self) -> str:

@@ -23,6 +23,10 @@
 
 import re
 
+# CLASS_STORE, RESULTS_STORE: beside the sessions, not inside one; named in config.py, whose
+# session-name rule keeps their names free.
+from dreambooth_core.config import CLASS_STORE, RESULTS_STORE, SHARED_FOLDERS  # noqa: F401
+
 SESSION_FILE = "session.json"
 LEASE_FILE = "lease.json"
 PHOTOS = "photos"
@@ -53,11 +57,6 @@ PUBLISHED = "published.json"
 GENERATIONS = "generations"
 SAMPLES = "samples"
 DIFFUSERS = "diffusers"
-CLASS_STORE = "class-images"  # beside the sessions, not inside one
-RESULTS_STORE = ".prefect-results"  # beside the sessions too
-# What the storage keeps beside the sessions, and why: no session may be named so.
-SHARED_FOLDERS = {CLASS_STORE: "the class images every session there shares",
-                  RESULTS_STORE: "Prefect's task results"}
 
 
 def step_name(step: int) -> str:

@@ -1,24 +1,28 @@
 """session.json: the session's settings, photo set, training fingerprint and status.
 
-`load_state` and `save_state` are the only readers and writers of the file. Files
-written by earlier versions (format 1: flat settings, token verdicts under
-"subjects") are read as they are and written back in the current format.
+`load_state` and `save_state` are the only readers and writers of the file. A file of
+another format (format 1 was written only by unreleased versions) is refused, naming it.
+While a run holds the session's lease it is the file's only writer: the file is then read
+once and kept in memory (`kept_in_memory`), each save written through.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
-from typing import Any, Literal
+import weakref
+from contextlib import contextmanager
+from typing import Any, Iterator, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from dreambooth_core.config import DreamBoothConfig, MemoryPlan
+from dreambooth_core.config import DreamBoothConfig, MemoryPlan, differing_fields
 from dreambooth_core.errors import ConfigError, SessionError
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import SESSION_FILE
-from dreambooth_core.session.storage import SessionRef
+from dreambooth_core.session.storage import SessionRef, process_local
 
 FORMAT = 2
 
@@ -97,21 +101,40 @@ class SessionState(BaseModel):
     outputs: dict[str, int] = Field(default_factory=dict, description="Output file -> bytes.")
     export: ExportRecord | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _read_format_1(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("format", 1) < FORMAT:
-            data = {k: v for k, v in data.items() if k != "subjects"} | {
-                "format": FORMAT, "token_verdicts": data.get("subjects", {})}
-        return data
-
     @property
     def training_started(self) -> bool:
         """Training fixes the photo set: the fingerprint it records covers the dataset."""
         return self.fingerprint is not None
 
 
+_UNREAD = object()
+_kept: weakref.WeakKeyDictionary[Session, Any] = weakref.WeakKeyDictionary()  # session -> its state
+_updating = threading.Lock()  # tasks run in threads: one read-change-write at a time
+
+
+@contextmanager
+def kept_in_memory(session: Session) -> Iterator[None]:
+    """session.json read once, then served from memory; every save still writes the file first.
+    For a run that holds the session's lease (the only writer), and for the checks a command makes
+    in the second before its run starts."""
+    _kept[session] = _UNREAD
+    try:
+        yield
+    finally:
+        _kept.pop(session, None)
+
+
 def load_state(session: Session) -> SessionState | None:
+    kept = _kept.get(session, _UNREAD)
+    if kept is not _UNREAD:
+        return kept
+    state = _read_state(session)
+    if session in _kept:
+        _kept[session] = state
+    return state
+
+
+def _read_state(session: Session) -> SessionState | None:
     if not session.exists(SESSION_FILE):
         return None
     where = f"{session.url}/{SESSION_FILE}"
@@ -120,9 +143,15 @@ def load_state(session: Session) -> SessionState | None:
     except ValueError as exc:
         raise SessionError(f"{where} is not valid JSON ({exc}). Restore it from a backup or "
                            "start a new --session.") from exc
-    if isinstance(data, dict) and data.get("format", 1) > FORMAT:
+    written = data.get("format", 1) if isinstance(data, dict) else None
+    if isinstance(written, int) and written > FORMAT:
         raise SessionError(f"{where} was written by a newer version of this tool (format "
-                           f"{data['format']}). Update it, or start a new --session.")
+                           f"{written}). Update it, or start a new --session.")
+    if isinstance(written, int) and written < FORMAT:
+        raise SessionError(f"{where} is in session format {written}, which only unreleased versions of "
+                           f"this tool wrote and this one does not read (it reads format {FORMAT}). "
+                           "Start a new session: pass another --session name with --photos (the old "
+                           "folder's files stay as they are).")
     try:
         return SessionState.model_validate(data)
     except ValidationError as exc:
@@ -131,17 +160,32 @@ def load_state(session: Session) -> SessionState | None:
                            "start a new --session.") from None
 
 
+def existing_state(session: Session, where: str | None = None) -> SessionState:
+    """The state of a session a command names; a SessionError if there is no such session.
+    `where`: the storage as the user named it (a block's name), if not its URL."""
+    state = load_state(session)
+    if state is None:
+        gone = (f" ({session.storage} holds sessions only while the command that made them runs)"
+                if process_local(session.storage) else "")
+        raise SessionError(f"there is no session {session.name!r} in {where or session.storage}{gone}. "
+                           "Pass the --storage it was trained with, or another --session.")
+    return state
+
+
 def save_state(session: Session, state: SessionState) -> None:
     session.write_json(SESSION_FILE, state.model_dump(mode="json"))
+    if session in _kept:
+        _kept[session] = state
 
 
 def update_state(session: Session, **changes: Any) -> SessionState:
     """Change fields of the existing state and save it."""
-    state = load_state(session)
-    if state is None:
-        raise SessionError(f"session {session.name!r} has no {SESSION_FILE} yet; open it first.")
-    state = SessionState.model_validate({**state.model_dump(), **changes, "updated_at": time.time()})
-    save_state(session, state)
+    with _updating:
+        state = load_state(session)
+        if state is None:
+            raise SessionError(f"session {session.name!r} has no {SESSION_FILE} yet; open it first.")
+        state = SessionState.model_validate({**state.model_dump(), **changes, "updated_at": time.time()})
+        save_state(session, state)
     return state
 
 
@@ -162,10 +206,6 @@ def open_or_create(session: Session, config: DreamBoothConfig) -> SessionRef:
     save_state(session, state.model_copy(update={"config": config, "updated_at": time.time()}))
     return SessionRef(storage=session.storage, name=config.session, uid=state.uid,
                       storage_block=config.inputs.storage_block)
-
-
-def differing_fields(stored: dict[str, Any], given: dict[str, Any]) -> list[str]:
-    return sorted(k for k in stored.keys() | given.keys() if stored.get(k) != given.get(k))
 
 
 def refuse_changed_training(session: Session, stored: DreamBoothConfig, given: DreamBoothConfig) -> None:

@@ -1,5 +1,10 @@
 """Finding a session: on a storage URL, or on the storage a named block holds.
 
+A session is opened here, once per process: opening one lists its storage (round trips on an
+object store), so every later `open_named_session` or `SessionRef.open()` of the same session in
+the process returns the Session opened first. A SessionRef crosses task and process boundaries
+as plain data; the process at the other end opens the session once for itself.
+
 Blocks (URL plus credentials kept in Prefect) belong to the edge of the pipeline;
 this package never imports Prefect. The edge registers how a block name becomes a
 storage (`use_block_storage`), and the registration travels with the function it
@@ -8,6 +13,8 @@ names, so a spawned training process can register it again.
 
 from __future__ import annotations
 
+import os
+import threading
 from typing import Any, Callable, Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -24,6 +31,8 @@ class BlockStorage(Protocol):
 
 BlockLoader = Callable[[str], BlockStorage]
 _block_loader: BlockLoader | None = None
+_opened: dict[tuple, Session] = {}  # (process id, storage or block, session name) -> the session
+_opening = threading.Lock()
 
 
 def use_block_storage(loader: BlockLoader | None) -> None:
@@ -49,10 +58,22 @@ def storage_location(storage: str, storage_block: str | None) -> tuple[str, dict
     return block.url, block.storage_options()
 
 
+def process_local(storage: str) -> bool:
+    """Whether sessions in `storage` live in this process's memory only (fsspec's memory://)."""
+    return storage.startswith("memory:")
+
+
 def open_named_session(storage: str, storage_block: str | None, name: str) -> Session:
-    """A session on a storage URL, or on the storage a block names."""
-    url, options = storage_location(storage, storage_block)
-    return Session(url, name, options)
+    """The session `name` on a storage URL, or on the storage a block names: the one way to open
+    a session, opened once per process (a fork opens it again: its filesystem may hold sockets)."""
+    local = "://" not in storage
+    where = f"block:{storage_block}" if storage_block else os.path.abspath(storage) if local else storage
+    key = (os.getpid(), where, name)
+    with _opening:  # tasks run in threads: the first of them opens it
+        if key not in _opened:
+            url, options = storage_location(storage, storage_block)
+            _opened[key] = Session(url, name, options)
+        return _opened[key]
 
 
 class SessionRef(BaseModel):

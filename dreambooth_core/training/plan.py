@@ -1,8 +1,7 @@
-"""The training plan: fingerprint, chunks, and where to resume."""
+"""The training plan: the fingerprint recorded and checked (made by config.fingerprint_values),
+chunks, and where to resume."""
 
 from __future__ import annotations
-
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -13,6 +12,9 @@ from dreambooth_core.config import (
     MemoryPlan,
     RuntimeSettings,
     TrainingSettings,
+    differing_fields,
+    fingerprint_values,
+    optimizer_device_problem,
     parse_class_words,
     too_many_chunks,
 )
@@ -24,13 +26,7 @@ from dreambooth_core.families.quantised import check_base_precision
 from dreambooth_core.photos.prepare import PreparedDataset
 from dreambooth_core.session.class_images import ClassImages
 from dreambooth_core.session.folder import Session
-from dreambooth_core.session.state import (
-    Committed,
-    committed_state,
-    differing_fields,
-    load_state,
-    update_state,
-)
+from dreambooth_core.session.state import Committed, committed_state, load_state, update_state
 from dreambooth_core.session.storage import SessionRef
 from dreambooth_core.training.devices import (
     check_device_settings,
@@ -107,26 +103,10 @@ def check_settings(training: TrainingSettings, runtime: RuntimeSettings) -> None
     device = resolve_device(runtime.device)
     check_processes(training.gpus // runtime.nnodes, device)
     check_device_settings(training.mixed_precision, training.base_precision, runtime.offload, training.gpus, device)
-    if training.optimizer == "adamw-8bit" and device.type != "cuda":
-        raise ConfigError(f"--optimizer adamw-8bit needs a CUDA GPU (bitsandbytes); this run trains "
-                          f"on {device.type}. Use --optimizer adamw.")
+    if problem := optimizer_device_problem(training.optimizer, device.type):
+        raise ConfigError(f"{problem}.")
     check_base_precision(training.base_precision, training.method, str(device),
                          resolve_precision(training.mixed_precision, device))
-
-
-def fingerprint_values(config: DreamBoothConfig, total: int, model_digest: str, dataset_digest: str,
-                       class_images: ClassImages | None) -> dict[str, Any]:
-    """What the trained weights depend on: the training sections, resolved, and the content
-    of the model, the prepared dataset with its captions, and the class images."""
-    training = config.training
-    precision = resolve_precision(training.mixed_precision, resolve_device(config.runtime.device))
-    values = {**config.training_values(), "learning_rate": training.base_learning_rate,
-              "mixed_precision": precision, "model content": model_digest, "dataset": dataset_digest}
-    if class_images:
-        values["class images"] = class_images.digest
-    if training.lr_schedule != "constant":
-        values["steps"] = total  # the schedule's shape depends on it
-    return values
 
 
 def make_plan(session: Session, ref: SessionRef, config: DreamBoothConfig, model: LocalModel,
@@ -143,9 +123,10 @@ def make_plan(session: Session, ref: SessionRef, config: DreamBoothConfig, model
     check_settings(training, runtime)  # a recorded plan this device cannot train with (nf4 on the CPU)
     check_trainer_offload(training, runtime)
     config = config.model_copy(update={"training": training, "runtime": runtime})
-    values = fingerprint_values(config, total, model.digest, captions.digest, class_images)
-    if config.training.masked_loss:
-        values["masks"] = load_mask_manifest(session).digest
+    precision = resolve_precision(config.training.mixed_precision, resolve_device(config.runtime.device))
+    values = fingerprint_values(config, total, precision, model.digest, captions.digest,
+                                class_images and class_images.digest,
+                                load_mask_manifest(session).digest if config.training.masked_loss else None)
     recorded = state.fingerprint
     if recorded is not None and recorded != values:
         raise ConfigError(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import safetensors.torch
 import torch
 
-from dreambooth_core.config import RuntimeSettings, TrainingSettings
+from dreambooth_core.config import RuntimeSettings, TrainingSettings, optimizer_device_problem
 from dreambooth_core.errors import ConfigError, SessionError
 from dreambooth_core.families import load_model_parts
 from dreambooth_core.families.family import Condition, ImageGeometry, ModelParts
@@ -327,9 +327,8 @@ def make_optimizer(trainables: Trainables, settings: TrainingSettings, device: t
 
 
 def _adamw_8bit(groups: list[dict], settings: TrainingSettings, device: torch.device):
-    if device.type != "cuda":
-        raise ConfigError("--optimizer adamw-8bit needs a CUDA GPU (bitsandbytes); this run trains "
-                          f"on {device.type}. Use --optimizer adamw.")
+    if problem := optimizer_device_problem(settings.optimizer, device.type):
+        raise ConfigError(f"{problem}.")
     try:
         import bitsandbytes
     except ImportError:

@@ -140,9 +140,9 @@ def test_a_prompt_over_77_tokens_is_refused_before_anything_renders(session, cap
 
 def test_bad_settings_are_named(session, capsys):
     assert generate(session, "a red car", "--width", "100") == 2
-    assert "--width: Input should be a multiple of 8" in capsys.readouterr().err
+    assert "--width 100: Input should be a multiple of 8" in capsys.readouterr().err
     assert generate(session, "a red car", "--count", "0") == 2
-    assert "--count: Input should be greater than or equal to 1" in capsys.readouterr().err
+    assert "--count 0: Input should be greater than or equal to 1" in capsys.readouterr().err
 
 
 def test_a_session_without_a_finished_chunk_says_to_train_it_first(tmp_path, capsys):

@@ -3,6 +3,7 @@ with Prefect not even imported (so at once: no server started, none waited for).
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,8 @@ def train(tmp_path: Path, photos: Path, *extra: str) -> list[str]:
                                                        "--mixed-precision bf16"]),
     (["--offload", "--method", "lora"], ["--offload needs --method dreambooth", "--step-in-backward"]),
     (["--offload", "--step-in-backward", "--device", "cpu"], ["--offload", "nothing to offload to"]),
+    (["--optimizer", "adamw-8bit", "--device", "cpu"], ["--optimizer adamw-8bit needs a CUDA GPU",
+                                                        "Use --optimizer adamw"]),
     (["--publish-to", "alice"], ["--publish-to", "is not a Hugging Face repo id"]),
     (["--publish-to", "alice/shrk"], ["publishing needs a Hugging Face token with write access"]),
 ])
@@ -87,6 +90,16 @@ def test_names_the_storage_uses_itself(tmp_path, photos, name):
     assert_refused_at_once(result, facts, repr(name), "reserved", "another --session")
     assert sorted(p.name for p in shared.iterdir()) == ["kept.png"]
     assert sorted(p.name for p in (tmp_path / "sessions").iterdir()) == ["class-images"]
+
+
+def test_a_session_of_an_unreleased_format_is_refused_naming_its_file(tmp_path, photos):
+    """A session.json of format 1, which only unreleased versions wrote, as one of them wrote it."""
+    shutil.copytree(REPO / "tests" / "data" / "version1-session", tmp_path / "sessions" / "s")
+    before = (tmp_path / "sessions" / "s" / "session.json").read_bytes()
+    result, facts = dreambooth(tmp_path, *train(tmp_path, photos))
+    assert_refused_at_once(result, facts, f"{tmp_path}/sessions/s/session.json is in session format 1",
+                           "Start a new session: pass another --session name")
+    assert (tmp_path / "sessions" / "s" / "session.json").read_bytes() == before
 
 
 def test_storage_that_takes_no_files(tmp_path, photos):

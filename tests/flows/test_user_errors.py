@@ -83,7 +83,7 @@ ROWS = [
     pytest.param(train("--class-images", "100000"), ["--class-images", "less than or equal to 10000"],
                  id="train --class-images 100000"),
     pytest.param(on_new("generate", "x", "--width", "100000", "--height", "100000"),
-                 ["--width: Input should be less than or equal to 4096", "--height"],
+                 ["--width 100000: Input should be less than or equal to 4096", "--height 100000"],
                  id="generate 100000 px"),
     pytest.param(on_new("evaluate", "--images", "100000"), ["--images 100000", "less than or equal to 64"],
                  id="evaluate --images 100000"),

@@ -1,4 +1,5 @@
-"""session.json: typed, read and written in one place; sessions of version 1 still read and resume."""
+"""session.json: typed, read and written in one place; a session of format 1 (written only by unreleased
+versions) is refused, naming the file, and this version still computes the fingerprint it recorded."""
 
 import json
 import shutil
@@ -8,6 +9,7 @@ import pytest
 from sessions import opened_session
 
 from dreambooth_core.captions.captioning import captions_digest
+from dreambooth_core.config import fingerprint_values
 from dreambooth_core.errors import ConfigError, SessionError
 from dreambooth_core.hashing import digest
 from dreambooth_core.session.checkpoints import CheckpointStore
@@ -17,17 +19,19 @@ from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import CLASS_MANIFEST, SESSION_FILE
 from dreambooth_core.session.state import (
     ExportRecord,
+    SessionState,
     committed_state,
+    kept_in_memory,
     load_state,
     open_or_create,
     save_state,
     update_state,
 )
-from dreambooth_core.training.plan import fingerprint_values
 
-# Written by version 1 (flat settings, token verdicts under "subjects"): `dreambooth train --session old
-# --model tiny --steps 4 --chunk-steps 2 --class-word man --class-images 2 --learning-rate 1e-4 --seed 7`
-# on examples/photos, on a CPU. Its checkpoints are left out; their metadata is the fingerprint's digest.
+# Written by unreleased version 1 (format 1: flat settings, token verdicts under "subjects"):
+# `dreambooth train --session old --model tiny --steps 4 --chunk-steps 2 --class-word man
+# --class-images 2 --learning-rate 1e-4 --seed 7` on examples/photos, on a CPU. Its checkpoints are left
+# out; their metadata is the fingerprint's digest.
 VERSION_1 = Path(__file__).resolve().parents[1] / "data" / "version1-session"
 
 
@@ -37,55 +41,68 @@ def old_session(tmp_path) -> Session:
     return Session(str(tmp_path), "old")
 
 
-def test_a_version_1_session_reads_as_it_was_written(old_session):
-    state = load_state(old_session)
-    config = state.config
-    assert (config.base_model.model, config.captions.class_word, config.training.seed, config.training.steps,
-            config.runtime.chunk_steps, config.samples.sample_every) == ("tiny", "man", 7, 4, 2, 0)
-    assert state.token_verdicts == {"shrk": "good"} and state.training_started
-    assert (state.status, state.export.step, state.total_steps) == ("complete", 4, 4)
-    assert sorted(state.photos) == [f"shrk ({n}).jpg" for n in range(1, 5)]
+@pytest.fixture
+def trained_session(old_session) -> Session:
+    """The version-1 session with its session.json written in the current format (the same
+    settings, photos and fingerprint)."""
+    data = old_session.read_json(SESSION_FILE)
+    data = {k: v for k, v in data.items() if k != "subjects"} | {
+        "format": 2, "token_verdicts": data["subjects"]}
+    save_state(old_session, SessionState.model_validate(data))
+    return old_session
 
 
-def test_this_version_computes_the_fingerprint_version_1_recorded(old_session):
-    """So its checkpoints (which carry the fingerprint's digest) resume, and nothing is refused."""
-    state = load_state(old_session)
+def test_a_format_1_session_is_refused_naming_the_file_and_what_to_do(old_session):
+    before = old_session.read_bytes(SESSION_FILE)
+    with pytest.raises(SessionError) as error:
+        load_state(old_session)
+    message = str(error.value)
+    assert f"{old_session.url}/{SESSION_FILE} is in session format 1" in message
+    assert "Start a new session: pass another --session name with --photos" in message
+    assert old_session.read_bytes(SESSION_FILE) == before  # nothing rewritten
+
+
+def test_this_version_computes_the_fingerprint_version_1_recorded(trained_session):
+    """So checkpoints (which carry the fingerprint's digest) of sessions trained before later settings
+    existed resume, and nothing is refused (DreamBoothConfig.ADDED_LATER)."""
+    state = load_state(trained_session)
+    assert (state.config.base_model.model, state.config.captions.class_word, state.config.training.seed,
+            state.training_started, state.export.step) == ("tiny", "man", 7, True, 4)
     recorded = state.fingerprint
-    manifest = load_dataset_manifest(old_session)
+    manifest = load_dataset_manifest(trained_session)
     assert DatasetManifest.prepared_digest(manifest.resolution, manifest.photos_digest, manifest.method,
                                            manifest.items) == manifest.digest
     assert captions_digest(manifest) == recorded["dataset"]
-    class_images = ClassImages.model_validate(old_session.read_json(CLASS_MANIFEST))
-    on_cpu = state.config.model_copy(update={"runtime": state.config.runtime.model_copy(update={"device": "cpu"})})
-    values = fingerprint_values(on_cpu, state.total_steps, recorded["model content"], recorded["dataset"],
-                                class_images)
+    class_images = ClassImages.model_validate(trained_session.read_json(CLASS_MANIFEST))
+    values = fingerprint_values(state.config, state.total_steps, "no", recorded["model content"],  # on a CPU
+                                recorded["dataset"], class_images.digest)
     assert values == recorded
     assert digest(values) == state.export.fingerprint
 
 
 @pytest.mark.parametrize("first, then", [("auto", "int8"), ("int8", "auto"), ("int8", "nf4"), ("auto", "bf16")])
-def test_another_base_precision_is_refused_on_a_trained_session(old_session, first, then):
+def test_another_base_precision_is_refused_on_a_trained_session(trained_session, first, then):
     """The base precision decides the trained weights: a session trained on one does not continue on
     another, as with any training setting (a session from before the setting trained as auto)."""
-    state = load_state(old_session)
+    state = load_state(trained_session)
     trained = state.config.model_copy(update={
         "training": state.config.training.model_copy(update={"base_precision": first})})
-    save_state(old_session, state.model_copy(update={"config": trained}))
-    open_or_create(old_session, trained)  # the same settings continue
+    save_state(trained_session, state.model_copy(update={"config": trained}))
+    open_or_create(trained_session, trained)  # the same settings continue
     other = trained.model_copy(update={"training": trained.training.model_copy(update={"base_precision": then})})
     with pytest.raises(ConfigError, match=f"trained with different settings: base_precision "
                                           f"\(session: '{first}', now: '{then}'\).*new --session"):
-        open_or_create(old_session, other)
+        open_or_create(trained_session, other)
 
 
-def test_saving_writes_the_current_format_and_keeps_every_field(old_session):
-    state = load_state(old_session)
-    save_state(old_session, state)
-    data = json.loads(old_session.read_bytes(SESSION_FILE))
-    assert data["format"] == 2 and "subjects" not in data and data["token_verdicts"] == {"shrk": "good"}
+def test_saving_writes_the_current_format_and_keeps_every_field(trained_session):
+    state = load_state(trained_session)
+    save_state(trained_session, state)
+    data = json.loads(trained_session.read_bytes(SESSION_FILE))
+    assert data["format"] == 2 and data["token_verdicts"] == {"shrk": "good"}
     assert set(data["config"]) == {"session", "inputs", "base_model", "captions", "checks", "training",
                                    "samples", "evaluation", "export", "runtime"}
-    assert load_state(old_session) == state
+    assert load_state(trained_session) == state
 
 
 @pytest.mark.parametrize(("content", "says"), [
@@ -142,3 +159,19 @@ def test_outputs_are_done_for_their_training_step_and_precision_while_all_of_the
     assert committed_state(session, load_state(session), "other training").export_done_by(4, "fp16") is None
     session.remove("s.ckpt")
     assert committed_state(session, load_state(session), "f").export_done_by(4, "fp16") is None
+
+
+def test_while_kept_in_memory_the_file_is_read_once_and_saves_still_write_it(trained_session, monkeypatch):
+    reads = []
+    original = Session.read_bytes
+    monkeypatch.setattr(Session, "read_bytes",
+                        lambda self, relative: reads.append(relative) or original(self, relative))
+    with kept_in_memory(trained_session):
+        assert load_state(trained_session) is load_state(trained_session)
+        update_state(trained_session, status="new")
+        assert load_state(trained_session).status == "new"
+        assert reads == [SESSION_FILE]
+    assert json.loads(original(trained_session, SESSION_FILE))["status"] == "new"  # written through
+    trained_session.write_json(SESSION_FILE, {**json.loads(original(trained_session, SESSION_FILE)),
+                                              "status": "complete"})  # by the next writer
+    assert load_state(trained_session).status == "complete"  # read again once the run let go

@@ -20,7 +20,7 @@ before; the first plan that fits wins):
    slowest by far). Tried only for full DreamBooth on one GPU (offload_problem says why not else).
 A concession the settings already make is not tried again. The plan is decided once
 per session and recorded in session.json, so that a resume elsewhere trains the same
-way (a plan recorded before base precision and offload existed reads as auto and off);
+way (a session that started with --memory none records none, and goes on as given);
 8-bit AdamW, a quantised base and the step in backward change the trained weights
 slightly (a quantised base is in the training fingerprint), checkpointing and offload do not.
 """
@@ -165,8 +165,8 @@ def settle_memory_plan(config: DreamBoothConfig, recorded: MemoryPlan | None, st
                        model_path: str, resolution: int, prior: bool, gpu: GpuMemory | None) -> MemoryPlan | None:
     """The plan this run trains with: the session's recorded one (checked against this GPU),
     else a new choice for this GPU (`gpu`: None on the CPU, where nothing is changed); None for
-    --memory none and for sessions that started training before plans were recorded (they go
-    on as they began)."""
+    --memory none and for sessions that started training with --memory none (they go on as they
+    began: a plan chosen now could change the trained weights)."""
     training, runtime = config.training, config.runtime
     if runtime.memory == "none" or (recorded is None and started):
         return None
@@ -205,8 +205,8 @@ def out_of_memory_advice(training: TrainingSettings, runtime: RuntimeSettings, p
                f"the {plan.budget_bytes / GIB:.1f} GiB that were usable: another program may be using the GPU "
                "now (nvidia-smi lists them); close it and rerun.")
     else:
-        why = ("This run trained with the settings as given (--memory none, or a session older than memory "
-               "plans); --memory auto (the default) picks concessions that fit from an estimate, in a new --session.")
+        why = ("This run trained with the settings as given (--memory none, now or when the session started); "
+               "--memory auto (the default) picks concessions that fit from an estimate, in a new --session.")
     return (f"the GPU ran out of memory {where} ({training.method}, {resolution} px, batch {training.batch_size}). "
             f"{why} Concessions to try, in this order: {', '.join(tries) or 'a GPU with more memory'}. "
             "Nothing committed is lost: rerun the same command to resume from the last committed checkpoint "
