@@ -9,7 +9,7 @@ checks it):
     reports           loss log and plot, progress, images for the UI, status, terminal bars
     captions          tokens, captions, the tokenizer's view of an identifier
     photos, model     checking and preparing photos; fetching and describing the base model
-    training          the plan, the chunk body, the trainer, the launcher
+    training          the plan, the chunk body, the trainer, data, memory, distributed
     generation        class images and samples (samples reach training as a hook)
     export            the output files and snapshots (snapshots reach training as a hook)
 

@@ -12,8 +12,8 @@ from dreambooth_core.export.snapshots import SnapshotHook
 from dreambooth_core.generation.samples import SampleHook, sample_spec, samples_markdown, saved_samples
 from dreambooth_core.session.dataset_manifest import require_dataset_manifest
 from dreambooth_core.session.paths import EVALUATION_PNG
-from dreambooth_core.training.chunk import ChunkHooks, ChunkOutcome
-from dreambooth_core.training.launcher import run_chunk
+from dreambooth_core.training.chunk import ChunkHooks, ChunkOutcome, run_chunk
+from dreambooth_core.training.distributed.worker_group import run_chunk_on_processes
 from dreambooth_core.training.live import LiveTraining
 from dreambooth_core.training.plan import Chunk, TrainingPlan
 from tasks import session_cache_key
@@ -37,7 +37,8 @@ def train_chunk(plan: TrainingPlan, chunk: Chunk, samples: SampleSettings, evalu
         after_chunk=tuple(hook for hook in after_chunk if hook),
         on_progress=(progress_updater(progress, session.name),),
         on_chunk_end=(loss_plot_publisher(session),))
-    outcome = run_chunk(plan, chunk, live, hooks, log)
+    run = run_chunk if plan.training.gpus == 1 else run_chunk_on_processes
+    outcome = run(plan, chunk, live, hooks, log)
     shown = saved_samples(session, chunk.end, spec) if spec and outcome.trained_steps else None
     if shown is not None:
         publish_image(session, shown.grid, artifact_key("samples", session.name),

@@ -9,8 +9,9 @@ Samples and snapshots reach it as hooks, so training knows nothing of them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -54,12 +55,54 @@ class ChunkOutcome(BaseModel):
     mean_loss: float | None
 
 
-def train_chunk(plan: TrainingPlan, chunk: Chunk, live: LiveTraining, hooks: ChunkHooks = ChunkHooks(),
-                log: logging.Logger | None = None, rank: int = 0, world: int = 1) -> ChunkOutcome:
+def run_chunk(plan: TrainingPlan, chunk: Chunk, live: LiveTraining, hooks: ChunkHooks = ChunkHooks(),
+              log: logging.Logger | None = None, rank: int = 0, world: int = 1) -> ChunkOutcome:
     """Make sure a committed checkpoint at `chunk.end` (or later) exists. A CUDA out-of-memory
     error ends it with one paragraph of what to try (GpuMemoryError)."""
+    log = log or logging.getLogger("dreambooth")
+    with out_of_memory_explained(plan):
+        session = plan.session.open()
+        store = CheckpointStore(session, plan.runtime.keep_checkpoints, log)
+        key = trainer_key(plan)
+        trainer, start = live.take(key, chunk.start), chunk.start
+        if trainer is not None:
+            log.info("Continuing from step %d in memory (its checkpoint commits in the background)", start)
+        else:
+            live.wait()
+            if plan.done.step_done_by(chunk.end):
+                log.info("Steps %d-%d already committed; nothing to train", chunk.start, chunk.end)
+                return ChunkOutcome(end=chunk.end, started_at=chunk.end, trained_steps=0, mean_loss=None)
+            trainer, start = restore(plan, session, store, chunk, log, rank, world)
+        lead = rank == 0
+        monitor = TrainingMonitor(session, plan.boundaries, log, on_progress=hooks.on_progress,
+                                  on_chunk_end=hooks.on_chunk_end) if lead else None
+        if lead:
+            log.info("Chunk %d/%d: training steps %d-%d of %d", chunk.index, chunk.count, start, chunk.end,
+                     plan.total_steps)
+            monitor.chunk_started(start, chunk.end, plan.total_steps)
+        # SIGTERM (preemption) stops training after the current step; see preemption.py.
+        with stop_requests(plan.runtime.preemption_grace) as stop:
+            mean_loss, reached = train_steps(trainer, start, chunk.end, monitor,
+                                             hooks.after_step if lead else None, stop)
+            if lead and stop.requested:
+                live.wait()  # the previous chunk's checkpoint comes first
+                save_on_stop(live, store, trainer, reached, checkpoint_meta(plan, reached), stop, log)
+            elif lead:
+                commit(live, store, trainer, chunk.end, checkpoint_meta(plan, chunk.end), log)
+        if stop.requested:  # reached only when the previous SIGTERM handler ignores the signal
+            raise TrainingStopped(f"training stopped at step {reached} on SIGTERM")
+        if lead:
+            monitor.chunk_finished()  # timing, loss plot, UI callbacks (loss.csv was written in train_steps)
+            for hook in hooks.after_chunk:
+                hook(trainer, chunk, log)
+        live.keep(key, chunk.end, trainer)
+        return ChunkOutcome(end=chunk.end, started_at=start, trained_steps=chunk.end - start, mean_loss=mean_loss)
+
+
+@contextlib.contextmanager
+def out_of_memory_explained(plan: TrainingPlan) -> Iterator[None]:
     try:
-        return _train_chunk(plan, chunk, live, hooks, log or logging.getLogger("dreambooth"), rank, world)
+        yield
     except (torch.OutOfMemoryError, OutOfMemoryAtStep) as exc:
         step = exc.step if isinstance(exc, OutOfMemoryAtStep) else None
         raise GpuMemoryError(out_of_memory_advice(plan.training, plan.runtime, plan.memory_plan,
@@ -70,46 +113,6 @@ class OutOfMemoryAtStep(Exception):
     def __init__(self, step: int):
         super().__init__(f"out of memory at step {step}")
         self.step = step
-
-
-def _train_chunk(plan: TrainingPlan, chunk: Chunk, live: LiveTraining, hooks: ChunkHooks,
-                 log: logging.Logger, rank: int, world: int) -> ChunkOutcome:
-    session = plan.session.open()
-    store = CheckpointStore(session, plan.runtime.keep_checkpoints, log)
-    key = trainer_key(plan)
-    trainer, start = live.take(key, chunk.start), chunk.start
-    if trainer is not None:
-        log.info("Continuing from step %d in memory (its checkpoint commits in the background)", start)
-    else:
-        live.wait()
-        if plan.done.step_done_by(chunk.end):
-            log.info("Steps %d-%d already committed; nothing to train", chunk.start, chunk.end)
-            return ChunkOutcome(end=chunk.end, started_at=chunk.end, trained_steps=0, mean_loss=None)
-        trainer, start = restore(plan, session, store, chunk, log, rank, world)
-    lead = rank == 0
-    monitor = TrainingMonitor(session, plan.boundaries, log, on_progress=hooks.on_progress,
-                              on_chunk_end=hooks.on_chunk_end) if lead else None
-    if lead:
-        log.info("Chunk %d/%d: training steps %d-%d of %d", chunk.index, chunk.count, start, chunk.end,
-                 plan.total_steps)
-        monitor.chunk_started(start, chunk.end, plan.total_steps)
-    # SIGTERM (preemption) stops training after the current step; see preemption.py.
-    with stop_requests(plan.runtime.preemption_grace) as stop:
-        mean_loss, reached = train_steps(trainer, start, chunk.end, monitor,
-                                         hooks.after_step if lead else None, stop)
-        if lead and stop.requested:
-            live.wait()  # the previous chunk's checkpoint comes first
-            save_on_stop(live, store, trainer, reached, checkpoint_meta(plan, reached), stop, log)
-        elif lead:
-            commit(live, store, trainer, chunk.end, checkpoint_meta(plan, chunk.end), log)
-    if stop.requested:  # reached only when the previous SIGTERM handler ignores the signal
-        raise TrainingStopped(f"training stopped at step {reached} on SIGTERM")
-    if lead:
-        monitor.chunk_finished()  # timing, loss plot, UI callbacks (loss.csv was written in train_steps)
-        for hook in hooks.after_chunk:
-            hook(trainer, chunk, log)
-    live.keep(key, chunk.end, trainer)
-    return ChunkOutcome(end=chunk.end, started_at=start, trained_steps=chunk.end - start, mean_loss=mean_loss)
 
 
 def trainer_key(plan: TrainingPlan) -> tuple:

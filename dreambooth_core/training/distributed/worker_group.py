@@ -27,9 +27,10 @@ from pathlib import Path
 from dreambooth_core import errors
 from dreambooth_core.config import RuntimeSettings
 from dreambooth_core.session.storage import block_storage_loader
-from dreambooth_core.training.chunk import ChunkHooks, ChunkOutcome
+from dreambooth_core.training.chunk import ChunkHooks, ChunkOutcome, trainer_key
 from dreambooth_core.training.distributed.control import (ControlFolder, Launch, ProcessFailure, Relay,
                                                          Report, WorkerError)
+from dreambooth_core.training.live import LiveTraining
 from dreambooth_core.training.plan import Chunk, TrainingPlan
 from dreambooth_core.training.preemption import stop_requests
 from dreambooth_core.training.distributed.workers import Order
@@ -38,6 +39,14 @@ _PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # where `-m dreambooth_core
 # How long the other machines wait for machine 0 at the rendezvous: its pipeline starts its ranks at the
 # first chunk, after photos, the model download and class images (torchrun's default: 10 minutes).
 RENDEZVOUS_SECONDS = 6 * 3600
+
+
+def run_chunk_on_processes(plan: TrainingPlan, chunk: Chunk, live: LiveTraining, hooks: ChunkHooks,
+                           log: logging.Logger) -> ChunkOutcome:
+    """chunk.run_chunk on the run's --gpus processes, started at its first chunk."""
+    group = live.workers(trainer_key(plan), lambda: WorkerGroup(plan.runtime, plan.training.gpus, log))
+    log.info("Training steps %d-%d on %d processes", chunk.start, chunk.end, plan.training.gpus)
+    return group.train(plan, chunk, hooks)
 
 
 def torchrun_flags(runtime: RuntimeSettings, gpus: int) -> list[str]:

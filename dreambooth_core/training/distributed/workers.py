@@ -35,7 +35,7 @@ from dreambooth_core.model.cache import model_cache_dir
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.processes import pid_alive
 from dreambooth_core.session.storage import BlockLoader, use_block_storage
-from dreambooth_core.training.chunk import ChunkHooks, train_chunk, trainer_key
+from dreambooth_core.training.chunk import ChunkHooks, run_chunk, trainer_key
 from dreambooth_core.training.distributed.control import ControlFolder, Report, WorkerError
 from dreambooth_core.training.live import LiveTraining
 from dreambooth_core.training.plan import Chunk, TrainingPlan
@@ -141,7 +141,7 @@ def follow_orders(control: ControlFolder, ranks: Ranks, live: LiveTraining, pipe
             elif in_memory and not held:
                 raise RuntimeError(f"rank {ranks.rank} lost the trainer rank 0 continues with")
             hooks = order.hooks if lead else ChunkHooks()
-            outcome = train_chunk(plan, order.chunk, live, hooks, log, ranks.rank, ranks.world)
+            outcome = run_chunk(plan, order.chunk, live, hooks, log, ranks.rank, ranks.world)
             if lead:
                 control.report(n, Report(outcome=outcome))
         except Stopped:
