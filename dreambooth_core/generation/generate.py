@@ -21,7 +21,7 @@ from dreambooth_core.generation.class_store import SEED_STREAM, generated_key, i
 from dreambooth_core.families import family_of_folder
 from dreambooth_core.generation.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, build_pipeline, render
 from dreambooth_core.photos.crop import encode_png
-from dreambooth_core.reports.timing import duration_text
+from dreambooth_core.reports.timing import estimate_text
 from dreambooth_core.session.folder import Session
 from dreambooth_core.training.data.randomness import generator_for
 
@@ -92,7 +92,7 @@ def generate_images(store: Session, request: GenerationRequest, count: int, devi
         done = sum(image_name(i) in present for i in range(count))
         rate = made / (time.perf_counter() - began)
         log.info("Class images for %r: %d/%d (%.2f images/s%s)", request.prompt, done, count, rate,
-                 f", about {duration_text((count - done) / rate)} left" if done < count and rate else "")
+                 f", about {estimate_text((count - done) / rate)} left" if done < count and rate else "")
     return files, made
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from dreambooth_core.config import DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS
 from dreambooth_core.families import ModelParts, family_of_folder
-from dreambooth_core.reports.timing import duration_text
+from dreambooth_core.reports.timing import estimate_text
 
 DEFAULT_STEPS = DEFAULT_INFERENCE_STEPS
 DEFAULT_GUIDANCE = DEFAULT_GUIDANCE_SCALE
@@ -120,6 +120,6 @@ def cpu_render_warning(model: str, images: int, inference_steps: int, resolution
         return None
     seconds = cpu_render_seconds(images, inference_steps, resolution)
     return (f"no CUDA GPU: rendering {images} image(s) of {inference_steps} steps at {resolution} px with "
-            f"{model} on the CPU takes about {duration_text(seconds)} (measured on {MEASURED_ON}: "
+            f"{model} on the CPU takes about {estimate_text(seconds)} (measured on {MEASURED_ON}: "
             f"{CPU_SECONDS_PER_STEP_512:.1f} s per step at 512 px; benchmarks/render_speed.py). "
             "A GPU renders each image in seconds; fewer images or --inference-steps shorten it.")

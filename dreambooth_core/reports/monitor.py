@@ -21,7 +21,7 @@ import torch
 from dreambooth_core.reports.chart import Chart, padded_range
 from dreambooth_core.reports.loss_log import LossLog, LossRow
 from dreambooth_core.reports.terminal import progress_bar
-from dreambooth_core.reports.timing import record_chunk_time
+from dreambooth_core.reports.timing import estimate_text, record_chunk_time
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import LOSS_PNG
 
@@ -29,7 +29,7 @@ LOG_EVERY = 50
 
 
 def duration_text(seconds: float) -> str:
-    """'45 s', '3 min 05 s', '1 h 02 min'."""
+    """'45 s', '3 min 05 s', '1 h 02 min': a measured duration (an estimate: timing.estimate_text)."""
     seconds = round(seconds)
     if seconds < 60:
         return f"{seconds} s"
@@ -62,7 +62,7 @@ class Progress:
         parts = [f"{self.done}/{self.total} steps ({self.percent:.0f}%)"]
         if self.rate > 0:
             parts.append(f"{self.rate:.2f} it/s")
-            parts.append(f"about {duration_text(self.seconds_left)} left")
+            parts.append(f"about {estimate_text(self.seconds_left)} left")
         if self.loss is not None:
             parts.append(f"loss {self.loss:.4f}")
         return " · ".join(parts)

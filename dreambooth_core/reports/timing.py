@@ -47,8 +47,9 @@ def training_speed(session: Session) -> tuple[int, float]:
     return sum(c.end - c.start for c in chunks), sum(c.seconds for c in chunks)
 
 
-def duration_text(seconds: float) -> str:
-    """'40 s', '12 minutes', '3.5 hours': a duration as an estimate is told."""
+def estimate_text(seconds: float) -> str:
+    """'40 s', '12 minutes', '3.5 hours': a duration as an estimate is told (a measured one:
+    monitor.duration_text)."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
