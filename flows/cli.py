@@ -146,7 +146,7 @@ def _add_cloud_commands(commands) -> None:
                     "settings as train; they are stored in the session.")
     _add_config_flags(upload)
     upload.add_argument("--deployment", default="local", help="Which prefect.yaml deployment "
-                        "trains it: local, docker-gpu, kubernetes-gpu or vertex-gpu "
+                        "trains it: local, docker-gpu, kubernetes-gpu, kubernetes-multinode or vertex-gpu "
                         "(default: local).")
     worker = commands.add_parser(
         "worker", help="Start a Prefect process worker that stops within a grace period.",
