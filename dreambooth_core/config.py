@@ -212,9 +212,9 @@ class TrainingSettings(Section):
         "around the face, instead of a square; off: square crops. auto: on for the families trained "
         "at 1024 px (SDXL, FLUX), off for SD 1.x / 2.x; a session keeps what it started training with.")
     masked_loss: bool = Field(False, description="Weight each photo's loss by a mask of the subject, so the "
-                              "background is learnt less: from a mask file beside the photo ('shrk (1).mask.png', "
-                              "white = subject) or found by a segmentation model (CLIPSeg) prompted with the "
-                              "class word. Class images are never masked.")
+                              "background is learnt less: from a mask file beside the photo "
+                              "('shrk (1).mask.png', white = subject) or found by a segmentation model "
+                              "(CLIPSeg) prompted with the class word. Class images are never masked.")
     mask_floor: float = Field(0.1, ge=0, le=1, description="With --masked-loss, the weight of the background "
                               "(the subject's is 1); 1 is no masking.")
     gpus: int = Field(1, ge=1, description="Data-parallel processes, one per GPU (with --device cpu: "
@@ -245,7 +245,8 @@ class TrainingSettings(Section):
         return [why for wrong, why in (
             (self.gradient_accumulation > 1, "--gradient-accumulation 1: the weights are updated in every "
              "backward pass"),
-            (self.gpus > 1, "--gpus 1: with several processes gradients are averaged after they are computed"),
+            (self.gpus > 1, "--gpus 1: with several processes gradients are averaged after they "
+             "are computed"),
             (self.mixed_precision == "fp16", "--mixed-precision bf16 or no, not fp16: loss scaling checks "
              "every gradient before any update")) if wrong]
 
@@ -492,7 +493,8 @@ class DreamBoothConfig(BaseModel):
             raise ValueError(f"--gpus {gpus} is the total over --nnodes {nodes} machines, the same number "
                              f"on each: pass a multiple of {nodes}")
         if runtime.node_rank >= nodes:
-            raise ValueError(f"--node-rank {runtime.node_rank} is not one of the {nodes} machines (0 to {nodes - 1})")
+            raise ValueError(f"--node-rank {runtime.node_rank} is not one of the {nodes} machines "
+                             f"(0 to {nodes - 1})")
         if nodes > 1 and not runtime.rdzv_endpoint:
             raise ValueError(f"--nnodes {nodes} needs --rdzv-endpoint HOST:PORT, an address of machine 0 "
                              "that every machine reaches")

@@ -320,13 +320,13 @@ def plan(flags: dict[str, Any]) -> int:
         print(left_out)
     if state and state.memory_plan and state.memory_plan.budget_bytes:
         print(f"This session trains with {state.memory_plan.describe()} (chosen when it started).")
-    print("GPU peak: estimated tensors at their most (with what is usable in brackets: free memory "
-          "less a margin). Frozen base: what the frozen weights are held in (int8/nf4: quantised). "
-          "Host needs: the process and the larger of the model before it moves to the GPU (a quantised "
-          "base is quantised onto the GPU shard by shard, never held whole) and what --offload keeps "
-          "on the host; a checkpoint commit adds a host copy of the state only when free RAM has room "
-          "(the peak in brackets), else writes without one. Expected time: no it/s has been measured on these GPUs yet; "
-          "benchmarks/gpu_check.py measures it on yours.")
+    print("GPU peak: estimated tensors at their most (with what is usable in brackets: free memory less "
+          "a margin). Frozen base: what the frozen weights are held in (int8/nf4: quantised). Host "
+          "needs: the process and the larger of the model before it moves to the GPU (a quantised base "
+          "is quantised onto the GPU shard by shard, never held whole) and what --offload keeps on the "
+          "host; a checkpoint commit adds a host copy of the state only when free RAM has room (the "
+          "peak in brackets), else writes without one. Expected time: no it/s has been measured on "
+          "these GPUs yet; benchmarks/gpu_check.py measures it on yours.")
     return 0
 
 

@@ -115,7 +115,8 @@ class Trainer:
         for index, (weights, vectors) in enumerate(trained[:len(self.encoders)]):
             if weights or vectors is not None:
                 for parameter in weights.values():
-                    parameter.requires_grad_(True)  # DDP takes the ones that need a gradient now; see _enter_phase
+                    # DDP takes the ones that need a gradient now; see _enter_phase
+                    parameter.requires_grad_(True)
                 self.encoders[index] = share_gradients(self.parts.text_encoders[index], self.device)
                 self.shared.append(self.encoders[index])
 
@@ -355,9 +356,9 @@ def bucket_indices(examples: list[Example], class_examples: list[Example]
     missing = sorted({(e.subject, tuple(e.pixels.shape[-2:])) for e in examples} - classes) if class_examples else []
     if missing:
         subject, (height, width) = missing[0]
-        raise SessionError(f"subject {subject!r} has photos in the {width}x{height} aspect-ratio bucket but no "
-                           "class images of that size; the class images are from another dataset. Run "
-                           "again to render them, or start a new --session.")
+        raise SessionError(f"subject {subject!r} has photos in the {width}x{height} aspect-ratio bucket "
+                           "but no class images of that size; the class images are from another "
+                           "dataset. Run again to render them, or start a new --session.")
     return [of[tuple(e.pixels.shape[-2:])] for e in examples], \
         [of.get(tuple(e.pixels.shape[-2:]), -1) for e in class_examples]
 

@@ -78,8 +78,9 @@ def build_masks(session: Session, segmenter_name: str, segmenter: Callable[[], S
                                                    for i in dataset.items]))
     sources = {item.file: item.source for item in dataset.items}
     for image in manifest.without_subject:
-        log.warning("%s: no subject found in its mask (%s), so --masked-loss weighs all of it as background. "
-                    "Check the photo shows the subject, or put a mask file beside it (%s: white on the subject)",
+        log.warning("%s: no subject found in its mask (%s), so --masked-loss weighs all of it as "
+                    "background. Check the photo shows the subject, or put a mask file beside it (%s: "
+                    "white on the subject)",
                     sources[image], masks[image].source, mask_name(sources[image]).split("/")[-1])
     log.info("Subject masks of %d photos (%d from mask files), drawn on %s", len(masks),
              sum(not m.source.startswith("segmenter") for m in masks.values()), CONTACT_SHEET)

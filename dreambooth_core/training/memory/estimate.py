@@ -163,7 +163,8 @@ def estimate_training_memory(model: str | Path | Callable[[], ModelParts], setti
         keep = {id(m): kept_unquantised(m) for m in (parts.denoiser, *parts.text_encoders)}
         trainer = trainer_module.Trainer(parts, _examples(resolution, "shrk"), settings, total_steps=2,
                                          runtime=runtime, class_examples=_examples(resolution, "") if prior else ())
-        trainer.scaler = torch.amp.GradScaler(enabled=False)  # fp16 loss scaling reads values; it holds ~no memory
+        # fp16 loss scaling reads values; it holds ~no memory
+        trainer.scaler = torch.amp.GradScaler(enabled=False)
         # Parts are built in fp32 and cast by the Trainer, which a real run does on the CPU before
         # moving them to the GPU: the GPU holds what the Trainer holds from here.
         # The Trainer encodes every prompt as it is built when no step needs the encoders: dropped here
@@ -252,7 +253,8 @@ class HeldWeights:
         return self.held(measured, False) - denoiser + self.dequantised["encoders"]
 
 
-SWAPPED_BLOCKS = ("blocks", "resnets")  # a ModuleList named so (or ending so) holds the blocks --offload swaps
+# a ModuleList named so (or ending so) holds the blocks --offload swaps
+SWAPPED_BLOCKS = ("blocks", "resnets")
 IN_FLIGHT = 2
 
 

@@ -138,9 +138,9 @@ def eight_bit_problem() -> str | None:
     try:
         import bitsandbytes  # noqa: F401
     except Exception as exc:  # ImportError, or a library that fails to load
-        return (f"8-bit AdamW and a quantised base left out: bitsandbytes does not import here "
-                f"({type(exc).__name__}). Install it (pip install bitsandbytes, or this project's [gpu] extra, "
-                "which the Docker image has) to plan with them.")
+        return ("8-bit AdamW and a quantised base left out: bitsandbytes does not import here "
+                f"({type(exc).__name__}). Install it (pip install bitsandbytes, or this project's [gpu] "
+                "extra, which the Docker image has) to plan with them.")
     return None
 
 
@@ -201,13 +201,16 @@ def out_of_memory_advice(training: TrainingSettings, runtime: RuntimeSettings, p
                              ("--batch-size 1", training.batch_size > 1),
                              (f"--resolution {max(256, resolution - 128)}", resolution > 256)) if on]
     if plan is not None and plan.budget_bytes:
-        why = (f"--memory auto chose {plan.describe()}, estimated at {plan.estimated_peak_bytes / GIB:.1f} GiB of "
-               f"the {plan.budget_bytes / GIB:.1f} GiB that were usable: another program may be using the GPU "
-               "now (nvidia-smi lists them); close it and rerun.")
+        why = (f"--memory auto chose {plan.describe()}, estimated at "
+               f"{plan.estimated_peak_bytes / GIB:.1f} GiB of the {plan.budget_bytes / GIB:.1f} GiB that "
+               "were usable: another program may be using the GPU now (nvidia-smi lists them); close it "
+               "and rerun.")
     else:
-        why = ("This run trained with the settings as given (--memory none, now or when the session started); "
-               "--memory auto (the default) picks concessions that fit from an estimate, in a new --session.")
-    return (f"the GPU ran out of memory {where} ({training.method}, {resolution} px, batch {training.batch_size}). "
-            f"{why} Concessions to try, in this order: {', '.join(tries) or 'a GPU with more memory'}. "
-            "Nothing committed is lost: rerun the same command to resume from the last committed checkpoint "
-            "(settings that change the trained weights need a new --session).")
+        why = ("This run trained with the settings as given (--memory none, now or when the session "
+               "started); --memory auto (the default) picks concessions that fit from an estimate, in a "
+               "new --session.")
+    return (f"the GPU ran out of memory {where} ({training.method}, {resolution} px, batch "
+            f"{training.batch_size}). {why} Concessions to try, in this order: "
+            f"{', '.join(tries) or 'a GPU with more memory'}. Nothing committed is lost: rerun the same "
+            "command to resume from the last committed checkpoint (settings that change the trained "
+            "weights need a new --session).")
