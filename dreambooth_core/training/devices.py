@@ -74,10 +74,12 @@ def device_capability(device: torch.device) -> tuple[int, int] | None:
     return torch.cuda.get_device_capability(device) if device.type == "cuda" else None
 
 
-def precision_problem(mixed_precision: str, base_precision: str, capability: tuple[int, int] | None) -> str | None:
+def precision_problem(mixed_precision: str, base_precision: str,
+                      capability: tuple[int, int] | None) -> str | None:
     """Why --mixed-precision / --base-precision cannot run on a device of compute `capability`
     (None: the CPU), in the user's words; None where they can. Checked before any model loads."""
-    where = "the CPU" if capability is None else f"a GPU of compute capability {capability[0]}.{capability[1]}"
+    where = ("the CPU" if capability is None
+             else f"a GPU of compute capability {capability[0]}.{capability[1]}")
     if base_precision in QUANTISED and capability is None and base_precision not in RUNS_ON_CPU:
         cpu = " or ".join(f"--base-precision {p}" for p in RUNS_ON_CPU)
         return (f"--base-precision {base_precision} needs a CUDA GPU (its kernels run only there); this "

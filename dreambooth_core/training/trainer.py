@@ -293,7 +293,8 @@ class Trainer:
 
     def state_bytes(self) -> int:
         """The size of the state a checkpoint holds (what a host copy of it takes)."""
-        optimizer = [v for state in self.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+        optimizer = [v for state in self.optimizer.state.values() for v in state.values()
+                     if torch.is_tensor(v)]
         tensors = [*self.trainables.named().values(), *optimizer, *(self.ema or {}).values()]
         return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -353,7 +354,8 @@ def bucket_indices(examples: list[Example], class_examples: list[Example]
         return None, None
     of = {size: index for index, size in enumerate(sizes)}
     classes = {(e.subject, tuple(e.pixels.shape[-2:])) for e in class_examples}
-    missing = sorted({(e.subject, tuple(e.pixels.shape[-2:])) for e in examples} - classes) if class_examples else []
+    missing = (sorted({(e.subject, tuple(e.pixels.shape[-2:])) for e in examples} - classes)
+               if class_examples else [])
     if missing:
         subject, (height, width) = missing[0]
         raise SessionError(f"subject {subject!r} has photos in the {width}x{height} aspect-ratio bucket "
@@ -363,7 +365,8 @@ def bucket_indices(examples: list[Example], class_examples: list[Example]
         [of.get(tuple(e.pixels.shape[-2:]), -1) for e in class_examples]
 
 
-def mask_weights(examples: list[Example], flips: list[bool], size: torch.Size, floor: float) -> torch.Tensor | None:
+def mask_weights(examples: list[Example], flips: list[bool], size: torch.Size,
+                 floor: float) -> torch.Tensor | None:
     """[batch, 1, h, w]: floor + (1 - floor) x each example's mask, area-averaged to the prediction's
     latent size (h, w) and mirrored with its image; 1 everywhere for an example without one (class
     images). None when no example has a mask."""

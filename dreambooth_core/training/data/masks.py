@@ -71,7 +71,8 @@ def build_masks(session: Session, segmenter_name: str, segmenter: Callable[[], S
         return loaded[0]
 
     masks = {item.file: _mask(session, dataset, item, segmenter_name, segment) for item in dataset.items}
-    manifest = MaskManifest(masks=masks, digest=digest([[k, v.file, v.source] for k, v in sorted(masks.items())]))
+    manifest = MaskManifest(masks=masks,
+                            digest=digest([[k, v.file, v.source] for k, v in sorted(masks.items())]))
     session.write_json(MASK_MANIFEST, manifest.model_dump(mode="json"))
     session.write_bytes(CONTACT_SHEET, contact_sheet([masked_preview(session.read_bytes(i.file),
                                                                    session.read_bytes(masks[i.file].file))

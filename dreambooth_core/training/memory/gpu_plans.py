@@ -109,8 +109,8 @@ def plans_on_common_gpus(model_path: str, training: TrainingSettings, runtime: R
 
 
 def plan_table(rows: list[GpuPlan]) -> list[str]:
-    lines = ["| GPU | --memory auto plan | frozen base | offload | GPU peak (usable) | host needs (with copy) | "
-             "checkpoint |", "|---|---|---|---|---|---|---|"]
+    lines = ["| GPU | --memory auto plan | frozen base | offload | GPU peak (usable) "
+             "| host needs (with copy) | checkpoint |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         if row.plan is None:
             why = f"cannot run: {row.cannot_run.split(';')[0]}" if row.cannot_run else "does not fit"

@@ -33,7 +33,13 @@ from typing import Callable
 
 import torch
 
-from dreambooth_core.config import DreamBoothConfig, MemoryPlan, RuntimeSettings, TrainingSettings, offload_needs
+from dreambooth_core.config import (
+    DreamBoothConfig,
+    MemoryPlan,
+    RuntimeSettings,
+    TrainingSettings,
+    offload_needs,
+)
 from dreambooth_core.errors import ConfigError
 from dreambooth_core.training.devices import offload_problem, resolve_device, resolve_precision
 from dreambooth_core.training.memory.estimate import estimate_training_memory
@@ -60,7 +66,8 @@ def candidates(training: TrainingSettings, runtime: RuntimeSettings, eight_bit: 
     and the quantised bases)."""
     given = as_given(training, runtime)
     optimizers = [given.optimizer] + (["adamw-8bit"] if eight_bit else [])
-    bases = [given.base_precision] + (list(QUANTISED_BASES) if eight_bit and can_quantise_base(training) else [])
+    bases = [given.base_precision] + (list(QUANTISED_BASES) if eight_bit and can_quantise_base(training)
+                                      else [])
     in_backward = [given.step_in_backward] + ([True] if can_step_in_backward(training) else [])
     offload = [given.offload] + ([True] if can_offload(training, runtime) else [])
     return [MemoryPlan(optimizer=o, gradient_checkpointing=c, step_in_backward=b, base_precision=q, offload=f)
@@ -82,7 +89,8 @@ def can_offload(training: TrainingSettings, runtime: RuntimeSettings) -> bool:
     """Block swap is for full fine-tunes, on one GPU (devices.offload_problem), with the step in
     backward it needs and nothing it cannot train with (config.offload_needs)."""
     needs = offload_needs(training.model_copy(update={"step_in_backward": True}), runtime)
-    return can_step_in_backward(training) and not needs and offload_problem(True, training.gpus, "cuda") is None
+    return (can_step_in_backward(training) and not needs
+            and offload_problem(True, training.gpus, "cuda") is None)
 
 
 def usable_bytes(free_bytes: int) -> int:
@@ -158,11 +166,13 @@ def detect_gpu(config: DreamBoothConfig) -> GpuMemory | None:
     device = resolve_device(config.runtime.device)
     if device.type != "cuda":
         return None
-    return GpuMemory(torch.cuda.mem_get_info(device)[0], resolve_precision(config.training.mixed_precision, device))
+    return GpuMemory(torch.cuda.mem_get_info(device)[0],
+                     resolve_precision(config.training.mixed_precision, device))
 
 
 def settle_memory_plan(config: DreamBoothConfig, recorded: MemoryPlan | None, started: bool,
-                       model_path: str, resolution: int, prior: bool, gpu: GpuMemory | None) -> MemoryPlan | None:
+                       model_path: str, resolution: int, prior: bool,
+                       gpu: GpuMemory | None) -> MemoryPlan | None:
     """The plan this run trains with: the session's recorded one (checked against this GPU),
     else a new choice for this GPU (`gpu`: None on the CPU, where nothing is changed); None for
     --memory none and for sessions that started training with --memory none (they go on as they
@@ -193,8 +203,8 @@ def out_of_memory_advice(training: TrainingSettings, runtime: RuntimeSettings, p
     tries = [c for c, on in (("--optimizer adamw-8bit", training.optimizer != "adamw-8bit"),
                              ("--gradient-checkpointing", not runtime.gradient_checkpointing),
                              ("--base-precision nf4", can_quantise_base(training)),
-                             ("--step-in-backward", training.method == "dreambooth" and not training.step_in_backward
-                              and can_step_in_backward(training)),
+                             ("--step-in-backward", training.method == "dreambooth"
+                              and not training.step_in_backward and can_step_in_backward(training)),
                              ("--offload", can_offload(training, runtime) and not runtime.offload),
                              ("--text-encoder-steps 0", training.trains_text_encoder),
                              ("--method lora", training.method == "dreambooth"),
