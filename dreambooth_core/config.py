@@ -430,8 +430,10 @@ class MemoryPlan(BaseModel):
     estimated_peak_bytes: int | None = None  # None: not estimated (training on the CPU)
     budget_bytes: int | None = None          # what the GPU had usable when it was chosen
 
-    def apply(self, training: TrainingSettings, runtime: RuntimeSettings) -> tuple[TrainingSettings, RuntimeSettings]:
-        return (training.model_copy(update={"optimizer": self.optimizer, "step_in_backward": self.step_in_backward,
+    def apply(self, training: TrainingSettings,
+              runtime: RuntimeSettings) -> tuple[TrainingSettings, RuntimeSettings]:
+        return (training.model_copy(update={"optimizer": self.optimizer,
+                                            "step_in_backward": self.step_in_backward,
                                             "base_precision": self.base_precision}),
                 runtime.model_copy(update={"gradient_checkpointing": self.gradient_checkpointing,
                                            "offload": self.offload}))
@@ -439,7 +441,8 @@ class MemoryPlan(BaseModel):
     def describe(self) -> str:
         made = [name for name, on in (("8-bit AdamW", self.optimizer == "adamw-8bit"),
                                       ("gradient checkpointing", self.gradient_checkpointing),
-                                      (f"{self.base_precision} base", self.base_precision in ("fp8", "int8", "nf4")),
+                                      (f"{self.base_precision} base",
+                                       self.base_precision in ("fp8", "int8", "nf4")),
                                       ("optimizer step in backward", self.step_in_backward),
                                       ("offload", self.offload)) if on]
         return " + ".join(made) or "no concessions"
@@ -543,14 +546,17 @@ class DreamBoothConfig(BaseModel):
     def flat(self) -> dict[str, Any]:
         """Every setting under its flag's name."""
         return {"session": self.session} | {
-            name: value for section in SECTIONS for name, value in getattr(self, section).model_dump().items()}
+            name: value for section in SECTIONS
+            for name, value in getattr(self, section).model_dump().items()}
 
 
 SECTIONS: dict[str, type[Section]] = {
     name: field.annotation for name, field in DreamBoothConfig.model_fields.items() if name != "session"}
 # Setting name -> the section that holds it (names are unique across sections).
-SECTION_OF: dict[str, str] = {name: section for section, kind in SECTIONS.items() for name in kind.model_fields}
-assert len(SECTION_OF) == sum(len(kind.model_fields) for kind in SECTIONS.values()), "a setting is in two sections"
+SECTION_OF: dict[str, str] = {name: section for section, kind in SECTIONS.items()
+                              for name in kind.model_fields}
+assert len(SECTION_OF) == sum(len(kind.model_fields) for kind in SECTIONS.values()), \
+    "a setting is in two sections"
 
 
 def fingerprint_values(config: DreamBoothConfig, total: int, precision: str, model_digest: str,
@@ -640,8 +646,8 @@ class GenerationSettings(BaseModel):
                       "from the same noise.")
     count: int = Field(1, ge=1, le=MAX_IMAGES_PER_PROMPT, description="Images per prompt.")
     guidance_scale: float | None = Field(None, ge=0, description="Guidance scale: higher follows the prompt "
-                                         f"more closely (default: the model family's; {DEFAULT_GUIDANCE_SCALE} "
-                                         "for Stable Diffusion).")
+                                         "more closely (default: the model family's; "
+                                         f"{DEFAULT_GUIDANCE_SCALE} for Stable Diffusion).")
     inference_steps: int = Field(DEFAULT_INFERENCE_STEPS, ge=1, le=MAX_INFERENCE_STEPS,
                                  description="Denoising steps per image.")
     negative_prompt: str = Field("", description="What the images should not show (empty: none).")
