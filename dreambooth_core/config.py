@@ -212,9 +212,9 @@ class TrainingSettings(Section):
         "around the face, instead of a square; off: square crops. auto: on for the families trained "
         "at 1024 px (SDXL, FLUX), off for SD 1.x / 2.x; a session keeps what it started training with.")
     masked_loss: bool = Field(False, description="Weight each photo's loss by a mask of the subject, so the "
-                              "background is learnt less: from a mask file beside the photo ('shrk (1).mask.png', "
-                              "white = subject) or found by a segmentation model (CLIPSeg) prompted with the "
-                              "class word. Class images are never masked.")
+                              "background is learnt less: from a mask file beside the photo "
+                              "('shrk (1).mask.png', white = subject) or found by a segmentation model "
+                              "(CLIPSeg) prompted with the class word. Class images are never masked.")
     mask_floor: float = Field(0.1, ge=0, le=1, description="With --masked-loss, the weight of the background "
                               "(the subject's is 1); 1 is no masking.")
     gpus: int = Field(1, ge=1, description="Data-parallel processes, one per GPU (with --device cpu: "
@@ -245,7 +245,8 @@ class TrainingSettings(Section):
         return [why for wrong, why in (
             (self.gradient_accumulation > 1, "--gradient-accumulation 1: the weights are updated in every "
              "backward pass"),
-            (self.gpus > 1, "--gpus 1: with several processes gradients are averaged after they are computed"),
+            (self.gpus > 1, "--gpus 1: with several processes gradients are averaged after they "
+             "are computed"),
             (self.mixed_precision == "fp16", "--mixed-precision bf16 or no, not fp16: loss scaling checks "
              "every gradient before any update")) if wrong]
 
@@ -429,8 +430,10 @@ class MemoryPlan(BaseModel):
     estimated_peak_bytes: int | None = None  # None: not estimated (training on the CPU)
     budget_bytes: int | None = None          # what the GPU had usable when it was chosen
 
-    def apply(self, training: TrainingSettings, runtime: RuntimeSettings) -> tuple[TrainingSettings, RuntimeSettings]:
-        return (training.model_copy(update={"optimizer": self.optimizer, "step_in_backward": self.step_in_backward,
+    def apply(self, training: TrainingSettings,
+              runtime: RuntimeSettings) -> tuple[TrainingSettings, RuntimeSettings]:
+        return (training.model_copy(update={"optimizer": self.optimizer,
+                                            "step_in_backward": self.step_in_backward,
                                             "base_precision": self.base_precision}),
                 runtime.model_copy(update={"gradient_checkpointing": self.gradient_checkpointing,
                                            "offload": self.offload}))
@@ -438,7 +441,8 @@ class MemoryPlan(BaseModel):
     def describe(self) -> str:
         made = [name for name, on in (("8-bit AdamW", self.optimizer == "adamw-8bit"),
                                       ("gradient checkpointing", self.gradient_checkpointing),
-                                      (f"{self.base_precision} base", self.base_precision in ("fp8", "int8", "nf4")),
+                                      (f"{self.base_precision} base",
+                                       self.base_precision in ("fp8", "int8", "nf4")),
                                       ("optimizer step in backward", self.step_in_backward),
                                       ("offload", self.offload)) if on]
         return " + ".join(made) or "no concessions"
@@ -492,7 +496,8 @@ class DreamBoothConfig(BaseModel):
             raise ValueError(f"--gpus {gpus} is the total over --nnodes {nodes} machines, the same number "
                              f"on each: pass a multiple of {nodes}")
         if runtime.node_rank >= nodes:
-            raise ValueError(f"--node-rank {runtime.node_rank} is not one of the {nodes} machines (0 to {nodes - 1})")
+            raise ValueError(f"--node-rank {runtime.node_rank} is not one of the {nodes} machines "
+                             f"(0 to {nodes - 1})")
         if nodes > 1 and not runtime.rdzv_endpoint:
             raise ValueError(f"--nnodes {nodes} needs --rdzv-endpoint HOST:PORT, an address of machine 0 "
                              "that every machine reaches")
@@ -541,14 +546,17 @@ class DreamBoothConfig(BaseModel):
     def flat(self) -> dict[str, Any]:
         """Every setting under its flag's name."""
         return {"session": self.session} | {
-            name: value for section in SECTIONS for name, value in getattr(self, section).model_dump().items()}
+            name: value for section in SECTIONS
+            for name, value in getattr(self, section).model_dump().items()}
 
 
 SECTIONS: dict[str, type[Section]] = {
     name: field.annotation for name, field in DreamBoothConfig.model_fields.items() if name != "session"}
 # Setting name -> the section that holds it (names are unique across sections).
-SECTION_OF: dict[str, str] = {name: section for section, kind in SECTIONS.items() for name in kind.model_fields}
-assert len(SECTION_OF) == sum(len(kind.model_fields) for kind in SECTIONS.values()), "a setting is in two sections"
+SECTION_OF: dict[str, str] = {name: section for section, kind in SECTIONS.items()
+                              for name in kind.model_fields}
+assert len(SECTION_OF) == sum(len(kind.model_fields) for kind in SECTIONS.values()), \
+    "a setting is in two sections"
 
 
 def fingerprint_values(config: DreamBoothConfig, total: int, precision: str, model_digest: str,
@@ -638,8 +646,8 @@ class GenerationSettings(BaseModel):
                       "from the same noise.")
     count: int = Field(1, ge=1, le=MAX_IMAGES_PER_PROMPT, description="Images per prompt.")
     guidance_scale: float | None = Field(None, ge=0, description="Guidance scale: higher follows the prompt "
-                                         f"more closely (default: the model family's; {DEFAULT_GUIDANCE_SCALE} "
-                                         "for Stable Diffusion).")
+                                         "more closely (default: the model family's; "
+                                         f"{DEFAULT_GUIDANCE_SCALE} for Stable Diffusion).")
     inference_steps: int = Field(DEFAULT_INFERENCE_STEPS, ge=1, le=MAX_INFERENCE_STEPS,
                                  description="Denoising steps per image.")
     negative_prompt: str = Field("", description="What the images should not show (empty: none).")

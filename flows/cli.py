@@ -62,7 +62,8 @@ def _add_flag(parser, name: str, field: FieldInfo) -> None:
     elif kind is bool:
         options["action"] = argparse.BooleanOptionalAction
     default = "" if field.is_required() or field.default is None else f" (default: {field.default})"
-    parser.add_argument(flag_name(name), help=field.description + default, required=field.is_required(), **options)
+    parser.add_argument(flag_name(name), help=field.description + default, required=field.is_required(),
+                        **options)
 
 
 def _base_type(annotation: Any) -> Any:
@@ -309,9 +310,9 @@ def plan(flags: dict[str, Any]) -> int:
         prior = bool(training.class_images and (config.captions.class_word or training.class_images_folder))
         text = f"text encoder for {training.text_encoder_phase} steps" \
             if training.trains_text_encoder and family.trainable_text_encoders else "text encoder frozen"
-        print(f"Session {config.session!r}: {training.method} of {config.base_model.model} at {resolution} px, "
-              f"batch {training.batch_size}, {text}, {'with' if prior else 'without'} prior preservation. "
-              "Estimating...", flush=True)
+        print(f"Session {config.session!r}: {training.method} of {config.base_model.model} "
+              f"at {resolution} px, batch {training.batch_size}, {text}, "
+              f"{'with' if prior else 'without'} prior preservation. Estimating...", flush=True)
         left_out = eight_bit_problem()
         rows = plans_on_common_gpus(model_path, training, config.runtime, resolution, prior, left_out is None)
     print("\n".join(plan_table(rows)))
@@ -320,13 +321,13 @@ def plan(flags: dict[str, Any]) -> int:
         print(left_out)
     if state and state.memory_plan and state.memory_plan.budget_bytes:
         print(f"This session trains with {state.memory_plan.describe()} (chosen when it started).")
-    print("GPU peak: estimated tensors at their most (with what is usable in brackets: free memory "
-          "less a margin). Frozen base: what the frozen weights are held in (int8/nf4: quantised). "
-          "Host needs: the process and the larger of the model before it moves to the GPU (a quantised "
-          "base is quantised onto the GPU shard by shard, never held whole) and what --offload keeps "
-          "on the host; a checkpoint commit adds a host copy of the state only when free RAM has room "
-          "(the peak in brackets), else writes without one. Expected time: no it/s has been measured on these GPUs yet; "
-          "benchmarks/gpu_check.py measures it on yours.")
+    print("GPU peak: estimated tensors at their most (with what is usable in brackets: free memory less "
+          "a margin). Frozen base: what the frozen weights are held in (int8/nf4: quantised). Host "
+          "needs: the process and the larger of the model before it moves to the GPU (a quantised base "
+          "is quantised onto the GPU shard by shard, never held whole) and what --offload keeps on the "
+          "host; a checkpoint commit adds a host copy of the state only when free RAM has room (the "
+          "peak in brackets), else writes without one. Expected time: no it/s has been measured on "
+          "these GPUs yet; benchmarks/gpu_check.py measures it on yours.")
     return 0
 
 

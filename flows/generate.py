@@ -14,7 +14,8 @@ from tasks.render_prompts import render_prompts
 @flow(name="dreambooth-generate", flow_run_name="{session}")
 def dreambooth_generate(session: str, prompts: list[str], storage: str = "sessions",
                         storage_block: str | None = None, step: int | None = None,
-                        settings: GenerationSettings = GenerationSettings(), device: str = "auto") -> Generation:
+                        settings: GenerationSettings = GenerationSettings(),
+                        device: str = "auto") -> Generation:
     """Render `prompts` ({token} and {class} are filled in per subject) with session `session`'s
     model at `step` (default: the newest committed checkpoint or snapshot; the finished model
     once training is done)."""

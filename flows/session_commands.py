@@ -113,7 +113,8 @@ def export(args: dict[str, Any]) -> int:
     require_step(session, args["step"])  # before the model is loaded
     model = trained_base_model(config, session)
     trained = trained_session(session, model.path, model.family)
-    result = export_step(session, trained, args["step"], args["export_precision"] or config.export.export_precision)
+    result = export_step(session, trained, args["step"],
+                         args["export_precision"] or config.export.export_precision)
     print(f"Exported step {result.step} of session {session.name!r} from its {result.source} "
           f"({result.precision}) to {session.url}/{result.folder}/:")
     sizes: dict[str, int] = {}
@@ -231,7 +232,8 @@ def _evaluation_steps(text: str | None, available: dict[int, str], name: str) ->
         return sorted({int(part) for part in text.split(",") if part.strip()})
     except ValueError:
         raise ConfigError(f"--steps {text!r}: give steps as numbers separated by commas, e.g. "
-                          f"--steps 200,400 (session {name!r} has {', '.join(map(str, sorted(available)))}).") from None
+                          f"--steps 200,400 (session {name!r} has "
+                          f"{', '.join(map(str, sorted(available)))}).") from None
 
 
 def publish(args: dict[str, Any]) -> int:

@@ -62,8 +62,8 @@ class TemporaryServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ConfigError(f"the temporary Prefect server exited at start (code {self.process.returncode}). "
-                                  f"{_ADVICE}")
+                raise ConfigError("the temporary Prefect server exited at start (code "
+                                  f"{self.process.returncode}). {_ADVICE}")
             try:
                 if httpx.get(f"{self.api_url}/health", timeout=1).status_code == 200:
                     return

@@ -33,7 +33,8 @@ def upload_photos(config: DreamBoothConfig) -> tuple[DreamBoothConfig, int]:
     session = open_named_session(inputs.storage, inputs.storage_block, config.session)
     open_or_create(session, config)
     photos = import_photos(session, inputs.photos)
-    return config.model_copy(update={"inputs": inputs.model_copy(update={"photos": None})}), len(photos.photos)
+    return (config.model_copy(update={"inputs": inputs.model_copy(update={"photos": None})}),
+            len(photos.photos))
 
 
 def emit_uploaded(config: DreamBoothConfig, deployment: str, api_url: str) -> str:

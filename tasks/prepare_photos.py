@@ -21,10 +21,11 @@ def prepare_photos(ref: SessionRef, photos: PhotoSet, resolution: int, buckets: 
     dataset = build_dataset(session, photos, resolution, get_run_logger(), buckets=buckets)
     title = f"Prepared photos of session {session.name}"
     if dataset.buckets:
-        shape = "cropped to the aspect-ratio bucket nearest each photo's shape, around the face, in buckets " + \
-            ", ".join(f"{size} ({count})" for size, count in dataset.buckets.items())
+        shape = ("cropped to the aspect-ratio bucket nearest each photo's shape, around the face, in "
+                 "buckets " + ", ".join(f"{size} ({count})" for size, count in dataset.buckets.items()))
     else:
-        shape = f"cropped square around the face (centre when none is found) and resized to {resolution}x{resolution}"
+        shape = ("cropped square around the face (centre when none is found) and resized to "
+                 f"{resolution}x{resolution}")
     publish_image(session, CONTACT_SHEET, artifact_key("contact-sheet", session.name), title,
                   f"# {title}\n\n{dataset.count} photos, {shape}.\n")
     return dataset

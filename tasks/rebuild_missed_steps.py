@@ -18,6 +18,7 @@ def rebuild_missed_steps(plan: TrainingPlan, samples: SampleSettings,
     """The steps rendered (usually none: a check of a few files)."""
     session = plan.session.open()
     subjects = require_dataset_manifest(session).subjects
-    spec = sample_spec(samples, subjects, plan.resolution, plan.training.seed, family_of(plan.family).default_guidance)
+    spec = sample_spec(samples, subjects, plan.resolution, plan.training.seed,
+                       family_of(plan.family).default_guidance)
     return missed_steps.rebuild_missed_steps(session, plan, spec, samples.sample_every, evaluation,
                                              get_run_logger())

@@ -7,7 +7,11 @@ from prefect import get_run_logger, task
 from dreambooth_core.config import SampleSettings
 from dreambooth_core.evaluation.session_evaluation import evaluation_markdown
 from dreambooth_core.families import family_of
-from dreambooth_core.evaluation.training_evaluation import EvaluationHook, TrainingEvaluation, evaluated_report
+from dreambooth_core.evaluation.training_evaluation import (
+    EvaluationHook,
+    TrainingEvaluation,
+    evaluated_report,
+)
 from dreambooth_core.export.snapshots import SnapshotHook
 from dreambooth_core.generation.samples import SampleHook, sample_spec, samples_markdown, saved_samples
 from dreambooth_core.session.dataset_manifest import require_dataset_manifest
@@ -22,8 +26,9 @@ from tasks.artifacts import artifact_key, loss_plot_publisher, progress_updater,
 
 @task(name="train-chunk", task_run_name="train steps {chunk.start}-{chunk.end}",
       cache_key_fn=lambda context, p: session_cache_key(p["plan"], p["chunk"].end), persist_result=True)
-def train_chunk(plan: TrainingPlan, chunk: Chunk, samples: SampleSettings, evaluation: TrainingEvaluation | None,
-                live: LiveTraining, progress: UUID | None = None) -> ChunkOutcome:
+def train_chunk(plan: TrainingPlan, chunk: Chunk, samples: SampleSettings,
+                evaluation: TrainingEvaluation | None, live: LiveTraining,
+                progress: UUID | None = None) -> ChunkOutcome:
     """`evaluation`: measure the chunk's end (None: off); `live`: the run's trainer and background
     commits; `progress`: its progress artifact."""
     log, session = get_run_logger(), plan.session.open()
@@ -42,7 +47,8 @@ def train_chunk(plan: TrainingPlan, chunk: Chunk, samples: SampleSettings, evalu
     shown = saved_samples(session, chunk.end, spec) if spec and outcome.trained_steps else None
     if shown is not None:
         publish_image(session, shown.grid, artifact_key("samples", session.name),
-                      f"Samples of session {session.name} at step {shown.step}", samples_markdown(session, shown))
+                      f"Samples of session {session.name} at step {shown.step}",
+                      samples_markdown(session, shown))
     report = evaluated_report(session, chunk.end) if evaluation and outcome.trained_steps else None
     if report is not None:
         publish_image(session, EVALUATION_PNG, artifact_key("evaluation", session.name),

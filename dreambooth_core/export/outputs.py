@@ -24,7 +24,13 @@ from dreambooth_core.session.state import ExportRecord, load_state, update_state
 from dreambooth_core.training.chunk import trainer_key
 from dreambooth_core.training.live import LiveTraining
 from dreambooth_core.training.plan import TrainingPlan
-from dreambooth_core.training.trainer import EMA_FILE, WEIGHTS_FILE, Weights, checkpoint_weights, trainer_weights
+from dreambooth_core.training.trainer import (
+    EMA_FILE,
+    WEIGHTS_FILE,
+    Weights,
+    checkpoint_weights,
+    trainer_weights,
+)
 
 
 class ExportResult(BaseModel):

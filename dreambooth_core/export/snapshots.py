@@ -57,8 +57,8 @@ def write_snapshot(session: Session, model_path: str, family: ModelFamily, metho
 def _write_local(out: Path, model_path: str, family: ModelFamily, method: str, parts: ModelParts,
                  trainables: Trainables, name: str, step: int) -> None:
     if method == "lora":
-        parts.family.write_lora_file(parts.denoiser, adapted_encoders(parts, trainables), out / f"{name}.safetensors",
-                                     torch.float16)
+        parts.family.write_lora_file(parts.denoiser, adapted_encoders(parts, trainables),
+                                     out / f"{name}.safetensors", torch.float16)
     elif method == "textual-inversion":
         parts.family.write_embeddings(token_vectors(trainables, torch.float16), step, out, full=False)
     else:  # the training modules stay fp32: the snapshot converts a copy of each tensor

@@ -206,7 +206,8 @@ def _snapshot_parts(session: Session, trained: TrainedSession, step: int,
             for vectors, key in zip(trainables.new_vectors, keys):
                 vectors[row].copy_(stored[key].reshape(-1))
     elif method == "lora":
-        family.read_lora_file(parts.denoiser, adapted_encoders(parts, trainables), safetensors.torch.load_file(weights))
+        family.read_lora_file(parts.denoiser, adapted_encoders(parts, trainables),
+                              safetensors.torch.load_file(weights))
     else:
         family.read_full_snapshot(parts, weights, trained.model_path)  # replaces the modules trainables hold
     parts.denoiser.requires_grad_(False).eval()

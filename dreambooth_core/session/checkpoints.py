@@ -97,7 +97,8 @@ class CheckpointStore:
         """Write every file, then the manifest; then apply retention."""
         final = checkpoint_folder(step)
         self.session.remove(final)  # an uncommitted or corrupt leftover at this step
-        staging = f"{CHECKPOINTS}/.tmp-step-{step:06d}-{uuid.uuid4().hex[:8]}" if self.session.is_local else final
+        staging = (f"{CHECKPOINTS}/.tmp-step-{step:06d}-{uuid.uuid4().hex[:8]}" if self.session.is_local
+                   else final)
         try:
             with storage_writes(self.session.storage, f"the checkpoint at step {step}",
                                 inside=self.session.root if self.session.is_local else None):
@@ -114,7 +115,8 @@ class CheckpointStore:
         self.log.info("Committed checkpoint at step %d (%s)", step, _size(files))
         self._apply_retention()
 
-    def _commit(self, step: int, staging: str, writers: dict[str, Writer], meta: dict) -> dict[str, FileRecord]:
+    def _commit(self, step: int, staging: str, writers: dict[str, Writer],
+                meta: dict) -> dict[str, FileRecord]:
         final = checkpoint_folder(step)
         files = {name: self._write(f"{staging}/{name}", write) for name, write in writers.items()}
         manifest = CheckpointManifest(step=step, meta=meta, files=files, committed_at=time.time())

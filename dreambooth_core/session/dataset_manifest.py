@@ -25,7 +25,8 @@ class DatasetItem(BaseModel):
     file: str = Field(description="The prepared image, in the session.")
     source: str = Field(description="The original photo, in the session (photos/...).")
     source_sha256: str
-    crop_box: list[int] = Field(description="The crop (square unless in a bucket), in the upright photo's pixels.")
+    crop_box: list[int] = Field(description="The crop (square unless in a bucket), in the upright "
+                                            "photo's pixels.")
     face_box: list[int] | None = Field(None, description="The face the crop is centred on.")
     # Not in PREPARED: recording it (sessions prepared before it existed get it on their next
     # run) leaves the dataset digest, and so the training fingerprint, as it was.

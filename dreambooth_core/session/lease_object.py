@@ -123,7 +123,8 @@ class PlainLeaseObject:
 
     def read(self) -> tuple[bytes, bytes] | None:
         self.session.fs.invalidate_cache()
-        return (data := self.session.read_bytes(self.relative), data) if self.session.exists(self.relative) else None
+        return ((data := self.session.read_bytes(self.relative), data) if self.session.exists(self.relative)
+                else None)
 
     def create(self, data: bytes) -> bytes | None:
         return None if self.read() else self._write(data)

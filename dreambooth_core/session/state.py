@@ -155,7 +155,8 @@ def _read_state(session: Session) -> SessionState | None:
     try:
         return SessionState.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg']}"
+                             for e in exc.errors())
         raise SessionError(f"{where} is damaged ({problems}). Restore it from a backup or "
                            "start a new --session.") from None
 

@@ -96,7 +96,8 @@ def run_chunk(plan: TrainingPlan, chunk: Chunk, live: LiveTraining, hooks: Chunk
             for hook in hooks.after_chunk:
                 hook(trainer, chunk, log)
         live.keep(key, chunk.end, trainer)
-        return ChunkOutcome(end=chunk.end, started_at=start, trained_steps=chunk.end - start, mean_loss=mean_loss)
+        return ChunkOutcome(end=chunk.end, started_at=start, trained_steps=chunk.end - start,
+                            mean_loss=mean_loss)
 
 
 @contextlib.contextmanager

@@ -74,23 +74,26 @@ def device_capability(device: torch.device) -> tuple[int, int] | None:
     return torch.cuda.get_device_capability(device) if device.type == "cuda" else None
 
 
-def precision_problem(mixed_precision: str, base_precision: str, capability: tuple[int, int] | None) -> str | None:
+def precision_problem(mixed_precision: str, base_precision: str,
+                      capability: tuple[int, int] | None) -> str | None:
     """Why --mixed-precision / --base-precision cannot run on a device of compute `capability`
     (None: the CPU), in the user's words; None where they can. Checked before any model loads."""
-    where = "the CPU" if capability is None else f"a GPU of compute capability {capability[0]}.{capability[1]}"
+    where = ("the CPU" if capability is None
+             else f"a GPU of compute capability {capability[0]}.{capability[1]}")
     if base_precision in QUANTISED and capability is None and base_precision not in RUNS_ON_CPU:
         cpu = " or ".join(f"--base-precision {p}" for p in RUNS_ON_CPU)
-        return (f"--base-precision {base_precision} needs a CUDA GPU (its kernels run only there); this run trains "
-                f"on the CPU. Use --base-precision auto{f' ({cpu} runs on the CPU)' if cpu else ''}, "
-                "or train on a GPU.")
+        return (f"--base-precision {base_precision} needs a CUDA GPU (its kernels run only there); this "
+                "run trains on the CPU. "
+                f"Use --base-precision auto{f' ({cpu} runs on the CPU)' if cpu else ''}, or train on a GPU.")
     if base_precision == "fp8" and capability is not None and capability < FP8_CAPABILITY:
-        return (f"--base-precision fp8 needs a GPU with fp8 (compute capability 8.9 or newer: Ada Lovelace such as "
-                f"L4 or RTX 40xx, or Hopper such as H100); this run trains on {where}. Use --base-precision int8 "
-                "(the same memory) or nf4.")
+        return ("--base-precision fp8 needs a GPU with fp8 (compute capability 8.9 or newer: Ada "
+                f"Lovelace such as L4 or RTX 40xx, or Hopper such as H100); this run trains on {where}. "
+                "Use --base-precision int8 (the same memory) or nf4.")
     for flag, value in (("--mixed-precision", mixed_precision), ("--base-precision", base_precision)):
         if value == "bf16" and capability is not None and capability < BF16_CAPABILITY:
-            return (f"{flag} bf16 needs a GPU with bfloat16 (compute capability 8.0 or newer: A100, L4, RTX 30xx "
-                    f"or later); this run trains on {where} (a T4 or older). Use {flag} fp16, or auto.")
+            return (f"{flag} bf16 needs a GPU with bfloat16 (compute capability 8.0 or newer: A100, L4, "
+                    f"RTX 30xx or later); this run trains on {where} (a T4 or older). Use {flag} fp16, "
+                    "or auto.")
     return None
 
 
@@ -101,9 +104,9 @@ def offload_problem(offload: bool, gpus: int, device_type: str) -> str | None:
     if problem := offload_device_problem(device_type):
         return problem
     if gpus > 1:
-        return (f"--offload cannot train with --gpus {gpus}: each process's DDP keeps every trained weight on its "
-                "GPU to average gradients in buckets, and block swap moves them to the host. Use --offload with "
-                "--gpus 1, or several GPUs without --offload.")
+        return (f"--offload cannot train with --gpus {gpus}: each process's DDP keeps every trained "
+                "weight on its GPU to average gradients in buckets, and block swap moves them to the "
+                "host. Use --offload with --gpus 1, or several GPUs without --offload.")
     return None
 
 

@@ -159,7 +159,8 @@ def _lora_config(settings: TrainingSettings, targets: tuple[str, ...] | str):
     """`targets`: module-name endings, or one regular expression that names must match whole (peft)."""
     from peft import LoraConfig
 
-    return LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_scale_alpha, init_lora_weights="gaussian",
+    return LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_scale_alpha,
+                      init_lora_weights="gaussian",
                       target_modules=targets if isinstance(targets, str) else list(targets))
 
 

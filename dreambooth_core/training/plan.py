@@ -102,7 +102,8 @@ def check_settings(training: TrainingSettings, runtime: RuntimeSettings) -> None
     """What this machine's device cannot train with these settings, refused before any model loads."""
     device = resolve_device(runtime.device)
     check_processes(training.gpus // runtime.nnodes, device)
-    check_device_settings(training.mixed_precision, training.base_precision, runtime.offload, training.gpus, device)
+    check_device_settings(training.mixed_precision, training.base_precision, runtime.offload, training.gpus,
+                          device)
     if problem := optimizer_device_problem(training.optimizer, device.type):
         raise ConfigError(f"{problem}.")
     check_base_precision(training.base_precision, training.method, str(device),
@@ -119,7 +120,8 @@ def make_plan(session: Session, ref: SessionRef, config: DreamBoothConfig, model
     check_settings(config.training, config.runtime)
     memory = settle_memory_plan(config, state.memory_plan, state.training_started, model.path,
                                 dataset.resolution, class_images is not None, detect_gpu(config))
-    training, runtime = memory.apply(config.training, config.runtime) if memory else (config.training, config.runtime)
+    training, runtime = (memory.apply(config.training, config.runtime) if memory
+                         else (config.training, config.runtime))
     check_settings(training, runtime)  # a recorded plan this device cannot train with (nf4 on the CPU)
     check_trainer_offload(training, runtime)
     config = config.model_copy(update={"training": training, "runtime": runtime})

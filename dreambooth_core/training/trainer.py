@@ -115,7 +115,8 @@ class Trainer:
         for index, (weights, vectors) in enumerate(trained[:len(self.encoders)]):
             if weights or vectors is not None:
                 for parameter in weights.values():
-                    parameter.requires_grad_(True)  # DDP takes the ones that need a gradient now; see _enter_phase
+                    # DDP takes the ones that need a gradient now; see _enter_phase
+                    parameter.requires_grad_(True)
                 self.encoders[index] = share_gradients(self.parts.text_encoders[index], self.device)
                 self.shared.append(self.encoders[index])
 
@@ -292,7 +293,8 @@ class Trainer:
 
     def state_bytes(self) -> int:
         """The size of the state a checkpoint holds (what a host copy of it takes)."""
-        optimizer = [v for state in self.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+        optimizer = [v for state in self.optimizer.state.values() for v in state.values()
+                     if torch.is_tensor(v)]
         tensors = [*self.trainables.named().values(), *optimizer, *(self.ema or {}).values()]
         return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -352,17 +354,19 @@ def bucket_indices(examples: list[Example], class_examples: list[Example]
         return None, None
     of = {size: index for index, size in enumerate(sizes)}
     classes = {(e.subject, tuple(e.pixels.shape[-2:])) for e in class_examples}
-    missing = sorted({(e.subject, tuple(e.pixels.shape[-2:])) for e in examples} - classes) if class_examples else []
+    missing = (sorted({(e.subject, tuple(e.pixels.shape[-2:])) for e in examples} - classes)
+               if class_examples else [])
     if missing:
         subject, (height, width) = missing[0]
-        raise SessionError(f"subject {subject!r} has photos in the {width}x{height} aspect-ratio bucket but no "
-                           "class images of that size; the class images are from another dataset. Run "
-                           "again to render them, or start a new --session.")
+        raise SessionError(f"subject {subject!r} has photos in the {width}x{height} aspect-ratio bucket "
+                           "but no class images of that size; the class images are from another "
+                           "dataset. Run again to render them, or start a new --session.")
     return [of[tuple(e.pixels.shape[-2:])] for e in examples], \
         [of.get(tuple(e.pixels.shape[-2:]), -1) for e in class_examples]
 
 
-def mask_weights(examples: list[Example], flips: list[bool], size: torch.Size, floor: float) -> torch.Tensor | None:
+def mask_weights(examples: list[Example], flips: list[bool], size: torch.Size,
+                 floor: float) -> torch.Tensor | None:
     """[batch, 1, h, w]: floor + (1 - floor) x each example's mask, area-averaged to the prediction's
     latent size (h, w) and mirrored with its image; 1 everywhere for an example without one (class
     images). None when no example has a mask."""

@@ -28,7 +28,8 @@ def load_examples(session: Session, crops: bool = False, masks: bool = False) ->
     originals are read for their size). `masks`: with each photo's subject mask (--masked-loss)."""
     items = require_dataset_manifest(session).items
     found = load_mask_manifest(session) if masks else None
-    return [Example(pixels=pixels_from_png(session.read_bytes(i.file)), caption=i.caption, subject=i.token or "",
+    return [Example(pixels=pixels_from_png(session.read_bytes(i.file)), caption=i.caption,
+                    subject=i.token or "",
                     mask=mask_tensor(session, found, i.file) if found else None,
                     **(_crop_of(session, i) if crops else {})) for i in items]
 

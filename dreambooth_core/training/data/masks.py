@@ -71,15 +71,17 @@ def build_masks(session: Session, segmenter_name: str, segmenter: Callable[[], S
         return loaded[0]
 
     masks = {item.file: _mask(session, dataset, item, segmenter_name, segment) for item in dataset.items}
-    manifest = MaskManifest(masks=masks, digest=digest([[k, v.file, v.source] for k, v in sorted(masks.items())]))
+    manifest = MaskManifest(masks=masks,
+                            digest=digest([[k, v.file, v.source] for k, v in sorted(masks.items())]))
     session.write_json(MASK_MANIFEST, manifest.model_dump(mode="json"))
     session.write_bytes(CONTACT_SHEET, contact_sheet([masked_preview(session.read_bytes(i.file),
                                                                    session.read_bytes(masks[i.file].file))
                                                    for i in dataset.items]))
     sources = {item.file: item.source for item in dataset.items}
     for image in manifest.without_subject:
-        log.warning("%s: no subject found in its mask (%s), so --masked-loss weighs all of it as background. "
-                    "Check the photo shows the subject, or put a mask file beside it (%s: white on the subject)",
+        log.warning("%s: no subject found in its mask (%s), so --masked-loss weighs all of it as "
+                    "background. Check the photo shows the subject, or put a mask file beside it (%s: "
+                    "white on the subject)",
                     sources[image], masks[image].source, mask_name(sources[image]).split("/")[-1])
     log.info("Subject masks of %d photos (%d from mask files), drawn on %s", len(masks),
              sum(not m.source.startswith("segmenter") for m in masks.values()), CONTACT_SHEET)

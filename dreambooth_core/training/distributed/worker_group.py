@@ -179,8 +179,8 @@ def describe_failure(failures: list[ProcessFailure], world: int, timeout: float)
     if timed_out:
         silent = sorted(set(range(world)) - {f.rank for f in timed_out})
         who = f"rank {', '.join(map(str, silent))}" if silent else "a rank on another machine"
-        return (f"rank {timed_out[0].rank} of {world} waited {timeout:.0f} s (--rank-timeout) for the others, "
-                f"and {who} stopped answering (a hung process, or its machine was lost)")
+        return (f"rank {timed_out[0].rank} of {world} waited {timeout:.0f} s (--rank-timeout) for the "
+                f"others, and {who} stopped answering (a hung process, or its machine was lost)")
     aborted = [f for f in failures if f.signal == "SIGABRT"]
     if aborted:  # not run on GPUs yet: how NCCL's watchdog ends a rank whose collective timed out
         return (f"training process rank {aborted[0].rank} of {world} aborted (on GPUs, NCCL aborts a rank "

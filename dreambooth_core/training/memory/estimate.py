@@ -146,8 +146,8 @@ def write_random_model(architecture: str, folder: Path) -> Path:
 
 
 def estimate_training_memory(model: str | Path | Callable[[], ModelParts], settings: TrainingSettings,
-                             resolution: int, runtime: RuntimeSettings = RuntimeSettings(), prior: bool = False,
-                             fake: bool = True) -> MemoryEstimate:
+                             resolution: int, runtime: RuntimeSettings = RuntimeSettings(),
+                             prior: bool = False, fake: bool = True) -> MemoryEstimate:
     """Peak bytes of training `model` (a diffusers folder, or a function that builds the parts
     from configs) with `settings` at `resolution` px: one step in the text-encoder phase when
     there is one, then one after it, with class images when `prior`."""
@@ -162,8 +162,10 @@ def estimate_training_memory(model: str | Path | Callable[[], ModelParts], setti
         parts.family.check_settings(settings)  # what the family cannot train: its reason, not an estimate
         keep = {id(m): kept_unquantised(m) for m in (parts.denoiser, *parts.text_encoders)}
         trainer = trainer_module.Trainer(parts, _examples(resolution, "shrk"), settings, total_steps=2,
-                                         runtime=runtime, class_examples=_examples(resolution, "") if prior else ())
-        trainer.scaler = torch.amp.GradScaler(enabled=False)  # fp16 loss scaling reads values; it holds ~no memory
+                                         runtime=runtime,
+                                         class_examples=_examples(resolution, "") if prior else ())
+        # fp16 loss scaling reads values; it holds ~no memory
+        trainer.scaler = torch.amp.GradScaler(enabled=False)
         # Parts are built in fp32 and cast by the Trainer, which a real run does on the CPU before
         # moving them to the GPU: the GPU holds what the Trainer holds from here.
         # The Trainer encodes every prompt as it is built when no step needs the encoders: dropped here
@@ -214,8 +216,10 @@ class HeldWeights:
     """What the GPU holds of the model in each phase: the frozen layers --base-precision quantises
     at their quantised bytes (quantised_bytes.py), and the text encoders only while they are there."""
 
-    def __init__(self, trainer, keep: dict[int, Callable[[str], bool]], precision: str, tracker: LiveTensorBytes):
-        quantises = precision in QUANTISED or (precision in HALF and frozen_dtype(trainer.precision) == torch.float32)
+    def __init__(self, trainer, keep: dict[int, Callable[[str], bool]], precision: str,
+                 tracker: LiveTensorBytes):
+        quantises = precision in QUANTISED or (precision in HALF
+                                               and frozen_dtype(trainer.precision) == torch.float32)
         trained = list(trainer.trainables.named().values())
         parts = trainer.parts
 
@@ -252,7 +256,8 @@ class HeldWeights:
         return self.held(measured, False) - denoiser + self.dequantised["encoders"]
 
 
-SWAPPED_BLOCKS = ("blocks", "resnets")  # a ModuleList named so (or ending so) holds the blocks --offload swaps
+# a ModuleList named so (or ending so) holds the blocks --offload swaps
+SWAPPED_BLOCKS = ("blocks", "resnets")
 IN_FLIGHT = 2
 
 
@@ -290,7 +295,8 @@ class Offload:
         # the measured steps encode the prompts and the photos again, as a run's first steps do
         trainer._frozen_embeddings.clear()
         trainer.latents = LatentCache(trainer.parts.vae, trainer.runtime.cache_latents)
-        self._state = {id(p): [v for v in trainer.optimizer.state.get(p, {}).values() if isinstance(v, torch.Tensor)]
+        self._state = {id(p): [v for v in trainer.optimizer.state.get(p, {}).values()
+                               if isinstance(v, torch.Tensor)]
                        for p in params}
         for tensors in self._state.values():
             for t in tensors:
@@ -350,14 +356,16 @@ class EightBitAdamWState(torch.optim.Optimizer):
                     "state2": torch.zeros_like(p, dtype=torch.float32)}
         blocks = -(-p.numel() // self.BLOCK)
         zeros = {"dtype": torch.float32, "device": p.device}
-        return {"state1": torch.zeros_like(p, dtype=torch.uint8), "state2": torch.zeros_like(p, dtype=torch.uint8),
+        return {"state1": torch.zeros_like(p, dtype=torch.uint8),
+                "state2": torch.zeros_like(p, dtype=torch.uint8),
                 "absmax1": torch.zeros(blocks, **zeros), "absmax2": torch.zeros(blocks, **zeros),
                 "qmap1": torch.zeros(256, **zeros), "qmap2": torch.zeros(256, **zeros)}
 
 
 def _examples(resolution: int, word: str) -> list:
     caption = f"a photo of {word} person" if word else "a photo of a person"
-    return [trainer_module.Example(torch.zeros(1, 3, resolution, resolution), caption, "shrk") for _ in range(2)]
+    return [trainer_module.Example(torch.zeros(1, 3, resolution, resolution), caption, "shrk")
+            for _ in range(2)]
 
 
 @contextlib.contextmanager
@@ -380,7 +388,8 @@ def _fake_friendly(fake: bool):
       the fake mode holds weak references to them): a move to the device and dtype the module
       has already (peft's, for new LoRA weights) returns the module as it is."""
     eight_bit = trainer_module._adamw_8bit
-    trainer_module._adamw_8bit = lambda groups, settings, device: EightBitAdamWState(groups, settings.base_learning_rate)
+    trainer_module._adamw_8bit = lambda groups, settings, device: EightBitAdamWState(
+        groups, settings.base_learning_rate)
     try:
         with _fake_moves(fake):
             yield
@@ -410,7 +419,8 @@ def _fake_moves(fake: bool):
 
     def move_unless_there(module, *args, **kwargs):
         device, dtype, _, memory_format = torch._C._nn._parse_to(*args, **kwargs)
-        here = all((device is None or p.device == torch.device(device)) and (dtype is None or p.dtype == dtype)
+        here = all((device is None or p.device == torch.device(device))
+                   and (dtype is None or p.dtype == dtype)
                    for p in module.parameters())
         return module if here and memory_format is None else move(module, *args, **kwargs)
 

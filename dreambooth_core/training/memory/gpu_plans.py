@@ -109,14 +109,15 @@ def plans_on_common_gpus(model_path: str, training: TrainingSettings, runtime: R
 
 
 def plan_table(rows: list[GpuPlan]) -> list[str]:
-    lines = ["| GPU | --memory auto plan | frozen base | offload | GPU peak (usable) | host needs (with copy) | "
-             "checkpoint |", "|---|---|---|---|---|---|---|"]
+    lines = ["| GPU | --memory auto plan | frozen base | offload | GPU peak (usable) "
+             "| host needs (with copy) | checkpoint |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         if row.plan is None:
             why = f"cannot run: {row.cannot_run.split(';')[0]}" if row.cannot_run else "does not fit"
             lines.append(f"| {row.gpu.name} | {why} | - | - | - | - | - |")
             continue
-        lines.append(f"| {row.gpu.name} | {row.plan.describe()} | {row.base} | {'yes' if row.plan.offload else 'no'} "
+        lines.append(f"| {row.gpu.name} | {row.plan.describe()} | {row.base} | "
+                     f"{'yes' if row.plan.offload else 'no'} "
                      f"| {row.plan.estimated_peak_bytes / GIB:.1f} GiB "
                      f"({row.plan.budget_bytes / GIB:.1f}) | {row.host_bytes / GIB:.1f} GiB "
                      f"({row.host_bytes_with_copy / GIB:.1f}) | "

@@ -33,7 +33,13 @@ from typing import Callable
 
 import torch
 
-from dreambooth_core.config import DreamBoothConfig, MemoryPlan, RuntimeSettings, TrainingSettings, offload_needs
+from dreambooth_core.config import (
+    DreamBoothConfig,
+    MemoryPlan,
+    RuntimeSettings,
+    TrainingSettings,
+    offload_needs,
+)
 from dreambooth_core.errors import ConfigError
 from dreambooth_core.training.devices import offload_problem, resolve_device, resolve_precision
 from dreambooth_core.training.memory.estimate import estimate_training_memory
@@ -60,7 +66,8 @@ def candidates(training: TrainingSettings, runtime: RuntimeSettings, eight_bit: 
     and the quantised bases)."""
     given = as_given(training, runtime)
     optimizers = [given.optimizer] + (["adamw-8bit"] if eight_bit else [])
-    bases = [given.base_precision] + (list(QUANTISED_BASES) if eight_bit and can_quantise_base(training) else [])
+    bases = [given.base_precision] + (list(QUANTISED_BASES) if eight_bit and can_quantise_base(training)
+                                      else [])
     in_backward = [given.step_in_backward] + ([True] if can_step_in_backward(training) else [])
     offload = [given.offload] + ([True] if can_offload(training, runtime) else [])
     return [MemoryPlan(optimizer=o, gradient_checkpointing=c, step_in_backward=b, base_precision=q, offload=f)
@@ -82,7 +89,8 @@ def can_offload(training: TrainingSettings, runtime: RuntimeSettings) -> bool:
     """Block swap is for full fine-tunes, on one GPU (devices.offload_problem), with the step in
     backward it needs and nothing it cannot train with (config.offload_needs)."""
     needs = offload_needs(training.model_copy(update={"step_in_backward": True}), runtime)
-    return can_step_in_backward(training) and not needs and offload_problem(True, training.gpus, "cuda") is None
+    return (can_step_in_backward(training) and not needs
+            and offload_problem(True, training.gpus, "cuda") is None)
 
 
 def usable_bytes(free_bytes: int) -> int:
@@ -138,9 +146,9 @@ def eight_bit_problem() -> str | None:
     try:
         import bitsandbytes  # noqa: F401
     except Exception as exc:  # ImportError, or a library that fails to load
-        return (f"8-bit AdamW and a quantised base left out: bitsandbytes does not import here "
-                f"({type(exc).__name__}). Install it (pip install bitsandbytes, or this project's [gpu] extra, "
-                "which the Docker image has) to plan with them.")
+        return ("8-bit AdamW and a quantised base left out: bitsandbytes does not import here "
+                f"({type(exc).__name__}). Install it (pip install bitsandbytes, or this project's [gpu] "
+                "extra, which the Docker image has) to plan with them.")
     return None
 
 
@@ -158,11 +166,13 @@ def detect_gpu(config: DreamBoothConfig) -> GpuMemory | None:
     device = resolve_device(config.runtime.device)
     if device.type != "cuda":
         return None
-    return GpuMemory(torch.cuda.mem_get_info(device)[0], resolve_precision(config.training.mixed_precision, device))
+    return GpuMemory(torch.cuda.mem_get_info(device)[0],
+                     resolve_precision(config.training.mixed_precision, device))
 
 
 def settle_memory_plan(config: DreamBoothConfig, recorded: MemoryPlan | None, started: bool,
-                       model_path: str, resolution: int, prior: bool, gpu: GpuMemory | None) -> MemoryPlan | None:
+                       model_path: str, resolution: int, prior: bool,
+                       gpu: GpuMemory | None) -> MemoryPlan | None:
     """The plan this run trains with: the session's recorded one (checked against this GPU),
     else a new choice for this GPU (`gpu`: None on the CPU, where nothing is changed); None for
     --memory none and for sessions that started training with --memory none (they go on as they
@@ -193,21 +203,24 @@ def out_of_memory_advice(training: TrainingSettings, runtime: RuntimeSettings, p
     tries = [c for c, on in (("--optimizer adamw-8bit", training.optimizer != "adamw-8bit"),
                              ("--gradient-checkpointing", not runtime.gradient_checkpointing),
                              ("--base-precision nf4", can_quantise_base(training)),
-                             ("--step-in-backward", training.method == "dreambooth" and not training.step_in_backward
-                              and can_step_in_backward(training)),
+                             ("--step-in-backward", training.method == "dreambooth"
+                              and not training.step_in_backward and can_step_in_backward(training)),
                              ("--offload", can_offload(training, runtime) and not runtime.offload),
                              ("--text-encoder-steps 0", training.trains_text_encoder),
                              ("--method lora", training.method == "dreambooth"),
                              ("--batch-size 1", training.batch_size > 1),
                              (f"--resolution {max(256, resolution - 128)}", resolution > 256)) if on]
     if plan is not None and plan.budget_bytes:
-        why = (f"--memory auto chose {plan.describe()}, estimated at {plan.estimated_peak_bytes / GIB:.1f} GiB of "
-               f"the {plan.budget_bytes / GIB:.1f} GiB that were usable: another program may be using the GPU "
-               "now (nvidia-smi lists them); close it and rerun.")
+        why = (f"--memory auto chose {plan.describe()}, estimated at "
+               f"{plan.estimated_peak_bytes / GIB:.1f} GiB of the {plan.budget_bytes / GIB:.1f} GiB that "
+               "were usable: another program may be using the GPU now (nvidia-smi lists them); close it "
+               "and rerun.")
     else:
-        why = ("This run trained with the settings as given (--memory none, now or when the session started); "
-               "--memory auto (the default) picks concessions that fit from an estimate, in a new --session.")
-    return (f"the GPU ran out of memory {where} ({training.method}, {resolution} px, batch {training.batch_size}). "
-            f"{why} Concessions to try, in this order: {', '.join(tries) or 'a GPU with more memory'}. "
-            "Nothing committed is lost: rerun the same command to resume from the last committed checkpoint "
-            "(settings that change the trained weights need a new --session).")
+        why = ("This run trained with the settings as given (--memory none, now or when the session "
+               "started); --memory auto (the default) picks concessions that fit from an estimate, in a "
+               "new --session.")
+    return (f"the GPU ran out of memory {where} ({training.method}, {resolution} px, batch "
+            f"{training.batch_size}). {why} Concessions to try, in this order: "
+            f"{', '.join(tries) or 'a GPU with more memory'}. Nothing committed is lost: rerun the same "
+            "command to resume from the last committed checkpoint (settings that change the trained "
+            "weights need a new --session).")

@@ -30,7 +30,8 @@ LORA_BASE = ".base_layer"  # peft wraps a layer it adapts, and keeps the origina
 
 
 def quantised_weight_bytes(numel: int, rows: int, precision: str) -> int:
-    """Bytes a (rows x numel/rows) linear weight takes in `precision` ("nf4", "int8", "fp8", "bf16", "fp16")."""
+    """Bytes a (rows x numel/rows) linear weight takes in `precision` ("nf4", "int8", "fp8", "bf16",
+    "fp16")."""
     if precision == "nf4":
         blocks = -(-numel // NF4_BLOCK)
         return -(-numel // 2) + blocks + 4 * -(-blocks // NESTED_BLOCK) + 4 * (16 + 256 + 1)
@@ -74,6 +75,6 @@ def quantised_layers(model: torch.nn.Module, kept: Callable[[str], bool], traine
         if kept(name.replace(LORA_BASE, "")):
             continue
         w = module.weight
-        layers.append(QuantisedLayer(w, w.numel() * w.element_size(), quantised_weight_bytes(w.numel(), w.shape[0],
-                                                                                             precision)))
+        layers.append(QuantisedLayer(w, w.numel() * w.element_size(),
+                                     quantised_weight_bytes(w.numel(), w.shape[0], precision)))
     return layers
