@@ -1,11 +1,14 @@
-"""How deep a checkpoint commit sits under the CLI: the project's own frames from
-`dreambooth train` (the tiny model, one chunk) down to the commit of the checkpoint's files,
-across the background commit thread ([simplify]: a newcomer should be able to follow it).
+"""How deep a checkpoint commit sits under the CLI, and how often a run opens its session:
+the project's own frames from `dreambooth train` (the tiny model, one chunk) down to the commit
+of the checkpoint's files, across the background commit thread ([simplify]: a newcomer should be
+able to follow it), and how many times that run opened the session (each open lists the
+storage: round trips on GCS) and read its session.json.
 
-    python benchmarks/call_chain.py            # prints the frames and their count
+    python benchmarks/call_chain.py            # prints the frames and the counts
 
 Wraps `CheckpointStore.save` (where every commit passes) to record the stack, and the call that
-hands a commit to a thread, so the chain is joined at that hand-off.
+hands a commit to a thread, so the chain is joined at that hand-off; counts `Session._open` and
+reads of session.json.
 """
 
 from __future__ import annotations
@@ -52,8 +55,28 @@ def record_chain() -> list[list[str]]:
     return chains
 
 
+def count_session_use() -> dict[str, int]:
+    """Patch the session's open and reads; returns the counts as they grow."""
+    from dreambooth_core.session.folder import Session
+    from dreambooth_core.session.paths import SESSION_FILE
+
+    counts = {"opens": 0, "session.json reads": 0}
+    open_, read = Session._open, Session.read_bytes
+
+    def counting_open(self, storage, name, options):
+        counts["opens"] += name == "chain"
+        return open_(self, storage, name, options)
+
+    def counting_read(self, relative):
+        counts["session.json reads"] += relative == SESSION_FILE
+        return read(self, relative)
+
+    Session._open, Session.read_bytes = counting_open, counting_read
+    return counts
+
+
 def main() -> int:
-    chains = record_chain()
+    chains, counts = record_chain(), count_session_use()
     from flows.cli import main as cli
 
     with tempfile.TemporaryDirectory() as storage:
@@ -63,7 +86,9 @@ def main() -> int:
     print("\n".join(chain))
     frames = [f for f in chain if not f.startswith("(thread")]
     threads = len(chain) - len(frames)
-    print(f"{len(frames)} project frames in {len({f.split(':')[0] for f in frames})} modules, {threads} thread(s)")
+    modules = len({f.split(":")[0] for f in frames})
+    print(f"{len(frames)} project frames in {modules} modules, {threads} thread(s)")
+    print(", ".join(f"{value} {name}" for name, value in counts.items()), "in the run")
     return 0
 
 
