@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from dreambooth_core.config import ExportSettings
 from dreambooth_core.errors import SessionError
-from dreambooth_core.export.step_export import TrainedSession, replace_folder, write_step
+from dreambooth_core.export.step_export import TrainedSession, committed_weights, replace_folder, write_step
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import DIFFUSERS
@@ -24,13 +24,7 @@ from dreambooth_core.session.state import ExportRecord, load_state, update_state
 from dreambooth_core.training.chunk import trainer_key
 from dreambooth_core.training.live import LiveTraining
 from dreambooth_core.training.plan import TrainingPlan
-from dreambooth_core.training.trainer import (
-    EMA_FILE,
-    WEIGHTS_FILE,
-    Weights,
-    checkpoint_weights,
-    trainer_weights,
-)
+from dreambooth_core.training.trainer import Weights, trainer_weights
 
 
 class ExportResult(BaseModel):
@@ -88,12 +82,12 @@ def live_weights(plan: TrainingPlan, live: LiveTraining | None, wanted: bool = T
 
 
 def last_checkpoint_weights(session: Session, step: int) -> Weights:
-    store = CheckpointStore(session)
-    checkpoint = store.load(step, only=(WEIGHTS_FILE, EMA_FILE))  # not the optimizer
-    if checkpoint is None:
+    weights = committed_weights(session, step)
+    if weights is None:
         raise SessionError(f"session {session.name!r} has no usable checkpoint at step {step} (latest: "
-                           f"{store.latest_step()}). Rerun the same command to train the missing steps.")
-    return checkpoint_weights(checkpoint)
+                           f"{CheckpointStore(session).latest_step()}). Rerun the same command to train "
+                           "the missing steps.")
+    return weights
 
 
 def is_diffusers_part(file: Path, root: Path) -> bool:

@@ -36,8 +36,13 @@ from dreambooth_core.session.state import existing_state, load_state
 from dreambooth_core.training.chunk import weights_finite
 from dreambooth_core.training.methods import Trainables, adapted_encoders, set_up_method
 from dreambooth_core.training.plan import TrainingPlan
-from dreambooth_core.training.trainer import Weights, parts_with, restored_parts
-from dreambooth_core.training.trainer import EMA_FILE, WEIGHTS_FILE
+from dreambooth_core.training.trainer import (
+    EMA_FILE,
+    WEIGHTS_FILE,
+    Weights,
+    checkpoint_weights,
+    parts_with,
+)
 
 Source = Literal["checkpoint", "snapshot"]
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
@@ -181,13 +186,19 @@ def step_parts(session: Session, trained: TrainedSession, step: int, source: Sou
 
 def _checkpoint_parts(session: Session, trained: TrainedSession, step: int,
                       use_ema: bool = True) -> tuple[ModelParts, Trainables]:
-    checkpoint = CheckpointStore(session).load(step, only=(WEIGHTS_FILE, EMA_FILE))  # not the optimizer
-    if checkpoint is None:
+    weights = committed_weights(session, step, use_ema)
+    if weights is None:
         raise SessionError(f"the checkpoint at step {step} of session {session.name!r} is gone or does "
                            "not verify (a training run may have replaced it). Run `dreambooth status "
                            f"{session.name}` to see the steps there are, and use one of them.")
-    return restored_parts(trained.model_path, trained.training, trained.subjects, checkpoint,
-                          torch.device("cpu"), use_ema)
+    return parts_with(trained.model_path, trained.training, trained.subjects, weights, torch.device("cpu"))
+
+
+def committed_weights(session: Session, step: int, use_ema: bool = True) -> Weights | None:
+    """The trained weights of the committed checkpoint at `step` (not its optimizer), or None when
+    it is gone or does not verify."""
+    checkpoint = CheckpointStore(session).load(step, only=(WEIGHTS_FILE, EMA_FILE))
+    return checkpoint_weights(checkpoint, use_ema) if checkpoint is not None else None
 
 
 @torch.no_grad()

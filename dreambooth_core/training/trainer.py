@@ -387,8 +387,9 @@ def geometry(example: Example, flip: bool) -> ImageGeometry:
     return ImageGeometry(height, width, example.original_size, example.crop_box, flip)
 
 
-def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+def _cpu(tensors: dict[str, torch.Tensor], copy: bool = True) -> dict[str, torch.Tensor]:
+    """The tensors on the CPU; `copy=False`: tensors already there are the same tensors."""
+    return {k: v.detach().to("cpu", copy=copy).contiguous() for k, v in tensors.items()}
 
 
 def _cpu_copy(value):
@@ -465,18 +466,8 @@ def checkpoint_weights(checkpoint: Checkpoint, use_ema: bool = True) -> Weights:
 def trainer_weights(trainer: Trainer) -> Weights:
     """What the trainer's checkpoint at this step holds (weights.safetensors, ema.safetensors),
     on the CPU: the same values, without reading them back."""
-    def cpu(tensors):
-        return {name: value.detach().to("cpu") for name, value in tensors.items()}
-
-    return cpu(trainer.trainables.named()), cpu(trainer.ema) if trainer.ema is not None else None
-
-
-def restored_parts(model_path: str, settings: TrainingSettings, subjects: list[str],
-                   checkpoint: Checkpoint, device: torch.device,
-                   use_ema: bool = True) -> tuple[ModelParts, Trainables]:
-    """The base model with a checkpoint's trained weights applied, for export and samples; with
-    EMA on, the UNet gets the averaged weights."""
-    return parts_with(model_path, settings, subjects, checkpoint_weights(checkpoint, use_ema), device)
+    averaged = _cpu(trainer.ema, copy=False) if trainer.ema is not None else None
+    return _cpu(trainer.trainables.named(), copy=False), averaged
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ from dreambooth_core.families.quantised import (
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.folder import Session
 from dreambooth_core.training.methods import adapted_encoders
-from dreambooth_core.training.trainer import Example, Trainer, restored_parts
+from dreambooth_core.training.trainer import Example, Trainer, checkpoint_weights, parts_with
 
 CPU = torch.device("cpu")
 CAPTION = "photo of shrk man"
@@ -92,7 +92,7 @@ def test_lora_trained_on_int8_base_moves_the_unquantised_model_as_it_moved_the_q
         trainer.step(step)
     store = CheckpointStore(Session(str(tmp_path), "s"))
     store.save(6, trainer.state_writers(), meta={})
-    parts, trainables = restored_parts(model.path, settings, ["shrk"], store.load_latest(), CPU)
+    parts, trainables = parts_with(model.path, settings, ["shrk"], checkpoint_weights(store.load_latest()), CPU)
     assert not is_quantised(parts.denoiser)
     family = parts.family
     family.write_lora(parts.denoiser, adapted_encoders(parts, trainables), "shrk", torch.float32, tmp_path / "out")
