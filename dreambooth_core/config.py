@@ -219,6 +219,10 @@ class TrainingSettings(Section):
                               "(the subject's is 1); 1 is no masking.")
     gpus: int = Field(1, ge=1, description="Data-parallel processes, one per GPU (with --device cpu: "
                       "CPU processes); the effective batch is batch size x accumulation x gpus.")
+    shard: bool = Field(False, description="Full DreamBooth on --gpus N: each GPU holds 1/N of the trained "
+                        "weights, their gradients and optimizer state (FSDP2) instead of all of them, for a "
+                        "model that does not fit one GPU. Checkpoints are sharded too, and resume on another "
+                        "number of GPUs that keeps the whole batch (batch size x gpus).")
 
     @field_validator("resolution")
     @classmethod
@@ -239,6 +243,23 @@ class TrainingSettings(Section):
             raise ValueError("--ema-decay averages UNet weights, which textual inversion does not train. "
                              "Drop --ema-decay, or use --method dreambooth or lora")
         return self
+
+    @model_validator(mode="after")
+    def _shard_runs(self) -> "TrainingSettings":
+        if self.shard and (needs := self.shard_needs()):
+            raise ValueError(f"--shard needs {'; and '.join(needs)}")
+        return self
+
+    def shard_needs(self) -> list[str]:
+        """What these settings would have to change for --shard to train; [] if nothing."""
+        return [why for wrong, why in (
+            (self.gpus < 2, "--gpus 2 or more (it spreads the model over the GPUs)"),
+            (self.method != "dreambooth", f"--method dreambooth (--method {self.method} trains few weights, "
+             "which every GPU holds whole)"),
+            (self.mixed_precision == "fp16", "--mixed-precision bf16 or no, not fp16 (loss scaling would "
+             "decide to skip a step on each GPU's share of the gradients alone)"),
+            (self.optimizer == "adamw-8bit", "--optimizer adamw (bitsandbytes' 8-bit AdamW does not take "
+             "sharded weights)")) if wrong]
 
     def step_in_backward_needs(self) -> list[str]:
         """What these settings would have to change for --step-in-backward to train; [] if nothing."""
@@ -460,7 +481,8 @@ class DreamBoothConfig(BaseModel):
     # and resume (a --vae's digest is in the model's). A new setting that changes training goes here.
     ADDED_LATER: ClassVar[dict[str, Any]] = {"vae": None, "step_in_backward": False, "base_precision": "auto",
                                            "buckets": "auto", "masked_loss": False, "mask_floor": 0.1,
-                                           "caption_mode": "default", "captioner": "auto"}
+                                           "caption_mode": "default", "captioner": "auto",
+                                           "shard": False}
 
     session: str = Field(description="Session name: letters, digits, '.', '_' or '-' (at most 64). "
                          "The session holds photos, progress and outputs; rerun it to resume.")
@@ -541,6 +563,9 @@ class DreamBoothConfig(BaseModel):
             # Since processes take their rows of one process's draws (training/data/batches.py),
             # not draws of their own: a session trained by several before then resumes with other draws.
             values["draws"] = RANK_DRAWS
+        if self.training.shard:
+            # Sharded checkpoints resume on any number of processes that draws the same whole batch.
+            values["whole_batch"] = values.pop("batch_size") * values.pop("gpus")
         return values
 
     def flat(self) -> dict[str, Any]:

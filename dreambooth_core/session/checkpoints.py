@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict
 from dreambooth_core.errors import StorageError
 from dreambooth_core.session.folder import Session, storage_writes
 from dreambooth_core.session.lease import check_lease
-from dreambooth_core.session.paths import CHECKPOINT_MANIFEST, CHECKPOINTS, checkpoint_folder
+from dreambooth_core.session.paths import CHECKPOINT_MANIFEST, CHECKPOINTS, SHARDED_STATE, checkpoint_folder
 
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
@@ -95,14 +95,32 @@ class CheckpointStore:
 
     def save(self, step: int, writers: dict[str, Writer], meta: dict) -> None:
         """Write every file, then the manifest; then apply retention."""
-        final = checkpoint_folder(step)
-        self.session.remove(final)  # an uncommitted or corrupt leftover at this step
-        staging = (f"{CHECKPOINTS}/.tmp-step-{step:06d}-{uuid.uuid4().hex[:8]}" if self.session.is_local
-                   else final)
+        self.session.remove(checkpoint_folder(step))  # an uncommitted or corrupt leftover at this step
+        staging = self.staging_folder(step, uuid.uuid4().hex[:8])
+        with self._committing(step, staging) as committed:
+            files = {name: self._write(f"{staging}/{name}", write) for name, write in writers.items()}
+            committed.update(self._commit(step, staging, files, meta))
+
+    def staging_folder(self, step: int, tag: str) -> str:
+        """Where the files of the checkpoint at `step` are written before the commit (on object
+        stores, where nothing is visible before its manifest: the checkpoint's own folder)."""
+        return f"{CHECKPOINTS}/.tmp-step-{step:06d}-{tag}" if self.session.is_local else checkpoint_folder(step)
+
+    def commit_written(self, step: int, staging: str, files: dict[str, FileRecord], meta: dict) -> None:
+        """Commit files that others wrote into `staging` (every process of a sharded checkpoint
+        writes its own): the manifest, then retention."""
+        with self._committing(step, staging) as committed:
+            committed.update(self._commit(step, staging, files, meta))
+
+    @contextlib.contextmanager
+    def _committing(self, step: int, staging: str):
+        """Around a commit: a failure removes the staging folder and is told with the step that
+        stays the latest; success is logged and old checkpoints go."""
+        committed: dict[str, FileRecord] = {}
         try:
             with storage_writes(self.session.storage, f"the checkpoint at step {step}",
                                 inside=self.session.root if self.session.is_local else None):
-                files = self._commit(step, staging, writers, meta)
+                yield committed
         except Exception as exc:
             if self.session.is_local:
                 with contextlib.suppress(StorageError):  # a read-only one: the next run removes it
@@ -112,13 +130,12 @@ class CheckpointStore:
                 raise StorageError(f"the checkpoint at step {step} was not committed (the latest "
                                    f"committed one is step {latest}, intact): {exc}") from exc
             raise
-        self.log.info("Committed checkpoint at step %d (%s)", step, _size(files))
+        self.log.info("Committed checkpoint at step %d (%s)", step, _size(committed))
         self._apply_retention()
 
-    def _commit(self, step: int, staging: str, writers: dict[str, Writer],
+    def _commit(self, step: int, staging: str, files: dict[str, FileRecord],
                 meta: dict) -> dict[str, FileRecord]:
         final = checkpoint_folder(step)
-        files = {name: self._write(f"{staging}/{name}", write) for name, write in writers.items()}
         manifest = CheckpointManifest(step=step, meta=meta, files=files, committed_at=time.time())
         check_lease(self.session)  # a run whose lease was taken over must not commit
         self._write(f"{staging}/{CHECKPOINT_MANIFEST}",
@@ -180,16 +197,39 @@ class CheckpointStore:
             return None
         files = {}
         for name, expected in manifest.files.items():
-            if only is not None and name not in only:
-                continue
+            if (only is not None and name not in only) or name.startswith(f"{SHARDED_STATE}/"):
+                continue  # a sharded state's files are verified by the processes that load them
             data = self.session.read_bytes(f"{checkpoint_folder(step)}/{name}")
             if hashlib.sha256(data).hexdigest() != expected.sha256:
-                self.log.warning("Checkpoint at step %d is corrupt (%s does not match its "
-                                 "manifest); falling back to the previous one", step, name)
-                self.session.remove(f"{checkpoint_folder(step)}/{CHECKPOINT_MANIFEST}")  # uncommit it
-                return None
+                return self._corrupt(step, name)
             files[name] = data
         return Checkpoint(step=step, meta=manifest.meta, files=files)
+
+    def _corrupt(self, step: int, name: str) -> None:
+        self.log.warning("Checkpoint at step %d is corrupt (%s does not match its "
+                         "manifest); falling back to the previous one", step, name)
+        self.session.remove(f"{checkpoint_folder(step)}/{CHECKPOINT_MANIFEST}")  # uncommit it
+
+    def verify(self, step: int, names: Collection[str]) -> bool:
+        """Whether these files of the committed checkpoint at `step` match its manifest, read in
+        pieces (a shard of a large model's state does not fit in memory); uncommits it if not."""
+        manifest = self._manifest_if_sizes_match(step)
+        if manifest is None:
+            return False
+        for name in names:
+            if self.record(f"{checkpoint_folder(step)}/{name}") != manifest.files[name]:
+                self._corrupt(step, name)
+                return False
+        return True
+
+    def record(self, relative: str) -> FileRecord:
+        """The size and sha256 of a file of the session, read in pieces."""
+        digest, size = hashlib.sha256(), 0
+        with self.session.fs.open(self.session.path(relative), "rb") as file:
+            while piece := file.read(2**24):
+                digest.update(piece)
+                size += len(piece)
+        return FileRecord(size=size, sha256=digest.hexdigest())
 
     def manifest(self, step: int) -> CheckpointManifest | None:
         """The commit record of `step` as written, or None (no commit, or unreadable)."""

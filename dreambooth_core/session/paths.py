@@ -51,6 +51,7 @@ CLASS_MANIFEST = "class_images/manifest.json"
 TEXT_EMBEDDINGS = "text_embeddings"
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_MANIFEST = "MANIFEST.json"  # inside each checkpoint folder, written last: the commit
+SHARDED_STATE = "state"  # inside a checkpoint of a --shard run: torch.distributed.checkpoint's files
 SNAPSHOTS = "snapshots"
 EXPORTS = "exports"
 PUBLISHED = "published.json"

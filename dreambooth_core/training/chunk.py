@@ -30,6 +30,8 @@ from dreambooth_core.families.quantised import BasePrecision
 from dreambooth_core.training.plan import Chunk, TrainingPlan
 from dreambooth_core.training.preemption import StopRequest, TrainingStopped, save_on_stop, stop_requests
 from dreambooth_core.training.data.text_embeddings import EmbeddingStore
+from dreambooth_core.training.distributed import sharded_checkpoint
+from dreambooth_core.training.distributed.sharding import local
 from dreambooth_core.training.trainer import Trainer
 
 CHECK_EVERY = 50  # steps between checks that the loss is finite (a sync each)
@@ -73,7 +75,7 @@ def run_chunk(plan: TrainingPlan, chunk: Chunk, live: LiveTraining, hooks: Chunk
                 log.info("Steps %d-%d already committed; nothing to train", chunk.start, chunk.end)
                 return ChunkOutcome(end=chunk.end, started_at=chunk.end, trained_steps=0, mean_loss=None)
             trainer, start = restore(plan, session, store, chunk, log, rank, world)
-        lead = rank == 0
+        lead, commits = rank == 0, rank == 0 or trainer.sharded  # --shard: every process writes its shards
         monitor = TrainingMonitor(session, plan.boundaries, log, on_progress=hooks.on_progress,
                                   on_chunk_end=hooks.on_chunk_end) if lead else None
         if lead:
@@ -83,21 +85,30 @@ def run_chunk(plan: TrainingPlan, chunk: Chunk, live: LiveTraining, hooks: Chunk
         # SIGTERM (preemption) stops training after the current step; see preemption.py.
         with stop_requests(plan.runtime.preemption_grace) as stop:
             mean_loss, reached = train_steps(trainer, start, chunk.end, monitor,
-                                             hooks.after_step if lead else None, stop)
-            if lead and stop.requested:
+                                             hooks.after_step if lead and not trainer.sharded else None, stop)
+            if commits and stop.requested:
                 live.wait()  # the previous chunk's checkpoint comes first
-                save_on_stop(live, store, trainer, reached, checkpoint_meta(plan, reached), stop, log)
-            elif lead:
+                save_on_stop(live, store, saver(store, trainer, reached, checkpoint_meta(plan, reached)),
+                             reached, stop, log, agree=lambda fits: agreed(fits, trainer))
+            elif commits:
                 commit(live, store, trainer, chunk.end, checkpoint_meta(plan, chunk.end), log)
         if stop.requested:  # reached only when the previous SIGTERM handler ignores the signal
             raise TrainingStopped(f"training stopped at step {reached} on SIGTERM")
         if lead:
             monitor.chunk_finished()  # timing, loss plot, UI callbacks (loss.csv was written in train_steps)
-            for hook in hooks.after_chunk:
-                hook(trainer, chunk, log)
+            run_after_chunk(hooks, trainer, chunk, log)
         live.keep(key, chunk.end, trainer)
         return ChunkOutcome(end=chunk.end, started_at=start, trained_steps=chunk.end - start,
                             mean_loss=mean_loss)
+
+
+def run_after_chunk(hooks: ChunkHooks, trainer: Trainer, chunk: Chunk, log: logging.Logger) -> None:
+    if trainer.sharded and (hooks.after_chunk or hooks.after_step):
+        log.info("Samples, snapshots and evaluations are not made while a --shard run trains: each needs "
+                 "the whole model on one GPU. The final export is written as usual.")
+        return
+    for hook in hooks.after_chunk:
+        hook(trainer, chunk, log)
 
 
 @contextlib.contextmanager
@@ -124,7 +135,11 @@ def trainer_key(plan: TrainingPlan) -> tuple:
 def commit(live: LiveTraining, store: CheckpointStore, trainer: Trainer, step: int, meta: dict,
            log: logging.Logger) -> None:
     """In the background from a host copy when host memory has room for one; else now, from the
-    live tensors one at a time (training waits for the write)."""
+    live tensors one at a time (training waits for the write). --shard: now, by every process."""
+    if trainer.sharded:
+        live.wait()
+        live.timed(saver(store, trainer, step, meta))
+        return
     size, available = trainer.state_bytes(), available_host_bytes()
     if copy_fits(size, available):
         live.commit_in_background(store, step, trainer.state_writers(), meta)
@@ -133,6 +148,24 @@ def commit(live: LiveTraining, store: CheckpointStore, trainer: Trainer, step: i
              "without a copy; training waits for the write", available / 2**30, size / 2**30, step)
     live.wait()
     live.save(store, step, trainer.state_writers(copy=False), meta)
+
+
+def saver(store: CheckpointStore, trainer: Trainer, step: int, meta: dict) -> Callable[[], None]:
+    """What commits the trainer's state at `step` now, from the live tensors (training waits)."""
+    if trainer.sharded:
+        return lambda: sharded_checkpoint.save(store, step, trainer.sharded_state(), meta)
+    return lambda: store.save(step, trainer.state_writers(copy=False), meta)
+
+
+def agreed(value: bool, trainer: Trainer) -> bool:
+    """Rank 0's `value` on every process of a --shard run (they save together); else `value`."""
+    if not trainer.sharded:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def copy_fits(state_bytes: int, available_bytes: int) -> bool:
@@ -176,11 +209,25 @@ def restore(plan: TrainingPlan, session: Session, store: CheckpointStore, chunk:
     checkpoint = resume_point(store, plan, chunk.end)
     log.info("Loading the base model from %s", plan.model_path)
     trainer = build_trainer(plan, session, rank, world)
+    while checkpoint is not None and not load_checkpoint(trainer, store, checkpoint):
+        checkpoint = resume_point(store, plan, chunk.end)  # that one was corrupt, and is uncommitted
     if checkpoint is None:
         return trainer, 0
-    trainer.load_state(checkpoint)
     log.info("Resuming from committed checkpoint at step %d", checkpoint.step)
     return trainer, checkpoint.step
+
+
+def load_checkpoint(trainer: Trainer, store: CheckpointStore, checkpoint: Checkpoint) -> bool:
+    """Whether the trainer now holds the checkpoint's state (--shard: False when a file of its
+    sharded state does not verify)."""
+    if not trainer.sharded:
+        trainer.load_state(checkpoint)
+        return True
+    state = trainer.sharded_state()
+    if not sharded_checkpoint.load(store, checkpoint, state):
+        return False
+    trainer.load_sharded_state(state)
+    return True
 
 
 def checkpoint_meta(plan: TrainingPlan, step: int) -> dict:
@@ -218,7 +265,7 @@ def train_steps(trainer: Trainer, start: int, end: int, monitor: TrainingMonitor
 
 def check_finite(trainer: Trainer, losses: list[torch.Tensor], start: int, reached: int,
                  with_weights: bool = True) -> None:
-    weights = list(trainer.trainables.named().values()) if with_weights else []
+    weights = [local(w) for w in trainer.trainables.named().values()] if with_weights else []
     advice = divergence_advice(trainer.settings.base_learning_rate, trainer.precision)
     check_training_finite(losses, weights, start, reached, advice, trainer.world)
 
@@ -233,6 +280,17 @@ def first_bad_step(losses: list[torch.Tensor], start: int, world: int = 1) -> in
         dist.all_reduce(bad, op=dist.ReduceOp.MAX)
     found = bad.nonzero()
     return start + int(found[0]) + 1 if len(found) else None
+
+
+def all_finite(finite: bool, world: int) -> bool:
+    """Whether every process's weights are finite (--shard: each checked only its shards)."""
+    if world == 1:
+        return finite
+    import torch.distributed as dist
+
+    flag = torch.tensor([float(finite)])  # on the CPU: through gloo, which every process group has
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 def weights_finite(tensors: list[torch.Tensor], dtype: torch.dtype | None = None) -> bool:
@@ -257,7 +315,7 @@ def check_training_finite(losses: list[torch.Tensor], weights: list[torch.Tensor
     sync, as the loss log's own reads are) and reduces each trained tensor to one flag on the
     device."""
     step = first_bad_step(losses, start, world)
-    if step is None and weights_finite(weights):
+    if step is None and all_finite(weights_finite(weights), world):
         return
     what = (f"the loss became {_value(losses[step - start - 1])} at step {step}" if step is not None
             else f"the weights became NaN or infinite by step {reached}")

@@ -75,8 +75,12 @@ class LiveTraining:
 
     def save(self, store: CheckpointStore, step: int, writers: dict[str, Writer], meta: dict) -> None:
         """Commit now, timed: stopping on SIGTERM needs the estimate."""
+        self.timed(lambda: store.save(step, writers, meta))
+
+    def timed(self, save: Callable[[], None]) -> None:
+        """Run a commit, keeping how long it took."""
         began = time.monotonic()
-        store.save(step, writers, meta)
+        save()
         self.last_save_seconds = time.monotonic() - began
 
     def commit_in_background(self, store: CheckpointStore, step: int, writers: dict[str, Writer],

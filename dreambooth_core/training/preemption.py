@@ -91,17 +91,18 @@ class TrainingStopped(RuntimeError):
     """SIGTERM stopped training, and the previous handler let the process go on."""
 
 
-def save_on_stop(live, store, trainer, step: int, meta: dict, stop: StopRequest, log) -> bool:
-    """Commit a checkpoint at `step` if the last measured save (`live.last_save_seconds`) fits
-    in what is left of the grace period (unmeasured: try; a save cut short is never visible).
-    Returns whether it did."""
+def save_on_stop(live, store, save: Callable[[], None], step: int, stop: StopRequest, log,
+                 agree: Callable[[bool], bool] = lambda fits: fits) -> bool:
+    """Commit a checkpoint at `step` by `save()` if the last measured save (`live.last_save_seconds`)
+    fits in what is left of the grace period (unmeasured: try; a save cut short is never visible).
+    `agree`: how the processes that save together agree on it. Returns whether it did."""
     estimate = live.last_save_seconds or 0.0
-    if not stop.save_fits(estimate):
+    if not agree(stop.save_fits(estimate)):
         log.warning("SIGTERM: stopping at step %d without a checkpoint (saving takes ~%.0f s, "
                     "%.0f s of the grace period left); the next run resumes from step %d",
                     step, estimate, max(stop.remaining(), 0), store.latest_step())
         return False
     log.warning("SIGTERM: stopping at step %d; committing a checkpoint first (%.0f s of the "
                 "grace period left)", step, stop.remaining())
-    live.save(store, step, trainer.state_writers(copy=False), meta)  # training has stopped: no copy needed
+    live.timed(save)
     return True

@@ -19,6 +19,7 @@ from dreambooth_core.session.tensor_files import write_safetensors
 from dreambooth_core.training.memory.activation_checkpointing import checkpoint_activations
 from dreambooth_core.training.data.batches import Draw, draw_micro_batch
 from dreambooth_core.training.distributed.data_parallel import gradients_kept_local, share_gradients
+from dreambooth_core.training.distributed.sharding import clip_gradients, local, shard_denoiser
 from dreambooth_core.training.devices import resolve_precision
 from dreambooth_core.training.memory.frozen_weights import HALF, frozen_dtype, hold_frozen
 from dreambooth_core.training.methods import Trainables, set_up_method, text_encoders_stay_on_device
@@ -60,6 +61,7 @@ class Trainer:
         where the frozen text conditioning is kept between runs (None: in memory only)."""
         self.parts, self.examples, self.settings, self.runtime = parts, examples, settings, runtime
         self.total_steps, self.rank, self.world = total_steps, rank, world
+        self.sharded = settings.shard and world > 1  # the denoiser spread over the processes (FSDP2)
         self.class_examples = list(class_examples)
         self.device = device or next(parts.denoiser.parameters()).device
         self.precision = resolve_precision(settings.mixed_precision, self.device)
@@ -85,6 +87,8 @@ class Trainer:
         parts.to(self.device, text_encoders=self.encoders_on_device)
         if runtime.gradient_checkpointing:
             checkpoint_activations(parts, settings.trains_text_encoder)
+        if self.sharded:
+            shard_denoiser(parts.denoiser, self.trainables, self.device)
         self.optimizer = make_optimizer(self.trainables, settings, self.device)
         if self.offload is not None:
             self.offload.attach(self.optimizer)
@@ -107,7 +111,9 @@ class Trainer:
     def _share_gradients(self) -> None:
         """Textual inversion trains no UNet weight (its embeddings sit in the text encoder); the
         text encoder's wrapper serves only its training phase, after which it is called plain."""
-        if self.trainables.denoiser:
+        if self.sharded:  # FSDP2 averages the denoiser's gradients itself
+            self.shared.append(self.parts.denoiser)
+        elif self.trainables.denoiser:
             self.denoiser = share_gradients(self.parts.denoiser, self.device)
             self.shared.append(self.denoiser)
         trained = [(self.trainables.text_encoder, self.trainables.embeddings),
@@ -144,7 +150,10 @@ class Trainer:
     def _optimizer_step(self) -> None:
         self.scaler.unscale_(self.optimizer)
         trained = [p for p in self.trainables.named().values() if p.grad is not None]
-        torch.nn.utils.clip_grad_norm_(trained, self.settings.max_grad_norm)
+        if self.sharded:
+            clip_gradients(trained, self.settings.max_grad_norm)
+        else:
+            torch.nn.utils.clip_grad_norm_(trained, self.settings.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -296,7 +305,31 @@ class Trainer:
         optimizer = [v for state in self.optimizer.state.values() for v in state.values()
                      if torch.is_tensor(v)]
         tensors = [*self.trainables.named().values(), *optimizer, *(self.ema or {}).values()]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return sum(local(t).numel() * t.element_size() for t in tensors)
+
+    def sharded_state(self) -> dict:
+        """--shard: the state as torch.distributed.checkpoint saves and loads it (sharded_checkpoint.py):
+        the weights, EMA's and AdamW's moments as this process's shards, under the weights' names."""
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        return {"weights": self.trainables.named(), "ema": self.ema or {},
+                "optimizer": get_optimizer_state_dict(self._trained_modules(), self.optimizer)}
+
+    @torch.no_grad()
+    def load_sharded_state(self, state: dict) -> None:
+        """The optimizer's part of a loaded sharded_state() (the weights and EMA were loaded in place)."""
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+        set_optimizer_state_dict(self._trained_modules(), self.optimizer, state["optimizer"])
+
+    def _trained_modules(self) -> torch.nn.Module:
+        """The modules whose weights train, under the names the weights have in trainables.named()."""
+        trained = {self.trainables.denoiser_name: self.parts.denoiser}
+        for name, encoder, weights in zip(("text_encoder", "text_encoder_2"), self.parts.text_encoders,
+                                          (self.trainables.text_encoder, self.trainables.text_encoder_2)):
+            if weights:
+                trained[name] = encoder
+        return torch.nn.ModuleDict(trained)
 
     @torch.no_grad()
     def load_state(self, checkpoint: Checkpoint) -> None:

@@ -34,11 +34,18 @@ def share_gradients(module: torch.nn.Module, device: torch.device) -> Distribute
 
 
 @contextlib.contextmanager
-def gradients_kept_local(wrappers: list[DistributedDataParallel], local: bool) -> Iterator[None]:
+def gradients_kept_local(wrappers: list[torch.nn.Module], local: bool) -> Iterator[None]:
     """While `local`, backward adds to this process's gradients without communicating
-    (the micro-batches of gradient accumulation before the last)."""
+    (the micro-batches of gradient accumulation before the last). `wrappers`: DDP wrappers, and
+    a --shard run's sharded denoiser (FSDP2 then keeps whole gradients until the last)."""
+    from torch.distributed.fsdp import FSDPModule
+
     with contextlib.ExitStack() as stack:
         if local:
             for wrapper in wrappers:
-                stack.enter_context(wrapper.no_sync())
+                if isinstance(wrapper, FSDPModule):
+                    wrapper.set_requires_gradient_sync(False)
+                    stack.callback(wrapper.set_requires_gradient_sync, True)
+                else:
+                    stack.enter_context(wrapper.no_sync())
         yield

@@ -1,0 +1,133 @@
+"""Checkpoints of a --shard run: every process writes its shards, rank 0 commits.
+
+The state (trained weights, AdamW's moments, EMA) goes through torch.distributed.checkpoint
+(DCP) into the checkpoint folder's `state/`: one file per process with its shards, and
+DCP's `.metadata`, which says where each piece of each tensor is. That is what lets a
+checkpoint written by N processes load on M: each process reads the pieces its own shards
+need. The commit protocol is the store's own (session/checkpoints.py): the files first, then
+MANIFEST.json, written by rank 0 with every file's size and sha256 (each process hashes
+its own file). On loading, the processes share the hashing of the files between them.
+
+Every process must reach the same storage: a local folder on one machine, or a bucket (gs://)
+or shared file system for several.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from dreambooth_core.errors import StorageError, TrainingError
+from dreambooth_core.session.checkpoints import Checkpoint, CheckpointStore, FileRecord
+from dreambooth_core.session.folder import Session
+from dreambooth_core.session.paths import SHARDED_STATE, checkpoint_folder
+
+STAGING_TAG = "sharded"  # every process must name the same staging folder
+
+
+def is_sharded_checkpoint(files: dict) -> bool:
+    return any(name.startswith(f"{SHARDED_STATE}/") for name in files)
+
+
+def save(store: CheckpointStore, step: int, state: dict, meta: dict) -> None:
+    """Commit `state` (a trainer's sharded_state()) at `step`; every process calls it."""
+    import torch.distributed.checkpoint as dcp
+
+    rank, session = dist.get_rank(), store.session
+    staging = store.staging_folder(step, STAGING_TAG)
+    if rank == 0:  # what an interrupted save left
+        session.remove(checkpoint_folder(step))
+        session.remove(staging)
+    dist.barrier()
+    problem, files = None, {}
+    try:
+        dcp.save(state, storage_writer=_writer(session, f"{staging}/{SHARDED_STATE}"))
+        files = {f"{SHARDED_STATE}/{name}": store.record(f"{staging}/{SHARDED_STATE}/{name}")
+                 for name in _own_files(session, f"{staging}/{SHARDED_STATE}", rank)}
+    except OSError as exc:
+        problem = f"rank {rank} could not write its shard: {exc}"
+    written = [None] * dist.get_world_size()
+    dist.all_gather_object(written, (problem, files))
+    problems = [p for p, _ in written if p]
+    if rank == 0 and not problems:
+        try:
+            store.commit_written(step, staging, {n: r for _, f in written for n, r in f.items()}, meta)
+        except StorageError as exc:
+            problems.append(str(exc))
+    problems = _shared(problems)
+    if problems:
+        raise StorageError(f"the checkpoint at step {step} was not committed: {problems[0]}")
+
+
+def load(store: CheckpointStore, checkpoint: Checkpoint, state: dict) -> bool:
+    """Load the sharded state of `checkpoint` into `state` (a trainer's sharded_state(), changed in
+    place) once the processes verified its files; False, on every process, when a file does not
+    match the manifest (the checkpoint is then uncommitted)."""
+    import torch.distributed.checkpoint as dcp
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    manifest = store.manifest(checkpoint.step)
+    names = sorted(n for n in manifest.files if n.startswith(f"{SHARDED_STATE}/"))
+    # On the CPU: workers.py gives every process group gloo for CPU tensors, beside NCCL.
+    flag = torch.tensor([1.0 if store.verify(checkpoint.step, names[rank::world]) else 0.0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    if not flag.item():
+        return False
+    dcp.load(state, storage_reader=_reader(store.session, f"{checkpoint_folder(checkpoint.step)}/{SHARDED_STATE}"))
+    return True
+
+
+def read_whole(session: Session, step: int, prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors under `prefix` ("weights", "ema") of the sharded state at `step`, whole, in this
+    process alone (no process group): what exports and renders read."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    reader = _reader(session, f"{checkpoint_folder(step)}/{SHARDED_STATE}")
+    stored = reader.read_metadata().state_dict_metadata
+    mark = f"{prefix}."
+    whole = {key: torch.empty(meta.size, dtype=meta.properties.dtype) for key, meta in stored.items()
+             if key.startswith(mark) and isinstance(meta, TensorStorageMetadata)}
+    if not whole:
+        raise TrainingError(f"the sharded checkpoint at step {step} holds no {prefix!r}")
+    dcp.load(whole, storage_reader=reader, no_dist=True)
+    return {key[len(mark):]: value for key, value in whole.items()}
+
+
+def _own_files(session: Session, folder: str, rank: int) -> list[str]:
+    """The files DCP wrote for `rank` (`__<rank>_<n>.distcp`), and rank 0's .metadata."""
+    names = [name.rsplit("/", 1)[-1] for name in session.fs.ls(session.path(folder), detail=False)]
+    return sorted(n for n in names if n.startswith(f"__{rank}_") or (rank == 0 and n == ".metadata"))
+
+
+def _writer(session: Session, folder: str):
+    import torch.distributed.checkpoint as dcp
+
+    if session.is_local:
+        return dcp.FileSystemWriter(session.path(folder))
+    # DCP's fsspec writer, given the session's own file system (and so its credentials).
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
+
+    writer = FsspecWriter(session.fs.unstrip_protocol(session.path(folder)))
+    writer.fs.fs = session.fs
+    return writer
+
+
+def _reader(session: Session, folder: str):
+    import torch.distributed.checkpoint as dcp
+
+    if session.is_local:
+        return dcp.FileSystemReader(session.path(folder))
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
+
+    reader = FsspecReader(session.fs.unstrip_protocol(session.path(folder)))
+    reader.fs.fs = session.fs
+    return reader
+
+
+def _shared(value):
+    """Rank 0's `value`, on every process."""
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
