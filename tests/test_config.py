@@ -50,7 +50,8 @@ def test_the_fingerprint_is_the_training_sections_whole_except_steps():
                            | set(config.training.model_dump())) - {"steps", "vae", "step_in_backward",
                                                                          "base_precision", "buckets",
                                                                          "masked_loss", "mask_floor",
-                                                                         "caption_mode", "captioner"}
+                                                                         "caption_mode", "captioner",
+                                                                         "shard"}
     assert values["seed"] == 2 and values["model"] == "tiny" and values["token"] == "shrk"
     # --vae counts once given; unset it is left out, as sessions from before it recorded it.
     with_vae = DreamBoothConfig(**{**config.flat(), "vae": "owner/vae"})
@@ -70,3 +71,20 @@ def test_the_fingerprint_is_the_training_sections_whole_except_steps():
     faster = DreamBoothConfig(**{**config.flat(), "chunk_steps": 2, "gradient_checkpointing": True,
                                  "sample_every": 0, "export_precision": "fp32", "device": "cpu", "steps": 16})
     assert faster.training_values() == values
+
+
+def test_a_sharded_session_is_the_same_training_on_any_number_of_processes_with_the_same_whole_batch():
+    def values(**settings): return DreamBoothConfig(session="s", shard=True, **settings).training_values()
+    two = values(gpus=2, batch_size=2)
+    assert two == values(gpus=4, batch_size=1) and two["whole_batch"] == 4
+    assert differing_fields(two, values(gpus=4, batch_size=2)) == ["whole_batch"]
+    assert "gpus" not in two and "batch_size" not in two
+
+
+@pytest.mark.parametrize("settings, needs", [
+    ({}, "--gpus 2 or more"), ({"gpus": 2, "method": "lora"}, "--method dreambooth"),
+    ({"gpus": 2, "mixed_precision": "fp16"}, "--mixed-precision bf16 or no"),
+    ({"gpus": 2, "optimizer": "adamw-8bit"}, "--optimizer adamw")])
+def test_shard_is_refused_with_what_it_needs(settings, needs):
+    with pytest.raises(ValidationError, match=f"--shard needs {needs}"):
+        TrainingSettings(shard=True, **settings)

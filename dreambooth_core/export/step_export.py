@@ -34,6 +34,7 @@ from dreambooth_core.session.paths import export_folder, snapshot_folder, step_n
 from dreambooth_core.session.scratch import scratch_folder
 from dreambooth_core.session.state import existing_state, load_state
 from dreambooth_core.training.chunk import weights_finite
+from dreambooth_core.training.distributed import sharded_checkpoint
 from dreambooth_core.training.methods import Trainables, adapted_encoders, set_up_method
 from dreambooth_core.training.plan import TrainingPlan
 from dreambooth_core.training.trainer import (
@@ -197,7 +198,14 @@ def _checkpoint_parts(session: Session, trained: TrainedSession, step: int,
 def committed_weights(session: Session, step: int, use_ema: bool = True) -> Weights | None:
     """The trained weights of the committed checkpoint at `step` (not its optimizer), or None when
     it is gone or does not verify."""
-    checkpoint = CheckpointStore(session).load(step, only=(WEIGHTS_FILE, EMA_FILE))
+    store = CheckpointStore(session)
+    manifest = store.manifest(step)
+    if manifest is not None and sharded_checkpoint.is_sharded_checkpoint(manifest.files):
+        if not store.verify(step, manifest.files):  # a --shard run's: read whole in this process
+            return None
+        averaged = sharded_checkpoint.read_whole(session, step, "ema") if use_ema else {}
+        return sharded_checkpoint.read_whole(session, step, "weights"), averaged or None
+    checkpoint = store.load(step, only=(WEIGHTS_FILE, EMA_FILE))
     return checkpoint_weights(checkpoint, use_ema) if checkpoint is not None else None
 
 

@@ -14,10 +14,12 @@ or shared file system for several.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 
-from dreambooth_core.errors import StorageError, TrainingError
+from dreambooth_core.errors import StorageError
 from dreambooth_core.session.checkpoints import Checkpoint, CheckpointStore, FileRecord
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import SHARDED_STATE, checkpoint_folder
@@ -79,7 +81,7 @@ def load(store: CheckpointStore, checkpoint: Checkpoint, state: dict) -> bool:
 
 def read_whole(session: Session, step: int, prefix: str) -> dict[str, torch.Tensor]:
     """The tensors under `prefix` ("weights", "ema") of the sharded state at `step`, whole, in this
-    process alone (no process group): what exports and renders read."""
+    process alone (no process group): what exports read. {} when it holds none (no EMA)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
@@ -89,8 +91,10 @@ def read_whole(session: Session, step: int, prefix: str) -> dict[str, torch.Tens
     whole = {key: torch.empty(meta.size, dtype=meta.properties.dtype) for key, meta in stored.items()
              if key.startswith(mark) and isinstance(meta, TensorStorageMetadata)}
     if not whole:
-        raise TrainingError(f"the sharded checkpoint at step {step} holds no {prefix!r}")
-    dcp.load(whole, storage_reader=reader, no_dist=True)
+        return {}
+    with warnings.catch_warnings():  # that no process group is in use: meant so
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(whole, storage_reader=reader, no_dist=True)
     return {key[len(mark):]: value for key, value in whole.items()}
 
 
