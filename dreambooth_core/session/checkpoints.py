@@ -104,7 +104,8 @@ class CheckpointStore:
     def staging_folder(self, step: int, tag: str) -> str:
         """Where the files of the checkpoint at `step` are written before the commit (on object
         stores, where nothing is visible before its manifest: the checkpoint's own folder)."""
-        return f"{CHECKPOINTS}/.tmp-step-{step:06d}-{tag}" if self.session.is_local else checkpoint_folder(step)
+        local = f"{CHECKPOINTS}/.tmp-step-{step:06d}-{tag}"
+        return local if self.session.is_local else checkpoint_folder(step)
 
     def commit_written(self, step: int, staging: str, files: dict[str, FileRecord], meta: dict) -> None:
         """Commit files that others wrote into `staging` (every process of a sharded checkpoint

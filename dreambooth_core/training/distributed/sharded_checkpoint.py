@@ -75,7 +75,8 @@ def load(store: CheckpointStore, checkpoint: Checkpoint, state: dict) -> bool:
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     if not flag.item():
         return False
-    dcp.load(state, storage_reader=_reader(store.session, f"{checkpoint_folder(checkpoint.step)}/{SHARDED_STATE}"))
+    folder = f"{checkpoint_folder(checkpoint.step)}/{SHARDED_STATE}"
+    dcp.load(state, storage_reader=_reader(store.session, folder))
     return True
 
 

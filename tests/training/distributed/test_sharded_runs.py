@@ -2,13 +2,17 @@
 final export is the whole model, and a run killed after a commit resumes exactly, or on four
 processes with the same whole batch."""
 
+import os
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_data_parallel import committed, error_paragraph, train
+from test_data_parallel import command, committed, environment, error_paragraph, train
 
 from dreambooth_core.session.folder import Session
 from dreambooth_core.training.distributed.sharded_checkpoint import read_whole
@@ -64,3 +68,43 @@ def test_a_killed_sharded_run_resumes_exactly_and_on_four_processes(prefect_api_
     assert elsewhere.returncode == 0, elsewhere.stderr[-3000:]
     assert "rank 3 | Resuming from committed checkpoint at step 4" in elsewhere.stderr
     assert not differing(trained(sharded), trained(four), 1e-5)
+
+
+def test_a_sigterm_to_one_process_commits_every_processs_shards_at_the_same_step(prefect_api_url, sharded,
+                                                                                tmp_path):
+    marker = tmp_path / "in-step"
+    process = subprocess.Popen(command(tmp_path, "--shard", "--ema-decay", "0.9"), cwd=tmp_path, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=environment(prefect_api_url, DREAMBOOTH_PAUSE_RANK=f"1:5:{marker}"))
+    deadline = time.monotonic() + 300
+    while not (marker.exists() and marker.read_text()) and process.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), process.communicate()[1][-3000:]
+    os.kill(int(marker.read_text()), signal.SIGTERM)
+    marker.unlink()
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 2, stderr[-3000:]
+    assert "step 6 is committed. Run the same command again to resume from it." in error_paragraph(stderr)
+    assert committed(tmp_path) == ["step-000004", "step-000006"]
+    state = tmp_path / "sessions" / "s" / "checkpoints" / "step-000006" / "state"
+    assert sorted(p.name for p in state.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+
+    resumed = train(prefect_api_url, tmp_path, "--shard", "--ema-decay", "0.9")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "rank 0 | Resuming from committed checkpoint at step 6" in resumed.stderr
+    assert not differing(trained(sharded), trained(tmp_path))
+
+
+def test_a_damaged_shard_is_never_exported(sharded, tmp_path):
+    from dreambooth_core.export.step_export import committed_weights
+
+    shutil.copytree(sharded / "sessions", tmp_path / "sessions")
+    shard = tmp_path / "sessions" / "s" / "checkpoints" / "step-000004" / "state" / "__1_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    session = Session(str(tmp_path / "sessions"), "s")
+    assert committed_weights(session, 8) is not None
+    assert committed_weights(session, 4) is None
+    assert committed(tmp_path) == ["step-000008"]  # uncommitted: a resume falls back past it
