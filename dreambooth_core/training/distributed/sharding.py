@@ -16,6 +16,8 @@ processes.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from dreambooth_core.training.methods import Trainables
@@ -24,12 +26,9 @@ from dreambooth_core.training.methods import Trainables
 def shard_denoiser(denoiser: torch.nn.Module, trainables: Trainables, device: torch.device) -> None:
     """Shard `denoiser` in place over the default process group and point `trainables` at its
     sharded weights (fully_shard replaces each parameter by a DTensor parameter)."""
-    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    import torch.distributed as dist
-
-    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    mesh = device_mesh(device.type)
     for blocks in denoiser.children():
         if isinstance(blocks, torch.nn.ModuleList):
             for block in blocks:
@@ -37,6 +36,15 @@ def shard_denoiser(denoiser: torch.nn.Module, trainables: Trainables, device: to
                     fully_shard(block, mesh=mesh)
     fully_shard(denoiser, mesh=mesh)
     trainables.denoiser = {n: p for n, p in denoiser.named_parameters() if p.requires_grad}
+
+
+@functools.cache
+def device_mesh(device_type: str):
+    """All processes of the default group, in one dimension: built once per process."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device_type, (dist.get_world_size(),))
 
 
 def local(tensor: torch.Tensor) -> torch.Tensor:
