@@ -52,8 +52,11 @@ def save(store: CheckpointStore, step: int, state: dict, meta: dict) -> None:
     dist.all_gather_object(written, (problem, files))
     problems = [p for p, _ in written if p]
     if rank == 0 and not problems:
+        files = {n: r for _, f in written for n, r in f.items()}
+        problems = missing_shards(session, staging, files)
         try:
-            store.commit_written(step, staging, {n: r for _, f in written for n, r in f.items()}, meta)
+            if not problems:
+                store.commit_written(step, staging, files, meta)
         except StorageError as exc:
             problems.append(str(exc))
     problems = _shared(problems)
@@ -97,6 +100,17 @@ def read_whole(session: Session, step: int, prefix: str) -> dict[str, torch.Tens
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.load(whole, storage_reader=reader, no_dist=True)
     return {key[len(mark):]: value for key, value in whole.items()}
+
+
+def missing_shards(session: Session, staging: str, files: dict[str, FileRecord]) -> list[str]:
+    """Why rank 0 cannot commit what the processes wrote: a file it does not see as written (another
+    machine wrote it to a folder of its own, not to a storage they share)."""
+    for name, record in sorted(files.items()):
+        if not session.exists(f"{staging}/{name}") or session.size(f"{staging}/{name}") != record.size:
+            return [f"{name}, written by another process, is not in {session.url} as rank 0 sees it: with "
+                    "--shard every process writes its shards to the session storage, so machines must share "
+                    "it (gs://, or a folder every machine mounts)"]
+    return []
 
 
 def _own_files(session: Session, folder: str, rank: int) -> list[str]:

@@ -108,3 +108,16 @@ def test_a_damaged_shard_is_never_exported(sharded, tmp_path):
     assert committed_weights(session, 8) is not None
     assert committed_weights(session, 4) is None
     assert committed(tmp_path) == ["step-000008"]  # uncommitted: a resume falls back past it
+
+
+def test_shards_written_to_another_machines_own_folder_are_named_not_committed(tmp_path):
+    from dreambooth_core.session.checkpoints import FileRecord
+    from dreambooth_core.training.distributed.sharded_checkpoint import missing_shards
+
+    session = Session(str(tmp_path), "s")
+    session.write_bytes("checkpoints/.tmp/state/__0_0.distcp", b"0123")
+    files = {"state/__0_0.distcp": FileRecord(size=4, sha256="-"), "state/__1_0.distcp": FileRecord(size=4, sha256="-")}
+    problem, = missing_shards(session, "checkpoints/.tmp", files)
+    assert problem.startswith("state/__1_0.distcp, written by another process, is not in ")
+    assert "machines must share it" in problem
+    assert missing_shards(session, "checkpoints/.tmp", {"state/__0_0.distcp": files["state/__0_0.distcp"]}) == []
