@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE_PHOTOS, FAST, captioned_session
+from captioned_sessions import EXAMPLE_PHOTOS, FAST, captioned_session
 from PIL import Image
 
 from dreambooth_core.errors import ConfigError, DatasetError
