@@ -85,6 +85,18 @@ def text_side_trains(settings: TrainingSettings, family: Family) -> bool:
         settings.trains_text_encoder and family.trainable_text_encoders > 0)
 
 
+def frozen_text_encoder_note(settings: TrainingSettings, family: Family) -> str | None:
+    """What a user who asked for a text-encoder phase should know when the family trains fewer of
+    its text encoders than it has (None when nothing is held back)."""
+    if not settings.trains_text_encoder or family.trainable_text_encoders >= 2:
+        return None
+    if family.trainable_text_encoders == 0:
+        return (f"{family.title} trains no text encoder: its text encoder stays frozen, and "
+                f"--text-encoder-steps {settings.text_encoder_steps} has no effect")
+    return (f"{family.title} trains only its first text encoder for {settings.text_encoder_phase} steps; "
+            "the second stays frozen")
+
+
 def text_encoders_stay_on_device(settings: TrainingSettings, family: Family,
                                  runtime: RuntimeSettings | None = None) -> bool:
     """Whether the text encoders are on the training device during the denoiser's steps (at the
