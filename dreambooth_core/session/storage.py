@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from typing import Any, Callable, Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -31,7 +32,10 @@ class BlockStorage(Protocol):
 
 BlockLoader = Callable[[str], BlockStorage]
 _block_loader: BlockLoader | None = None
-_opened: dict[tuple, Session] = {}  # (process id, storage or block, session name) -> the session
+# (process id, storage or block, session name) -> the session, the most recently used last. A long-lived
+# process (a worker, a server's task runner) keeps only the last OPENED_KEPT it used.
+_opened: OrderedDict[tuple, Session] = OrderedDict()
+OPENED_KEPT = 64
 _opening = threading.Lock()
 
 
@@ -72,8 +76,19 @@ def open_named_session(storage: str, storage_block: str | None, name: str) -> Se
     with _opening:  # tasks run in threads: the first of them opens it
         if key not in _opened:
             url, options = storage_location(storage, storage_block)
+            _forget_unused(os.getpid())
             _opened[key] = Session(url, name, options)
+        _opened.move_to_end(key)
         return _opened[key]
+
+
+def _forget_unused(pid: int) -> None:
+    """Drop what a parent process opened (a fork inherits it, unused) and the least recently used
+    beyond OPENED_KEPT."""
+    for key in [k for k in _opened if k[0] != pid]:
+        del _opened[key]
+    while len(_opened) >= OPENED_KEPT:
+        _opened.popitem(last=False)
 
 
 class SessionRef(BaseModel):

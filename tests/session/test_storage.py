@@ -22,6 +22,18 @@ def test_a_session_is_opened_once_per_process(tmp_path, monkeypatch):
     assert len(listed) == 2  # s and t, each once
 
 
+def test_a_long_lived_process_keeps_only_the_sessions_it_used_last(tmp_path):
+    from dreambooth_core.session.storage import OPENED_KEPT
+
+    first = open_named_session(str(tmp_path), None, "s0")
+    opened = [open_named_session(str(tmp_path), None, f"s{n}") for n in range(1, OPENED_KEPT // 2)]
+    assert open_named_session(str(tmp_path), None, "s0") is first  # used again: now the most recent
+    opened += [open_named_session(str(tmp_path), None, f"s{n}") for n in range(OPENED_KEPT // 2, OPENED_KEPT + 1)]
+    assert open_named_session(str(tmp_path), None, "s0") is first
+    assert open_named_session(str(tmp_path), None, "s1") is not opened[0]  # dropped, opened again
+    assert open_named_session(str(tmp_path), None, f"s{OPENED_KEPT}") is opened[-1]
+
+
 def test_a_check_that_passed_is_not_made_again_until_forgotten(tmp_path):
     storage = tmp_path / "storage"
     session = open_named_session(str(storage), None, "s")
