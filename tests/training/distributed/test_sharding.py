@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from dreambooth_core.config import TrainingSettings
+from dreambooth_core.config import RuntimeSettings, TrainingSettings
 from dreambooth_core.families import load_model_parts
 from dreambooth_core.session.checkpoints import CheckpointStore
 from dreambooth_core.session.folder import Session
@@ -20,14 +20,17 @@ pytestmark = pytest.mark.slow  # spawned processes
 
 STEPS, KILLED_AT = 6, 3
 WHOLE_BATCH = 6
-SETTINGS = dict(seed=3, learning_rate=1e-4, text_encoder_steps=0, ema_decay=0.9, flip=True)
+# Accumulation: FSDP2 keeps whole gradients until the last micro-batch; checkpointing: recomputed blocks.
+SETTINGS = dict(seed=3, learning_rate=1e-4, text_encoder_steps=0, ema_decay=0.9, flip=True,
+                gradient_accumulation=2)
+RUNTIME = RuntimeSettings(gradient_checkpointing=True)
 
 
 def trainer(model_path: str, rank: int, world: int, **extra) -> Trainer:
     settings = TrainingSettings(**SETTINGS, batch_size=WHOLE_BATCH // world, gpus=world,
                                 shard=world > 1, **extra)
     return Trainer(load_model_parts(model_path, torch.device("cpu")), examples(), settings, total_steps=STEPS,
-                   rank=rank, world=world)
+                   runtime=RUNTIME, rank=rank, world=world)
 
 
 def examples() -> list[Example]:
