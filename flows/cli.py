@@ -318,7 +318,7 @@ def plan(flags: dict[str, Any]) -> int:
         rows = plans_on_common_gpus(model_path, training, config.runtime, resolution, prior, left_out is None)
     print("\n".join(plan_table(rows, training.gpus if training.shard else 0)))
     print("\n".join(cost_lines(rows, training.gpus, training.steps, speed)))
-    if left_out:
+    if left_out and not training.shard:  # --shard takes neither (config.shard_needs, plan.can_quantise_base)
         print(left_out)
     if state and state.memory_plan and state.memory_plan.budget_bytes:
         print(f"This session trains with {state.memory_plan.describe()} (chosen when it started).")

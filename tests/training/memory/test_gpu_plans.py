@@ -156,6 +156,7 @@ def test_plan_with_shard_prints_the_peak_of_each_of_the_gpus(tmp_path, capsys):
     assert "| GPU peak, each of 2 (usable) | host needs per machine (with copy) |" in output
     assert "--shard: the GPU peak is per GPU, what each of the 2 GPUs holds" in output
     assert "Cost of 2 GPUs" in output
+    assert "left out: bitsandbytes" not in output  # --shard takes neither 8-bit AdamW nor a quantised base
     settings = TrainingSettings(steps=10, method="dreambooth", text_encoder_steps=0, gpus=2, shard=True,
                                 mixed_precision="bf16")
     each = estimate_training_memory(fetch_model("tiny", tmp_path / "cache").path, settings, 64)
