@@ -292,8 +292,8 @@ def _train_reporting_lost_end(flow, config: DreamBoothConfig):
 def plan(flags: dict[str, Any]) -> int:
     from dreambooth_core.families import family_of_folder
     from dreambooth_core.session.state import load_state
-    from dreambooth_core.training.memory.gpu_plans import (cost_lines, plan_table,
-                                                           plans_on_common_gpus)
+    from dreambooth_core.training.memory.gpu_plans import (cost_lines, plan_table, plans_on_common_gpus,
+                                                           processes_per_machine)
     from dreambooth_core.training.memory.plan import eight_bit_problem
 
     speed = flags.pop("steps_per_second")  # of this plan, not a setting of the session
@@ -310,14 +310,15 @@ def plan(flags: dict[str, Any]) -> int:
         prior = bool(training.class_images and (config.captions.class_word or training.class_images_folder))
         text = f"text encoder for {training.text_encoder_phase} steps" \
             if training.trains_text_encoder and family.trainable_text_encoders else "text encoder frozen"
+        sharded = f", sharded over {training.gpus} GPUs (--shard)" if training.shard else ""
         print(f"Session {config.session!r}: {training.method} of {config.base_model.model} "
               f"at {resolution} px, batch {training.batch_size}, {text}, "
-              f"{'with' if prior else 'without'} prior preservation. Estimating...", flush=True)
+              f"{'with' if prior else 'without'} prior preservation{sharded}. Estimating...", flush=True)
         left_out = eight_bit_problem()
         rows = plans_on_common_gpus(model_path, training, config.runtime, resolution, prior, left_out is None)
-    print("\n".join(plan_table(rows)))
+    print("\n".join(plan_table(rows, training.gpus if training.shard else 0)))
     print("\n".join(cost_lines(rows, training.gpus, training.steps, speed)))
-    if left_out:
+    if left_out and not training.shard:  # --shard takes neither (config.shard_needs, plan.can_quantise_base)
         print(left_out)
     if state and state.memory_plan and state.memory_plan.budget_bytes:
         print(f"This session trains with {state.memory_plan.describe()} (chosen when it started).")
@@ -328,7 +329,18 @@ def plan(flags: dict[str, Any]) -> int:
           "host; a checkpoint commit adds a host copy of the state only when free RAM has room (the "
           "peak in brackets), else writes without one. Expected time: no it/s has been measured on "
           "these GPUs yet; benchmarks/gpu_check.py measures it on yours.")
+    if training.shard:
+        print(sharded_note(training.gpus, processes_per_machine(training, config.runtime)))
     return 0
+
+
+def sharded_note(gpus: int, per_machine: int) -> str:
+    return (f"--shard: the GPU peak is per GPU, what each of the {gpus} GPUs holds at its most: its 1/{gpus} "
+            "of the denoiser's trained weights, their gradients and AdamW state, the blocks FSDP2 gathers "
+            "whole while they compute, and whole everything else (the text encoders, the VAE, activations); "
+            "while the model loads, each GPU holds the denoiser whole before it is sharded. Host needs are "
+            f"per machine: each of its {per_machine} processes loads the model, and commits its shards "
+            "without a host copy.")
 
 
 @contextlib.contextmanager

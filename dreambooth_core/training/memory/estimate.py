@@ -28,6 +28,10 @@ loaders; the estimate subtracts and adds the bytes each phase holds otherwise):
   needed; the GPU holds the other layers and IN_FLIGHT blocks (the one computing and the next,
   arriving). Their bytes are what the host holds on top while training.
 
+--shard (--gpus N): what one of the N GPUs holds, measured in a process of its own as rank 0 of
+N with FSDP2 (estimate_training_memory says why measured); a "loading" phase is the denoiser
+moved to the GPU whole and sharded there.
+
 Not counted: the CUDA context and allocator caching (a few hundred MB on a GPU),
 and kernels' workspaces, which differ between CPU and GPU kernels. 8-bit AdamW
 (bitsandbytes, CUDA only) cannot run here: its state is laid out as bitsandbytes
@@ -38,6 +42,7 @@ lays it out (one byte per moment and element, a float32 scale per block of 256,
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 import warnings
 import weakref
@@ -46,13 +51,15 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_leaves
 
 from dreambooth_core.config import RuntimeSettings, TrainingSettings
 from dreambooth_core.families import ModelParts, load_model_parts, write_config_folder
 from dreambooth_core.training import trainer as trainer_module
 from dreambooth_core.training.devices import QUANTISED
+from dreambooth_core.training.distributed.sharding import local
+from dreambooth_core.training.memory.fake_process_group import run_as_rank_0_of
 from dreambooth_core.training.memory.frozen_weights import HALF, frozen_dtype
 from dreambooth_core.training.trainer import LatentCache
 from dreambooth_core.training.memory.quantised_bytes import kept_unquantised, quantised_layers
@@ -79,13 +86,31 @@ class MemoryEstimate:
 
 class LiveTensorBytes(TorchDispatchMode):
     """The bytes of tensor storage alive now, and the most alive at once, for tensors created
-    by operations inside the mode (fake or real)."""
+    by operations inside the mode (fake or real). A storage resized in place (FSDP2 frees a
+    gathered weight by resizing its storage to 0 and gathers it again into the same storage)
+    counts at its new size."""
 
     def __init__(self) -> None:
         super().__init__()
         self.current = self.peak = 0
         self._seen: dict[int, weakref.ref] = {}
+        self._sizes: dict[int, int] = {}  # the bytes each seen storage counts now
         self._elsewhere: dict[int, weakref.ref] = {}  # storages held off the GPU (see forget)
+
+    def __enter__(self):
+        self._resize = resize = torch.UntypedStorage.resize_  # the C base's, or an outer tracker's
+
+        def resize_followed(storage, size):
+            out = resize(storage, size)
+            self._resized(storage)
+            return out
+
+        torch.UntypedStorage.resize_ = resize_followed
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        torch.UntypedStorage.resize_ = self._resize
+        return super().__exit__(*exc)
 
     def forget(self, tensor: torch.Tensor) -> None:
         """`tensor` lives elsewhere (host memory) from now on: it counts no more, nor when an
@@ -94,36 +119,57 @@ class LiveTensorBytes(TorchDispatchMode):
         key = id(storage)
         ref = self._seen.pop(key, None)
         if ref is not None and ref() is storage:
-            self.current -= storage.nbytes()
+            self.current -= self._sizes.pop(key)
         self._elsewhere[key] = weakref.ref(storage)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for value in tree_leaves(out):
-            if isinstance(value, torch.Tensor):
-                self._track(value.untyped_storage())
+            for tensor in _data_tensors(value):
+                self._track(tensor.untyped_storage())
         return out
 
     def _track(self, storage) -> None:
         key = id(storage)
         if any(key in seen and seen[key]() is storage for seen in (self._seen, self._elsewhere)):
             return
-        size = storage.nbytes()
-        self.current += size
-        self.peak = max(self.peak, self.current)
-        self._seen[key] = weakref.ref(storage, lambda _, k=key, s=size: self._free(k, s))
+        self._sizes[key] = 0
+        self._seen[key] = weakref.ref(storage, lambda _, k=key: self._free(k))
+        self._resized(storage)
 
-    def _free(self, key: int, size: int) -> None:
-        self.current -= size
+    def _resized(self, storage) -> None:
+        key = id(storage)
+        if not self.counts_storage(storage):
+            return
+        size = storage.nbytes()
+        self.current += size - self._sizes[key]
+        self._sizes[key] = size
+        self.peak = max(self.peak, self.current)
+
+    def _free(self, key: int) -> None:
+        self.current -= self._sizes.pop(key, 0)
         self._seen.pop(key, None)
 
-    def counts(self, tensor: torch.Tensor) -> bool:
-        storage = tensor.untyped_storage()
+    def counts_storage(self, storage) -> bool:
         ref = self._seen.get(id(storage))
         return ref is not None and ref() is storage
 
+    def counts(self, tensor: torch.Tensor) -> bool:
+        return self.counts_storage(tensor.untyped_storage())
+
     def reset_peak(self) -> None:
         self.peak = self.current
+
+
+def _data_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors whose storage holds `tensor`'s data: a wrapper subclass's inner ones (a DTensor's
+    local shard, made by operations the mode does not see), else `tensor`."""
+    if not isinstance(tensor, torch.Tensor):
+        return []
+    if not is_traceable_wrapper_subclass(tensor):
+        return [tensor]
+    names, _ = tensor.__tensor_flatten__()
+    return [inner for name in names for inner in _data_tensors(getattr(tensor, name))]
 
 
 def build_parts(model_path: str | Path) -> ModelParts:
@@ -150,19 +196,44 @@ def estimate_training_memory(model: str | Path | Callable[[], ModelParts], setti
                              prior: bool = False, fake: bool = True) -> MemoryEstimate:
     """Peak bytes of training `model` (a diffusers folder, or a function that builds the parts
     from configs) with `settings` at `resolution` px: one step in the text-encoder phase when
-    there is one, then one after it, with class images when `prior`."""
+    there is one, then one after it, with class images when `prior`. With --shard, what one GPU
+    of the --gpus holds (`model` then a folder, or a function a spawned process can import).
+
+    --shard's figure is measured, not derived from one GPU's: the step runs with FSDP2 as a real
+    run shards it (sharding.py), as rank 0 of --gpus processes in a fake process group
+    (fake_process_group.py). So what FSDP2 itself allocates counts as the rest of a step does: the
+    padded shards (rank 0's are as large as any), each block's weights gathered whole (in the
+    trained weights' fp32) while it computes, the reduce-scatter buffers of its gradients, the
+    text encoders' DDP buckets when they train; and a change to how sharding.py shards is seen
+    with no formula to keep in step. The loading phase is measured too: the Trainer moves the
+    denoiser to the GPU whole and shards it there (ShardingPeak)."""
+    if settings.shard and settings.gpus > 1:
+        start = time.perf_counter()
+        estimate = run_as_rank_0_of(settings.gpus, measure_training_memory, model, settings, resolution,
+                                    runtime, prior, fake, rank=0, world=settings.gpus)
+        return dataclasses.replace(estimate, seconds=time.perf_counter() - start)
+    return measure_training_memory(model, settings, resolution, runtime, prior, fake)
+
+
+def measure_training_memory(model: str | Path | Callable[[], ModelParts], settings: TrainingSettings,
+                            resolution: int, runtime: RuntimeSettings = RuntimeSettings(),
+                            prior: bool = False, fake: bool = True, rank: int = 0,
+                            world: int = 1) -> MemoryEstimate:
+    """estimate_training_memory measured in this process, as process `rank` of `world` (above 1:
+    in the default process group, which --shard shards the denoiser over)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     start = time.perf_counter()
     tracker = LiveTensorBytes()
     mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
     runtime = runtime.model_copy(update={"compile": False})
-    with mode, tracker, _fake_friendly(fake), _cpu_kernel_notices_hidden():
+    sharding = ShardingPeak(tracker)
+    with mode, tracker, _fake_friendly(fake), _cpu_kernel_notices_hidden(), sharding:
         parts = model() if callable(model) else build_parts(model)
         parts.family.check_settings(settings)  # what the family cannot train: its reason, not an estimate
         keep = {id(m): kept_unquantised(m) for m in (parts.denoiser, *parts.text_encoders)}
         trainer = trainer_module.Trainer(parts, _examples(resolution, "shrk"), settings, total_steps=2,
-                                         runtime=runtime,
+                                         runtime=runtime, rank=rank, world=world,
                                          class_examples=_examples(resolution, "") if prior else ())
         # fp16 loss scaling reads values; it holds ~no memory
         trainer.scaler = torch.amp.GradScaler(enabled=False)
@@ -176,6 +247,8 @@ def estimate_training_memory(model: str | Path | Callable[[], ModelParts], setti
         offload = Offload(trainer, tracker, steps) if runtime.offload else None
         base = HeldWeights(trainer, keep, settings.base_precision, tracker)
         phases, between, embeddings = {}, 0, 0
+        if sharding.peak is not None:
+            phases["loading"] = base.held(sharding.peak, not trainer.encoders_on_device)
         for step in steps:
             off = encoders_leave_gpu(trainer, step)
             if off:
@@ -210,6 +283,28 @@ def _encode_every_prompt(trainer, step: int) -> None:
     captions = [e.caption for e in (*trainer.examples, *trainer.class_examples)]
     with trainer._autocast():  # as the step encodes
         trainer._condition(captions, step)
+
+
+class ShardingPeak:
+    """--shard: the most held while the denoiser, moved to the GPU whole as the Trainer moves it,
+    is sharded (each weight whole beside its new shard until all are): None without --shard."""
+
+    def __init__(self, tracker: LiveTensorBytes):
+        self.tracker, self.peak = tracker, None
+
+    def __enter__(self):
+        shard = self._shard = trainer_module.shard_denoiser
+
+        def measured(*args, **kwargs):
+            self.tracker.reset_peak()
+            shard(*args, **kwargs)
+            self.peak = self.tracker.peak
+
+        trainer_module.shard_denoiser = measured
+        return self
+
+    def __exit__(self, *exc):
+        trainer_module.shard_denoiser = self._shard
 
 
 class HeldWeights:
@@ -320,8 +415,10 @@ def _bytes(tensors) -> int:
 
 
 def _counted_bytes(modules, tracker: LiveTensorBytes) -> int:
-    """The bytes of the modules' weights and buffers the tracker counts (on the GPU)."""
-    return _bytes([t for m in modules for t in (*m.parameters(), *m.buffers()) if tracker.counts(t)])
+    """The bytes of the modules' weights and buffers the tracker counts (on the GPU; of a sharded
+    weight, this process's shard)."""
+    held = [local(t) for m in modules for t in (*m.parameters(), *m.buffers())]
+    return _bytes([t for t in held if tracker.counts(t)])
 
 
 def _checkpoint_bytes(trainer) -> int:
@@ -362,6 +459,35 @@ class EightBitAdamWState(torch.optim.Optimizer):
                 "qmap1": torch.zeros(256, **zeros), "qmap2": torch.zeros(256, **zeros)}
 
 
+class BucketedGradients(torch.nn.Module):
+    """Holds what DDP (data_parallel.py) holds, for estimating memory only: its gradient buckets,
+    allocated as it is wrapped, with every gradient a view into them (gradient_as_bucket_view)."""
+
+    def __init__(self, module: torch.nn.Module, device: torch.device):
+        super().__init__()
+        self.module = module
+        trained = [p for p in module.parameters() if p.requires_grad]
+        self.buckets = {dtype: torch.zeros(sum(p.numel() for p in trained if p.dtype == dtype), dtype=dtype,
+                                           device=device) for dtype in {p.dtype for p in trained}}
+        offsets = dict.fromkeys(self.buckets, 0)
+        for p in trained:
+            view = self.buckets[p.dtype][offsets[p.dtype]:offsets[p.dtype] + p.numel()].view_as(p)
+            offsets[p.dtype] += p.numel()
+            p.register_post_accumulate_grad_hook(lambda p, view=view: self._into_bucket(p, view))
+
+    @staticmethod
+    def _into_bucket(p: torch.Tensor, view: torch.Tensor) -> None:
+        if p.grad is not view:
+            view.copy_(p.grad)
+            p.grad = view
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def no_sync(self):
+        return contextlib.nullcontext()
+
+
 def _examples(resolution: int, word: str) -> list:
     caption = f"a photo of {word} person" if word else "a photo of a person"
     return [trainer_module.Example(torch.zeros(1, 3, resolution, resolution), caption, "shrk")
@@ -379,11 +505,13 @@ def _cpu_kernel_notices_hidden():
 
 @contextlib.contextmanager
 def _fake_friendly(fake: bool):
-    """8-bit AdamW as its stand-in; and three things fake tensors cannot do, done otherwise:
+    """8-bit AdamW as its stand-in, DDP too (BucketedGradients; its reducer reads the weights' data);
+    and three things fake tensors cannot do, done otherwise:
     - which example a step trains on is read from a random draw's values: the draw runs on
       real tensors;
     - a noise scheduler reads values of the tables it builds (a flow-matching one, its smallest
-      sigma): schedulers are built on real tensors (a few kB, never on the GPU);
+      sigma): schedulers are built on real tensors (a few kB, never on the GPU), and so is
+      --shard's device mesh (it reads its table of ranks);
     - a module of fake parameters cannot be moved with `.to()` (torch swaps the tensors, and
       the fake mode holds weak references to them): a move to the device and dtype the module
       has already (peft's, for new LoRA weights) returns the module as it is."""
@@ -406,8 +534,12 @@ def _fake_moves(fake: bool):
 
     from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+    import torch.distributed.device_mesh as device_mesh
+
     draw, move = trainer_module.draw_micro_batch, torch.nn.Module.to
+    share_gradients = trainer_module.share_gradients
     scheduler = SchedulerMixin.__dict__["from_pretrained"]
+    mesh = device_mesh.init_device_mesh
 
     def real_draw(*args, **kwargs):
         with unset_fake_temporarily():
@@ -417,6 +549,10 @@ def _fake_moves(fake: bool):
         with unset_fake_temporarily():
             return scheduler.__func__(cls, *args, **kwargs)
 
+    def real_mesh(*args, **kwargs):
+        with unset_fake_temporarily():
+            return mesh(*args, **kwargs)
+
     def move_unless_there(module, *args, **kwargs):
         device, dtype, _, memory_format = torch._C._nn._parse_to(*args, **kwargs)
         here = all((device is None or p.device == torch.device(device))
@@ -425,9 +561,13 @@ def _fake_moves(fake: bool):
         return module if here and memory_format is None else move(module, *args, **kwargs)
 
     trainer_module.draw_micro_batch, torch.nn.Module.to = real_draw, move_unless_there
+    trainer_module.share_gradients = BucketedGradients
     SchedulerMixin.from_pretrained = classmethod(real_scheduler)
+    device_mesh.init_device_mesh = real_mesh  # sharding.py imports it as it shards
     try:
         yield
     finally:
         trainer_module.draw_micro_batch, torch.nn.Module.to = draw, move
+        trainer_module.share_gradients = share_gradients
         SchedulerMixin.from_pretrained = scheduler
+        device_mesh.init_device_mesh = mesh

@@ -12,6 +12,10 @@ on the CPU build, and CUDA's libraries add about 0.7 GiB, not measured here) plu
 - training: what --offload keeps on the host (the blocks' weights, gradients, optimizer state).
 A background checkpoint commit keeps a host copy of the state on top of training's only where
 the free RAM has room for it, else it writes without one: "with copy" is the peak then.
+
+With --shard the GPU peak is one GPU's of the --gpus (sharded_estimate.py), and the host's is a
+machine's: each of its processes (--gpus / --nnodes) loads the whole model on the host before it
+moves to its GPU and is sharded there, and commits its shards without a host copy.
 """
 
 from __future__ import annotations
@@ -52,14 +56,20 @@ class GpuPlan:
     problem: str = ""        # why nothing fits (NoPlanFits' message)
     cannot_run: str = ""     # why the GPU cannot run the settings (a precision it lacks)
     precision: str = "bf16"  # the mixed precision on this GPU
+    sharded_processes: int = 0  # --shard: the processes on each machine (0: not sharded)
 
     @property
     def host_bytes(self) -> int:
-        return host_peak_bytes(self.estimate, copy=False) if self.estimate else 0
+        return self._host(copy=False)
 
     @property
     def host_bytes_with_copy(self) -> int:
-        return host_peak_bytes(self.estimate, copy=True) if self.estimate else 0
+        return self._host(copy=not self.sharded_processes)  # a sharded commit takes no host copy
+
+    def _host(self, copy: bool) -> int:
+        if self.estimate is None:
+            return 0
+        return host_peak_bytes(self.estimate, copy) * max(1, self.sharded_processes)
 
     @property
     def base(self) -> str:
@@ -89,12 +99,12 @@ def plans_on_common_gpus(model_path: str, training: TrainingSettings, runtime: R
             estimates[key] = estimate_training_memory(model_path, t, resolution, r, prior)
         return estimates[key]
 
-    rows = []
+    rows, sharded = [], processes_per_machine(training, runtime) if training.shard else 0
     for gpu in gpus:
         t = training.model_copy(update={"mixed_precision": gpu.precision}) \
             if training.mixed_precision == "auto" else training
         problem = precision_problem(t.mixed_precision, t.base_precision, gpu.capability) \
-            or offload_problem(runtime.offload, t.gpus, "cuda")
+            or offload_problem(runtime.offload, t.gpus, "cuda") or shard_problem(t)
         if problem:
             rows.append(GpuPlan(gpu, None, None, cannot_run=problem, precision=t.mixed_precision))
             continue
@@ -104,13 +114,28 @@ def plans_on_common_gpus(model_path: str, training: TrainingSettings, runtime: R
         except NoPlanFits as exc:
             rows.append(GpuPlan(gpu, None, None, str(exc), precision=t.mixed_precision))
             continue
-        rows.append(GpuPlan(gpu, plan, estimate(*plan.apply(t, runtime)), precision=t.mixed_precision))
+        rows.append(GpuPlan(gpu, plan, estimate(*plan.apply(t, runtime)), precision=t.mixed_precision,
+                            sharded_processes=sharded))
     return rows
 
 
-def plan_table(rows: list[GpuPlan]) -> list[str]:
-    lines = ["| GPU | --memory auto plan | frozen base | offload | GPU peak (usable) "
-             "| host needs (with copy) | checkpoint |", "|---|---|---|---|---|---|---|"]
+def shard_problem(training: TrainingSettings) -> str:
+    """Why --shard cannot train with the precision a GPU gives it (fp16 where it has no bf16)."""
+    needs = training.shard_needs() if training.shard else []
+    return f"--shard needs {needs[0]}" if needs else ""
+
+
+def processes_per_machine(training: TrainingSettings, runtime: RuntimeSettings) -> int:
+    return training.gpus // runtime.nnodes
+
+
+def plan_table(rows: list[GpuPlan], sharded_over: int = 0) -> list[str]:
+    """The table `dreambooth plan` prints; `sharded_over`: --shard's --gpus (peaks are per GPU)."""
+    peak, host = "GPU peak (usable)", "host needs (with copy)"
+    if sharded_over:
+        peak, host = f"GPU peak, each of {sharded_over} (usable)", "host needs per machine (with copy)"
+    lines = [f"| GPU | --memory auto plan | frozen base | offload | {peak} | {host} | checkpoint |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
         if row.plan is None:
             why = f"cannot run: {row.cannot_run.split(';')[0]}" if row.cannot_run else "does not fit"

@@ -3,7 +3,8 @@
 The concessions, in the order they are tried (each costs more speed than the one
 before; the first plan that fits wins):
 1. none: the settings as given;
-2. 8-bit AdamW (bitsandbytes): a quarter of the optimizer's memory, a few percent slower;
+2. 8-bit AdamW (bitsandbytes): a quarter of the optimizer's memory, a few percent slower (not with
+   --shard: it does not take sharded weights);
 3. gradient checkpointing: activations recomputed in the backward pass, about a third slower;
 4. both;
 5. then 1-4 with the frozen base quantised, int8 and then nf4 (bitsandbytes, as QLoRA): each
@@ -18,7 +19,9 @@ before; the first plan that fits wins):
 7. last, 1-6 with --offload: the trained model's blocks, their gradients and optimizer state in
    host memory, streamed to the GPU block by block (each step waits on PCIe transfers, the
    slowest by far). Tried only for full DreamBooth on one GPU (offload_problem says why not else).
-A concession the settings already make is not tried again. The plan is decided once
+A concession the settings already make is not tried again. --shard is no concession of the plan's
+(it needs the GPUs the user chose): with it, every plan's peak is one GPU's of the --gpus
+(sharded_estimate.py). The plan is decided once
 per session and recorded in session.json, so that a resume elsewhere trains the same
 way (a session that started with --memory none records none, and goes on as given);
 8-bit AdamW, a quantised base and the step in backward change the trained weights
@@ -65,7 +68,7 @@ def candidates(training: TrainingSettings, runtime: RuntimeSettings, eight_bit: 
     what it resolves to on the GPU planned for; `eight_bit`: bitsandbytes is there (8-bit AdamW
     and the quantised bases)."""
     given = as_given(training, runtime)
-    optimizers = [given.optimizer] + (["adamw-8bit"] if eight_bit else [])
+    optimizers = [given.optimizer] + (["adamw-8bit"] if eight_bit and not training.shard else [])
     bases = [given.base_precision] + (list(QUANTISED_BASES) if eight_bit and can_quantise_base(training)
                                       else [])
     in_backward = [given.step_in_backward] + ([True] if can_step_in_backward(training) else [])

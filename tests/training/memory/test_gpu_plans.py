@@ -142,3 +142,38 @@ def test_the_cost_of_n_gpus_and_of_the_run_at_a_measured_speed():
     _, run = cost_lines(rows, 4, 2000, 0.5)
     assert run == "At 0.5 steps/s, 2000 steps take 1.11 h: A100 40 GB $16.31, H100 80 GB $49.02."
     assert cost_lines(rows[:2], 4, 2000, 0.5) == []  # a consumer card, and a card the run does not fit
+
+
+@pytest.mark.slow  # the CLI estimates two plans, each in a spawned process (about 25 s)
+def test_plan_with_shard_prints_the_peak_of_each_of_the_gpus(tmp_path, capsys):
+    from dreambooth_core.config import TrainingSettings
+    from dreambooth_core.families.base_model import fetch_model
+    from dreambooth_core.training.memory.estimate import estimate_training_memory
+
+    assert main(["plan", "--session", "p", "--storage", str(tmp_path), "--model", "tiny", "--method", "dreambooth",
+                 "--text-encoder-steps", "0", "--gpus", "2", "--shard", "--mixed-precision", "bf16"]) == 0
+    output = capsys.readouterr().out
+    assert "| GPU peak, each of 2 (usable) | host needs per machine (with copy) |" in output
+    assert "--shard: the GPU peak is per GPU, what each of the 2 GPUs holds" in output
+    assert "Cost of 2 GPUs" in output
+    assert "left out: bitsandbytes" not in output  # --shard takes neither 8-bit AdamW nor a quantised base
+    settings = TrainingSettings(steps=10, method="dreambooth", text_encoder_steps=0, gpus=2, shard=True,
+                                mixed_precision="bf16")
+    each = estimate_training_memory(fetch_model("tiny", tmp_path / "cache").path, settings, 64)
+    peak, _ = rows(output)["H100 80 GB"][3].split(" GiB")
+    assert float(peak) == round(each.peak_bytes / 2**30, 1)
+
+
+def test_with_shard_the_host_holds_each_process_of_a_machine_and_no_commit_copy():
+    from dreambooth_core.config import MemoryPlan
+    from dreambooth_core.training.memory.estimate import MemoryEstimate
+    from dreambooth_core.training.memory.gpu_plans import COMMON_GPUS, GpuPlan, host_peak_bytes, plan_table
+
+    estimate = MemoryEstimate(peak_bytes=2**30, between_steps=0, seconds=0, checkpoint_bytes=2**35,
+                              model_bytes=2**34)
+    plan = MemoryPlan(optimizer="adamw", gradient_checkpointing=False, estimated_peak_bytes=2**30, budget_bytes=2**31)
+    one, four = (GpuPlan(COMMON_GPUS[-1], plan, estimate, sharded_processes=n) for n in (0, 4))
+    assert one.host_bytes_with_copy > one.host_bytes == host_peak_bytes(estimate, copy=False)
+    assert four.host_bytes == four.host_bytes_with_copy == 4 * one.host_bytes
+    assert "GPU peak (usable) | host needs (with copy)" in plan_table([one])[0]  # as without --shard
+    assert "GPU peak, each of 8 (usable) | host needs per machine (with copy)" in plan_table([four], 8)[0]

@@ -201,3 +201,10 @@ def test_the_docker_image_installs_the_library_every_concession_needs():
     assert any(requirement.startswith("bitsandbytes") for requirement in extras["gpu"])
     installs = [line for line in (repo / "Dockerfile").read_text().splitlines() if "pip install" in line]
     assert any('".[gpu]"' in line and "import" in line and "bitsandbytes" in line for line in installs), installs
+
+
+def test_with_shard_the_plan_leaves_8_bit_adamw_out_and_may_checkpoint_activations():
+    """8-bit AdamW does not take sharded weights; the step in backward and offload need one process."""
+    sharded = TrainingSettings(steps=4, text_encoder_steps=0, gpus=4, shard=True, mixed_precision="bf16")
+    assert [p.describe() for p in candidates(sharded, RUNTIME, True)] == ["no concessions",
+                                                                          "gradient checkpointing"]
