@@ -338,7 +338,7 @@ def sharded_note(gpus: int, per_machine: int) -> str:
     return (f"--shard: the GPU peak is per GPU, what each of the {gpus} GPUs holds at its most: its 1/{gpus} "
             "of the denoiser's trained weights, their gradients and AdamW state, the blocks FSDP2 gathers "
             "whole while they compute, and whole everything else (the text encoders, the VAE, activations); "
-            "while the model loads, each GPU holds the denoiser whole before it is sharded. Host needs are "
+            "while the model loads, each GPU receives its shards one block at a time. Host needs are "
             f"per machine: each of its {per_machine} processes loads the model, and commits its shards "
             "without a host copy.")
 

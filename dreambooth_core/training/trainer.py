@@ -84,11 +84,11 @@ class Trainer:
             # No step needs the encoders: every caption is encoded now, before the denoiser takes
             # the device, and the encoders wait in host memory (text_embeddings.py).
             self._freeze_conditioning()
-        parts.to(self.device, text_encoders=self.encoders_on_device)
         if runtime.gradient_checkpointing:
             checkpoint_activations(parts, settings.trains_text_encoder)
-        if self.sharded:
+        if self.sharded:  # before the move: fully_shard takes each block to the GPU and keeps its shard
             shard_denoiser(parts.denoiser, self.trainables, self.device)
+        parts.to(self.device, text_encoders=self.encoders_on_device)
         self.optimizer = make_optimizer(self.trainables, settings, self.device)
         if self.offload is not None:
             self.offload.attach(self.optimizer)
@@ -280,8 +280,10 @@ class Trainer:
         dtype = AUTOCAST.get(self.precision)
         if dtype is None:
             return contextlib.nullcontext()
-        # Offload: no cache of cast weights, which would hold every block's until the forward ends.
-        return torch.autocast(self.device.type, dtype=dtype, cache_enabled=not self.runtime.offload)
+        # Offload, and --shard's blocks gathered whole one at a time: no cache of cast weights, which
+        # would hold every block's until the forward ends.
+        return torch.autocast(self.device.type, dtype=dtype,
+                              cache_enabled=not (self.runtime.offload or self.sharded))
 
     # -- checkpoint state -----------------------------------------------------
 

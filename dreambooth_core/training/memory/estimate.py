@@ -30,7 +30,7 @@ loaders; the estimate subtracts and adds the bytes each phase holds otherwise):
 
 --shard (--gpus N): what one of the N GPUs holds, measured in a process of its own as rank 0 of
 N with FSDP2 (estimate_training_memory says why measured); a "loading" phase is the denoiser
-moved to the GPU whole and sharded there.
+sharded as it reaches the GPU, block by block.
 
 Not counted: the CUDA context and allocator caching (a few hundred MB on a GPU),
 and kernels' workspaces, which differ between CPU and GPU kernels. 8-bit AdamW
@@ -205,8 +205,8 @@ def estimate_training_memory(model: str | Path | Callable[[], ModelParts], setti
     padded shards (rank 0's are as large as any), each block's weights gathered whole (in the
     trained weights' fp32) while it computes, the reduce-scatter buffers of its gradients, the
     text encoders' DDP buckets when they train; and a change to how sharding.py shards is seen
-    with no formula to keep in step. The loading phase is measured too: the Trainer moves the
-    denoiser to the GPU whole and shards it there (ShardingPeak)."""
+    with no formula to keep in step. The loading phase is counted too: the Trainer shards the
+    denoiser as it moves it to the GPU, one block at a time (ShardingPeak)."""
     if settings.shard and settings.gpus > 1:
         start = time.perf_counter()
         estimate = run_as_rank_0_of(settings.gpus, measure_training_memory, model, settings, resolution,
@@ -286,8 +286,11 @@ def _encode_every_prompt(trainer, step: int) -> None:
 
 
 class ShardingPeak:
-    """--shard: the most held while the denoiser, moved to the GPU whole as the Trainer moves it,
-    is sharded (each weight whole beside its new shard until all are): None without --shard."""
+    """--shard: the most the GPU holds while the denoiser is sharded (None without --shard). The
+    Trainer shards it from host memory, and fully_shard moves one block at a time to the GPU and
+    keeps its shard: the shards, and the largest block whole. Here, where parts are built on the
+    device they are measured on, that is counted rather than measured: what is held once sharded
+    (everything built so far, an upper bound) and the largest block."""
 
     def __init__(self, tracker: LiveTensorBytes):
         self.tracker, self.peak = tracker, None
@@ -295,16 +298,23 @@ class ShardingPeak:
     def __enter__(self):
         shard = self._shard = trainer_module.shard_denoiser
 
-        def measured(*args, **kwargs):
-            self.tracker.reset_peak()
-            shard(*args, **kwargs)
-            self.peak = self.tracker.peak
+        def measured(denoiser, *args, **kwargs):
+            shard(denoiser, *args, **kwargs)
+            self.peak = self.tracker.current + largest_block_bytes(denoiser)
 
         trainer_module.shard_denoiser = measured
         return self
 
     def __exit__(self, *exc):
         trainer_module.shard_denoiser = self._shard
+
+
+def largest_block_bytes(denoiser: torch.nn.Module) -> int:
+    """The bytes of the largest block of a sharded denoiser, whole (a DTensor's numel is its whole
+    tensor's)."""
+    blocks = [block for child in denoiser.children() if isinstance(child, torch.nn.ModuleList)
+              for block in child]
+    return max((sum(p.numel() * p.element_size() for p in block.parameters()) for block in blocks), default=0)
 
 
 class HeldWeights:
