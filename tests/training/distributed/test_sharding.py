@@ -2,7 +2,9 @@
 trains with the whole batch, and its sharded checkpoint resumes exactly on two processes and,
 with the same whole batch, on one or three."""
 
+import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -66,7 +68,8 @@ def train_save_and_resume(rank: int, world: int, model_path: str, folder: str) -
         first.step(step)
     store = CheckpointStore(Session(folder, "sharded"))
     sharded_checkpoint.save(store, KILLED_AT, first.sharded_state(), meta={})
-    assert first.trainables.named()["unet.conv_in.weight"].to_local().shape[0] < 32 // world + 1
+    largest = max(first.trainables.named().values(), key=lambda w: w.numel())
+    assert largest.to_local().shape[0] == -(-largest.shape[0] // world)  # this process holds its share
     values = {"straight": whole_values(straight)}
     del first
     resumed = trainer(model_path, rank, world)
@@ -100,10 +103,20 @@ def differing(expected: dict, values: dict, tolerance: float = 0.0) -> list[str]
     return [k for k in expected if not torch.allclose(expected[k], values[k], rtol=0, atol=tolerance)]
 
 
-def test_sharded_training_resumes_exactly_and_on_another_number_of_processes(tiny_model_path, tmp_path):
-    spawn(train_save_and_resume, 2, tiny_model_path, str(tmp_path))
+@pytest.fixture(params=["tiny", "tiny-flux"])
+def model_path(request, tiny_model_path) -> str:
+    """A UNet, and a transformer whose blocks FSDP2 warns about (outputs that are views)."""
+    if request.param == "tiny":
+        return tiny_model_path
+    from dreambooth_core.families.base_model import fetch_model
+
+    return fetch_model(request.param, Path(os.environ["DREAMBOOTH_CACHE"])).path
+
+
+def test_sharded_training_resumes_exactly_and_on_another_number_of_processes(model_path, tmp_path):
+    spawn(train_save_and_resume, 2, model_path, str(tmp_path))
     two = torch.load(tmp_path / "world2.pt", weights_only=True)
-    one = trainer(tiny_model_path, 0, 1)
+    one = trainer(model_path, 0, 1)
     untrained = whole_values(one)
     for step in range(STEPS):
         one.step(step)
@@ -112,6 +125,6 @@ def test_sharded_training_resumes_exactly_and_on_another_number_of_processes(tin
     assert not differing(two["straight"], two["resumed"]), "resuming on the same processes is not exact"
     assert not differing(expected, two["straight"], 1e-5), "two sharded processes train another model"
 
-    spawn(resume_elsewhere, 3, tiny_model_path, str(tmp_path))
+    spawn(resume_elsewhere, 3, model_path, str(tmp_path))
     three = torch.load(tmp_path / "resumed-on-3.pt", weights_only=True)
     assert not differing(two["straight"], three, 1e-5), "resumed on three processes: another model"
