@@ -34,6 +34,7 @@ def is_sharded_checkpoint(files: dict) -> bool:
 def save(store: CheckpointStore, step: int, state: dict, meta: dict) -> None:
     """Commit `state` (a trainer's sharded_state()) at `step`; every process calls it."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
     rank, session = dist.get_rank(), store.session
     staging = store.staging_folder(step, STAGING_TAG)
@@ -46,7 +47,7 @@ def save(store: CheckpointStore, step: int, state: dict, meta: dict) -> None:
         dcp.save(state, storage_writer=_writer(session, f"{staging}/{SHARDED_STATE}"))
         files = {f"{SHARDED_STATE}/{name}": store.record(f"{staging}/{SHARDED_STATE}/{name}")
                  for name in _own_files(session, f"{staging}/{SHARDED_STATE}", rank)}
-    except OSError as exc:
+    except (OSError, CheckpointException) as exc:  # DCP's: every process's failures, on every process
         problem = f"rank {rank} could not write its shard: {exc}"
     written = [None] * dist.get_world_size()
     dist.all_gather_object(written, (problem, files))
@@ -61,7 +62,8 @@ def save(store: CheckpointStore, step: int, state: dict, meta: dict) -> None:
             problems.append(str(exc))
     problems = _shared(problems)
     if problems:
-        raise StorageError(f"the checkpoint at step {step} was not committed: {problems[0]}")
+        raise StorageError(f"the checkpoint at step {step} was not committed (the latest committed one is "
+                           f"step {store.latest_step()}, intact): {problems[0]}")
 
 
 def load(store: CheckpointStore, checkpoint: Checkpoint, state: dict) -> bool:
