@@ -128,3 +128,35 @@ def test_sharded_training_resumes_exactly_and_on_another_number_of_processes(mod
     spawn(resume_elsewhere, 3, model_path, str(tmp_path))
     three = torch.load(tmp_path / "resumed-on-3.pt", weights_only=True)
     assert not differing(two["straight"], three, 1e-5), "resumed on three processes: another model"
+
+
+def fall_back_past_a_damaged_shard(rank: int, world: int, model_path: str, folder: str) -> None:
+    store = CheckpointStore(Session(folder, "damaged"))
+    first = trainer(model_path, rank, world)
+    first.step(0)
+    sharded_checkpoint.save(store, 1, first.sharded_state(), meta={})
+    at_one = whole_values(first)
+    first.step(1)
+    sharded_checkpoint.save(store, 2, first.sharded_state(), meta={})
+    if rank == 0:
+        shard = Path(folder) / "damaged" / "checkpoints" / "step-000002" / "state" / "__1_0.distcp"
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        shard.write_bytes(bytes(data))
+    torch.distributed.barrier()
+    resumed = trainer(model_path, rank, world)
+    refused = not load_checkpoint(resumed, store, store.load_latest())  # the process that hashed it says so for all
+    fallback = store.load_latest()
+    assert load_checkpoint(resumed, store, fallback)
+    values = whole_values(resumed)
+    if rank == 0:
+        torch.save({"refused": refused, "fallback": fallback.step, "at_one": at_one, "loaded": values},
+                   f"{folder}/fallback.pt")
+
+
+def test_a_damaged_shard_uncommits_its_checkpoint_and_every_process_loads_the_one_before(tiny_model_path,
+                                                                                          tmp_path):
+    spawn(fall_back_past_a_damaged_shard, 2, tiny_model_path, str(tmp_path))
+    result = torch.load(tmp_path / "fallback.pt", weights_only=True)
+    assert result["refused"] and result["fallback"] == 1
+    assert not differing(result["at_one"], result["loaded"])
