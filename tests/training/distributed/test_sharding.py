@@ -145,7 +145,8 @@ def fall_back_past_a_damaged_shard(rank: int, world: int, model_path: str, folde
         shard.write_bytes(bytes(data))
     torch.distributed.barrier()
     resumed = trainer(model_path, rank, world)
-    refused = not load_checkpoint(resumed, store, store.load_latest())  # the process that hashed it says so for all
+    # the process that hashes the damaged file answers for all of them
+    refused = not load_checkpoint(resumed, store, store.load_latest())
     fallback = store.load_latest()
     assert load_checkpoint(resumed, store, fallback)
     values = whole_values(resumed)
