@@ -59,14 +59,15 @@ def in_group(rank: int, world: int, port: int, work, *args) -> None:
         dist.destroy_process_group()
 
 
-def train_save_and_resume(rank: int, world: int, model_path: str, folder: str) -> None:
+def train_save_and_resume(rank: int, world: int, model_path: str, folder: str, storage: str | None = None) -> None:
+    """`storage`: where the session is (default: `folder`, where the results go)."""
     straight = trainer(model_path, rank, world)
     for step in range(STEPS):
         straight.step(step)
     first = trainer(model_path, rank, world)
     for step in range(KILLED_AT):
         first.step(step)
-    store = CheckpointStore(Session(folder, "sharded"))
+    store = CheckpointStore(Session(storage or folder, "sharded"))
     sharded_checkpoint.save(store, KILLED_AT, first.sharded_state(), meta={})
     largest = max(first.trainables.named().values(), key=lambda w: w.numel())
     assert largest.to_local().shape[0] == -(-largest.shape[0] // world)  # this process holds its share
@@ -161,3 +162,15 @@ def test_a_damaged_shard_uncommits_its_checkpoint_and_every_process_loads_the_on
     result = torch.load(tmp_path / "fallback.pt", weights_only=True)
     assert result["refused"] and result["fallback"] == 1
     assert not differing(result["at_one"], result["loaded"])
+
+
+def test_shards_are_written_to_and_resumed_from_a_bucket(tiny_model_path, tmp_path, gcs_bucket):
+    """gs:// through DCP's fsspec writer and reader, given the session's own file system."""
+    import gcsfs
+
+    spawn(train_save_and_resume, 2, tiny_model_path, str(tmp_path), f"{gcs_bucket}/sessions")
+    two = torch.load(tmp_path / "world2.pt", weights_only=True)
+    assert not differing(two["straight"], two["resumed"])
+    fs = gcsfs.GCSFileSystem(token="anon")
+    state = f"{gcs_bucket[5:]}/sessions/sharded/checkpoints/step-{KILLED_AT:06d}/state"
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(state)) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
