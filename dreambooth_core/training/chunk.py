@@ -31,6 +31,7 @@ from dreambooth_core.training.plan import Chunk, TrainingPlan
 from dreambooth_core.training.preemption import StopRequest, TrainingStopped, save_on_stop, stop_requests
 from dreambooth_core.training.data.text_embeddings import EmbeddingStore
 from dreambooth_core.training.distributed import sharded_checkpoint
+from dreambooth_core.training.distributed.agreement import all_agree, rank_0s
 from dreambooth_core.training.distributed.sharding import local
 from dreambooth_core.training.trainer import Trainer
 
@@ -159,13 +160,7 @@ def saver(store: CheckpointStore, trainer: Trainer, step: int, meta: dict) -> Ca
 
 def agreed(value: bool, trainer: Trainer) -> bool:
     """Rank 0's `value` on every process of a --shard run (they save together); else `value`."""
-    if not trainer.sharded:
-        return value
-    import torch.distributed as dist
-
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    return rank_0s(value) if trainer.sharded else value
 
 
 def copy_fits(state_bytes: int, available_bytes: int) -> bool:
@@ -284,13 +279,7 @@ def first_bad_step(losses: list[torch.Tensor], start: int, world: int = 1) -> in
 
 def all_finite(finite: bool, world: int) -> bool:
     """Whether every process's weights are finite (--shard: each checked only its shards)."""
-    if world == 1:
-        return finite
-    import torch.distributed as dist
-
-    flag = torch.tensor([float(finite)])  # on the CPU: through gloo, which every process group has
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+    return finite if world == 1 else all_agree(finite)
 
 
 def weights_finite(tensors: list[torch.Tensor], dtype: torch.dtype | None = None) -> bool:

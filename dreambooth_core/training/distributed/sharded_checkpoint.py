@@ -23,6 +23,7 @@ from dreambooth_core.errors import StorageError
 from dreambooth_core.session.checkpoints import Checkpoint, CheckpointStore, FileRecord
 from dreambooth_core.session.folder import Session
 from dreambooth_core.session.paths import SHARDED_STATE, checkpoint_folder
+from dreambooth_core.training.distributed.agreement import all_agree, rank_0s
 
 STAGING_TAG = "sharded"  # every process must name the same staging folder
 
@@ -60,7 +61,7 @@ def save(store: CheckpointStore, step: int, state: dict, meta: dict) -> None:
                 store.commit_written(step, staging, files, meta)
         except StorageError as exc:
             problems.append(str(exc))
-    problems = _shared(problems)
+    problems = rank_0s(problems)
     if problems:
         raise StorageError(f"the checkpoint at step {step} was not committed (the latest committed one is "
                            f"step {store.latest_step()}, intact): {problems[0]}")
@@ -75,10 +76,7 @@ def load(store: CheckpointStore, checkpoint: Checkpoint, state: dict) -> bool:
     rank, world = dist.get_rank(), dist.get_world_size()
     manifest = store.manifest(checkpoint.step)
     names = sorted(n for n in manifest.files if n.startswith(f"{SHARDED_STATE}/"))
-    # On the CPU: workers.py gives every process group gloo for CPU tensors, beside NCCL.
-    flag = torch.tensor([1.0 if store.verify(checkpoint.step, names[rank::world]) else 0.0])
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    if not flag.item():
+    if not all_agree(store.verify(checkpoint.step, names[rank::world])):
         return False
     folder = f"{checkpoint_folder(checkpoint.step)}/{SHARDED_STATE}"
     dcp.load(state, storage_reader=_reader(store.session, folder))
@@ -122,33 +120,23 @@ def _own_files(session: Session, folder: str, rank: int) -> list[str]:
 
 
 def _writer(session: Session, folder: str):
-    import torch.distributed.checkpoint as dcp
-
-    if session.is_local:
-        return dcp.FileSystemWriter(session.path(folder))
-    # DCP's fsspec writer, given the session's own file system (and so its credentials).
-    from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
-
-    writer = FsspecWriter(session.fs.unstrip_protocol(session.path(folder)))
-    writer.fs.fs = session.fs
-    return writer
+    return _storage(session, folder, writes=True)
 
 
 def _reader(session: Session, folder: str):
+    return _storage(session, folder, writes=False)
+
+
+def _storage(session: Session, folder: str, writes: bool):
+    """DCP's writer or reader of `folder`: its file-system one on local disk, else its fsspec one,
+    given the session's own file system (and so its credentials)."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import _fsspec_filesystem as fsspec_storage
 
     if session.is_local:
-        return dcp.FileSystemReader(session.path(folder))
-    from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
-
-    reader = FsspecReader(session.fs.unstrip_protocol(session.path(folder)))
-    reader.fs.fs = session.fs
-    return reader
-
-
-def _shared(value):
-    """Rank 0's `value`, on every process."""
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
+        kind = dcp.FileSystemWriter if writes else dcp.FileSystemReader
+        return kind(session.path(folder))
+    kind = fsspec_storage.FsspecWriter if writes else fsspec_storage.FsspecReader
+    storage = kind(session.fs.unstrip_protocol(session.path(folder)))
+    storage.fs.fs = session.fs
+    return storage
