@@ -157,20 +157,27 @@ def test_a_rank_killed_after_a_commit_ends_in_an_error_and_the_rerun_resumes_exa
     assert_same_weights(whole, tmp_path)
 
 
-@pytest.mark.parametrize("target", ["rank 1", "the command"])
-def test_a_sigterm_stops_every_rank_at_the_same_step_which_commits(prefect_api_url, whole, tmp_path, target):
-    """Preemption of one process's machine (a SIGTERM to rank 1), or of the machine the command runs on
-    (it passes the signal on): all ranks stop after the step they are in, and rank 0 commits."""
-    marker = tmp_path / "in-step"
-    process = subprocess.Popen(command(tmp_path), cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+def paused_in_step_5(api_url: str, root: Path, marker: Path, *extra: str) -> tuple[subprocess.Popen, int]:
+    """The command started with rank 1 paused at the start of step 5 (rank_fault's PAUSE) until
+    `marker` is removed; and rank 1's pid."""
+    process = subprocess.Popen(command(root, *extra), cwd=root, text=True, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE,
-                               env=environment(prefect_api_url, DREAMBOOTH_PAUSE_RANK=f"1:5:{marker}"))
+                               env=environment(api_url, DREAMBOOTH_PAUSE_RANK=f"1:5:{marker}"))
     deadline = time.monotonic() + 300
     while not (marker.exists() and marker.read_text()) and process.poll() is None \
             and time.monotonic() < deadline:
         time.sleep(0.05)
     assert marker.exists(), process.communicate()[1][-3000:]
-    os.kill(int(marker.read_text()) if target == "rank 1" else process.pid, signal.SIGTERM)
+    return process, int(marker.read_text())
+
+
+@pytest.mark.parametrize("target", ["rank 1", "the command"])
+def test_a_sigterm_stops_every_rank_at_the_same_step_which_commits(prefect_api_url, whole, tmp_path, target):
+    """Preemption of one process's machine (a SIGTERM to rank 1), or of the machine the command runs on
+    (it passes the signal on): all ranks stop after the step they are in, and rank 0 commits."""
+    marker = tmp_path / "in-step"
+    process, rank_1 = paused_in_step_5(prefect_api_url, tmp_path, marker)
+    os.kill(rank_1 if target == "rank 1" else process.pid, signal.SIGTERM)
     marker.unlink()
     _, stderr = process.communicate(timeout=600)
     assert "rank 0 | SIGTERM: stopping at step 6; committing a checkpoint first" in stderr, stderr[-3000:]

@@ -5,14 +5,12 @@ processes with the same whole batch."""
 import os
 import shutil
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_data_parallel import command, committed, environment, error_paragraph, train
+from test_data_parallel import committed, error_paragraph, paused_in_step_5, train
 
 from dreambooth_core.session.folder import Session
 from dreambooth_core.training.distributed.sharded_checkpoint import read_whole
@@ -72,15 +70,8 @@ def test_a_killed_sharded_run_resumes_exactly_and_on_four_processes(prefect_api_
 
 def test_a_sigterm_to_one_process_commits_every_processs_shards_at_the_same_step(prefect_api_url, tmp_path):
     marker = tmp_path / "in-step"
-    process = subprocess.Popen(command(tmp_path, "--shard", "--ema-decay", "0.9"), cwd=tmp_path, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env=environment(prefect_api_url, DREAMBOOTH_PAUSE_RANK=f"1:5:{marker}"))
-    deadline = time.monotonic() + 300
-    while not (marker.exists() and marker.read_text()) and process.poll() is None \
-            and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert marker.exists(), process.communicate()[1][-3000:]
-    os.kill(int(marker.read_text()), signal.SIGTERM)
+    process, rank_1 = paused_in_step_5(prefect_api_url, tmp_path, marker, "--shard", "--ema-decay", "0.9")
+    os.kill(rank_1, signal.SIGTERM)
     marker.unlink()
     _, stderr = process.communicate(timeout=600)
     assert process.returncode == 2, stderr[-3000:]
