@@ -74,9 +74,9 @@ def load(store: CheckpointStore, checkpoint: Checkpoint, state: dict) -> bool:
     import torch.distributed.checkpoint as dcp
 
     rank, world = dist.get_rank(), dist.get_world_size()
-    manifest = store.manifest(checkpoint.step)
-    names = sorted(n for n in manifest.files if n.startswith(f"{SHARDED_STATE}/"))
-    if not all_agree(store.verify(checkpoint.step, names[rank::world])):
+    manifest = store.manifest(checkpoint.step)  # None: another process found a bad file and uncommitted it
+    names = sorted(n for n in manifest.files if n.startswith(f"{SHARDED_STATE}/")) if manifest else []
+    if not all_agree(manifest is not None and store.verify(checkpoint.step, names[rank::world])):
         return False
     folder = f"{checkpoint_folder(checkpoint.step)}/{SHARDED_STATE}"
     dcp.load(state, storage_reader=_reader(store.session, folder))
